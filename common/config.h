@@ -1,0 +1,117 @@
+#pragma once
+/* Cluster, server, table, input and model configuration: one INI file read
+ * with libinih, shared by every binary.
+ *
+ * Parsing is strict: an unknown section or key, a value that does not parse,
+ * or a value out of range fails the load with "FILE:LINE: key 'k': reason" in
+ * the caller's error buffer. Defaults are the ones ALGORITHMS.md and
+ * DESIGN.md give. Keys that do not apply to a table's optimizer (say `lr` on
+ * an FTRL table) are rejected too, since a silently ignored hyper-parameter
+ * is a tuning bug nobody sees. */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define PS_NAME_MAX 64
+#define PS_PATH_MAX 1024
+
+typedef enum { PS_OPT_FTRL, PS_OPT_ADAGRAD, PS_OPT_FTRL_GROUP_LASSO } ps_optimizer_kind;
+typedef enum { PS_INIT_ZERO, PS_INIT_NORMAL } ps_init_kind;
+typedef enum { PS_DURABILITY_SYNC, PS_DURABILITY_INTERVAL } ps_durability;
+typedef enum { PS_FSYNC_ALWAYS, PS_FSYNC_EVERYSEC, PS_FSYNC_NO } ps_fsync_policy;
+
+/* Optimizer hyper-parameters (ALGORITHMS.md §1-3; names and defaults as there). */
+typedef struct ps_optim_params {
+    ps_optimizer_kind kind;
+    double alpha, beta, lambda1, lambda2, lambda21;         /* FTRL, group lasso */
+    double lr, initial_accumulator_value, eps, accum_max;   /* AdaGrad */
+    bool rowwise;                                           /* AdaGrad */
+    double grad_clip;                                       /* 0 = off */
+} ps_optim_params;
+
+typedef struct ps_table_config {
+    char name[PS_NAME_MAX];
+    uint32_t dim;
+    ps_optim_params opt;
+    ps_init_kind init;
+    double init_std;
+    uint64_t seed;               /* w_init = f(seed, key) */
+    uint64_t memory_rows;        /* 0 = share of [server] memory_mb */
+    char **slots;                /* owned */
+    size_t nslots;
+} ps_table_config;
+
+typedef struct ps_server_config {
+    ps_durability durability;
+    uint32_t interval_ms;        /* durability = interval=MS */
+    ps_fsync_policy fsync;
+    char data_dir[PS_PATH_MAX];
+    uint64_t memory_mb;          /* memory-tier budget for all tables */
+    uint32_t flush_interval_ms;  /* write-back cadence in sync mode */
+    uint64_t flush_dirty_rows;   /* ... or earlier once this many rows are dirty */
+    uint64_t max_frame_bytes;
+    uint64_t max_keys_per_request;
+    uint32_t max_inflight_per_conn;
+    uint32_t max_connections;
+    uint32_t idle_timeout_s;     /* 0 = never */
+    uint64_t max_pending_reply_bytes;
+    char auth_secret_file[PS_PATH_MAX];
+    char metrics_listen[PS_NAME_MAX]; /* host:port for Prometheus text; empty = off */
+} ps_server_config;
+
+typedef struct ps_config {
+    char path[PS_PATH_MAX];
+    char **shards;               /* host:port, owned */
+    uint32_t nshards;
+    uint32_t buckets;
+    uint64_t map_version;
+    ps_server_config server;
+    ps_table_config *tables;     /* owned */
+    uint32_t ntables;
+    /* Sections a binary does not use are still validated by every binary, so
+     * one file serves the whole cluster; the worker owns their meaning. */
+    void *worker;                /* owned by the extension that parsed it */
+    void (*worker_free)(void *worker);
+} ps_config;
+
+/* Extension point for sections parsed by another layer ([input], [model],
+ * [worker]): the worker registers one before loading. */
+typedef struct ps_config_ext {
+    /* Return true if `section` belongs to this extension. */
+    bool (*owns)(const char *section);
+    /* Parse one key; write a reason to err and return < 0 when rejected. */
+    int (*set)(ps_config *cfg, const char *section, const char *key, const char *value,
+               char *err, size_t errlen);
+    /* Called once after the whole file was read; may reject combinations. */
+    int (*finish)(ps_config *cfg, char *err, size_t errlen);
+    void (*free)(void *worker);
+} ps_config_ext;
+
+/* Load and validate `path`. On failure returns PS_ECONFIG (or -errno when the
+ * file cannot be read) and writes a one-line message naming the file, line
+ * and key to err. `ext` may be NULL: then [input], [model] and [worker] are
+ * accepted without checking their keys (the worker validates them). On
+ * success *ret_cfg is owned by the caller: free it with ps_config_free(). */
+int ps_config_load(const char *path, const ps_config_ext *ext, ps_config **ret_cfg, char *err,
+                   size_t errlen);
+void ps_config_free(ps_config *cfg);
+
+const ps_table_config *ps_config_table(const ps_config *cfg, const char *name);
+/* The table a slot (by name) maps to, or NULL. */
+const ps_table_config *ps_config_slot_table(const ps_config *cfg, const char *slot);
+
+/* Width of the optimizer state per row, w included: FTRL 3d, AdaGrad 2d
+ * (d+1 row-wise). */
+uint32_t ps_optim_state_width(const ps_optim_params *opt, uint32_t dim);
+/* Names of the state fields in order, e.g. {"w","z","n"}; returns the count. */
+int ps_optim_fields(const ps_optim_params *opt, const char *ret_names[3]);
+const char *ps_optimizer_name(ps_optimizer_kind kind);
+
+/* Parse "host:port" (IPv4 or a name resolvable to IPv4). */
+int ps_parse_hostport(const char *s, char *ret_host, size_t hostlen, int *ret_port);
+
+/* Strict number parsers used by every command line and config reader:
+ * the whole string must parse, and must be finite / in range. */
+int ps_parse_double(const char *s, double *ret);
+int ps_parse_u64(const char *s, uint64_t *ret);

@@ -1,0 +1,36 @@
+#include "log.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+static const char *log_program = "ctrps";
+static ps_log_level log_min = PS_LOG_INFO;
+
+void ps_log_init(const char *program, ps_log_level min_level) {
+    log_program = program;
+    log_min = min_level;
+}
+
+void ps_log(ps_log_level level, const char *fmt, ...) {
+    static const char *names[] = {"debug", "info", "warn", "error"};
+    if (level < log_min)
+        return;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    char line[2048];
+    int n = snprintf(line, sizeof(line), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s %s: ",
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+                     tm.tm_sec, ts.tv_nsec / 1000000, names[level], log_program);
+    va_list ap;
+    va_start(ap, fmt);
+    if (n > 0 && (size_t)n < sizeof(line))
+        vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
+    va_end(ap);
+    /* One write per line so lines from several threads never interleave. */
+    size_t len = strnlen(line, sizeof(line) - 2);
+    line[len++] = '\n';
+    fwrite(line, 1, len, stderr);
+}
