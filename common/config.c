@@ -236,6 +236,7 @@ static const key_desc server_keys[] = {
     {"durability", K_CUSTOM, 0, 0, 0, set_durability, 0, 0},
     {"fsync", K_CUSTOM, 0, 0, 0, set_fsync, 0, 0},
     {"data_dir", K_STRING, SRV(data_dir), 0, 0, NULL, PS_PATH_MAX, 0},
+    {"bind", K_STRING, SRV(bind), 0, 0, NULL, PS_NAME_MAX, 0},
     {"memory_mb", K_U64, SRV(memory_mb), 1, 1 << 24, NULL, 0, 0},
     {"flush_interval_ms", K_U32, SRV(flush_interval_ms), 1, 3600000, NULL, 0, 0},
     {"flush_dirty_rows", K_U64, SRV(flush_dirty_rows), 1, 1e12, NULL, 0, 0},
@@ -335,6 +336,7 @@ static void server_defaults(ps_server_config *s) {
     s->interval_ms = 1000;
     s->fsync = PS_FSYNC_EVERYSEC;
     snprintf(s->data_dir, sizeof(s->data_dir), "ctrps-data");
+    snprintf(s->bind, sizeof(s->bind), "127.0.0.1");
     s->memory_mb = 1024;
     s->flush_interval_ms = 1000;
     s->flush_dirty_rows = 1u << 20;

@@ -47,6 +47,7 @@ typedef struct ps_server_config {
     uint32_t interval_ms;        /* durability = interval=MS */
     ps_fsync_policy fsync;
     char data_dir[PS_PATH_MAX];
+    char bind[PS_NAME_MAX];      /* listen address; the port comes from [cluster] shards */
     uint64_t memory_mb;          /* memory-tier budget for all tables */
     uint32_t flush_interval_ms;  /* write-back cadence in sync mode */
     uint64_t flush_dirty_rows;   /* ... or earlier once this many rows are dirty */

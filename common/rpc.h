@@ -1,0 +1,35 @@
+#pragma once
+/* RPC conventions shared by the server and the clients: the protocol version,
+ * the method list, and the mapping between wire status codes and our error
+ * codes. */
+
+#include "ctrps.pb-c.h"
+
+#define PS_PROTOCOL_VERSION 1
+
+/* Every method: XX(name, ONEOF_TAG). Dispatch, counters and names come from
+ * this one list. */
+#define PS_METHOD_MAP(XX)                                                                     \
+    XX(hello, HELLO)                                                                          \
+    XX(pull, PULL)                                                                            \
+    XX(push, PUSH)                                                                            \
+    XX(lookup, LOOKUP)                                                                        \
+    XX(stats, STATS)                                                                          \
+    XX(cluster_map, CLUSTER_MAP)                                                              \
+    XX(export, EXPORT)                                                                        \
+    XX(dense_pull, DENSE_PULL)                                                                \
+    XX(dense_push, DENSE_PUSH)
+
+typedef enum {
+#define PS_METHOD_ENUM(name, tag) PS_METHOD_##tag,
+    PS_METHOD_MAP(PS_METHOD_ENUM)
+#undef PS_METHOD_ENUM
+    PS_METHOD_COUNT
+} ps_method;
+
+const char *ps_method_name(ps_method m);
+
+/* Our error code -> wire status, and back. */
+Ctrps__Status ps_status_from_error(int err);
+int ps_error_from_status(Ctrps__Status status);
+const char *ps_status_name(Ctrps__Status status);

@@ -1,0 +1,441 @@
+#include "net.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "error.h"
+#include "frame.h"
+#include "log.h"
+
+#define TICK_MS 10
+
+#define NET_COUNTER_MAP(XX)                                                                   \
+    XX(connections_accepted)                                                                  \
+    XX(connections_open)                                                                      \
+    XX(connections_rejected)                                                                  \
+    XX(connections_closed_bad_frame)                                                          \
+    XX(connections_closed_idle)                                                               \
+    XX(connections_closed_log_error)                                                          \
+    XX(frames_too_large)                                                                      \
+    XX(reads_paused)                                                                          \
+    XX(bytes_in)                                                                              \
+    XX(bytes_out)
+
+typedef struct net_counters {
+#define NET_FIELD(name) uint64_t name;
+    NET_COUNTER_MAP(NET_FIELD)
+#undef NET_FIELD
+} net_counters;
+
+typedef struct conn conn;
+
+struct ps_server {
+    const ps_config *cfg;
+    ps_server_options opts;
+    uv_loop_t loop;
+    bool loop_init;
+    uv_tcp_t listener;
+    uv_timer_t tick;
+    uv_timer_t idle;
+    uv_check_t commit;
+    uv_async_t wake;
+    uv_signal_t sigterm, sigint;
+    uv_mutex_t wake_lock;        /* orders notify against closing `wake` */
+    bool wake_open;
+    ps_shard *shard;
+    ps_service *svc;
+    conn *conns;                 /* every open connection */
+    conn *pending;               /* connections with replies this turn */
+    bool stopping;
+    net_counters c;
+};
+
+struct conn {
+    uv_tcp_t tcp;                /* first: the handle's address is the conn's */
+    ps_server *srv;
+    ps_frame_reader rd;
+    ps_session sess;
+    ps_buf out;                  /* replies of this turn */
+    bool out_has_push_ack;
+    bool in_pending;
+    conn *next_pending;
+    conn *prev, *next;
+    size_t write_bytes;          /* handed to uv_write, not yet done */
+    bool reading, closing;
+    uint64_t last_active_ms;
+};
+
+typedef struct write_req {
+    uv_write_t req;
+    conn *c;
+    char *data;
+    size_t len;
+} write_req;
+
+/* ---- connections ------------------------------------------------------- */
+
+static void on_closed(uv_handle_t *h) {
+    conn *c = (conn *)h;
+    ps_frame_reader_deinit(&c->rd);
+    ps_buf_deinit(&c->out);
+    free(c);
+}
+
+static void conn_close(conn *c) {
+    if (c->closing)
+        return;
+    c->closing = true;
+    ps_server *srv = c->srv;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        srv->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    srv->c.connections_open--;
+    /* Leave the pending list to the check phase, which skips closing ones. */
+    uv_close((uv_handle_t *)&c->tcp, on_closed);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+    conn *c = (conn *)h;
+    (void)suggested;
+    char *p;
+    size_t n;
+    if (ps_frame_reader_space(&c->rd, &p, &n) < 0) {
+        buf->base = NULL;
+        buf->len = 0;
+        return;
+    }
+    buf->base = p;
+    buf->len = n;
+}
+
+static void add_pending(conn *c) {
+    if (c->in_pending)
+        return;
+    c->in_pending = true;
+    c->next_pending = c->srv->pending;
+    c->srv->pending = c;
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
+    conn *c = (conn *)stream;
+    ps_server *srv = c->srv;
+    (void)buf;
+    if (nread < 0 || (nread == 0 && buf->base == NULL)) {
+        conn_close(c); /* EOF, reset, or out of memory for the buffer */
+        return;
+    }
+    if (nread == 0)
+        return;
+    srv->c.bytes_in += (uint64_t)nread;
+    c->last_active_ms = uv_now(&srv->loop);
+    ps_frame_reader_commit(&c->rd, (size_t)nread);
+    for (;;) {
+        const char *frame;
+        size_t len;
+        int r = ps_frame_reader_next(&c->rd, &frame, &len);
+        if (r == 0)
+            break;
+        if (r < 0) {
+            srv->c.frames_too_large++;
+            ps_warn("closing connection: frame larger than max_frame_bytes = %llu",
+                    (unsigned long long)srv->cfg->server.max_frame_bytes);
+            conn_close(c);
+            return;
+        }
+        bool push_ack;
+        r = ps_service_handle(srv->svc, &c->sess, frame, len, &c->out, &push_ack);
+        if (r < 0) {
+            srv->c.connections_closed_bad_frame++;
+            conn_close(c);
+            return;
+        }
+        c->out_has_push_ack |= push_ack;
+    }
+    if (c->out.len)
+        add_pending(c);
+}
+
+static void on_written(uv_write_t *req, int status) {
+    write_req *w = (write_req *)req;
+    conn *c = w->c;
+    c->write_bytes -= w->len;
+    free(w->data);
+    free(w);
+    if (status < 0) {
+        conn_close(c);
+        return;
+    }
+    if (!c->reading && !c->closing &&
+        c->write_bytes <= c->srv->cfg->server.max_pending_reply_bytes / 2) {
+        c->reading = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0;
+    }
+}
+
+static void flush_out(conn *c) {
+    ps_server *srv = c->srv;
+    write_req *w = malloc(sizeof(*w));
+    if (!w) {
+        conn_close(c);
+        return;
+    }
+    w->c = c;
+    w->data = ps_buf_take(&c->out, &w->len);
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)w->len);
+    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_written) < 0) {
+        free(w->data);
+        free(w);
+        conn_close(c);
+        return;
+    }
+    c->write_bytes += w->len;
+    srv->c.bytes_out += w->len;
+    if (c->reading && c->write_bytes > srv->cfg->server.max_pending_reply_bytes) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = false;
+        srv->c.reads_paused++;
+    }
+}
+
+/* Check phase: group commit, then the turn's replies. */
+static void on_check(uv_check_t *h) {
+    ps_server *srv = h->data;
+    if (!srv->pending)
+        return;
+    int r = ps_shard_commit(srv->shard);
+    if (r < 0)
+        ps_error("push log write failed: %s; closing connections awaiting push acks",
+                 ps_strerror(r));
+    conn *c = srv->pending;
+    srv->pending = NULL;
+    while (c) {
+        conn *next = c->next_pending;
+        c->in_pending = false;
+        c->next_pending = NULL;
+        if (!c->closing) {
+            if (r < 0 && c->out_has_push_ack) {
+                /* The pushes are applied in memory but not logged: never
+                 * acknowledge them. The client resends; its sequence number
+                 * makes the resend a no-op. */
+                srv->c.connections_closed_log_error++;
+                conn_close(c);
+            } else {
+                flush_out(c);
+            }
+        }
+        c->out_has_push_ack = false;
+        c = next;
+    }
+}
+
+static void on_connection(uv_stream_t *server, int status) {
+    ps_server *srv = server->data;
+    if (status < 0)
+        return;
+    conn *c = calloc(1, sizeof(*c));
+    if (!c)
+        return;
+    c->srv = srv;
+    uv_tcp_init(&srv->loop, &c->tcp);
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
+        uv_close((uv_handle_t *)&c->tcp, on_closed);
+        return;
+    }
+    ps_frame_reader_init(&c->rd, (uint32_t)srv->cfg->server.max_frame_bytes);
+    ps_buf_init(&c->out);
+    if (srv->c.connections_open >= srv->cfg->server.max_connections || srv->stopping) {
+        srv->c.connections_rejected++;
+        ps_warn("rejecting connection: max_connections = %u reached",
+                srv->cfg->server.max_connections);
+        uv_close((uv_handle_t *)&c->tcp, on_closed);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    c->next = srv->conns;
+    if (srv->conns)
+        srv->conns->prev = c;
+    srv->conns = c;
+    srv->c.connections_accepted++;
+    srv->c.connections_open++;
+    c->last_active_ms = uv_now(&srv->loop);
+    c->reading = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0;
+    if (!c->reading)
+        conn_close(c);
+}
+
+/* ---- timers, signals ----------------------------------------------------- */
+
+static void on_tick(uv_timer_t *t) {
+    ps_server *srv = t->data;
+    ps_shard_tick(srv->shard, uv_now(&srv->loop));
+}
+
+static void on_wake(uv_async_t *a) {
+    ps_server *srv = a->data;
+    ps_shard_tick(srv->shard, uv_now(&srv->loop));
+}
+
+void ps_server_notify(void *ctx) {
+    ps_server *srv = ctx;
+    uv_mutex_lock(&srv->wake_lock);
+    if (srv->wake_open)
+        uv_async_send(&srv->wake);
+    uv_mutex_unlock(&srv->wake_lock);
+}
+
+static void on_idle_check(uv_timer_t *t) {
+    ps_server *srv = t->data;
+    uint64_t limit = (uint64_t)srv->cfg->server.idle_timeout_s * 1000;
+    uint64_t now = uv_now(&srv->loop);
+    for (conn *c = srv->conns, *next; c; c = next) {
+        next = c->next;
+        if (c->write_bytes == 0 && now - c->last_active_ms > limit) {
+            srv->c.connections_closed_idle++;
+            conn_close(c);
+        }
+    }
+}
+
+static void close_handle(uv_handle_t *h, void *arg) {
+    ps_server *srv = arg;
+    if (h == (uv_handle_t *)&srv->wake) {
+        uv_mutex_lock(&srv->wake_lock);
+        srv->wake_open = false;
+        uv_mutex_unlock(&srv->wake_lock);
+    }
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+static void on_signal(uv_signal_t *s, int signum) {
+    ps_server *srv = s->data;
+    if (srv->stopping)
+        return;
+    srv->stopping = true;
+    ps_info("received %s: stopping", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    /* Replies already handled this turn still go out before the close. */
+    on_check(&srv->commit);
+    for (conn *c = srv->conns, *next; c; c = next) {
+        next = c->next;
+        conn_close(c);
+    }
+    uv_walk(&srv->loop, close_handle, srv);
+}
+
+/* ---- counters -------------------------------------------------------------- */
+
+static void extra_counters(void *ctx, void (*add)(void *acc, const char *name, uint64_t value),
+                           void *acc) {
+    ps_server *srv = ctx;
+#define NET_ADD(name) add(acc, #name, srv->c.name);
+    NET_COUNTER_MAP(NET_ADD)
+#undef NET_ADD
+}
+
+/* ---- lifecycle ------------------------------------------------------------ */
+
+int ps_server_new(const ps_config *cfg, const ps_server_options *opts, ps_server **ret_server,
+                  char *err, size_t errlen) {
+    ps_server *srv = calloc(1, sizeof(*srv));
+    if (!srv)
+        return -ENOMEM;
+    srv->cfg = cfg;
+    srv->opts = *opts;
+    int r = uv_loop_init(&srv->loop);
+    if (r < 0) {
+        snprintf(err, errlen, "event loop: %s", uv_strerror(r));
+        free(srv);
+        return r;
+    }
+    srv->loop_init = true;
+    uv_mutex_init(&srv->wake_lock);
+    uv_async_init(&srv->loop, &srv->wake, on_wake);
+    srv->wake.data = srv;
+    srv->wake_open = true;
+    *ret_server = srv;
+    return 0;
+}
+
+static int write_ready_file(ps_server *srv, char *err, size_t errlen) {
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    int r = uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&ss, &len);
+    if (r < 0) {
+        snprintf(err, errlen, "getsockname: %s", uv_strerror(r));
+        return r;
+    }
+    char host[64];
+    uv_ip4_name((struct sockaddr_in *)&ss, host, sizeof(host));
+    int port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    ps_info("shard %u listening on %s:%d", ps_shard_id(srv->shard), host, port);
+    if (!srv->opts.ready_file)
+        return 0;
+    char tmp[PS_PATH_MAX + 8];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", srv->opts.ready_file);
+    FILE *f = fopen(tmp, "w");
+    if (!f || fprintf(f, "%s:%d\n", host, port) < 0 || fclose(f) != 0 ||
+        rename(tmp, srv->opts.ready_file) < 0) {
+        snprintf(err, errlen, "%s: %s", srv->opts.ready_file, strerror(errno));
+        return -errno;
+    }
+    return 0;
+}
+
+int ps_server_listen(ps_server *srv, ps_shard *shard, ps_service *svc, char *err, size_t errlen) {
+    srv->shard = shard;
+    srv->svc = svc;
+    ps_service_set_extra_counters(svc, extra_counters, srv);
+    struct sockaddr_in addr;
+    int r = uv_ip4_addr(srv->opts.host, srv->opts.port, &addr);
+    if (r < 0) {
+        snprintf(err, errlen, "listen address %s:%d: %s", srv->opts.host, srv->opts.port,
+                 uv_strerror(r));
+        return r;
+    }
+    uv_tcp_init(&srv->loop, &srv->listener);
+    srv->listener.data = srv;
+    r = uv_tcp_bind(&srv->listener, (const struct sockaddr *)&addr, 0);
+    if (r == 0)
+        r = uv_listen((uv_stream_t *)&srv->listener, 511, on_connection);
+    if (r < 0) {
+        snprintf(err, errlen, "listen on %s:%d: %s", srv->opts.host, srv->opts.port, uv_strerror(r));
+        return r;
+    }
+    uv_check_init(&srv->loop, &srv->commit);
+    srv->commit.data = srv;
+    uv_check_start(&srv->commit, on_check);
+    uv_timer_init(&srv->loop, &srv->tick);
+    srv->tick.data = srv;
+    uv_timer_start(&srv->tick, on_tick, TICK_MS, TICK_MS);
+    uv_timer_init(&srv->loop, &srv->idle);
+    srv->idle.data = srv;
+    if (srv->cfg->server.idle_timeout_s)
+        uv_timer_start(&srv->idle, on_idle_check, 1000, 1000);
+    uv_signal_init(&srv->loop, &srv->sigterm);
+    uv_signal_init(&srv->loop, &srv->sigint);
+    srv->sigterm.data = srv->sigint.data = srv;
+    uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&srv->sigint, on_signal, SIGINT);
+    signal(SIGPIPE, SIG_IGN);
+    return write_ready_file(srv, err, errlen);
+}
+
+int ps_server_run(ps_server *srv) { return uv_run(&srv->loop, UV_RUN_DEFAULT); }
+
+void ps_server_free(ps_server *srv) {
+    if (!srv)
+        return;
+    if (srv->loop_init) {
+        uv_walk(&srv->loop, close_handle, srv);
+        uv_run(&srv->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&srv->loop);
+        uv_mutex_destroy(&srv->wake_lock);
+    }
+    free(srv);
+}

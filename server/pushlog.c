@@ -1,0 +1,417 @@
+#include "pushlog.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "error.h"
+
+#define REC_HEADER 8
+#define MAX_RECORD (1u << 30)
+
+typedef struct segment {
+    uint64_t first_lsn;
+} segment;
+
+struct ps_pushlog {
+    char dir[PS_PATH_MAX];
+    ps_fsync_policy fsync;
+    int fd;                      /* current segment */
+    uint64_t last_lsn;
+    segment *segs;               /* every segment on disk, oldest first */
+    size_t nsegs;
+    char *buf;                   /* records not yet written */
+    size_t len, cap;
+    uint64_t bytes;
+    pthread_mutex_t fd_lock;     /* fd may be synced by another thread */
+};
+
+/* ---- CRC-32C (Castagnoli): SSE4.2 when the CPU has it ------------------- */
+
+static uint32_t crc_table[8][256];
+static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
+static bool crc_hw;
+
+static void crc_init(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = c & 1 ? (c >> 1) ^ 0x82f63b78u : c >> 1;
+        crc_table[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; i++)
+        for (int t = 1; t < 8; t++)
+            crc_table[t][i] = (crc_table[t - 1][i] >> 8) ^ crc_table[0][crc_table[t - 1][i] & 0xff];
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    crc_hw = __builtin_cpu_supports("sse4.2");
+#endif
+}
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2"))) static uint32_t crc_hw_run(uint32_t crc, const uint8_t *p, size_t n) {
+    uint64_t c = crc;
+    while (n >= 8) {
+        uint64_t v;
+        memcpy(&v, p, 8);
+        c = __builtin_ia32_crc32di(c, v);
+        p += 8;
+        n -= 8;
+    }
+    uint32_t c32 = (uint32_t)c;
+    while (n--)
+        c32 = __builtin_ia32_crc32qi(c32, *p++);
+    return c32;
+}
+#endif
+
+uint32_t ps_crc32c(uint32_t crc, const void *data, size_t len) {
+    pthread_once(&crc_once, crc_init);
+    const uint8_t *p = data;
+    crc = ~crc;
+#if defined(__x86_64__)
+    if (crc_hw)
+        return ~crc_hw_run(crc, p, len);
+#endif
+    while (len >= 8) { /* slicing-by-8 */
+        uint32_t lo, hi;
+        memcpy(&lo, p, 4);
+        memcpy(&hi, p + 4, 4);
+        lo ^= crc;
+        crc = crc_table[7][lo & 0xff] ^ crc_table[6][(lo >> 8) & 0xff] ^
+              crc_table[5][(lo >> 16) & 0xff] ^ crc_table[4][lo >> 24] ^ crc_table[3][hi & 0xff] ^
+              crc_table[2][(hi >> 8) & 0xff] ^ crc_table[1][(hi >> 16) & 0xff] ^
+              crc_table[0][hi >> 24];
+        p += 8;
+        len -= 8;
+    }
+    while (len--)
+        crc = (crc >> 8) ^ crc_table[0][(crc ^ *p++) & 0xff];
+    return ~crc;
+}
+
+/* ---- segments ---------------------------------------------------------- */
+
+static void seg_path(const ps_pushlog *log, uint64_t first, char *out, size_t outlen) {
+    snprintf(out, outlen, "%s/%016" PRIx64 ".log", log->dir, first);
+}
+
+static int cmp_seg(const void *a, const void *b) {
+    uint64_t x = ((const segment *)a)->first_lsn, y = ((const segment *)b)->first_lsn;
+    return (x > y) - (x < y);
+}
+
+static int list_segments(ps_pushlog *log) {
+    DIR *d = opendir(log->dir);
+    if (!d)
+        return -errno;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        uint64_t first;
+        char tail[8];
+        if (strlen(e->d_name) != 20 || sscanf(e->d_name, "%16" SCNx64 "%7s", &first, tail) != 2 ||
+            strcmp(tail, ".log"))
+            continue;
+        segment *g = realloc(log->segs, (log->nsegs + 1) * sizeof(*g));
+        if (!g) {
+            closedir(d);
+            return -ENOMEM;
+        }
+        log->segs = g;
+        g[log->nsegs++].first_lsn = first;
+    }
+    closedir(d);
+    qsort(log->segs, log->nsegs, sizeof(segment), cmp_seg);
+    return 0;
+}
+
+static int read_all(int fd, char **ret, size_t *ret_len) {
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return -errno;
+    size_t n = (size_t)st.st_size;
+    char *b = malloc(n ? n : 1);
+    if (!b)
+        return -ENOMEM;
+    size_t off = 0;
+    while (off < n) {
+        ssize_t r = pread(fd, b + off, n - off, (off_t)off);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            free(b);
+            return r < 0 ? -errno : PS_ESTORE;
+        }
+        off += (size_t)r;
+    }
+    *ret = b;
+    *ret_len = n;
+    return 0;
+}
+
+/* Replay one segment. *ret_valid is the length of its intact prefix. */
+static int replay_segment(ps_pushlog *log, size_t si, uint64_t covered, ps_pushlog_replay_fn fn,
+                          void *ctx, size_t *ret_valid, char *err, size_t errlen) {
+    char path[PS_PATH_MAX + 32];
+    seg_path(log, log->segs[si].first_lsn, path, sizeof(path));
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return -errno;
+    }
+    char *data = NULL;
+    size_t n = 0;
+    int r = read_all(fd, &data, &n);
+    close(fd);
+    if (r < 0) {
+        snprintf(err, errlen, "%s: %s", path, ps_strerror(r));
+        return r;
+    }
+    size_t off = 0;
+    uint64_t expect = log->segs[si].first_lsn;
+    while (off + REC_HEADER <= n) {
+        uint32_t len, crc;
+        memcpy(&len, data + off, 4);
+        memcpy(&crc, data + off + 4, 4);
+        if (len < 8 || len > MAX_RECORD || off + REC_HEADER + len > n)
+            break;
+        const char *payload = data + off + REC_HEADER;
+        if (ps_crc32c(0, payload, len) != crc)
+            break;
+        uint64_t lsn;
+        memcpy(&lsn, payload, 8);
+        if (lsn != expect) {
+            snprintf(err, errlen, "%s: record at offset %zu has lsn %" PRIu64 ", expected %" PRIu64,
+                     path, off, lsn, expect);
+            free(data);
+            return PS_ESTORE;
+        }
+        expect++;
+        if (lsn > covered) {
+            r = fn(ctx, lsn, payload + 8, len - 8);
+            if (r < 0) {
+                snprintf(err, errlen, "%s: replay of lsn %" PRIu64 " failed: %s", path, lsn,
+                         ps_strerror(r));
+                free(data);
+                return r;
+            }
+        }
+        if (lsn > log->last_lsn)
+            log->last_lsn = lsn;
+        off += REC_HEADER + len;
+    }
+    free(data);
+    *ret_valid = off;
+    if (off != n && si + 1 != log->nsegs) {
+        snprintf(err, errlen, "%s: corrupt record at offset %zu in a segment that is not the last; "
+                              "refusing to skip acknowledged pushes",
+                 path, off);
+        return PS_ESTORE;
+    }
+    return 0;
+}
+
+static int open_segment(ps_pushlog *log, uint64_t first) {
+    char path[PS_PATH_MAX + 32];
+    seg_path(log, first, path, sizeof(path));
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return -errno;
+    if (log->nsegs == 0 || log->segs[log->nsegs - 1].first_lsn != first) {
+        segment *g = realloc(log->segs, (log->nsegs + 1) * sizeof(*g));
+        if (!g) {
+            close(fd);
+            return -ENOMEM;
+        }
+        log->segs = g;
+        g[log->nsegs++].first_lsn = first;
+    }
+    /* Make the new file's directory entry durable before records depend on it. */
+    int dfd = open(log->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
+    pthread_mutex_lock(&log->fd_lock);
+    if (log->fd >= 0)
+        close(log->fd);
+    log->fd = fd;
+    pthread_mutex_unlock(&log->fd_lock);
+    return 0;
+}
+
+int ps_pushlog_open(const char *dir, ps_fsync_policy fsync, uint64_t covered_lsn,
+                    ps_pushlog_replay_fn replay, void *ctx, ps_pushlog **ret_log, char *err,
+                    size_t errlen) {
+    ps_pushlog *log = calloc(1, sizeof(*log));
+    if (!log)
+        return -ENOMEM;
+    snprintf(log->dir, sizeof(log->dir), "%s", dir);
+    log->fsync = fsync;
+    log->fd = -1;
+    log->last_lsn = covered_lsn;
+    pthread_mutex_init(&log->fd_lock, NULL);
+    int r = 0;
+    if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+        r = -errno;
+        snprintf(err, errlen, "%s: %s", dir, strerror(errno));
+        goto fail;
+    }
+    r = list_segments(log);
+    if (r < 0) {
+        snprintf(err, errlen, "%s: %s", dir, ps_strerror(r));
+        goto fail;
+    }
+    for (size_t i = 0; i < log->nsegs; i++) {
+        size_t valid = 0;
+        r = replay_segment(log, i, covered_lsn, replay, ctx, &valid, err, errlen);
+        if (r < 0)
+            goto fail;
+        if (i + 1 == log->nsegs) {
+            char path[PS_PATH_MAX + 32];
+            seg_path(log, log->segs[i].first_lsn, path, sizeof(path));
+            if (truncate(path, (off_t)valid) < 0) {
+                r = -errno;
+                snprintf(err, errlen, "%s: truncate: %s", path, strerror(errno));
+                goto fail;
+            }
+        }
+    }
+    /* Always continue in a fresh segment: older ones stay read-only. */
+    r = open_segment(log, log->last_lsn + 1);
+    if (r < 0) {
+        snprintf(err, errlen, "%s: %s", dir, ps_strerror(r));
+        goto fail;
+    }
+    *ret_log = log;
+    return 0;
+fail:
+    ps_pushlog_close(log);
+    return r;
+}
+
+void ps_pushlog_close(ps_pushlog *log) {
+    if (!log)
+        return;
+    if (log->fd >= 0) {
+        ps_pushlog_commit(log);
+        close(log->fd);
+    }
+    pthread_mutex_destroy(&log->fd_lock);
+    free(log->segs);
+    free(log->buf);
+    free(log);
+}
+
+static int reserve(ps_pushlog *log, size_t more) {
+    if (log->len + more <= log->cap)
+        return 0;
+    size_t cap = log->cap ? log->cap : 1u << 16;
+    while (cap < log->len + more)
+        cap *= 2;
+    char *b = realloc(log->buf, cap);
+    if (!b)
+        return -ENOMEM;
+    log->buf = b;
+    log->cap = cap;
+    return 0;
+}
+
+int ps_pushlog_reserve(ps_pushlog *log, size_t len) {
+    if (8 + len > MAX_RECORD)
+        return PS_ELIMIT;
+    return reserve(log, REC_HEADER + 8 + len);
+}
+
+int ps_pushlog_append(ps_pushlog *log, const struct iovec *iov, int niov, uint64_t *ret_lsn) {
+    size_t plen = 8;
+    for (int i = 0; i < niov; i++)
+        plen += iov[i].iov_len;
+    int r = ps_pushlog_reserve(log, plen - 8);
+    if (r < 0)
+        return r;
+    uint64_t lsn = log->last_lsn + 1;
+    char *p = log->buf + log->len + REC_HEADER;
+    memcpy(p, &lsn, 8);
+    size_t off = 8;
+    for (int i = 0; i < niov; i++) {
+        if (iov[i].iov_len)
+            memcpy(p + off, iov[i].iov_base, iov[i].iov_len);
+        off += iov[i].iov_len;
+    }
+    uint32_t len32 = (uint32_t)plen, crc = ps_crc32c(0, p, plen);
+    memcpy(log->buf + log->len, &len32, 4);
+    memcpy(log->buf + log->len + 4, &crc, 4);
+    log->len += REC_HEADER + plen;
+    log->last_lsn = lsn;
+    *ret_lsn = lsn;
+    return 0;
+}
+
+int ps_pushlog_commit(ps_pushlog *log) {
+    size_t off = 0;
+    while (off < log->len) {
+        ssize_t w = write(log->fd, log->buf + off, log->len - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0) {
+            int r = -errno;
+            /* Keep the unwritten tail: a later commit retries it. Shift
+             * rather than lose the prefix that did reach the file. */
+            memmove(log->buf, log->buf + off, log->len - off);
+            log->len -= off;
+            return r;
+        }
+        off += (size_t)w;
+        log->bytes += (uint64_t)w;
+    }
+    log->len = 0;
+    if (off && log->fsync == PS_FSYNC_ALWAYS && fdatasync(log->fd) < 0)
+        return -errno;
+    return 0;
+}
+
+int ps_pushlog_sync(ps_pushlog *log) {
+    pthread_mutex_lock(&log->fd_lock);
+    int r = fdatasync(log->fd) < 0 ? -errno : 0;
+    pthread_mutex_unlock(&log->fd_lock);
+    return r;
+}
+
+uint64_t ps_pushlog_last_lsn(const ps_pushlog *log) { return log->last_lsn; }
+uint64_t ps_pushlog_bytes(const ps_pushlog *log) { return log->bytes; }
+
+int ps_pushlog_rotate(ps_pushlog *log) {
+    int r = ps_pushlog_commit(log);
+    if (r < 0)
+        return r;
+    if (log->nsegs && log->segs[log->nsegs - 1].first_lsn == log->last_lsn + 1)
+        return 0; /* current segment is still empty */
+    if (log->fsync != PS_FSYNC_NO && log->fd >= 0 && fdatasync(log->fd) < 0)
+        return -errno;
+    return open_segment(log, log->last_lsn + 1);
+}
+
+int ps_pushlog_drop_covered(ps_pushlog *log, uint64_t covered) {
+    /* Segment i holds lsns [first_i, first_{i+1}); the current one is kept. */
+    size_t keep_from = 0;
+    while (keep_from + 1 < log->nsegs && log->segs[keep_from + 1].first_lsn <= covered + 1)
+        keep_from++;
+    for (size_t i = 0; i < keep_from; i++) {
+        char path[PS_PATH_MAX + 32];
+        seg_path(log, log->segs[i].first_lsn, path, sizeof(path));
+        if (unlink(path) < 0 && errno != ENOENT)
+            return -errno;
+    }
+    memmove(log->segs, log->segs + keep_from, (log->nsegs - keep_from) * sizeof(segment));
+    log->nsegs -= keep_from;
+    return 0;
+}

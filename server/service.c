@@ -1,0 +1,480 @@
+#include "service.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ctrps.pb-c.h"
+#include "error.h"
+#include "rpc.h"
+
+#define EXPORT_PAGE_MAX 65536
+#define STATUS_COUNT 16
+
+struct ps_service {
+    ps_shard *shard;
+    const ps_config *cfg;
+    ps_service_extra_counters_fn extra;
+    void *extra_ctx;
+    uint64_t requests[PS_METHOD_COUNT];
+    uint64_t statuses[STATUS_COUNT];
+    uint64_t bad_frames;
+};
+
+/* Everything one response borrows until it is packed. */
+typedef struct reply {
+    Ctrps__Response resp;
+    union {
+        Ctrps__HelloResponse hello;
+        Ctrps__PullResponse pull;
+        Ctrps__PushResponse push;
+        Ctrps__LookupResponse lookup;
+        Ctrps__StatsResponse stats;
+        Ctrps__ClusterMapResponse cluster_map;
+        Ctrps__ExportResponse export;
+    } u;
+    void *owned[8];              /* freed after packing */
+    int nowned;
+    bool push_ack;
+    char err[512];
+} reply;
+
+static void *own(reply *rp, void *p) {
+    if (p)
+        rp->owned[rp->nowned++] = p;
+    return p;
+}
+
+int ps_service_new(ps_shard *shard, ps_service **ret_service) {
+    ps_service *svc = calloc(1, sizeof(*svc));
+    if (!svc)
+        return -ENOMEM;
+    svc->shard = shard;
+    svc->cfg = ps_shard_config(shard);
+    *ret_service = svc;
+    return 0;
+}
+
+void ps_service_free(ps_service *svc) { free(svc); }
+
+void ps_service_set_extra_counters(ps_service *svc, ps_service_extra_counters_fn fn, void *ctx) {
+    svc->extra = fn;
+    svc->extra_ctx = ctx;
+}
+
+void ps_service_totals(const ps_service *svc, uint64_t *ret_requests, uint64_t *ret_errors) {
+    uint64_t req = 0, errs = 0;
+    for (int i = 0; i < PS_METHOD_COUNT; i++)
+        req += svc->requests[i];
+    for (int i = 1; i < STATUS_COUNT; i++)
+        errs += svc->statuses[i];
+    *ret_requests = req;
+    *ret_errors = errs;
+}
+
+/* ---- shared checks ---------------------------------------------------------- */
+
+static int check_keys(ps_service *svc, size_t n, reply *rp) {
+    uint64_t max = svc->cfg->server.max_keys_per_request;
+    if (n > max) {
+        snprintf(rp->err, sizeof(rp->err), "%zu keys exceed max_keys_per_request = %llu", n,
+                 (unsigned long long)max);
+        return PS_ELIMIT;
+    }
+    return 0;
+}
+
+static int find_table(ps_service *svc, const char *name, ps_table **ret, reply *rp) {
+    ps_table *t = name ? ps_shard_table(svc->shard, name) : NULL;
+    if (!t) {
+        snprintf(rp->err, sizeof(rp->err), "unknown table '%.64s'", name ? name : "");
+        return PS_EUNKNOWN_TABLE;
+    }
+    *ret = t;
+    return 0;
+}
+
+static int check_owned(ps_service *svc, const uint64_t *keys, size_t n, reply *rp) {
+    if (ps_shard_owns_all(svc->shard, keys, n))
+        return 0;
+    snprintf(rp->err, sizeof(rp->err), "keys of buckets not owned by shard %u (map version %llu)",
+             ps_shard_id(svc->shard), (unsigned long long)svc->cfg->map_version);
+    rp->resp.map_version = svc->cfg->map_version;
+    return PS_EWRONG_SHARD;
+}
+
+/* Table, key count and ownership: the checks every keyed method shares. */
+static int check_keyed(ps_service *svc, const char *table, const uint64_t *keys, size_t n,
+                       ps_table **ret, reply *rp) {
+    int r = find_table(svc, table, ret, rp);
+    if (r == 0)
+        r = check_keys(svc, n, rp);
+    if (r == 0)
+        r = check_owned(svc, keys, n, rp);
+    return r;
+}
+
+/* ---- methods --------------------------------------------------------------- */
+
+static int do_hello(ps_service *svc, ps_session *sess, const Ctrps__HelloRequest *req, reply *rp) {
+    if (req->protocol_version != PS_PROTOCOL_VERSION) {
+        snprintf(rp->err, sizeof(rp->err), "protocol version %u not supported (server speaks %u)",
+                 req->protocol_version, PS_PROTOCOL_VERSION);
+        return PS_EPROTO;
+    }
+    sess->hello_done = true;
+    sess->client_id = req->client_id;
+    Ctrps__HelloResponse *h = &rp->u.hello;
+    ctrps__hello_response__init(h);
+    h->protocol_version = PS_PROTOCOL_VERSION;
+    h->shard_id = ps_shard_id(svc->shard);
+    h->map_version = svc->cfg->map_version;
+    h->authenticated = true;
+    h->last_push_seq = req->client_id ? ps_shard_client_seq(svc->shard, req->client_id) : 0;
+    rp->resp.result_case = CTRPS__RESPONSE__RESULT_HELLO;
+    rp->resp.hello = h;
+    return 0;
+}
+
+static int do_pull(ps_service *svc, ps_session *sess, const Ctrps__PullRequest *req, reply *rp) {
+    (void)sess;
+    ps_table *t;
+    int r = check_keyed(svc, req->table, req->keys, req->n_keys, &t, rp);
+    if (r < 0)
+        return r;
+    uint32_t dim = ps_table_dim(t);
+    float *values = own(rp, malloc(req->n_keys * dim * sizeof(float) + 1));
+    if (!values)
+        return -ENOMEM;
+    r = ps_table_pull(t, req->keys, req->n_keys, values, rp->err, sizeof(rp->err));
+    if (r < 0)
+        return r;
+    Ctrps__PullResponse *p = &rp->u.pull;
+    ctrps__pull_response__init(p);
+    p->dim = dim;
+    p->n_values = req->n_keys * dim;
+    p->values = values;
+    rp->resp.result_case = CTRPS__RESPONSE__RESULT_PULL;
+    rp->resp.pull = p;
+    return 0;
+}
+
+static int do_push(ps_service *svc, ps_session *sess, const Ctrps__PushRequest *req, reply *rp) {
+    (void)sess;
+    ps_table *t;
+    int r = check_keyed(svc, req->table, req->keys, req->n_keys, &t, rp);
+    if (r < 0)
+        return r;
+    uint32_t dim = ps_table_dim(t);
+    if (req->n_grads != req->n_keys * dim) {
+        snprintf(rp->err, sizeof(rp->err), "%zu gradient values for %zu keys of table %s (dim %u)",
+                 req->n_grads, req->n_keys, req->table, dim);
+        return PS_EDIM;
+    }
+    ps_push_result res;
+    r = ps_shard_push(svc->shard, t, req->keys, req->n_keys, req->grads, req->client_id, req->seq,
+                      &res, rp->err, sizeof(rp->err));
+    if (r < 0)
+        return r;
+    Ctrps__PushResponse *p = &rp->u.push;
+    ctrps__push_response__init(p);
+    p->applied = res.applied;
+    p->dropped_nonfinite = res.dropped_nonfinite;
+    p->already_applied = res.already_applied;
+    rp->resp.result_case = CTRPS__RESPONSE__RESULT_PUSH;
+    rp->resp.push = p;
+    rp->push_ack = !res.already_applied;
+    return 0;
+}
+
+static int do_lookup(ps_service *svc, ps_session *sess, const Ctrps__LookupRequest *req, reply *rp) {
+    (void)sess;
+    ps_table *t;
+    int r = check_keyed(svc, req->table, req->keys, req->n_keys, &t, rp);
+    if (r < 0)
+        return r;
+    size_t n = req->n_keys;
+    uint32_t dim = ps_table_dim(t), width = ps_table_state_width(t);
+    float *values = own(rp, malloc(n * dim * sizeof(float) + 1));
+    uint8_t *found8 = own(rp, malloc(n + 1));
+    protobuf_c_boolean *found = own(rp, malloc(n * sizeof(protobuf_c_boolean) + 1));
+    float *state = req->with_state ? own(rp, malloc(n * width * sizeof(float) + 1)) : NULL;
+    if (!values || !found8 || !found || (req->with_state && !state))
+        return -ENOMEM;
+    r = ps_table_lookup(t, req->keys, n, found8, values, state, rp->err, sizeof(rp->err));
+    if (r < 0)
+        return r;
+    for (size_t i = 0; i < n; i++)
+        found[i] = found8[i];
+    Ctrps__LookupResponse *p = &rp->u.lookup;
+    ctrps__lookup_response__init(p);
+    p->dim = dim;
+    p->n_found = n;
+    p->found = found;
+    p->n_values = n * dim;
+    p->values = values;
+    if (state) {
+        p->state_dim = width;
+        p->n_state = n * width;
+        p->state = state;
+    }
+    rp->resp.result_case = CTRPS__RESPONSE__RESULT_LOOKUP;
+    rp->resp.lookup = p;
+    return 0;
+}
+
+typedef struct export_acc {
+    uint64_t *keys;
+    float *values, *state;
+    uint32_t dim, width;
+    size_t n;
+} export_acc;
+
+static void export_row(void *ctx, uint64_t key, const float *state) {
+    export_acc *a = ctx;
+    a->keys[a->n] = key;
+    memcpy(a->values + a->n * a->dim, state, a->dim * sizeof(float));
+    if (a->state)
+        memcpy(a->state + a->n * a->width, state, a->width * sizeof(float));
+    a->n++;
+}
+
+static int do_export(ps_service *svc, ps_session *sess, const Ctrps__ExportRequest *req, reply *rp) {
+    (void)sess;
+    ps_table *t;
+    int r = find_table(svc, req->table, &t, rp);
+    if (r < 0)
+        return r;
+    if (req->after.len != 0 && req->after.len != PS_STORE_KEY_LEN) {
+        snprintf(rp->err, sizeof(rp->err), "export cursor must be empty or %d bytes",
+                 PS_STORE_KEY_LEN);
+        return PS_EPROTO;
+    }
+    /* A new export sees every row: write back what is only in memory. */
+    if (req->after.len == 0) {
+        r = ps_shard_flush_sync(svc->shard, rp->err, sizeof(rp->err));
+        if (r < 0)
+            return r;
+    }
+    size_t limit = req->limit ? req->limit : 4096;
+    if (limit > EXPORT_PAGE_MAX)
+        limit = EXPORT_PAGE_MAX;
+    export_acc a = {.dim = ps_table_dim(t), .width = ps_table_state_width(t)};
+    a.keys = own(rp, malloc(limit * sizeof(uint64_t)));
+    a.values = own(rp, malloc(limit * a.dim * sizeof(float)));
+    a.state = req->with_state ? own(rp, malloc(limit * a.width * sizeof(float))) : NULL;
+    uint8_t *next = own(rp, malloc(PS_STORE_KEY_LEN));
+    if (!a.keys || !a.values || !next || (req->with_state && !a.state))
+        return -ENOMEM;
+    ps_store_key after, last;
+    if (req->after.len)
+        memcpy(after.b, req->after.data, PS_STORE_KEY_LEN);
+    size_t count;
+    bool done;
+    r = ps_table_export(t, req->after.len ? &after : NULL, limit, export_row, &a, &last, &count,
+                        &done);
+    if (r < 0) {
+        snprintf(rp->err, sizeof(rp->err), "export of table %s: %s", req->table, ps_strerror(r));
+        return r;
+    }
+    Ctrps__ExportResponse *p = &rp->u.export;
+    ctrps__export_response__init(p);
+    p->n_keys = a.n;
+    p->keys = a.keys;
+    p->dim = a.dim;
+    p->n_values = a.n * a.dim;
+    p->values = a.values;
+    if (a.state) {
+        p->state_dim = a.width;
+        p->n_state = a.n * a.width;
+        p->state = a.state;
+    }
+    p->done = done;
+    if (count) {
+        memcpy(next, last.b, PS_STORE_KEY_LEN);
+        p->next.data = next;
+        p->next.len = PS_STORE_KEY_LEN;
+    } else if (req->after.len) {
+        memcpy(next, req->after.data, PS_STORE_KEY_LEN);
+        p->next.data = next;
+        p->next.len = PS_STORE_KEY_LEN;
+    }
+    rp->resp.result_case = CTRPS__RESPONSE__RESULT_EXPORT;
+    rp->resp.export = p;
+    return 0;
+}
+
+static int do_cluster_map(ps_service *svc, ps_session *sess, const Ctrps__ClusterMapRequest *req,
+                          reply *rp) {
+    (void)sess;
+    (void)req;
+    const ps_config *cfg = svc->cfg;
+    uint32_t *owner = own(rp, malloc(cfg->buckets * sizeof(uint32_t)));
+    if (!owner)
+        return -ENOMEM;
+    for (uint32_t b = 0; b < cfg->buckets; b++)
+        owner[b] = ps_cluster_owner(b, cfg->buckets, cfg->nshards);
+    Ctrps__ClusterMapResponse *m = &rp->u.cluster_map;
+    ctrps__cluster_map_response__init(m);
+    m->version = cfg->map_version;
+    m->buckets = cfg->buckets;
+    m->n_shards = cfg->nshards;
+    m->shards = cfg->shards;
+    m->n_owner = cfg->buckets;
+    m->owner = owner;
+    rp->resp.result_case = CTRPS__RESPONSE__RESULT_CLUSTER_MAP;
+    rp->resp.cluster_map = m;
+    return 0;
+}
+
+typedef struct counter_acc {
+    Ctrps__Counter *items;
+    Ctrps__Counter **ptrs;
+    size_t n, cap;
+} counter_acc;
+
+static void add_counter(void *acc, const char *name, uint64_t value) {
+    counter_acc *a = acc;
+    if (a->n == a->cap)
+        return;
+    Ctrps__Counter *c = &a->items[a->n];
+    ctrps__counter__init(c);
+    c->name = (char *)name;
+    c->value = value;
+    a->ptrs[a->n++] = c;
+}
+
+#define MAX_COUNTERS 96
+
+static int do_stats(ps_service *svc, ps_session *sess, const Ctrps__StatsRequest *req, reply *rp) {
+    (void)sess;
+    (void)req;
+    size_t nt = ps_shard_ntables(svc->shard);
+    Ctrps__TableStats *ts = own(rp, calloc(nt + 1, sizeof(*ts)));
+    Ctrps__TableStats **tsp = own(rp, calloc(nt + 1, sizeof(*tsp)));
+    counter_acc acc = {.cap = MAX_COUNTERS};
+    acc.items = own(rp, calloc(MAX_COUNTERS, sizeof(Ctrps__Counter)));
+    acc.ptrs = own(rp, calloc(MAX_COUNTERS, sizeof(Ctrps__Counter *)));
+    if (!ts || !tsp || !acc.items || !acc.ptrs)
+        return -ENOMEM;
+    for (size_t i = 0; i < nt; i++) {
+        ps_table *t = ps_shard_table_at(svc->shard, i);
+        ps_table_stats st;
+        ps_table_stats_get(t, &st);
+        ctrps__table_stats__init(&ts[i]);
+        ts[i].name = (char *)ps_table_config_of(t)->name;
+        ts[i].rows = st.rows;
+        ts[i].rows_in_memory = st.rows_in_memory;
+        ts[i].dirty_rows = st.dirty_rows;
+        ts[i].dropped_nonfinite = st.dropped_nonfinite;
+        ts[i].pulled_rows = st.pulled_rows;
+        ts[i].pushed_rows = st.pushed_rows;
+        ts[i].memory_misses = st.memory_misses;
+        tsp[i] = &ts[i];
+    }
+    /* Counter names must outlive packing: they are string literals. */
+#define ADD_METHOD(name, tag) add_counter(&acc, "requests_" #name, svc->requests[PS_METHOD_##tag]);
+    PS_METHOD_MAP(ADD_METHOD)
+#undef ADD_METHOD
+    uint64_t errors = 0;
+    for (int i = 1; i < STATUS_COUNT; i++)
+        errors += svc->statuses[i];
+    add_counter(&acc, "errors", errors);
+    add_counter(&acc, "errors_wrong_shard", svc->statuses[CTRPS__STATUS__WRONG_SHARD]);
+    add_counter(&acc, "errors_unknown_table", svc->statuses[CTRPS__STATUS__UNKNOWN_TABLE]);
+    add_counter(&acc, "errors_bad_request", svc->statuses[CTRPS__STATUS__BAD_REQUEST]);
+    add_counter(&acc, "errors_bad_dimension", svc->statuses[CTRPS__STATUS__BAD_DIMENSION]);
+    add_counter(&acc, "errors_limit_exceeded", svc->statuses[CTRPS__STATUS__LIMIT_EXCEEDED]);
+    add_counter(&acc, "errors_read_only", svc->statuses[CTRPS__STATUS__READ_ONLY]);
+    add_counter(&acc, "errors_unauthenticated", svc->statuses[CTRPS__STATUS__UNAUTHENTICATED]);
+    add_counter(&acc, "errors_internal", svc->statuses[CTRPS__STATUS__INTERNAL]);
+    add_counter(&acc, "bad_frames", svc->bad_frames);
+    ps_shard_counters sc;
+    ps_shard_counters_get(svc->shard, &sc);
+#define ADD_SHARD(name, help) add_counter(&acc, #name, sc.name);
+    PS_SHARD_COUNTER_MAP(ADD_SHARD)
+#undef ADD_SHARD
+    if (svc->extra)
+        svc->extra(svc->extra_ctx, add_counter, &acc);
+    Ctrps__StatsResponse *s = &rp->u.stats;
+    ctrps__stats_response__init(s);
+    s->shard_id = ps_shard_id(svc->shard);
+    s->n_tables = nt;
+    s->tables = tsp;
+    s->n_counters = acc.n;
+    s->counters = acc.ptrs;
+    s->rocksdb_bytes = ps_shard_store_bytes(svc->shard);
+    s->durability = svc->cfg->server.durability == PS_DURABILITY_SYNC ? "sync" : "interval";
+    s->store_error = (char *)ps_shard_store_error(svc->shard);
+    rp->resp.result_case = CTRPS__RESPONSE__RESULT_STATS;
+    rp->resp.stats = s;
+    return 0;
+}
+
+static int do_unsupported(reply *rp, const char *what) {
+    snprintf(rp->err, sizeof(rp->err), "method %s is not supported by this server", what);
+    return PS_EPROTO;
+}
+
+/* ---- dispatch --------------------------------------------------------------- */
+
+int ps_service_handle(ps_service *svc, ps_session *sess, const char *frame, size_t len, ps_buf *out,
+                      bool *ret_push) {
+    *ret_push = false;
+    Ctrps__Request *req =
+        ctrps__request__unpack(NULL, len, (const uint8_t *)frame);
+    if (!req) {
+        svc->bad_frames++;
+        return PS_EPROTO;
+    }
+    reply rp;
+    memset(&rp, 0, sizeof(rp));
+    ctrps__response__init(&rp.resp);
+    rp.resp.id = req->id;
+    int r;
+    switch (req->method_case) {
+#define DISPATCH(name, tag)                                                                    \
+    case CTRPS__REQUEST__METHOD_##tag:                                                         \
+        svc->requests[PS_METHOD_##tag]++;                                                      \
+        r = do_##name(svc, sess, req->name, &rp);                                              \
+        break;
+        DISPATCH(hello, HELLO)
+        DISPATCH(pull, PULL)
+        DISPATCH(push, PUSH)
+        DISPATCH(lookup, LOOKUP)
+        DISPATCH(stats, STATS)
+        DISPATCH(cluster_map, CLUSTER_MAP)
+        DISPATCH(export, EXPORT)
+#undef DISPATCH
+    case CTRPS__REQUEST__METHOD_DENSE_PULL:
+        svc->requests[PS_METHOD_DENSE_PULL]++;
+        r = do_unsupported(&rp, "DensePull");
+        break;
+    case CTRPS__REQUEST__METHOD_DENSE_PUSH:
+        svc->requests[PS_METHOD_DENSE_PUSH]++;
+        r = do_unsupported(&rp, "DensePush");
+        break;
+    default:
+        snprintf(rp.err, sizeof(rp.err), "request %llu names no method",
+                 (unsigned long long)req->id);
+        r = PS_EPROTO;
+        break;
+    }
+    if (r < 0) {
+        /* An error reply carries no result: whatever was filled is dropped. */
+        rp.resp.result_case = CTRPS__RESPONSE__RESULT__NOT_SET;
+        rp.resp.status = ps_status_from_error(r);
+        if (!rp.err[0])
+            snprintf(rp.err, sizeof(rp.err), "%s", ps_strerror(r));
+        rp.resp.message = rp.err;
+        rp.push_ack = false;
+    }
+    svc->statuses[rp.resp.status < STATUS_COUNT ? rp.resp.status : STATUS_COUNT - 1]++;
+    r = ps_frame_append(out, &rp.resp.base);
+    for (int i = 0; i < rp.nowned; i++)
+        free(rp.owned[i]);
+    ctrps__request__free_unpacked(req, NULL);
+    *ret_push = rp.push_ack;
+    return r;
+}

@@ -1,0 +1,44 @@
+#pragma once
+/* RPC handlers: decode a Request frame, check it, call the shard, encode the
+ * Response frame. The only server module that sees protobuf; it never sees a
+ * socket (server/net.c owns those).
+ *
+ * Everything a peer sends is checked here before the shard sees it: the
+ * method, the table, key and value counts against the table's dimension and
+ * the configured limits, and key ownership. A rejected request changes no
+ * state and gets an error status; only a frame that is not a Request at all
+ * makes the caller close that one connection. */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "frame.h"
+#include "shard.h"
+
+typedef struct ps_service ps_service;
+
+/* Per-connection protocol state, owned by the connection. */
+typedef struct ps_session {
+    bool hello_done;
+    uint64_t client_id;
+} ps_session;
+
+/* Counters kept by the network layer, reported through Stats. */
+typedef void (*ps_service_extra_counters_fn)(void *ctx, void (*add)(void *acc, const char *name,
+                                                                      uint64_t value),
+                                             void *acc);
+
+int ps_service_new(ps_shard *shard, ps_service **ret_service);
+void ps_service_free(ps_service *svc);
+void ps_service_set_extra_counters(ps_service *svc, ps_service_extra_counters_fn fn, void *ctx);
+
+/* Handle one frame and append its response frame to out. *ret_push is set
+ * when the response acknowledges applied pushes: it must not leave before
+ * ps_shard_commit() succeeded. Returns PS_EPROTO when the frame does not
+ * decode as a Request (close the connection), else 0. */
+int ps_service_handle(ps_service *svc, ps_session *sess, const char *frame, size_t len, ps_buf *out,
+                      bool *ret_push);
+
+/* Total requests and errors so far (for logs). */
+void ps_service_totals(const ps_service *svc, uint64_t *ret_requests, uint64_t *ret_errors);

@@ -1,0 +1,725 @@
+#include "shard.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "error.h"
+#include "keys.h"
+#include "pushlog.h"
+#include "store.h"
+
+/* Column families: meta, dense, then one per table. */
+#define CF_META 0
+#define CF_DENSE 1
+#define CF_TABLE0 2
+
+#define REC_SPARSE_PUSH 1
+
+/* Push-log record body for a sparse push; followed by the table name, the
+ * keys and the gradients. */
+typedef struct push_record {
+    uint8_t type;
+    uint8_t pad;
+    uint16_t name_len;
+    uint32_t n;
+    uint32_t dim;
+    uint32_t pad2;
+    uint64_t client_id;
+    uint64_t seq;
+} push_record;
+
+typedef struct client_entry {
+    uint64_t id;                 /* 0 = empty */
+    uint64_t seq;
+    bool dirty;                  /* changed since the last write-back began */
+} client_entry;
+
+typedef enum { FLUSH_IDLE, FLUSH_PENDING, FLUSH_DONE } flush_state;
+
+typedef struct flush_job {
+    ps_store_batch *batch;
+    uint32_t *gens;              /* per table */
+    uint64_t covered_lsn;
+    size_t rows;
+} flush_job;
+
+struct ps_shard {
+    const ps_config *cfg;
+    uint32_t id;
+    char dir[PS_PATH_MAX];
+    ps_store *store;
+    ps_table **tables;
+    size_t ntables;
+    ps_pushlog *log;
+    bool replaying;
+    uint64_t replay_covered;     /* while replaying: every record <= this is applied */
+
+    client_entry *clients;
+    size_t nclients, clients_cap;
+
+    /* Write-back thread and its single job slot. */
+    pthread_t thread;
+    bool thread_started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    flush_state state;
+    bool stop;
+    flush_job job;
+    int job_result;
+    char job_err[256];
+    void (*notify)(void *ctx);
+    void *notify_ctx;
+
+    uint64_t last_flush_ms, retry_at_ms;
+    bool job_failed;             /* job holds a batch to retry */
+    bool read_only;
+    char store_error[256];
+
+    ps_shard_counters c;
+};
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static int mkdir_p(const char *path) {
+    char tmp[PS_PATH_MAX];
+    snprintf(tmp, sizeof(tmp), "%s", path);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p == '/') {
+            *p = '\0';
+            if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
+                return -errno;
+            *p = '/';
+        }
+    }
+    if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
+        return -errno;
+    return 0;
+}
+
+static uint64_t mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+uint32_t ps_cluster_owner(uint32_t bucket, uint32_t nbuckets, uint32_t nshards) {
+    /* Contiguous ranges, so each shard's rows are a few key ranges in its
+     * store and a future resharding moves whole ranges. */
+    return (uint32_t)(((uint64_t)bucket * nshards) / nbuckets);
+}
+
+bool ps_shard_owns_all(const ps_shard *s, const uint64_t *keys, size_t n) {
+    uint32_t nb = s->cfg->buckets, ns = s->cfg->nshards;
+    for (size_t i = 0; i < n; i++)
+        if (ps_cluster_owner(ps_bucket(keys[i], nb), nb, ns) != s->id)
+            return false;
+    return true;
+}
+
+static int meta_get_u64(ps_shard *s, const char *key, uint64_t *ret, char *err, size_t errlen) {
+    char *v;
+    size_t len;
+    int r = ps_store_get(s->store, CF_META, key, strlen(key), &v, &len, err, errlen);
+    if (r < 0)
+        return r;
+    *ret = 0;
+    if (v && len == 8)
+        memcpy(ret, v, 8);
+    free(v);
+    return 0;
+}
+
+/* ---- client sequence numbers ------------------------------------------- */
+
+static client_entry *client_slot(ps_shard *s, uint64_t id, bool insert) {
+    if (insert && 2 * (s->nclients + 1) > s->clients_cap) {
+        size_t cap = s->clients_cap ? 2 * s->clients_cap : 64;
+        client_entry *grown = calloc(cap, sizeof(*grown));
+        if (!grown)
+            return NULL;
+        for (size_t i = 0; i < s->clients_cap; i++) {
+            if (!s->clients[i].id)
+                continue;
+            size_t j = ps_mix64(s->clients[i].id) & (cap - 1);
+            while (grown[j].id)
+                j = (j + 1) & (cap - 1);
+            grown[j] = s->clients[i];
+        }
+        free(s->clients);
+        s->clients = grown;
+        s->clients_cap = cap;
+    }
+    if (!s->clients_cap)
+        return NULL;
+    size_t j = ps_mix64(id) & (s->clients_cap - 1);
+    while (s->clients[j].id && s->clients[j].id != id)
+        j = (j + 1) & (s->clients_cap - 1);
+    if (s->clients[j].id == id)
+        return &s->clients[j];
+    if (!insert)
+        return NULL;
+    s->clients[j].id = id;
+    s->nclients++;
+    return &s->clients[j];
+}
+
+uint64_t ps_shard_client_seq(const ps_shard *s, uint64_t client_id) {
+    client_entry *e = client_slot((ps_shard *)s, client_id, false);
+    return e ? e->seq : 0;
+}
+
+static int load_clients(ps_shard *s) {
+    const char prefix[] = "client/";
+    ps_store_iter *it = ps_store_iter_new(s->store, CF_META, prefix, sizeof(prefix) - 1);
+    if (!it)
+        return -ENOMEM;
+    int r = 0;
+    for (; ps_store_iter_valid(it); ps_store_iter_next(it)) {
+        size_t klen, vlen;
+        const char *k = ps_store_iter_key(it, &klen);
+        const char *v = ps_store_iter_value(it, &vlen);
+        if (klen != sizeof(prefix) - 1 + 8 || memcmp(k, prefix, sizeof(prefix) - 1))
+            break;
+        uint64_t id = 0, seq;
+        for (int i = 0; i < 8; i++)
+            id = (id << 8) | (uint8_t)k[sizeof(prefix) - 1 + i];
+        if (vlen != 8)
+            continue;
+        memcpy(&seq, v, 8);
+        client_entry *e = client_slot(s, id, true);
+        if (!e) {
+            r = -ENOMEM;
+            break;
+        }
+        e->seq = seq;
+    }
+    ps_store_iter_free(it);
+    return r;
+}
+
+/* ---- write-back ---------------------------------------------------------- */
+
+static void *flush_thread(void *arg) {
+    ps_shard *s = arg;
+    pthread_mutex_lock(&s->mu);
+    while (!s->stop) {
+        if (s->state != FLUSH_PENDING) {
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_sec += 1;
+            int w = pthread_cond_timedwait(&s->cv, &s->mu, &until);
+            if (w == ETIMEDOUT && s->log && s->cfg->server.fsync == PS_FSYNC_EVERYSEC) {
+                pthread_mutex_unlock(&s->mu);
+                ps_pushlog_sync(s->log);
+                pthread_mutex_lock(&s->mu);
+            }
+            continue;
+        }
+        ps_store_batch *b = s->job.batch;
+        pthread_mutex_unlock(&s->mu);
+        char err[256] = "";
+        int r = ps_store_write(s->store, b, err, sizeof(err));
+        pthread_mutex_lock(&s->mu);
+        s->job_result = r;
+        snprintf(s->job_err, sizeof(s->job_err), "%s", err);
+        s->state = FLUSH_DONE;
+        pthread_cond_broadcast(&s->cv);
+        if (s->notify) {
+            pthread_mutex_unlock(&s->mu);
+            s->notify(s->notify_ctx);
+            pthread_mutex_lock(&s->mu);
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+static void submit(ps_shard *s) {
+    pthread_mutex_lock(&s->mu);
+    s->state = FLUSH_PENDING;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static size_t total_dirty(const ps_shard *s) {
+    size_t n = 0;
+    for (size_t i = 0; i < s->ntables; i++)
+        n += ps_table_dirty_count(s->tables[i]);
+    return n;
+}
+
+/* Build the next write-back batch on the loop thread and hand it over. */
+static int flush_begin(ps_shard *s) {
+    int r = 0;
+    if (s->log) {
+        r = ps_pushlog_rotate(s->log);
+        if (r < 0)
+            return r;
+    }
+    flush_job *j = &s->job;
+    j->batch = ps_store_batch_new();
+    if (!j->batch)
+        return -ENOMEM;
+    /* During replay the log is not open yet (and a full memory tier can force
+     * a write-back): the batch covers exactly the records replayed so far. */
+    j->covered_lsn = s->log ? ps_pushlog_last_lsn(s->log) : s->replay_covered;
+    j->rows = 0;
+    for (size_t i = 0; i < s->ntables; i++) {
+        ps_table *t = s->tables[i];
+        j->rows += ps_table_collect(t, j->batch, &j->gens[i]);
+        char key[PS_NAME_MAX + 8];
+        snprintf(key, sizeof(key), "rows/%s", ps_table_config_of(t)->name);
+        uint64_t rows = ps_table_persisted_rows(t);
+        ps_store_batch_put(j->batch, s->store, CF_META, key, strlen(key), &rows, 8);
+    }
+    for (size_t i = 0; i < s->clients_cap; i++) {
+        client_entry *e = &s->clients[i];
+        if (!e->id || !e->dirty)
+            continue;
+        char key[16] = "client/";
+        for (int b = 0; b < 8; b++)
+            key[7 + b] = (char)(e->id >> (56 - 8 * b));
+        ps_store_batch_put(j->batch, s->store, CF_META, key, 15, &e->seq, 8);
+        e->dirty = false;
+    }
+    ps_store_batch_put(j->batch, s->store, CF_META, "flushed_lsn", 11, &j->covered_lsn, 8);
+    submit(s);
+    return 0;
+}
+
+static void flush_end(ps_shard *s, uint64_t now_ms) {
+    flush_job *j = &s->job;
+    pthread_mutex_lock(&s->mu);
+    int r = s->job_result;
+    char err[256];
+    snprintf(err, sizeof(err), "%s", s->job_err);
+    s->state = FLUSH_IDLE;
+    pthread_mutex_unlock(&s->mu);
+    if (r < 0) {
+        /* Keep the batch and retry it: it is the only record of the rows it
+         * holds as of covered_lsn (their log segments are still kept). */
+        s->c.flush_errors++;
+        s->job_failed = true;
+        s->read_only = true;
+        snprintf(s->store_error, sizeof(s->store_error), "%s", err[0] ? err : ps_strerror(r));
+        s->retry_at_ms = now_ms + 1000;
+        return;
+    }
+    for (size_t i = 0; i < s->ntables; i++)
+        ps_table_committed(s->tables[i], j->gens[i]);
+    if (s->log)
+        ps_pushlog_drop_covered(s->log, j->covered_lsn);
+    s->c.flushes++;
+    s->c.flushed_rows += j->rows;
+    ps_store_batch_free(j->batch);
+    j->batch = NULL;
+    s->job_failed = false;
+    s->read_only = false;
+    s->store_error[0] = '\0';
+    s->last_flush_ms = now_ms;
+}
+
+static void wait_flush(ps_shard *s) {
+    pthread_mutex_lock(&s->mu);
+    while (s->state == FLUSH_PENDING)
+        pthread_cond_wait(&s->cv, &s->mu);
+    bool done = s->state == FLUSH_DONE;
+    pthread_mutex_unlock(&s->mu);
+    if (done)
+        flush_end(s, mono_ms());
+}
+
+static bool flush_due(const ps_shard *s, uint64_t now_ms) {
+    const ps_server_config *sc = &s->cfg->server;
+    size_t dirty = total_dirty(s);
+    if (dirty == 0)
+        return false;
+    uint32_t every = sc->durability == PS_DURABILITY_INTERVAL ? sc->interval_ms : sc->flush_interval_ms;
+    return dirty >= sc->flush_dirty_rows || now_ms - s->last_flush_ms >= every;
+}
+
+void ps_shard_tick(ps_shard *s, uint64_t now_ms) {
+    pthread_mutex_lock(&s->mu);
+    flush_state st = s->state;
+    pthread_mutex_unlock(&s->mu);
+    if (st == FLUSH_DONE)
+        flush_end(s, now_ms);
+    if (st == FLUSH_PENDING)
+        return;
+    if (s->job_failed) {
+        if (now_ms >= s->retry_at_ms)
+            submit(s);
+        return;
+    }
+    uint32_t now_s = (uint32_t)time(NULL);
+    for (size_t i = 0; i < s->ntables; i++)
+        ps_table_set_clock(s->tables[i], now_s);
+    if (flush_due(s, now_ms)) {
+        int r = flush_begin(s);
+        if (r < 0) {
+            s->read_only = true;
+            snprintf(s->store_error, sizeof(s->store_error), "push log: %s", ps_strerror(r));
+        }
+    }
+}
+
+int ps_shard_flush_sync(ps_shard *s, char *err, size_t errlen) {
+    wait_flush(s);
+    if (s->job_failed) {
+        submit(s);
+        wait_flush(s);
+    }
+    if (!s->job_failed && total_dirty(s) > 0) {
+        int r = flush_begin(s);
+        if (r < 0) {
+            snprintf(err, errlen, "write-back: %s", ps_strerror(r));
+            return r;
+        }
+        wait_flush(s);
+    }
+    if (s->job_failed) {
+        snprintf(err, errlen, "write-back failed: %s", s->store_error);
+        return PS_EREAD_ONLY;
+    }
+    return 0;
+}
+
+static int make_room(void *ctx) {
+    ps_shard *s = ctx;
+    char err[256];
+    s->c.make_room_flushes++;
+    return ps_shard_flush_sync(s, err, sizeof(err));
+}
+
+/* ---- pushes --------------------------------------------------------------- */
+
+static int apply_push(ps_shard *s, ps_table *t, const uint64_t *keys, size_t n, const float *grads,
+                      uint64_t client_id, uint64_t seq, ps_push_result *ret, char *err,
+                      size_t errlen) {
+    const char *name = ps_table_config_of(t)->name;
+    uint32_t dim = ps_table_dim(t);
+    push_record rec = {.type = REC_SPARSE_PUSH,
+                       .name_len = (uint16_t)strlen(name),
+                       .n = (uint32_t)n,
+                       .dim = dim,
+                       .client_id = client_id,
+                       .seq = seq};
+    size_t body = sizeof(rec) + rec.name_len + n * 8 + n * dim * sizeof(float);
+    bool logging = s->log && !s->replaying && s->cfg->server.durability == PS_DURABILITY_SYNC;
+    client_entry *e = NULL;
+    if (client_id) {
+        e = client_slot(s, client_id, true);
+        if (!e)
+            return -ENOMEM;
+    }
+    /* Reserve first so that, once applied, the record cannot fail to log. */
+    if (logging) {
+        int r = ps_pushlog_reserve(s->log, body);
+        if (r < 0) {
+            snprintf(err, errlen, "push of %zu rows does not fit in a push-log record", n);
+            return r;
+        }
+    }
+    int r = ps_table_push(t, keys, n, grads, &ret->applied, &ret->dropped_nonfinite, err, errlen);
+    if (r < 0)
+        return r;
+    if (logging) {
+        uint64_t lsn;
+        struct iovec iov[4] = {{&rec, sizeof(rec)},
+                               {(void *)name, rec.name_len},
+                               {(void *)keys, n * 8},
+                               {(void *)grads, n * dim * sizeof(float)}};
+        ps_pushlog_append(s->log, iov, 4, &lsn);
+    }
+    if (e) {
+        e->seq = seq;
+        e->dirty = true;
+    }
+    return 0;
+}
+
+int ps_shard_push(ps_shard *s, ps_table *t, const uint64_t *keys, size_t n, const float *grads,
+                  uint64_t client_id, uint64_t seq, ps_push_result *ret, char *err, size_t errlen) {
+    memset(ret, 0, sizeof(*ret));
+    if (client_id && seq <= ps_shard_client_seq(s, client_id)) {
+        ret->already_applied = true;
+        s->c.pushes_already_applied++;
+        return 0;
+    }
+    if (s->read_only) {
+        snprintf(err, errlen, "store is read-only: %s", s->store_error);
+        return PS_EREAD_ONLY;
+    }
+    return apply_push(s, t, keys, n, grads, client_id, seq, ret, err, errlen);
+}
+
+int ps_shard_commit(ps_shard *s) {
+    if (!s->log)
+        return 0;
+    int r = ps_pushlog_commit(s->log);
+    if (r < 0) {
+        s->read_only = true;
+        snprintf(s->store_error, sizeof(s->store_error), "push log write: %s", ps_strerror(r));
+    }
+    return r;
+}
+
+static int replay_record(void *ctx, uint64_t lsn, const void *payload, size_t len) {
+    ps_shard *s = ctx;
+    push_record rec;
+    if (len < sizeof(rec))
+        return PS_EPARSE;
+    memcpy(&rec, payload, sizeof(rec));
+    if (rec.type != REC_SPARSE_PUSH)
+        return PS_EPARSE;
+    size_t need = sizeof(rec) + rec.name_len + (size_t)rec.n * 8 + (size_t)rec.n * rec.dim * 4;
+    if (len != need)
+        return PS_EPARSE;
+    const char *p = (const char *)payload + sizeof(rec);
+    char name[PS_NAME_MAX];
+    if (rec.name_len >= sizeof(name))
+        return PS_EPARSE;
+    memcpy(name, p, rec.name_len);
+    name[rec.name_len] = '\0';
+    ps_table *t = ps_shard_table(s, name);
+    if (!t || ps_table_dim(t) != rec.dim)
+        return PS_EUNKNOWN_TABLE;
+    s->replay_covered = lsn - 1;
+    /* Copy out: the payload's arrays are not aligned for uint64/float. */
+    uint64_t *keys = malloc((size_t)rec.n * 8 + 1);
+    float *grads = malloc((size_t)rec.n * rec.dim * 4 + 1);
+    int r = -ENOMEM;
+    if (keys && grads) {
+        memcpy(keys, p + rec.name_len, (size_t)rec.n * 8);
+        memcpy(grads, p + rec.name_len + (size_t)rec.n * 8, (size_t)rec.n * rec.dim * 4);
+        ps_push_result res;
+        char err[256];
+        r = apply_push(s, t, keys, rec.n, grads, rec.client_id, rec.seq, &res, err, sizeof(err));
+    }
+    free(keys);
+    free(grads);
+    if (r == 0) {
+        s->c.replayed_records++;
+        s->replay_covered = lsn;
+    }
+    return r;
+}
+
+/* ---- open / close --------------------------------------------------------- */
+
+static int check_identity(ps_shard *s, ps_store_batch *b, char *err, size_t errlen) {
+    char want[128];
+    snprintf(want, sizeof(want), "shard=%u shards=%u buckets=%u", s->id, s->cfg->nshards,
+             s->cfg->buckets);
+    char *have;
+    size_t len;
+    int r = ps_store_get(s->store, CF_META, "identity", 8, &have, &len, err, errlen);
+    if (r < 0)
+        return r;
+    if (have && (len != strlen(want) || memcmp(have, want, len))) {
+        snprintf(err, errlen, "%s holds data of '%.*s' but this server is '%s'", s->dir, (int)len,
+                 have, want);
+        free(have);
+        return PS_ECONFIG;
+    }
+    free(have);
+    ps_store_batch_put(b, s->store, CF_META, "identity", 8, want, strlen(want));
+    for (size_t i = 0; i < s->cfg->ntables; i++) {
+        const ps_table_config *tc = &s->cfg->tables[i];
+        char key[PS_NAME_MAX + 8], schema[128];
+        snprintf(key, sizeof(key), "schema/%s", tc->name);
+        snprintf(schema, sizeof(schema), "dim=%u optimizer=%s state_width=%u", tc->dim,
+                 ps_optimizer_name(tc->opt.kind), ps_optim_state_width(&tc->opt, tc->dim));
+        r = ps_store_get(s->store, CF_META, key, strlen(key), &have, &len, err, errlen);
+        if (r < 0)
+            return r;
+        if (have && (len != strlen(schema) || memcmp(have, schema, len))) {
+            snprintf(err, errlen, "table %s was created with '%.*s'; the config now says '%s'",
+                     tc->name, (int)len, have, schema);
+            free(have);
+            return PS_ECONFIG;
+        }
+        free(have);
+        ps_store_batch_put(b, s->store, CF_META, key, strlen(key), schema, strlen(schema));
+    }
+    return 0;
+}
+
+static uint64_t table_capacity(const ps_config *cfg, const ps_table_config *tc) {
+    if (tc->memory_rows)
+        return tc->memory_rows;
+    uint32_t shared = 0;
+    for (uint32_t i = 0; i < cfg->ntables; i++)
+        shared += cfg->tables[i].memory_rows == 0;
+    uint64_t budget = cfg->server.memory_mb << 20;
+    return budget / (shared ? shared : 1) / ps_table_row_bytes(tc);
+}
+
+int ps_shard_open(const ps_config *cfg, const ps_shard_options *opts, ps_shard **ret_shard,
+                  char *err, size_t errlen) {
+    ps_shard *s = calloc(1, sizeof(*s));
+    if (!s)
+        return -ENOMEM;
+    s->cfg = cfg;
+    s->id = opts->shard_id;
+    s->notify = opts->notify;
+    s->notify_ctx = opts->notify_ctx;
+    snprintf(s->dir, sizeof(s->dir), "%s", opts->data_dir);
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    s->last_flush_ms = mono_ms();
+
+    ps_store_batch *b = NULL;
+    const char **cfs = NULL;
+    char **names = NULL;
+    int r = mkdir_p(s->dir);
+    if (r < 0) {
+        snprintf(err, errlen, "%s: %s", s->dir, ps_strerror(r));
+        goto fail;
+    }
+    s->ntables = cfg->ntables;
+    size_t ncf = CF_TABLE0 + cfg->ntables;
+    cfs = calloc(ncf, sizeof(char *));
+    names = calloc(cfg->ntables + 1, sizeof(char *));
+    s->tables = calloc(cfg->ntables + 1, sizeof(ps_table *));
+    s->job.gens = calloc(cfg->ntables + 1, sizeof(uint32_t));
+    r = -ENOMEM;
+    if (!cfs || !names || !s->tables || !s->job.gens)
+        goto fail;
+    cfs[CF_META] = "meta";
+    cfs[CF_DENSE] = "dense";
+    for (size_t i = 0; i < cfg->ntables; i++) {
+        if (asprintf(&names[i], "t.%s", cfg->tables[i].name) < 0)
+            goto fail;
+        cfs[CF_TABLE0 + i] = names[i];
+    }
+    char dbdir[PS_PATH_MAX + 8];
+    snprintf(dbdir, sizeof(dbdir), "%s/db", s->dir);
+    ps_store_options so = {.sync_writes = cfg->server.fsync == PS_FSYNC_ALWAYS};
+    r = ps_store_open(dbdir, cfs, ncf, &so, &s->store, err, errlen);
+    if (r < 0)
+        goto fail;
+
+    b = ps_store_batch_new();
+    r = b ? check_identity(s, b, err, errlen) : -ENOMEM;
+    if (r < 0)
+        goto fail;
+    r = ps_store_write(s->store, b, err, errlen);
+    if (r < 0)
+        goto fail;
+
+    for (size_t i = 0; i < cfg->ntables; i++) {
+        const ps_table_config *tc = &cfg->tables[i];
+        char key[PS_NAME_MAX + 8];
+        snprintf(key, sizeof(key), "rows/%s", tc->name);
+        uint64_t rows;
+        r = meta_get_u64(s, key, &rows, err, errlen);
+        if (r < 0)
+            goto fail;
+        r = ps_table_new(tc, cfg->buckets, table_capacity(cfg, tc), s->store, CF_TABLE0 + (int)i,
+                         rows, &s->tables[i]);
+        if (r < 0) {
+            snprintf(err, errlen, "table %s: %s", tc->name, ps_strerror(r));
+            goto fail;
+        }
+        ps_table_set_make_room(s->tables[i], make_room, s);
+        ps_table_set_clock(s->tables[i], (uint32_t)time(NULL));
+    }
+    r = load_clients(s);
+    if (r < 0)
+        goto fail;
+
+    r = pthread_create(&s->thread, NULL, flush_thread, s);
+    if (r != 0) {
+        r = -r;
+        goto fail;
+    }
+    s->thread_started = true;
+
+    uint64_t covered;
+    r = meta_get_u64(s, "flushed_lsn", &covered, err, errlen);
+    if (r < 0)
+        goto fail;
+    char logdir[PS_PATH_MAX + 16];
+    snprintf(logdir, sizeof(logdir), "%s/pushlog", s->dir);
+    s->replaying = true;
+    s->replay_covered = covered;
+    r = ps_pushlog_open(logdir, cfg->server.fsync, covered, replay_record, s, &s->log, err, errlen);
+    s->replaying = false;
+    if (r < 0)
+        goto fail;
+    ps_store_batch_free(b);
+    for (size_t i = 0; i < cfg->ntables; i++)
+        free(names[i]);
+    free(names);
+    free(cfs);
+    *ret_shard = s;
+    return 0;
+fail:
+    ps_store_batch_free(b);
+    if (names)
+        for (size_t i = 0; i < cfg->ntables; i++)
+            free(names[i]);
+    free(names);
+    free(cfs);
+    ps_shard_close(s);
+    return r;
+}
+
+int ps_shard_close(ps_shard *s) {
+    if (!s)
+        return 0;
+    int r = 0;
+    if (s->thread_started) {
+        char err[256];
+        if (s->log)
+            ps_shard_commit(s);
+        r = ps_shard_flush_sync(s, err, sizeof(err));
+        pthread_mutex_lock(&s->mu);
+        s->stop = true;
+        pthread_cond_broadcast(&s->cv);
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(s->thread, NULL);
+    }
+    ps_pushlog_close(s->log);
+    for (size_t i = 0; i < s->ntables && s->tables; i++)
+        ps_table_free(s->tables[i]);
+    free(s->tables);
+    if (s->job.batch)
+        ps_store_batch_free(s->job.batch);
+    free(s->job.gens);
+    free(s->clients);
+    ps_store_close(s->store);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cv);
+    free(s);
+    return r;
+}
+
+uint32_t ps_shard_id(const ps_shard *s) { return s->id; }
+const ps_config *ps_shard_config(const ps_shard *s) { return s->cfg; }
+size_t ps_shard_ntables(const ps_shard *s) { return s->ntables; }
+ps_table *ps_shard_table_at(ps_shard *s, size_t i) { return s->tables[i]; }
+
+ps_table *ps_shard_table(ps_shard *s, const char *name) {
+    for (size_t i = 0; i < s->ntables; i++)
+        if (!strcmp(ps_table_config_of(s->tables[i])->name, name))
+            return s->tables[i];
+    return NULL;
+}
+
+const char *ps_shard_store_error(const ps_shard *s) { return s->store_error; }
+bool ps_shard_read_only(const ps_shard *s) { return s->read_only; }
+
+void ps_shard_counters_get(const ps_shard *s, ps_shard_counters *ret) {
+    *ret = s->c;
+    ret->pushlog_bytes = s->log ? ps_pushlog_bytes(s->log) : 0;
+}
+
+uint64_t ps_shard_store_bytes(ps_shard *s) { return ps_store_size(s->store); }

@@ -1,0 +1,99 @@
+#pragma once
+/* One shard: its tables, their RocksDB store, the push log, write-back and
+ * the exactly-once bookkeeping. Knows nothing of sockets or protobuf: the RPC
+ * handlers (server/service.c) translate requests into these calls.
+ *
+ * Threads. Every function here runs on the owner's loop thread, except that
+ * the shard runs one write-back thread of its own which writes batches to
+ * RocksDB (and, with fsync = everysec, syncs the push log once a second).
+ * When a batch is done that thread calls the `notify` callback, after which
+ * the owner calls ps_shard_tick() on its loop thread.
+ *
+ * Write-back cycle (DESIGN.md "The shard"):
+ *   idle --begin (interval or dirty-row count)--> writing --write done--> idle
+ * begin: commit the push log, note its last lsn L, rotate it, copy every
+ *   dirty row, the row counts, the client sequence numbers and L into one
+ *   WriteBatch; hand it to the write-back thread.
+ * done:  rows of that batch become clean (evictable); log segments covered
+ *   by L are deleted. On a write error the same batch is retried (rows keep
+ *   changing in memory; the retried batch still describes state at L, and
+ *   the next batch supersedes it), and the shard is read-only until it
+ *   succeeds: pushes are refused, pulls of existing rows still served. */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "table.h"
+
+typedef struct ps_shard ps_shard;
+
+typedef struct ps_shard_options {
+    uint32_t shard_id;
+    const char *data_dir;        /* this shard's own directory */
+    void (*notify)(void *ctx);   /* from the write-back thread */
+    void *notify_ctx;
+} ps_shard_options;
+
+typedef struct ps_push_result {
+    uint32_t applied, dropped_nonfinite;
+    bool already_applied;
+} ps_push_result;
+
+#define PS_SHARD_COUNTER_MAP(XX)                                                              \
+    XX(flushes, "write-back batches committed")                                              \
+    XX(flushed_rows, "rows written back")                                                    \
+    XX(flush_errors, "write-back batches that failed (retried)")                             \
+    XX(make_room_flushes, "synchronous write-backs forced by a full memory tier")            \
+    XX(pushes_already_applied, "replayed pushes answered without applying")                  \
+    XX(replayed_records, "push-log records replayed at start")                               \
+    XX(pushlog_bytes, "bytes appended to the push log")
+
+typedef struct ps_shard_counters {
+#define PS_SHARD_COUNTER_FIELD(name, help) uint64_t name;
+    PS_SHARD_COUNTER_MAP(PS_SHARD_COUNTER_FIELD)
+#undef PS_SHARD_COUNTER_FIELD
+} ps_shard_counters;
+
+/* Open the shard's store, check it was made for this shard and these
+ * tables, and replay the push log. `cfg` is borrowed for the shard's life. */
+int ps_shard_open(const ps_config *cfg, const ps_shard_options *opts, ps_shard **ret_shard,
+                  char *err, size_t errlen);
+/* Write everything back, then close. */
+int ps_shard_close(ps_shard *s);
+
+uint32_t ps_shard_id(const ps_shard *s);
+const ps_config *ps_shard_config(const ps_shard *s);
+ps_table *ps_shard_table(ps_shard *s, const char *name);
+size_t ps_shard_ntables(const ps_shard *s);
+ps_table *ps_shard_table_at(ps_shard *s, size_t i);
+
+/* Whether every key's bucket belongs to this shard. */
+bool ps_shard_owns_all(const ps_shard *s, const uint64_t *keys, size_t n);
+/* Bucket owner under the cluster map (contiguous ranges of buckets). */
+uint32_t ps_cluster_owner(uint32_t bucket, uint32_t nbuckets, uint32_t nshards);
+
+/* Apply a push (all-or-nothing) and log it. client_id 0 skips sequencing;
+ * otherwise a seq at or below the client's last applied one is answered as
+ * already applied. The acknowledgement may leave only after
+ * ps_shard_commit(). */
+int ps_shard_push(ps_shard *s, ps_table *t, const uint64_t *keys, size_t n, const float *grads,
+                  uint64_t client_id, uint64_t seq, ps_push_result *ret, char *err, size_t errlen);
+uint64_t ps_shard_client_seq(const ps_shard *s, uint64_t client_id);
+
+/* Group commit: write this turn's log records. Call before sending the
+ * turn's replies; an error means those replies must not say OK. */
+int ps_shard_commit(ps_shard *s);
+
+/* Start or finish write-back as due. now_ms is a monotonic clock. */
+void ps_shard_tick(ps_shard *s, uint64_t now_ms);
+/* Write back every dirty row now and wait for it (export, shutdown). */
+int ps_shard_flush_sync(ps_shard *s, char *err, size_t errlen);
+
+/* Non-empty while the store refuses writes. */
+const char *ps_shard_store_error(const ps_shard *s);
+bool ps_shard_read_only(const ps_shard *s);
+
+void ps_shard_counters_get(const ps_shard *s, ps_shard_counters *ret);
+uint64_t ps_shard_store_bytes(ps_shard *s);

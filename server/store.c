@@ -1,0 +1,294 @@
+#include "store.h"
+
+#include <errno.h>
+#include <rocksdb/c.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+
+struct ps_store {
+    rocksdb_t *db;
+    rocksdb_options_t *options;
+    rocksdb_block_based_table_options_t *table_options;
+    rocksdb_cache_t *cache;
+    rocksdb_filterpolicy_t *filter; /* owned by table_options */
+    rocksdb_readoptions_t *ropts;
+    rocksdb_writeoptions_t *wopts;
+    rocksdb_column_family_handle_t **cfs; /* requested ones first, then extras */
+    size_t ncf, ncf_open;
+};
+
+struct ps_store_batch {
+    rocksdb_writebatch_t *wb;
+};
+
+struct ps_store_iter {
+    rocksdb_iterator_t *it;
+};
+
+static int take_error(char *rerr, char *err, size_t errlen) {
+    if (!rerr)
+        return 0;
+    snprintf(err, errlen, "%s", rerr);
+    rocksdb_free(rerr);
+    return PS_ESTORE;
+}
+
+static void configure(ps_store *s, const ps_store_options *o) {
+    s->options = rocksdb_options_create();
+    rocksdb_options_set_create_if_missing(s->options, 1);
+    rocksdb_options_set_create_missing_column_families(s->options, 1);
+    /* Two cores: one background job each for flush and compaction keeps
+     * compaction from starving the loop thread. */
+    rocksdb_options_increase_parallelism(s->options, 2);
+    rocksdb_options_set_max_background_jobs(s->options, 2);
+    rocksdb_options_set_write_buffer_size(s->options, 64u << 20);
+    rocksdb_options_set_max_write_buffer_number(s->options, 3);
+    rocksdb_options_set_level_compaction_dynamic_level_bytes(s->options, 1);
+    /* Rows are float32 optimizer state: measured to compress poorly, so the
+     * CPU of compressing every block is not worth it. */
+    rocksdb_options_set_compression(s->options, rocksdb_no_compression);
+
+    s->table_options = rocksdb_block_based_options_create();
+    s->cache = rocksdb_cache_create_lru((o && o->block_cache_mb ? o->block_cache_mb : 256) << 20);
+    rocksdb_block_based_options_set_block_cache(s->table_options, s->cache);
+    /* A whole-key bloom filter makes a MultiGet of never-seen keys (the first
+     * Pull of new rows) skip the data blocks. */
+    s->filter = rocksdb_filterpolicy_create_bloom_full(10);
+    rocksdb_block_based_options_set_filter_policy(s->table_options, s->filter);
+    rocksdb_block_based_options_set_cache_index_and_filter_blocks(s->table_options, 1);
+    rocksdb_block_based_options_set_pin_l0_filter_and_index_blocks_in_cache(s->table_options, 1);
+    rocksdb_options_set_block_based_table_factory(s->options, s->table_options);
+
+    s->ropts = rocksdb_readoptions_create();
+    s->wopts = rocksdb_writeoptions_create();
+    rocksdb_writeoptions_set_sync(s->wopts, o && o->sync_writes);
+}
+
+int ps_store_open(const char *dir, const char *const *cf_names, size_t ncf,
+                  const ps_store_options *opts, ps_store **ret_store, char *err, size_t errlen) {
+    ps_store *s = calloc(1, sizeof(*s));
+    if (!s)
+        return -ENOMEM;
+    configure(s, opts);
+
+    /* RocksDB refuses to open a database without naming every column family
+     * it holds, so list the existing ones and open the union. */
+    char *rerr = NULL;
+    size_t nexisting = 0;
+    char **existing = rocksdb_list_column_families(s->options, dir, &nexisting, &rerr);
+    if (rerr) { /* no database yet */
+        rocksdb_free(rerr);
+        rerr = NULL;
+        existing = NULL;
+        nexisting = 0;
+    }
+    size_t cap = ncf + nexisting + 1;
+    const char **names = calloc(cap, sizeof(char *));
+    const rocksdb_options_t **cfopts = calloc(cap, sizeof(*cfopts));
+    s->cfs = calloc(cap, sizeof(*s->cfs));
+    int r = -ENOMEM;
+    if (!names || !cfopts || !s->cfs)
+        goto out;
+    size_t n = 0;
+    for (size_t i = 0; i < ncf; i++)
+        names[n++] = cf_names[i];
+    bool has_default = false;
+    for (size_t i = 0; i < ncf; i++)
+        has_default |= !strcmp(cf_names[i], "default");
+    for (size_t e = 0; e < nexisting; e++) {
+        bool listed = false;
+        for (size_t i = 0; i < ncf; i++)
+            listed |= !strcmp(existing[e], cf_names[i]);
+        if (!listed) {
+            names[n++] = existing[e];
+            has_default |= !strcmp(existing[e], "default");
+        }
+    }
+    if (!has_default)
+        names[n++] = "default";
+    for (size_t i = 0; i < n; i++)
+        cfopts[i] = s->options;
+    s->db = rocksdb_open_column_families(s->options, dir, (int)n, names, cfopts, s->cfs, &rerr);
+    r = take_error(rerr, err, errlen);
+    if (r == 0) {
+        s->ncf = ncf;
+        s->ncf_open = n;
+    }
+out:
+    if (existing)
+        rocksdb_list_column_families_destroy(existing, nexisting);
+    free(names);
+    free(cfopts);
+    if (r < 0) {
+        ps_store_close(s);
+        return r;
+    }
+    *ret_store = s;
+    return 0;
+}
+
+void ps_store_close(ps_store *s) {
+    if (!s)
+        return;
+    if (s->db) {
+        for (size_t i = 0; i < s->ncf_open; i++)
+            rocksdb_column_family_handle_destroy(s->cfs[i]);
+        rocksdb_close(s->db);
+    }
+    free(s->cfs);
+    if (s->ropts)
+        rocksdb_readoptions_destroy(s->ropts);
+    if (s->wopts)
+        rocksdb_writeoptions_destroy(s->wopts);
+    if (s->options)
+        rocksdb_options_destroy(s->options);
+    if (s->table_options)
+        rocksdb_block_based_options_destroy(s->table_options);
+    if (s->cache)
+        rocksdb_cache_destroy(s->cache);
+    free(s);
+}
+
+int ps_store_multiget(ps_store *s, int cf, const ps_store_key *keys, size_t n, ps_store_found_fn found,
+                      void *ctx, char *err, size_t errlen) {
+    if (n == 0)
+        return 0;
+    /* One allocation for the three per-key arrays. */
+    size_t bytes = n * (sizeof(char *) + sizeof(size_t) + sizeof(rocksdb_pinnableslice_t *) + sizeof(char *));
+    char *mem = malloc(bytes);
+    if (!mem)
+        return -ENOMEM;
+    const char **klist = (const char **)mem;
+    size_t *klens = (size_t *)(klist + n);
+    rocksdb_pinnableslice_t **vals = (rocksdb_pinnableslice_t **)(klens + n);
+    char **errs = (char **)(vals + n);
+    for (size_t i = 0; i < n; i++) {
+        klist[i] = (const char *)keys[i].b;
+        klens[i] = PS_STORE_KEY_LEN;
+        errs[i] = NULL;
+    }
+    rocksdb_batched_multi_get_cf(s->db, s->ropts, s->cfs[cf], n, klist, klens, vals, errs, true);
+    int r = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (errs[i]) {
+            if (r == 0)
+                r = take_error(errs[i], err, errlen);
+            else
+                rocksdb_free(errs[i]);
+        }
+        if (vals[i]) {
+            size_t len;
+            const char *v = rocksdb_pinnableslice_value(vals[i], &len);
+            if (r == 0)
+                found(ctx, i, v, len);
+            rocksdb_pinnableslice_destroy(vals[i]);
+        }
+    }
+    free(mem);
+    return r;
+}
+
+int ps_store_get(ps_store *s, int cf, const void *key, size_t klen, char **ret_value, size_t *ret_len,
+                 char *err, size_t errlen) {
+    char *rerr = NULL;
+    size_t len = 0;
+    char *v = rocksdb_get_cf(s->db, s->ropts, s->cfs[cf], key, klen, &len, &rerr);
+    int r = take_error(rerr, err, errlen);
+    if (r < 0)
+        return r;
+    *ret_value = v;
+    *ret_len = len;
+    return 0;
+}
+
+ps_store_batch *ps_store_batch_new(void) {
+    ps_store_batch *b = malloc(sizeof(*b));
+    if (!b)
+        return NULL;
+    b->wb = rocksdb_writebatch_create();
+    return b;
+}
+
+void ps_store_batch_free(ps_store_batch *b) {
+    if (!b)
+        return;
+    rocksdb_writebatch_destroy(b->wb);
+    free(b);
+}
+
+void ps_store_batch_put(ps_store_batch *b, ps_store *s, int cf, const void *key, size_t klen,
+                        const void *value, size_t vlen) {
+    rocksdb_writebatch_put_cf(b->wb, s->cfs[cf], key, klen, value, vlen);
+}
+
+void ps_store_batch_delete(ps_store_batch *b, ps_store *s, int cf, const void *key, size_t klen) {
+    rocksdb_writebatch_delete_cf(b->wb, s->cfs[cf], key, klen);
+}
+
+size_t ps_store_batch_count(const ps_store_batch *b) { return (size_t)rocksdb_writebatch_count(b->wb); }
+
+int ps_store_write(ps_store *s, ps_store_batch *b, char *err, size_t errlen) {
+    char *rerr = NULL;
+    rocksdb_write(s->db, s->wopts, b->wb, &rerr);
+    return take_error(rerr, err, errlen);
+}
+
+ps_store_iter *ps_store_iter_new(ps_store *s, int cf, const void *start, size_t slen) {
+    ps_store_iter *it = malloc(sizeof(*it));
+    if (!it)
+        return NULL;
+    it->it = rocksdb_create_iterator_cf(s->db, s->ropts, s->cfs[cf]);
+    if (slen)
+        rocksdb_iter_seek(it->it, start, slen);
+    else
+        rocksdb_iter_seek_to_first(it->it);
+    return it;
+}
+
+bool ps_store_iter_valid(ps_store_iter *it) { return rocksdb_iter_valid(it->it); }
+void ps_store_iter_next(ps_store_iter *it) { rocksdb_iter_next(it->it); }
+
+const void *ps_store_iter_key(ps_store_iter *it, size_t *ret_len) {
+    return rocksdb_iter_key(it->it, ret_len);
+}
+
+const void *ps_store_iter_value(ps_store_iter *it, size_t *ret_len) {
+    return rocksdb_iter_value(it->it, ret_len);
+}
+
+void ps_store_iter_free(ps_store_iter *it) {
+    if (!it)
+        return;
+    rocksdb_iter_destroy(it->it);
+    free(it);
+}
+
+static uint64_t cf_property(ps_store *s, size_t cf, const char *name) {
+    char *v = rocksdb_property_value_cf(s->db, s->cfs[cf], name);
+    uint64_t n = v ? strtoull(v, NULL, 10) : 0;
+    rocksdb_free(v);
+    return n;
+}
+
+uint64_t ps_store_size(ps_store *s) {
+    uint64_t total = 0;
+    for (size_t i = 0; i < s->ncf_open; i++)
+        total += cf_property(s, i, "rocksdb.live-sst-files-size") +
+                 cf_property(s, i, "rocksdb.cur-size-all-mem-tables");
+    return total;
+}
+
+int ps_store_checkpoint(ps_store *s, const char *dir, char *err, size_t errlen) {
+    char *rerr = NULL;
+    rocksdb_checkpoint_t *cp = rocksdb_checkpoint_object_create(s->db, &rerr);
+    int r = take_error(rerr, err, errlen);
+    if (r < 0)
+        return r;
+    /* log_size_for_flush = 0: flush memtables so the copy needs no WAL. */
+    rocksdb_checkpoint_create(cp, dir, 0, &rerr);
+    rocksdb_checkpoint_object_destroy(cp);
+    return take_error(rerr, err, errlen);
+}

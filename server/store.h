@@ -1,0 +1,87 @@
+#pragma once
+/* The durable row store: a thin layer over RocksDB's C API.
+ *
+ * One column family per table ("t.<name>"), one for shard metadata ("meta")
+ * and one for dense parameter blocks ("dense"). Row keys are 10 bytes: the
+ * bucket (2 bytes, big-endian) then the fid (8 bytes, big-endian), so one
+ * bucket is one contiguous key range (DESIGN.md "The shard"). Values are
+ * opaque here; server/table.c owns their format.
+ *
+ * The store is safe to call from several threads, as RocksDB is: the shard's
+ * loop thread reads (MultiGet) while the flush thread writes batches. */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct ps_store ps_store;
+typedef struct ps_store_batch ps_store_batch;
+typedef struct ps_store_iter ps_store_iter;
+
+#define PS_STORE_KEY_LEN 10
+
+typedef struct ps_store_key {
+    uint8_t b[PS_STORE_KEY_LEN];
+} ps_store_key;
+
+static inline void ps_store_key_encode(uint16_t bucket, uint64_t fid, ps_store_key *ret) {
+    ret->b[0] = (uint8_t)(bucket >> 8);
+    ret->b[1] = (uint8_t)bucket;
+    for (int i = 0; i < 8; i++)
+        ret->b[2 + i] = (uint8_t)(fid >> (56 - 8 * i));
+}
+
+static inline uint64_t ps_store_key_fid(const uint8_t *k) {
+    uint64_t fid = 0;
+    for (int i = 0; i < 8; i++)
+        fid = (fid << 8) | k[2 + i];
+    return fid;
+}
+
+typedef struct ps_store_options {
+    uint64_t block_cache_mb;     /* default 256 */
+    bool sync_writes;            /* fsync every batch (fsync = always) */
+} ps_store_options;
+
+/* Open (creating if missing) the database in `dir` with the given column
+ * families; cf index i names cf_names[i]. Column families on disk that are
+ * not listed are kept (opened, unused). On failure writes RocksDB's message
+ * to err. *ret_store is freed with ps_store_close(). */
+int ps_store_open(const char *dir, const char *const *cf_names, size_t ncf,
+                  const ps_store_options *opts, ps_store **ret_store, char *err, size_t errlen);
+void ps_store_close(ps_store *s);
+
+/* Look up n keys, sorted ascending, in one RocksDB MultiGet. For each key
+ * found, calls found(ctx, i, value, len); the value is borrowed for the
+ * duration of the call. Returns 0, or PS_ESTORE with the message in err. */
+typedef void (*ps_store_found_fn)(void *ctx, size_t i, const void *value, size_t len);
+int ps_store_multiget(ps_store *s, int cf, const ps_store_key *keys, size_t n, ps_store_found_fn found,
+                      void *ctx, char *err, size_t errlen);
+
+/* Point read; *ret_value is malloc'ed (caller frees) or NULL when missing. */
+int ps_store_get(ps_store *s, int cf, const void *key, size_t klen, char **ret_value, size_t *ret_len,
+                 char *err, size_t errlen);
+
+ps_store_batch *ps_store_batch_new(void);
+void ps_store_batch_free(ps_store_batch *b);
+void ps_store_batch_put(ps_store_batch *b, ps_store *s, int cf, const void *key, size_t klen,
+                        const void *value, size_t vlen);
+void ps_store_batch_delete(ps_store_batch *b, ps_store *s, int cf, const void *key, size_t klen);
+size_t ps_store_batch_count(const ps_store_batch *b);
+/* Apply the batch atomically (through RocksDB's WAL). */
+int ps_store_write(ps_store *s, ps_store_batch *b, char *err, size_t errlen);
+
+/* Ordered iteration over a column family from `start` (inclusive). */
+ps_store_iter *ps_store_iter_new(ps_store *s, int cf, const void *start, size_t slen);
+bool ps_store_iter_valid(ps_store_iter *it);
+void ps_store_iter_next(ps_store_iter *it);
+const void *ps_store_iter_key(ps_store_iter *it, size_t *ret_len);
+const void *ps_store_iter_value(ps_store_iter *it, size_t *ret_len);
+void ps_store_iter_free(ps_store_iter *it);
+
+/* Approximate bytes on disk and in memtables for all column families. */
+uint64_t ps_store_size(ps_store *s);
+
+/* Consistent, hard-linked copy of the whole database into `dir` (which must
+ * not exist). */
+int ps_store_checkpoint(ps_store *s, const char *dir, char *err, size_t errlen);
