@@ -35,3 +35,14 @@ static inline uint64_t ps_mix64(uint64_t x) {
 static inline uint32_t ps_bucket(uint64_t fid, uint32_t nbuckets) {
     return (uint32_t)(ps_mix64(fid) % nbuckets);
 }
+
+/* Bucket owner under the cluster map: contiguous ranges of buckets, so each
+ * shard's rows are a few key ranges in its store and a future resharding
+ * moves whole ranges. */
+static inline uint32_t ps_bucket_owner(uint32_t bucket, uint32_t nbuckets, uint32_t nshards) {
+    return (uint32_t)(((uint64_t)bucket * nshards) / nbuckets);
+}
+
+static inline uint32_t ps_key_owner(uint64_t fid, uint32_t nbuckets, uint32_t nshards) {
+    return ps_bucket_owner(ps_bucket(fid, nbuckets), nbuckets, nshards);
+}

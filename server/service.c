@@ -7,6 +7,7 @@
 
 #include "ctrps.pb-c.h"
 #include "error.h"
+#include "keys.h"
 #include "rpc.h"
 
 #define EXPORT_PAGE_MAX 65536
@@ -314,7 +315,7 @@ static int do_cluster_map(ps_service *svc, ps_session *sess, const Ctrps__Cluste
     if (!owner)
         return -ENOMEM;
     for (uint32_t b = 0; b < cfg->buckets; b++)
-        owner[b] = ps_cluster_owner(b, cfg->buckets, cfg->nshards);
+        owner[b] = ps_bucket_owner(b, cfg->buckets, cfg->nshards);
     Ctrps__ClusterMapResponse *m = &rp->u.cluster_map;
     ctrps__cluster_map_response__init(m);
     m->version = cfg->map_version;

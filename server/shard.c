@@ -108,16 +108,10 @@ static uint64_t mono_ms(void) {
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-uint32_t ps_cluster_owner(uint32_t bucket, uint32_t nbuckets, uint32_t nshards) {
-    /* Contiguous ranges, so each shard's rows are a few key ranges in its
-     * store and a future resharding moves whole ranges. */
-    return (uint32_t)(((uint64_t)bucket * nshards) / nbuckets);
-}
-
 bool ps_shard_owns_all(const ps_shard *s, const uint64_t *keys, size_t n) {
     uint32_t nb = s->cfg->buckets, ns = s->cfg->nshards;
     for (size_t i = 0; i < n; i++)
-        if (ps_cluster_owner(ps_bucket(keys[i], nb), nb, ns) != s->id)
+        if (ps_key_owner(keys[i], nb, ns) != s->id)
             return false;
     return true;
 }

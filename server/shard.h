@@ -71,8 +71,6 @@ ps_table *ps_shard_table_at(ps_shard *s, size_t i);
 
 /* Whether every key's bucket belongs to this shard. */
 bool ps_shard_owns_all(const ps_shard *s, const uint64_t *keys, size_t n);
-/* Bucket owner under the cluster map (contiguous ranges of buckets). */
-uint32_t ps_cluster_owner(uint32_t bucket, uint32_t nbuckets, uint32_t nshards);
 
 /* Apply a push (all-or-nothing) and log it. client_id 0 skips sequencing;
  * otherwise a seq at or below the client's last applied one is answered as

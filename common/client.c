@@ -1,0 +1,1005 @@
+/* Client internals.
+ *
+ * Objects. A ps_call is what the caller waits on; it has one part per shard
+ * involved. A part owns its encoded request frame (reference-counted, since
+ * a write may still hold it when the answer arrives) and the original
+ * positions of its keys. Parts move from the submit queue (any thread, under
+ * submit_lock) to their shard's in-flight list (I/O thread only), which is in
+ * submission order; a part leaves it when answered, failed or timed out.
+ *
+ * Shard connection states, moved only by the I/O thread:
+ *   DOWN --connect()--> CONNECTING --connected, Hello sent--> HELLO
+ *   HELLO --Hello OK--> READY (every in-flight part is (re)sent, in order)
+ *   any --error--> DOWN (retry after backoff while parts are waiting)
+ *   HELLO --Hello refused--> DOWN, every waiting part failed with its status
+ * Sequence numbers are assigned under submit_lock together with enqueueing,
+ * so a shard always receives one client's pushes in increasing order, also
+ * when they are resent. */
+
+#include "client.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <uv.h>
+
+#include "error.h"
+#include "frame.h"
+#include "keys.h"
+#include "rpc.h"
+
+#define TIMER_MS 10
+#define BACKOFF_MIN_MS 50
+#define BACKOFF_MAX_MS 2000
+#define HELLO_ID 0
+
+typedef struct frame_ref {
+    int refs;                    /* I/O thread only, after submission */
+    size_t len;
+    char data[];
+} frame_ref;
+
+typedef enum { KIND_PULL, KIND_PUSH, KIND_LOOKUP, KIND_RAW } part_kind;
+
+typedef struct part part;
+struct part {
+    part *next, *prev;
+    ps_call *call;
+    uint32_t shard;
+    uint64_t id;
+    frame_ref *frame;
+    size_t n;
+    uint32_t *pos;               /* owned: position of each key in the call */
+    uint64_t deadline_ms;
+    bool sent;                   /* written on some connection already */
+};
+
+struct ps_call {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int remaining;
+    int err;
+    char msg[512];
+    part_kind kind;
+    uint32_t dim, width;
+    float *values, *state;
+    uint8_t *found;
+    uint64_t applied, dropped;
+    Ctrps__Response *raw;
+};
+
+typedef enum { DOWN, CONNECTING, HELLO, READY } conn_state;
+
+typedef struct shard_conn {
+    ps_client *c;
+    uint32_t idx;
+    char addr[128];
+    struct sockaddr_in sa;
+    bool resolved;
+    uv_tcp_t *tcp;               /* per attempt; freed in its close callback */
+    conn_state state;
+    ps_frame_reader rd;
+    part *head, *tail;           /* in flight, submission order */
+    uint64_t backoff_ms, next_attempt_ms;
+    char last_error[160];
+} shard_conn;
+
+typedef struct tcp_box {
+    uv_tcp_t tcp;
+    uv_connect_t connect;
+    shard_conn *sc;              /* NULL once abandoned */
+} tcp_box;
+
+typedef struct write_req {
+    uv_write_t req;
+    frame_ref *frame;
+    shard_conn *sc;
+    uv_tcp_t *tcp;
+} write_req;
+
+struct ps_client {
+    const ps_config *cfg;
+    uint64_t client_id;
+    char name[64];
+    uint32_t timeout_ms, max_frame;
+    shard_conn *shards;
+    uint32_t nshards;
+
+    uv_loop_t loop;
+    uv_async_t wake;
+    uv_timer_t timer;
+    pthread_t thread;
+    bool thread_started;
+
+    pthread_mutex_t submit_lock;
+    part *queue_head, *queue_tail;
+    bool stopping;
+    uint64_t next_seq;
+    atomic_uint_fast64_t next_id;
+
+    atomic_uint_fast64_t n_requests, n_reconnects, n_resent, n_timeouts;
+};
+
+/* ---- calls and parts -------------------------------------------------------- */
+
+static ps_call *call_new(part_kind kind, int nparts) {
+    ps_call *call = calloc(1, sizeof(*call));
+    if (!call)
+        return NULL;
+    pthread_mutex_init(&call->mu, NULL);
+    pthread_cond_init(&call->cv, NULL);
+    call->kind = kind;
+    call->remaining = nparts;
+    return call;
+}
+
+static void call_free(ps_call *call) {
+    if (call->raw)
+        ctrps__response__free_unpacked(call->raw, NULL);
+    pthread_mutex_destroy(&call->mu);
+    pthread_cond_destroy(&call->cv);
+    free(call);
+}
+
+static void frame_unref(frame_ref *f) {
+    if (f && --f->refs == 0)
+        free(f);
+}
+
+static frame_ref *encode(const Ctrps__Request *req) {
+    size_t n = protobuf_c_message_get_packed_size(&req->base);
+    frame_ref *f = malloc(sizeof(*f) + PS_FRAME_HEADER + n);
+    if (!f)
+        return NULL;
+    f->refs = 1;
+    f->len = PS_FRAME_HEADER + n;
+    uint8_t *p = (uint8_t *)f->data;
+    p[0] = (uint8_t)(n >> 24);
+    p[1] = (uint8_t)(n >> 16);
+    p[2] = (uint8_t)(n >> 8);
+    p[3] = (uint8_t)n;
+    protobuf_c_message_pack(&req->base, p + PS_FRAME_HEADER);
+    return f;
+}
+
+/* Finish one part: record the error (first one wins) and wake the waiter
+ * when it was the last. */
+static void part_finish(part *p, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void part_finish(part *p, int err, const char *fmt, ...) {
+    ps_call *call = p->call;
+    pthread_mutex_lock(&call->mu);
+    if (err && !call->err) {
+        call->err = err;
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(call->msg, sizeof(call->msg), fmt, ap);
+        va_end(ap);
+    }
+    if (--call->remaining == 0)
+        pthread_cond_broadcast(&call->cv);
+    pthread_mutex_unlock(&call->mu);
+    frame_unref(p->frame);
+    free(p->pos);
+    free(p);
+}
+
+static void list_remove(shard_conn *sc, part *p) {
+    if (p->prev)
+        p->prev->next = p->next;
+    else
+        sc->head = p->next;
+    if (p->next)
+        p->next->prev = p->prev;
+    else
+        sc->tail = p->prev;
+    p->next = p->prev = NULL;
+}
+
+static void list_append(shard_conn *sc, part *p) {
+    p->next = NULL;
+    p->prev = sc->tail;
+    if (sc->tail)
+        sc->tail->next = p;
+    else
+        sc->head = p;
+    sc->tail = p;
+}
+
+/* ---- answers ------------------------------------------------------------------ */
+
+static void apply_response(shard_conn *sc, part *p, Ctrps__Response *resp) {
+    ps_call *call = p->call;
+    if (resp->status != CTRPS__STATUS__OK) {
+        part_finish(p, ps_error_from_status(resp->status), "shard %u (%s): %s: %s", sc->idx,
+                    sc->addr, ps_status_name(resp->status), resp->message ? resp->message : "");
+        ctrps__response__free_unpacked(resp, NULL);
+        return;
+    }
+    int err = 0;
+    switch (call->kind) {
+    case KIND_PULL: {
+        Ctrps__PullResponse *r = resp->result_case == CTRPS__RESPONSE__RESULT_PULL ? resp->pull : NULL;
+        if (!r || r->dim != call->dim || r->n_values != p->n * call->dim) {
+            err = PS_EDIM;
+            break;
+        }
+        for (size_t i = 0; i < p->n; i++)
+            memcpy(call->values + (size_t)p->pos[i] * call->dim, r->values + i * call->dim,
+                   call->dim * sizeof(float));
+        break;
+    }
+    case KIND_PUSH: {
+        Ctrps__PushResponse *r = resp->result_case == CTRPS__RESPONSE__RESULT_PUSH ? resp->push : NULL;
+        if (!r) {
+            err = PS_EPROTO;
+            break;
+        }
+        pthread_mutex_lock(&call->mu);
+        /* A resent push already applied counts as applied: it was. */
+        call->applied += r->already_applied ? p->n : r->applied;
+        call->dropped += r->dropped_nonfinite;
+        pthread_mutex_unlock(&call->mu);
+        break;
+    }
+    case KIND_LOOKUP: {
+        Ctrps__LookupResponse *r =
+            resp->result_case == CTRPS__RESPONSE__RESULT_LOOKUP ? resp->lookup : NULL;
+        if (!r || r->dim != call->dim || r->n_values != p->n * call->dim || r->n_found != p->n ||
+            (call->state && (r->state_dim != call->width || r->n_state != p->n * call->width))) {
+            err = PS_EDIM;
+            break;
+        }
+        for (size_t i = 0; i < p->n; i++) {
+            size_t at = p->pos[i];
+            call->found[at] = r->found[i] ? 1 : 0;
+            memcpy(call->values + at * call->dim, r->values + i * call->dim, call->dim * sizeof(float));
+            if (call->state)
+                memcpy(call->state + at * call->width, r->state + i * call->width,
+                       call->width * sizeof(float));
+        }
+        break;
+    }
+    case KIND_RAW:
+        call->raw = resp;
+        part_finish(p, 0, "%s", "");
+        return;
+    }
+    ctrps__response__free_unpacked(resp, NULL);
+    if (err)
+        part_finish(p, err, "shard %u (%s): response does not match the request (dim %u)", sc->idx,
+                    sc->addr, call->dim);
+    else
+        part_finish(p, 0, "%s", "");
+}
+
+/* ---- connections ------------------------------------------------------------------ */
+
+static void conn_connect(shard_conn *sc);
+static void send_frame(shard_conn *sc, frame_ref *f);
+
+static void on_tcp_closed(uv_handle_t *h) { free(h); }
+
+/* Drop the connection; parts stay queued for the next one. */
+static void conn_down(shard_conn *sc, const char *why) {
+    ps_client *c = sc->c;
+    if (sc->tcp) {
+        tcp_box *box = (tcp_box *)sc->tcp;
+        box->sc = NULL;
+        if (!uv_is_closing((uv_handle_t *)sc->tcp))
+            uv_close((uv_handle_t *)sc->tcp, on_tcp_closed);
+        sc->tcp = NULL;
+    }
+    if (why)
+        snprintf(sc->last_error, sizeof(sc->last_error), "%s", why);
+    sc->state = DOWN;
+    ps_frame_reader_deinit(&sc->rd);
+    uint64_t now = uv_now(&c->loop);
+    sc->next_attempt_ms = now + sc->backoff_ms;
+    sc->backoff_ms = sc->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : sc->backoff_ms * 2;
+}
+
+static void fail_all(shard_conn *sc, int err, const char *msg) {
+    while (sc->head) {
+        part *p = sc->head;
+        list_remove(sc, p);
+        part_finish(p, err, "shard %u (%s): %s", sc->idx, sc->addr, msg);
+    }
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+    (void)suggested;
+    tcp_box *box = (tcp_box *)h;
+    char *p = NULL;
+    size_t n = 0;
+    if (box->sc && ps_frame_reader_space(&box->sc->rd, &p, &n) < 0)
+        p = NULL, n = 0;
+    buf->base = p;
+    buf->len = n;
+}
+
+static void handle_hello(shard_conn *sc, Ctrps__Response *resp) {
+    if (resp->status != CTRPS__STATUS__OK) {
+        char msg[300];
+        snprintf(msg, sizeof(msg), "Hello refused: %s: %s", ps_status_name(resp->status),
+                 resp->message ? resp->message : "");
+        int err = ps_error_from_status(resp->status);
+        ctrps__response__free_unpacked(resp, NULL);
+        conn_down(sc, msg);
+        /* Not a transient failure: retrying would be refused the same way. */
+        fail_all(sc, err, msg);
+        return;
+    }
+    ctrps__response__free_unpacked(resp, NULL);
+    sc->state = READY;
+    sc->backoff_ms = BACKOFF_MIN_MS;
+    for (part *p = sc->head; p && sc->state == READY; p = p->next) {
+        if (p->sent)
+            atomic_fetch_add(&sc->c->n_resent, 1);
+        p->sent = true;
+        send_frame(sc, p->frame);
+    }
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
+    tcp_box *box = (tcp_box *)stream;
+    shard_conn *sc = box->sc;
+    (void)buf;
+    if (!sc)
+        return;
+    if (nread < 0) {
+        conn_down(sc, nread == UV_EOF ? "connection closed by the shard" : uv_strerror((int)nread));
+        return;
+    }
+    ps_frame_reader_commit(&sc->rd, (size_t)nread);
+    for (;;) {
+        const char *frame;
+        size_t len;
+        int r = ps_frame_reader_next(&sc->rd, &frame, &len);
+        if (r == 0)
+            break;
+        if (r < 0) {
+            conn_down(sc, "response larger than max_frame_bytes");
+            return;
+        }
+        Ctrps__Response *resp = ctrps__response__unpack(NULL, len, (const uint8_t *)frame);
+        if (!resp) {
+            conn_down(sc, "undecodable response");
+            return;
+        }
+        if (resp->id == HELLO_ID) {
+            handle_hello(sc, resp);
+            if (sc->state != READY)
+                return;
+            continue;
+        }
+        part *p = sc->head;
+        while (p && p->id != resp->id)
+            p = p->next;
+        if (!p) { /* answer to a request that timed out */
+            ctrps__response__free_unpacked(resp, NULL);
+            continue;
+        }
+        list_remove(sc, p);
+        apply_response(sc, p, resp);
+    }
+}
+
+static void on_written(uv_write_t *req, int status) {
+    write_req *w = (write_req *)req;
+    tcp_box *box = (tcp_box *)w->tcp;
+    frame_unref(w->frame);
+    if (status < 0 && box->sc && box->sc->tcp == w->tcp)
+        conn_down(box->sc, uv_strerror(status));
+    free(w);
+}
+
+static void send_frame(shard_conn *sc, frame_ref *f) {
+    write_req *w = malloc(sizeof(*w));
+    if (!w) {
+        conn_down(sc, "out of memory");
+        return;
+    }
+    w->frame = f;
+    w->sc = sc;
+    w->tcp = sc->tcp;
+    f->refs++;
+    uv_buf_t b = uv_buf_init(f->data, (unsigned)f->len);
+    int r = uv_write(&w->req, (uv_stream_t *)sc->tcp, &b, 1, on_written);
+    if (r < 0) {
+        frame_unref(f);
+        free(w);
+        conn_down(sc, uv_strerror(r));
+    }
+}
+
+static void send_hello(shard_conn *sc) {
+    ps_client *c = sc->c;
+    Ctrps__Request req = CTRPS__REQUEST__INIT;
+    Ctrps__HelloRequest hello = CTRPS__HELLO_REQUEST__INIT;
+    req.id = HELLO_ID;
+    req.method_case = CTRPS__REQUEST__METHOD_HELLO;
+    req.hello = &hello;
+    hello.protocol_version = PS_PROTOCOL_VERSION;
+    hello.client_name = c->name;
+    hello.client_id = c->client_id;
+    frame_ref *f = encode(&req);
+    if (!f) {
+        conn_down(sc, "out of memory");
+        return;
+    }
+    sc->state = HELLO;
+    send_frame(sc, f);
+    frame_unref(f);
+}
+
+static void on_connected(uv_connect_t *req, int status) {
+    tcp_box *box = req->data;
+    shard_conn *sc = box->sc;
+    if (!sc)
+        return; /* abandoned; its close is already under way */
+    if (status < 0) {
+        conn_down(sc, uv_strerror(status));
+        return;
+    }
+    uv_tcp_nodelay(&box->tcp, 1);
+    ps_frame_reader_init(&sc->rd, sc->c->max_frame);
+    int r = uv_read_start((uv_stream_t *)&box->tcp, on_alloc, on_read);
+    if (r < 0) {
+        conn_down(sc, uv_strerror(r));
+        return;
+    }
+    send_hello(sc);
+}
+
+static void conn_connect(shard_conn *sc) {
+    ps_client *c = sc->c;
+    if (!sc->resolved) {
+        char host[128];
+        int port;
+        if (ps_parse_hostport(sc->addr, host, sizeof(host), &port) < 0 ||
+            uv_ip4_addr(host, port, &sc->sa) < 0) {
+            fail_all(sc, PS_ECONFIG, "not an IPv4 host:port");
+            return;
+        }
+        sc->resolved = true;
+    }
+    tcp_box *box = calloc(1, sizeof(*box));
+    if (!box)
+        return;
+    uv_tcp_init(&c->loop, &box->tcp);
+    box->sc = sc;
+    box->connect.data = box;
+    sc->tcp = &box->tcp;
+    sc->state = CONNECTING;
+    if (sc->last_error[0])
+        atomic_fetch_add(&c->n_reconnects, 1);
+    int r = uv_tcp_connect(&box->connect, &box->tcp, (const struct sockaddr *)&sc->sa, on_connected);
+    if (r < 0)
+        conn_down(sc, uv_strerror(r));
+}
+
+/* ---- I/O thread ------------------------------------------------------------------ */
+
+static void drain_queue(ps_client *c) {
+    pthread_mutex_lock(&c->submit_lock);
+    part *p = c->queue_head;
+    c->queue_head = c->queue_tail = NULL;
+    pthread_mutex_unlock(&c->submit_lock);
+    while (p) {
+        part *next = p->next;
+        shard_conn *sc = &c->shards[p->shard];
+        p->deadline_ms = uv_now(&c->loop) + c->timeout_ms;
+        list_append(sc, p);
+        if (sc->state == READY) {
+            p->sent = true;
+            send_frame(sc, p->frame);
+        }
+        else if (sc->state == DOWN && uv_now(&c->loop) >= sc->next_attempt_ms)
+            conn_connect(sc);
+        p = next;
+    }
+}
+
+static void close_all(uv_handle_t *h, void *arg) {
+    (void)arg;
+    if (!uv_is_closing(h)) {
+        bool is_tcp = h->type == UV_TCP;
+        uv_close(h, is_tcp ? on_tcp_closed : NULL);
+    }
+}
+
+static void on_wake(uv_async_t *a) {
+    ps_client *c = a->data;
+    drain_queue(c);
+    pthread_mutex_lock(&c->submit_lock);
+    bool stopping = c->stopping;
+    pthread_mutex_unlock(&c->submit_lock);
+    if (stopping) {
+        for (uint32_t i = 0; i < c->nshards; i++) {
+            shard_conn *sc = &c->shards[i];
+            if (sc->tcp)
+                ((tcp_box *)sc->tcp)->sc = NULL;
+            sc->tcp = NULL;
+            ps_frame_reader_deinit(&sc->rd);
+            fail_all(sc, PS_ECLOSED, "client closed");
+        }
+        uv_walk(&c->loop, close_all, NULL);
+    }
+}
+
+static void on_timer(uv_timer_t *t) {
+    ps_client *c = t->data;
+    uint64_t now = uv_now(&c->loop);
+    for (uint32_t i = 0; i < c->nshards; i++) {
+        shard_conn *sc = &c->shards[i];
+        for (part *p = sc->head, *next; p; p = next) {
+            next = p->next;
+            if (now >= p->deadline_ms) {
+                list_remove(sc, p);
+                atomic_fetch_add(&c->n_timeouts, 1);
+                part_finish(p, PS_ETIMEOUT, "shard %u (%s): no answer within %u ms%s%s", sc->idx,
+                            sc->addr, c->timeout_ms, sc->last_error[0] ? "; last error: " : "",
+                            sc->last_error);
+            }
+        }
+        if (sc->state == DOWN && sc->head && now >= sc->next_attempt_ms)
+            conn_connect(sc);
+    }
+}
+
+static void *io_thread(void *arg) {
+    ps_client *c = arg;
+    uv_run(&c->loop, UV_RUN_DEFAULT);
+    return NULL;
+}
+
+/* ---- public API -------------------------------------------------------------------- */
+
+int ps_client_new(const ps_client_options *opts, ps_client **ret_client, char *err, size_t errlen) {
+    ps_client *c = calloc(1, sizeof(*c));
+    if (!c)
+        return -ENOMEM;
+    c->cfg = opts->cfg;
+    c->client_id = opts->client_id;
+    while (c->client_id == 0) {
+        if (getrandom(&c->client_id, sizeof(c->client_id), 0) != sizeof(c->client_id)) {
+            snprintf(err, errlen, "getrandom: %s", strerror(errno));
+            free(c);
+            return -errno;
+        }
+    }
+    snprintf(c->name, sizeof(c->name), "%s", opts->name ? opts->name : "ctrps-client");
+    c->timeout_ms = opts->timeout_ms ? opts->timeout_ms : 30000;
+    c->max_frame = opts->max_frame_bytes ? opts->max_frame_bytes
+                                         : (uint32_t)opts->cfg->server.max_frame_bytes;
+    c->nshards = opts->cfg->nshards;
+    c->shards = calloc(c->nshards, sizeof(*c->shards));
+    if (!c->shards) {
+        free(c);
+        return -ENOMEM;
+    }
+    for (uint32_t i = 0; i < c->nshards; i++) {
+        shard_conn *sc = &c->shards[i];
+        sc->c = c;
+        sc->idx = i;
+        snprintf(sc->addr, sizeof(sc->addr), "%s", opts->cfg->shards[i]);
+        sc->backoff_ms = BACKOFF_MIN_MS;
+    }
+    c->next_seq = 1;
+    atomic_init(&c->next_id, HELLO_ID + 1);
+    pthread_mutex_init(&c->submit_lock, NULL);
+    int r = uv_loop_init(&c->loop);
+    if (r < 0) {
+        snprintf(err, errlen, "event loop: %s", uv_strerror(r));
+        free(c->shards);
+        free(c);
+        return r;
+    }
+    uv_async_init(&c->loop, &c->wake, on_wake);
+    c->wake.data = c;
+    uv_timer_init(&c->loop, &c->timer);
+    c->timer.data = c;
+    uv_timer_start(&c->timer, on_timer, TIMER_MS, TIMER_MS);
+    r = pthread_create(&c->thread, NULL, io_thread, c);
+    if (r != 0) {
+        snprintf(err, errlen, "thread: %s", strerror(r));
+        ps_client_free(c);
+        return -r;
+    }
+    c->thread_started = true;
+    *ret_client = c;
+    return 0;
+}
+
+void ps_client_free(ps_client *c) {
+    if (!c)
+        return;
+    if (c->thread_started) {
+        pthread_mutex_lock(&c->submit_lock);
+        c->stopping = true;
+        pthread_mutex_unlock(&c->submit_lock);
+        uv_async_send(&c->wake);
+        pthread_join(c->thread, NULL);
+    } else {
+        uv_walk(&c->loop, close_all, NULL);
+        uv_run(&c->loop, UV_RUN_DEFAULT);
+    }
+    uv_loop_close(&c->loop);
+    pthread_mutex_destroy(&c->submit_lock);
+    free(c->shards);
+    free(c);
+}
+
+uint64_t ps_client_id(const ps_client *c) { return c->client_id; }
+
+void ps_client_counters_get(ps_client *c, ps_client_counters *ret) {
+    ret->requests = atomic_load(&c->n_requests);
+    ret->reconnects = atomic_load(&c->n_reconnects);
+    ret->resent = atomic_load(&c->n_resent);
+    ret->timeouts = atomic_load(&c->n_timeouts);
+}
+
+/* Queue parts for the I/O thread. Called with submit_lock held. */
+static int enqueue_locked(ps_client *c, part **parts, int nparts) {
+    if (c->stopping)
+        return PS_ECLOSED;
+    for (int i = 0; i < nparts; i++) {
+        parts[i]->next = NULL;
+        if (c->queue_tail)
+            c->queue_tail->next = parts[i];
+        else
+            c->queue_head = parts[i];
+        c->queue_tail = parts[i];
+    }
+    atomic_fetch_add(&c->n_requests, (uint64_t)nparts);
+    return 0;
+}
+
+/* Split keys by owning shard: per shard, the positions of its keys. */
+typedef struct split {
+    uint32_t *count;             /* per shard */
+    uint32_t **pos;              /* per shard, owned until moved into a part */
+    uint64_t **keys;             /* per shard */
+} split;
+
+static void split_free(split *sp, uint32_t nshards) {
+    for (uint32_t s = 0; s < nshards; s++) {
+        if (sp->pos)
+            free(sp->pos[s]);
+        if (sp->keys)
+            free(sp->keys[s]);
+    }
+    free(sp->count);
+    free(sp->pos);
+    free(sp->keys);
+}
+
+static int split_keys(ps_client *c, const uint64_t *keys, size_t n, split *sp) {
+    uint32_t ns = c->nshards, nb = c->cfg->buckets;
+    memset(sp, 0, sizeof(*sp));
+    sp->count = calloc(ns, sizeof(uint32_t));
+    sp->pos = calloc(ns, sizeof(uint32_t *));
+    sp->keys = calloc(ns, sizeof(uint64_t *));
+    uint32_t *owner = malloc(n * sizeof(uint32_t) + 1);
+    if (!sp->count || !sp->pos || !sp->keys || !owner || n > UINT32_MAX) {
+        free(owner);
+        split_free(sp, ns);
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        owner[i] = ps_key_owner(keys[i], nb, ns);
+        sp->count[owner[i]]++;
+    }
+    for (uint32_t s = 0; s < ns; s++) {
+        if (!sp->count[s])
+            continue;
+        sp->pos[s] = malloc(sp->count[s] * sizeof(uint32_t));
+        sp->keys[s] = malloc(sp->count[s] * sizeof(uint64_t));
+        if (!sp->pos[s] || !sp->keys[s]) {
+            free(owner);
+            split_free(sp, ns);
+            return -ENOMEM;
+        }
+        sp->count[s] = 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint32_t s = owner[i];
+        sp->pos[s][sp->count[s]] = (uint32_t)i;
+        sp->keys[s][sp->count[s]++] = keys[i];
+    }
+    free(owner);
+    return 0;
+}
+
+typedef struct keyed_args {
+    part_kind kind;
+    const char *table;
+    uint32_t dim;
+    const float *grads;          /* push */
+    bool with_state;             /* lookup */
+} keyed_args;
+
+/* Build one request per shard, then enqueue them all (with the push
+ * sequence number assigned under the same lock). */
+static int start_keyed(ps_client *c, const keyed_args *a, const uint64_t *keys, size_t n,
+                       ps_call *call, ps_call **ret_call) {
+    split sp;
+    int r = split_keys(c, keys, n, &sp);
+    if (r < 0) {
+        call_free(call);
+        return r;
+    }
+    part **parts = calloc(c->nshards, sizeof(part *));
+    float *gbuf = NULL;
+    int nparts = 0;
+    r = -ENOMEM;
+    if (!parts)
+        goto fail;
+    pthread_mutex_lock(&c->submit_lock);
+    uint64_t seq = a->kind == KIND_PUSH ? c->next_seq : 0;
+    for (uint32_t s = 0; s < c->nshards; s++) {
+        if (!sp.count[s])
+            continue;
+        part *p = calloc(1, sizeof(*p));
+        if (!p)
+            goto fail_locked;
+        parts[nparts++] = p;
+        p->call = call;
+        p->shard = s;
+        p->n = sp.count[s];
+        p->pos = sp.pos[s];
+        sp.pos[s] = NULL;
+        p->id = atomic_fetch_add(&c->next_id, 1);
+        Ctrps__Request req = CTRPS__REQUEST__INIT;
+        req.id = p->id;
+        Ctrps__PullRequest pull = CTRPS__PULL_REQUEST__INIT;
+        Ctrps__PushRequest push = CTRPS__PUSH_REQUEST__INIT;
+        Ctrps__LookupRequest lookup = CTRPS__LOOKUP_REQUEST__INIT;
+        switch (a->kind) {
+        case KIND_PULL:
+            pull.table = (char *)a->table;
+            pull.n_keys = p->n;
+            pull.keys = sp.keys[s];
+            req.method_case = CTRPS__REQUEST__METHOD_PULL;
+            req.pull = &pull;
+            break;
+        case KIND_PUSH:
+            free(gbuf);
+            gbuf = malloc(p->n * a->dim * sizeof(float));
+            if (!gbuf)
+                goto fail_locked;
+            for (size_t i = 0; i < p->n; i++)
+                memcpy(gbuf + i * a->dim, a->grads + (size_t)p->pos[i] * a->dim, a->dim * sizeof(float));
+            push.table = (char *)a->table;
+            push.n_keys = p->n;
+            push.keys = sp.keys[s];
+            push.n_grads = p->n * a->dim;
+            push.grads = gbuf;
+            push.client_id = c->client_id;
+            push.seq = seq;
+            req.method_case = CTRPS__REQUEST__METHOD_PUSH;
+            req.push = &push;
+            break;
+        case KIND_LOOKUP:
+            lookup.table = (char *)a->table;
+            lookup.n_keys = p->n;
+            lookup.keys = sp.keys[s];
+            lookup.with_state = a->with_state;
+            req.method_case = CTRPS__REQUEST__METHOD_LOOKUP;
+            req.lookup = &lookup;
+            break;
+        case KIND_RAW:
+            break;
+        }
+        p->frame = encode(&req);
+        if (!p->frame)
+            goto fail_locked;
+    }
+    r = enqueue_locked(c, parts, nparts);
+    if (r < 0)
+        goto fail_locked;
+    if (a->kind == KIND_PUSH)
+        c->next_seq++;
+    pthread_mutex_unlock(&c->submit_lock);
+    uv_async_send(&c->wake);
+    free(gbuf);
+    free(parts);
+    split_free(&sp, c->nshards);
+    *ret_call = call;
+    return 0;
+fail_locked:
+    pthread_mutex_unlock(&c->submit_lock);
+fail:
+    for (int i = 0; i < nparts; i++) {
+        if (parts[i]->frame)
+            free(parts[i]->frame);
+        free(parts[i]->pos);
+        free(parts[i]);
+    }
+    free(parts);
+    free(gbuf);
+    split_free(&sp, c->nshards);
+    call_free(call);
+    return r;
+}
+
+static int count_shards(ps_client *c, const uint64_t *keys, size_t n) {
+    /* Parts needed: the call counts down one per shard involved. */
+    bool *seen = calloc(c->nshards, sizeof(bool));
+    if (!seen)
+        return -ENOMEM;
+    int k = 0;
+    for (size_t i = 0; i < n && k < (int)c->nshards; i++) {
+        uint32_t s = ps_key_owner(keys[i], c->cfg->buckets, c->nshards);
+        if (!seen[s]) {
+            seen[s] = true;
+            k++;
+        }
+    }
+    free(seen);
+    return k;
+}
+
+static int start(ps_client *c, const keyed_args *a, const uint64_t *keys, size_t n, float *values,
+                 uint8_t *found, float *state, uint32_t width, ps_call **ret_call) {
+    int nparts = count_shards(c, keys, n);
+    if (nparts < 0)
+        return nparts;
+    ps_call *call = call_new(a->kind, nparts);
+    if (!call)
+        return -ENOMEM;
+    call->dim = a->dim;
+    call->width = width;
+    call->values = values;
+    call->found = found;
+    call->state = state;
+    if (nparts == 0) {
+        *ret_call = call;
+        return 0;
+    }
+    return start_keyed(c, a, keys, n, call, ret_call);
+}
+
+int ps_client_pull_start(ps_client *c, const char *table, uint32_t dim, const uint64_t *keys,
+                         size_t n, float *ret_values, ps_call **ret_call) {
+    keyed_args a = {.kind = KIND_PULL, .table = table, .dim = dim};
+    return start(c, &a, keys, n, ret_values, NULL, NULL, 0, ret_call);
+}
+
+int ps_client_push_start(ps_client *c, const char *table, uint32_t dim, const uint64_t *keys,
+                         size_t n, const float *grads, ps_call **ret_call) {
+    keyed_args a = {.kind = KIND_PUSH, .table = table, .dim = dim, .grads = grads};
+    return start(c, &a, keys, n, NULL, NULL, NULL, 0, ret_call);
+}
+
+int ps_client_lookup_start(ps_client *c, const char *table, uint32_t dim, uint32_t state_width,
+                           const uint64_t *keys, size_t n, uint8_t *ret_found, float *ret_values,
+                           float *ret_state, ps_call **ret_call) {
+    keyed_args a = {.kind = KIND_LOOKUP, .table = table, .dim = dim, .with_state = ret_state != NULL};
+    return start(c, &a, keys, n, ret_values, ret_found, ret_state, state_width, ret_call);
+}
+
+bool ps_call_done(ps_call *call) {
+    pthread_mutex_lock(&call->mu);
+    bool done = call->remaining == 0;
+    pthread_mutex_unlock(&call->mu);
+    return done;
+}
+
+void ps_call_push_result(ps_call *call, uint64_t *ret_applied, uint64_t *ret_dropped) {
+    pthread_mutex_lock(&call->mu);
+    *ret_applied = call->applied;
+    *ret_dropped = call->dropped;
+    pthread_mutex_unlock(&call->mu);
+}
+
+/* Wait for every part; the call stays allocated. */
+static int call_wait_keep(ps_call *call, char *err, size_t errlen) {
+    pthread_mutex_lock(&call->mu);
+    while (call->remaining > 0)
+        pthread_cond_wait(&call->cv, &call->mu);
+    int r = call->err;
+    if (r && err)
+        snprintf(err, errlen, "%s", call->msg);
+    pthread_mutex_unlock(&call->mu);
+    return r;
+}
+
+int ps_call_wait(ps_call *call, char *err, size_t errlen) {
+    int r = call_wait_keep(call, err, errlen);
+    call_free(call);
+    return r;
+}
+
+int ps_client_pull(ps_client *c, const char *table, uint32_t dim, const uint64_t *keys, size_t n,
+                   float *ret_values, char *err, size_t errlen) {
+    ps_call *call;
+    int r = ps_client_pull_start(c, table, dim, keys, n, ret_values, &call);
+    if (r < 0) {
+        snprintf(err, errlen, "%s", ps_strerror(r));
+        return r;
+    }
+    return ps_call_wait(call, err, errlen);
+}
+
+int ps_client_push(ps_client *c, const char *table, uint32_t dim, const uint64_t *keys, size_t n,
+                   const float *grads, uint64_t *ret_applied, uint64_t *ret_dropped, char *err,
+                   size_t errlen) {
+    ps_call *call;
+    int r = ps_client_push_start(c, table, dim, keys, n, grads, &call);
+    if (r < 0) {
+        snprintf(err, errlen, "%s", ps_strerror(r));
+        return r;
+    }
+    r = call_wait_keep(call, err, errlen);
+    uint64_t applied, dropped;
+    ps_call_push_result(call, &applied, &dropped);
+    call_free(call);
+    if (ret_applied)
+        *ret_applied = applied;
+    if (ret_dropped)
+        *ret_dropped = dropped;
+    return r;
+}
+
+int ps_client_lookup(ps_client *c, const char *table, uint32_t dim, uint32_t state_width,
+                     const uint64_t *keys, size_t n, uint8_t *ret_found, float *ret_values,
+                     float *ret_state, char *err, size_t errlen) {
+    ps_call *call;
+    int r = ps_client_lookup_start(c, table, dim, state_width, keys, n, ret_found, ret_values,
+                                   ret_state, &call);
+    if (r < 0) {
+        snprintf(err, errlen, "%s", ps_strerror(r));
+        return r;
+    }
+    return ps_call_wait(call, err, errlen);
+}
+
+int ps_client_call_shard(ps_client *c, uint32_t shard, Ctrps__Request *req,
+                         Ctrps__Response **ret_resp, char *err, size_t errlen) {
+    if (shard >= c->nshards) {
+        snprintf(err, errlen, "no shard %u (the cluster has %u)", shard, c->nshards);
+        return -EINVAL;
+    }
+    ps_call *call = call_new(KIND_RAW, 1);
+    part *p = calloc(1, sizeof(*p));
+    if (!call || !p) {
+        free(p);
+        if (call)
+            call_free(call);
+        return -ENOMEM;
+    }
+    p->call = call;
+    p->shard = shard;
+    p->id = atomic_fetch_add(&c->next_id, 1);
+    req->id = p->id;
+    p->frame = encode(req);
+    if (!p->frame) {
+        free(p);
+        call_free(call);
+        return -ENOMEM;
+    }
+    pthread_mutex_lock(&c->submit_lock);
+    int r = enqueue_locked(c, &p, 1);
+    pthread_mutex_unlock(&c->submit_lock);
+    if (r < 0) {
+        free(p->frame);
+        free(p);
+        call_free(call);
+        snprintf(err, errlen, "%s", ps_strerror(r));
+        return r;
+    }
+    uv_async_send(&c->wake);
+    r = call_wait_keep(call, err, errlen);
+    if (r == 0) {
+        *ret_resp = call->raw;
+        call->raw = NULL;
+    }
+    call_free(call);
+    return r;
+}

@@ -1,0 +1,87 @@
+#pragma once
+/* The sharded RPC client used by the worker, the CLI and the benchmarks.
+ *
+ * A client owns one I/O thread running a libuv loop with one connection per
+ * shard. A call (pull, push, lookup) is split by the caller's thread into one
+ * request per shard that owns some of its keys (bucket routing as in
+ * common/keys.h); the parts are sent in parallel, and the I/O thread merges
+ * each answer into the caller's arrays at the keys' original positions. The
+ * caller starts calls without blocking and waits on them when it needs the
+ * result, so it can keep many in flight (the worker overlaps the next
+ * batch's pull with the current batch's compute).
+ *
+ * Failures. A dropped connection is re-established with exponential backoff
+ * (50 ms to 2 s), and every request not yet answered on it is sent again in
+ * its original order. Pushes carry the client's id and a sequence number,
+ * so the shard applies a resent push at most once. A request that finds no
+ * answer within the deadline fails with PS_ETIMEOUT and a message naming the
+ * shard and the last connection error.
+ *
+ * Thread safety: calls may be started from any thread; a given ps_call is
+ * waited on by one thread. */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "ctrps.pb-c.h"
+
+typedef struct ps_client ps_client;
+typedef struct ps_call ps_call;
+
+typedef struct ps_client_options {
+    const ps_config *cfg;        /* borrowed for the client's life: shards, buckets */
+    const char *name;            /* sent in Hello, for server logs */
+    uint64_t client_id;          /* 0 = random; identifies this pusher to the shards */
+    uint32_t timeout_ms;         /* per request, reconnects included; 0 = 30 s */
+    uint32_t max_frame_bytes;    /* largest response accepted; 0 = [server] max_frame_bytes */
+} ps_client_options;
+
+typedef struct ps_client_counters {
+    uint64_t requests, reconnects, resent, timeouts;
+} ps_client_counters;
+
+int ps_client_new(const ps_client_options *opts, ps_client **ret_client, char *err, size_t errlen);
+/* Waits for nothing: calls still in flight fail with PS_ECLOSED. */
+void ps_client_free(ps_client *c);
+uint64_t ps_client_id(const ps_client *c);
+void ps_client_counters_get(ps_client *c, ps_client_counters *ret);
+
+/* Start a Pull of n keys of a table of dimension dim; ret_values (n * dim)
+ * is written by the I/O thread and must stay valid until ps_call_wait(). */
+int ps_client_pull_start(ps_client *c, const char *table, uint32_t dim, const uint64_t *keys,
+                         size_t n, float *ret_values, ps_call **ret_call);
+/* Start a Push; keys and grads are copied before this returns. */
+int ps_client_push_start(ps_client *c, const char *table, uint32_t dim, const uint64_t *keys,
+                         size_t n, const float *grads, ps_call **ret_call);
+/* Start a Lookup. ret_found (n), ret_values (n * dim) and, when not NULL,
+ * ret_state (n * state_width) must stay valid until ps_call_wait(). */
+int ps_client_lookup_start(ps_client *c, const char *table, uint32_t dim, uint32_t state_width,
+                           const uint64_t *keys, size_t n, uint8_t *ret_found, float *ret_values,
+                           float *ret_state, ps_call **ret_call);
+
+/* Block until the call is answered by every shard involved; free it. Returns
+ * 0 or the first error, with a one-line message in err. */
+int ps_call_wait(ps_call *call, char *err, size_t errlen);
+bool ps_call_done(ps_call *call);
+/* Push results, valid before ps_call_wait() frees the call. */
+void ps_call_push_result(ps_call *call, uint64_t *ret_applied, uint64_t *ret_dropped);
+
+/* Blocking conveniences. */
+int ps_client_pull(ps_client *c, const char *table, uint32_t dim, const uint64_t *keys, size_t n,
+                   float *ret_values, char *err, size_t errlen);
+int ps_client_push(ps_client *c, const char *table, uint32_t dim, const uint64_t *keys, size_t n,
+                   const float *grads, uint64_t *ret_applied, uint64_t *ret_dropped, char *err,
+                   size_t errlen);
+int ps_client_lookup(ps_client *c, const char *table, uint32_t dim, uint32_t state_width,
+                     const uint64_t *keys, size_t n, uint8_t *ret_found, float *ret_values,
+                     float *ret_state, char *err, size_t errlen);
+
+/* Send one request to one shard and wait for its response: for the methods
+ * that are not split by key (Stats, Export, ClusterMap, dense blocks). The
+ * request's id is set here. *ret_resp is freed by the caller with
+ * ctrps__response__free_unpacked(resp, NULL). A non-OK status is returned as
+ * an error (with the server's message) and no response. */
+int ps_client_call_shard(ps_client *c, uint32_t shard, Ctrps__Request *req,
+                         Ctrps__Response **ret_resp, char *err, size_t errlen);

@@ -1,0 +1,473 @@
+/* ctrps-cli: lookup, pull, push, export, stats and data generation against a
+ * ctrps cluster, over the same RPC client the worker uses. */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "client.h"
+#include "config.h"
+#include "error.h"
+#include "gen.h"
+#include "keys.h"
+#include "log.h"
+
+static const char *prog = "ctrps-cli";
+
+static void usage(FILE *out) {
+    fprintf(out,
+            "usage: ctrps-cli [--config FILE] [--timeout MS] COMMAND [options]\n"
+            "\n"
+            "Commands (all but gen need --config):\n"
+            "  lookup --table T (--fid N | --slot S --value V)... [--state]\n"
+            "      read rows without creating them; one line per key:\n"
+            "      fid<TAB>found|missing<TAB>v1 ... vd  (with --state, the optimizer state\n"
+            "      follows the weights). --slot alone picks the slot's table.\n"
+            "  pull --table T (--fid N | --slot S --value V)...\n"
+            "      read rows, creating missing ones from the table's init rule;\n"
+            "      fid<TAB>v1 ... vd\n"
+            "  push --table T (--fid N | --slot S --value V) --grad g1,...,gd ...\n"
+            "      apply exactly one optimizer step per key with the gradient given\n"
+            "      after it; prints the rows applied and the non-finite rows dropped\n"
+            "  export --table T [--state]\n"
+            "      every row: fid<TAB>field<TAB>v1 ... vd, field w (and with --state\n"
+            "      z and n for FTRL, acc for AdaGrad), in store order per shard\n"
+            "  stats\n"
+            "      one JSON object per shard: rows per table, requests, errors,\n"
+            "      dropped non-finite rows, RocksDB bytes, counters\n"
+            "  gen --rows N --seed S --format criteo|slots --out FILE\n"
+            "      write a synthetic click log and FILE.truth.json (see gen --help)\n"
+            "\n"
+            "Options:\n"
+            "  --config FILE   cluster config (INI)\n"
+            "  --timeout MS    per-request deadline, reconnects included (default 10000)\n"
+            "  --help          this text\n"
+            "\n"
+            "Exit status: 0 on success, 1 when the cluster reports an error or is\n"
+            "unreachable, 2 on bad usage. Floats print with 9 significant digits, which\n"
+            "round-trips float32 exactly.\n");
+}
+
+static int fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int fail(int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "%s: ", prog);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return code;
+}
+
+/* ---- keyed command arguments ------------------------------------------------ */
+
+typedef struct keyed {
+    const char *table;
+    const char *slot;            /* the most recent --slot */
+    uint64_t *fids;
+    float *grads;                /* push: dim per key, once the table is known */
+    char **grad_text;            /* push: --grad text per key */
+    size_t n, cap;
+    bool state;
+} keyed;
+
+static int keyed_add(keyed *k, uint64_t fid) {
+    if (k->n == k->cap) {
+        size_t cap = k->cap ? 2 * k->cap : 16;
+        uint64_t *f = realloc(k->fids, cap * sizeof(*f));
+        if (!f)
+            return -ENOMEM;
+        k->fids = f;
+        char **g = realloc(k->grad_text, cap * sizeof(*g));
+        if (!g)
+            return -ENOMEM;
+        k->grad_text = g;
+        k->cap = cap;
+    }
+    k->grad_text[k->n] = NULL;
+    k->fids[k->n++] = fid;
+    return 0;
+}
+
+static void keyed_free(keyed *k) {
+    free(k->fids);
+    free(k->grads);
+    free(k->grad_text);
+}
+
+/* Parse --table/--fid/--slot/--value/--grad/--state. */
+static int parse_keyed(int argc, char **argv, keyed *k, bool allow_grad, bool allow_state) {
+    static const struct option opts[] = {{"table", required_argument, NULL, 't'},
+                                         {"fid", required_argument, NULL, 'f'},
+                                         {"slot", required_argument, NULL, 's'},
+                                         {"value", required_argument, NULL, 'v'},
+                                         {"grad", required_argument, NULL, 'g'},
+                                         {"state", no_argument, NULL, 'S'},
+                                         {NULL, 0, NULL, 0}};
+    optind = 1;
+    int opt;
+    while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (opt) {
+        case 't':
+            k->table = optarg;
+            break;
+        case 'f': {
+            uint64_t fid;
+            if (ps_parse_u64(optarg, &fid) < 0)
+                return fail(2, "--fid: not an unsigned 64-bit integer: '%s'", optarg);
+            if (keyed_add(k, fid) < 0)
+                return fail(1, "out of memory");
+            break;
+        }
+        case 's':
+            k->slot = optarg;
+            break;
+        case 'v':
+            if (!k->slot)
+                return fail(2, "--value '%s' needs a --slot before it", optarg);
+            if (keyed_add(k, ps_fid(ps_slot_id(k->slot), optarg, strlen(optarg))) < 0)
+                return fail(1, "out of memory");
+            break;
+        case 'g':
+            if (!allow_grad)
+                return fail(2, "--grad applies only to push");
+            if (k->n == 0 || k->grad_text[k->n - 1])
+                return fail(2, "--grad '%s' must follow its own --fid or --value", optarg);
+            k->grad_text[k->n - 1] = optarg;
+            break;
+        case 'S':
+            if (!allow_state)
+                return fail(2, "--state does not apply here");
+            k->state = true;
+            break;
+        default:
+            return 2;
+        }
+    }
+    if (optind < argc)
+        return fail(2, "unexpected argument '%s'", argv[optind]);
+    return 0;
+}
+
+static const ps_table_config *resolve_table(const ps_config *cfg, keyed *k, int *ret_code) {
+    if (!k->table && k->slot) {
+        const ps_table_config *t = ps_config_slot_table(cfg, k->slot);
+        if (!t) {
+            *ret_code = fail(2, "slot '%s' maps to no table in %s; pass --table", k->slot, cfg->path);
+            return NULL;
+        }
+        return t;
+    }
+    if (!k->table) {
+        *ret_code = fail(2, "--table is required");
+        return NULL;
+    }
+    const ps_table_config *t = ps_config_table(cfg, k->table);
+    if (!t)
+        *ret_code = fail(2, "unknown table '%s' (not in %s)", k->table, cfg->path);
+    return t;
+}
+
+static void print_floats(const float *v, size_t n) {
+    for (size_t j = 0; j < n; j++)
+        printf("%s%.9g", j ? " " : "", (double)v[j]);
+}
+
+static int cmd_lookup(ps_client *cl, const ps_config *cfg, int argc, char **argv, bool pull) {
+    keyed k = {0};
+    int code = parse_keyed(argc, argv, &k, false, !pull);
+    const ps_table_config *t = code ? NULL : resolve_table(cfg, &k, &code);
+    if (t && k.n == 0)
+        code = fail(2, "no keys: give --fid N or --slot S --value V");
+    if (!t || code || k.n == 0) {
+        keyed_free(&k);
+        return code ? code : 2;
+    }
+    uint32_t dim = t->dim, width = ps_optim_state_width(&t->opt, t->dim);
+    float *values = malloc(k.n * dim * sizeof(float));
+    float *state = k.state ? malloc(k.n * width * sizeof(float)) : NULL;
+    uint8_t *found = malloc(k.n);
+    char err[1024];
+    int r = -ENOMEM;
+    if (values && found && (!k.state || state))
+        r = pull ? ps_client_pull(cl, t->name, dim, k.fids, k.n, values, err, sizeof(err))
+                 : ps_client_lookup(cl, t->name, dim, width, k.fids, k.n, found, values, state, err,
+                                    sizeof(err));
+    if (r < 0) {
+        code = fail(1, "%s %s: %s", pull ? "pull" : "lookup", t->name, r == -ENOMEM ? "out of memory" : err);
+    } else {
+        for (size_t i = 0; i < k.n; i++) {
+            printf("%" PRIu64 "\t", k.fids[i]);
+            if (!pull)
+                printf("%s\t", found[i] ? "found" : "missing");
+            print_floats(values + i * dim, dim);
+            if (state) {
+                putchar('\t');
+                print_floats(state + i * width, width);
+            }
+            putchar('\n');
+        }
+    }
+    free(values);
+    free(state);
+    free(found);
+    keyed_free(&k);
+    return code;
+}
+
+static int cmd_push(ps_client *cl, const ps_config *cfg, int argc, char **argv) {
+    keyed k = {0};
+    int code = parse_keyed(argc, argv, &k, true, false);
+    const ps_table_config *t = code ? NULL : resolve_table(cfg, &k, &code);
+    if (t && k.n == 0)
+        code = fail(2, "no keys: give --fid N --grad g1,...,gd");
+    if (!t || code) {
+        keyed_free(&k);
+        return code ? code : 2;
+    }
+    k.grads = malloc(k.n * t->dim * sizeof(float));
+    if (!k.grads) {
+        keyed_free(&k);
+        return fail(1, "out of memory");
+    }
+    for (size_t i = 0; i < k.n && !code; i++) {
+        if (!k.grad_text[i]) {
+            code = fail(2, "key %" PRIu64 " has no --grad", k.fids[i]);
+            break;
+        }
+        char *text = strdup(k.grad_text[i]), *save = NULL;
+        uint32_t j = 0;
+        for (char *tok = strtok_r(text, ",", &save); tok; tok = strtok_r(NULL, ",", &save), j++) {
+            double g;
+            /* nan and inf are accepted on purpose: the server drops them. */
+            char *end;
+            g = strtod(tok, &end);
+            if (end == tok || *end) {
+                code = fail(2, "--grad: '%s' is not a number", tok);
+                break;
+            }
+            if (j < t->dim)
+                k.grads[i * t->dim + j] = (float)g;
+        }
+        free(text);
+        if (!code && j != t->dim)
+            code = fail(2, "--grad for key %" PRIu64 " has %u values; table %s has dim %u", k.fids[i],
+                        j, t->name, t->dim);
+    }
+    if (!code) {
+        char err[1024];
+        uint64_t applied = 0, dropped = 0;
+        int r = ps_client_push(cl, t->name, t->dim, k.fids, k.n, k.grads, &applied, &dropped, err,
+                               sizeof(err));
+        if (r < 0)
+            code = fail(1, "push %s: %s", t->name, err);
+        else
+            printf("applied %" PRIu64 " dropped_nonfinite %" PRIu64 "\n", applied, dropped);
+    }
+    keyed_free(&k);
+    return code;
+}
+
+static int cmd_export(ps_client *cl, const ps_config *cfg, int argc, char **argv) {
+    keyed k = {0};
+    int code = parse_keyed(argc, argv, &k, false, true);
+    const ps_table_config *t = code ? NULL : resolve_table(cfg, &k, &code);
+    if (!t || code || k.n) {
+        if (!code && k.n)
+            code = fail(2, "export takes no keys");
+        keyed_free(&k);
+        return code ? code : 2;
+    }
+    const char *fields[3];
+    int nfields = ps_optim_fields(&t->opt, fields);
+    uint32_t width = ps_optim_state_width(&t->opt, t->dim);
+    for (uint32_t s = 0; s < cfg->nshards && !code; s++) {
+        uint8_t cursor[16];
+        size_t cursor_len = 0;
+        for (;;) {
+            Ctrps__Request req = CTRPS__REQUEST__INIT;
+            Ctrps__ExportRequest ex = CTRPS__EXPORT_REQUEST__INIT;
+            req.method_case = CTRPS__REQUEST__METHOD_EXPORT;
+            req.export = &ex;
+            ex.table = (char *)t->name;
+            ex.after.data = cursor;
+            ex.after.len = cursor_len;
+            ex.limit = 8192;
+            ex.with_state = k.state;
+            Ctrps__Response *resp;
+            char err[1024];
+            int r = ps_client_call_shard(cl, s, &req, &resp, err, sizeof(err));
+            if (r < 0) {
+                code = fail(1, "export %s: %s", t->name, err);
+                break;
+            }
+            Ctrps__ExportResponse *e = resp->export;
+            if (!e || e->dim != t->dim || (k.state && e->state_dim != width)) {
+                ctrps__response__free_unpacked(resp, NULL);
+                code = fail(1, "export %s: shard %u answered with another table shape", t->name, s);
+                break;
+            }
+            for (size_t i = 0; i < e->n_keys; i++) {
+                printf("%" PRIu64 "\tw\t", e->keys[i]);
+                print_floats(e->values + i * t->dim, t->dim);
+                putchar('\n');
+                for (int f = 1; k.state && f < nfields; f++) {
+                    /* State layout: w[d] then z[d] n[d], or acc[d] (acc[1] row-wise). */
+                    size_t off = (size_t)f * t->dim, len = t->dim;
+                    if (off + len > width)
+                        len = width - off;
+                    printf("%" PRIu64 "\t%s\t", e->keys[i], fields[f]);
+                    print_floats(e->state + i * width + off, len);
+                    putchar('\n');
+                }
+            }
+            bool done = e->done || e->n_keys == 0;
+            cursor_len = e->next.len <= sizeof(cursor) ? e->next.len : 0;
+            memcpy(cursor, e->next.data, cursor_len);
+            ctrps__response__free_unpacked(resp, NULL);
+            if (done)
+                break;
+        }
+    }
+    keyed_free(&k);
+    return code;
+}
+
+static void json_string(const char *s) {
+    putchar('"');
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\')
+            printf("\\%c", *s);
+        else if ((unsigned char)*s < 0x20)
+            printf("\\u%04x", *s);
+        else
+            putchar(*s);
+    }
+    putchar('"');
+}
+
+static int cmd_stats(ps_client *cl, const ps_config *cfg, int argc, char **argv) {
+    if (argc > 1)
+        return fail(2, "stats takes no arguments");
+    (void)argv;
+    int code = 0;
+    for (uint32_t s = 0; s < cfg->nshards; s++) {
+        Ctrps__Request req = CTRPS__REQUEST__INIT;
+        Ctrps__StatsRequest st = CTRPS__STATS_REQUEST__INIT;
+        req.method_case = CTRPS__REQUEST__METHOD_STATS;
+        req.stats = &st;
+        Ctrps__Response *resp;
+        char err[1024];
+        int r = ps_client_call_shard(cl, s, &req, &resp, err, sizeof(err));
+        if (r < 0) {
+            code = fail(1, "stats: %s", err);
+            continue;
+        }
+        Ctrps__StatsResponse *x = resp->stats;
+        if (!x) {
+            ctrps__response__free_unpacked(resp, NULL);
+            code = fail(1, "stats: shard %u sent no stats", s);
+            continue;
+        }
+        printf("{\"shard\":%u,\"address\":", x->shard_id);
+        json_string(cfg->shards[s]);
+        printf(",\"durability\":");
+        json_string(x->durability);
+        printf(",\"rocksdb_bytes\":%" PRIu64 ",\"store_error\":", x->rocksdb_bytes);
+        json_string(x->store_error);
+        printf(",\"tables\":{");
+        for (size_t i = 0; i < x->n_tables; i++) {
+            Ctrps__TableStats *t = x->tables[i];
+            printf("%s", i ? "," : "");
+            json_string(t->name);
+            printf(":{\"rows\":%" PRIu64 ",\"rows_in_memory\":%" PRIu64 ",\"dirty_rows\":%" PRIu64
+                   ",\"pulled_rows\":%" PRIu64 ",\"pushed_rows\":%" PRIu64
+                   ",\"dropped_nonfinite\":%" PRIu64 ",\"memory_misses\":%" PRIu64 "}",
+                   t->rows, t->rows_in_memory, t->dirty_rows, t->pulled_rows, t->pushed_rows,
+                   t->dropped_nonfinite, t->memory_misses);
+        }
+        printf("},\"counters\":{");
+        for (size_t i = 0; i < x->n_counters; i++) {
+            printf("%s", i ? "," : "");
+            json_string(x->counters[i]->name);
+            printf(":%" PRIu64, x->counters[i]->value);
+        }
+        printf("}}\n");
+        ctrps__response__free_unpacked(resp, NULL);
+    }
+    return code;
+}
+
+int main(int argc, char **argv) {
+    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
+                                         {"timeout", required_argument, NULL, 't'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    const char *config_path = NULL;
+    uint64_t timeout_ms = 10000;
+    int opt;
+    ps_log_init(prog, PS_LOG_WARN);
+    /* '+': stop at the command; its options are parsed by the command. */
+    while ((opt = getopt_long(argc, argv, "+", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'c':
+            config_path = optarg;
+            break;
+        case 't':
+            if (ps_parse_u64(optarg, &timeout_ms) < 0 || timeout_ms == 0 || timeout_ms > 86400000)
+                return fail(2, "--timeout: expected milliseconds in 1..86400000, got '%s'", optarg);
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind >= argc) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[optind];
+    int cargc = argc - optind;
+    char **cargv = argv + optind;
+    if (!strcmp(cmd, "gen"))
+        return fail(2, "TODO-GEN");
+    if (strcmp(cmd, "lookup") && strcmp(cmd, "pull") && strcmp(cmd, "push") &&
+        strcmp(cmd, "export") && strcmp(cmd, "stats"))
+        return fail(2, "unknown command '%s' (see --help)", cmd);
+    if (!config_path)
+        return fail(2, "%s needs --config FILE", cmd);
+    char err[1024];
+    ps_config *cfg;
+    int r = ps_config_load(config_path, NULL, &cfg, err, sizeof(err));
+    if (r < 0)
+        return fail(2, "%s", err);
+    ps_client *cl;
+    ps_client_options co = {.cfg = cfg, .name = prog, .timeout_ms = (uint32_t)timeout_ms};
+    r = ps_client_new(&co, &cl, err, sizeof(err));
+    if (r < 0) {
+        ps_config_free(cfg);
+        return fail(1, "%s", err);
+    }
+    int code;
+    if (!strcmp(cmd, "lookup"))
+        code = cmd_lookup(cl, cfg, cargc, cargv, false);
+    else if (!strcmp(cmd, "pull"))
+        code = cmd_lookup(cl, cfg, cargc, cargv, true);
+    else if (!strcmp(cmd, "push"))
+        code = cmd_push(cl, cfg, cargc, cargv);
+    else if (!strcmp(cmd, "export"))
+        code = cmd_export(cl, cfg, cargc, cargv);
+    else
+        code = cmd_stats(cl, cfg, cargc, cargv);
+    if (fflush(stdout) != 0 && code == 0)
+        code = fail(1, "writing output: %s", strerror(errno));
+    ps_client_free(cl);
+    ps_config_free(cfg);
+    return code;
+}
