@@ -1,0 +1,296 @@
+#include "harness.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define READY_TIMEOUT_MS 60000
+#define STOP_TIMEOUT_MS 20000
+
+const char *ps_test_bin(const char *rel) {
+    static char path[4][1024];
+    static int next;
+    char *p = path[next++ % 4];
+    const char *root = getenv("CTRPS_BUILD_ROOT");
+    snprintf(p, sizeof(path[0]), "%s/%s", root && *root ? root : "build", rel);
+    return p;
+}
+
+static void sleep_ms(int ms) {
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+    nanosleep(&ts, NULL);
+}
+
+static long long now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void ps_cluster_path(const ps_cluster *c, const char *name, char *out, size_t outlen) {
+    snprintf(out, outlen, "%s/%s", c->dir, name);
+}
+
+int ps_write_file(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return -errno;
+    size_t n = strlen(text);
+    int r = fwrite(text, 1, n, f) == n ? 0 : -EIO;
+    if (fclose(f) != 0)
+        r = -errno;
+    return r;
+}
+
+char *ps_read_file(const char *path) {
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return NULL;
+    size_t cap = 4096, len = 0;
+    char *b = malloc(cap);
+    size_t n;
+    while (b && (n = fread(b + len, 1, cap - len - 1, f)) > 0) {
+        len += n;
+        if (cap - len - 1 == 0) {
+            char *g = realloc(b, cap *= 2);
+            if (!g) {
+                free(b);
+                b = NULL;
+            }
+            b = g;
+        }
+    }
+    fclose(f);
+    if (b)
+        b[len] = '\0';
+    return b;
+}
+
+static int write_config(ps_cluster *c) {
+    char text[sizeof(c->body) + 512];
+    int n = snprintf(text, sizeof(text), "[cluster]\nshards = ");
+    for (int i = 0; i < c->nshards; i++)
+        n += snprintf(text + n, sizeof(text) - (size_t)n, "%s127.0.0.1:%d", i ? ", " : "",
+                      c->ports[i] ? c->ports[i] : 1 + i);
+    snprintf(text + n, sizeof(text) - (size_t)n, "\n%s\n", c->body);
+    int r = ps_write_file(c->config, text);
+    if (r < 0)
+        return r;
+    ps_config_free(c->cfg);
+    c->cfg = NULL;
+    char err[512];
+    r = ps_config_load(c->config, NULL, &c->cfg, err, sizeof(err));
+    if (r < 0)
+        fprintf(stderr, "harness: %s\n", err);
+    return r;
+}
+
+static pid_t spawn(char *const argv[], int out_fd, int err_fd) {
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid != 0)
+        return pid;
+    /* Child: die with the test process, whatever happens to it. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent)
+        _exit(127);
+    if (out_fd >= 0)
+        dup2(out_fd, 1);
+    if (err_fd >= 0)
+        dup2(err_fd, 2);
+    execv(argv[0], argv);
+    _exit(127);
+}
+
+int ps_cluster_start_shard(ps_cluster *c, int i) {
+    char ready[300], log[300], data[300], shard[16], listen[64];
+    snprintf(ready, sizeof(ready), "%s/ready-%d", c->dir, i);
+    snprintf(log, sizeof(log), "%s/shard-%d.log", c->dir, i);
+    snprintf(data, sizeof(data), "%s/data", c->dir);
+    snprintf(shard, sizeof(shard), "%d", i);
+    snprintf(listen, sizeof(listen), "127.0.0.1:%d", c->ports[i]);
+    unlink(ready);
+    int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    char *argv[] = {(char *)ps_test_bin("server/ctrps-server"), "--config", c->config, "--shard",
+                    shard, "--listen", listen, "--ready-file", ready, "--data-dir", data, NULL};
+    pid_t pid = spawn(argv, fd, fd);
+    if (fd >= 0)
+        close(fd);
+    if (pid < 0)
+        return -errno;
+    c->pids[i] = pid;
+    /* Poll for the ready file; fail fast if the server exits instead. */
+    long long deadline = now_ms() + READY_TIMEOUT_MS;
+    while (now_ms() < deadline) {
+        int status;
+        if (waitpid(pid, &status, WNOHANG) == pid) {
+            c->pids[i] = 0;
+            fprintf(stderr, "harness: shard %d exited during start; log %s\n", i, log);
+            return -ECHILD;
+        }
+        char *text = ps_read_file(ready);
+        if (text) {
+            char *colon = strrchr(text, ':');
+            int port = colon ? atoi(colon + 1) : 0;
+            free(text);
+            if (port > 0) {
+                c->ports[i] = port;
+                return 0;
+            }
+        }
+        sleep_ms(10);
+    }
+    ps_cluster_stop_shard(c, i, SIGKILL);
+    return -ETIMEDOUT;
+}
+
+int ps_cluster_start(ps_cluster *c, int nshards, const char *body) {
+    memset(c, 0, sizeof(*c));
+    snprintf(c->dir, sizeof(c->dir), "/tmp/ctrps-test-XXXXXX");
+    if (!mkdtemp(c->dir))
+        return -errno;
+    snprintf(c->config, sizeof(c->config), "%s/cluster.ini", c->dir);
+    snprintf(c->body, sizeof(c->body), "%s", body);
+    c->nshards = nshards;
+    int r = write_config(c);
+    for (int i = 0; i < nshards && r == 0; i++)
+        r = ps_cluster_start_shard(c, i);
+    /* Now the ports are known: rewrite the config clients will read. */
+    if (r == 0)
+        r = write_config(c);
+    return r;
+}
+
+int ps_cluster_stop_shard(ps_cluster *c, int i, int sig) {
+    pid_t pid = c->pids[i];
+    if (pid <= 0)
+        return -1;
+    kill(pid, sig);
+    long long deadline = now_ms() + STOP_TIMEOUT_MS;
+    int status = -1;
+    for (;;) {
+        pid_t w = waitpid(pid, &status, WNOHANG);
+        if (w == pid)
+            break;
+        if (w < 0) {
+            status = -1;
+            break;
+        }
+        if (now_ms() > deadline) {
+            fprintf(stderr, "harness: shard %d ignored signal %d; killing\n", i, sig);
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            break;
+        }
+        sleep_ms(5);
+    }
+    c->pids[i] = 0;
+    return status;
+}
+
+int ps_cluster_restart(ps_cluster *c, int i, int sig) {
+    ps_cluster_stop_shard(c, i, sig);
+    return ps_cluster_start_shard(c, i);
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+void ps_cluster_destroy(ps_cluster *c) {
+    for (int i = 0; i < c->nshards; i++)
+        if (c->pids[i] > 0)
+            ps_cluster_stop_shard(c, i, SIGTERM);
+    ps_config_free(c->cfg);
+    c->cfg = NULL;
+    if (c->dir[0] && !getenv("CTRPS_TEST_KEEP"))
+        nftw(c->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+int ps_run(char *const argv[], char **ret_out, char **ret_err) {
+    int out[2], err[2];
+    if (pipe(out) < 0 || pipe(err) < 0)
+        return -1;
+    pid_t pid = spawn(argv, out[1], err[1]);
+    close(out[1]);
+    close(err[1]);
+    if (pid < 0) {
+        close(out[0]);
+        close(err[0]);
+        return -1;
+    }
+    /* Drain both pipes concurrently so neither child write can block. */
+    char *bufs[2] = {NULL, NULL};
+    size_t lens[2] = {0, 0}, caps[2] = {0, 0};
+    struct pollfd pf[2] = {{out[0], POLLIN, 0}, {err[0], POLLIN, 0}};
+    int open_fds = 2;
+    while (open_fds > 0) {
+        if (poll(pf, 2, -1) < 0 && errno != EINTR)
+            break;
+        for (int k = 0; k < 2; k++) {
+            if (pf[k].fd < 0 || !(pf[k].revents & (POLLIN | POLLHUP | POLLERR)))
+                continue;
+            if (lens[k] + 4096 + 1 > caps[k]) {
+                caps[k] = caps[k] ? caps[k] * 2 : 8192;
+                bufs[k] = realloc(bufs[k], caps[k]);
+            }
+            ssize_t n = read(pf[k].fd, bufs[k] + lens[k], 4096);
+            if (n <= 0) {
+                close(pf[k].fd);
+                pf[k].fd = -1;
+                open_fds--;
+            } else {
+                lens[k] += (size_t)n;
+            }
+        }
+    }
+    for (int k = 0; k < 2; k++) {
+        if (!bufs[k])
+            bufs[k] = malloc(1);
+        bufs[k][lens[k]] = '\0';
+    }
+    int status;
+    waitpid(pid, &status, 0);
+    if (ret_out)
+        *ret_out = bufs[0];
+    else
+        free(bufs[0]);
+    if (ret_err)
+        *ret_err = bufs[1];
+    else {
+        if (lens[1])
+            fputs(bufs[1], stderr);
+        free(bufs[1]);
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+int ps_run_cli(ps_cluster *c, char **ret_out, ...) {
+    char *argv[64];
+    int n = 0;
+    argv[n++] = (char *)ps_test_bin("tools/ctrps-cli");
+    argv[n++] = "--config";
+    argv[n++] = c->config;
+    va_list ap;
+    va_start(ap, ret_out);
+    char *a;
+    while ((a = va_arg(ap, char *)) && n < 63)
+        argv[n++] = a;
+    va_end(ap);
+    argv[n] = NULL;
+    return ps_run(argv, ret_out, NULL);
+}

@@ -1,0 +1,57 @@
+#pragma once
+/* Loopback integration-test harness: start real ctrps-server processes on
+ * 127.0.0.1 with ephemeral ports, wait for readiness by polling their ready
+ * files, run ctrps-cli, and stop every process by its PID.
+ *
+ * Each child gets PR_SET_PDEATHSIG = SIGKILL, so a test process that dies
+ * (a crash or a failed assertion) never leaves a daemon behind. A shard
+ * restarted with ps_cluster_restart() binds the port it had, so running
+ * clients reconnect to it. */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "config.h"
+
+#define PS_TEST_MAX_SHARDS 8
+
+typedef struct ps_cluster {
+    char dir[256];               /* temporary directory, removed by ps_cluster_destroy */
+    char config[320];            /* the cluster config with the real ports */
+    char body[8192];             /* everything but [cluster] shards */
+    int nshards;
+    pid_t pids[PS_TEST_MAX_SHARDS];
+    int ports[PS_TEST_MAX_SHARDS];
+    ps_config *cfg;              /* parsed config (client side) */
+} ps_cluster;
+
+/* Path of a built binary ("server/ctrps-server"), from CTRPS_BUILD_ROOT. */
+const char *ps_test_bin(const char *rel);
+
+/* Create the directory and start n shards. `body` is INI text for every
+ * section but the shard list ([cluster] buckets, [server], [table.*], ...);
+ * it must not contain "shards =". Returns 0 or a negative error. */
+int ps_cluster_start(ps_cluster *c, int nshards, const char *body);
+/* Start shard i (again), on its old port if it had one. */
+int ps_cluster_start_shard(ps_cluster *c, int i);
+/* Send sig to shard i and wait for it to exit (SIGKILL after 20 s).
+ * Returns its exit status as from waitpid, or -1. */
+int ps_cluster_stop_shard(ps_cluster *c, int i, int sig);
+int ps_cluster_restart(ps_cluster *c, int i, int sig);
+/* Stop every shard with SIGTERM and remove the directory. */
+void ps_cluster_destroy(ps_cluster *c);
+
+/* Run `ctrps-cli --config <cluster config> args...` (NULL-terminated).
+ * Captures stdout into a malloc'ed string (*ret_out, may be NULL) and
+ * returns the exit code (or -1). */
+int ps_run_cli(ps_cluster *c, char **ret_out, ...) __attribute__((sentinel));
+/* Run any argv (NULL-terminated), capturing stdout and stderr separately. */
+int ps_run(char *const argv[], char **ret_out, char **ret_err);
+
+/* Path of a file in the cluster directory. */
+void ps_cluster_path(const ps_cluster *c, const char *name, char *out, size_t outlen);
+/* Write text to a file; returns 0 or -errno. */
+int ps_write_file(const char *path, const char *text);
+/* Read a whole file (malloc'ed, NUL-terminated), or NULL. */
+char *ps_read_file(const char *path);
