@@ -1,0 +1,381 @@
+/* Hostile input through real sockets. Each case gets an error status or a
+ * closed connection; a second, well-behaved client keeps being served
+ * throughout, and no rejected request changes the shard's state. */
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "client.h"
+#include "ctrps.pb-c.h"
+#include "harness.h"
+#include "keys.h"
+
+static const char *body =
+    "buckets = 64\n"
+    "[server]\n"
+    "max_keys_per_request = 5000\n"
+    "max_frame_bytes = 1048576\n"
+    "[table.emb]\n"
+    "dim = 8\n"
+    "optimizer = ftrl\n"
+    "init = normal\n"
+    "slots = C1\n";
+
+static ps_cluster cl;
+static ps_client *good;
+static uint64_t keys0[64]; /* keys owned by shard 0 */
+static uint64_t key1;      /* a key owned by shard 1 */
+
+static void setup(void) {
+    signal(SIGPIPE, SIG_IGN);
+    cr_assert_eq(ps_cluster_start(&cl, 2, body), 0);
+    char err[256];
+    ps_client_options co = {.cfg = cl.cfg, .name = "good", .timeout_ms = 10000};
+    cr_assert_eq(ps_client_new(&co, &good, err, sizeof(err)), 0, "%s", err);
+    size_t n = 0;
+    key1 = 0;
+    for (uint64_t i = 1; n < 64 || !key1; i++) {
+        uint32_t owner = ps_key_owner(i, cl.cfg->buckets, 2);
+        if (owner == 0 && n < 64)
+            keys0[n++] = i;
+        else if (owner == 1 && !key1)
+            key1 = i;
+    }
+    /* Some state to protect. */
+    float grads[64 * 8];
+    for (int i = 0; i < 64 * 8; i++)
+        grads[i] = (float)((i % 7) - 3) * 0.01f;
+    cr_assert_eq(ps_client_push(good, "emb", 8, keys0, 64, grads, NULL, NULL, err, sizeof(err)), 0,
+                 "%s", err);
+}
+
+static void teardown(void) {
+    ps_client_free(good);
+    ps_cluster_destroy(&cl);
+}
+
+/* The good client's view of shard 0: every row's full state. */
+static void snapshot(float *ret_state) {
+    uint8_t found[64];
+    float values[64 * 8];
+    char err[256];
+    int r = ps_client_lookup(good, "emb", 8, 24, keys0, 64, found, values, ret_state, err, sizeof(err));
+    cr_assert_eq(r, 0, "good client refused: %s", err);
+    for (int i = 0; i < 64; i++)
+        cr_assert(found[i]);
+}
+
+static void assert_unchanged(const float *before) {
+    float after[64 * 24];
+    snapshot(after);
+    cr_assert_eq(memcmp(before, after, sizeof(after)), 0, "state changed by a rejected request");
+}
+
+static int raw_connect(int shard) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)cl.ports[shard])};
+    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0, "connect: %s", strerror(errno));
+    return fd;
+}
+
+static void send_all(int fd, const void *p, size_t n) {
+    const char *b = p;
+    while (n) {
+        ssize_t w = send(fd, b, n, MSG_NOSIGNAL);
+        if (w <= 0)
+            return; /* the server may already have closed: that is allowed */
+        b += w;
+        n -= (size_t)w;
+    }
+}
+
+static void send_frame(int fd, const Ctrps__Request *req) {
+    size_t n = protobuf_c_message_get_packed_size(&req->base);
+    uint8_t *buf = malloc(n + 4);
+    uint32_t be = htonl((uint32_t)n);
+    memcpy(buf, &be, 4);
+    protobuf_c_message_pack(&req->base, buf + 4);
+    send_all(fd, buf, n + 4);
+    free(buf);
+}
+
+static int read_exact(int fd, void *p, size_t n) {
+    char *b = p;
+    while (n) {
+        struct pollfd pf = {fd, POLLIN, 0};
+        if (poll(&pf, 1, 10000) <= 0)
+            return -ETIMEDOUT;
+        ssize_t r = recv(fd, b, n, 0);
+        if (r == 0)
+            return -EPIPE;
+        if (r < 0)
+            return -errno;
+        b += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+/* Next response, or NULL when the server closed the connection. */
+static Ctrps__Response *read_response(int fd) {
+    uint32_t be;
+    int r = read_exact(fd, &be, 4);
+    if (r == -EPIPE || r == -ECONNRESET)
+        return NULL;
+    cr_assert_eq(r, 0, "no response: %s", strerror(-r));
+    uint32_t n = ntohl(be);
+    uint8_t *buf = malloc(n + 1);
+    cr_assert_eq(read_exact(fd, buf, n), 0);
+    Ctrps__Response *resp = ctrps__response__unpack(NULL, n, buf);
+    free(buf);
+    cr_assert_not_null(resp, "undecodable response");
+    return resp;
+}
+
+static void assert_closed(int fd) {
+    char c;
+    struct pollfd pf = {fd, POLLIN, 0};
+    cr_assert_gt(poll(&pf, 1, 10000), 0, "server did not close the connection");
+    ssize_t r = recv(fd, &c, 1, 0);
+    cr_assert(r == 0 || (r < 0 && errno == ECONNRESET), "expected a closed connection");
+}
+
+static Ctrps__Status roundtrip_status(const Ctrps__Request *req, char *msg, size_t msglen) {
+    int fd = raw_connect(0);
+    send_frame(fd, req);
+    Ctrps__Response *resp = read_response(fd);
+    cr_assert_not_null(resp, "connection closed instead of an error status");
+    cr_assert_eq(resp->id, req->id);
+    Ctrps__Status s = resp->status;
+    snprintf(msg, msglen, "%s", resp->message ? resp->message : "");
+    ctrps__response__free_unpacked(resp, NULL);
+    close(fd);
+    return s;
+}
+
+TestSuite(hostile, .init = setup, .fini = teardown, .timeout = 120);
+
+Test(hostile, truncated_frame_then_disconnect) {
+    float before[64 * 24];
+    snapshot(before);
+    int fd = raw_connect(0);
+    uint8_t partial[14] = {0, 0, 0x03, 0xe8, 0x08, 0x01}; /* says 1000 bytes, sends 10 */
+    send_all(fd, partial, sizeof(partial));
+    /* The server keeps serving others while this frame is incomplete. */
+    assert_unchanged(before);
+    close(fd);
+    assert_unchanged(before);
+}
+
+Test(hostile, length_prefix_2_pow_31_closes_connection) {
+    float before[64 * 24];
+    snapshot(before);
+    int fd = raw_connect(0);
+    uint8_t hdr[8] = {0x80, 0, 0, 0, 1, 2, 3, 4};
+    send_all(fd, hdr, sizeof(hdr));
+    assert_closed(fd);
+    close(fd);
+    assert_unchanged(before);
+}
+
+Test(hostile, bytes_that_are_not_protobuf_close_connection) {
+    float before[64 * 24];
+    snapshot(before);
+    int fd = raw_connect(0);
+    uint8_t junk[4 + 12] = {0, 0, 0, 12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                            0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+    send_all(fd, junk, sizeof(junk));
+    assert_closed(fd);
+    close(fd);
+    assert_unchanged(before);
+}
+
+Test(hostile, request_without_method_is_bad_request) {
+    float before[64 * 24];
+    snapshot(before);
+    Ctrps__Request req = CTRPS__REQUEST__INIT;
+    req.id = 77;
+    char msg[256];
+    cr_assert_eq(roundtrip_status(&req, msg, sizeof(msg)), CTRPS__STATUS__BAD_REQUEST);
+    assert_unchanged(before);
+}
+
+Test(hostile, unknown_table) {
+    float before[64 * 24];
+    snapshot(before);
+    Ctrps__Request req = CTRPS__REQUEST__INIT;
+    Ctrps__PushRequest push = CTRPS__PUSH_REQUEST__INIT;
+    float g[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+    req.id = 5;
+    req.method_case = CTRPS__REQUEST__METHOD_PUSH;
+    req.push = &push;
+    push.table = "no_such_table";
+    push.n_keys = 1;
+    push.keys = keys0;
+    push.n_grads = 8;
+    push.grads = g;
+    char msg[256];
+    cr_assert_eq(roundtrip_status(&req, msg, sizeof(msg)), CTRPS__STATUS__UNKNOWN_TABLE);
+    cr_assert(strstr(msg, "no_such_table"), "%s", msg);
+    assert_unchanged(before);
+}
+
+Test(hostile, wrong_gradient_dimension) {
+    float before[64 * 24];
+    snapshot(before);
+    Ctrps__Request req = CTRPS__REQUEST__INIT;
+    Ctrps__PushRequest push = CTRPS__PUSH_REQUEST__INIT;
+    float g[2 * 8 - 1];
+    for (size_t i = 0; i < sizeof(g) / sizeof(g[0]); i++)
+        g[i] = 0.5f;
+    req.id = 6;
+    req.method_case = CTRPS__REQUEST__METHOD_PUSH;
+    req.push = &push;
+    push.table = "emb";
+    push.n_keys = 2;
+    push.keys = keys0;
+    push.n_grads = 15;
+    push.grads = g;
+    char msg[256];
+    cr_assert_eq(roundtrip_status(&req, msg, sizeof(msg)), CTRPS__STATUS__BAD_DIMENSION);
+    assert_unchanged(before);
+}
+
+Test(hostile, keys_of_another_shard) {
+    float before[64 * 24];
+    snapshot(before);
+    Ctrps__Request req = CTRPS__REQUEST__INIT;
+    Ctrps__PushRequest push = CTRPS__PUSH_REQUEST__INIT;
+    uint64_t keys[2] = {keys0[0], key1}; /* one of ours, one of shard 1: all-or-nothing */
+    float g[16];
+    for (int i = 0; i < 16; i++)
+        g[i] = 1.0f;
+    req.id = 7;
+    req.method_case = CTRPS__REQUEST__METHOD_PUSH;
+    req.push = &push;
+    push.table = "emb";
+    push.n_keys = 2;
+    push.keys = keys;
+    push.n_grads = 16;
+    push.grads = g;
+    char msg[256];
+    cr_assert_eq(roundtrip_status(&req, msg, sizeof(msg)), CTRPS__STATUS__WRONG_SHARD);
+    assert_unchanged(before);
+}
+
+Test(hostile, nan_and_inf_gradients_are_dropped) {
+    float before[64 * 24];
+    snapshot(before);
+    float g[3 * 8];
+    for (int i = 0; i < 24; i++)
+        g[i] = 0.25f;
+    g[3] = NAN;
+    g[8 + 7] = INFINITY;
+    g[16] = -INFINITY;
+    char err[256];
+    uint64_t applied = 99, dropped = 99;
+    cr_assert_eq(ps_client_push(good, "emb", 8, keys0, 3, g, &applied, &dropped, err, sizeof(err)), 0,
+                 "%s", err);
+    cr_assert_eq(applied, 0);
+    cr_assert_eq(dropped, 3);
+    assert_unchanged(before);
+    /* A never-seen key with a NaN gradient is not created either. */
+    uint64_t fresh = keys0[63] + 1000003;
+    while (ps_key_owner(fresh, cl.cfg->buckets, 2) != 0)
+        fresh++;
+    cr_assert_eq(ps_client_push(good, "emb", 8, &fresh, 1, g, &applied, &dropped, err, sizeof(err)), 0);
+    uint8_t found = 1;
+    float v[8], st[24];
+    cr_assert_eq(ps_client_lookup(good, "emb", 8, 24, &fresh, 1, &found, v, st, err, sizeof(err)), 0);
+    cr_assert_eq(found, 0);
+}
+
+Test(hostile, too_many_keys_is_a_named_limit) {
+    float before[64 * 24];
+    snapshot(before);
+    size_t n = 6000;
+    uint64_t *keys = calloc(n, sizeof(uint64_t));
+    for (size_t i = 0; i < n; i++)
+        keys[i] = keys0[i % 64];
+    Ctrps__Request req = CTRPS__REQUEST__INIT;
+    Ctrps__PullRequest pull = CTRPS__PULL_REQUEST__INIT;
+    req.id = 9;
+    req.method_case = CTRPS__REQUEST__METHOD_PULL;
+    req.pull = &pull;
+    pull.table = "emb";
+    pull.n_keys = n;
+    pull.keys = keys;
+    char msg[256];
+    cr_assert_eq(roundtrip_status(&req, msg, sizeof(msg)), CTRPS__STATUS__LIMIT_EXCEEDED);
+    cr_assert(strstr(msg, "max_keys_per_request"), "%s", msg);
+    free(keys);
+    assert_unchanged(before);
+}
+
+Test(hostile, disconnect_mid_request_and_before_reply) {
+    float before[64 * 24];
+    snapshot(before);
+    /* Half a valid frame, then gone. */
+    Ctrps__Request req = CTRPS__REQUEST__INIT;
+    Ctrps__PullRequest pull = CTRPS__PULL_REQUEST__INIT;
+    req.id = 10;
+    req.method_case = CTRPS__REQUEST__METHOD_PULL;
+    req.pull = &pull;
+    pull.table = "emb";
+    pull.n_keys = 64;
+    pull.keys = keys0;
+    size_t n = protobuf_c_message_get_packed_size(&req.base);
+    uint8_t *buf = malloc(n + 4);
+    uint32_t be = htonl((uint32_t)n);
+    memcpy(buf, &be, 4);
+    protobuf_c_message_pack(&req.base, buf + 4);
+    int fd = raw_connect(0);
+    send_all(fd, buf, (n + 4) / 2);
+    close(fd);
+    /* Many whole requests, then gone before reading any reply. */
+    for (int k = 0; k < 5; k++) {
+        fd = raw_connect(0);
+        for (int i = 0; i < 200; i++)
+            send_all(fd, buf, n + 4);
+        close(fd);
+    }
+    free(buf);
+    assert_unchanged(before);
+}
+
+Test(hostile, many_requests_in_flight_answered_by_id) {
+    int fd = raw_connect(0);
+    Ctrps__Request req = CTRPS__REQUEST__INIT;
+    Ctrps__LookupRequest lk = CTRPS__LOOKUP_REQUEST__INIT;
+    req.method_case = CTRPS__REQUEST__METHOD_LOOKUP;
+    req.lookup = &lk;
+    lk.table = "emb";
+    for (int i = 0; i < 50; i++) {
+        req.id = 1000 + (uint64_t)i;
+        lk.n_keys = 1;
+        lk.keys = &keys0[i % 64];
+        send_frame(fd, &req);
+    }
+    bool seen[50] = {false};
+    for (int i = 0; i < 50; i++) {
+        Ctrps__Response *resp = read_response(fd);
+        cr_assert_not_null(resp);
+        cr_assert_eq(resp->status, CTRPS__STATUS__OK);
+        cr_assert(resp->id >= 1000 && resp->id < 1050);
+        cr_assert(!seen[resp->id - 1000]);
+        seen[resp->id - 1000] = true;
+        cr_assert(resp->lookup && resp->lookup->n_found == 1 && resp->lookup->found[0]);
+        ctrps__response__free_unpacked(resp, NULL);
+    }
+    close(fd);
+}
