@@ -26,7 +26,7 @@ typedef struct parse_state {
     /* Which optimizer-specific keys each table set, to reject the ones that
      * do not apply once the optimizer is known (it may come later). */
     struct table_keys {
-        int line_of[16];
+        int line_of[32];         /* indexed like table_keys[] */
     } *tkeys;
 } parse_state;
 
@@ -314,6 +314,7 @@ static const key_desc table_keys[] = {
 #undef TBL
 #undef OPTP
 #define NTABLE_KEYS (sizeof(table_keys) / sizeof(table_keys[0]))
+_Static_assert(NTABLE_KEYS <= 32, "parse_state.tkeys->line_of is too small");
 
 static void table_defaults(ps_table_config *t, const char *name) {
     memset(t, 0, sizeof(*t));

@@ -129,7 +129,8 @@ static int list_segments(ps_pushlog *log) {
         g[log->nsegs++].first_lsn = first;
     }
     closedir(d);
-    qsort(log->segs, log->nsegs, sizeof(segment), cmp_seg);
+    if (log->nsegs > 1)
+        qsort(log->segs, log->nsegs, sizeof(segment), cmp_seg);
     return 0;
 }
 
@@ -411,7 +412,9 @@ int ps_pushlog_drop_covered(ps_pushlog *log, uint64_t covered) {
         if (unlink(path) < 0 && errno != ENOENT)
             return -errno;
     }
-    memmove(log->segs, log->segs + keep_from, (log->nsegs - keep_from) * sizeof(segment));
-    log->nsegs -= keep_from;
+    if (keep_from) {
+        memmove(log->segs, log->segs + keep_from, (log->nsegs - keep_from) * sizeof(segment));
+        log->nsegs -= keep_from;
+    }
     return 0;
 }

@@ -82,6 +82,8 @@ int ps_store_open(const char *dir, const char *const *cf_names, size_t ncf,
     if (rerr) { /* no database yet */
         rocksdb_free(rerr);
         rerr = NULL;
+        if (existing)
+            rocksdb_list_column_families_destroy(existing, 0);
         existing = NULL;
         nexisting = 0;
     }

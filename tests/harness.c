@@ -211,14 +211,33 @@ static int rm_entry(const char *path, const struct stat *st, int flag, struct FT
     return remove(path);
 }
 
-void ps_cluster_destroy(ps_cluster *c) {
-    for (int i = 0; i < c->nshards; i++)
-        if (c->pids[i] > 0)
-            ps_cluster_stop_shard(c, i, SIGTERM);
+int ps_cluster_destroy(ps_cluster *c) {
+    int problems = 0;
+    for (int i = 0; i < c->nshards; i++) {
+        if (c->pids[i] <= 0)
+            continue;
+        int status = ps_cluster_stop_shard(c, i, SIGTERM);
+        if (status == -1 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            fprintf(stderr, "harness: shard %d did not stop cleanly (status %d)\n", i, status);
+            problems++;
+        }
+    }
+    for (int i = 0; i < c->nshards && c->dir[0]; i++) {
+        char path[300];
+        snprintf(path, sizeof(path), "%s/shard-%d.log", c->dir, i);
+        char *log = ps_read_file(path);
+        if (log && (strstr(log, "Sanitizer") || strstr(log, "runtime error"))) {
+            fprintf(stderr, "harness: sanitizer report in %s:\n%s\n", path, log);
+            problems++;
+        }
+        free(log);
+    }
     ps_config_free(c->cfg);
     c->cfg = NULL;
-    if (c->dir[0] && !getenv("CTRPS_TEST_KEEP"))
+    if (c->dir[0] && !getenv("CTRPS_TEST_KEEP") && problems == 0)
         nftw(c->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    c->dir[0] = '\0';
+    return problems;
 }
 
 int ps_run(char *const argv[], char **ret_out, char **ret_err) {

@@ -39,8 +39,11 @@ int ps_cluster_start_shard(ps_cluster *c, int i);
  * Returns its exit status as from waitpid, or -1. */
 int ps_cluster_stop_shard(ps_cluster *c, int i, int sig);
 int ps_cluster_restart(ps_cluster *c, int i, int sig);
-/* Stop every shard with SIGTERM and remove the directory. */
-void ps_cluster_destroy(ps_cluster *c);
+/* Stop every shard with SIGTERM and remove the directory. Returns the
+ * number of problems found on the way: a shard that did not exit 0 after
+ * SIGTERM, or a shard log holding a sanitizer report (ASan, UBSan, LSan).
+ * Tests assert that it is 0, so a daemon's memory error fails the test. */
+int ps_cluster_destroy(ps_cluster *c);
 
 /* Run `ctrps-cli --config <cluster config> args...` (NULL-terminated).
  * Captures stdout into a malloc'ed string (*ret_out, may be NULL) and

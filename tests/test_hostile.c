@@ -60,7 +60,7 @@ static void setup(void) {
 
 static void teardown(void) {
     ps_client_free(good);
-    ps_cluster_destroy(&cl);
+    cr_expect_eq(ps_cluster_destroy(&cl), 0, "a shard reported a problem");
 }
 
 /* The good client's view of shard 0: every row's full state. */

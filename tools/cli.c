@@ -326,7 +326,8 @@ static int cmd_export(ps_client *cl, const ps_config *cfg, int argc, char **argv
             }
             bool done = e->done || e->n_keys == 0;
             cursor_len = e->next.len <= sizeof(cursor) ? e->next.len : 0;
-            memcpy(cursor, e->next.data, cursor_len);
+            if (cursor_len)
+                memcpy(cursor, e->next.data, cursor_len);
             ctrps__response__free_unpacked(resp, NULL);
             if (done)
                 break;

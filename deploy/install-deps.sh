@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install every Debian 12 package ctrps needs to build, test and run.
+# Idempotent: apt-get install of packages already present changes nothing.
+set -euo pipefail
+
+PACKAGES=(
+  gcc clang pkg-config meson ninja-build python3 procps
+  protobuf-c-compiler libprotobuf-c-dev
+  libuv1-dev librocksdb-dev libcriterion-dev
+  libopenblas0-openmp libopenblas-openmp-dev
+  libxxhash-dev libinih-dev libmicrohttpd-dev libsodium-dev
+  libclang-rt-14-dev
+)
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  SUDO="sudo"
+fi
+export DEBIAN_FRONTEND=noninteractive
+# Try without refreshing the package lists first (fast when all is there);
+# refresh and retry when something is missing from them.
+if ! $SUDO apt-get install -y -q --no-install-recommends "${PACKAGES[@]}" >/tmp/ctrps-apt.log 2>&1; then
+  $SUDO apt-get update -q >>/tmp/ctrps-apt.log 2>&1
+  $SUDO apt-get install -y -q --no-install-recommends "${PACKAGES[@]}" >>/tmp/ctrps-apt.log 2>&1 || {
+    cat /tmp/ctrps-apt.log >&2
+    echo "install-deps: apt-get install failed" >&2
+    exit 1
+  }
+fi
+echo "install-deps: ${#PACKAGES[@]} Debian packages present" >&2

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The test command: install dependencies, build, and run the whole suite
+# twice, once optimized and once under AddressSanitizer + UndefinedBehavior-
+# Sanitizer (a second meson build directory). The last line is the summary
+# "N passed, N failed[, N skipped]" counted from meson's test logs, and the
+# exit status is non-zero when anything failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+./deploy/install-deps.sh || exit 1
+
+fail_hard() { echo "$1" >&2; echo "0 passed, 1 failed"; exit 1; }
+
+setup() { # dir, extra meson args...
+  local dir=$1; shift
+  if [ ! -f "$dir/build.ninja" ]; then
+    meson setup "$dir" "$@" >"$dir.setup.log" 2>&1 || { cat "$dir.setup.log" >&2; return 1; }
+  fi
+}
+
+setup build || fail_hard "meson setup build failed"
+ninja -C build || fail_hard "build failed"
+# Sanitizers: abort on the first report so a finding fails its test.
+setup build-asan -Db_sanitize=address,undefined -Db_lundef=false \
+  -Dc_args=-fno-sanitize-recover=all -Dc_link_args=-fno-sanitize-recover=all \
+  || fail_hard "meson setup build-asan failed"
+ninja -C build-asan || fail_hard "sanitizer build failed"
+
+# Integration tests spawn daemons; two at a time suits a 2-core machine.
+meson test -C build --num-processes 2 --print-errorlogs
+meson test -C build-asan --num-processes 2 --print-errorlogs --timeout-multiplier 3
+
+python3 - "$ROOT/build/meson-logs/testlog.json" "$ROOT/build-asan/meson-logs/testlog.json" <<'PY'
+import json, sys
+passed = failed = skipped = 0
+for path in sys.argv[1:]:
+    try:
+        lines = open(path).read().splitlines()
+    except OSError:
+        failed += 1
+        print(f"missing test log {path}", file=sys.stderr)
+        continue
+    for line in lines:
+        if not line.strip():
+            continue
+        result = json.loads(line).get("result", "")
+        if result in ("OK", "EXPECTEDFAIL"):
+            passed += 1
+        elif result == "SKIP":
+            skipped += 1
+        else:
+            failed += 1
+summary = f"{passed} passed, {failed} failed"
+if skipped:
+    summary += f", {skipped} skipped"
+print(summary)
+sys.exit(1 if failed else 0)
+PY
