@@ -1,1 +1,63 @@
 #pragma once
+/* Sparse-row optimizers: FTRL-Proximal, AdaGrad and FTRL with group lasso
+ * (ALGORITHMS.md §0-3). Stateless functions over a caller-owned row.
+ *
+ * Row state: one float32 array of ps_optim_state_width(p, dim) elements.
+ *   FTRL, group lasso:  w[dim] z[dim] n[dim]
+ *   AdaGrad:            w[dim] acc[dim]      (rowwise: w[dim] acc[1])
+ * w always comes first, so the served embedding is state[0..dim).
+ *
+ * A row moves through two states: ps_optim_init_row() makes it (from the
+ * weights of ps_optim_init_weights() or any w_init), then every
+ * ps_optim_apply() updates it in place. Invariants after either call:
+ *   - every zero is +0.0; every element is finite while an element's sum of
+ *     squared gradients stays below FLT_MAX (one push with |g| > ~1.8e19
+ *     overflows n or acc to +Inf, which then freezes w; grad_clip bounds it);
+ *   - FTRL and group lasso: w is the closed form of the stored float32
+ *     (z, n) under the current hyper-parameters, so a push of an all-zero
+ *     gradient (which leaves z and n unchanged) recomputes w, e.g. after a
+ *     hyper-parameter change; n >= 0;
+ *   - AdaGrad: acc <= accum_max (up to the float32 rounding of accum_max).
+ * The functions keep no state of their own and never allocate; callers
+ * serialise updates to one row (ALGORITHMS.md §0: lock per row). Different
+ * rows may be updated concurrently. */
+
+#include <stdint.h>
+
+#include "config.h"
+
+/* Largest row width; config loading caps `dim` at the same value.
+ * ps_optim_apply() keeps one double per element on the stack for group lasso
+ * (32 KiB at this width), so threads calling it need that much stack. */
+#define PS_OPTIM_DIM_MAX 4096
+
+/* Deterministic initial weights for (t->seed, key), t->dim of them into
+ * ret_w: all +0.0 for init = zero, N(0, init_std^2) for init = normal.
+ * Pure function of (t->seed, key, i) for element i: independent of dim,
+ * of call order and of the thread. The bits are the same on every IEEE-754
+ * machine and libm: each value is computed with +, -, *, / only, and libm's
+ * log merely accepts or rejects candidates (see optim.c). */
+void ps_optim_init_weights(const ps_table_config *t, uint64_t key, float *ret_w);
+
+/* Fill a new row's state (width ps_optim_state_width(p, dim)) from w_init
+ * (dim elements, borrowed for the call):
+ *   FTRL:        n = 0, z = -(beta/alpha + lambda2)*w - lambda1*sign(w)
+ *   group lasso: n = 0, z_i = -(a0 + lambda_g/||w||)*w_i - lambda1*sign(w_i)
+ *   AdaGrad:     acc = min(initial_accumulator_value, accum_max)
+ * and w = w_init. For FTRL and group lasso the closed form at n = 0 returns
+ * w_init up to the float32 rounding of z (exactly when that rounding is
+ * exact); this needs beta > 0 or lambda2 > 0 if w_init != 0, which config
+ * loading checks. */
+void ps_optim_init_row(const ps_optim_params *p, uint32_t dim, const float *w_init, float *state);
+
+/* Apply one gradient (dim elements, borrowed, must not overlap state) to one
+ * row in place. Returns 0 when applied, or PS_ENONFINITE when any g_i is NaN
+ * or +-Inf, in which case state is left bit-identical. grad_clip (if > 0)
+ * clamps each g_i after that check. Arithmetic is double; each state field
+ * is rounded to float32 as soon as it is computed and later steps of the
+ * same update read the stored value (w from the stored z and n, the AdaGrad
+ * step from the stored acc). Denominators that can only be 0 in degenerate
+ * settings give no step instead of Inf or NaN: FTRL's a_i = 0 (beta =
+ * lambda2 = 0 with a stored n of 0) holds w_i at 0, and AdaGrad's
+ * sqrt(acc) + eps = 0 (eps = 0 with a stored acc of 0) leaves w_i as it is. */
+int ps_optim_apply(const ps_optim_params *p, uint32_t dim, float *state, const float *grad);
