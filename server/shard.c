@@ -43,7 +43,9 @@ typedef struct client_entry {
 typedef enum { FLUSH_IDLE, FLUSH_PENDING, FLUSH_DONE } flush_state;
 
 typedef struct flush_job {
-    ps_store_batch *batch;
+    ps_store_batch *batch;       /* meta entries; rows are added by the write-back thread */
+    ps_table_dump *dumps;        /* per table: rows copied on the loop thread */
+    bool rows_added;             /* dumps are in the batch (a retry must not re-add) */
     uint32_t *gens;              /* per table */
     uint64_t covered_lsn;
     size_t rows;
@@ -217,6 +219,11 @@ static void *flush_thread(void *arg) {
         }
         ps_store_batch *b = s->job.batch;
         pthread_mutex_unlock(&s->mu);
+        if (!s->job.rows_added) {
+            for (size_t i = 0; i < s->ntables; i++)
+                ps_table_dump_put(&s->job.dumps[i], b);
+            s->job.rows_added = true;
+        }
         char err[256] = "";
         int r = ps_store_write(s->store, b, err, sizeof(err));
         pthread_mutex_lock(&s->mu);
@@ -264,9 +271,10 @@ static int flush_begin(ps_shard *s) {
      * a write-back): the batch covers exactly the records replayed so far. */
     j->covered_lsn = s->log ? ps_pushlog_last_lsn(s->log) : s->replay_covered;
     j->rows = 0;
+    j->rows_added = false;
     for (size_t i = 0; i < s->ntables; i++) {
         ps_table *t = s->tables[i];
-        j->rows += ps_table_collect(t, j->batch, &j->gens[i]);
+        j->rows += ps_table_dump_dirty(t, &j->dumps[i], &j->gens[i]);
         char key[PS_NAME_MAX + 8];
         snprintf(key, sizeof(key), "rows/%s", ps_table_config_of(t)->name);
         uint64_t rows = ps_table_persisted_rows(t);
@@ -583,8 +591,9 @@ int ps_shard_open(const ps_config *cfg, const ps_shard_options *opts, ps_shard *
     names = calloc(cfg->ntables + 1, sizeof(char *));
     s->tables = calloc(cfg->ntables + 1, sizeof(ps_table *));
     s->job.gens = calloc(cfg->ntables + 1, sizeof(uint32_t));
+    s->job.dumps = calloc(cfg->ntables + 1, sizeof(ps_table_dump));
     r = -ENOMEM;
-    if (!cfs || !names || !s->tables || !s->job.gens)
+    if (!cfs || !names || !s->tables || !s->job.gens || !s->job.dumps)
         goto fail;
     cfs[CF_META] = "meta";
     cfs[CF_DENSE] = "dense";
@@ -688,6 +697,9 @@ int ps_shard_close(ps_shard *s) {
     if (s->job.batch)
         ps_store_batch_free(s->job.batch);
     free(s->job.gens);
+    for (size_t i = 0; i < s->ntables && s->job.dumps; i++)
+        ps_table_dump_deinit(&s->job.dumps[i]);
+    free(s->job.dumps);
     free(s->clients);
     ps_store_close(s->store);
     pthread_mutex_destroy(&s->mu);

@@ -361,17 +361,32 @@ static int resolve(ps_table *t, const uint64_t *keys, size_t n, const uint8_t *m
     if (r < 0)
         return r;
     t->op++;
+    /* A request's keys are random over a table far larger than the caches,
+     * so each probe and each row is a cache miss. Looking a few keys ahead
+     * and prefetching overlaps those misses instead of paying them one after
+     * another (measured in bench/README.md). */
+    enum { AHEAD = 8 };
+    for (size_t i = 0; i < n && i < AHEAD; i++)
+        __builtin_prefetch(&t->ikeys[index_home(t, keys[i])]);
+    for (size_t i = 0; i < n; i++) {
+        if (i + AHEAD < n) {
+            uint64_t h = index_home(t, keys[i + AHEAD]);
+            __builtin_prefetch(&t->ikeys[h]);
+            __builtin_prefetch(&t->islots[h]);
+        }
+        uint32_t s = (mask && !mask[i]) ? EMPTY : index_find(t, keys[i]);
+        t->rows[i] = s == EMPTY ? NULL : slot_row(t, s);
+        if (t->rows[i])
+            __builtin_prefetch(t->rows[i], 1);
+    }
     size_t nmiss = 0;
     for (size_t i = 0; i < n; i++) {
-        t->rows[i] = NULL;
         if (mask && !mask[i])
             continue;
-        uint32_t s = index_find(t, keys[i]);
-        if (s != EMPTY) {
-            row *rw = slot_row(t, s);
+        row *rw = t->rows[i];
+        if (rw) {
             rw->op = t->op;
             rw->flags |= ROW_REF;
-            t->rows[i] = rw;
         } else {
             miss *m = &t->misses[nmiss++];
             ps_store_key_encode((uint16_t)ps_bucket(keys[i], t->nbuckets), keys[i], &m->skey);
@@ -559,32 +574,71 @@ int ps_table_export(ps_table *t, const ps_store_key *after, size_t limit, ps_tab
 
 size_t ps_table_dirty_count(const ps_table *t) { return t->ndirty; }
 
-size_t ps_table_collect(ps_table *t, ps_store_batch *b, uint32_t *ret_gen) {
-    size_t vlen = sizeof(value_header) + t->width * sizeof(float);
-    char *val = malloc(vlen);
-    if (!val)
-        abort();
+#define DUMP_KEY_SPACE 16 /* store key (10 bytes), padded so values stay aligned */
+
+size_t ps_table_dump_dirty(ps_table *t, ps_table_dump *d, uint32_t *ret_gen) {
+    d->store = t->store;
+    d->cf = t->cf;
+    d->value_len = sizeof(value_header) + t->width * sizeof(float);
+    d->rec_size = DUMP_KEY_SPACE + d->value_len;
+    d->n = 0;
+    if (d->cap < t->ndirty) {
+        char *recs = realloc(d->recs, t->ndirty * d->rec_size);
+        if (!recs)
+            abort(); /* cannot write back, and cannot forget the rows */
+        d->recs = recs;
+        d->cap = t->ndirty;
+    }
     for (size_t i = 0; i < t->ndirty; i++) {
         row *r = slot_row(t, t->dirty[i]);
+        char *rec = d->recs + d->n++ * d->rec_size;
+        ps_store_key_encode(r->bucket, r->key, (ps_store_key *)rec);
         value_header h = {.version = VALUE_VERSION,
                           .width = t->width,
                           .updates = r->updates,
                           .last_seen = r->last_seen};
-        memcpy(val, &h, sizeof(h));
-        memcpy(val + sizeof(h), r->state, t->width * sizeof(float));
-        ps_store_key k;
-        ps_store_key_encode(r->bucket, r->key, &k);
-        ps_store_batch_put(b, t->store, t->cf, k.b, PS_STORE_KEY_LEN, val, vlen);
+        memcpy(rec + DUMP_KEY_SPACE, &h, sizeof(h));
+        memcpy(rec + DUMP_KEY_SPACE + sizeof(h), r->state, t->width * sizeof(float));
         if (!(r->flags & ROW_PERSISTED)) {
             r->flags |= ROW_PERSISTED;
             t->new_rows--;
             t->persisted_rows++;
         }
     }
-    free(val);
-    size_t n = t->ndirty;
     t->ndirty = 0;
     *ret_gen = t->gen++;
+    return d->n;
+}
+
+static int cmp_rec_key(const void *a, const void *b) {
+    return memcmp(*(const char *const *)a, *(const char *const *)b, PS_STORE_KEY_LEN);
+}
+
+void ps_table_dump_put(ps_table_dump *d, ps_store_batch *b) {
+    if (d->n == 0)
+        return;
+    const char **order = malloc(d->n * sizeof(char *));
+    if (!order)
+        abort();
+    for (size_t i = 0; i < d->n; i++)
+        order[i] = d->recs + i * d->rec_size;
+    qsort(order, d->n, sizeof(char *), cmp_rec_key);
+    for (size_t i = 0; i < d->n; i++)
+        ps_store_batch_put(b, d->store, d->cf, order[i], PS_STORE_KEY_LEN, order[i] + DUMP_KEY_SPACE,
+                           d->value_len);
+    free(order);
+}
+
+void ps_table_dump_deinit(ps_table_dump *d) {
+    free(d->recs);
+    memset(d, 0, sizeof(*d));
+}
+
+size_t ps_table_collect(ps_table *t, ps_store_batch *b, uint32_t *ret_gen) {
+    ps_table_dump d = {0};
+    size_t n = ps_table_dump_dirty(t, &d, ret_gen);
+    ps_table_dump_put(&d, b);
+    ps_table_dump_deinit(&d);
     return n;
 }
 

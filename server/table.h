@@ -75,10 +75,25 @@ typedef void (*ps_table_row_fn)(void *ctx, uint64_t key, const float *state);
 int ps_table_export(ps_table *t, const ps_store_key *after, size_t limit, ps_table_row_fn fn,
                     void *ctx, ps_store_key *ret_last, size_t *ret_count, bool *ret_done);
 
-/* Write-back. collect() puts every row dirtied since the previous collect
- * into b (blind puts) and returns the flush generation they belong to;
- * committed(gen) marks them clean once b reached RocksDB. */
+/* Write-back. dump_dirty() copies every row dirtied since the previous
+ * dump into d (on the loop thread: a memcpy per row) and returns the flush
+ * generation they belong to; dump_put() sorts them by store key and adds
+ * them to a batch as blind puts (on any thread: RocksDB inserts sorted keys
+ * into its memtable far faster than random ones, measured in
+ * bench/README.md); committed(gen) marks them clean once the batch reached
+ * RocksDB. collect() is dump + put in one call. */
+typedef struct ps_table_dump {
+    ps_store *store;
+    int cf;
+    size_t rec_size, value_len;  /* record: store key, pad, value */
+    size_t n, cap;
+    char *recs;                  /* owned */
+} ps_table_dump;
+
 size_t ps_table_dirty_count(const ps_table *t);
+size_t ps_table_dump_dirty(ps_table *t, ps_table_dump *d, uint32_t *ret_gen);
+void ps_table_dump_put(ps_table_dump *d, ps_store_batch *b);
+void ps_table_dump_deinit(ps_table_dump *d);
 size_t ps_table_collect(ps_table *t, ps_store_batch *b, uint32_t *ret_gen);
 void ps_table_committed(ps_table *t, uint32_t gen);
 /* Rows the store holds once the last collected batch is committed. */

@@ -1,0 +1,442 @@
+/* Shard throughput benchmark: starts one ctrps-server, drives it over
+ * loopback with the client library, and measures Pull, Push and Lookup rows
+ * per second for dim-16 FTRL rows; then stops the shard and measures raw
+ * RocksDB MultiGet and WriteBatch rates on the very same database, so the
+ * figures can be read as ratios on a noisy machine.
+ *
+ * Scenarios (flags): --keys N distinct keys, --memory-mb for the memory tier,
+ * --zipf S for the access skew (0 = uniform), --durability sync|interval=MS.
+ * Each measurement runs --runs times for --seconds; the median is printed. */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "client.h"
+#include "config.h"
+#include "keys.h"
+#include "store.h"
+
+#define DIM 16
+#define WIDTH (3 * DIM)
+#define POOL 256                 /* precomputed requests, cycled */
+
+typedef struct opts {
+    uint64_t keys;
+    uint64_t memory_mb;
+    double zipf;
+    const char *durability;
+    uint32_t batch, inflight, runs;
+    double seconds;
+    const char *dir;
+    const char *server;
+    bool keep;
+} opts;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* ---- Zipf sampling by rejection-inversion (Hormann & Derflinger, 1996) --- */
+
+typedef struct zipf {
+    double s, n, hx0, hn, threshold;
+    uint64_t state;
+} zipf;
+
+static double z_h(const zipf *z, double x) {
+    double e = 1 - z->s;
+    return fabs(e) < 1e-9 ? log(x) : (pow(x, e) - 1) / e;
+}
+
+static double z_hinv(const zipf *z, double x) {
+    double e = 1 - z->s;
+    return fabs(e) < 1e-9 ? exp(x) : pow(x * e + 1, 1 / e);
+}
+
+static double z_uniform(zipf *z) {
+    z->state += 0x9e3779b97f4a7c15ull;
+    return (double)(ps_mix64(z->state) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+static void zipf_init(zipf *z, double s, uint64_t n, uint64_t seed) {
+    z->s = s;
+    z->n = (double)n;
+    z->state = seed;
+    z->hx0 = z_h(z, 1.5) - 1;
+    z->hn = z_h(z, z->n + 0.5);
+    z->threshold = 2 - z_hinv(z, z_h(z, 2.5) - pow(2, -s));
+}
+
+/* Rank in [0, n). */
+static uint64_t zipf_next(zipf *z) {
+    if (z->s <= 0)
+        return (uint64_t)(z_uniform(z) * z->n);
+    for (;;) {
+        double u = z->hn + z_uniform(z) * (z->hx0 - z->hn);
+        double x = z_hinv(z, u);
+        double k = floor(x + 0.5);
+        if (k < 1)
+            k = 1;
+        if (k > z->n)
+            k = z->n;
+        if (k - x <= z->threshold || u >= z_h(z, k + 0.5) - pow(k, -z->s))
+            return (uint64_t)k - 1;
+    }
+}
+
+/* Rank -> fid: scattered, so popularity does not follow key order. */
+static uint64_t rank_fid(uint64_t rank) {
+    return ((uint64_t)ps_slot_id("C1") << PS_FID_VALUE_BITS) | (ps_mix64(rank + 1) & PS_FID_VALUE_MASK);
+}
+
+/* ---- the shard process ------------------------------------------------------ */
+
+static pid_t server_pid;
+
+static void stop_server(void) {
+    if (server_pid <= 0)
+        return;
+    kill(server_pid, SIGTERM);
+    int status;
+    waitpid(server_pid, &status, 0);
+    server_pid = 0;
+}
+
+static int start_server(const opts *o, const char *config, char *addr, size_t addrlen) {
+    char ready[1200], log[1200];
+    snprintf(ready, sizeof(ready), "%s/ready", o->dir);
+    snprintf(log, sizeof(log), "%s/server.log", o->dir);
+    unlink(ready);
+    pid_t parent = getpid();
+    server_pid = fork();
+    if (server_pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
+        FILE *f = freopen(log, "a", stderr);
+        (void)f;
+        execl(o->server, o->server, "--config", config, "--shard", "0", "--listen", "127.0.0.1:0",
+              "--ready-file", ready, "--data-dir", o->dir, (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 60000; i++) {
+        FILE *f = fopen(ready, "r");
+        if (f) {
+            char *ok = fgets(addr, (int)addrlen, f);
+            fclose(f);
+            if (ok) {
+                addr[strcspn(addr, "\n")] = '\0';
+                return 0;
+            }
+        }
+        int status;
+        if (waitpid(server_pid, &status, WNOHANG) == server_pid) {
+            fprintf(stderr, "shard_bench: server exited; see %s\n", log);
+            return -1;
+        }
+        usleep(1000);
+    }
+    return -1;
+}
+
+/* ---- load generation ------------------------------------------------------------- */
+
+typedef enum { OP_PULL, OP_PUSH, OP_LOOKUP } op_kind;
+static const char *op_names[] = {"pull", "push", "lookup"};
+
+typedef struct slot_buf {
+    ps_call *call;
+    float *values;
+    uint8_t *found;
+} slot_buf;
+
+/* Keep `inflight` calls going for `seconds`; returns rows/s. */
+static double drive(ps_client *c, const opts *o, op_kind op, uint64_t **pool, const float *grads,
+                    double seconds) {
+    slot_buf *slots = calloc(o->inflight, sizeof(*slots));
+    for (uint32_t i = 0; i < o->inflight; i++) {
+        slots[i].values = malloc((size_t)o->batch * WIDTH * sizeof(float));
+        slots[i].found = malloc(o->batch);
+    }
+    char err[512];
+    uint64_t rows = 0, next = 0;
+    double start = now_s(), end = start + seconds;
+    bool stop = false;
+    for (;;) {
+        for (uint32_t i = 0; i < o->inflight; i++) {
+            slot_buf *s = &slots[i];
+            if (s->call) {
+                if (ps_call_wait(s->call, err, sizeof(err)) < 0) {
+                    fprintf(stderr, "shard_bench: %s failed: %s\n", op_names[op], err);
+                    exit(1);
+                }
+                s->call = NULL;
+                rows += o->batch;
+            }
+            if (stop)
+                continue;
+            uint64_t *keys = pool[next++ % POOL];
+            int r = op == OP_PULL ? ps_client_pull_start(c, "emb", DIM, keys, o->batch, s->values, &s->call)
+                    : op == OP_PUSH
+                        ? ps_client_push_start(c, "emb", DIM, keys, o->batch, grads, &s->call)
+                        : ps_client_lookup_start(c, "emb", DIM, 0, keys, o->batch, s->found, s->values,
+                                                 NULL, &s->call);
+            if (r < 0) {
+                fprintf(stderr, "shard_bench: start failed\n");
+                exit(1);
+            }
+        }
+        if (stop)
+            break;
+        stop = now_s() >= end;
+    }
+    double rate = (double)rows / (now_s() - start);
+    for (uint32_t i = 0; i < o->inflight; i++) {
+        free(slots[i].values);
+        free(slots[i].found);
+    }
+    free(slots);
+    return rate;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, uint32_t n) {
+    qsort(v, n, sizeof(double), cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/* ---- raw RocksDB ------------------------------------------------------------------------- */
+
+static void count_found(void *ctx, size_t i, const void *v, size_t len) {
+    (void)i;
+    (void)v;
+    *(uint64_t *)ctx += len > 0;
+}
+
+static int cmp_key(const void *a, const void *b) { return memcmp(a, b, PS_STORE_KEY_LEN); }
+
+static void raw_rocksdb(const opts *o, uint64_t **pool, uint32_t nbuckets, double *ret_get,
+                        double *ret_put) {
+    char db[1200], err[512];
+    snprintf(db, sizeof(db), "%s/shard-0/db", o->dir);
+    const char *cfs[] = {"meta", "dense", "t.emb"};
+    ps_store *st;
+    ps_store_options so = {0};
+    if (ps_store_open(db, cfs, 3, &so, &st, err, sizeof(err)) < 0) {
+        fprintf(stderr, "shard_bench: raw open: %s\n", err);
+        exit(1);
+    }
+    ps_store_key *keys = malloc((size_t)o->batch * sizeof(*keys));
+    double gets[16], puts[16];
+    size_t vlen = 16 + WIDTH * sizeof(float);
+    char *val = calloc(1, vlen);
+    for (uint32_t run = 0; run < o->runs; run++) {
+        uint64_t rows = 0, found = 0, next = 0;
+        double start = now_s();
+        while (now_s() - start < o->seconds) {
+            uint64_t *k = pool[next++ % POOL];
+            for (uint32_t i = 0; i < o->batch; i++)
+                ps_store_key_encode((uint16_t)ps_bucket(k[i], nbuckets), k[i], &keys[i]);
+            /* The shard sorts its misses too: same work on both sides. */
+            qsort(keys, o->batch, sizeof(*keys), cmp_key);
+            if (ps_store_multiget(st, 2, keys, o->batch, count_found, &found, err, sizeof(err)) < 0) {
+                fprintf(stderr, "shard_bench: multiget: %s\n", err);
+                exit(1);
+            }
+            rows += o->batch;
+        }
+        gets[run] = (double)rows / (now_s() - start);
+        if (found * 10 < rows * 9)
+            fprintf(stderr, "shard_bench: only %" PRIu64 " of %" PRIu64 " keys found in RocksDB\n",
+                    found, rows);
+        rows = 0;
+        start = now_s();
+        while (now_s() - start < o->seconds) {
+            uint64_t *k = pool[next++ % POOL];
+            ps_store_batch *b = ps_store_batch_new();
+            for (uint32_t i = 0; i < o->batch; i++) {
+                ps_store_key_encode((uint16_t)ps_bucket(k[i], nbuckets), k[i], &keys[i]);
+                ps_store_batch_put(b, st, 2, keys[i].b, PS_STORE_KEY_LEN, val, vlen);
+            }
+            if (ps_store_write(st, b, err, sizeof(err)) < 0) {
+                fprintf(stderr, "shard_bench: write: %s\n", err);
+                exit(1);
+            }
+            ps_store_batch_free(b);
+            rows += o->batch;
+        }
+        puts[run] = (double)rows / (now_s() - start);
+    }
+    *ret_get = median(gets, o->runs);
+    *ret_put = median(puts, o->runs);
+    free(keys);
+    free(val);
+    ps_store_close(st);
+}
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: shard_bench [options]\n"
+            "  --keys N          distinct keys (default 1000000)\n"
+            "  --memory-mb M     shard memory tier (default: enough for every key)\n"
+            "  --zipf S          access skew; 0 = uniform (default 0)\n"
+            "  --durability D    sync | interval=MS (default sync)\n"
+            "  --batch B         keys per request (default 4096)\n"
+            "  --inflight K      requests in flight (default 8)\n"
+            "  --runs R          repetitions per measurement; the median is reported (default 5)\n"
+            "  --seconds T       length of one repetition (default 2)\n"
+            "  --dir DIR         work directory (default /tmp/ctrps-bench); wiped first\n"
+            "  --server PATH     ctrps-server binary (default build/server/ctrps-server)\n");
+}
+
+int main(int argc, char **argv) {
+    opts o = {.keys = 1000000, .durability = "sync", .batch = 4096, .inflight = 8, .runs = 5,
+              .seconds = 2, .dir = "/tmp/ctrps-bench", .server = "build/server/ctrps-server"};
+    static const struct option lo[] = {
+        {"keys", required_argument, 0, 'k'},     {"memory-mb", required_argument, 0, 'm'},
+        {"zipf", required_argument, 0, 'z'},     {"durability", required_argument, 0, 'd'},
+        {"batch", required_argument, 0, 'b'},    {"inflight", required_argument, 0, 'i'},
+        {"runs", required_argument, 0, 'r'},     {"seconds", required_argument, 0, 's'},
+        {"dir", required_argument, 0, 'D'},      {"server", required_argument, 0, 'S'},
+        {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
+    int c;
+    while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        switch (c) {
+        case 'k': o.keys = strtoull(optarg, NULL, 10); break;
+        case 'm': o.memory_mb = strtoull(optarg, NULL, 10); break;
+        case 'z': o.zipf = atof(optarg); break;
+        case 'd': o.durability = optarg; break;
+        case 'b': o.batch = (uint32_t)atoi(optarg); break;
+        case 'i': o.inflight = (uint32_t)atoi(optarg); break;
+        case 'r': o.runs = (uint32_t)atoi(optarg); break;
+        case 's': o.seconds = atof(optarg); break;
+        case 'D': o.dir = optarg; break;
+        case 'S': o.server = optarg; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (o.runs < 1 || o.runs > 16 || o.batch < 1 || o.inflight < 1 || o.keys < o.batch) {
+        usage(stderr);
+        return 2;
+    }
+    char cmd[1300];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s' && mkdir -p '%s'", o.dir, o.dir);
+    if (system(cmd) != 0)
+        return 1;
+    uint64_t mem = o.memory_mb ? o.memory_mb : (o.keys * 300 >> 20) + 64;
+    char config[1200];
+    snprintf(config, sizeof(config), "%s/bench.ini", o.dir);
+    FILE *f = fopen(config, "w");
+    fprintf(f,
+            "[cluster]\nshards = 127.0.0.1:1\nbuckets = 1024\n"
+            "[server]\ndurability = %s\nmemory_mb = %" PRIu64 "\n"
+            "[table.emb]\ndim = %d\noptimizer = ftrl\ninit = normal\nslots = C1\n",
+            o.durability, mem, DIM);
+    fclose(f);
+
+    char addr[128];
+    if (start_server(&o, config, addr, sizeof(addr)) < 0)
+        return 1;
+    atexit(stop_server);
+    ps_config *cfg;
+    char err[512];
+    if (ps_config_load(config, NULL, &cfg, err, sizeof(err)) < 0) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    free(cfg->shards[0]);
+    cfg->shards[0] = strdup(addr);
+    ps_client *cl;
+    ps_client_options co = {.cfg = cfg, .name = "shard_bench", .timeout_ms = 600000};
+    if (ps_client_new(&co, &cl, err, sizeof(err)) < 0) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+
+    /* Create every row once (Pull creates), in key order of rank. */
+    double t0 = now_s();
+    uint64_t *keys = malloc((size_t)o.batch * sizeof(uint64_t));
+    float *values = malloc((size_t)o.batch * DIM * sizeof(float));
+    for (uint64_t base = 0; base < o.keys; base += o.batch) {
+        uint32_t n = (uint32_t)(o.keys - base < o.batch ? o.keys - base : o.batch);
+        for (uint32_t i = 0; i < n; i++)
+            keys[i] = rank_fid(base + i);
+        if (ps_client_pull(cl, "emb", DIM, keys, n, values, err, sizeof(err)) < 0) {
+            fprintf(stderr, "load: %s\n", err);
+            return 1;
+        }
+    }
+    double load_s = now_s() - t0;
+
+    /* Request pool: POOL requests of batch keys drawn from the distribution. */
+    zipf z;
+    zipf_init(&z, o.zipf, o.keys, 12345);
+    uint64_t **pool = malloc(POOL * sizeof(uint64_t *));
+    for (int p = 0; p < POOL; p++) {
+        pool[p] = malloc((size_t)o.batch * sizeof(uint64_t));
+        for (uint32_t i = 0; i < o.batch; i++)
+            pool[p][i] = rank_fid(zipf_next(&z));
+    }
+    float *grads = malloc((size_t)o.batch * DIM * sizeof(float));
+    for (size_t i = 0; i < (size_t)o.batch * DIM; i++)
+        grads[i] = (float)((double)(i % 97) / 97.0 - 0.5) * 0.01f;
+
+    printf("# shard_bench keys=%" PRIu64 " memory_mb=%" PRIu64 " zipf=%.2f durability=%s batch=%u "
+           "inflight=%u runs=%u seconds=%.1f\n",
+           o.keys, mem, o.zipf, o.durability, o.batch, o.inflight, o.runs, o.seconds);
+    printf("load_rows_per_sec %.0f\n", (double)o.keys / load_s);
+    double rates[3];
+    for (int op = 0; op < 3; op++) {
+        double v[16];
+        drive(cl, &o, (op_kind)op, pool, grads, 1.0); /* warm-up */
+        for (uint32_t r = 0; r < o.runs; r++)
+            v[r] = drive(cl, &o, (op_kind)op, pool, grads, o.seconds);
+        rates[op] = median(v, o.runs);
+        printf("%s_rows_per_sec %.0f\n", op_names[op], rates[op]);
+        fflush(stdout);
+    }
+    Ctrps__Request req = CTRPS__REQUEST__INIT;
+    Ctrps__StatsRequest sr = CTRPS__STATS_REQUEST__INIT;
+    req.method_case = CTRPS__REQUEST__METHOD_STATS;
+    req.stats = &sr;
+    Ctrps__Response *resp;
+    if (ps_client_call_shard(cl, 0, &req, &resp, err, sizeof(err)) == 0) {
+        Ctrps__TableStats *t = resp->stats->tables[0];
+        printf("shard_rows %" PRIu64 " rows_in_memory %" PRIu64 " memory_misses %" PRIu64 "\n",
+               t->rows, t->rows_in_memory, t->memory_misses);
+        ctrps__response__free_unpacked(resp, NULL);
+    }
+    ps_client_free(cl);
+    stop_server();
+
+    double get_rate, put_rate;
+    raw_rocksdb(&o, pool, cfg->buckets, &get_rate, &put_rate);
+    printf("raw_multiget_rows_per_sec %.0f\n", get_rate);
+    printf("raw_writebatch_rows_per_sec %.0f\n", put_rate);
+    printf("ratio_pull_to_raw_multiget %.2f\n", rates[OP_PULL] / get_rate);
+    printf("ratio_lookup_to_raw_multiget %.2f\n", rates[OP_LOOKUP] / get_rate);
+    printf("ratio_push_to_raw_writebatch %.2f\n", rates[OP_PUSH] / put_rate);
+    struct rusage ru;
+    getrusage(RUSAGE_CHILDREN, &ru);
+    printf("server_max_rss_mb %.0f\n", (double)ru.ru_maxrss / 1024.0);
+    ps_config_free(cfg);
+    return 0;
+}
