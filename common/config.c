@@ -339,8 +339,12 @@ static void server_defaults(ps_server_config *s) {
     snprintf(s->data_dir, sizeof(s->data_dir), "ctrps-data");
     snprintf(s->bind, sizeof(s->bind), "127.0.0.1");
     s->memory_mb = 1024;
-    s->flush_interval_ms = 1000;
-    s->flush_dirty_rows = 1u << 20;
+    /* Write-back cadence in sync mode. The push log makes every push durable
+     * at once, so write-back only bounds replay time and log size; a long
+     * interval lets repeated pushes to a hot row coalesce into one RocksDB
+     * write (bench/README.md measures the cost of shorter ones). */
+    s->flush_interval_ms = 10000;
+    s->flush_dirty_rows = 4u << 20;
     s->max_frame_bytes = 64u << 20;
     s->max_keys_per_request = 1u << 20;
     s->max_inflight_per_conn = 1024;
@@ -438,9 +442,13 @@ static char *reader(char *buf, int size, void *stream) {
     size_t len = strlen(buf);
     st->overlong = false;
     if (len == (size_t)size - 1 && buf[len - 1] != '\n') {
+        /* A line of exactly size - 1 characters fills the buffer without
+         * its newline: it fits (the limit the message states). */
+        int c = fgetc(st->fp);
+        if (c == '\n' || c == EOF)
+            return buf;
         /* Swallow the rest of the line; the handler (or inih's own error for
          * a line without '=') reports it. */
-        int c;
         while ((c = fgetc(st->fp)) != EOF && c != '\n')
             ;
         st->overlong = true;
@@ -536,6 +544,12 @@ int ps_config_load(const char *path, const ps_config_ext *ext, ps_config **ret_c
         ps_config_free(cfg);
         return r;
     }
+    /* Debian's libinih makes continuation lines (an indented line continues
+     * the previous key's value, as in Python's configparser) a run-time
+     * switch. Turn them off: an indented "optimizer = adagrad" under
+     * "slots = A" would otherwise become a slot of that name and leave the
+     * optimizer silently at its default. Indented lines are plain keys. */
+    ini_allow_multiline = false;
     int line = ini_parse_stream(reader, &st, handler, &st);
     fclose(st.fp);
     int r = 0;

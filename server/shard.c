@@ -343,7 +343,14 @@ static bool flush_due(const ps_shard *s, uint64_t now_ms) {
     if (dirty == 0)
         return false;
     uint32_t every = sc->durability == PS_DURABILITY_INTERVAL ? sc->interval_ms : sc->flush_interval_ms;
-    return dirty >= sc->flush_dirty_rows || now_ms - s->last_flush_ms >= every;
+    if (dirty >= sc->flush_dirty_rows || now_ms - s->last_flush_ms >= every)
+        return true;
+    /* Dirty rows cannot be evicted: write back before a table's memory tier
+     * is half dirty, so new rows never wait for a synchronous write-back. */
+    for (size_t i = 0; i < s->ntables; i++)
+        if (ps_table_dirty_count(s->tables[i]) * 2 >= ps_table_capacity(s->tables[i]))
+            return true;
+    return false;
 }
 
 void ps_shard_tick(ps_shard *s, uint64_t now_ms) {

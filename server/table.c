@@ -573,6 +573,7 @@ int ps_table_export(ps_table *t, const ps_store_key *after, size_t limit, ps_tab
 }
 
 size_t ps_table_dirty_count(const ps_table *t) { return t->ndirty; }
+uint64_t ps_table_capacity(const ps_table *t) { return t->capacity; }
 
 #define DUMP_KEY_SPACE 16 /* store key (10 bytes), padded so values stay aligned */
 

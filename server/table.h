@@ -91,6 +91,7 @@ typedef struct ps_table_dump {
 } ps_table_dump;
 
 size_t ps_table_dirty_count(const ps_table *t);
+uint64_t ps_table_capacity(const ps_table *t);
 size_t ps_table_dump_dirty(ps_table *t, ps_table_dump *d, uint32_t *ret_gen);
 void ps_table_dump_put(ps_table_dump *d, ps_store_batch *b);
 void ps_table_dump_deinit(ps_table_dump *d);
