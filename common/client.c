@@ -44,7 +44,7 @@ typedef struct frame_ref {
     char data[];
 } frame_ref;
 
-typedef enum { KIND_PULL, KIND_PUSH, KIND_LOOKUP, KIND_RAW } part_kind;
+typedef enum { KIND_PULL, KIND_PUSH, KIND_LOOKUP, KIND_RAW, KIND_DENSE_PULL, KIND_DENSE_PUSH } part_kind;
 
 typedef struct part part;
 struct part {
@@ -71,6 +71,7 @@ struct ps_call {
     uint8_t *found;
     uint64_t applied, dropped;
     Ctrps__Response *raw;
+    ps_dense_block *blocks;      /* dense pull: caller's, pos[] index it */
 };
 
 typedef enum { DOWN, CONNECTING, HELLO, READY } conn_state;
@@ -264,6 +265,27 @@ static void apply_response(shard_conn *sc, part *p, Ctrps__Response *resp) {
         }
         break;
     }
+    case KIND_DENSE_PULL: {
+        Ctrps__DensePullResponse *r =
+            resp->result_case == CTRPS__RESPONSE__RESULT_DENSE_PULL ? resp->dense_pull : NULL;
+        if (!r || r->n_blocks != p->n) {
+            err = PS_EPROTO;
+            break;
+        }
+        for (size_t i = 0; i < p->n && !err; i++) {
+            ps_dense_block *b = &call->blocks[p->pos[i]];
+            if (!r->blocks[i]->name || strcmp(r->blocks[i]->name, b->name) ||
+                r->blocks[i]->n_values != b->len)
+                err = PS_EDIM;
+            else
+                memcpy(b->values, r->blocks[i]->values, b->len * sizeof(float));
+        }
+        break;
+    }
+    case KIND_DENSE_PUSH:
+        if (resp->result_case != CTRPS__RESPONSE__RESULT_DENSE_PUSH)
+            err = PS_EPROTO;
+        break;
     case KIND_RAW:
         call->raw = resp;
         part_finish(p, 0, "%s", "");
@@ -794,7 +816,9 @@ static int start_keyed(ps_client *c, const keyed_args *a, const uint64_t *keys, 
             req.lookup = &lookup;
             break;
         case KIND_RAW:
-            break;
+        case KIND_DENSE_PULL:
+        case KIND_DENSE_PUSH:
+            break; /* not keyed: see ps_client_call_shard() and start_dense() */
         }
         p->frame = encode(&req);
         if (!p->frame)
@@ -958,6 +982,129 @@ int ps_client_lookup(ps_client *c, const char *table, uint32_t dim, uint32_t sta
         return r;
     }
     return ps_call_wait(call, err, errlen);
+}
+
+/* One part per home shard; pos[] holds the indices of that shard's blocks. */
+static int start_dense(ps_client *c, part_kind kind, ps_dense_block *blocks, size_t n, bool create,
+                       ps_call **ret_call) {
+    uint32_t ns = c->nshards;
+    uint32_t *home = malloc((n + 1) * sizeof(uint32_t));
+    uint32_t *count = calloc(ns, sizeof(uint32_t));
+    part **parts = calloc(ns, sizeof(part *));
+    int nparts = 0, r = -ENOMEM;
+    ps_call *call = NULL;
+    if (!home || !count || !parts)
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        home[i] = ps_dense_home(blocks[i].name, ns);
+        if (count[home[i]]++ == 0)
+            nparts++;
+    }
+    call = call_new(kind, nparts);
+    if (!call)
+        goto out;
+    call->blocks = blocks;
+    int made = 0;
+    pthread_mutex_lock(&c->submit_lock);
+    uint64_t seq = kind == KIND_DENSE_PUSH ? c->next_seq : 0;
+    for (uint32_t s = 0; s < ns; s++) {
+        if (!count[s])
+            continue;
+        part *p = calloc(1, sizeof(*p));
+        Ctrps__DenseBlock *db = calloc(count[s], sizeof(*db));
+        Ctrps__DenseBlock **dbp = calloc(count[s], sizeof(*dbp));
+        char **names = calloc(count[s], sizeof(char *));
+        if (p)
+            parts[made++] = p;
+        if (!p || !db || !dbp || !names || !(p->pos = malloc(count[s] * sizeof(uint32_t)))) {
+            free(db);
+            free(dbp);
+            free(names);
+            goto fail_locked;
+        }
+        p->call = call;
+        p->shard = s;
+        p->id = atomic_fetch_add(&c->next_id, 1);
+        for (size_t i = 0; i < n; i++) {
+            if (home[i] != s)
+                continue;
+            ctrps__dense_block__init(&db[p->n]);
+            db[p->n].name = (char *)blocks[i].name;
+            db[p->n].n_values = blocks[i].len;
+            db[p->n].values = blocks[i].values;
+            dbp[p->n] = &db[p->n];
+            names[p->n] = (char *)blocks[i].name;
+            p->pos[p->n++] = (uint32_t)i;
+        }
+        Ctrps__Request req = CTRPS__REQUEST__INIT;
+        Ctrps__DensePullRequest pull = CTRPS__DENSE_PULL_REQUEST__INIT;
+        Ctrps__DensePushRequest push = CTRPS__DENSE_PUSH_REQUEST__INIT;
+        req.id = p->id;
+        if (kind == KIND_DENSE_PULL) {
+            pull.n_names = p->n;
+            pull.names = names;
+            if (create) {
+                pull.n_init = p->n;
+                pull.init = dbp;
+            }
+            req.method_case = CTRPS__REQUEST__METHOD_DENSE_PULL;
+            req.dense_pull = &pull;
+        } else {
+            push.n_grads = p->n;
+            push.grads = dbp;
+            push.client_id = c->client_id;
+            push.seq = seq;
+            req.method_case = CTRPS__REQUEST__METHOD_DENSE_PUSH;
+            req.dense_push = &push;
+        }
+        p->frame = encode(&req);
+        free(db);
+        free(dbp);
+        free(names);
+        if (!p->frame)
+            goto fail_locked;
+    }
+    r = enqueue_locked(c, parts, made);
+    if (r < 0)
+        goto fail_locked;
+    if (kind == KIND_DENSE_PUSH)
+        c->next_seq++;
+    pthread_mutex_unlock(&c->submit_lock);
+    uv_async_send(&c->wake);
+    *ret_call = call;
+    call = NULL;
+    r = 0;
+    goto out;
+fail_locked:
+    pthread_mutex_unlock(&c->submit_lock);
+    for (int i = 0; i < made; i++) {
+        free(parts[i]->frame);
+        free(parts[i]->pos);
+        free(parts[i]);
+    }
+out:
+    if (call)
+        call_free(call);
+    free(home);
+    free(count);
+    free(parts);
+    return r;
+}
+
+int ps_client_dense_pull(ps_client *c, ps_dense_block *blocks, size_t n, bool create, char *err,
+                         size_t errlen) {
+    ps_call *call;
+    int r = start_dense(c, KIND_DENSE_PULL, blocks, n, create, &call);
+    if (r < 0) {
+        snprintf(err, errlen, "%s", ps_strerror(r));
+        return r;
+    }
+    return ps_call_wait(call, err, errlen);
+}
+
+int ps_client_dense_push_start(ps_client *c, const ps_dense_block *grads, size_t n,
+                               ps_call **ret_call) {
+    return start_dense(c, KIND_DENSE_PUSH, (ps_dense_block *)grads, n, false, ret_call);
 }
 
 int ps_client_call_shard(ps_client *c, uint32_t shard, Ctrps__Request *req,

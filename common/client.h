@@ -78,6 +78,23 @@ int ps_client_lookup(ps_client *c, const char *table, uint32_t dim, uint32_t sta
                      const uint64_t *keys, size_t n, uint8_t *ret_found, float *ret_values,
                      float *ret_state, char *err, size_t errlen);
 
+/* Dense parameter blocks, each on its home shard (ps_dense_home). */
+typedef struct ps_dense_block {
+    const char *name;            /* borrowed */
+    float *values;               /* len floats, caller's */
+    size_t len;
+} ps_dense_block;
+
+/* Read blocks into their values. With create, a missing block is created
+ * from the values passed in (the worker's deterministic initialisation) and
+ * the server's values (possibly another worker's) are read back. */
+int ps_client_dense_pull(ps_client *c, ps_dense_block *blocks, size_t n, bool create, char *err,
+                         size_t errlen);
+/* Start one Adam step per block with the gradients in values (copied before
+ * this returns); sequenced for exactly-once like sparse pushes. */
+int ps_client_dense_push_start(ps_client *c, const ps_dense_block *grads, size_t n,
+                               ps_call **ret_call);
+
 /* Send one request to one shard and wait for its response: for the methods
  * that are not split by key (Stats, Export, ClusterMap, dense blocks). The
  * request's id is set here. *ret_resp is freed by the caller with

@@ -353,6 +353,27 @@ static void server_defaults(ps_server_config *s) {
     s->max_pending_reply_bytes = 256u << 20;
 }
 
+/* ---- [model]: the keys servers need ---------------------------------------- */
+
+static int set_dense_optimizer(void *obj, const char *value, char *err, size_t errlen) {
+    (void)obj;
+    if (strcmp(value, "adam") != 0) {
+        snprintf(err, errlen, "expected adam (the only dense optimizer), got '%s'", value);
+        return PS_ECONFIG;
+    }
+    return 0;
+}
+
+#define DNS(f) offsetof(ps_dense_config, f)
+static const key_desc dense_keys[] = {
+    {"dense_optimizer", K_CUSTOM, 0, 0, 0, set_dense_optimizer, 0, 0},
+    {"dense_lr", K_DOUBLE, DNS(lr), 1e-12, 1e3, NULL, 0, 0},
+    {"adam_beta1", K_DOUBLE, DNS(beta1), 0, 0.999999, NULL, 0, 0},
+    {"adam_beta2", K_DOUBLE, DNS(beta2), 0, 0.999999999, NULL, 0, 0},
+    {"adam_eps", K_DOUBLE, DNS(eps), 0, 1, NULL, 0, 0},
+};
+#undef DNS
+
 /* ---- the handler --------------------------------------------------------- */
 
 static bool is_worker_section(const char *section) {
@@ -417,6 +438,9 @@ static int handler(void *user, const char *section, const char *name, const char
         const key_desc *k = find_key(keys, nkeys, name);
         if (k && k->opt_mask)
             st->tkeys[t - cfg->tables].line_of[k - table_keys] = st->line;
+    } else if (!strcmp(section, "model") &&
+               find_key(dense_keys, sizeof(dense_keys) / sizeof(*dense_keys), name)) {
+        keys = dense_keys, nkeys = sizeof(dense_keys) / sizeof(*keys), obj = &cfg->dense;
     } else if (is_worker_section(section) || (st->ext && st->ext->owns(section))) {
         if (!st->ext)
             return 1;
@@ -533,6 +557,10 @@ int ps_config_load(const char *path, const ps_config_ext *ext, ps_config **ret_c
     snprintf(cfg->path, sizeof(cfg->path), "%s", path);
     cfg->buckets = 1024;
     cfg->map_version = 1;
+    cfg->dense.lr = 0.001;
+    cfg->dense.beta1 = 0.9;
+    cfg->dense.beta2 = 0.999;
+    cfg->dense.eps = 1e-8;
     server_defaults(&cfg->server);
     cfg->worker_free = ext ? ext->free : NULL;
 

@@ -61,6 +61,13 @@ typedef struct ps_server_config {
     char metrics_listen[PS_NAME_MAX]; /* host:port for Prometheus text; empty = off */
 } ps_server_config;
 
+/* The dense-parameter optimizer, applied by the shards ([model] keys that
+ * servers read too; every other [model] key belongs to the worker). */
+typedef struct ps_dense_config {
+    double lr;                   /* dense_lr, default 0.001 */
+    double beta1, beta2, eps;    /* adam_beta1 0.9, adam_beta2 0.999, adam_eps 1e-8 */
+} ps_dense_config;
+
 typedef struct ps_config {
     char path[PS_PATH_MAX];
     char **shards;               /* host:port, owned */
@@ -70,6 +77,7 @@ typedef struct ps_config {
     ps_server_config server;
     ps_table_config *tables;     /* owned */
     uint32_t ntables;
+    ps_dense_config dense;
     /* Sections a binary does not use are still validated by every binary, so
      * one file serves the whole cluster; the worker owns their meaning. */
     void *worker;                /* owned by the extension that parsed it */

@@ -46,3 +46,7 @@ static inline uint32_t ps_bucket_owner(uint32_t bucket, uint32_t nbuckets, uint3
 static inline uint32_t ps_key_owner(uint64_t fid, uint32_t nbuckets, uint32_t nshards) {
     return ps_bucket_owner(ps_bucket(fid, nbuckets), nbuckets, nshards);
 }
+
+/* Home shard of a dense parameter block: chosen by hashing its name
+ * (DESIGN.md "The shard"). */
+uint32_t ps_dense_home(const char *name, uint32_t nshards);

@@ -34,6 +34,8 @@ typedef struct reply {
         Ctrps__StatsResponse stats;
         Ctrps__ClusterMapResponse cluster_map;
         Ctrps__ExportResponse export;
+        Ctrps__DensePullResponse dense_pull;
+        Ctrps__DensePushResponse dense_push;
     } u;
     void *owned[8];              /* freed after packing */
     int nowned;
@@ -413,9 +415,99 @@ static int do_stats(ps_service *svc, ps_session *sess, const Ctrps__StatsRequest
     return 0;
 }
 
-static int do_unsupported(reply *rp, const char *what) {
-    snprintf(rp->err, sizeof(rp->err), "method %s is not supported by this server", what);
-    return PS_EPROTO;
+#define DENSE_BLOCKS_MAX 4096
+
+static int check_dense_name(ps_service *svc, const char *name, reply *rp) {
+    if (!name || !name[0] || strlen(name) >= 2 * PS_NAME_MAX) {
+        snprintf(rp->err, sizeof(rp->err), "dense block names must be 1..%d bytes", 2 * PS_NAME_MAX - 1);
+        return PS_EPROTO;
+    }
+    uint32_t home = ps_dense_home(name, svc->cfg->nshards);
+    if (home != ps_shard_id(svc->shard)) {
+        snprintf(rp->err, sizeof(rp->err), "dense block '%.64s' lives on shard %u, not %u", name, home,
+                 ps_shard_id(svc->shard));
+        rp->resp.map_version = svc->cfg->map_version;
+        return PS_EWRONG_SHARD;
+    }
+    return 0;
+}
+
+static int do_dense_pull(ps_service *svc, ps_session *sess, const Ctrps__DensePullRequest *req,
+                         reply *rp) {
+    (void)sess;
+    if (req->n_names > DENSE_BLOCKS_MAX) {
+        snprintf(rp->err, sizeof(rp->err), "%zu dense blocks in one request (at most %d)",
+                 req->n_names, DENSE_BLOCKS_MAX);
+        return PS_ELIMIT;
+    }
+    Ctrps__DenseBlock *blocks = own(rp, calloc(req->n_names + 1, sizeof(*blocks)));
+    Ctrps__DenseBlock **ptrs = own(rp, calloc(req->n_names + 1, sizeof(*ptrs)));
+    if (!blocks || !ptrs)
+        return -ENOMEM;
+    for (size_t i = 0; i < req->n_names; i++) {
+        const char *name = req->names[i];
+        int r = check_dense_name(svc, name, rp);
+        if (r < 0)
+            return r;
+        const Ctrps__DenseBlock *init = NULL;
+        for (size_t k = 0; k < req->n_init && !init; k++)
+            if (req->init[k]->name && !strcmp(req->init[k]->name, name))
+                init = req->init[k];
+        const float *w;
+        size_t len;
+        r = ps_shard_dense_get(svc->shard, name, init ? init->values : NULL, init ? init->n_values : 0,
+                               &w, &len, rp->err, sizeof(rp->err));
+        if (r < 0)
+            return r;
+        ctrps__dense_block__init(&blocks[i]);
+        blocks[i].name = (char *)name;
+        blocks[i].n_values = len;
+        blocks[i].values = (float *)w;
+        ptrs[i] = &blocks[i];
+    }
+    Ctrps__DensePullResponse *p = &rp->u.dense_pull;
+    ctrps__dense_pull_response__init(p);
+    p->n_blocks = req->n_names;
+    p->blocks = ptrs;
+    rp->resp.result_case = CTRPS__RESPONSE__RESULT_DENSE_PULL;
+    rp->resp.dense_pull = p;
+    return 0;
+}
+
+static int do_dense_push(ps_service *svc, ps_session *sess, const Ctrps__DensePushRequest *req,
+                         reply *rp) {
+    (void)sess;
+    size_t n = req->n_grads;
+    if (n > DENSE_BLOCKS_MAX) {
+        snprintf(rp->err, sizeof(rp->err), "%zu dense blocks in one request (at most %d)", n,
+                 DENSE_BLOCKS_MAX);
+        return PS_ELIMIT;
+    }
+    const char **names = own(rp, calloc(n + 1, sizeof(char *)));
+    const float **grads = own(rp, calloc(n + 1, sizeof(float *)));
+    size_t *lens = own(rp, calloc(n + 1, sizeof(size_t)));
+    if (!names || !grads || !lens)
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        int r = check_dense_name(svc, req->grads[i]->name, rp);
+        if (r < 0)
+            return r;
+        names[i] = req->grads[i]->name;
+        grads[i] = req->grads[i]->values;
+        lens[i] = req->grads[i]->n_values;
+    }
+    bool already;
+    int r = ps_shard_dense_push(svc->shard, n, names, grads, lens, req->client_id, req->seq, &already,
+                                rp->err, sizeof(rp->err));
+    if (r < 0)
+        return r;
+    Ctrps__DensePushResponse *p = &rp->u.dense_push;
+    ctrps__dense_push_response__init(p);
+    p->already_applied = already;
+    rp->resp.result_case = CTRPS__RESPONSE__RESULT_DENSE_PUSH;
+    rp->resp.dense_push = p;
+    rp->push_ack = !already;
+    return 0;
 }
 
 /* ---- dispatch --------------------------------------------------------------- */
@@ -440,22 +532,8 @@ int ps_service_handle(ps_service *svc, ps_session *sess, const char *frame, size
         svc->requests[PS_METHOD_##tag]++;                                                      \
         r = do_##name(svc, sess, req->name, &rp);                                              \
         break;
-        DISPATCH(hello, HELLO)
-        DISPATCH(pull, PULL)
-        DISPATCH(push, PUSH)
-        DISPATCH(lookup, LOOKUP)
-        DISPATCH(stats, STATS)
-        DISPATCH(cluster_map, CLUSTER_MAP)
-        DISPATCH(export, EXPORT)
+        PS_METHOD_MAP(DISPATCH)
 #undef DISPATCH
-    case CTRPS__REQUEST__METHOD_DENSE_PULL:
-        svc->requests[PS_METHOD_DENSE_PULL]++;
-        r = do_unsupported(&rp, "DensePull");
-        break;
-    case CTRPS__REQUEST__METHOD_DENSE_PUSH:
-        svc->requests[PS_METHOD_DENSE_PUSH]++;
-        r = do_unsupported(&rp, "DensePush");
-        break;
     default:
         snprintf(rp.err, sizeof(rp.err), "request %llu names no method",
                  (unsigned long long)req->id);

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "dense.h"
 #include "error.h"
 #include "keys.h"
 #include "pushlog.h"
@@ -20,6 +21,8 @@
 #define CF_TABLE0 2
 
 #define REC_SPARSE_PUSH 1
+#define REC_DENSE_PUSH 2
+#define REC_DENSE_CREATE 3
 
 /* Push-log record body for a sparse push; followed by the table name, the
  * keys and the gradients. */
@@ -34,6 +37,24 @@ typedef struct push_record {
     uint64_t seq;
 } push_record;
 
+/* Push-log record body for dense blocks (a push, or the creation of a block
+ * from its initial values); followed per block by a dense_block_record, the
+ * name and the floats. */
+typedef struct dense_record {
+    uint8_t type;
+    uint8_t pad;
+    uint16_t nblocks;
+    uint32_t pad2;
+    uint64_t client_id;
+    uint64_t seq;
+} dense_record;
+
+typedef struct dense_block_record {
+    uint16_t name_len;
+    uint16_t pad;
+    uint32_t len;
+} dense_block_record;
+
 typedef struct client_entry {
     uint64_t id;                 /* 0 = empty */
     uint64_t seq;
@@ -47,6 +68,7 @@ typedef struct flush_job {
     ps_table_dump *dumps;        /* per table: rows copied on the loop thread */
     bool rows_added;             /* dumps are in the batch (a retry must not re-add) */
     uint32_t *gens;              /* per table */
+    uint32_t dense_gen;
     uint64_t covered_lsn;
     size_t rows;
 } flush_job;
@@ -58,6 +80,7 @@ struct ps_shard {
     ps_store *store;
     ps_table **tables;
     size_t ntables;
+    ps_dense *dense;
     ps_pushlog *log;
     bool replaying;
     uint64_t replay_covered;     /* while replaying: every record <= this is applied */
@@ -249,7 +272,7 @@ static void submit(ps_shard *s) {
 }
 
 static size_t total_dirty(const ps_shard *s) {
-    size_t n = 0;
+    size_t n = ps_dense_dirty(s->dense);
     for (size_t i = 0; i < s->ntables; i++)
         n += ps_table_dirty_count(s->tables[i]);
     return n;
@@ -280,6 +303,7 @@ static int flush_begin(ps_shard *s) {
         uint64_t rows = ps_table_persisted_rows(t);
         ps_store_batch_put(j->batch, s->store, CF_META, key, strlen(key), &rows, 8);
     }
+    j->rows += ps_dense_dump(s->dense, s->store, CF_DENSE, j->batch, &j->dense_gen);
     for (size_t i = 0; i < s->clients_cap; i++) {
         client_entry *e = &s->clients[i];
         if (!e->id || !e->dirty)
@@ -315,6 +339,7 @@ static void flush_end(ps_shard *s, uint64_t now_ms) {
     }
     for (size_t i = 0; i < s->ntables; i++)
         ps_table_committed(s->tables[i], j->gens[i]);
+    ps_dense_committed(s->dense, j->dense_gen);
     if (s->log)
         ps_pushlog_drop_covered(s->log, j->covered_lsn);
     s->c.flushes++;
@@ -408,6 +433,12 @@ static int make_room(void *ctx) {
 
 /* ---- pushes --------------------------------------------------------------- */
 
+/* Pushes are logged in sync mode, except while the log itself is replayed. */
+static bool logging(const ps_shard *s) {
+    return s->log && !s->replaying && s->cfg->server.durability == PS_DURABILITY_SYNC;
+}
+
+
 static int apply_push(ps_shard *s, ps_table *t, const uint64_t *keys, size_t n, const float *grads,
                       uint64_t client_id, uint64_t seq, ps_push_result *ret, char *err,
                       size_t errlen) {
@@ -420,7 +451,7 @@ static int apply_push(ps_shard *s, ps_table *t, const uint64_t *keys, size_t n, 
                        .client_id = client_id,
                        .seq = seq};
     size_t body = sizeof(rec) + rec.name_len + n * 8 + n * dim * sizeof(float);
-    bool logging = s->log && !s->replaying && s->cfg->server.durability == PS_DURABILITY_SYNC;
+    bool log = logging(s);
     client_entry *e = NULL;
     if (client_id) {
         e = client_slot(s, client_id, true);
@@ -428,7 +459,7 @@ static int apply_push(ps_shard *s, ps_table *t, const uint64_t *keys, size_t n, 
             return -ENOMEM;
     }
     /* Reserve first so that, once applied, the record cannot fail to log. */
-    if (logging) {
+    if (log) {
         int r = ps_pushlog_reserve(s->log, body);
         if (r < 0) {
             snprintf(err, errlen, "push of %zu rows does not fit in a push-log record", n);
@@ -438,7 +469,7 @@ static int apply_push(ps_shard *s, ps_table *t, const uint64_t *keys, size_t n, 
     int r = ps_table_push(t, keys, n, grads, &ret->applied, &ret->dropped_nonfinite, err, errlen);
     if (r < 0)
         return r;
-    if (logging) {
+    if (log) {
         uint64_t lsn;
         struct iovec iov[4] = {{&rec, sizeof(rec)},
                                {(void *)name, rec.name_len},
@@ -468,6 +499,114 @@ int ps_shard_push(ps_shard *s, ps_table *t, const uint64_t *keys, size_t n, cons
     return apply_push(s, t, keys, n, grads, client_id, seq, ret, err, errlen);
 }
 
+/* Log a dense record: header, then per block its header, name and floats. */
+static int log_dense(ps_shard *s, uint8_t type, size_t n, const char *const *names,
+                     const float *const *values, const size_t *lens, uint64_t client_id,
+                     uint64_t seq, bool reserve_only) {
+    dense_record rec = {.type = type, .nblocks = (uint16_t)n, .client_id = client_id, .seq = seq};
+    size_t body = sizeof(rec);
+    for (size_t i = 0; i < n; i++)
+        body += sizeof(dense_block_record) + strlen(names[i]) + lens[i] * sizeof(float);
+    if (reserve_only)
+        return ps_pushlog_reserve(s->log, body);
+    struct iovec *iov = malloc((1 + 3 * n) * sizeof(*iov));
+    dense_block_record *br = malloc(n * sizeof(*br) + 1);
+    if (!iov || !br) {
+        free(iov);
+        free(br);
+        return -ENOMEM;
+    }
+    iov[0] = (struct iovec){&rec, sizeof(rec)};
+    for (size_t i = 0; i < n; i++) {
+        br[i] = (dense_block_record){.name_len = (uint16_t)strlen(names[i]), .len = (uint32_t)lens[i]};
+        iov[1 + 3 * i] = (struct iovec){&br[i], sizeof(br[i])};
+        iov[2 + 3 * i] = (struct iovec){(void *)names[i], br[i].name_len};
+        iov[3 + 3 * i] = (struct iovec){(void *)values[i], lens[i] * sizeof(float)};
+    }
+    uint64_t lsn;
+    int r = ps_pushlog_append(s->log, iov, (int)(1 + 3 * n), &lsn);
+    free(iov);
+    free(br);
+    return r;
+}
+
+int ps_shard_dense_get(ps_shard *s, const char *name, const float *init, size_t init_len,
+                       const float **ret_w, size_t *ret_len, char *err, size_t errlen) {
+    int r = ps_dense_get(s->dense, name, ret_w, ret_len);
+    if (r == PS_ENOT_FOUND && init) {
+        if (s->read_only) {
+            snprintf(err, errlen, "store is read-only: %s", s->store_error);
+            return PS_EREAD_ONLY;
+        }
+        bool log = logging(s);
+        if (log && (r = log_dense(s, REC_DENSE_CREATE, 1, &name, &init, &init_len, 0, 0, true)) < 0)
+            return r;
+        r = ps_dense_create(s->dense, name, init, init_len);
+        if (r == 0 && log)
+            log_dense(s, REC_DENSE_CREATE, 1, &name, &init, &init_len, 0, 0, false);
+        if (r == 0)
+            r = ps_dense_get(s->dense, name, ret_w, ret_len);
+    }
+    if (r == PS_ENOT_FOUND)
+        snprintf(err, errlen, "dense block '%.64s' does not exist (a DensePull with initial values creates it)", name);
+    else if (r == PS_ENONFINITE)
+        snprintf(err, errlen, "initial values of dense block '%.64s' are not finite", name);
+    else if (r == 0 && init && *ret_len != init_len) {
+        snprintf(err, errlen, "dense block '%.64s' has %zu values, not %zu", name, *ret_len, init_len);
+        r = PS_EDIM;
+    }
+    return r;
+}
+
+static int apply_dense(ps_shard *s, size_t n, const char *const *names, const float *const *grads,
+                       const size_t *lens, uint64_t client_id, uint64_t seq, char *err,
+                       size_t errlen) {
+    for (size_t i = 0; i < n; i++) {
+        int r = ps_dense_check(s->dense, names[i], grads[i], lens[i]);
+        if (r < 0) {
+            snprintf(err, errlen, "dense block '%.64s': %s", names[i],
+                     r == PS_ENOT_FOUND ? "does not exist"
+                     : r == PS_EDIM     ? "gradient length differs from the block's"
+                                        : "gradient is not finite; push dropped");
+            if (r == PS_ENONFINITE)
+                s->c.dense_dropped_nonfinite++;
+            return r;
+        }
+    }
+    client_entry *e = client_id ? client_slot(s, client_id, true) : NULL;
+    if (client_id && !e)
+        return -ENOMEM;
+    bool log = logging(s);
+    int r = log ? log_dense(s, REC_DENSE_PUSH, n, names, grads, lens, client_id, seq, true) : 0;
+    if (r < 0)
+        return r;
+    for (size_t i = 0; i < n; i++)
+        ps_dense_apply(s->dense, names[i], grads[i], lens[i]);
+    if (log)
+        log_dense(s, REC_DENSE_PUSH, n, names, grads, lens, client_id, seq, false);
+    if (e) {
+        e->seq = seq;
+        e->dirty = true;
+    }
+    return 0;
+}
+
+int ps_shard_dense_push(ps_shard *s, size_t n, const char *const *names, const float *const *grads,
+                        const size_t *lens, uint64_t client_id, uint64_t seq, bool *ret_already,
+                        char *err, size_t errlen) {
+    *ret_already = false;
+    if (client_id && seq <= ps_shard_client_seq(s, client_id)) {
+        *ret_already = true;
+        s->c.pushes_already_applied++;
+        return 0;
+    }
+    if (s->read_only) {
+        snprintf(err, errlen, "store is read-only: %s", s->store_error);
+        return PS_EREAD_ONLY;
+    }
+    return apply_dense(s, n, names, grads, lens, client_id, seq, err, errlen);
+}
+
 int ps_shard_commit(ps_shard *s) {
     if (!s->log)
         return 0;
@@ -479,9 +618,72 @@ int ps_shard_commit(ps_shard *s) {
     return r;
 }
 
+/* Replay a dense record: blocks are copied out (unaligned in the log). */
+static int replay_dense(ps_shard *s, const char *payload, size_t len) {
+    dense_record rec;
+    memcpy(&rec, payload, sizeof(rec));
+    size_t n = rec.nblocks, off = sizeof(rec);
+    char(*names)[PS_NAME_MAX * 2] = calloc(n + 1, sizeof(*names));
+    const char **name_ptrs = calloc(n + 1, sizeof(char *));
+    float **vals = calloc(n + 1, sizeof(float *));
+    size_t *lens = calloc(n + 1, sizeof(size_t));
+    int r = (names && name_ptrs && vals && lens) ? 0 : -ENOMEM;
+    for (size_t i = 0; i < n && r == 0; i++) {
+        dense_block_record br;
+        if (off + sizeof(br) > len) {
+            r = PS_EPARSE;
+            break;
+        }
+        memcpy(&br, payload + off, sizeof(br));
+        off += sizeof(br);
+        if (br.name_len >= sizeof(names[0]) || off + br.name_len + (size_t)br.len * 4 > len) {
+            r = PS_EPARSE;
+            break;
+        }
+        memcpy(names[i], payload + off, br.name_len);
+        name_ptrs[i] = names[i];
+        off += br.name_len;
+        lens[i] = br.len;
+        vals[i] = malloc((size_t)br.len * 4 + 1);
+        if (!vals[i]) {
+            r = -ENOMEM;
+            break;
+        }
+        memcpy(vals[i], payload + off, (size_t)br.len * 4);
+        off += (size_t)br.len * 4;
+    }
+    if (r == 0 && off != len)
+        r = PS_EPARSE;
+    char err[256];
+    if (r == 0 && rec.type == REC_DENSE_CREATE)
+        r = n == 1 ? ps_dense_create(s->dense, name_ptrs[0], vals[0], lens[0]) : PS_EPARSE;
+    else if (r == 0)
+        r = apply_dense(s, n, name_ptrs, (const float *const *)vals, lens, rec.client_id, rec.seq,
+                        err, sizeof(err));
+    for (size_t i = 0; i < n && vals; i++)
+        free(vals[i]);
+    free(names);
+    free(name_ptrs);
+    free(vals);
+    free(lens);
+    return r;
+}
+
 static int replay_record(void *ctx, uint64_t lsn, const void *payload, size_t len) {
     ps_shard *s = ctx;
     push_record rec;
+    if (len >= 1 && (((const uint8_t *)payload)[0] == REC_DENSE_PUSH ||
+                     ((const uint8_t *)payload)[0] == REC_DENSE_CREATE)) {
+        if (len < sizeof(dense_record))
+            return PS_EPARSE;
+        s->replay_covered = lsn - 1;
+        int r = replay_dense(s, payload, len);
+        if (r == 0) {
+            s->c.replayed_records++;
+            s->replay_covered = lsn;
+        }
+        return r;
+    }
     if (len < sizeof(rec))
         return PS_EPARSE;
     memcpy(&rec, payload, sizeof(rec));
@@ -521,6 +723,25 @@ static int replay_record(void *ctx, uint64_t lsn, const void *payload, size_t le
 }
 
 /* ---- open / close --------------------------------------------------------- */
+
+static int load_dense(ps_shard *s, char *err, size_t errlen) {
+    int r = ps_dense_new(&s->cfg->dense, &s->dense);
+    if (r < 0)
+        return r;
+    ps_store_iter *it = ps_store_iter_new(s->store, CF_DENSE, NULL, 0);
+    if (!it)
+        return -ENOMEM;
+    for (; ps_store_iter_valid(it) && r == 0; ps_store_iter_next(it)) {
+        size_t klen, vlen;
+        const char *k = ps_store_iter_key(it, &klen);
+        const char *v = ps_store_iter_value(it, &vlen);
+        r = ps_dense_load(s->dense, k, klen, v, vlen);
+        if (r < 0)
+            snprintf(err, errlen, "dense block '%.*s' in the store is corrupt", (int)klen, k);
+    }
+    ps_store_iter_free(it);
+    return r;
+}
 
 static int check_identity(ps_shard *s, ps_store_batch *b, char *err, size_t errlen) {
     char want[128];
@@ -644,6 +865,9 @@ int ps_shard_open(const ps_config *cfg, const ps_shard_options *opts, ps_shard *
     r = load_clients(s);
     if (r < 0)
         goto fail;
+    r = load_dense(s, err, errlen);
+    if (r < 0)
+        goto fail;
 
     r = pthread_create(&s->thread, NULL, flush_thread, s);
     if (r != 0) {
@@ -698,6 +922,7 @@ int ps_shard_close(ps_shard *s) {
         pthread_join(s->thread, NULL);
     }
     ps_pushlog_close(s->log);
+    ps_dense_free(s->dense);
     for (size_t i = 0; i < s->ntables && s->tables; i++)
         ps_table_free(s->tables[i]);
     free(s->tables);

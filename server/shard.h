@@ -48,7 +48,8 @@ typedef struct ps_push_result {
     XX(make_room_flushes, "synchronous write-backs forced by a full memory tier")            \
     XX(pushes_already_applied, "replayed pushes answered without applying")                  \
     XX(replayed_records, "push-log records replayed at start")                               \
-    XX(pushlog_bytes, "bytes appended to the push log")
+    XX(pushlog_bytes, "bytes appended to the push log")                                      \
+    XX(dense_dropped_nonfinite, "dense pushes dropped for a non-finite gradient")
 
 typedef struct ps_shard_counters {
 #define PS_SHARD_COUNTER_FIELD(name, help) uint64_t name;
@@ -79,6 +80,16 @@ bool ps_shard_owns_all(const ps_shard *s, const uint64_t *keys, size_t n);
 int ps_shard_push(ps_shard *s, ps_table *t, const uint64_t *keys, size_t n, const float *grads,
                   uint64_t client_id, uint64_t seq, ps_push_result *ret, char *err, size_t errlen);
 uint64_t ps_shard_client_seq(const ps_shard *s, uint64_t client_id);
+
+/* Dense blocks. get() returns a block's weights (borrowed until the next
+ * change), creating it from init (init_len floats) when it is missing and
+ * init is given. push() applies one Adam step per block, all blocks or none
+ * (unknown block, length mismatch, non-finite gradient). */
+int ps_shard_dense_get(ps_shard *s, const char *name, const float *init, size_t init_len,
+                       const float **ret_w, size_t *ret_len, char *err, size_t errlen);
+int ps_shard_dense_push(ps_shard *s, size_t n, const char *const *names, const float *const *grads,
+                        const size_t *lens, uint64_t client_id, uint64_t seq, bool *ret_already,
+                        char *err, size_t errlen);
 
 /* Group commit: write this turn's log records. Call before sending the
  * turn's replies; an error means those replies must not say OK. */

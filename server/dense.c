@@ -1,0 +1,196 @@
+#include "dense.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+
+#define VALUE_VERSION 1
+
+/* Stored value: this header, then w[len], m[len], v[len]. */
+typedef struct value_header {
+    uint8_t version;
+    uint8_t pad[3];
+    uint32_t len;
+    uint64_t step;
+} value_header;
+
+typedef struct block {
+    char name[PS_NAME_MAX * 2];
+    size_t len;
+    uint64_t step;               /* Adam's t */
+    float *w, *m, *v;            /* one allocation, w first */
+    uint32_t gen;
+} block;
+
+struct ps_dense {
+    ps_dense_config cfg;
+    block *blocks;
+    size_t n, cap;
+    uint32_t gen, committed_gen;
+};
+
+int ps_dense_new(const ps_dense_config *cfg, ps_dense **ret_dense) {
+    ps_dense *d = calloc(1, sizeof(*d));
+    if (!d)
+        return -ENOMEM;
+    d->cfg = *cfg;
+    d->gen = 1;
+    *ret_dense = d;
+    return 0;
+}
+
+void ps_dense_free(ps_dense *d) {
+    if (!d)
+        return;
+    for (size_t i = 0; i < d->n; i++)
+        free(d->blocks[i].w);
+    free(d->blocks);
+    free(d);
+}
+
+static block *find(ps_dense *d, const char *name) {
+    for (size_t i = 0; i < d->n; i++)
+        if (!strcmp(d->blocks[i].name, name))
+            return &d->blocks[i];
+    return NULL;
+}
+
+static block *add(ps_dense *d, const char *name, size_t name_len, size_t len) {
+    if (name_len == 0 || name_len >= sizeof(d->blocks[0].name) || len == 0)
+        return NULL;
+    if (d->n == d->cap) {
+        size_t cap = d->cap ? 2 * d->cap : 16;
+        block *g = realloc(d->blocks, cap * sizeof(*g));
+        if (!g)
+            return NULL;
+        d->blocks = g;
+        d->cap = cap;
+    }
+    float *mem = calloc(3 * len, sizeof(float));
+    if (!mem)
+        return NULL;
+    block *b = &d->blocks[d->n++];
+    memset(b, 0, sizeof(*b));
+    memcpy(b->name, name, name_len);
+    b->name[name_len] = '\0';
+    b->len = len;
+    b->w = mem;
+    b->m = mem + len;
+    b->v = mem + 2 * len;
+    return b;
+}
+
+int ps_dense_load(ps_dense *d, const char *name, size_t name_len, const void *value, size_t len) {
+    value_header h;
+    if (len < sizeof(h))
+        return PS_ESTORE;
+    memcpy(&h, value, sizeof(h));
+    if (h.version != VALUE_VERSION || len != sizeof(h) + 3 * (size_t)h.len * sizeof(float))
+        return PS_ESTORE;
+    block *b = add(d, name, name_len, h.len);
+    if (!b)
+        return -ENOMEM;
+    b->step = h.step;
+    memcpy(b->w, (const char *)value + sizeof(h), 3 * (size_t)h.len * sizeof(float));
+    return 0;
+}
+
+int ps_dense_get(ps_dense *d, const char *name, const float **ret_w, size_t *ret_len) {
+    block *b = find(d, name);
+    if (!b)
+        return PS_ENOT_FOUND;
+    *ret_w = b->w;
+    *ret_len = b->len;
+    return 0;
+}
+
+int ps_dense_create(ps_dense *d, const char *name, const float *init, size_t len) {
+    block *b = find(d, name);
+    if (b)
+        return b->len == len ? 0 : PS_EDIM;
+    for (size_t i = 0; i < len; i++)
+        if (!isfinite(init[i]))
+            return PS_ENONFINITE;
+    b = add(d, name, strlen(name), len);
+    if (!b)
+        return -ENOMEM;
+    memcpy(b->w, init, len * sizeof(float));
+    b->gen = d->gen;
+    return 0;
+}
+
+int ps_dense_check(ps_dense *d, const char *name, const float *g, size_t len) {
+    block *b = find(d, name);
+    if (!b)
+        return PS_ENOT_FOUND;
+    if (b->len != len)
+        return PS_EDIM;
+    for (size_t i = 0; i < len; i++)
+        if (!isfinite(g[i]))
+            return PS_ENONFINITE;
+    return 0;
+}
+
+void ps_dense_apply(ps_dense *d, const char *name, const float *g, size_t len) {
+    block *b = find(d, name);
+    const ps_dense_config *c = &d->cfg;
+    b->step++;
+    /* Bias corrections folded into the step size (Kingma & Ba, §2). */
+    double c1 = 1 - pow(c->beta1, (double)b->step), c2 = 1 - pow(c->beta2, (double)b->step);
+    double lr_t = c->lr * sqrt(c2) / c1, eps_t = c->eps * sqrt(c2);
+    float b1 = (float)c->beta1, b2 = (float)c->beta2;
+    for (size_t i = 0; i < len; i++) {
+        float gi = g[i];
+        float m = b1 * b->m[i] + (1 - b1) * gi;
+        float v = b2 * b->v[i] + (1 - b2) * gi * gi;
+        b->m[i] = m;
+        b->v[i] = v;
+        b->w[i] -= (float)(lr_t * m / (sqrt((double)v) + eps_t));
+    }
+    b->gen = d->gen;
+}
+
+size_t ps_dense_dump(ps_dense *d, ps_store *store, int cf, ps_store_batch *bt, uint32_t *ret_gen) {
+    size_t n = 0;
+    for (size_t i = 0; i < d->n; i++) {
+        block *b = &d->blocks[i];
+        if (b->gen != d->gen)
+            continue;
+        size_t vlen = sizeof(value_header) + 3 * b->len * sizeof(float);
+        char *val = malloc(vlen);
+        if (!val)
+            abort(); /* cannot write back and cannot forget the block */
+        value_header h = {.version = VALUE_VERSION, .len = (uint32_t)b->len, .step = b->step};
+        memcpy(val, &h, sizeof(h));
+        memcpy(val + sizeof(h), b->w, 3 * b->len * sizeof(float));
+        ps_store_batch_put(bt, store, cf, b->name, strlen(b->name), val, vlen);
+        free(val);
+        n++;
+    }
+    *ret_gen = d->gen++;
+    return n;
+}
+
+void ps_dense_committed(ps_dense *d, uint32_t gen) {
+    if (gen > d->committed_gen)
+        d->committed_gen = gen;
+}
+
+size_t ps_dense_nblocks(const ps_dense *d) { return d->n; }
+
+size_t ps_dense_dirty(const ps_dense *d) {
+    size_t n = 0;
+    for (size_t i = 0; i < d->n; i++)
+        n += d->blocks[i].gen == d->gen;
+    return n;
+}
+
+uint64_t ps_dense_floats(const ps_dense *d) {
+    uint64_t n = 0;
+    for (size_t i = 0; i < d->n; i++)
+        n += d->blocks[i].len;
+    return n;
+}
