@@ -1102,6 +1102,10 @@ int ps_client_dense_pull(ps_client *c, ps_dense_block *blocks, size_t n, bool cr
     return ps_call_wait(call, err, errlen);
 }
 
+int ps_client_dense_pull_start(ps_client *c, ps_dense_block *blocks, size_t n, ps_call **ret_call) {
+    return start_dense(c, KIND_DENSE_PULL, blocks, n, false, ret_call);
+}
+
 int ps_client_dense_push_start(ps_client *c, const ps_dense_block *grads, size_t n,
                                ps_call **ret_call) {
     return start_dense(c, KIND_DENSE_PUSH, (ps_dense_block *)grads, n, false, ret_call);

@@ -90,6 +90,9 @@ typedef struct ps_dense_block {
  * the server's values (possibly another worker's) are read back. */
 int ps_client_dense_pull(ps_client *c, ps_dense_block *blocks, size_t n, bool create, char *err,
                          size_t errlen);
+/* Non-blocking ps_client_dense_pull(..., create = false): blocks and their
+ * values must stay valid until ps_call_wait(). */
+int ps_client_dense_pull_start(ps_client *c, ps_dense_block *blocks, size_t n, ps_call **ret_call);
 /* Start one Adam step per block with the gradients in values (copied before
  * this returns); sequenced for exactly-once like sparse pushes. */
 int ps_client_dense_push_start(ps_client *c, const ps_dense_block *grads, size_t n,

@@ -293,7 +293,7 @@ ParameterizedTestParameters(config, durability_values) {
     return cr_make_param_array(durability_case, cases, sizeof(cases) / sizeof(cases[0]));
 }
 
-ParameterizedTest(durability_case *c, config, durability_values, .init = setup, .fini = teardown) {
+ParameterizedTest(durability_case *c, config, durability_values) {
     char text[256];
     snprintf(text, sizeof(text),
              "[cluster]\nshards = 127.0.0.1:1\n[server]\ndurability = %s\n", c->value);
@@ -397,7 +397,7 @@ ParameterizedTestParameters(config, errors) {
     return cr_make_param_array(error_case, cases, sizeof(cases) / sizeof(cases[0]));
 }
 
-ParameterizedTest(error_case *c, config, errors, .init = setup, .fini = teardown) {
+ParameterizedTest(error_case *c, config, errors) {
     cr_log_info("case: %s", c->what);
     expect_error(c->text, c->line, c->needle1[0] ? c->needle1 : NULL,
                  c->needle2[0] ? c->needle2 : NULL);

@@ -158,9 +158,11 @@ static int read_all(int fd, char **ret, size_t *ret_len) {
     return 0;
 }
 
-/* Replay one segment. *ret_valid is the length of its intact prefix. */
+/* Replay one segment. *ret_valid is the length of its intact prefix and
+ * *ret_next the lsn that follows its last intact record. */
 static int replay_segment(ps_pushlog *log, size_t si, uint64_t covered, ps_pushlog_replay_fn fn,
-                          void *ctx, size_t *ret_valid, char *err, size_t errlen) {
+                          void *ctx, size_t *ret_valid, uint64_t *ret_next, char *err,
+                          size_t errlen) {
     char path[PS_PATH_MAX + 32];
     seg_path(log, log->segs[si].first_lsn, path, sizeof(path));
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -211,6 +213,7 @@ static int replay_segment(ps_pushlog *log, size_t si, uint64_t covered, ps_pushl
     }
     free(data);
     *ret_valid = off;
+    *ret_next = expect;
     if (off != n && si + 1 != log->nsegs) {
         snprintf(err, errlen, "%s: corrupt record at offset %zu in a segment that is not the last; "
                               "refusing to skip acknowledged pushes",
@@ -271,11 +274,29 @@ int ps_pushlog_open(const char *dir, ps_fsync_policy fsync, uint64_t covered_lsn
         snprintf(err, errlen, "%s: %s", dir, ps_strerror(r));
         goto fail;
     }
+    /* Every lsn after covered_lsn must lie in some segment. A segment that
+     * starts past the lsn after the previous one's last record (or, for the
+     * first, past covered_lsn + 1) means a segment went missing: replaying
+     * around the hole would silently lose acknowledged pushes. */
+    uint64_t next = covered_lsn + 1;
     for (size_t i = 0; i < log->nsegs; i++) {
         size_t valid = 0;
-        r = replay_segment(log, i, covered_lsn, replay, ctx, &valid, err, errlen);
+        uint64_t seg_next = 0;
+        if (log->segs[i].first_lsn > next) {
+            char path[PS_PATH_MAX + 32];
+            seg_path(log, log->segs[i].first_lsn, path, sizeof(path));
+            snprintf(err, errlen,
+                     "%s: lsns %" PRIu64 "..%" PRIu64 " are in no segment (one is missing); "
+                     "refusing to skip acknowledged pushes",
+                     path, next, log->segs[i].first_lsn - 1);
+            r = PS_ESTORE;
+            goto fail;
+        }
+        r = replay_segment(log, i, covered_lsn, replay, ctx, &valid, &seg_next, err, errlen);
         if (r < 0)
             goto fail;
+        if (seg_next > next)
+            next = seg_next;
         if (i + 1 == log->nsegs) {
             char path[PS_PATH_MAX + 32];
             seg_path(log, log->segs[i].first_lsn, path, sizeof(path));
@@ -327,7 +348,7 @@ static int reserve(ps_pushlog *log, size_t more) {
 }
 
 int ps_pushlog_reserve(ps_pushlog *log, size_t len) {
-    if (8 + len > MAX_RECORD)
+    if (len > MAX_RECORD - 8) /* not 8 + len: that wraps for a huge len */
         return PS_ELIMIT;
     return reserve(log, REC_HEADER + 8 + len);
 }

@@ -37,6 +37,7 @@
 
 #define ROW_PERSISTED 0x1        /* RocksDB holds a version of this row */
 #define ROW_REF 0x2              /* CLOCK reference bit */
+#define ROW_FREE 0x4             /* slot holds no row (given back by a failed request) */
 
 #define EMPTY UINT32_MAX
 
@@ -77,7 +78,7 @@ struct ps_table {
 
     size_t row_size;
     char *slab;
-    uint64_t capacity, used;
+    uint64_t capacity, used, nfree;
     uint64_t hand;
 
     uint64_t *ikeys;
@@ -258,13 +259,19 @@ static void mark_dirty(ps_table *t, row *r) {
 /* A free slot: a never-used one, else a CLOCK victim. Returns EMPTY when
  * every row is dirty or pinned by the current request. */
 static uint32_t take_slot(ps_table *t) {
-    if (t->used < t->capacity)
+    if (t->used < t->capacity) {
+        slot_row(t, (uint32_t)t->used)->flags = 0;
         return (uint32_t)t->used++;
+    }
     for (uint64_t scanned = 0; scanned < 2 * t->capacity; scanned++) {
         uint32_t s = (uint32_t)t->hand;
         t->hand = t->hand + 1 == t->capacity ? 0 : t->hand + 1;
         row *r = slot_row(t, s);
-        if (is_dirty(t, r) || r->op == t->op)
+        if (r->op == t->op)
+            continue;
+        if (r->flags & ROW_FREE)
+            return s;
+        if (is_dirty(t, r))
             continue;
         if (r->flags & ROW_REF) {
             r->flags &= (uint16_t)~ROW_REF;
@@ -277,7 +284,9 @@ static uint32_t take_slot(ps_table *t) {
     return EMPTY;
 }
 
-static row *new_row(ps_table *t, uint64_t key, uint16_t bucket, char *err, size_t errlen) {
+/* Take a slot and hold it, empty, for the current request: it is pinned
+ * and marked free, so neither a later take nor a flush touches it. */
+static uint32_t acquire_slot(ps_table *t, char *err, size_t errlen) {
     uint32_t s = take_slot(t);
     if (s == EMPTY && t->make_room && t->make_room(t->make_room_ctx) == 0)
         s = take_slot(t);
@@ -286,9 +295,21 @@ static row *new_row(ps_table *t, uint64_t key, uint16_t bucket, char *err, size_
                  "table %s: memory tier (%llu rows) is full of rows this request uses or that "
                  "await write-back; raise memory_mb or send fewer keys per request",
                  t->cfg->name, (unsigned long long)t->capacity);
-        return NULL;
+        return EMPTY;
     }
     row *r = slot_row(t, s);
+    if (!(r->flags & ROW_FREE))
+        t->nfree++;
+    r->flags = ROW_FREE;
+    r->gen = 0;
+    r->op = t->op;
+    return s;
+}
+
+/* Put key's row into a slot from acquire_slot(). */
+static row *place_row(ps_table *t, uint32_t s, uint64_t key, uint16_t bucket) {
+    row *r = slot_row(t, s);
+    t->nfree--;
     r->key = key;
     r->gen = 0;
     r->op = t->op;
@@ -298,6 +319,11 @@ static row *new_row(ps_table *t, uint64_t key, uint16_t bucket, char *err, size_
     r->flags = ROW_REF;
     index_insert(t, key, s);
     return r;
+}
+
+static row *new_row(ps_table *t, uint64_t key, uint16_t bucket, char *err, size_t errlen) {
+    uint32_t s = acquire_slot(t, err, errlen);
+    return s == EMPTY ? NULL : place_row(t, s, key, bucket);
 }
 
 static int cmp_miss(const void *a, const void *b) {
@@ -399,6 +425,7 @@ static int resolve(ps_table *t, const uint64_t *keys, size_t n, const uint8_t *m
 
     /* Sorted, de-duplicated keys for one MultiGet. */
     qsort(t->misses, nmiss, sizeof(miss), cmp_miss);
+    uint32_t *slots = NULL;
     miss *uniq = malloc(nmiss * sizeof(miss));
     row **found = calloc(nmiss, sizeof(row *));
     size_t *slot_of = malloc(nmiss * sizeof(size_t));
@@ -426,16 +453,29 @@ static int resolve(ps_table *t, const uint64_t *keys, size_t n, const uint8_t *m
         r = lc.err;
     if (r < 0)
         goto out;
-    for (size_t u = 0; u < nuniq && create; u++) {
+    /* Take every slot the new rows need before creating any: if the tier
+     * cannot hold them all, the request fails with nothing created (and no
+     * row of it written back by a make_room flush in between). */
+    size_t ncreate = 0;
+    for (size_t u = 0; u < nuniq && create; u++)
+        ncreate += !found[u];
+    if (ncreate && !(slots = malloc(ncreate * sizeof(*slots)))) {
+        r = -ENOMEM;
+        goto out;
+    }
+    for (size_t k = 0; k < ncreate; k++) {
+        slots[k] = acquire_slot(t, err, errlen);
+        if (slots[k] == EMPTY) {
+            r = PS_ELIMIT; /* the slots taken so far stay free */
+            goto out;
+        }
+    }
+    for (size_t u = 0, k = 0; u < nuniq && create; u++) {
         if (found[u])
             continue;
         uint64_t key = ps_store_key_fid(uniq[u].skey.b);
         uint16_t bucket = (uint16_t)((uniq[u].skey.b[0] << 8) | uniq[u].skey.b[1]);
-        row *rw = new_row(t, key, bucket, err, errlen);
-        if (!rw) {
-            r = PS_ELIMIT;
-            goto out;
-        }
+        row *rw = place_row(t, slots[k++], key, bucket);
         init_row(t, rw);
         mark_dirty(t, rw);
         t->new_rows++;
@@ -447,6 +487,7 @@ out:
     free(uniq);
     free(found);
     free(slot_of);
+    free(slots);
     return r;
 }
 
@@ -653,7 +694,7 @@ uint64_t ps_table_persisted_rows(const ps_table *t) { return t->persisted_rows; 
 void ps_table_stats_get(const ps_table *t, ps_table_stats *ret) {
     *ret = t->st;
     ret->rows = t->persisted_rows + t->new_rows;
-    ret->rows_in_memory = t->used; /* evicted slots are reused at once */
+    ret->rows_in_memory = t->used - t->nfree; /* evicted slots are reused at once */
     ret->capacity = t->capacity;
     /* Rows awaiting write-back, including those of a batch in flight: a scan,
      * but only when stats are asked for. */

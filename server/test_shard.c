@@ -1,1 +1,693 @@
+/* Tests for one shard (server/shard.h): its tables over RocksDB, the push
+ * log, write-back and exactly-once sequencing, on a temporary directory.
+ *
+ * What a user depends on: a push retried with the same (client, seq) is
+ * answered "already applied" and not applied twice, also across a restart;
+ * with durability = sync, kill -9 after the commit loses no acknowledged
+ * push and applies none twice, whether or not a write-back happened in
+ * between (the crash is a child process that _exit()s without closing); a
+ * clean close keeps everything, in either durability mode; and a data
+ * directory is never opened by the wrong shard or with a changed table
+ * layout. */
+
 #include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <math.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "error.h"
+#include "keys.h"
+#include "optim.h"
+#include "shard.h"
+#include "table.h"
+
+/* ---- fixtures ------------------------------------------------------------------ */
+
+static char root[PS_PATH_MAX];
+static char datadir[PS_PATH_MAX + 16];
+
+static void setup(void) {
+    const char *base = getenv("TMPDIR");
+    snprintf(root, sizeof(root), "%s/ctrps-test-shard-XXXXXX", base && *base ? base : "/tmp");
+    cr_assert_not_null(mkdtemp(root), "mkdtemp: %s", strerror(errno));
+    snprintf(datadir, sizeof(datadir), "%s/shard0", root);
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+static void teardown(void) { nftw(root, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
+
+TestSuite(shard, .init = setup, .fini = teardown, .timeout = 60);
+
+typedef struct cfg_opts {
+    const char *durability;      /* "sync" or "interval=MS" */
+    unsigned emb_memory_rows;
+    unsigned emb_dim;
+    const char *emb_optimizer;
+    unsigned buckets;
+    unsigned flush_dirty_rows;
+    bool extra_table;
+} cfg_opts;
+
+static ps_config *load_config(cfg_opts o) {
+    static int nconf;
+    char path[PS_PATH_MAX + 32];
+    snprintf(path, sizeof(path), "%s/c%d.ini", root, nconf++);
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fprintf(f,
+            "[cluster]\n"
+            "shards = 127.0.0.1:7101, 127.0.0.1:7102\n"
+            "buckets = %u\n"
+            "[server]\n"
+            "durability = %s\n"
+            "fsync = no\n"
+            "flush_interval_ms = 3600000\n"
+            "flush_dirty_rows = %u\n"
+            "[table.emb]\n"
+            "dim = %u\n"
+            "optimizer = %s\n"
+            "init = normal\n"
+            "init_std = 0.1\n"
+            "memory_rows = %u\n"
+            "slots = C1, C2\n"
+            "[table.wide]\n"
+            "dim = 1\n"
+            "optimizer = adagrad\n"
+            "memory_rows = 64\n"
+            "slots = I1\n",
+            o.buckets ? o.buckets : 64, o.durability ? o.durability : "sync",
+            o.flush_dirty_rows ? o.flush_dirty_rows : 1000000, o.emb_dim ? o.emb_dim : 4,
+            o.emb_optimizer ? o.emb_optimizer : "ftrl", o.emb_memory_rows ? o.emb_memory_rows : 1024);
+    if (o.extra_table)
+        fprintf(f, "[table.extra]\ndim = 2\nslots = X1\n");
+    fclose(f);
+    char err[512] = "";
+    ps_config *cfg = NULL;
+    cr_assert_eq(ps_config_load(path, NULL, &cfg, err, sizeof(err)), 0, "%s", err);
+    return cfg;
+}
+
+static ps_shard *open_shard(const ps_config *cfg, uint32_t id) {
+    ps_shard_options so = {.shard_id = id, .data_dir = datadir};
+    char err[512] = "";
+    ps_shard *s = NULL;
+    int r = ps_shard_open(cfg, &so, &s, err, sizeof(err));
+    cr_assert_eq(r, 0, "ps_shard_open: %d %s", r, err);
+    return s;
+}
+
+/* ---- a deterministic workload and its expected state --------------------------- */
+
+#define NEMB 48
+#define NWIDE 16
+#define DIM 4
+
+static uint64_t emb_key[NEMB], wide_key[NWIDE];
+
+/* Keys this shard (0 of 2) owns under 64 buckets. */
+static void make_keys(void) {
+    size_t ne = 0, nw = 0;
+    for (uint32_t i = 0; ne < NEMB || nw < NWIDE; i++) {
+        char v[16];
+        int len = snprintf(v, sizeof(v), "v%u", i);
+        if (ne < NEMB) {
+            uint64_t k = ps_fid(ps_slot_id("C1"), v, (size_t)len);
+            if (ps_key_owner(k, 64, 2) == 0)
+                emb_key[ne++] = k;
+        }
+        if (nw < NWIDE) {
+            uint64_t k = ps_fid(ps_slot_id("I1"), v, (size_t)len);
+            if (ps_key_owner(k, 64, 2) == 0)
+                wide_key[nw++] = k;
+        }
+    }
+}
+
+typedef struct push_spec {
+    bool wide;
+    size_t n;
+    size_t idx[5];
+    uint64_t keys[5];
+    float grads[5 * DIM];
+    uint64_t client, seq;
+} push_spec;
+
+/* Push i of the workload: emb or wide, 1..5 keys (sometimes repeated),
+ * clients 1..3 with increasing seqs. `spread` picks keys from a wider range
+ * so a small memory tier must evict. */
+static push_spec spec_of(uint32_t i) {
+    push_spec p;
+    memset(&p, 0, sizeof(p));
+    p.wide = i % 3 == 2;
+    p.n = 1 + i % 5;
+    size_t universe = p.wide ? NWIDE : NEMB;
+    uint32_t dim = p.wide ? 1 : DIM;
+    for (size_t j = 0; j < p.n; j++) {
+        p.idx[j] = (i * 7 + j * 13 + (j == 3 ? 0 : j)) % universe;
+        if (j == 4)
+            p.idx[j] = p.idx[0]; /* a key twice in one push */
+        p.keys[j] = p.wide ? wide_key[p.idx[j]] : emb_key[p.idx[j]];
+        for (uint32_t d = 0; d < dim; d++)
+            p.grads[j * dim + d] = (float)((int)((i * 5 + j * 3 + d) % 11) - 5) / 4.0f;
+    }
+    p.client = 1 + i % 3;
+    p.seq = i / 3 + 1;
+    return p;
+}
+
+typedef struct model {
+    const ps_table_config *emb_cfg, *wide_cfg;
+    float emb[NEMB][3 * DIM];
+    float wide[NWIDE][2];
+    bool emb_made[NEMB], wide_made[NWIDE];
+    uint64_t client_seq[4];
+} model;
+
+static void model_init(model *m, const ps_config *cfg) {
+    memset(m, 0, sizeof(*m));
+    m->emb_cfg = ps_config_table(cfg, "emb");
+    m->wide_cfg = ps_config_table(cfg, "wide");
+}
+
+static void model_apply(model *m, const push_spec *p) {
+    for (size_t j = 0; j < p->n; j++) {
+        const ps_table_config *tc = p->wide ? m->wide_cfg : m->emb_cfg;
+        float *state = p->wide ? m->wide[p->idx[j]] : m->emb[p->idx[j]];
+        bool *made = p->wide ? &m->wide_made[p->idx[j]] : &m->emb_made[p->idx[j]];
+        if (!*made) {
+            float w[DIM];
+            ps_optim_init_weights(tc, p->keys[j], w);
+            ps_optim_init_row(&tc->opt, tc->dim, w, state);
+            *made = true;
+        }
+        ps_optim_apply(&tc->opt, tc->dim, state, p->grads + j * tc->dim);
+    }
+    m->client_seq[p->client] = p->seq;
+}
+
+/* Failures in a forked child cannot use Criterion's asserts: exit with a
+ * code the parent reports. */
+static void child_check(bool ok, int code, const char *fmt, ...) {
+    if (ok)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    _exit(code);
+}
+
+static int do_push(ps_shard *s, const push_spec *p, ps_push_result *res, char *err, size_t errlen) {
+    ps_table *t = ps_shard_table(s, p->wide ? "wide" : "emb");
+    return ps_shard_push(s, t, p->keys, p->n, p->grads, p->client, p->seq, res, err, errlen);
+}
+
+/* Run pushes [from, to) against s, committing after each; usable in a child. */
+static void run_pushes(ps_shard *s, uint32_t from, uint32_t to, model *m, bool in_child) {
+    for (uint32_t i = from; i < to; i++) {
+        push_spec p = spec_of(i);
+        ps_push_result res;
+        char err[512] = "";
+        int r = do_push(s, &p, &res, err, sizeof(err));
+        if (in_child) {
+            child_check(r == 0, 10, "push %u: %d %s", i, r, err);
+            child_check(res.applied == p.n && !res.already_applied, 11, "push %u not applied", i);
+            child_check(ps_shard_commit(s) == 0, 12, "commit after push %u", i);
+        } else {
+            cr_assert_eq(r, 0, "push %u: %d %s", i, r, err);
+            cr_assert_eq(res.applied, p.n);
+            cr_assert(!res.already_applied);
+            cr_assert_eq(ps_shard_commit(s), 0);
+        }
+        if (m)
+            model_apply(m, &p);
+    }
+}
+
+/* The shard's rows equal the model's, bit for bit, and no other row of
+ * the key universe exists. */
+static void expect_model(ps_shard *s, const model *m) {
+    ps_table *emb = ps_shard_table(s, "emb"), *wide = ps_shard_table(s, "wide");
+    cr_assert_not_null(emb);
+    cr_assert_not_null(wide);
+    char err[512] = "";
+    for (size_t i = 0; i < NEMB; i++) {
+        uint8_t found;
+        float w[DIM], state[3 * DIM];
+        cr_assert_eq(ps_table_lookup(emb, &emb_key[i], 1, &found, w, state, err, sizeof(err)), 0,
+                     "%s", err);
+        cr_assert_eq(found, m->emb_made[i], "emb key %zu: found %d", i, found);
+        if (found)
+            cr_assert(!memcmp(state, m->emb[i], sizeof(state)), "emb key %zu: state differs", i);
+    }
+    for (size_t i = 0; i < NWIDE; i++) {
+        uint8_t found;
+        float w[1], state[2];
+        cr_assert_eq(ps_table_lookup(wide, &wide_key[i], 1, &found, w, state, err, sizeof(err)), 0,
+                     "%s", err);
+        cr_assert_eq(found, m->wide_made[i], "wide key %zu", i);
+        if (found)
+            cr_assert(!memcmp(state, m->wide[i], sizeof(state)), "wide key %zu: state differs", i);
+    }
+    for (uint64_t c = 1; c <= 3; c++)
+        cr_assert_eq(ps_shard_client_seq(s, c), m->client_seq[c], "client %llu",
+                     (unsigned long long)c);
+}
+
+static ps_shard_counters counters(const ps_shard *s) {
+    ps_shard_counters c;
+    ps_shard_counters_get(s, &c);
+    return c;
+}
+
+/* Fork; the child runs fn(arg) and must _exit. Returns the child's exit
+ * status, asserting it was 0. */
+static void in_crashing_child(void (*fn)(void *), void *arg) {
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0, "fork: %s", strerror(errno));
+    if (pid == 0) {
+        fn(arg);
+        _exit(99); /* fn must _exit itself: that is the crash */
+    }
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status), "child died of signal %d", WTERMSIG(status));
+    cr_assert_eq(WEXITSTATUS(status), 0, "child failed with code %d (see stderr)",
+                 WEXITSTATUS(status));
+}
+
+/* ---- exactly-once ------------------------------------------------------------------- */
+
+Test(shard, repeated_seq_is_already_applied_and_not_applied_again) {
+    make_keys();
+    ps_config *cfg = load_config((cfg_opts){0});
+    ps_shard *s = open_shard(cfg, 0);
+    model m;
+    model_init(&m, cfg);
+
+    push_spec p = spec_of(0); /* emb, client 1, seq 1 */
+    cr_assert_eq(p.client, 1);
+    cr_assert_eq(p.seq, 1);
+    ps_push_result res;
+    char err[512] = "";
+    cr_assert_eq(do_push(s, &p, &res, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(res.applied, p.n);
+    cr_assert(!res.already_applied);
+    cr_assert_eq(ps_shard_commit(s), 0);
+    model_apply(&m, &p);
+
+    /* The same seq again (a retry after a lost reply), even with other
+     * gradients: answered, not applied. Also an older seq. */
+    push_spec retry = p;
+    for (size_t i = 0; i < retry.n * DIM; i++)
+        retry.grads[i] = 100.0f;
+    for (uint64_t seq = 0; seq <= 1; seq++) {
+        retry.seq = seq;
+        memset(&res, 0xff, sizeof(res));
+        cr_assert_eq(do_push(s, &retry, &res, err, sizeof(err)), 0, "%s", err);
+        cr_assert(res.already_applied, "seq %llu", (unsigned long long)seq);
+        cr_assert_eq(res.applied, 0);
+        cr_assert_eq(res.dropped_nonfinite, 0);
+    }
+    expect_model(s, &m);
+    cr_assert_eq(counters(s).pushes_already_applied, 2);
+
+    /* Gaps are fine; going back below the newest is not. */
+    push_spec later = spec_of(0);
+    later.seq = 5;
+    cr_assert_eq(do_push(s, &later, &res, err, sizeof(err)), 0);
+    cr_assert(!res.already_applied);
+    model_apply(&m, &later);
+    later.seq = 4;
+    cr_assert_eq(do_push(s, &later, &res, err, sizeof(err)), 0);
+    cr_assert(res.already_applied);
+    cr_assert_eq(ps_shard_client_seq(s, 1), 5);
+
+    /* Clients are independent; client 0 is never sequenced. */
+    push_spec other = spec_of(1); /* client 2, seq 1 */
+    cr_assert_eq(do_push(s, &other, &res, err, sizeof(err)), 0);
+    cr_assert(!res.already_applied);
+    model_apply(&m, &other);
+    push_spec anon = spec_of(2);
+    anon.client = 0;
+    anon.seq = 1;
+    for (int k = 0; k < 2; k++) {
+        cr_assert_eq(do_push(s, &anon, &res, err, sizeof(err)), 0);
+        cr_assert(!res.already_applied, "client 0 must not be de-duplicated");
+        model_apply(&m, &anon);
+    }
+    m.client_seq[0] = 0;
+    cr_assert_eq(ps_shard_commit(s), 0);
+    expect_model(s, &m);
+    cr_assert_eq(ps_shard_client_seq(s, 0), 0);
+    cr_assert_eq(ps_shard_client_seq(s, 12345), 0, "an unknown client has seq 0");
+
+    cr_assert_eq(ps_shard_close(s), 0);
+    ps_config_free(cfg);
+}
+
+Test(shard, nonfinite_rows_are_counted_not_applied) {
+    make_keys();
+    ps_config *cfg = load_config((cfg_opts){0});
+    ps_shard *s = open_shard(cfg, 0);
+    model m;
+    model_init(&m, cfg);
+    push_spec p = spec_of(3); /* emb, 4 keys */
+    cr_assert_eq(p.n, 4);
+    p.grads[1 * DIM + 2] = NAN;
+    ps_push_result res;
+    char err[512] = "";
+    cr_assert_eq(do_push(s, &p, &res, err, sizeof(err)), 0);
+    cr_assert_eq(res.applied, 3);
+    cr_assert_eq(res.dropped_nonfinite, 1);
+    cr_assert_eq(ps_shard_commit(s), 0);
+    /* Key 1 of this push appears only there: its row must not exist. */
+    cr_assert(p.idx[1] != p.idx[0] && p.idx[1] != p.idx[2] && p.idx[1] != p.idx[3]);
+    ps_table *emb = ps_shard_table(s, "emb");
+    uint8_t found = 1;
+    float w[DIM];
+    cr_assert_eq(ps_table_lookup(emb, &p.keys[1], 1, &found, w, NULL, err, sizeof(err)), 0);
+    cr_assert_eq(found, 0);
+    cr_assert_eq(ps_shard_close(s), 0);
+    s = open_shard(cfg, 0);
+    emb = ps_shard_table(s, "emb");
+    cr_assert_eq(ps_table_lookup(emb, &p.keys[1], 1, &found, w, NULL, err, sizeof(err)), 0);
+    cr_assert_eq(found, 0, "created by the restart");
+    cr_assert_eq(ps_shard_close(s), 0);
+    ps_config_free(cfg);
+}
+
+/* ---- crash recovery ----------------------------------------------------------------- */
+
+typedef struct crash_args {
+    const ps_config *cfg;
+    uint32_t npush;
+    uint32_t flush_after;        /* 0: no write-back before the crash */
+    bool tick_flush;             /* write back through tick/notify, not flush_sync */
+    bool expect_make_room;
+} crash_args;
+
+static int notify_pipe[2];
+
+static void on_notify(void *ctx) {
+    (void)ctx;
+    char c = 1;
+    ssize_t w = write(notify_pipe[1], &c, 1);
+    (void)w;
+}
+
+static uint64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void crash_child(void *arg) {
+    crash_args *a = arg;
+    ps_shard_options so = {.shard_id = 0, .data_dir = datadir, .notify = on_notify};
+    char err[512] = "";
+    ps_shard *s = NULL;
+    int r = ps_shard_open(a->cfg, &so, &s, err, sizeof(err));
+    child_check(r == 0, 2, "open: %s", err);
+    for (uint32_t i = 0; i < a->npush; i++) {
+        run_pushes(s, i, i + 1, NULL, true);
+        if (a->flush_after && i + 1 == a->flush_after) {
+            if (a->tick_flush) {
+                /* The daemon's path: tick starts a write-back, the thread
+                 * notifies, the next tick finishes it. */
+                ps_shard_tick(s, now_ms() + 3600 * 1000);
+                struct pollfd pfd = {.fd = notify_pipe[0], .events = POLLIN};
+                child_check(poll(&pfd, 1, 30000) == 1, 3, "write-back never notified");
+                char c;
+                child_check(read(notify_pipe[0], &c, 1) == 1, 3, "read notify");
+                ps_shard_tick(s, now_ms() + 3600 * 1000);
+                ps_shard_counters c2;
+                ps_shard_counters_get(s, &c2);
+                child_check(c2.flushes == 1, 4, "tick did not complete a write-back (%llu)",
+                            (unsigned long long)c2.flushes);
+            } else {
+                child_check(ps_shard_flush_sync(s, err, sizeof(err)) == 0, 5, "flush: %s", err);
+            }
+        }
+    }
+    ps_shard_counters c;
+    ps_shard_counters_get(s, &c);
+    child_check(!a->expect_make_room || c.make_room_flushes > 0, 6,
+                "the memory tier never filled: the test proves nothing");
+    child_check(c.pushlog_bytes > 0, 7, "sync durability logged nothing");
+    _exit(0); /* kill -9, as far as the files can tell: no close, no flush */
+}
+
+static void crash_and_recover(cfg_opts o, uint32_t npush, uint32_t flush_after, bool tick_flush,
+                              bool expect_make_room) {
+    make_keys();
+    cr_assert_eq(pipe(notify_pipe), 0);
+    ps_config *cfg = load_config(o);
+    crash_args a = {cfg, npush, flush_after, tick_flush, expect_make_room};
+    in_crashing_child(crash_child, &a);
+
+    model m;
+    model_init(&m, cfg);
+    for (uint32_t i = 0; i < npush; i++) {
+        push_spec p = spec_of(i);
+        model_apply(&m, &p);
+    }
+    ps_shard *s = open_shard(cfg, 0);
+    ps_shard_counters c = counters(s);
+    if (flush_after && !expect_make_room)
+        cr_assert_eq(c.replayed_records, npush - flush_after,
+                     "records covered by the write-back must not be replayed");
+    else if (!expect_make_room)
+        cr_assert_eq(c.replayed_records, npush);
+    expect_model(s, &m);
+
+    /* A client retrying its last push after the restart is told it was
+     * applied. */
+    push_spec last = spec_of(npush - 1);
+    ps_push_result res;
+    char err[512] = "";
+    cr_assert_eq(do_push(s, &last, &res, err, sizeof(err)), 0, "%s", err);
+    cr_assert(res.already_applied, "the retried push would be applied twice");
+
+    /* And the recovered shard keeps working and survives another restart. */
+    run_pushes(s, npush, npush + 6, &m, false);
+    cr_assert_eq(ps_shard_close(s), 0);
+    s = open_shard(cfg, 0);
+    expect_model(s, &m);
+    cr_assert_eq(counters(s).replayed_records, 0, "a clean close leaves nothing to replay");
+    cr_assert_eq(ps_shard_close(s), 0);
+    ps_config_free(cfg);
+    close(notify_pipe[0]);
+    close(notify_pipe[1]);
+}
+
+Test(shard, crash_replays_every_committed_push) {
+    crash_and_recover((cfg_opts){0}, 30, 0, false, false);
+}
+
+Test(shard, crash_after_a_write_back_replays_only_the_rest) {
+    crash_and_recover((cfg_opts){0}, 30, 12, false, false);
+}
+
+Test(shard, crash_after_a_tick_write_back_replays_only_the_rest) {
+    crash_and_recover((cfg_opts){.flush_dirty_rows = 1}, 30, 17, true, false);
+}
+
+Test(shard, crash_with_a_full_memory_tier) {
+    /* 16 rows of memory for 48 keys: pushes force synchronous write-backs
+     * (make_room) before the crash, and replay forces more. */
+    crash_and_recover((cfg_opts){.emb_memory_rows = 16}, 90, 0, false, true);
+}
+
+/* ---- clean restarts --------------------------------------------------------------------- */
+
+Test(shard, clean_close_and_reopen_keeps_state) {
+    make_keys();
+    ps_config *cfg = load_config((cfg_opts){0});
+    ps_shard *s = open_shard(cfg, 0);
+    cr_assert_eq(ps_shard_id(s), 0);
+    cr_assert_eq(ps_shard_config(s), cfg);
+    cr_assert_eq(ps_shard_ntables(s), 2);
+    cr_assert_not_null(ps_shard_table(s, "wide"));
+    cr_assert_null(ps_shard_table(s, "nope"));
+    cr_assert_eq(ps_shard_table_at(s, 0), ps_shard_table(s, "emb"));
+    model m;
+    model_init(&m, cfg);
+    run_pushes(s, 0, 25, &m, false);
+    cr_assert_gt(counters(s).pushlog_bytes, 0);
+    cr_assert_eq(ps_shard_close(s), 0);
+
+    s = open_shard(cfg, 0);
+    expect_model(s, &m);
+    cr_assert_eq(counters(s).replayed_records, 0);
+    ps_table_stats st;
+    ps_table_stats_get(ps_shard_table(s, "emb"), &st);
+    size_t made = 0;
+    for (size_t i = 0; i < NEMB; i++)
+        made += m.emb_made[i];
+    cr_assert_eq(st.rows, made, "row count survives the restart");
+    cr_assert_eq(ps_shard_close(s), 0);
+    ps_config_free(cfg);
+}
+
+Test(shard, interval_durability_keeps_state_across_a_clean_restart) {
+    make_keys();
+    ps_config *cfg = load_config((cfg_opts){.durability = "interval=100"});
+    cr_assert_eq(cfg->server.durability, PS_DURABILITY_INTERVAL);
+    ps_shard *s = open_shard(cfg, 0);
+    model m;
+    model_init(&m, cfg);
+    run_pushes(s, 0, 25, &m, false);
+    cr_assert_eq(counters(s).pushlog_bytes, 0, "interval durability keeps no push log");
+    cr_assert_eq(ps_shard_close(s), 0);
+    s = open_shard(cfg, 0);
+    expect_model(s, &m);
+    /* Retried pushes are still recognised. */
+    push_spec last = spec_of(24);
+    ps_push_result res;
+    char err[512] = "";
+    cr_assert_eq(do_push(s, &last, &res, err, sizeof(err)), 0);
+    cr_assert(res.already_applied);
+    cr_assert_eq(ps_shard_close(s), 0);
+    ps_config_free(cfg);
+}
+
+static void interval_crash_child(void *arg) {
+    const ps_config *cfg = arg;
+    ps_shard_options so = {.shard_id = 0, .data_dir = datadir};
+    char err[512] = "";
+    ps_shard *s = NULL;
+    child_check(ps_shard_open(cfg, &so, &s, err, sizeof(err)) == 0, 2, "open: %s", err);
+    run_pushes(s, 0, 20, NULL, true);
+    child_check(ps_shard_flush_sync(s, err, sizeof(err)) == 0, 3, "flush: %s", err);
+    run_pushes(s, 20, 30, NULL, true);
+    _exit(0);
+}
+
+Test(shard, interval_durability_crash_keeps_what_was_written_back) {
+    make_keys();
+    ps_config *cfg = load_config((cfg_opts){.durability = "interval=100"});
+    in_crashing_child(interval_crash_child, cfg);
+    model m;
+    model_init(&m, cfg);
+    for (uint32_t i = 0; i < 20; i++) {
+        push_spec p = spec_of(i);
+        model_apply(&m, &p);
+    }
+    ps_shard *s = open_shard(cfg, 0);
+    /* Pushes 20..29 may be lost (no log); rows only they touched are not
+     * checked. Every row pushes 0..19 reached must hold at least their
+     * state: compare the rows that 20..29 did not touch. */
+    bool touched_emb[NEMB] = {0}, touched_wide[NWIDE] = {0};
+    for (uint32_t i = 20; i < 30; i++) {
+        push_spec p = spec_of(i);
+        for (size_t j = 0; j < p.n; j++)
+            (p.wide ? touched_wide : touched_emb)[p.idx[j]] = true;
+    }
+    char err[512] = "";
+    size_t checked = 0;
+    for (size_t i = 0; i < NEMB; i++) {
+        if (touched_emb[i] || !m.emb_made[i])
+            continue;
+        uint8_t found;
+        float w[DIM], state[3 * DIM];
+        cr_assert_eq(ps_table_lookup(ps_shard_table(s, "emb"), &emb_key[i], 1, &found, w, state,
+                                     err, sizeof(err)),
+                     0);
+        cr_assert_eq(found, 1, "emb key %zu written back, then lost", i);
+        cr_assert(!memcmp(state, m.emb[i], sizeof(state)), "emb key %zu", i);
+        checked++;
+    }
+    cr_assert_gt(checked, 5, "the workload left too few rows to check");
+    cr_assert_geq(ps_shard_client_seq(s, 1), m.client_seq[1]);
+    cr_assert_eq(ps_shard_close(s), 0);
+    ps_config_free(cfg);
+}
+
+/* ---- identity and schema checks -------------------------------------------------------- */
+
+static void expect_open_fails(const ps_config *cfg, uint32_t id, const char *needle1,
+                              const char *needle2) {
+    ps_shard_options so = {.shard_id = id, .data_dir = datadir};
+    char err[512] = "";
+    ps_shard *s = (ps_shard *)0x1;
+    int r = ps_shard_open(cfg, &so, &s, err, sizeof(err));
+    cr_assert_eq(r, PS_ECONFIG, "open succeeded or failed otherwise (%d): %s", r, err);
+    cr_assert_eq(s, (ps_shard *)0x1, "*ret_shard written on failure");
+    cr_assert(strstr(err, needle1), "'%s' lacks '%s'", err, needle1);
+    if (needle2)
+        cr_assert(strstr(err, needle2), "'%s' lacks '%s'", err, needle2);
+}
+
+Test(shard, another_shard_or_a_changed_layout_cannot_open_the_data) {
+    make_keys();
+    ps_config *cfg = load_config((cfg_opts){0});
+    ps_shard *s = open_shard(cfg, 0);
+    model m;
+    model_init(&m, cfg);
+    run_pushes(s, 0, 10, &m, false);
+    cr_assert_eq(ps_shard_close(s), 0);
+
+    expect_open_fails(cfg, 1, "shard=0", "shard=1");
+
+    ps_config *dim8 = load_config((cfg_opts){.emb_dim = 8});
+    expect_open_fails(dim8, 0, "emb", "dim=8");
+    ps_config_free(dim8);
+
+    ps_config *gl = load_config((cfg_opts){.emb_optimizer = "ftrl_group_lasso"});
+    expect_open_fails(gl, 0, "emb", "ftrl_group_lasso");
+    ps_config_free(gl);
+
+    ps_config *b128 = load_config((cfg_opts){.buckets = 128});
+    expect_open_fails(b128, 0, "buckets=64", "buckets=128");
+    ps_config_free(b128);
+
+    /* None of the refusals damaged anything, or left the store locked. */
+    s = open_shard(cfg, 0);
+    expect_model(s, &m);
+    cr_assert_eq(ps_shard_close(s), 0);
+
+    /* Adding a table is allowed and keeps the others' rows. */
+    ps_config *more = load_config((cfg_opts){.extra_table = true});
+    s = open_shard(more, 0);
+    cr_assert_eq(ps_shard_ntables(s), 3);
+    model m2 = m;
+    m2.emb_cfg = ps_config_table(more, "emb");
+    m2.wide_cfg = ps_config_table(more, "wide");
+    expect_model(s, &m2);
+    cr_assert_eq(ps_shard_close(s), 0);
+    ps_config_free(more);
+    ps_config_free(cfg);
+}
+
+Test(shard, owns_all) {
+    make_keys();
+    ps_config *cfg = load_config((cfg_opts){0});
+    ps_shard *s = open_shard(cfg, 0);
+    cr_assert(ps_shard_owns_all(s, emb_key, NEMB));
+    cr_assert(ps_shard_owns_all(s, NULL, 0));
+    uint64_t foreign = 0;
+    for (uint64_t k = 1; !foreign; k++)
+        if (ps_key_owner(k, 64, 2) == 1)
+            foreign = k;
+    uint64_t mixed[3] = {emb_key[0], foreign, emb_key[1]};
+    cr_assert_not(ps_shard_owns_all(s, mixed, 3));
+    cr_assert_eq(ps_shard_close(s), 0);
+    ps_config_free(cfg);
+}

@@ -1,1 +1,794 @@
+/* Tests for one table's memory tier in front of its RocksDB column family
+ * (server/table.h), against a real store in a temporary directory.
+ *
+ * What a user depends on: Pull gives a new row its deterministic initial
+ * weights and Lookup never creates one; Push applies exactly one optimizer
+ * step per occurrence of a key, in order, skipping non-finite gradients
+ * without creating rows for them; a bounded memory tier loses nothing,
+ * whatever the eviction and write-back order (every row reads back bit for
+ * bit through RocksDB); a dirty row is never dropped, so a request that
+ * cannot get room fails whole; export walks rows in store order with the
+ * freshest state; and the stats add up. */
+
 #include <criterion/criterion.h>
+#include <criterion/parameterized.h>
+#include <errno.h>
+#include <ftw.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "error.h"
+#include "keys.h"
+#include "optim.h"
+#include "store.h"
+#include "table.h"
+
+/* ---- fixtures ------------------------------------------------------------------ */
+
+static char dir[PS_PATH_MAX];
+static ps_store *store;
+static const char *const cf_names[] = {"t.test"};
+
+static void open_store(void) {
+    char err[512] = "";
+    int r = ps_store_open(dir, cf_names, 1, NULL, &store, err, sizeof(err));
+    cr_assert_eq(r, 0, "ps_store_open: %s", err);
+}
+
+static void setup(void) {
+    const char *base = getenv("TMPDIR");
+    snprintf(dir, sizeof(dir), "%s/ctrps-test-table-XXXXXX", base && *base ? base : "/tmp");
+    cr_assert_not_null(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+    open_store();
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+static void teardown(void) {
+    ps_store_close(store);
+    store = NULL;
+    nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+TestSuite(table, .init = setup, .fini = teardown);
+
+#define NBUCKETS 64
+#define MAXW (3 * 16)            /* widest state in these tests */
+
+static ps_table_config table_cfg(ps_optimizer_kind kind, uint32_t dim, ps_init_kind init) {
+    ps_table_config c;
+    memset(&c, 0, sizeof(c));
+    snprintf(c.name, sizeof(c.name), "test");
+    c.dim = dim;
+    c.opt.kind = kind;
+    c.opt.alpha = 0.05;
+    c.opt.beta = 1.0;
+    c.opt.lambda1 = 0.01;
+    c.opt.lambda2 = 0.001;
+    c.opt.lambda21 = kind == PS_OPT_FTRL_GROUP_LASSO ? 0.02 : 0;
+    c.opt.lr = 0.05;
+    c.opt.initial_accumulator_value = 0.1;
+    c.opt.eps = 1e-8;
+    c.opt.accum_max = INFINITY;
+    c.init = init;
+    c.init_std = 0.1;
+    c.seed = 1234;
+    return c;
+}
+
+static ps_table *new_table(const ps_table_config *cfg, uint64_t capacity, uint64_t persisted) {
+    ps_table *t = NULL;
+    cr_assert_eq(ps_table_new(cfg, NBUCKETS, capacity, store, 0, persisted, &t), 0);
+    return t;
+}
+
+/* The state a row gets from the init rule, as the optimizer defines it. */
+static void init_state(const ps_table_config *cfg, uint64_t key, float *state) {
+    float w[16];
+    ps_optim_init_weights(cfg, key, w);
+    ps_optim_init_row(&cfg->opt, cfg->dim, w, state);
+}
+
+/* A deterministic gradient for (key, step). */
+static void grad_of(uint32_t dim, uint64_t key, uint32_t step, float *g) {
+    for (uint32_t j = 0; j < dim; j++)
+        g[j] = (float)(((key * 31 + step * 7 + j * 3) % 17) - 8) / 8.0f;
+}
+
+/* Write back every dirty row, as the shard does: collect, write, commit. */
+static size_t flush(ps_table *t) {
+    ps_store_batch *b = ps_store_batch_new();
+    uint32_t gen;
+    size_t n = ps_table_collect(t, b, &gen);
+    cr_assert_eq(ps_store_batch_count(b), n);
+    char err[512] = "";
+    cr_assert_eq(ps_store_write(store, b, err, sizeof(err)), 0, "%s", err);
+    ps_table_committed(t, gen);
+    ps_store_batch_free(b);
+    return n;
+}
+
+static void lookup_state(ps_table *t, uint64_t key, uint8_t *found, float *w, float *state) {
+    char err[512] = "";
+    int r = ps_table_lookup(t, &key, 1, found, w, state, err, sizeof(err));
+    cr_assert_eq(r, 0, "lookup: %s", err);
+}
+
+static void expect_state(ps_table *t, uint64_t key, const float *want) {
+    uint8_t found = 0;
+    float w[16], state[MAXW];
+    lookup_state(t, key, &found, w, state);
+    uint32_t width = ps_table_state_width(t);
+    cr_assert_eq(found, 1, "key %llu not found", (unsigned long long)key);
+    cr_assert(!memcmp(state, want, width * sizeof(float)), "key %llu: state differs",
+              (unsigned long long)key);
+    cr_assert(!memcmp(w, want, ps_table_dim(t) * sizeof(float)), "key %llu: weights differ",
+              (unsigned long long)key);
+}
+
+static ps_table_stats stats(const ps_table *t) {
+    ps_table_stats s;
+    ps_table_stats_get(t, &s);
+    return s;
+}
+
+/* ---- pull / lookup ------------------------------------------------------------------ */
+
+Test(table, pull_creates_rows_from_the_init_rule) {
+    ps_table_config cfg = table_cfg(PS_OPT_FTRL, 8, PS_INIT_NORMAL);
+    ps_table *t = new_table(&cfg, 1024, 0);
+    uint64_t keys[50];
+    for (size_t i = 0; i < 50; i++)
+        keys[i] = ps_fid(3, (const char *)&i, sizeof(i));
+    float values[50 * 8];
+    char err[512] = "";
+    cr_assert_eq(ps_table_pull(t, keys, 50, values, err, sizeof(err)), 0, "%s", err);
+    int nonzero = 0;
+    for (size_t i = 0; i < 50; i++) {
+        float w[8], state[24];
+        ps_optim_init_weights(&cfg, keys[i], w);
+        cr_assert(!memcmp(values + i * 8, w, sizeof(w)), "row %zu: not ps_optim_init_weights", i);
+        nonzero += w[0] != 0;
+        init_state(&cfg, keys[i], state);
+        expect_state(t, keys[i], state);
+    }
+    cr_assert_gt(nonzero, 40, "normal init gave zeros: the test would prove nothing");
+
+    /* A second pull returns the same rows and creates none. */
+    float again[50 * 8];
+    cr_assert_eq(ps_table_pull(t, keys, 50, again, err, sizeof(err)), 0);
+    cr_assert(!memcmp(values, again, sizeof(values)));
+    ps_table_stats s = stats(t);
+    cr_assert_eq(s.rows, 50);
+    cr_assert_eq(s.rows_in_memory, 50);
+    cr_assert_eq(s.dirty_rows, 50, "new rows await write-back");
+    cr_assert_eq(s.pulled_rows, 100);
+    cr_assert_eq(ps_table_dirty_count(t), 50);
+    ps_table_free(t);
+}
+
+Test(table, zero_init_pulls_zeros) {
+    ps_table_config cfg = table_cfg(PS_OPT_ADAGRAD, 4, PS_INIT_ZERO);
+    ps_table *t = new_table(&cfg, 64, 0);
+    uint64_t keys[3] = {1, 2, UINT64_MAX};
+    float values[12];
+    memset(values, 0x7f, sizeof(values));
+    char err[512] = "";
+    cr_assert_eq(ps_table_pull(t, keys, 3, values, err, sizeof(err)), 0, "%s", err);
+    for (size_t i = 0; i < 12; i++)
+        cr_assert(values[i] == 0 && !signbit(values[i]), "value %zu is %g", i, values[i]);
+    float state[8];
+    init_state(&cfg, 2, state);
+    cr_assert_eq(state[4], 0.1f, "acc starts at initial_accumulator_value");
+    expect_state(t, 2, state);
+    ps_table_free(t);
+}
+
+Test(table, lookup_never_creates) {
+    ps_table_config cfg = table_cfg(PS_OPT_FTRL, 4, PS_INIT_NORMAL);
+    ps_table *t = new_table(&cfg, 64, 0);
+    uint64_t keys[10];
+    for (size_t i = 0; i < 10; i++)
+        keys[i] = 1000 + i;
+    uint8_t found[10];
+    float w[40], state[120];
+    memset(found, 0xee, sizeof(found));
+    memset(w, 0x7f, sizeof(w));
+    memset(state, 0x7f, sizeof(state));
+    char err[512] = "";
+    cr_assert_eq(ps_table_lookup(t, keys, 10, found, w, state, err, sizeof(err)), 0, "%s", err);
+    for (size_t i = 0; i < 10; i++)
+        cr_assert_eq(found[i], 0);
+    for (size_t i = 0; i < 40; i++)
+        cr_assert_eq(w[i], 0.0f, "missing rows read as zeros");
+    for (size_t i = 0; i < 120; i++)
+        cr_assert_eq(state[i], 0.0f);
+    ps_table_stats s = stats(t);
+    cr_assert_eq(s.rows, 0);
+    cr_assert_eq(s.rows_in_memory, 0);
+    cr_assert_eq(s.dirty_rows, 0);
+    cr_assert_eq(s.looked_up_rows, 10);
+
+    /* Pull every other key; lookup finds exactly those, with their weights. */
+    uint64_t pulled[5];
+    for (size_t i = 0; i < 5; i++)
+        pulled[i] = keys[2 * i];
+    float pw[20];
+    cr_assert_eq(ps_table_pull(t, pulled, 5, pw, err, sizeof(err)), 0);
+    cr_assert_eq(ps_table_lookup(t, keys, 10, found, w, NULL, err, sizeof(err)), 0,
+                 "ret_state may be NULL");
+    for (size_t i = 0; i < 10; i++) {
+        cr_assert_eq(found[i], i % 2 == 0, "key %zu", i);
+        if (i % 2 == 0)
+            cr_assert(!memcmp(w + i * 4, pw + (i / 2) * 4, 4 * sizeof(float)));
+        else
+            for (size_t j = 0; j < 4; j++)
+                cr_assert_eq(w[i * 4 + j], 0.0f);
+    }
+    cr_assert_eq(stats(t).rows, 5);
+
+    /* Still true once the rows live only in RocksDB. */
+    flush(t);
+    ps_table_free(t);
+    t = new_table(&cfg, 64, 5);
+    cr_assert_eq(ps_table_lookup(t, keys, 10, found, w, NULL, err, sizeof(err)), 0);
+    for (size_t i = 0; i < 10; i++)
+        cr_assert_eq(found[i], i % 2 == 0, "key %zu after reload", i);
+    cr_assert_eq(stats(t).rows, 5);
+    cr_assert_eq(stats(t).dirty_rows, 0, "lookup dirtied nothing");
+    ps_table_free(t);
+}
+
+/* ---- push ------------------------------------------------------------------------------ */
+
+typedef struct optim_case {
+    ps_optimizer_kind kind;
+    bool rowwise;
+    ps_init_kind init;
+} optim_case;
+
+ParameterizedTestParameters(table, push_is_one_step_per_occurrence) {
+    static optim_case cases[] = {
+        {PS_OPT_FTRL, false, PS_INIT_NORMAL},
+        {PS_OPT_FTRL, false, PS_INIT_ZERO},
+        {PS_OPT_FTRL_GROUP_LASSO, false, PS_INIT_NORMAL},
+        {PS_OPT_ADAGRAD, false, PS_INIT_NORMAL},
+        {PS_OPT_ADAGRAD, true, PS_INIT_ZERO},
+    };
+    return cr_make_param_array(optim_case, cases, sizeof(cases) / sizeof(cases[0]));
+}
+
+ParameterizedTest(optim_case *c, table, push_is_one_step_per_occurrence) {
+    ps_table_config cfg = table_cfg(c->kind, 8, c->init);
+    cfg.opt.rowwise = c->rowwise;
+    ps_table *t = new_table(&cfg, 256, 0);
+    uint32_t width = ps_table_state_width(t);
+    cr_assert_eq(width, ps_optim_state_width(&cfg.opt, 8));
+
+    /* Keys 1..6; key 1 is pulled first (so it exists), the others are
+     * created by the push. Key 2 appears three times, key 3 twice. */
+    float w[8];
+    char err[512] = "";
+    uint64_t one = 1;
+    cr_assert_eq(ps_table_pull(t, &one, 1, w, err, sizeof(err)), 0);
+
+    float model[7][MAXW];
+    for (uint64_t k = 1; k <= 6; k++)
+        init_state(&cfg, k, model[k]);
+
+    for (uint32_t round = 0; round < 3; round++) {
+        const uint64_t keys[] = {2, 1, 3, 2, 4, 2, 3, 5 + (round % 2)};
+        const size_t n = sizeof(keys) / sizeof(keys[0]);
+        float grads[8 * 8];
+        for (size_t i = 0; i < n; i++) {
+            grad_of(8, keys[i], (uint32_t)(round * 10 + i), grads + i * 8);
+            cr_assert_eq(ps_optim_apply(&cfg.opt, 8, model[keys[i]], grads + i * 8), 0);
+        }
+        uint32_t applied = 99, dropped = 99;
+        cr_assert_eq(ps_table_push(t, keys, n, grads, &applied, &dropped, err, sizeof(err)), 0,
+                     "%s", err);
+        cr_assert_eq(applied, n);
+        cr_assert_eq(dropped, 0);
+        for (uint64_t k = 1; k <= 6; k++) {
+            if (k == 6 && round == 0)
+                continue;
+            expect_state(t, k, model[k]);
+        }
+        /* The same must hold after a write-back and reload from RocksDB. */
+        if (round == 1) {
+            flush(t);
+            uint64_t persisted = ps_table_persisted_rows(t);
+            ps_table_free(t);
+            t = new_table(&cfg, 256, persisted);
+        }
+    }
+    ps_table_stats s = stats(t);
+    cr_assert_eq(s.rows, 6);
+    ps_table_free(t);
+}
+
+Test(table, nonfinite_rows_are_dropped_and_not_created) {
+    ps_table_config cfg = table_cfg(PS_OPT_FTRL, 4, PS_INIT_NORMAL);
+    ps_table *t = new_table(&cfg, 64, 0);
+    char err[512] = "";
+    float w[4];
+    uint64_t existing = 7;
+    cr_assert_eq(ps_table_pull(t, &existing, 1, w, err, sizeof(err)), 0);
+
+    float model_a[12], model_7[12], before_7[12];
+    init_state(&cfg, 10, model_a);
+    init_state(&cfg, 7, model_7);
+    memcpy(before_7, model_7, sizeof(before_7));
+
+    /* a: finite; b: NaN; c: +Inf in its last element; 7: -Inf (exists);
+     * a again: NaN in one occurrence, finite in another. */
+    const uint64_t keys[] = {10, 11, 12, 7, 10, 10};
+    float grads[6 * 4];
+    for (size_t i = 0; i < 6; i++)
+        grad_of(4, keys[i], (uint32_t)i, grads + i * 4);
+    grads[1 * 4 + 0] = NAN;
+    grads[2 * 4 + 3] = INFINITY;
+    grads[3 * 4 + 1] = -INFINITY;
+    grads[4 * 4 + 2] = NAN;
+    ps_optim_apply(&cfg.opt, 4, model_a, grads + 0 * 4);
+    ps_optim_apply(&cfg.opt, 4, model_a, grads + 5 * 4);
+
+    uint32_t applied = 0, dropped = 0;
+    cr_assert_eq(ps_table_push(t, keys, 6, grads, &applied, &dropped, err, sizeof(err)), 0, "%s",
+                 err);
+    cr_assert_eq(applied, 2);
+    cr_assert_eq(dropped, 4);
+    expect_state(t, 10, model_a);
+    expect_state(t, 7, before_7);
+    uint8_t found;
+    float state[12];
+    lookup_state(t, 11, &found, w, state);
+    cr_assert_eq(found, 0, "a row whose only gradient was NaN must not be created");
+    lookup_state(t, 12, &found, w, state);
+    cr_assert_eq(found, 0);
+    ps_table_stats s = stats(t);
+    cr_assert_eq(s.rows, 2);
+    cr_assert_eq(s.dropped_nonfinite, 4);
+    cr_assert_eq(s.pushed_rows, 2);
+    ps_table_free(t);
+}
+
+/* ---- bounded memory -------------------------------------------------------------------- */
+
+Test(table, small_tier_round_trips_many_rows_through_rocksdb) {
+    ps_table_config cfg = table_cfg(PS_OPT_FTRL, 4, PS_INIT_NORMAL);
+    ps_table *t = new_table(&cfg, 16, 0);
+    cr_assert_eq(stats(t).capacity, 16);
+    enum { NKEYS = 1000, BATCH = 8 };
+    static float model[NKEYS][12];
+    static uint32_t steps[NKEYS];
+    static bool created[NKEYS];
+    uint64_t key_of[NKEYS];
+    for (size_t i = 0; i < NKEYS; i++)
+        key_of[i] = ps_fid((uint16_t)(i % 5), (const char *)&i, sizeof(i));
+
+    char err[512] = "";
+    size_t next_new = 0;
+    uint64_t rng = 88172645463325252ull;
+    for (int req = 0; next_new < NKEYS; req++) {
+        /* Half new keys, half keys seen before (most of them evicted by
+         * now, so they come back from RocksDB). */
+        uint64_t keys[BATCH];
+        size_t idx[BATCH];
+        for (size_t b = 0; b < BATCH; b++) {
+            size_t i;
+            if (b % 2 == 0 || next_new == 0) {
+                i = next_new < NKEYS ? next_new++ : 0;
+            } else {
+                rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+                i = rng % next_new;
+            }
+            idx[b] = i;
+            keys[b] = key_of[i];
+        }
+        if (req % 3 == 0) {
+            /* A pull first: creates the new rows (or loads old ones). */
+            float w[BATCH * 4];
+            cr_assert_eq(ps_table_pull(t, keys, BATCH, w, err, sizeof(err)), 0, "req %d: %s", req,
+                         err);
+            for (size_t b = 0; b < BATCH; b++) {
+                size_t i = idx[b];
+                if (!created[i]) {
+                    init_state(&cfg, key_of[i], model[i]);
+                    created[i] = true;
+                }
+                cr_assert(!memcmp(w + b * 4, model[i], 4 * sizeof(float)),
+                          "req %d: pulled weights of key %zu differ", req, i);
+            }
+        }
+        float grads[BATCH * 4];
+        for (size_t b = 0; b < BATCH; b++) {
+            size_t i = idx[b];
+            if (!created[i]) {
+                init_state(&cfg, key_of[i], model[i]);
+                created[i] = true;
+            }
+            grad_of(4, key_of[i], steps[i]++, grads + b * 4);
+            ps_optim_apply(&cfg.opt, 4, model[i], grads + b * 4);
+        }
+        uint32_t applied, dropped;
+        cr_assert_eq(ps_table_push(t, keys, BATCH, grads, &applied, &dropped, err, sizeof(err)), 0,
+                     "req %d: %s", req, err);
+        cr_assert_eq(applied, BATCH);
+        ps_table_stats s = stats(t);
+        cr_assert_leq(s.rows_in_memory, 16);
+        cr_assert_eq(s.dirty_rows, ps_table_dirty_count(t));
+        /* Write back after every request: a request's rows are at most 8
+         * and all dirty, so 16 slots always hold them. */
+        flush(t);
+        cr_assert_eq(stats(t).dirty_rows, 0);
+    }
+    ps_table_stats s = stats(t);
+    cr_assert_eq(s.rows, NKEYS);
+    cr_assert_eq(ps_table_persisted_rows(t), NKEYS);
+    cr_assert_gt(s.evictions, NKEYS - 16);
+    cr_assert_gt(s.memory_misses, NKEYS);
+
+    /* Every row reads back exactly, 16 at a time (a request pins its rows,
+     * so it may touch at most `capacity` rows not in memory). */
+    for (size_t i = 0; i < NKEYS; i += 16) {
+        uint64_t keys[16];
+        uint8_t found[16];
+        float w[16 * 4], state[16 * 12];
+        size_t n = NKEYS - i < 16 ? NKEYS - i : 16;
+        memcpy(keys, key_of + i, n * sizeof(uint64_t));
+        cr_assert_eq(ps_table_lookup(t, keys, n, found, w, state, err, sizeof(err)), 0, "%s", err);
+        for (size_t k = 0; k < n; k++) {
+            cr_assert_eq(found[k], 1, "key %zu lost", i + k);
+            cr_assert(!memcmp(state + k * 12, model[i + k], sizeof(model[0])),
+                      "key %zu: state differs after eviction", i + k);
+        }
+    }
+    /* And from a fresh table over the same store (a restart). */
+    ps_table_free(t);
+    t = new_table(&cfg, 16, NKEYS);
+    for (size_t i = 0; i < NKEYS; i += 97)
+        expect_state(t, key_of[i], model[i]);
+    cr_assert_eq(stats(t).rows, NKEYS);
+    ps_table_free(t);
+}
+
+/* Fill a capacity-16 table with 16 dirty rows (keys 1..16). */
+static ps_table *full_of_dirty_rows(const ps_table_config *cfg) {
+    ps_table *t = new_table(cfg, 16, 0);
+    uint64_t keys[16];
+    float grads[16 * 4];
+    for (size_t i = 0; i < 16; i++) {
+        keys[i] = i + 1;
+        grad_of(4, keys[i], 0, grads + i * 4);
+    }
+    uint32_t applied, dropped;
+    char err[512] = "";
+    cr_assert_eq(ps_table_push(t, keys, 16, grads, &applied, &dropped, err, sizeof(err)), 0, "%s",
+                 err);
+    cr_assert_eq(stats(t).dirty_rows, 16);
+    return t;
+}
+
+/* Snapshot of everything a client can observe of keys 1..40. */
+typedef struct observed {
+    uint8_t found[40];
+    float state[40 * 12];
+    ps_table_stats s;
+} observed;
+
+static void observe(ps_table *t, observed *o) {
+    memset(o, 0, sizeof(*o));
+    /* Lookups of rows in memory, or absent from memory and store, need no
+     * free slot: safe on a full tier. */
+    for (size_t i = 0; i < 40; i++) {
+        float w[4];
+        char err[512] = "";
+        uint64_t key = i + 1;
+        int r = ps_table_lookup(t, &key, 1, &o->found[i], w, o->state + i * 12, err, sizeof(err));
+        cr_assert_eq(r, 0, "lookup of key %zu failed (rows left pinned or dirty?): %s", i + 1, err);
+    }
+    ps_table_stats_get(t, &o->s);
+    o->s.looked_up_rows = 0; /* the observation itself */
+}
+
+static void expect_unchanged(const observed *a, const observed *b) {
+    cr_assert(!memcmp(a->found, b->found, sizeof(a->found)), "the failed request created rows");
+    cr_assert(!memcmp(a->state, b->state, sizeof(a->state)), "the failed request changed rows");
+    cr_assert_eq(a->s.rows, b->s.rows);
+    cr_assert_eq(a->s.dirty_rows, b->s.dirty_rows);
+    cr_assert_eq(a->s.rows_in_memory, b->s.rows_in_memory);
+}
+
+Test(table, dirty_rows_are_never_evicted) {
+    ps_table_config cfg = table_cfg(PS_OPT_FTRL, 4, PS_INIT_ZERO);
+    ps_table *t = full_of_dirty_rows(&cfg);
+    observed before, after;
+    observe(t, &before);
+
+    char err[512] = "";
+    uint64_t key = 100;
+    float w[4], g[4] = {1, 1, 1, 1};
+    uint32_t applied = 0, dropped = 0;
+    cr_assert_eq(ps_table_pull(t, &key, 1, w, err, sizeof(err)), PS_ELIMIT);
+    cr_assert(strstr(err, "test"), "'%s' should name the table", err);
+    err[0] = '\0';
+    cr_assert_eq(ps_table_push(t, &key, 1, g, &applied, &dropped, err, sizeof(err)), PS_ELIMIT);
+    cr_assert_neq(err[0], '\0', "an error without a message");
+    observe(t, &after);
+    expect_unchanged(&before, &after);
+
+    /* A push to rows already in memory needs no room and still works. */
+    uint64_t k3 = 3;
+    cr_assert_eq(ps_table_push(t, &k3, 1, g, &applied, &dropped, err, sizeof(err)), 0, "%s", err);
+
+    /* Once written back, they can go. */
+    flush(t);
+    cr_assert_eq(ps_table_pull(t, &key, 1, w, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(stats(t).rows, 17);
+    ps_table_free(t);
+}
+
+/* Regression: resolve() used to create rows one by one and return PS_ELIMIT
+ * at the first slot it could not get, leaving the rows it had already
+ * created (dirty, init state, visible to Lookup, written back by the next
+ * flush). A request now takes every slot it needs before creating a row. */
+Test(table, failed_push_changes_nothing_when_some_rows_fit) {
+    /* 10 dirty rows, 6 clean ones: a push of 10 new keys gets 6 slots and
+     * then fails. The rows it created for the first 6 must not survive the
+     * failure (the push is all-or-nothing). */
+    ps_table_config cfg = table_cfg(PS_OPT_FTRL, 4, PS_INIT_ZERO);
+    ps_table *t = full_of_dirty_rows(&cfg);
+    flush(t);
+    uint64_t dirty_keys[10];
+    float g[10 * 4];
+    for (size_t i = 0; i < 10; i++) {
+        dirty_keys[i] = i + 1;
+        grad_of(4, i + 1, 1, g + i * 4);
+    }
+    uint32_t applied, dropped;
+    char err[512] = "";
+    cr_assert_eq(ps_table_push(t, dirty_keys, 10, g, &applied, &dropped, err, sizeof(err)), 0);
+    observed before, after;
+    observe(t, &before);
+
+    uint64_t fresh[10];
+    for (size_t i = 0; i < 10; i++)
+        fresh[i] = 21 + i;
+    cr_assert_eq(ps_table_push(t, fresh, 10, g, &applied, &dropped, err, sizeof(err)), PS_ELIMIT);
+    observe(t, &after);
+    expect_unchanged(&before, &after);
+    ps_table_free(t);
+}
+
+Test(table, request_larger_than_the_tier_fails_and_changes_nothing) {
+    /* Same bug: 16 of the 17 new rows are created before the 17th fails. */
+    ps_table_config cfg = table_cfg(PS_OPT_FTRL, 4, PS_INIT_ZERO);
+    ps_table *t = new_table(&cfg, 16, 0);
+    observed before, after;
+    observe(t, &before);
+    uint64_t keys[17];
+    float w[17 * 4];
+    for (size_t i = 0; i < 17; i++)
+        keys[i] = i + 1;
+    char err[512] = "";
+    cr_assert_eq(ps_table_pull(t, keys, 17, w, err, sizeof(err)), PS_ELIMIT);
+    observe(t, &after);
+    expect_unchanged(&before, &after);
+    ps_table_free(t);
+}
+
+/* make_room callback: write back everything, as the shard does. */
+typedef struct room_ctx {
+    ps_table *t;
+    int calls;
+    int fail;
+} room_ctx;
+
+static int make_room(void *ctx) {
+    room_ctx *rc = ctx;
+    rc->calls++;
+    if (rc->fail)
+        return PS_ESTORE;
+    flush(rc->t);
+    return 0;
+}
+
+Test(table, make_room_flushes_so_requests_proceed) {
+    ps_table_config cfg = table_cfg(PS_OPT_FTRL, 4, PS_INIT_ZERO);
+    ps_table *t = full_of_dirty_rows(&cfg);
+    room_ctx rc = {.t = t};
+    ps_table_set_make_room(t, make_room, &rc);
+
+    float model[12];
+    init_state(&cfg, 100, model);
+    float g[4] = {0.5f, -0.5f, 0.25f, 1};
+    ps_optim_apply(&cfg.opt, 4, model, g);
+    uint64_t key = 100;
+    uint32_t applied, dropped;
+    char err[512] = "";
+    cr_assert_eq(ps_table_push(t, &key, 1, g, &applied, &dropped, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(rc.calls, 1);
+    cr_assert_eq(applied, 1);
+    expect_state(t, 100, model);
+    cr_assert_eq(stats(t).rows, 17);
+
+    /* The flushed rows read back from RocksDB (one of them was evicted). */
+    for (uint64_t k = 1; k <= 16; k++) {
+        float st[12];
+        float gk[4];
+        init_state(&cfg, k, st);
+        grad_of(4, k, 0, gk);
+        ps_optim_apply(&cfg.opt, 4, st, gk);
+        expect_state(t, k, st);
+    }
+
+    /* A make_room that cannot flush leaves the request failing cleanly. */
+    ps_table_free(t);
+    t = full_of_dirty_rows(&cfg);
+    rc = (room_ctx){.t = t, .fail = 1};
+    ps_table_set_make_room(t, make_room, &rc);
+    observed before, after;
+    observe(t, &before);
+    cr_assert_eq(ps_table_push(t, &key, 1, g, &applied, &dropped, err, sizeof(err)), PS_ELIMIT);
+    cr_assert_geq(rc.calls, 1);
+    observe(t, &after);
+    expect_unchanged(&before, &after);
+    ps_table_free(t);
+}
+
+/* ---- export ---------------------------------------------------------------------------- */
+
+typedef struct exported {
+    size_t n;
+    uint64_t keys[256];
+    float state[256][12];
+} exported;
+
+static void on_row(void *ctx, uint64_t key, const float *state) {
+    exported *e = ctx;
+    cr_assert_lt(e->n, 256);
+    e->keys[e->n] = key;
+    memcpy(e->state[e->n], state, sizeof(e->state[0]));
+    e->n++;
+}
+
+static int store_order(uint64_t a, uint64_t b) {
+    ps_store_key ka, kb;
+    ps_store_key_encode((uint16_t)ps_bucket(a, NBUCKETS), a, &ka);
+    ps_store_key_encode((uint16_t)ps_bucket(b, NBUCKETS), b, &kb);
+    return memcmp(ka.b, kb.b, PS_STORE_KEY_LEN);
+}
+
+Test(table, export_walks_store_order_with_memory_overriding) {
+    ps_table_config cfg = table_cfg(PS_OPT_FTRL, 4, PS_INIT_NORMAL);
+    ps_table *t = new_table(&cfg, 256, 0);
+    enum { N = 60 };
+    uint64_t keys[N];
+    float grads[N * 4];
+    for (size_t i = 0; i < N; i++) {
+        keys[i] = ps_fid(1, (const char *)&i, sizeof(i));
+        grad_of(4, keys[i], 0, grads + i * 4);
+    }
+    uint32_t applied, dropped;
+    char err[512] = "";
+    cr_assert_eq(ps_table_push(t, keys, N, grads, &applied, &dropped, err, sizeof(err)), 0);
+    flush(t);
+    /* Change the first 10 rows again without writing them back, and create
+     * one row that only memory holds. */
+    cr_assert_eq(ps_table_push(t, keys, 10, grads, &applied, &dropped, err, sizeof(err)), 0);
+    uint64_t mem_only = 424242;
+    float w[4];
+    cr_assert_eq(ps_table_pull(t, &mem_only, 1, w, err, sizeof(err)), 0);
+
+    exported all = {0};
+    ps_store_key last;
+    size_t count = 0;
+    bool done = false;
+    cr_assert_eq(ps_table_export(t, NULL, 1000, on_row, &all, &last, &count, &done), 0);
+    cr_assert_eq(count, N);
+    cr_assert_eq(all.n, N);
+    cr_assert(done);
+    for (size_t i = 1; i < N; i++)
+        cr_assert_lt(store_order(all.keys[i - 1], all.keys[i]), 0, "rows %zu, %zu out of order", i - 1,
+                     i);
+    for (size_t i = 0; i < N; i++) {
+        cr_assert_neq(all.keys[i], mem_only, "rows only in memory are not exported before a flush");
+        size_t k = 0;
+        while (keys[k] != all.keys[i])
+            k++;
+        float model[12];
+        init_state(&cfg, keys[k], model);
+        ps_optim_apply(&cfg.opt, 4, model, grads + k * 4);
+        if (k < 10)
+            ps_optim_apply(&cfg.opt, 4, model, grads + k * 4);
+        cr_assert(!memcmp(all.state[i], model, sizeof(model)),
+                  "exported key %zu is not its current state%s", k,
+                  k < 10 ? " (the stored copy instead of memory's?)" : "");
+    }
+
+    /* Paging with `after` yields the same rows, each once. */
+    exported paged = {0};
+    const ps_store_key *after = NULL;
+    ps_store_key cursor;
+    int pages = 0;
+    do {
+        cr_assert_eq(ps_table_export(t, after, 7, on_row, &paged, &cursor, &count, &done), 0);
+        cr_assert_leq(count, 7);
+        after = &cursor;
+        pages++;
+        cr_assert_lt(pages, 100);
+    } while (!done);
+    cr_assert_eq(paged.n, N);
+    cr_assert(!memcmp(paged.keys, all.keys, sizeof(uint64_t) * N));
+    cr_assert(!memcmp(paged.state, all.state, sizeof(float) * 12 * N));
+
+    /* After a flush the memory-only row is exported too. */
+    flush(t);
+    exported again = {0};
+    cr_assert_eq(ps_table_export(t, NULL, 1000, on_row, &again, &last, &count, &done), 0);
+    cr_assert_eq(again.n, N + 1);
+    ps_table_free(t);
+}
+
+/* ---- write-back bookkeeping ---------------------------------------------------------------- */
+
+Test(table, collect_and_committed_track_dirty_rows) {
+    ps_table_config cfg = table_cfg(PS_OPT_ADAGRAD, 4, PS_INIT_ZERO);
+    ps_table *t = new_table(&cfg, 64, 5);
+    cr_assert_eq(stats(t).rows, 5, "rows the store already holds count");
+    uint64_t keys[3] = {1, 2, 3};
+    float g[12] = {1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4};
+    uint32_t applied, dropped;
+    char err[512] = "";
+    cr_assert_eq(ps_table_push(t, keys, 3, g, &applied, &dropped, err, sizeof(err)), 0);
+    cr_assert_eq(ps_table_dirty_count(t), 3);
+    cr_assert_eq(stats(t).rows, 8);
+
+    ps_store_batch *b = ps_store_batch_new();
+    uint32_t gen1;
+    cr_assert_eq(ps_table_collect(t, b, &gen1), 3);
+    cr_assert_eq(ps_table_dirty_count(t), 0, "collected rows leave the dirty list");
+    cr_assert_eq(stats(t).dirty_rows, 3, "...but stay dirty until committed");
+    cr_assert_eq(ps_table_persisted_rows(t), 8);
+
+    /* A row changed while its batch is in flight is collected again. */
+    cr_assert_eq(ps_table_push(t, keys, 1, g, &applied, &dropped, err, sizeof(err)), 0);
+    ps_store_batch *b2 = ps_store_batch_new();
+    uint32_t gen2;
+    cr_assert_eq(ps_table_collect(t, b2, &gen2), 1);
+    cr_assert_gt(gen2, gen1);
+    cr_assert_eq(ps_store_write(store, b, err, sizeof(err)), 0);
+    ps_table_committed(t, gen1);
+    cr_assert_eq(stats(t).dirty_rows, 1, "key 1 awaits the second batch");
+    cr_assert_eq(ps_store_write(store, b2, err, sizeof(err)), 0);
+    ps_table_committed(t, gen2);
+    cr_assert_eq(stats(t).dirty_rows, 0);
+    ps_store_batch *b3 = ps_store_batch_new();
+    uint32_t gen3;
+    cr_assert_eq(ps_table_collect(t, b3, &gen3), 0);
+    cr_assert_eq(ps_store_batch_count(b3), 0);
+    ps_store_batch_free(b);
+    ps_store_batch_free(b2);
+    ps_store_batch_free(b3);
+    cr_assert_eq(stats(t).rows, 8, "rewriting a row does not count it twice");
+    ps_table_free(t);
+}
+
+Test(table, row_bytes_and_accessors) {
+    ps_table_config cfg = table_cfg(PS_OPT_FTRL, 16, PS_INIT_ZERO);
+    ps_table *t = new_table(&cfg, 100, 0);
+    cr_assert_eq(ps_table_dim(t), 16);
+    cr_assert_eq(ps_table_state_width(t), 48);
+    cr_assert_eq(ps_table_cf(t), 0);
+    cr_assert_eq(ps_table_config_of(t), &cfg);
+    cr_assert_geq(ps_table_row_bytes(&cfg), 48 * sizeof(float), "a row holds at least its state");
+    cr_assert_eq(stats(t).capacity, 100);
+    ps_table_free(t);
+}
