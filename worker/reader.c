@@ -35,6 +35,9 @@ struct ps_reader {
     uint64_t offset;             /* file offset of buf[start] */
     uint64_t lineno;             /* lines consumed in the current file */
     uint64_t lines;              /* lines consumed in total */
+    char *header;                /* a resumed file's header, returned first */
+    size_t header_len;
+    bool header_pending;
 };
 
 static bool is_glob(const char *s) { return strpbrk(s, "*?[") != NULL; }
@@ -185,6 +188,7 @@ void ps_reader_free(ps_reader *r) {
         free(r->files[i].path);
     free(r->files);
     free(r->buf);
+    free(r->header);
     free(r);
 }
 
@@ -262,8 +266,19 @@ static bool mine(const ps_reader *r) {
     return (r->lines - 1) % r->o.num_workers == r->o.worker_index;
 }
 
+/* With headers, line 1 of a file is everybody's and counts in no share. */
+static bool is_header(const ps_reader *r) { return r->o.headers && r->lineno == 1; }
+
 int ps_reader_next(ps_reader *r, const char **ret_line, size_t *ret_len, const char **ret_file,
                    uint64_t *ret_lineno, char *err, size_t errlen) {
+    if (r->header_pending) {
+        r->header_pending = false;
+        *ret_line = r->header;
+        *ret_len = r->header_len;
+        *ret_file = r->files[r->cur].path;
+        *ret_lineno = 1;
+        return 2;
+    }
     for (;;) {
         if (r->fd < 0) {
             if (r->cur >= r->nfiles) {
@@ -286,7 +301,10 @@ int ps_reader_next(ps_reader *r, const char **ret_line, size_t *ret_len, const c
             bool was_skipping = r->skipping;
             r->skipping = false;
             consume(r, len, 1);
-            if (!mine(r))
+            bool header = is_header(r);
+            if (header)
+                r->lines--;
+            else if (!mine(r))
                 continue;
             *ret_file = r->files[r->cur].path;
             *ret_lineno = r->lineno;
@@ -296,7 +314,7 @@ int ps_reader_next(ps_reader *r, const char **ret_line, size_t *ret_len, const c
                 len--;
             *ret_line = base;
             *ret_len = len;
-            return 1;
+            return header ? 2 : 1;
         }
         if (avail > r->o.max_line) {
             /* Overlong: drop what we have and keep dropping to the newline. */
@@ -347,7 +365,10 @@ int ps_reader_next(ps_reader *r, const char **ret_line, size_t *ret_len, const c
             r->skipping = false;
             base = r->buf + r->start;
             consume(r, avail, 0);
-            if (mine(r)) {
+            bool header = is_header(r);
+            if (header)
+                r->lines--;
+            if (header || mine(r)) {
                 *ret_file = r->files[r->cur].path;
                 *ret_lineno = r->lineno;
                 if (was_skipping)
@@ -357,7 +378,7 @@ int ps_reader_next(ps_reader *r, const char **ret_line, size_t *ret_len, const c
                     len--;
                 *ret_line = base;
                 *ret_len = len;
-                return 1;
+                return header ? 2 : 1;
             }
             continue;
         }
@@ -415,15 +436,31 @@ int ps_reader_seek(ps_reader *r, const ps_reader_pos *pos, char *err, size_t err
     int rc = open_current(r, pos->offset, err, errlen);
     if (rc < 0)
         return rc;
-    /* Line numbers in messages: count the newlines before the offset. */
+    /* Line numbers in messages: count the newlines before the offset; and a
+     * resumed CSV file's header is needed again. */
     r->lineno = 0;
     int fd = open(r->files[r->cur].path, O_RDONLY | O_CLOEXEC);
     if (fd >= 0) {
         uint64_t left = pos->offset;
+        bool first = true;
         while (left > 0) {
             ssize_t n = read(fd, r->buf, left < r->bufcap ? left : r->bufcap);
             if (n <= 0)
                 break;
+            if (first && r->o.headers) {
+                char *nl = memchr(r->buf, '\n', (size_t)n);
+                size_t hl = nl ? (size_t)(nl - r->buf) : (size_t)n;
+                if (hl && r->buf[hl - 1] == '\r')
+                    hl--;
+                free(r->header);
+                r->header = malloc(hl + 1);
+                if (r->header) {
+                    memcpy(r->header, r->buf, hl);
+                    r->header_len = hl;
+                    r->header_pending = true;
+                }
+            }
+            first = false;
             for (ssize_t i = 0; i < n; i++)
                 r->lineno += r->buf[i] == '\n';
             left -= (uint64_t)n;

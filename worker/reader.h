@@ -32,6 +32,7 @@ typedef struct ps_reader_options {
     uint32_t worker_index, num_workers;
     size_t max_line;             /* longer lines are reported, not returned; default 1 MiB */
     uint32_t poll_ms;            /* follow-mode polling interval; default 100 */
+    bool headers;                /* the first line of every file is a header (CSV) */
     const volatile sig_atomic_t *stop; /* may be NULL */
 } ps_reader_options;
 
@@ -48,10 +49,11 @@ void ps_reader_free(ps_reader *r);
 
 /* The next line of this worker's share, without its newline (and without a
  * '\r' before it). Returns 1 with the line (borrowed until the next call),
- * its file name and 1-based line number; 0 at the end of input (or on stop in
- * follow mode); PS_EPARSE for a line longer than max_line (skipped; the
- * location is filled, the line is not); another negative code on a read
- * error (err is filled). */
+ * its file name and 1-based line number; 2 for a file's header line (with
+ * `headers`: every worker gets every header, and headers are not counted in
+ * the shares); 0 at the end of input (or on stop in follow mode); PS_EPARSE
+ * for a line longer than max_line (skipped; the location is filled, the line
+ * is not); another negative code on a read error (err is filled). */
 int ps_reader_next(ps_reader *r, const char **ret_line, size_t *ret_len, const char **ret_file,
                    uint64_t *ret_lineno, char *err, size_t errlen);
 

@@ -199,3 +199,27 @@ Test(reader, follow_mode_waits_for_whole_lines_and_new_files) {
     cr_assert_str_eq(out, "one|two|three|four|");
     ps_reader_free(r);
 }
+
+Test(reader, headers_go_to_every_worker_and_count_in_no_share) {
+    write_file("a.csv", "h1,h2\n1,x\n2,y\n");
+    write_file("b.csv", "h1,h2\n3,z\n");
+    const char *in[] = {dir};
+    const char *want[] = {"H:h1,h2|1,x|H:h1,h2|3,z|", "H:h1,h2|2,y|H:h1,h2|"};
+    for (uint32_t w = 0; w < 2; w++) {
+        ps_reader_options o = {.inputs = in, .ninputs = 1, .worker_index = w, .num_workers = 2,
+                               .headers = true};
+        ps_reader *r;
+        char err[256], out[512] = "";
+        cr_assert_eq(ps_reader_new(&o, &r, err, sizeof(err)), 0);
+        const char *line, *file;
+        size_t len;
+        uint64_t lineno;
+        int rc;
+        while ((rc = ps_reader_next(r, &line, &len, &file, &lineno, err, sizeof(err))) > 0) {
+            size_t n = strlen(out);
+            snprintf(out + n, sizeof(out) - n, "%s%.*s|", rc == 2 ? "H:" : "", (int)len, line);
+        }
+        cr_assert_str_eq(out, want[w]);
+        ps_reader_free(r);
+    }
+}
