@@ -671,6 +671,8 @@ int ps_train_run(const ps_train_options *o, ps_train_result *ret, char *err, siz
     }
     if (r == 0)
         r = bound_inflight(&t, 0);
+    if (r == 0 && o->progress && ret->examples)
+        progress_line(&t, o->progress, ret->examples, now_s() - start, atomic_load(&p.malformed), &h);
     if (r < 0 && !err[0])
         snprintf(err, errlen, "%s", t.err[0] ? t.err : ps_strerror(r));
     pthread_mutex_lock(&q.mu);

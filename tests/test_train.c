@@ -1,0 +1,228 @@
+/* End to end: two shards and ctrps-worker, all real binaries on loopback,
+ * training on generated data. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+#define TABLES_LR                                                                                  \
+    "[table.wide]\n"                                                                               \
+    "dim = 1\n"                                                                                    \
+    "optimizer = ftrl\n"                                                                           \
+    "alpha = 0.05\n"                                                                               \
+    "beta = 0.001\n"                                                                               \
+    "lambda1 = 0.001\n"                                                                            \
+    "slots = I1, I2, I3, I4, I5, I6, I7, I8, I9, I10, I11, I12, I13\n"                             \
+    "slots = C1, C2, C3, C4, C5, C6, C7, C8, C9, C10, C11, C12, C13\n"                             \
+    "slots = C14, C15, C16, C17, C18, C19, C20, C21, C22, C23, C24, C25, C26\n"
+
+static const char *body_lr = "buckets = 256\n"
+                             "[input]\nformat = criteo\nintegers = bucketize\n"
+                             "[model]\ntype = lr\nbatch_size = 256\nmax_in_flight = 2\n"
+                             "[worker]\nprogress_interval_s = 1\n" TABLES_LR;
+
+static const char *body_dcn = "buckets = 256\n"
+                              "[input]\nformat = criteo\nintegers = dense\n"
+                              "[model]\ntype = dcnv2\nbatch_size = 256\ncross_layers = 2\n"
+                              "mlp = 64, 32\ndense_lr = 0.002\nmax_in_flight = 2\n"
+                              "[table.emb]\ndim = 8\noptimizer = adagrad\nlr = 0.1\n"
+                              "initial_accumulator_value = 1e-6\ninit = normal\n"
+                              "slots = C1, C2, C3, C4, C5, C6, C7, C8, C9, C10, C11, C12, C13\n"
+                              "slots = C14, C15, C16, C17, C18, C19, C20, C21, C22, C23, C24\n"
+                              "slots = C25, C26\n";
+
+static ps_cluster cl;
+
+static void teardown(void) { cr_expect_eq(ps_cluster_destroy(&cl), 0, "a shard reported a problem"); }
+
+static void gen(const char *name, const char *rows, const char *seed, const char *format) {
+    char path[300];
+    ps_cluster_path(&cl, name, path, sizeof(path));
+    char *argv[] = {(char *)ps_test_bin("tools/ctrps-cli"), "gen", "--rows", (char *)rows, "--seed",
+                    (char *)seed, "--format", (char *)format, "--out", path, NULL};
+    cr_assert_eq(ps_run(argv, NULL, NULL), 0, "gen failed");
+}
+
+/* Run the worker; returns its exit code, stdout and stderr. */
+static int worker(char **out, char **err, ...) {
+    char *argv[32];
+    int n = 0;
+    argv[n++] = (char *)ps_test_bin("worker/ctrps-worker");
+    argv[n++] = "--config";
+    argv[n++] = cl.config;
+    va_list ap;
+    va_start(ap, err);
+    char *a;
+    while ((a = va_arg(ap, char *)) && n < 31)
+        argv[n++] = a;
+    va_end(ap);
+    argv[n] = NULL;
+    return ps_run(argv, out, err);
+}
+
+static double json_field(const char *json, const char *key) {
+    char pat[64];
+    snprintf(pat, sizeof(pat), "\"%s\":", key);
+    const char *p = strstr(json, pat);
+    cr_assert_not_null(p, "no %s in %s", key, json);
+    return strtod(p + strlen(pat), NULL);
+}
+
+Test(train, lr_learns_and_lookup_finds_trained_rows, .fini = teardown, .timeout = 300) {
+    cr_assert_eq(ps_cluster_start(&cl, 2, body_lr), 0);
+    gen("data.tsv", "60000", "7", "criteo");
+    char data[300];
+    ps_cluster_path(&cl, "data.tsv", data, sizeof(data));
+    /* The last 6,000 rows as holdout, the rest to train. */
+    char cmd[2048], train[300], hold[300];
+    ps_cluster_path(&cl, "train.tsv", train, sizeof(train));
+    ps_cluster_path(&cl, "hold.tsv", hold, sizeof(hold));
+    snprintf(cmd, sizeof(cmd), "head -n 54000 %s > %s && tail -n 6000 %s > %s", data, train, data, hold);
+    cr_assert_eq(system(cmd), 0);
+    char *out, *err;
+    int rc = worker(&out, &err, "--input", train, "--holdout", hold, NULL);
+    cr_assert_eq(rc, 0, "worker failed: %s", err);
+    cr_assert_eq(json_field(out, "examples"), 54000);
+    double auc = json_field(out, "auc"), hauc = json_field(out, "holdout_auc");
+    double cal = json_field(out, "calibration");
+    /* Random scoring is 0.5; the generator's main effects alone reach about
+     * 0.75 (its truth file). 54k rows of LR land near 0.68. */
+    cr_assert_gt(auc, 0.62, "progressive AUC %g", auc);
+    cr_assert_gt(hauc, 0.64, "holdout AUC %g", hauc);
+    cr_assert(cal > 0.8 && cal < 1.2, "calibration %g", cal);
+    cr_assert(strstr(err, "progress examples="), "no progress line in: %s", err);
+    free(out);
+    free(err);
+
+    /* The first row's C1 value was trained: its weight moved from 0. */
+    FILE *f = fopen(train, "r");
+    char line[4096];
+    cr_assert_not_null(fgets(line, sizeof(line), f));
+    fclose(f);
+    char *field = line;
+    for (int i = 0; i < 14; i++)
+        field = strchr(field, '\t') + 1;
+    *strchr(field, '\t') = '\0';
+    cr_assert_eq(ps_run_cli(&cl, &out, "lookup", "--slot", "C1", "--value", field, NULL), 0);
+    cr_assert(strstr(out, "\tfound\t"), "%s", out);
+    double w = strtod(strrchr(out, '\t') + 1, NULL);
+    cr_assert_neq(w, 0.0, "trained weight still at its initial 0: %s", out);
+    free(out);
+}
+
+Test(train, dcnv2_learns_on_generated_data, .fini = teardown, .timeout = 600) {
+    cr_assert_eq(ps_cluster_start(&cl, 2, body_dcn), 0);
+    gen("data.tsv", "40000", "3", "criteo");
+    char data[300];
+    ps_cluster_path(&cl, "data.tsv", data, sizeof(data));
+    char *out, *err;
+    int rc = worker(&out, &err, "--input", data, NULL);
+    cr_assert_eq(rc, 0, "worker failed: %s", err);
+    double auc = json_field(out, "auc");
+    cr_assert_gt(auc, 0.60, "DCN-V2 progressive AUC %g", auc);
+    free(out);
+    free(err);
+    /* The dense model lives on the shards: a second worker continues from
+     * it instead of starting over, and scores better from its first batch. */
+    rc = worker(&out, &err, "--input", data, "--max-examples", "5120", NULL);
+    cr_assert_eq(rc, 0, "%s", err);
+    cr_assert_gt(json_field(out, "auc"), auc, "a second pass should start from the trained model");
+    free(out);
+    free(err);
+}
+
+Test(train, malformed_lines_are_counted_and_named, .fini = teardown, .timeout = 120) {
+    cr_assert_eq(ps_cluster_start(&cl, 1, body_lr), 0);
+    gen("data.tsv", "3000", "5", "criteo");
+    char data[300], bad[300], cmd[2048];
+    ps_cluster_path(&cl, "data.tsv", data, sizeof(data));
+    ps_cluster_path(&cl, "bad.tsv", bad, sizeof(bad));
+    /* Line 2: too few fields; line 5: a label that is not 0/1; then binary. */
+    snprintf(cmd, sizeof(cmd),
+             "(head -n 1 %s; printf '1\\t2\\t3\\n'; sed -n 2,3p %s; printf 'x'; sed -n 4p %s | cut -c2-; "
+             "printf '\\377\\376\\n'; tail -n +5 %s) > %s",
+             data, data, data, data, bad);
+    cr_assert_eq(system(cmd), 0);
+    char *out, *err;
+    int rc = worker(&out, &err, "--input", bad, NULL);
+    cr_assert_eq(rc, 0, "a malformed line must never be fatal: %s", err);
+    cr_assert_eq(json_field(out, "malformed"), 3, "%s", out);
+    cr_assert_eq(json_field(out, "examples"), 3000 - 1, "%s", out);
+    cr_assert(strstr(err, "bad.tsv:2: skipped"), "%s", err);
+    cr_assert(strstr(err, "bad.tsv:5: skipped"), "%s", err);
+    free(out);
+    free(err);
+}
+
+Test(train, workers_share_the_input, .fini = teardown, .timeout = 120) {
+    cr_assert_eq(ps_cluster_start(&cl, 2, body_lr), 0);
+    gen("data.tsv", "5000", "9", "criteo");
+    char data[300];
+    ps_cluster_path(&cl, "data.tsv", data, sizeof(data));
+    double total = 0;
+    for (int w = 0; w < 3; w++) {
+        char idx[8];
+        snprintf(idx, sizeof(idx), "%d", w);
+        char *out, *err;
+        cr_assert_eq(worker(&out, &err, "--input", data, "--worker-index", idx, "--num-workers", "3",
+                            NULL),
+                     0, "%s", err);
+        double n = json_field(out, "examples");
+        cr_assert(n == 1666 || n == 1667, "worker %d took %g lines", w, n);
+        total += n;
+        free(out);
+        free(err);
+    }
+    cr_assert_eq(total, 5000);
+}
+
+Test(train, follow_mode_trains_appended_lines_until_sigterm, .fini = teardown, .timeout = 120) {
+    cr_assert_eq(ps_cluster_start(&cl, 1, body_lr), 0);
+    gen("data.tsv", "4000", "11", "criteo");
+    char data[300], live[300], cmd[2048];
+    ps_cluster_path(&cl, "data.tsv", data, sizeof(data));
+    ps_cluster_path(&cl, "live.tsv", live, sizeof(live));
+    snprintf(cmd, sizeof(cmd), "head -n 1000 %s > %s", data, live);
+    cr_assert_eq(system(cmd), 0);
+    int outp[2];
+    cr_assert_eq(pipe(outp), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(outp[1], 1);
+        close(outp[0]);
+        execl(ps_test_bin("worker/ctrps-worker"), "ctrps-worker", "--config", cl.config, "--input",
+              live, "--follow", "--log-level", "warn", (char *)NULL);
+        _exit(127);
+    }
+    close(outp[1]);
+    /* Append the rest while it runs, then stop it. */
+    usleep(300000);
+    snprintf(cmd, sizeof(cmd), "tail -n +1001 %s >> %s", data, live);
+    cr_assert_eq(system(cmd), 0);
+    /* Poll the shard until the worker has pushed everything, then SIGTERM. */
+    for (int i = 0; i < 200; i++) {
+        char *out = NULL;
+        ps_run_cli(&cl, &out, "stats", NULL);
+        bool seen_all = out && strstr(out, "\"requests_push\":") &&
+                        strtod(strstr(out, "\"requests_push\":") + 16, NULL) >= 4000.0 / 256;
+        free(out);
+        if (seen_all)
+            break;
+        usleep(50000);
+    }
+    kill(pid, SIGTERM);
+    int status;
+    waitpid(pid, &status, 0);
+    char buf[4096] = "";
+    ssize_t n = read(outp[0], buf, sizeof(buf) - 1);
+    close(outp[0]);
+    buf[n > 0 ? n : 0] = '\0';
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "worker status %d", status);
+    cr_assert_eq(json_field(buf, "examples"), 4000, "%s", buf);
+}
