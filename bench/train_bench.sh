@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Training benchmark: ctrps-worker against two local shards, all on this
+# machine.
+#
+#  1. Generated data (ROWS rows, Criteo shape, dim-16 embeddings): examples/s
+#     of `lr` (deploy/criteo-lr.ini) and `dcnv2` (deploy/criteo-dcnv2-dense.ini:
+#     3 full-rank cross layers, stacked, MLP 400-400, batch 512, integers as
+#     dense inputs, x0 429 wide), the median of RUNS runs, and the AUC and
+#     logloss after one pass next to the generator's Bayes-optimal figures.
+#  2. The real Criteo split (first 9,000 rows of train-first10k.tsv to train,
+#     last 1,000 as holdout): holdout AUC and logloss of lr and dcnv2
+#     (deploy/criteo-lr.ini, deploy/criteo-dcnv2.ini), median over SEEDS.
+#
+# Usage: bench/train_bench.sh   (env: ROWS=1000000 RUNS=3 SEEDS="1 2 3",
+#        DATA=../shared/data, WORK=/tmp/ctrps-train-bench, BUILD=build)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROWS=${ROWS:-1000000}
+RUNS=${RUNS:-3}
+SEEDS=${SEEDS:-1 2 3}
+DATA=${DATA:-../shared/data}
+WORK=${WORK:-/tmp/ctrps-train-bench}
+BUILD=$(cd "${BUILD:-build}" && pwd)
+rm -rf "$WORK"
+mkdir -p "$WORK"
+
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+field() { grep -o "\"$1\":[^,}]*" | cut -d: -f2; }
+
+# run CONFIG [worker args...]: fresh shards, one worker; prints its JSON line.
+run() {
+  local cfg=$1; shift
+  local d pids=()
+  d=$(mktemp -d "$WORK/run.XXXX")
+  for i in 0 1; do
+    "$BUILD/server/ctrps-server" --config "$cfg" --shard $i --listen 127.0.0.1:0 \
+      --ready-file "$d/ready$i" --data-dir "$d" 2>"$d/shard$i.log" &
+    pids+=($!)
+  done
+  for i in 0 1; do
+    for _ in $(seq 600); do [ -s "$d/ready$i" ] && break; sleep 0.05; done
+  done
+  sed "s/^shards = .*/shards = $(cat "$d/ready0"), $(cat "$d/ready1")/" "$cfg" > "$d/c.ini"
+  "$BUILD/worker/ctrps-worker" --config "$d/c.ini" "$@" 2>"$d/worker.log"
+  kill "${pids[@]}"
+  wait "${pids[@]}" 2>/dev/null || true
+  rm -rf "$d"
+}
+
+echo "# train_bench rows=$ROWS runs=$RUNS seeds=[$SEEDS] $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores"
+"$BUILD/tools/ctrps-cli" gen --rows "$ROWS" --seed 1 --format criteo --out "$WORK/gen.tsv"
+echo "generator bayes_auc $(field bayes_auc < "$WORK/gen.tsv.truth.json" | tr -d ' ') bayes_logloss $(field bayes_logloss < "$WORK/gen.tsv.truth.json" | tr -d ' ') main_effects_auc $(field main_effects_auc < "$WORK/gen.tsv.truth.json" | tr -d ' ')"
+for m in lr:deploy/criteo-lr.ini dcnv2:deploy/criteo-dcnv2-dense.ini; do
+  name=${m%%:*}; cfg=${m#*:}
+  : > "$WORK/$name.runs"
+  for r in $(seq "$RUNS"); do
+    run "$cfg" --input "$WORK/gen.tsv" >> "$WORK/$name.runs"
+  done
+  eps=$(field examples_per_sec < "$WORK/$name.runs" | median)
+  echo "generated $name examples_per_sec_median $eps (runs: $(field examples_per_sec < "$WORK/$name.runs" | tr '\n' ' ')) auc $(head -1 "$WORK/$name.runs" | field auc) logloss $(head -1 "$WORK/$name.runs" | field logloss)"
+done
+
+if [ -f "$DATA/criteo/train-first10k.tsv" ]; then
+  head -n 9000 "$DATA/criteo/train-first10k.tsv" > "$WORK/train9k.tsv"
+  tail -n 1000 "$DATA/criteo/train-first10k.tsv" > "$WORK/hold1k.tsv"
+  for m in lr:deploy/criteo-lr.ini dcnv2:deploy/criteo-dcnv2.ini; do
+    name=${m%%:*}; cfg=${m#*:}
+    : > "$WORK/real-$name.runs"
+    for s in $SEEDS; do
+      sed "s/^\[model\]/[model]\nseed = $s/" "$cfg" > "$WORK/seeded.ini"
+      run "$WORK/seeded.ini" --input "$WORK/train9k.tsv" --holdout "$WORK/hold1k.tsv" >> "$WORK/real-$name.runs"
+    done
+    echo "criteo-9k/1k $name holdout_auc_median $(field holdout_auc < "$WORK/real-$name.runs" | median) (runs: $(field holdout_auc < "$WORK/real-$name.runs" | tr '\n' ' ')) holdout_logloss_median $(field holdout_logloss < "$WORK/real-$name.runs" | median)"
+  done
+else
+  echo "criteo-9k/1k skipped: $DATA/criteo/train-first10k.tsv not found"
+fi
