@@ -1015,3 +1015,38 @@ Test(init_weights, zero_std_gives_positive_zeros) {
             cr_assert_eq(f32_bits(w[i]), 0u, "key %llu w[%d] = %g", (unsigned long long)key, i, w[i]);
     }
 }
+
+/* The FTRL step runs two elements at a time with SSE2 and the rest one at a
+ * time. FTRL is per coordinate, so a dim-16 row must equal sixteen dim-1 rows
+ * (which take the scalar path) bit for bit, over states and gradients that
+ * hit every branch: g = 0 and -0, lambda1 ties, clipping, n = 0. */
+Test(optim, ftrl_packed_path_matches_scalar_bit_for_bit) {
+    ps_optim_params p = {.kind = PS_OPT_FTRL, .alpha = 0.07, .beta = 0.5, .lambda1 = 0.01,
+                         .lambda2 = 0.02, .grad_clip = 0.3};
+    uint64_t rng = 12345;
+    for (int trial = 0; trial < 20000; trial++) {
+        float row[48], one[16][3], g[16];
+        for (int i = 0; i < 16; i++) {
+            rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+            double u = (double)(rng >> 11) / 9007199254740992.0;
+            int kind = (int)(rng >> 60);
+            g[i] = kind == 0 ? 0.0f : kind == 1 ? -0.0f : (float)((u - 0.5) * (kind < 4 ? 1.0 : 1e-3));
+            float z = kind == 2 ? 0.01f : kind == 3 ? -0.01f : (float)((u - 0.3) * 0.2);
+            float n = kind == 5 ? 0.0f : (float)(u * u * 3);
+            row[i] = (float)(u - 0.5) * 0.1f;
+            row[16 + i] = z;
+            row[32 + i] = n;
+            one[i][0] = row[i];
+            one[i][1] = z;
+            one[i][2] = n;
+        }
+        cr_assert_eq(ps_optim_apply(&p, 16, row, g), 0);
+        for (int i = 0; i < 16; i++) {
+            cr_assert_eq(ps_optim_apply(&p, 1, one[i], &g[i]), 0);
+            for (int f = 0; f < 3; f++)
+                cr_assert_eq(memcmp(&row[16 * f + i], &one[i][f], sizeof(float)), 0,
+                             "trial %d element %d field %d: %a vs %a", trial, i, f,
+                             (double)row[16 * f + i], (double)one[i][f]);
+        }
+    }
+}
