@@ -241,6 +241,11 @@ static int reserve_scratch(ps_table *t, size_t n) {
 
 static bool is_dirty(const ps_table *t, const row *r) { return r->gen > t->committed_gen; }
 
+static inline void prefetch_row(const ps_table *t, const row *r) {
+    for (size_t off = 0; off < t->row_size; off += 64)
+        __builtin_prefetch((const char *)r + off, 1);
+}
+
 static void mark_dirty(ps_table *t, row *r) {
     if (r->gen == t->gen)
         return;
@@ -496,7 +501,13 @@ int ps_table_pull(ps_table *t, const uint64_t *keys, size_t n, float *ret_values
     int r = resolve(t, keys, n, NULL, true, err, errlen);
     if (r < 0)
         return r;
+    /* resolve() touched each row's first line; the weights run past it. */
+    enum { AHEAD = 8 };
+    size_t wend = sizeof(row) + t->dim * sizeof(float);
     for (size_t i = 0; i < n; i++) {
+        if (i + AHEAD < n)
+            for (size_t off = 64; off < wend; off += 64)
+                __builtin_prefetch((const char *)t->rows[i + AHEAD] + off);
         row *rw = t->rows[i];
         rw->last_seen = t->now;
         memcpy(ret_values + i * t->dim, rw->state, t->dim * sizeof(float));
@@ -525,7 +536,12 @@ int ps_table_push(ps_table *t, const uint64_t *keys, size_t n, const float *grad
     r = resolve(t, keys, n, t->finite, true, err, errlen);
     if (r < 0)
         return r;
+    /* A row's optimizer state spans several cache lines and a request's rows
+     * are scattered over the slab: fetch the whole row a few rows ahead. */
+    enum { AHEAD = 4 };
     for (size_t i = 0; i < n; i++) {
+        if (i + AHEAD < n && t->rows[i + AHEAD])
+            prefetch_row(t, t->rows[i + AHEAD]);
         row *rw = t->rows[i];
         if (!rw)
             continue;
