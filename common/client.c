@@ -28,6 +28,7 @@
 #include <sys/random.h>
 #include <uv.h>
 
+#include "auth.h"
 #include "error.h"
 #include "frame.h"
 #include "keys.h"
@@ -84,6 +85,7 @@ typedef struct shard_conn {
     bool resolved;
     uv_tcp_t *tcp;               /* per attempt; freed in its close callback */
     conn_state state;
+    uint8_t cnonce[PS_AUTH_NONCE];  /* this connection's client nonce */
     ps_frame_reader rd;
     part *head, *tail;           /* in flight, submission order */
     uint64_t backoff_ms, next_attempt_ms;
@@ -105,6 +107,7 @@ typedef struct write_req {
 
 struct ps_client {
     const ps_config *cfg;
+    ps_auth_secret secret;       /* empty: the shards do not ask */
     uint64_t client_id;
     char name[64];
     uint32_t timeout_ms, max_frame;
@@ -344,7 +347,52 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
     buf->len = n;
 }
 
+static void send_hello_frame(shard_conn *sc, const uint8_t *mac) {
+    ps_client *c = sc->c;
+    Ctrps__Request req = CTRPS__REQUEST__INIT;
+    Ctrps__HelloRequest hello = CTRPS__HELLO_REQUEST__INIT;
+    req.id = HELLO_ID;
+    req.method_case = CTRPS__REQUEST__METHOD_HELLO;
+    req.hello = &hello;
+    hello.protocol_version = PS_PROTOCOL_VERSION;
+    hello.client_name = c->name;
+    hello.client_id = c->client_id;
+    hello.client_nonce.data = sc->cnonce;
+    hello.client_nonce.len = PS_AUTH_NONCE;
+    if (mac) {
+        hello.auth_response.data = (uint8_t *)mac;
+        hello.auth_response.len = PS_AUTH_MAC;
+    }
+    frame_ref *f = encode(&req);
+    if (!f) {
+        conn_down(sc, "out of memory");
+        return;
+    }
+    sc->state = HELLO;
+    send_frame(sc, f);
+    frame_unref(f);
+}
+
 static void handle_hello(shard_conn *sc, Ctrps__Response *resp) {
+    Ctrps__HelloResponse *h = resp->result_case == CTRPS__RESPONSE__RESULT_HELLO ? resp->hello : NULL;
+    if (resp->status == CTRPS__STATUS__OK && h && !h->authenticated) {
+        /* The shard asks for proof of the shared secret. */
+        ps_client *c = sc->c;
+        if (h->auth_challenge.len != PS_AUTH_NONCE || !c->secret.len) {
+            const char *msg = c->secret.len ? "Hello: malformed authentication challenge"
+                                            : "the shard requires authentication; set [server] "
+                                              "auth_secret_file in this client's config";
+            ctrps__response__free_unpacked(resp, NULL);
+            conn_down(sc, msg);
+            fail_all(sc, PS_EAUTH, msg);
+            return;
+        }
+        uint8_t mac[PS_AUTH_MAC];
+        ps_auth_mac(&c->secret, h->auth_challenge.data, sc->cnonce, c->client_id, mac);
+        ctrps__response__free_unpacked(resp, NULL);
+        send_hello_frame(sc, mac);
+        return;
+    }
     if (resp->status != CTRPS__STATUS__OK) {
         char msg[300];
         snprintf(msg, sizeof(msg), "Hello refused: %s: %s", ps_status_name(resp->status),
@@ -440,23 +488,8 @@ static void send_frame(shard_conn *sc, frame_ref *f) {
 }
 
 static void send_hello(shard_conn *sc) {
-    ps_client *c = sc->c;
-    Ctrps__Request req = CTRPS__REQUEST__INIT;
-    Ctrps__HelloRequest hello = CTRPS__HELLO_REQUEST__INIT;
-    req.id = HELLO_ID;
-    req.method_case = CTRPS__REQUEST__METHOD_HELLO;
-    req.hello = &hello;
-    hello.protocol_version = PS_PROTOCOL_VERSION;
-    hello.client_name = c->name;
-    hello.client_id = c->client_id;
-    frame_ref *f = encode(&req);
-    if (!f) {
-        conn_down(sc, "out of memory");
-        return;
-    }
-    sc->state = HELLO;
-    send_frame(sc, f);
-    frame_unref(f);
+    ps_auth_nonce(sc->cnonce);
+    send_hello_frame(sc, NULL);
 }
 
 static void on_connected(uv_connect_t *req, int status) {
@@ -596,6 +629,11 @@ int ps_client_new(const ps_client_options *opts, ps_client **ret_client, char *e
         }
     }
     snprintf(c->name, sizeof(c->name), "%s", opts->name ? opts->name : "ctrps-client");
+    int ar = ps_auth_load(opts->cfg->server.auth_secret_file, &c->secret, err, errlen);
+    if (ar < 0) {
+        free(c);
+        return ar;
+    }
     c->timeout_ms = opts->timeout_ms ? opts->timeout_ms : 30000;
     c->max_frame = opts->max_frame_bytes ? opts->max_frame_bytes
                                          : (uint32_t)opts->cfg->server.max_frame_bytes;
@@ -653,6 +691,7 @@ void ps_client_free(ps_client *c) {
     }
     uv_loop_close(&c->loop);
     pthread_mutex_destroy(&c->submit_lock);
+    ps_auth_wipe(&c->secret);
     free(c->shards);
     free(c);
 }

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth.h"
 #include "config.h"
 #include "error.h"
 #include "log.h"
@@ -142,7 +143,14 @@ int main(int argc, char **argv) {
     ps_shard_counters_get(shard, &sc);
     if (sc.replayed_records)
         ps_info("replayed %llu push-log records", (unsigned long long)sc.replayed_records);
-    r = ps_service_new(shard, &svc);
+    ps_auth_secret secret;
+    r = ps_auth_load(cfg->server.auth_secret_file, &secret, err, sizeof(err));
+    if (r < 0)
+        goto out;
+    if (secret.len)
+        ps_info("clients must authenticate (auth_secret_file %s)", cfg->server.auth_secret_file);
+    r = ps_service_new(shard, &secret, &svc);
+    ps_auth_wipe(&secret);
     if (r < 0)
         goto out;
     r = ps_server_listen(srv, shard, svc, err, sizeof(err));

@@ -20,6 +20,7 @@
     XX(connections_closed_bad_frame)                                                          \
     XX(connections_closed_idle)                                                               \
     XX(connections_closed_log_error)                                                          \
+    XX(connections_closed_auth)                                                               \
     XX(frames_too_large)                                                                      \
     XX(reads_paused)                                                                          \
     XX(bytes_in)                                                                              \
@@ -66,6 +67,7 @@ struct conn {
     conn *prev, *next;
     size_t write_bytes;          /* handed to uv_write, not yet done */
     bool reading, closing;
+    bool close_after_write;      /* the last reply refused it: close once sent */
     uint64_t last_active_ms;
 };
 
@@ -149,14 +151,22 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
             conn_close(c);
             return;
         }
-        bool push_ack;
-        r = ps_service_handle(srv->svc, &c->sess, frame, len, &c->out, &push_ack);
+        bool push_ack, close_it;
+        r = ps_service_handle(srv->svc, &c->sess, frame, len, &c->out, &push_ack, &close_it);
         if (r < 0) {
             srv->c.connections_closed_bad_frame++;
             conn_close(c);
             return;
         }
         c->out_has_push_ack |= push_ack;
+        if (close_it) {
+            /* Answer, then hang up: read nothing more from it. */
+            c->close_after_write = true;
+            uv_read_stop((uv_stream_t *)&c->tcp);
+            c->reading = false;
+            srv->c.connections_closed_auth++;
+            break;
+        }
     }
     if (c->out.len)
         add_pending(c);
@@ -168,11 +178,11 @@ static void on_written(uv_write_t *req, int status) {
     c->write_bytes -= w->len;
     free(w->data);
     free(w);
-    if (status < 0) {
+    if (status < 0 || (c->close_after_write && c->write_bytes == 0)) {
         conn_close(c);
         return;
     }
-    if (!c->reading && !c->closing &&
+    if (!c->reading && !c->closing && !c->close_after_write &&
         c->write_bytes <= c->srv->cfg->server.max_pending_reply_bytes / 2) {
         c->reading = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0;
     }
@@ -249,6 +259,7 @@ static void on_connection(uv_stream_t *server, int status) {
     }
     ps_frame_reader_init(&c->rd, (uint32_t)srv->cfg->server.max_frame_bytes);
     ps_buf_init(&c->out);
+    ps_service_session_init(srv->svc, &c->sess);
     if (srv->c.connections_open >= srv->cfg->server.max_connections || srv->stopping) {
         srv->c.connections_rejected++;
         ps_warn("rejecting connection: max_connections = %u reached",

@@ -13,8 +13,15 @@
 #define EXPORT_PAGE_MAX 65536
 #define STATUS_COUNT 16
 
+/* Requests a connection may send before authenticating, all refused, before
+ * it is closed: a client that mishandles the handshake learns its mistake,
+ * a scanner learns nothing and cannot linger. */
+#define MAX_REFUSED 3
+
 struct ps_service {
     ps_shard *shard;
+    ps_auth_secret secret;
+    uint64_t auth_failures, unauthenticated_refused;
     const ps_config *cfg;
     ps_service_extra_counters_fn extra;
     void *extra_ctx;
@@ -40,6 +47,7 @@ typedef struct reply {
     void *owned[8];              /* freed after packing */
     int nowned;
     bool push_ack;
+    bool close;
     char err[512];
 } reply;
 
@@ -49,17 +57,29 @@ static void *own(reply *rp, void *p) {
     return p;
 }
 
-int ps_service_new(ps_shard *shard, ps_service **ret_service) {
+int ps_service_new(ps_shard *shard, const ps_auth_secret *secret, ps_service **ret_service) {
     ps_service *svc = calloc(1, sizeof(*svc));
     if (!svc)
         return -ENOMEM;
     svc->shard = shard;
+    if (secret)
+        svc->secret = *secret;
     svc->cfg = ps_shard_config(shard);
     *ret_service = svc;
     return 0;
 }
 
-void ps_service_free(ps_service *svc) { free(svc); }
+void ps_service_free(ps_service *svc) {
+    if (!svc)
+        return;
+    ps_auth_wipe(&svc->secret);
+    free(svc);
+}
+
+void ps_service_session_init(const ps_service *svc, ps_session *sess) {
+    memset(sess, 0, sizeof(*sess));
+    sess->authenticated = svc->secret.len == 0;
+}
 
 void ps_service_set_extra_counters(ps_service *svc, ps_service_extra_counters_fn fn, void *ctx) {
     svc->extra = fn;
@@ -126,10 +146,35 @@ static int do_hello(ps_service *svc, ps_session *sess, const Ctrps__HelloRequest
                  req->protocol_version, PS_PROTOCOL_VERSION);
         return PS_EPROTO;
     }
-    sess->hello_done = true;
-    sess->client_id = req->client_id;
     Ctrps__HelloResponse *h = &rp->u.hello;
     ctrps__hello_response__init(h);
+    if (!sess->authenticated) {
+        if (req->auth_response.len == 0) {
+            /* Round one: a fresh challenge, and nothing else. */
+            ps_auth_nonce(sess->challenge);
+            sess->has_challenge = true;
+            h->protocol_version = PS_PROTOCOL_VERSION;
+            h->auth_challenge.data = sess->challenge;
+            h->auth_challenge.len = PS_AUTH_NONCE;
+            rp->resp.result_case = CTRPS__RESPONSE__RESULT_HELLO;
+            rp->resp.hello = h;
+            return 0;
+        }
+        bool had = sess->has_challenge;
+        sess->has_challenge = false; /* one answer per challenge */
+        if (!had || req->client_nonce.len != PS_AUTH_NONCE ||
+            !ps_auth_check(&svc->secret, sess->challenge, req->client_nonce.data, req->client_id,
+                           req->auth_response.data, req->auth_response.len)) {
+            svc->auth_failures++;
+            rp->close = true;
+            snprintf(rp->err, sizeof(rp->err), "authentication failed%s",
+                     had ? "" : ": no challenge outstanding (send Hello without a response first)");
+            return PS_EAUTH;
+        }
+        sess->authenticated = true;
+    }
+    sess->hello_done = true;
+    sess->client_id = req->client_id;
     h->protocol_version = PS_PROTOCOL_VERSION;
     h->shard_id = ps_shard_id(svc->shard);
     h->map_version = svc->cfg->map_version;
@@ -393,6 +438,8 @@ static int do_stats(ps_service *svc, ps_session *sess, const Ctrps__StatsRequest
     add_counter(&acc, "errors_unauthenticated", svc->statuses[CTRPS__STATUS__UNAUTHENTICATED]);
     add_counter(&acc, "errors_internal", svc->statuses[CTRPS__STATUS__INTERNAL]);
     add_counter(&acc, "bad_frames", svc->bad_frames);
+    add_counter(&acc, "auth_failures", svc->auth_failures);
+    add_counter(&acc, "unauthenticated_refused", svc->unauthenticated_refused);
     ps_shard_counters sc;
     ps_shard_counters_get(svc->shard, &sc);
 #define ADD_SHARD(name, help) add_counter(&acc, #name, sc.name);
@@ -513,8 +560,9 @@ static int do_dense_push(ps_service *svc, ps_session *sess, const Ctrps__DensePu
 /* ---- dispatch --------------------------------------------------------------- */
 
 int ps_service_handle(ps_service *svc, ps_session *sess, const char *frame, size_t len, ps_buf *out,
-                      bool *ret_push) {
+                      bool *ret_push, bool *ret_close) {
     *ret_push = false;
+    *ret_close = false;
     Ctrps__Request *req =
         ctrps__request__unpack(NULL, len, (const uint8_t *)frame);
     if (!req) {
@@ -526,6 +574,14 @@ int ps_service_handle(ps_service *svc, ps_session *sess, const char *frame, size
     ctrps__response__init(&rp.resp);
     rp.resp.id = req->id;
     int r;
+    if (!sess->authenticated && req->method_case != CTRPS__REQUEST__METHOD_HELLO) {
+        /* Nothing about rows, tables or the cluster before authentication. */
+        svc->unauthenticated_refused++;
+        rp.close = ++sess->refused >= MAX_REFUSED;
+        snprintf(rp.err, sizeof(rp.err), "authenticate with Hello first");
+        r = PS_EAUTH;
+        goto reply;
+    }
     switch (req->method_case) {
 #define DISPATCH(name, tag)                                                                    \
     case CTRPS__REQUEST__METHOD_##tag:                                                         \
@@ -540,6 +596,7 @@ int ps_service_handle(ps_service *svc, ps_session *sess, const char *frame, size
         r = PS_EPROTO;
         break;
     }
+reply:
     if (r < 0) {
         /* An error reply carries no result: whatever was filled is dropped. */
         rp.resp.result_case = CTRPS__RESPONSE__RESULT__NOT_SET;
@@ -555,5 +612,6 @@ int ps_service_handle(ps_service *svc, ps_session *sess, const char *frame, size
         free(rp.owned[i]);
     ctrps__request__free_unpacked(req, NULL);
     *ret_push = rp.push_ack;
+    *ret_close = rp.close;
     return r;
 }

@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "auth.h"
 #include "frame.h"
 #include "shard.h"
 
@@ -21,6 +22,10 @@ typedef struct ps_service ps_service;
 /* Per-connection protocol state, owned by the connection. */
 typedef struct ps_session {
     bool hello_done;
+    bool authenticated;          /* always true without a configured secret */
+    bool has_challenge;          /* a server nonce is out, good for one answer */
+    uint8_t challenge[PS_AUTH_NONCE];
+    uint32_t refused;            /* requests refused before authentication */
     uint64_t client_id;
 } ps_session;
 
@@ -29,16 +34,21 @@ typedef void (*ps_service_extra_counters_fn)(void *ctx, void (*add)(void *acc, c
                                                                       uint64_t value),
                                              void *acc);
 
-int ps_service_new(ps_shard *shard, ps_service **ret_service);
+/* secret may be NULL or empty: no authentication. It is copied. */
+int ps_service_new(ps_shard *shard, const ps_auth_secret *secret, ps_service **ret_service);
+/* Start a connection's session. */
+void ps_service_session_init(const ps_service *svc, ps_session *sess);
 void ps_service_free(ps_service *svc);
 void ps_service_set_extra_counters(ps_service *svc, ps_service_extra_counters_fn fn, void *ctx);
 
 /* Handle one frame and append its response frame to out. *ret_push is set
  * when the response acknowledges applied pushes: it must not leave before
- * ps_shard_commit() succeeded. Returns PS_EPROTO when the frame does not
- * decode as a Request (close the connection), else 0. */
+ * ps_shard_commit() succeeded. *ret_close asks the caller to close the
+ * connection once the response is written (a failed authentication).
+ * Returns PS_EPROTO when the frame does not decode as a Request (close the
+ * connection now), else 0. */
 int ps_service_handle(ps_service *svc, ps_session *sess, const char *frame, size_t len, ps_buf *out,
-                      bool *ret_push);
+                      bool *ret_push, bool *ret_close);
 
 /* Total requests and errors so far (for logs). */
 void ps_service_totals(const ps_service *svc, uint64_t *ret_requests, uint64_t *ret_errors);

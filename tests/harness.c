@@ -1,5 +1,7 @@
 #include "harness.h"
 
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -9,7 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -312,4 +316,75 @@ int ps_run_cli(ps_cluster *c, char **ret_out, ...) {
     va_end(ap);
     argv[n] = NULL;
     return ps_run(argv, ret_out, NULL);
+}
+
+/* ---- raw protocol access ---------------------------------------------------- */
+
+int ps_raw_connect(int port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0, "connect: %s", strerror(errno));
+    return fd;
+}
+
+void ps_raw_send_bytes(int fd, const void *p, size_t n) {
+    const char *b = p;
+    while (n) {
+        ssize_t w = send(fd, b, n, MSG_NOSIGNAL);
+        if (w <= 0)
+            return;
+        b += w;
+        n -= (size_t)w;
+    }
+}
+
+void ps_raw_send(int fd, const Ctrps__Request *req) {
+    size_t n = protobuf_c_message_get_packed_size(&req->base);
+    uint8_t *buf = malloc(n + 4);
+    uint32_t be = htonl((uint32_t)n);
+    memcpy(buf, &be, 4);
+    protobuf_c_message_pack(&req->base, buf + 4);
+    ps_raw_send_bytes(fd, buf, n + 4);
+    free(buf);
+}
+
+static int read_exact(int fd, void *p, size_t n) {
+    char *b = p;
+    while (n) {
+        struct pollfd pf = {fd, POLLIN, 0};
+        if (poll(&pf, 1, 10000) <= 0)
+            return -ETIMEDOUT;
+        ssize_t r = recv(fd, b, n, 0);
+        if (r == 0)
+            return -EPIPE;
+        if (r < 0)
+            return -errno;
+        b += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+Ctrps__Response *ps_raw_recv(int fd) {
+    uint32_t be;
+    int r = read_exact(fd, &be, 4);
+    if (r == -EPIPE || r == -ECONNRESET)
+        return NULL;
+    cr_assert_eq(r, 0, "no response: %s", strerror(-r));
+    uint32_t n = ntohl(be);
+    uint8_t *buf = malloc(n + 1);
+    cr_assert_eq(read_exact(fd, buf, n), 0);
+    Ctrps__Response *resp = ctrps__response__unpack(NULL, n, buf);
+    free(buf);
+    cr_assert_not_null(resp, "undecodable response");
+    return resp;
+}
+
+void ps_raw_assert_closed(int fd) {
+    char c;
+    struct pollfd pf = {fd, POLLIN, 0};
+    cr_assert_gt(poll(&pf, 1, 10000), 0, "server did not close the connection");
+    ssize_t r = recv(fd, &c, 1, 0);
+    cr_assert(r == 0 || (r < 0 && errno == ECONNRESET), "expected a closed connection");
 }

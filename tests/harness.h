@@ -58,3 +58,20 @@ void ps_cluster_path(const ps_cluster *c, const char *name, char *out, size_t ou
 int ps_write_file(const char *path, const char *text);
 /* Read a whole file (malloc'ed, NUL-terminated), or NULL. */
 char *ps_read_file(const char *path);
+
+/* ---- raw protocol access, for tests that must send what no client would ---- */
+
+#include "ctrps.pb-c.h"
+
+/* Connected TCP socket to 127.0.0.1:port (asserts on failure). */
+int ps_raw_connect(int port);
+/* Send bytes; stops quietly if the server already closed the connection. */
+void ps_raw_send_bytes(int fd, const void *p, size_t n);
+/* Send one framed Request. */
+void ps_raw_send(int fd, const Ctrps__Request *req);
+/* Next Response (caller frees with ctrps__response__free_unpacked), or NULL
+ * when the server closed the connection; asserts if nothing arrives within
+ * 10 s or the bytes do not decode. */
+Ctrps__Response *ps_raw_recv(int fd);
+/* Assert that the server closes the connection within 10 s. */
+void ps_raw_assert_closed(int fd);

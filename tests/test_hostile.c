@@ -80,80 +80,10 @@ static void assert_unchanged(const float *before) {
     cr_assert_eq(memcmp(before, after, sizeof(after)), 0, "state changed by a rejected request");
 }
 
-static int raw_connect(int shard) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)cl.ports[shard])};
-    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0, "connect: %s", strerror(errno));
-    return fd;
-}
-
-static void send_all(int fd, const void *p, size_t n) {
-    const char *b = p;
-    while (n) {
-        ssize_t w = send(fd, b, n, MSG_NOSIGNAL);
-        if (w <= 0)
-            return; /* the server may already have closed: that is allowed */
-        b += w;
-        n -= (size_t)w;
-    }
-}
-
-static void send_frame(int fd, const Ctrps__Request *req) {
-    size_t n = protobuf_c_message_get_packed_size(&req->base);
-    uint8_t *buf = malloc(n + 4);
-    uint32_t be = htonl((uint32_t)n);
-    memcpy(buf, &be, 4);
-    protobuf_c_message_pack(&req->base, buf + 4);
-    send_all(fd, buf, n + 4);
-    free(buf);
-}
-
-static int read_exact(int fd, void *p, size_t n) {
-    char *b = p;
-    while (n) {
-        struct pollfd pf = {fd, POLLIN, 0};
-        if (poll(&pf, 1, 10000) <= 0)
-            return -ETIMEDOUT;
-        ssize_t r = recv(fd, b, n, 0);
-        if (r == 0)
-            return -EPIPE;
-        if (r < 0)
-            return -errno;
-        b += r;
-        n -= (size_t)r;
-    }
-    return 0;
-}
-
-/* Next response, or NULL when the server closed the connection. */
-static Ctrps__Response *read_response(int fd) {
-    uint32_t be;
-    int r = read_exact(fd, &be, 4);
-    if (r == -EPIPE || r == -ECONNRESET)
-        return NULL;
-    cr_assert_eq(r, 0, "no response: %s", strerror(-r));
-    uint32_t n = ntohl(be);
-    uint8_t *buf = malloc(n + 1);
-    cr_assert_eq(read_exact(fd, buf, n), 0);
-    Ctrps__Response *resp = ctrps__response__unpack(NULL, n, buf);
-    free(buf);
-    cr_assert_not_null(resp, "undecodable response");
-    return resp;
-}
-
-static void assert_closed(int fd) {
-    char c;
-    struct pollfd pf = {fd, POLLIN, 0};
-    cr_assert_gt(poll(&pf, 1, 10000), 0, "server did not close the connection");
-    ssize_t r = recv(fd, &c, 1, 0);
-    cr_assert(r == 0 || (r < 0 && errno == ECONNRESET), "expected a closed connection");
-}
-
 static Ctrps__Status roundtrip_status(const Ctrps__Request *req, char *msg, size_t msglen) {
-    int fd = raw_connect(0);
-    send_frame(fd, req);
-    Ctrps__Response *resp = read_response(fd);
+    int fd = ps_raw_connect(cl.ports[0]);
+    ps_raw_send(fd, req);
+    Ctrps__Response *resp = ps_raw_recv(fd);
     cr_assert_not_null(resp, "connection closed instead of an error status");
     cr_assert_eq(resp->id, req->id);
     Ctrps__Status s = resp->status;
@@ -168,9 +98,9 @@ TestSuite(hostile, .init = setup, .fini = teardown, .timeout = 120);
 Test(hostile, truncated_frame_then_disconnect) {
     float before[64 * 24];
     snapshot(before);
-    int fd = raw_connect(0);
+    int fd = ps_raw_connect(cl.ports[0]);
     uint8_t partial[14] = {0, 0, 0x03, 0xe8, 0x08, 0x01}; /* says 1000 bytes, sends 10 */
-    send_all(fd, partial, sizeof(partial));
+    ps_raw_send_bytes(fd, partial, sizeof(partial));
     /* The server keeps serving others while this frame is incomplete. */
     assert_unchanged(before);
     close(fd);
@@ -180,10 +110,10 @@ Test(hostile, truncated_frame_then_disconnect) {
 Test(hostile, length_prefix_2_pow_31_closes_connection) {
     float before[64 * 24];
     snapshot(before);
-    int fd = raw_connect(0);
+    int fd = ps_raw_connect(cl.ports[0]);
     uint8_t hdr[8] = {0x80, 0, 0, 0, 1, 2, 3, 4};
-    send_all(fd, hdr, sizeof(hdr));
-    assert_closed(fd);
+    ps_raw_send_bytes(fd, hdr, sizeof(hdr));
+    ps_raw_assert_closed(fd);
     close(fd);
     assert_unchanged(before);
 }
@@ -191,11 +121,11 @@ Test(hostile, length_prefix_2_pow_31_closes_connection) {
 Test(hostile, bytes_that_are_not_protobuf_close_connection) {
     float before[64 * 24];
     snapshot(before);
-    int fd = raw_connect(0);
+    int fd = ps_raw_connect(cl.ports[0]);
     uint8_t junk[4 + 12] = {0, 0, 0, 12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
                             0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
-    send_all(fd, junk, sizeof(junk));
-    assert_closed(fd);
+    ps_raw_send_bytes(fd, junk, sizeof(junk));
+    ps_raw_assert_closed(fd);
     close(fd);
     assert_unchanged(before);
 }
@@ -339,14 +269,14 @@ Test(hostile, disconnect_mid_request_and_before_reply) {
     uint32_t be = htonl((uint32_t)n);
     memcpy(buf, &be, 4);
     protobuf_c_message_pack(&req.base, buf + 4);
-    int fd = raw_connect(0);
-    send_all(fd, buf, (n + 4) / 2);
+    int fd = ps_raw_connect(cl.ports[0]);
+    ps_raw_send_bytes(fd, buf, (n + 4) / 2);
     close(fd);
     /* Many whole requests, then gone before reading any reply. */
     for (int k = 0; k < 5; k++) {
-        fd = raw_connect(0);
+        fd = ps_raw_connect(cl.ports[0]);
         for (int i = 0; i < 200; i++)
-            send_all(fd, buf, n + 4);
+            ps_raw_send_bytes(fd, buf, n + 4);
         close(fd);
     }
     free(buf);
@@ -354,7 +284,7 @@ Test(hostile, disconnect_mid_request_and_before_reply) {
 }
 
 Test(hostile, many_requests_in_flight_answered_by_id) {
-    int fd = raw_connect(0);
+    int fd = ps_raw_connect(cl.ports[0]);
     Ctrps__Request req = CTRPS__REQUEST__INIT;
     Ctrps__LookupRequest lk = CTRPS__LOOKUP_REQUEST__INIT;
     req.method_case = CTRPS__REQUEST__METHOD_LOOKUP;
@@ -364,11 +294,11 @@ Test(hostile, many_requests_in_flight_answered_by_id) {
         req.id = 1000 + (uint64_t)i;
         lk.n_keys = 1;
         lk.keys = &keys0[i % 64];
-        send_frame(fd, &req);
+        ps_raw_send(fd, &req);
     }
     bool seen[50] = {false};
     for (int i = 0; i < 50; i++) {
-        Ctrps__Response *resp = read_response(fd);
+        Ctrps__Response *resp = ps_raw_recv(fd);
         cr_assert_not_null(resp);
         cr_assert_eq(resp->status, CTRPS__STATUS__OK);
         cr_assert(resp->id >= 1000 && resp->id < 1050);
