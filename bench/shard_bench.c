@@ -212,6 +212,68 @@ static double drive(ps_client *c, const opts *o, op_kind op, uint64_t **pool, co
     return rate;
 }
 
+/* Pull fresh keys rank_fid(*next), *next + 1, ... (shuffled within each
+ * request so they are not in key order), `inflight` requests at a time. */
+static double drive_cold(ps_client *c, const opts *o, uint64_t *next, uint64_t limit, double seconds,
+                         uint64_t *ret_pulled) {
+    slot_buf *slots = calloc(o->inflight, sizeof(*slots));
+    uint64_t **keys = calloc(o->inflight, sizeof(uint64_t *));
+    for (uint32_t i = 0; i < o->inflight; i++) {
+        slots[i].values = malloc((size_t)o->batch * DIM * sizeof(float));
+        keys[i] = malloc((size_t)o->batch * sizeof(uint64_t));
+    }
+    char err[512];
+    uint64_t rows = 0;
+    double start = now_s(), end = start + seconds;
+    bool stop = false;
+    for (;;) {
+        for (uint32_t i = 0; i < o->inflight; i++) {
+            slot_buf *s = &slots[i];
+            if (s->call) {
+                if (ps_call_wait(s->call, err, sizeof(err)) < 0) {
+                    fprintf(stderr, "shard_bench: cold pull failed: %s\n", err);
+                    exit(1);
+                }
+                s->call = NULL;
+                rows += o->batch;
+            }
+            if (stop || *next + o->batch > limit)
+                continue;
+            for (uint32_t k = 0; k < o->batch; k++)
+                keys[i][k] = rank_fid(*next + (uint64_t)((k * 2654435761u) % o->batch));
+            *next += o->batch;
+            if (ps_client_pull_start(c, "emb", DIM, keys[i], o->batch, s->values, &s->call) < 0)
+                exit(1);
+        }
+        if (stop)
+            break;
+        stop = now_s() >= end || *next + o->batch > limit;
+    }
+    double rate = (double)rows / (now_s() - start);
+    for (uint32_t i = 0; i < o->inflight; i++) {
+        free(slots[i].values);
+        free(keys[i]);
+    }
+    free(slots);
+    free(keys);
+    *ret_pulled += rows;
+    return rate;
+}
+
+static uint64_t server_misses(ps_client *c) {
+    Ctrps__Request req = CTRPS__REQUEST__INIT;
+    Ctrps__StatsRequest sr = CTRPS__STATS_REQUEST__INIT;
+    req.method_case = CTRPS__REQUEST__METHOD_STATS;
+    req.stats = &sr;
+    Ctrps__Response *resp;
+    char err[512];
+    if (ps_client_call_shard(c, 0, &req, &resp, err, sizeof(err)) < 0)
+        return 0;
+    uint64_t m = resp->stats->tables[0]->memory_misses;
+    ctrps__response__free_unpacked(resp, NULL);
+    return m;
+}
+
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
@@ -232,8 +294,8 @@ static void count_found(void *ctx, size_t i, const void *v, size_t len) {
 
 static int cmp_key(const void *a, const void *b) { return memcmp(a, b, PS_STORE_KEY_LEN); }
 
-static void raw_rocksdb(const opts *o, uint64_t **pool, uint32_t nbuckets, double *ret_get,
-                        double *ret_put) {
+static void raw_rocksdb(const opts *o, uint64_t **pool, uint32_t nbuckets, uint64_t cold_lo,
+                        uint64_t cold_hi, double *ret_get, double *ret_put, double *ret_cold) {
     char db[1200], err[512];
     snprintf(db, sizeof(db), "%s/shard-0/db", o->dir);
     const char *cfs[] = {"meta", "dense", "t.emb"};
@@ -286,6 +348,29 @@ static void raw_rocksdb(const opts *o, uint64_t **pool, uint32_t nbuckets, doubl
     }
     *ret_get = median(gets, o->runs);
     *ret_put = median(puts, o->runs);
+    /* The cold range, keys never read in this process: the same work a cold
+     * pull asks of RocksDB. */
+    *ret_cold = 0;
+    uint64_t next = cold_lo;
+    double colds[16];
+    for (uint32_t run = 0; cold_hi > cold_lo && run < o->runs; run++) {
+        uint64_t rows = 0, found = 0;
+        double start = now_s();
+        while (now_s() - start < o->seconds && next + o->batch <= cold_hi) {
+            for (uint32_t i = 0; i < o->batch; i++) {
+                uint64_t k = rank_fid(next + (uint64_t)((i * 2654435761u) % o->batch));
+                ps_store_key_encode((uint16_t)ps_bucket(k, nbuckets), k, &keys[i]);
+            }
+            next += o->batch;
+            qsort(keys, o->batch, sizeof(*keys), cmp_key);
+            if (ps_store_multiget(st, 2, keys, o->batch, count_found, &found, err, sizeof(err)) < 0)
+                exit(1);
+            rows += o->batch;
+        }
+        colds[run] = (double)rows / (now_s() - start);
+    }
+    if (cold_hi > cold_lo)
+        *ret_cold = median(colds, o->runs);
     free(keys);
     free(val);
     ps_store_close(st);
@@ -413,6 +498,23 @@ int main(int argc, char **argv) {
         printf("%s_rows_per_sec %.0f\n", op_names[op], rates[op]);
         fflush(stdout);
     }
+    /* Cold pulls: every key fresh and from a rank range that the load
+     * evicted long ago and Zipf access almost never touches, so (nearly)
+     * every row comes from RocksDB. The misses counter says how many did. */
+    uint64_t cold_lo = o.keys / 4, cold_hi = 3 * (o.keys / 4), cold_next = cold_lo;
+    double cold_rate = 0, cold_miss_frac = 0;
+    if (o.memory_mb && o.keys >= 4 * (uint64_t)o.batch * POOL) {
+        uint64_t misses0 = server_misses(cl);
+        double v[16];
+        uint64_t pulled = 0;
+        for (uint32_t r = 0; r < o.runs; r++) {
+            v[r] = drive_cold(cl, &o, &cold_next, cold_lo + (cold_hi - cold_lo) / 2, o.seconds, &pulled);
+        }
+        cold_rate = median(v, o.runs);
+        cold_miss_frac = pulled ? (double)(server_misses(cl) - misses0) / (double)pulled : 0;
+        printf("cold_pull_rows_per_sec %.0f\n", cold_rate);
+        printf("cold_pull_memory_miss_fraction %.3f\n", cold_miss_frac);
+    }
     Ctrps__Request req = CTRPS__REQUEST__INIT;
     Ctrps__StatsRequest sr = CTRPS__STATS_REQUEST__INIT;
     req.method_case = CTRPS__REQUEST__METHOD_STATS;
@@ -427,9 +529,16 @@ int main(int argc, char **argv) {
     ps_client_free(cl);
     stop_server();
 
-    double get_rate, put_rate;
-    raw_rocksdb(&o, pool, cfg->buckets, &get_rate, &put_rate);
+    double get_rate, put_rate, cold_get;
+    /* Raw cold reads use the upper half of the cold range: keys the shard's
+     * cold phase (lower half) did not touch. */
+    raw_rocksdb(&o, pool, cfg->buckets, cold_rate > 0 ? cold_lo + (cold_hi - cold_lo) / 2 : 0,
+                cold_rate > 0 ? cold_hi : 0, &get_rate, &put_rate, &cold_get);
     printf("raw_multiget_rows_per_sec %.0f\n", get_rate);
+    if (cold_rate > 0) {
+        printf("raw_multiget_cold_rows_per_sec %.0f\n", cold_get);
+        printf("ratio_cold_pull_to_raw_cold_multiget %.2f\n", cold_rate / cold_get);
+    }
     printf("raw_writebatch_rows_per_sec %.0f\n", put_rate);
     printf("ratio_pull_to_raw_multiget %.2f\n", rates[OP_PULL] / get_rate);
     printf("ratio_lookup_to_raw_multiget %.2f\n", rates[OP_LOOKUP] / get_rate);
