@@ -23,6 +23,7 @@
     XX(connections_closed_auth)                                                               \
     XX(frames_too_large)                                                                      \
     XX(reads_paused)                                                                          \
+    XX(reads_paused_inflight)                                                                 \
     XX(bytes_in)                                                                              \
     XX(bytes_out)
 
@@ -51,6 +52,7 @@ struct ps_server {
     ps_service *svc;
     conn *conns;                 /* every open connection */
     conn *pending;               /* connections with replies this turn */
+    uint64_t next_conn_id;
     bool stopping;
     net_counters c;
 };
@@ -68,12 +70,17 @@ struct conn {
     size_t write_bytes;          /* handed to uv_write, not yet done */
     bool reading, closing;
     bool close_after_write;      /* the last reply refused it: close once sent */
+    uint32_t inflight;           /* requests handled whose replies are not yet written */
+    uint32_t out_replies;        /* replies in out */
+    bool warned_inflight, warned_bytes;
+    uint64_t id;                 /* for log lines */
     uint64_t last_active_ms;
 };
 
 typedef struct write_req {
     uv_write_t req;
     conn *c;
+    uint32_t nreplies;           /* replies in this write */
     char *data;
     size_t len;
 } write_req;
@@ -125,6 +132,83 @@ static void add_pending(conn *c) {
     c->srv->pending = c;
 }
 
+static void pause_reading(conn *c) {
+    if (c->reading)
+        uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = false;
+}
+
+static bool over_limits(conn *c) {
+    const ps_server_config *sc = &c->srv->cfg->server;
+    return c->inflight >= sc->max_inflight_per_conn || c->write_bytes > sc->max_pending_reply_bytes;
+}
+
+/* Note (once per connection) which limit paused it, and count it. */
+static void paused_by_limit(conn *c) {
+    ps_server *srv = c->srv;
+    const ps_server_config *sc = &srv->cfg->server;
+    if (c->inflight >= sc->max_inflight_per_conn) {
+        srv->c.reads_paused_inflight++;
+        if (!c->warned_inflight)
+            ps_warn("connection %llu: %u requests await replies (max_inflight_per_conn); not reading "
+                    "from it until they drain",
+                    (unsigned long long)c->id, c->inflight);
+        c->warned_inflight = true;
+    } else {
+        srv->c.reads_paused++;
+        if (!c->warned_bytes)
+            ps_warn("connection %llu: %zu bytes of replies unread (max_pending_reply_bytes); not "
+                    "reading from it until they drain",
+                    (unsigned long long)c->id, c->write_bytes);
+        c->warned_bytes = true;
+    }
+}
+
+/* Handle the whole frames buffered for c, unless a limit says wait: then
+ * reading stops, and the frames stay buffered until replies drain. */
+static void process_frames(conn *c) {
+    ps_server *srv = c->srv;
+    for (;;) {
+        if (over_limits(c)) {
+            pause_reading(c);
+            paused_by_limit(c);
+            break;
+        }
+        const char *frame;
+        size_t len;
+        int r = ps_frame_reader_next(&c->rd, &frame, &len);
+        if (r == 0)
+            break;
+        if (r < 0) {
+            srv->c.frames_too_large++;
+            ps_warn("connection %llu: closing: frame larger than max_frame_bytes = %llu",
+                    (unsigned long long)c->id, (unsigned long long)srv->cfg->server.max_frame_bytes);
+            conn_close(c);
+            return;
+        }
+        bool push_ack, close_it;
+        r = ps_service_handle(srv->svc, &c->sess, frame, len, &c->out, &push_ack, &close_it);
+        if (r < 0) {
+            srv->c.connections_closed_bad_frame++;
+            ps_warn("connection %llu: closing: a frame that is not a Request", (unsigned long long)c->id);
+            conn_close(c);
+            return;
+        }
+        c->inflight++;
+        c->out_replies++;
+        c->out_has_push_ack |= push_ack;
+        if (close_it) {
+            /* Answer, then hang up: read nothing more from it. */
+            c->close_after_write = true;
+            pause_reading(c);
+            srv->c.connections_closed_auth++;
+            break;
+        }
+    }
+    if (c->out.len)
+        add_pending(c);
+}
+
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     conn *c = (conn *)stream;
     ps_server *srv = c->srv;
@@ -138,53 +222,29 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     srv->c.bytes_in += (uint64_t)nread;
     c->last_active_ms = uv_now(&srv->loop);
     ps_frame_reader_commit(&c->rd, (size_t)nread);
-    for (;;) {
-        const char *frame;
-        size_t len;
-        int r = ps_frame_reader_next(&c->rd, &frame, &len);
-        if (r == 0)
-            break;
-        if (r < 0) {
-            srv->c.frames_too_large++;
-            ps_warn("closing connection: frame larger than max_frame_bytes = %llu",
-                    (unsigned long long)srv->cfg->server.max_frame_bytes);
-            conn_close(c);
-            return;
-        }
-        bool push_ack, close_it;
-        r = ps_service_handle(srv->svc, &c->sess, frame, len, &c->out, &push_ack, &close_it);
-        if (r < 0) {
-            srv->c.connections_closed_bad_frame++;
-            conn_close(c);
-            return;
-        }
-        c->out_has_push_ack |= push_ack;
-        if (close_it) {
-            /* Answer, then hang up: read nothing more from it. */
-            c->close_after_write = true;
-            uv_read_stop((uv_stream_t *)&c->tcp);
-            c->reading = false;
-            srv->c.connections_closed_auth++;
-            break;
-        }
-    }
-    if (c->out.len)
-        add_pending(c);
+    process_frames(c);
 }
 
 static void on_written(uv_write_t *req, int status) {
     write_req *w = (write_req *)req;
     conn *c = w->c;
     c->write_bytes -= w->len;
+    c->inflight -= w->nreplies;
     free(w->data);
     free(w);
+    if (c->closing)
+        return;
     if (status < 0 || (c->close_after_write && c->write_bytes == 0)) {
         conn_close(c);
         return;
     }
-    if (!c->reading && !c->closing && !c->close_after_write &&
-        c->write_bytes <= c->srv->cfg->server.max_pending_reply_bytes / 2) {
+    /* Resume below half of each limit, so a connection at the edge does not
+     * flap between paused and reading on every reply. */
+    const ps_server_config *sc = &c->srv->cfg->server;
+    if (!c->reading && !c->close_after_write && c->write_bytes <= sc->max_pending_reply_bytes / 2 &&
+        c->inflight <= sc->max_inflight_per_conn / 2) {
         c->reading = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0;
+        process_frames(c); /* frames that arrived before the pause */
     }
 }
 
@@ -196,6 +256,8 @@ static void flush_out(conn *c) {
         return;
     }
     w->c = c;
+    w->nreplies = c->out_replies;
+    c->out_replies = 0;
     w->data = ps_buf_take(&c->out, &w->len);
     uv_buf_t b = uv_buf_init(w->data, (unsigned)w->len);
     if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_written) < 0) {
@@ -206,10 +268,9 @@ static void flush_out(conn *c) {
     }
     c->write_bytes += w->len;
     srv->c.bytes_out += w->len;
-    if (c->reading && c->write_bytes > srv->cfg->server.max_pending_reply_bytes) {
-        uv_read_stop((uv_stream_t *)&c->tcp);
-        c->reading = false;
-        srv->c.reads_paused++;
+    if (c->reading && over_limits(c)) {
+        pause_reading(c);
+        paused_by_limit(c);
     }
 }
 
@@ -262,12 +323,14 @@ static void on_connection(uv_stream_t *server, int status) {
     ps_service_session_init(srv->svc, &c->sess);
     if (srv->c.connections_open >= srv->cfg->server.max_connections || srv->stopping) {
         srv->c.connections_rejected++;
-        ps_warn("rejecting connection: max_connections = %u reached",
-                srv->cfg->server.max_connections);
+        if (!srv->stopping)
+            ps_warn("rejecting a connection: max_connections = %u are open",
+                    srv->cfg->server.max_connections);
         uv_close((uv_handle_t *)&c->tcp, on_closed);
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
+    c->id = ++srv->next_conn_id;
     c->next = srv->conns;
     if (srv->conns)
         srv->conns->prev = c;
@@ -308,6 +371,8 @@ static void on_idle_check(uv_timer_t *t) {
         next = c->next;
         if (c->write_bytes == 0 && now - c->last_active_ms > limit) {
             srv->c.connections_closed_idle++;
+            ps_info("connection %llu: closing after idle_timeout_s = %u without a request",
+                    (unsigned long long)c->id, srv->cfg->server.idle_timeout_s);
             conn_close(c);
         }
     }
