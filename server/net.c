@@ -54,6 +54,7 @@ struct ps_server {
     conn *pending;               /* connections with replies this turn */
     uint64_t next_conn_id;
     bool stopping;
+    bool was_read_only;
     net_counters c;
 };
 
@@ -345,15 +346,24 @@ static void on_connection(uv_stream_t *server, int status) {
 
 /* ---- timers, signals ----------------------------------------------------- */
 
-static void on_tick(uv_timer_t *t) {
-    ps_server *srv = t->data;
+/* Tick the shard, and log when the store turns read-only or recovers. */
+static void tick(ps_server *srv) {
     ps_shard_tick(srv->shard, uv_now(&srv->loop));
+    bool ro = ps_shard_read_only(srv->shard);
+    if (ro != srv->was_read_only) {
+        if (ro)
+            ps_error("store is read-only: %s; refusing pushes and new rows, serving existing rows, "
+                     "retrying every second",
+                     ps_shard_store_error(srv->shard));
+        else
+            ps_info("store writable again: accepting pushes");
+        srv->was_read_only = ro;
+    }
 }
 
-static void on_wake(uv_async_t *a) {
-    ps_server *srv = a->data;
-    ps_shard_tick(srv->shard, uv_now(&srv->loop));
-}
+static void on_tick(uv_timer_t *t) { tick(t->data); }
+
+static void on_wake(uv_async_t *a) { tick(a->data); }
 
 void ps_server_notify(void *ctx) {
     ps_server *srv = ctx;
@@ -499,6 +509,9 @@ int ps_server_listen(ps_server *srv, ps_shard *shard, ps_service *svc, char *err
     uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
     uv_signal_start(&srv->sigint, on_signal, SIGINT);
     signal(SIGPIPE, SIG_IGN);
+    /* A file-size limit must fail the write (and make the store read-only),
+     * not kill the shard. */
+    signal(SIGXFSZ, SIG_IGN);
     return write_ready_file(srv, err, errlen);
 }
 

@@ -103,8 +103,9 @@ struct ps_shard {
 
     uint64_t last_flush_ms, retry_at_ms;
     bool job_failed;             /* job holds a batch to retry */
+    bool log_failed;             /* the push log has an unwritten tail */
     bool read_only;
-    char store_error[256];
+    char store_error[512];
 
     ps_shard_counters c;
 };
@@ -222,6 +223,21 @@ static int load_clients(ps_shard *s) {
     return r;
 }
 
+/* ---- read-only state ------------------------------------------------------- */
+
+/* The store or the push log cannot write (disk full, read-only file system,
+ * an I/O error): refuse pushes and row creation, keep serving what exists,
+ * and keep retrying; see ps_shard_tick(). */
+static void set_read_only(ps_shard *s, bool on, const char *why) {
+    s->read_only = on;
+    if (on)
+        snprintf(s->store_error, sizeof(s->store_error), "%s", why);
+    else
+        s->store_error[0] = '\0';
+    for (size_t i = 0; i < s->ntables; i++)
+        ps_table_set_read_only(s->tables[i], on);
+}
+
 /* ---- write-back ---------------------------------------------------------- */
 
 static void *flush_thread(void *arg) {
@@ -332,8 +348,9 @@ static void flush_end(ps_shard *s, uint64_t now_ms) {
          * holds as of covered_lsn (their log segments are still kept). */
         s->c.flush_errors++;
         s->job_failed = true;
-        s->read_only = true;
-        snprintf(s->store_error, sizeof(s->store_error), "%s", err[0] ? err : ps_strerror(r));
+        char why[300];
+        snprintf(why, sizeof(why), "write-back: %s", err[0] ? err : ps_strerror(r));
+        set_read_only(s, true, why);
         s->retry_at_ms = now_ms + 1000;
         return;
     }
@@ -347,8 +364,8 @@ static void flush_end(ps_shard *s, uint64_t now_ms) {
     ps_store_batch_free(j->batch);
     j->batch = NULL;
     s->job_failed = false;
-    s->read_only = false;
-    s->store_error[0] = '\0';
+    if (!s->log_failed)
+        set_read_only(s, false, NULL);
     s->last_flush_ms = now_ms;
 }
 
@@ -386,6 +403,16 @@ void ps_shard_tick(ps_shard *s, uint64_t now_ms) {
         flush_end(s, now_ms);
     if (st == FLUSH_PENDING)
         return;
+    if (s->log_failed && now_ms >= s->retry_at_ms) {
+        /* The push log's unwritten tail is still buffered: write it. */
+        if (ps_pushlog_commit(s->log) == 0) {
+            s->log_failed = false;
+            if (!s->job_failed)
+                set_read_only(s, false, NULL);
+        } else {
+            s->retry_at_ms = now_ms + 1000;
+        }
+    }
     if (s->job_failed) {
         if (now_ms >= s->retry_at_ms)
             submit(s);
@@ -394,11 +421,14 @@ void ps_shard_tick(ps_shard *s, uint64_t now_ms) {
     uint32_t now_s = (uint32_t)time(NULL);
     for (size_t i = 0; i < s->ntables; i++)
         ps_table_set_clock(s->tables[i], now_s);
-    if (flush_due(s, now_ms)) {
+    if (!s->log_failed && flush_due(s, now_ms)) {
         int r = flush_begin(s);
         if (r < 0) {
-            s->read_only = true;
-            snprintf(s->store_error, sizeof(s->store_error), "push log: %s", ps_strerror(r));
+            char why[300];
+            snprintf(why, sizeof(why), "push log: %s", ps_strerror(r));
+            s->log_failed = true;
+            s->retry_at_ms = now_ms + 1000;
+            set_read_only(s, true, why);
         }
     }
 }
@@ -487,6 +517,12 @@ static int apply_push(ps_shard *s, ps_table *t, const uint64_t *keys, size_t n, 
 int ps_shard_push(ps_shard *s, ps_table *t, const uint64_t *keys, size_t n, const float *grads,
                   uint64_t client_id, uint64_t seq, ps_push_result *ret, char *err, size_t errlen) {
     memset(ret, 0, sizeof(*ret));
+    if (s->log_failed) {
+        /* Pushes applied in memory wait for their log records: until those
+         * are written, not even a resend may be acknowledged. */
+        snprintf(err, errlen, "store is read-only: %s", s->store_error);
+        return PS_EREAD_ONLY;
+    }
     if (client_id && seq <= ps_shard_client_seq(s, client_id)) {
         ret->already_applied = true;
         s->c.pushes_already_applied++;
@@ -595,6 +631,10 @@ int ps_shard_dense_push(ps_shard *s, size_t n, const char *const *names, const f
                         const size_t *lens, uint64_t client_id, uint64_t seq, bool *ret_already,
                         char *err, size_t errlen) {
     *ret_already = false;
+    if (s->log_failed) {
+        snprintf(err, errlen, "store is read-only: %s", s->store_error);
+        return PS_EREAD_ONLY;
+    }
     if (client_id && seq <= ps_shard_client_seq(s, client_id)) {
         *ret_already = true;
         s->c.pushes_already_applied++;
@@ -611,9 +651,12 @@ int ps_shard_commit(ps_shard *s) {
     if (!s->log)
         return 0;
     int r = ps_pushlog_commit(s->log);
-    if (r < 0) {
-        s->read_only = true;
-        snprintf(s->store_error, sizeof(s->store_error), "push log write: %s", ps_strerror(r));
+    if (r < 0 && !s->log_failed) {
+        char why[300];
+        snprintf(why, sizeof(why), "push log write: %s", ps_strerror(r));
+        s->log_failed = true;
+        s->retry_at_ms = 0;
+        set_read_only(s, true, why);
     }
     return r;
 }

@@ -50,6 +50,12 @@ static void configure(ps_store *s, const ps_store_options *o) {
     /* Rows are float32 optimizer state: measured to compress poorly, so the
      * CPU of compressing every block is not worth it. */
     rocksdb_options_set_compression(s->options, rocksdb_no_compression);
+    /* Debian builds RocksDB with assertions on, and its info-LOG writer
+     * asserts (aborting the shard) when it is used again after a failed
+     * write, which a full disk causes. Errors reach us as statuses anyway,
+     * so RocksDB logs only fatal events (level 4). */
+    rocksdb_options_set_info_log_level(s->options, 4);
+    rocksdb_options_set_keep_log_file_num(s->options, 3);
 
     s->table_options = rocksdb_block_based_options_create();
     s->cache = rocksdb_cache_create_lru((o && o->block_cache_mb ? o->block_cache_mb : 256) << 20);

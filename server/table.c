@@ -91,6 +91,7 @@ struct ps_table {
     uint64_t persisted_rows, new_rows;
 
     uint32_t now;
+    bool read_only;              /* refuse to create rows */
     ps_table_make_room_fn make_room;
     void *make_room_ctx;
 
@@ -211,6 +212,7 @@ void ps_table_set_make_room(ps_table *t, ps_table_make_room_fn fn, void *ctx) {
 }
 
 void ps_table_set_clock(ps_table *t, uint32_t now_s) { t->now = now_s; }
+void ps_table_set_read_only(ps_table *t, bool read_only) { t->read_only = read_only; }
 const ps_table_config *ps_table_config_of(const ps_table *t) { return t->cfg; }
 uint32_t ps_table_dim(const ps_table *t) { return t->dim; }
 uint32_t ps_table_state_width(const ps_table *t) { return t->width; }
@@ -464,6 +466,14 @@ static int resolve(ps_table *t, const uint64_t *keys, size_t n, const uint8_t *m
     size_t ncreate = 0;
     for (size_t u = 0; u < nuniq && create; u++)
         ncreate += !found[u];
+    if (ncreate && t->read_only) {
+        /* New rows could not be written back: refuse, create nothing. */
+        snprintf(err, errlen, "table %s: %zu of the keys have no row yet, and the store is "
+                              "read-only: rows cannot be created",
+                 t->cfg->name, ncreate);
+        r = PS_EREAD_ONLY;
+        goto out;
+    }
     if (ncreate && !(slots = malloc(ncreate * sizeof(*slots)))) {
         r = -ENOMEM;
         goto out;

@@ -43,6 +43,9 @@ int ps_table_new(const ps_table_config *cfg, uint32_t nbuckets, uint64_t capacit
 void ps_table_free(ps_table *t);
 
 void ps_table_set_make_room(ps_table *t, ps_table_make_room_fn fn, void *ctx);
+/* While the store cannot write, requests that would create rows fail with
+ * PS_EREAD_ONLY; existing rows are still served (and evicted when clean). */
+void ps_table_set_read_only(ps_table *t, bool read_only);
 /* Coarse clock for the rows' last-seen field; the shard sets it per turn. */
 void ps_table_set_clock(ps_table *t, uint32_t now_s);
 
