@@ -127,6 +127,8 @@ struct ps_client {
     atomic_uint_fast64_t next_id;
 
     atomic_uint_fast64_t n_requests, n_reconnects, n_resent, n_timeouts;
+    pthread_mutex_t ckpt_lock;
+    char ckpt_pending[64];       /* latest checkpoint barrier a shard announced */
 };
 
 /* ---- calls and parts -------------------------------------------------------- */
@@ -441,6 +443,11 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
             conn_down(sc, "undecodable response");
             return;
         }
+        if (resp->checkpoint_pending && resp->checkpoint_pending[0]) {
+            pthread_mutex_lock(&sc->c->ckpt_lock);
+            snprintf(sc->c->ckpt_pending, sizeof(sc->c->ckpt_pending), "%s", resp->checkpoint_pending);
+            pthread_mutex_unlock(&sc->c->ckpt_lock);
+        }
         if (resp->id == HELLO_ID) {
             handle_hello(sc, resp);
             if (sc->state != READY)
@@ -653,6 +660,7 @@ int ps_client_new(const ps_client_options *opts, ps_client **ret_client, char *e
     c->next_seq = 1;
     atomic_init(&c->next_id, HELLO_ID + 1);
     pthread_mutex_init(&c->submit_lock, NULL);
+    pthread_mutex_init(&c->ckpt_lock, NULL);
     int r = uv_loop_init(&c->loop);
     if (r < 0) {
         snprintf(err, errlen, "event loop: %s", uv_strerror(r));
@@ -691,12 +699,19 @@ void ps_client_free(ps_client *c) {
     }
     uv_loop_close(&c->loop);
     pthread_mutex_destroy(&c->submit_lock);
+    pthread_mutex_destroy(&c->ckpt_lock);
     ps_auth_wipe(&c->secret);
     free(c->shards);
     free(c);
 }
 
 uint64_t ps_client_id(const ps_client *c) { return c->client_id; }
+
+void ps_client_checkpoint_pending(ps_client *c, char *ret, size_t len) {
+    pthread_mutex_lock(&c->ckpt_lock);
+    snprintf(ret, len, "%s", c->ckpt_pending);
+    pthread_mutex_unlock(&c->ckpt_lock);
+}
 
 void ps_client_counters_get(ps_client *c, ps_client_counters *ret) {
     ret->requests = atomic_load(&c->n_requests);

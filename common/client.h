@@ -46,6 +46,9 @@ int ps_client_new(const ps_client_options *opts, ps_client **ret_client, char *e
 /* Waits for nothing: calls still in flight fail with PS_ECLOSED. */
 void ps_client_free(ps_client *c);
 uint64_t ps_client_id(const ps_client *c);
+/* The id of the latest checkpoint barrier any shard announced in a response
+ * ("" if none yet); it stays after the barrier ends (common/checkpoint.h). */
+void ps_client_checkpoint_pending(ps_client *c, char *ret, size_t len);
 void ps_client_counters_get(ps_client *c, ps_client_counters *ret);
 
 /* Start a Pull of n keys of a table of dimension dim; ret_values (n * dim)

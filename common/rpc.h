@@ -18,7 +18,8 @@
     XX(cluster_map, CLUSTER_MAP)                                                              \
     XX(export, EXPORT)                                                                        \
     XX(dense_pull, DENSE_PULL)                                                                \
-    XX(dense_push, DENSE_PUSH)
+    XX(dense_push, DENSE_PUSH)                                                                \
+    XX(checkpoint, CHECKPOINT)
 
 typedef enum {
 #define PS_METHOD_ENUM(name, tag) PS_METHOD_##tag,

@@ -1,16 +1,111 @@
 /* ctrps-server: one shard of a ctrps cluster. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
 #include <getopt.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "auth.h"
+#include "checkpoint.h"
 #include "config.h"
 #include "error.h"
 #include "log.h"
 #include "net.h"
 #include "service.h"
 #include "shard.h"
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+static int copy_file(const char *from, const char *to) {
+    int in = open(from, O_RDONLY | O_CLOEXEC), out = -1, r = 0;
+    if (in < 0)
+        return -errno;
+    out = open(to, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (out < 0) {
+        r = -errno;
+        close(in);
+        return r;
+    }
+    char buf[1 << 16];
+    ssize_t n;
+    while ((n = read(in, buf, sizeof(buf))) > 0)
+        if (write(out, buf, (size_t)n) != n) {
+            r = -EIO;
+            break;
+        }
+    if (n < 0)
+        r = -errno;
+    if (r == 0 && fsync(out) < 0)
+        r = -errno;
+    close(in);
+    close(out);
+    return r;
+}
+
+/* Replace the shard's data with its copy in a cluster checkpoint. Table
+ * files (.sst) are immutable and hard-linked; RocksDB appends to the others
+ * (MANIFEST, logs), so they are copied, which leaves the checkpoint intact. */
+static int restore(const char *ckpt, uint32_t shard, const char *dir, char *err, size_t errlen) {
+    char from[4096], db[PS_PATH_MAX + 64], log[PS_PATH_MAX + 64], addr[256];
+    int r = ps_checkpoint_resolve(ckpt, from, sizeof(from) - 32, err, errlen);
+    if (r < 0)
+        return r;
+    char section[32];
+    snprintf(section, sizeof(section), "shard.%u", shard);
+    r = ps_checkpoint_manifest_get(from, section, "address", addr, sizeof(addr), err, errlen);
+    if (r < 0)
+        return r;
+    size_t len = strlen(from);
+    snprintf(from + len, sizeof(from) - len, "/shard-%u", shard);
+    DIR *d = opendir(from);
+    if (!d) {
+        snprintf(err, errlen, "%s: %s", from, strerror(errno));
+        return -errno;
+    }
+    snprintf(db, sizeof(db), "%s/db", dir);
+    snprintf(log, sizeof(log), "%s/pushlog", dir);
+    nftw(db, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    nftw(log, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    char cmd_dir[PS_PATH_MAX + 64];
+    snprintf(cmd_dir, sizeof(cmd_dir), "%s", dir);
+    for (char *p = cmd_dir + 1; *p; p++)
+        if (*p == '/') {
+            *p = '\0';
+            mkdir(cmd_dir, 0755);
+            *p = '/';
+        }
+    mkdir(cmd_dir, 0755);
+    if (mkdir(db, 0755) < 0) {
+        snprintf(err, errlen, "%.900s: %s", db, strerror(errno));
+        closedir(d);
+        return -errno;
+    }
+    struct dirent *e;
+    while (r == 0 && (e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        char src[sizeof(from) + 256], dst[sizeof(db) + 256];
+        snprintf(src, sizeof(src), "%s/%s", from, e->d_name);
+        snprintf(dst, sizeof(dst), "%s/%s", db, e->d_name);
+        size_t n = strlen(e->d_name);
+        bool sst = n > 4 && !strcmp(e->d_name + n - 4, ".sst");
+        r = sst && link(src, dst) == 0 ? 0 : copy_file(src, dst);
+        if (r < 0)
+            snprintf(err, errlen, "%.400s -> %.400s: %s", src, dst, strerror(-r));
+    }
+    closedir(d);
+    return r;
+}
 
 static void usage(FILE *out) {
     fprintf(out,
@@ -26,6 +121,8 @@ static void usage(FILE *out) {
             "                      127.0.0.1) and the port from [cluster] shards; port 0\n"
             "                      picks a free one\n"
             "  --ready-file FILE   write HOST:PORT to FILE once serving (for scripts/tests)\n"
+            "  --restore D         replace this shard's data with its copy in the cluster\n"
+            "                      checkpoint D (or the newest one under D) before starting\n"
             "  --log-level LEVEL   debug | info | warn | error (default info)\n"
             "  --help              this text\n"
             "\n"
@@ -38,8 +135,10 @@ int main(int argc, char **argv) {
         {"config", required_argument, NULL, 'c'},   {"shard", required_argument, NULL, 's'},
         {"data-dir", required_argument, NULL, 'd'}, {"listen", required_argument, NULL, 'l'},
         {"ready-file", required_argument, NULL, 'r'}, {"log-level", required_argument, NULL, 'v'},
-        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0}};
+        {"restore", required_argument, NULL, 'R'},   {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
     const char *config_path = NULL, *data_dir = NULL, *listen = NULL, *ready_file = NULL;
+    const char *restore_from = NULL;
     long shard_arg = -1;
     ps_log_level level = PS_LOG_INFO;
     int opt;
@@ -66,6 +165,9 @@ int main(int argc, char **argv) {
             break;
         case 'r':
             ready_file = optarg;
+            break;
+        case 'R':
+            restore_from = optarg;
             break;
         case 'v':
             if (!strcmp(optarg, "debug"))
@@ -135,6 +237,12 @@ int main(int argc, char **argv) {
         goto out;
     ps_shard_options sho = {
         .shard_id = shard_id, .data_dir = dir, .notify = ps_server_notify, .notify_ctx = srv};
+    if (restore_from) {
+        r = restore(restore_from, shard_id, dir, err, sizeof(err));
+        if (r < 0)
+            goto out;
+        ps_info("restored shard %u from %s", shard_id, restore_from);
+    }
     ps_info("opening shard %u in %s", shard_id, dir);
     r = ps_shard_open(cfg, &sho, &shard, err, sizeof(err));
     if (r < 0)

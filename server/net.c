@@ -75,6 +75,7 @@ struct conn {
     uint32_t out_replies;        /* replies in out */
     bool warned_inflight, warned_bytes;
     uint64_t id;                 /* for log lines */
+    bool session_open;           /* sess is in the service's list */
     uint64_t last_active_ms;
 };
 
@@ -90,6 +91,8 @@ typedef struct write_req {
 
 static void on_closed(uv_handle_t *h) {
     conn *c = (conn *)h;
+    if (c->session_open)
+        ps_service_session_deinit(c->srv->svc, &c->sess);
     ps_frame_reader_deinit(&c->rd);
     ps_buf_deinit(&c->out);
     free(c);
@@ -322,6 +325,7 @@ static void on_connection(uv_stream_t *server, int status) {
     ps_frame_reader_init(&c->rd, (uint32_t)srv->cfg->server.max_frame_bytes);
     ps_buf_init(&c->out);
     ps_service_session_init(srv->svc, &c->sess);
+    c->session_open = true;
     if (srv->c.connections_open >= srv->cfg->server.max_connections || srv->stopping) {
         srv->c.connections_rejected++;
         if (!srv->stopping)

@@ -18,8 +18,20 @@
  * a scanner learns nothing and cannot linger. */
 #define MAX_REFUSED 3
 
+#define MAX_REPORTS 4096
+
+typedef struct report {
+    uint64_t client_id;
+    char worker[64];
+    char position[256];
+} report;
+
 struct ps_service {
     ps_shard *shard;
+    ps_session *sessions;        /* open connections */
+    char ckpt[PS_NAME_MAX];      /* checkpoint barrier in progress, or "" */
+    report *reports;             /* workers that reached the barrier */
+    size_t nreports;
     ps_auth_secret secret;
     uint64_t auth_failures, unauthenticated_refused;
     const ps_config *cfg;
@@ -43,6 +55,7 @@ typedef struct reply {
         Ctrps__ExportResponse export;
         Ctrps__DensePullResponse dense_pull;
         Ctrps__DensePushResponse dense_push;
+        Ctrps__CheckpointResponse checkpoint;
     } u;
     void *owned[8];              /* freed after packing */
     int nowned;
@@ -73,12 +86,27 @@ void ps_service_free(ps_service *svc) {
     if (!svc)
         return;
     ps_auth_wipe(&svc->secret);
+    free(svc->reports);
     free(svc);
 }
 
-void ps_service_session_init(const ps_service *svc, ps_session *sess) {
+void ps_service_session_init(ps_service *svc, ps_session *sess) {
     memset(sess, 0, sizeof(*sess));
     sess->authenticated = svc->secret.len == 0;
+    sess->next = svc->sessions;
+    if (svc->sessions)
+        svc->sessions->prev = sess;
+    svc->sessions = sess;
+}
+
+void ps_service_session_deinit(ps_service *svc, ps_session *sess) {
+    if (sess->prev)
+        sess->prev->next = sess->next;
+    else if (svc->sessions == sess)
+        svc->sessions = sess->next;
+    if (sess->next)
+        sess->next->prev = sess->prev;
+    sess->prev = sess->next = NULL;
 }
 
 void ps_service_set_extra_counters(ps_service *svc, ps_service_extra_counters_fn fn, void *ctx) {
@@ -175,6 +203,7 @@ static int do_hello(ps_service *svc, ps_session *sess, const Ctrps__HelloRequest
     }
     sess->hello_done = true;
     sess->client_id = req->client_id;
+    snprintf(sess->client_name, sizeof(sess->client_name), "%s", req->client_name ? req->client_name : "");
     h->protocol_version = PS_PROTOCOL_VERSION;
     h->shard_id = ps_shard_id(svc->shard);
     h->map_version = svc->cfg->map_version;
@@ -557,6 +586,111 @@ static int do_dense_push(ps_service *svc, ps_session *sess, const Ctrps__DensePu
     return 0;
 }
 
+/* ---- checkpoint barrier ------------------------------------------------------ */
+
+static bool is_worker(const ps_session *s) {
+    return s->hello_done && !strncmp(s->client_name, "ctrps-worker", 12);
+}
+
+static int do_checkpoint(ps_service *svc, ps_session *sess, const Ctrps__CheckpointRequest *req,
+                         reply *rp) {
+    (void)sess;
+    const char *id = req->id ? req->id : "";
+    if (req->phase != CTRPS__CHECKPOINT_REQUEST__PHASE__STATUS &&
+        (!id[0] || strlen(id) >= sizeof(svc->ckpt))) {
+        snprintf(rp->err, sizeof(rp->err), "checkpoint id must be 1..%zu bytes", sizeof(svc->ckpt) - 1);
+        return PS_EPROTO;
+    }
+    bool ours = svc->ckpt[0] && !strcmp(svc->ckpt, id);
+    Ctrps__CheckpointResponse *c = &rp->u.checkpoint;
+    ctrps__checkpoint_response__init(c);
+    switch (req->phase) {
+    case CTRPS__CHECKPOINT_REQUEST__PHASE__BEGIN:
+        if (svc->ckpt[0] && !ours) {
+            snprintf(rp->err, sizeof(rp->err), "checkpoint %s is in progress", svc->ckpt);
+            return PS_EUNAVAILABLE;
+        }
+        if (!ours) {
+            snprintf(svc->ckpt, sizeof(svc->ckpt), "%s", id);
+            svc->nreports = 0;
+        }
+        break;
+    case CTRPS__CHECKPOINT_REQUEST__PHASE__REPORT: {
+        if (!ours) {
+            snprintf(rp->err, sizeof(rp->err), "no checkpoint %s in progress", id);
+            return PS_EUNAVAILABLE;
+        }
+        if (!svc->reports && !(svc->reports = calloc(MAX_REPORTS, sizeof(report))))
+            return -ENOMEM;
+        size_t i = 0;
+        while (i < svc->nreports && svc->reports[i].client_id != req->client_id)
+            i++;
+        if (i == MAX_REPORTS) {
+            snprintf(rp->err, sizeof(rp->err), "more than %d workers", MAX_REPORTS);
+            return PS_ELIMIT;
+        }
+        if (i == svc->nreports)
+            svc->nreports++;
+        report *r = &svc->reports[i];
+        r->client_id = req->client_id;
+        snprintf(r->worker, sizeof(r->worker), "%s", req->worker ? req->worker : "");
+        snprintf(r->position, sizeof(r->position), "%s", req->position ? req->position : "");
+        break;
+    }
+    case CTRPS__CHECKPOINT_REQUEST__PHASE__TAKE: {
+        if (!ours) {
+            snprintf(rp->err, sizeof(rp->err), "no checkpoint %s in progress", id);
+            return PS_EUNAVAILABLE;
+        }
+        if (!req->dir || !req->dir[0]) {
+            snprintf(rp->err, sizeof(rp->err), "checkpoint TAKE needs a directory");
+            return PS_EPROTO;
+        }
+        int r = ps_shard_checkpoint(svc->shard, req->dir, &c->flushed_lsn, rp->err, sizeof(rp->err));
+        if (r < 0)
+            return r;
+        c->path = req->dir;
+        break;
+    }
+    case CTRPS__CHECKPOINT_REQUEST__PHASE__END:
+        if (ours) {
+            svc->ckpt[0] = '\0';
+            svc->nreports = 0;
+        }
+        break;
+    default:
+        break;
+    }
+    /* Every phase answers with the state of the barrier. */
+    size_t nw = 0;
+    for (ps_session *s = svc->sessions; s; s = s->next)
+        nw += is_worker(s);
+    uint64_t *ids = own(rp, calloc(nw + 1, sizeof(uint64_t)));
+    Ctrps__WorkerReport *reps = own(rp, calloc(svc->nreports + 1, sizeof(*reps)));
+    Ctrps__WorkerReport **rptr = own(rp, calloc(svc->nreports + 1, sizeof(*rptr)));
+    if (!ids || !reps || !rptr)
+        return -ENOMEM;
+    nw = 0;
+    for (ps_session *s = svc->sessions; s; s = s->next)
+        if (is_worker(s))
+            ids[nw++] = s->client_id;
+    for (size_t i = 0; i < svc->nreports; i++) {
+        ctrps__worker_report__init(&reps[i]);
+        reps[i].client_id = svc->reports[i].client_id;
+        reps[i].worker = svc->reports[i].worker;
+        reps[i].position = svc->reports[i].position;
+        rptr[i] = &reps[i];
+    }
+    c->pending = svc->ckpt;
+    c->n_connected_workers = nw;
+    c->connected_workers = ids;
+    c->n_reports = svc->nreports;
+    c->reports = rptr;
+    rp->resp.result_case = CTRPS__RESPONSE__RESULT_CHECKPOINT;
+    rp->resp.checkpoint = c;
+    return 0;
+}
+
 /* ---- dispatch --------------------------------------------------------------- */
 
 int ps_service_handle(ps_service *svc, ps_session *sess, const char *frame, size_t len, ps_buf *out,
@@ -607,6 +741,8 @@ reply:
         rp.push_ack = false;
     }
     svc->statuses[rp.resp.status < STATUS_COUNT ? rp.resp.status : STATUS_COUNT - 1]++;
+    if (svc->ckpt[0] && sess->authenticated)
+        rp.resp.checkpoint_pending = svc->ckpt;
     r = ps_frame_append(out, &rp.resp.base);
     for (int i = 0; i < rp.nowned; i++)
         free(rp.owned[i]);

@@ -20,14 +20,17 @@
 typedef struct ps_service ps_service;
 
 /* Per-connection protocol state, owned by the connection. */
-typedef struct ps_session {
+typedef struct ps_session ps_session;
+struct ps_session {
+    ps_session *prev, *next;     /* the service's list of open sessions */
+    char client_name[64];        /* from Hello */
     bool hello_done;
     bool authenticated;          /* always true without a configured secret */
     bool has_challenge;          /* a server nonce is out, good for one answer */
     uint8_t challenge[PS_AUTH_NONCE];
     uint32_t refused;            /* requests refused before authentication */
     uint64_t client_id;
-} ps_session;
+};
 
 /* Counters kept by the network layer, reported through Stats. */
 typedef void (*ps_service_extra_counters_fn)(void *ctx, void (*add)(void *acc, const char *name,
@@ -36,8 +39,10 @@ typedef void (*ps_service_extra_counters_fn)(void *ctx, void (*add)(void *acc, c
 
 /* secret may be NULL or empty: no authentication. It is copied. */
 int ps_service_new(ps_shard *shard, const ps_auth_secret *secret, ps_service **ret_service);
-/* Start a connection's session. */
-void ps_service_session_init(const ps_service *svc, ps_session *sess);
+/* Start and end a connection's session (the service lists open ones: a
+ * checkpoint waits for every connected worker). */
+void ps_service_session_init(ps_service *svc, ps_session *sess);
+void ps_service_session_deinit(ps_service *svc, ps_session *sess);
 void ps_service_free(ps_service *svc);
 void ps_service_set_extra_counters(ps_service *svc, ps_service_extra_counters_fn fn, void *ctx);
 

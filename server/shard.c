@@ -433,13 +433,13 @@ void ps_shard_tick(ps_shard *s, uint64_t now_ms) {
     }
 }
 
-int ps_shard_flush_sync(ps_shard *s, char *err, size_t errlen) {
+static int flush_sync(ps_shard *s, bool always, char *err, size_t errlen) {
     wait_flush(s);
     if (s->job_failed) {
         submit(s);
         wait_flush(s);
     }
-    if (!s->job_failed && total_dirty(s) > 0) {
+    if (!s->job_failed && (always || total_dirty(s) > 0)) {
         int r = flush_begin(s);
         if (r < 0) {
             snprintf(err, errlen, "write-back: %s", ps_strerror(r));
@@ -451,6 +451,30 @@ int ps_shard_flush_sync(ps_shard *s, char *err, size_t errlen) {
         snprintf(err, errlen, "write-back failed: %s", s->store_error);
         return PS_EREAD_ONLY;
     }
+    return 0;
+}
+
+int ps_shard_flush_sync(ps_shard *s, char *err, size_t errlen) {
+    return flush_sync(s, false, err, errlen);
+}
+
+int ps_shard_checkpoint(ps_shard *s, const char *dir, uint64_t *ret_lsn, char *err, size_t errlen) {
+    if (s->log_failed) {
+        snprintf(err, errlen, "store is read-only: %s", s->store_error);
+        return PS_EREAD_ONLY;
+    }
+    /* A write-back even with nothing dirty: it also records the push-log
+     * position and the clients' sequence numbers, which the copy needs
+     * without the log. */
+    int r = ps_shard_commit(s);
+    if (r == 0)
+        r = flush_sync(s, true, err, errlen);
+    if (r < 0)
+        return r;
+    r = ps_store_checkpoint(s->store, dir, err, errlen);
+    if (r < 0)
+        return r;
+    *ret_lsn = s->log ? ps_pushlog_last_lsn(s->log) : 0;
     return 0;
 }
 

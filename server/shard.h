@@ -100,6 +100,11 @@ void ps_shard_tick(ps_shard *s, uint64_t now_ms);
 /* Write back every dirty row now and wait for it (export, shutdown). */
 int ps_shard_flush_sync(ps_shard *s, char *err, size_t errlen);
 
+/* Write everything back and make a consistent RocksDB checkpoint (hard
+ * links) in dir, which must not exist; *ret_lsn is the push-log position it
+ * includes. The copy alone restores the shard (ctrps-server --restore). */
+int ps_shard_checkpoint(ps_shard *s, const char *dir, uint64_t *ret_lsn, char *err, size_t errlen);
+
 /* Non-empty while the store refuses writes. */
 const char *ps_shard_store_error(const ps_shard *s);
 bool ps_shard_read_only(const ps_shard *s);

@@ -127,7 +127,8 @@ int ps_cluster_start_shard(ps_cluster *c, int i) {
     unlink(ready);
     int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
     char *argv[] = {(char *)ps_test_bin("server/ctrps-server"), "--config", c->config, "--shard",
-                    shard, "--listen", listen, "--ready-file", ready, "--data-dir", data, NULL};
+                    shard, "--listen", listen, "--ready-file", ready, "--data-dir", data,
+                    c->restore ? "--restore" : NULL, (char *)c->restore, NULL};
     pid_t pid = spawn(argv, fd, fd);
     if (fd >= 0)
         close(fd);
@@ -160,7 +161,12 @@ int ps_cluster_start_shard(ps_cluster *c, int i) {
 }
 
 int ps_cluster_start(ps_cluster *c, int nshards, const char *body) {
+    return ps_cluster_start_restored(c, nshards, body, NULL);
+}
+
+int ps_cluster_start_restored(ps_cluster *c, int nshards, const char *body, const char *restore) {
     memset(c, 0, sizeof(*c));
+    c->restore = restore;
     snprintf(c->dir, sizeof(c->dir), "/tmp/ctrps-test-XXXXXX");
     if (!mkdtemp(c->dir))
         return -errno;
@@ -170,9 +176,11 @@ int ps_cluster_start(ps_cluster *c, int nshards, const char *body) {
     int r = write_config(c);
     for (int i = 0; i < nshards && r == 0; i++)
         r = ps_cluster_start_shard(c, i);
-    /* Now the ports are known: rewrite the config clients will read. */
+    /* Now the ports are known: rewrite the config clients will read. A
+     * later restart must not restore again. */
     if (r == 0)
         r = write_config(c);
+    c->restore = NULL;
     return r;
 }
 

@@ -24,6 +24,7 @@ typedef struct ps_cluster {
     pid_t pids[PS_TEST_MAX_SHARDS];
     int ports[PS_TEST_MAX_SHARDS];
     ps_config *cfg;              /* parsed config (client side) */
+    const char *restore;         /* if set, shards start with --restore <it> */
 } ps_cluster;
 
 /* Path of a built binary ("server/ctrps-server"), from CTRPS_BUILD_ROOT. */
@@ -33,6 +34,8 @@ const char *ps_test_bin(const char *rel);
  * section but the shard list ([cluster] buckets, [server], [table.*], ...);
  * it must not contain "shards =". Returns 0 or a negative error. */
 int ps_cluster_start(ps_cluster *c, int nshards, const char *body);
+/* The same, each shard first restoring its data from checkpoint `restore`. */
+int ps_cluster_start_restored(ps_cluster *c, int nshards, const char *body, const char *restore);
 /* Start shard i (again), on its old port if it had one. */
 int ps_cluster_start_shard(ps_cluster *c, int i);
 /* Send sig to shard i and wait for it to exit (SIGKILL after 20 s).

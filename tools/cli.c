@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "checkpoint.h"
 #include "client.h"
 #include "config.h"
 #include "error.h"
@@ -38,6 +39,13 @@ static void usage(FILE *out) {
             "  stats\n"
             "      one JSON object per shard: rows per table, requests, errors,\n"
             "      dropped non-finite rows, RocksDB bytes, counters\n"
+            "  checkpoint --dir D [--wait S] [--keep N]\n"
+            "      consistent cluster checkpoint under D: every worker pauses at a batch\n"
+            "      boundary once its pushes are acknowledged, every shard copies its\n"
+            "      database, a manifest records the copies and the workers' input\n"
+            "      positions, then training resumes; prints D/<id>. --keep prunes to the\n"
+            "      newest N. Restore with ctrps-server --restore D, ctrps-worker --resume D\n"
+            "  checkpoint --list --dir D | checkpoint --prune --keep N --dir D\n"
             "  gen --rows N --seed S --format criteo|slots --out FILE\n"
             "      write a synthetic click log and FILE.truth.json (see gen --help)\n"
             "\n"
@@ -402,6 +410,81 @@ static int cmd_stats(ps_client *cl, const ps_config *cfg, int argc, char **argv)
     return code;
 }
 
+/* checkpoint: parsed before the config is loaded, as --list and --prune
+ * need none. Returns -1 when the cluster is needed (take), else an exit code. */
+typedef struct ckpt_args {
+    const char *dir;
+    uint64_t wait_s, keep;
+    bool list, prune;
+} ckpt_args;
+
+static int parse_checkpoint(int argc, char **argv, ckpt_args *a) {
+    static const struct option opts[] = {{"dir", required_argument, NULL, 'd'},
+                                         {"wait", required_argument, NULL, 'w'},
+                                         {"keep", required_argument, NULL, 'k'},
+                                         {"list", no_argument, NULL, 'l'},
+                                         {"prune", no_argument, NULL, 'p'},
+                                         {NULL, 0, NULL, 0}};
+    a->wait_s = 600;
+    optind = 1;
+    int opt;
+    while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'd':
+            a->dir = optarg;
+            break;
+        case 'w':
+            if (ps_parse_u64(optarg, &a->wait_s) < 0 || a->wait_s == 0)
+                return fail(2, "--wait: expected seconds > 0, got '%s'", optarg);
+            break;
+        case 'k':
+            if (ps_parse_u64(optarg, &a->keep) < 0 || a->keep == 0)
+                return fail(2, "--keep: expected a count > 0, got '%s'", optarg);
+            break;
+        case 'l':
+            a->list = true;
+            break;
+        case 'p':
+            a->prune = true;
+            break;
+        default:
+            return 2;
+        }
+    }
+    if (optind < argc)
+        return fail(2, "checkpoint: unexpected argument '%s'", argv[optind]);
+    if (!a->dir)
+        return fail(2, "checkpoint needs --dir D");
+    if (a->prune && !a->keep)
+        return fail(2, "checkpoint --prune needs --keep N");
+    char err[1024];
+    if (a->list) {
+        char **ids;
+        size_t n;
+        int r = ps_checkpoint_list(a->dir, &ids, &n);
+        if (r < 0)
+            return fail(1, "%s: %s", a->dir, strerror(-r));
+        for (size_t i = 0; i < n; i++)
+            printf("%s/%s\n", a->dir, ids[i]);
+        ps_checkpoint_list_free(ids, n);
+        return 0;
+    }
+    if (a->prune)
+        return ps_checkpoint_prune(a->dir, (uint32_t)a->keep, err, sizeof(err)) < 0 ? fail(1, "%s", err) : 0;
+    return -1;
+}
+
+static int cmd_checkpoint(ps_client *cl, const ps_config *cfg, const ckpt_args *a) {
+    char id[PS_CHECKPOINT_ID_MAX], err[1024];
+    int r = ps_checkpoint_take(cl, cfg, a->dir, (uint32_t)a->wait_s, id, sizeof(id), err, sizeof(err));
+    if (r < 0)
+        return fail(1, "checkpoint: %s", err);
+    printf("%s/%s\n", a->dir, id);
+    if (a->keep && ps_checkpoint_prune(a->dir, (uint32_t)a->keep, err, sizeof(err)) < 0)
+        return fail(1, "checkpoint taken, but pruning failed: %s", err);
+    return 0;
+}
+
 static void gen_usage(FILE *out) {
     ps_gen_options d;
     ps_gen_options_init(&d);
@@ -540,9 +623,15 @@ int main(int argc, char **argv) {
     char **cargv = argv + optind;
     if (!strcmp(cmd, "gen"))
         return cmd_gen(cargc, cargv);
-    if (strcmp(cmd, "lookup") && strcmp(cmd, "pull") && strcmp(cmd, "push") &&
-        strcmp(cmd, "export") && strcmp(cmd, "stats"))
+    ckpt_args ca = {0};
+    if (!strcmp(cmd, "checkpoint")) {
+        int code = parse_checkpoint(cargc, cargv, &ca);
+        if (code >= 0)
+            return code;
+    } else if (strcmp(cmd, "lookup") && strcmp(cmd, "pull") && strcmp(cmd, "push") &&
+               strcmp(cmd, "export") && strcmp(cmd, "stats")) {
         return fail(2, "unknown command '%s' (see --help)", cmd);
+    }
     if (!config_path)
         return fail(2, "%s needs --config FILE", cmd);
     char err[1024];
@@ -566,6 +655,8 @@ int main(int argc, char **argv) {
         code = cmd_push(cl, cfg, cargc, cargv);
     else if (!strcmp(cmd, "export"))
         code = cmd_export(cl, cfg, cargc, cargv);
+    else if (!strcmp(cmd, "checkpoint"))
+        code = cmd_checkpoint(cl, cfg, &ca);
     else
         code = cmd_stats(cl, cfg, cargc, cargv);
     if (fflush(stdout) != 0 && code == 0)

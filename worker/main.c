@@ -46,8 +46,15 @@ static void usage(FILE *out) {
             "  --num-workers N      (default 0 of 1)\n"
             "  --max-examples N     stop after N examples (default: all)\n"
             "  --passes P           read the input P times (default 1; not with stdin)\n"
+            "  --resume D           continue from a cluster checkpoint (D, or the newest one\n"
+            "                       under D): this worker's input position in its manifest\n"
+            "                       (same --input arguments, same --worker-index/--num-workers);\n"
+            "                       the shards must have been restored from it\n"
             "  --log-level LEVEL    debug | info | warn | error (default info)\n"
             "  --help               this text\n"
+            "\n"
+            "At a checkpoint barrier (ctrps-cli checkpoint) the worker pauses once its\n"
+            "pushes are acknowledged, reports its input position, and continues after.\n"
             "\n"
             "Progress lines go to stderr every [worker] progress_interval_s seconds; the\n"
             "final result is one JSON line on stdout:\n"
@@ -102,6 +109,7 @@ int main(int argc, char **argv) {
         {"holdout", required_argument, NULL, 'H'},     {"worker-index", required_argument, NULL, 'w'},
         {"num-workers", required_argument, NULL, 'n'}, {"max-examples", required_argument, NULL, 'm'},
         {"passes", required_argument, NULL, 'p'},      {"log-level", required_argument, NULL, 'v'},
+        {"resume", required_argument, NULL, 'R'},
         {"help", no_argument, NULL, 'h'},              {NULL, 0, NULL, 0}};
     const char *config_path = NULL, *format = NULL;
     const char **inputs = calloc((size_t)argc + 1, sizeof(char *));
@@ -127,6 +135,9 @@ int main(int argc, char **argv) {
             break;
         case 'H':
             to.holdout = optarg;
+            break;
+        case 'R':
+            to.resume = optarg;
             break;
         case 'w':
         case 'n':

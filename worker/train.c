@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "batch.h"
+#include "checkpoint.h"
 #include "client.h"
 #include "error.h"
 #include "log.h"
@@ -16,6 +17,8 @@
 #include "model.h"
 #include "parse.h"
 #include "wconfig.h"
+
+#include <xxhash.h>
 
 #define MAX_TABLES 16
 
@@ -228,6 +231,10 @@ typedef struct trainer {
     double staleness_sum;
     uint64_t staleness_n;
     ps_eval total, window;
+    char worker_name[64];
+    uint64_t inputs_hash;
+    char handled_ckpt[64];       /* the last barrier this worker reported at */
+    uint64_t checkpoints;
     char err[1024];
 } trainer;
 
@@ -343,6 +350,93 @@ static int compute(trainer *t, ps_batch *b) {
     r = ps_model_backward(t->model, b, t->dlogits);
     if (r < 0)
         snprintf(t->err, sizeof(t->err), "backward: %s", ps_strerror(r));
+    return r;
+}
+
+/* ---- checkpoint barrier ------------------------------------------------------------- */
+
+static int ckpt_call(trainer *t, Ctrps__CheckpointRequest *cr, Ctrps__Response **ret) {
+    Ctrps__Request req = CTRPS__REQUEST__INIT;
+    req.method_case = CTRPS__REQUEST__METHOD_CHECKPOINT;
+    req.checkpoint = cr;
+    return ps_client_call_shard(t->client, 0, &req, ret, t->err, sizeof(t->err));
+}
+
+/* A shard announced checkpoint `id`: once every push of this worker is
+ * acknowledged, report the input position after the last pushed batch to
+ * shard 0, then wait until the coordinator ends the barrier. */
+static int barrier(trainer *t, const char *id, const ps_reader_pos *end) {
+    int r = bound_inflight(t, 0);
+    if (r < 0)
+        return r;
+    char pos[256];
+    ps_checkpoint_format_position(pos, sizeof(pos), end->file, end->offset, end->lines, t->inputs_hash);
+    Ctrps__CheckpointRequest cr = CTRPS__CHECKPOINT_REQUEST__INIT;
+    cr.phase = CTRPS__CHECKPOINT_REQUEST__PHASE__REPORT;
+    cr.id = (char *)id;
+    cr.client_id = ps_client_id(t->client);
+    cr.worker = t->worker_name;
+    cr.position = pos;
+    Ctrps__Response *resp;
+    r = ckpt_call(t, &cr, &resp);
+    snprintf(t->handled_ckpt, sizeof(t->handled_ckpt), "%s", id);
+    if (r < 0) {
+        /* The barrier may already be over (a coordinator that gave up):
+         * nothing to wait for. */
+        if (r == PS_EUNAVAILABLE)
+            return 0;
+        return r;
+    }
+    ctrps__response__free_unpacked(resp, NULL);
+    t->checkpoints++;
+    ps_info("checkpoint %s: paused at input position %s", id, pos);
+    for (;;) {
+        cr.phase = CTRPS__CHECKPOINT_REQUEST__PHASE__STATUS;
+        if ((r = ckpt_call(t, &cr, &resp)) < 0)
+            return r;
+        bool over = strcmp(resp->checkpoint->pending, id) != 0;
+        ctrps__response__free_unpacked(resp, NULL);
+        if (over)
+            return 0;
+        struct timespec ts = {0, 20 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static uint64_t hash_inputs(const ps_train_options *o) {
+    XXH64_state_t *st = XXH64_createState();
+    XXH64_reset(st, 0);
+    for (size_t i = 0; i < o->ninputs; i++)
+        XXH64_update(st, o->inputs[i], strlen(o->inputs[i]) + 1);
+    uint64_t h = XXH64_digest(st);
+    XXH64_freeState(st);
+    return h;
+}
+
+static int resume_position(const ps_train_options *o, const char *worker, uint64_t inputs_hash,
+                           ps_reader *reader, char *err, size_t errlen) {
+    char dir[4096], section[128], pos[256];
+    int r = ps_checkpoint_resolve(o->resume, dir, sizeof(dir), err, errlen);
+    if (r < 0)
+        return r;
+    snprintf(section, sizeof(section), "worker.%s", worker);
+    r = ps_checkpoint_manifest_get(dir, section, "position", pos, sizeof(pos), err, errlen);
+    if (r < 0)
+        return r;
+    ps_reader_pos p;
+    uint64_t h;
+    if (ps_checkpoint_parse_position(pos, &p.file, &p.offset, &p.lines, &h) < 0) {
+        snprintf(err, errlen, "%s: [%s] position '%s' is malformed", dir, section, pos);
+        return PS_EPARSE;
+    }
+    if (h != inputs_hash) {
+        snprintf(err, errlen, "%s: %s read other inputs (pass the same --input arguments, in order)",
+                 dir, worker);
+        return PS_ECONFIG;
+    }
+    r = ps_reader_seek(reader, &p, err, errlen);
+    if (r == 0)
+        ps_info("resuming from %s at %s", dir, pos);
     return r;
 }
 
@@ -570,6 +664,10 @@ int ps_train_run(const ps_train_options *o, ps_train_result *ret, char *err, siz
     r = ps_reader_new(&ro, &p.reader, err, errlen);
     if (r < 0)
         goto out;
+    ps_checkpoint_worker_name(t.worker_name, sizeof(t.worker_name), o->worker_index, o->num_workers);
+    t.inputs_hash = hash_inputs(o);
+    if (o->resume && (r = resume_position(o, t.worker_name, t.inputs_hash, p.reader, err, errlen)) < 0)
+        goto out;
     r = ps_batch_layout_init(&L, o->cfg, ps_parser_ndense(p.parser), err, errlen);
     if (r < 0)
         goto out;
@@ -650,7 +748,12 @@ int ps_train_run(const ps_train_options *o, ps_train_result *ret, char *err, siz
             break;
         ret->batches++;
         ret->examples += cur->n;
+        ps_reader_pos trained_to = cur->end;
         queue_put_free(&q, cur);
+        char pending[64];
+        ps_client_checkpoint_pending(t.client, pending, sizeof(pending));
+        if (pending[0] && strcmp(pending, t.handled_ckpt) && (r = barrier(&t, pending, &trained_to)) < 0)
+            break;
         if (nxt && !prefetched) {
             if ((r = bound_inflight(&t, mif)) < 0)
                 break;
@@ -710,6 +813,7 @@ int ps_train_run(const ps_train_options *o, ps_train_result *ret, char *err, siz
         ret->has_holdout = true;
         ret->holdout_examples = h.examples;
     }
+    ret->checkpoints = t.checkpoints;
     if (t.client) {
         ps_client_counters cc;
         ps_client_counters_get(t.client, &cc);
@@ -769,6 +873,7 @@ void ps_train_result_json(const ps_train_result *r, FILE *out) {
             (unsigned long long)r->batches);
     json_num(out, "seconds", r->seconds, true);
     json_num(out, "mean_staleness", r->mean_staleness, true);
-    fprintf(out, "\"reconnects\":%llu}\n", (unsigned long long)r->reconnects);
+    fprintf(out, "\"reconnects\":%llu,\"checkpoints\":%llu}\n", (unsigned long long)r->reconnects,
+            (unsigned long long)r->checkpoints);
     fflush(out);
 }

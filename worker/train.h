@@ -33,6 +33,7 @@ typedef struct ps_train_options {
     uint32_t passes;             /* >= 1 */
     const volatile sig_atomic_t *stop;
     FILE *progress;              /* progress lines; NULL = none */
+    const char *resume;          /* checkpoint (or directory of them) to resume from */
 } ps_train_options;
 
 typedef struct ps_train_result {
@@ -44,6 +45,7 @@ typedef struct ps_train_result {
     uint64_t holdout_examples;
     double mean_staleness;
     uint64_t reconnects;
+    uint64_t checkpoints;        /* barriers this worker paused at */
 } ps_train_result;
 
 int ps_train_run(const ps_train_options *o, ps_train_result *ret, char *err, size_t errlen);
