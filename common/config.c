@@ -195,6 +195,10 @@ static const key_desc cluster_keys[] = {
     {"shards", K_CUSTOM, 0, 0, 0, set_shards, 0, 0},
     {"buckets", K_U32, offsetof(ps_config, buckets), 1, 65536, NULL, 0, 0},
     {"map_version", K_U64, offsetof(ps_config, map_version), 1, 1e18, NULL, 0, 0},
+    {"checkpoint_dir", K_STRING, offsetof(ps_config, checkpoint_dir), 0, 0, NULL, PS_PATH_MAX, 0},
+    {"checkpoint_interval_s", K_U32, offsetof(ps_config, checkpoint_interval_s), 0, 1u << 30, NULL, 0, 0},
+    {"checkpoint_retention", K_U32, offsetof(ps_config, checkpoint_retention), 1, 1u << 20, NULL, 0, 0},
+    {"checkpoint_wait_s", K_U32, offsetof(ps_config, checkpoint_wait_s), 1, 86400, NULL, 0, 0},
 };
 
 /* ---- [server] ---------------------------------------------------------- */
@@ -493,6 +497,11 @@ static int finish(parse_state *st) {
         snprintf(st->err, sizeof(st->err), "[cluster] key 'shards': at least one shard is required");
         return PS_ECONFIG;
     }
+    if (cfg->checkpoint_interval_s && !cfg->checkpoint_dir[0]) {
+        snprintf(st->err, sizeof(st->err),
+                 "[cluster] key 'checkpoint_interval_s': periodic checkpoints need checkpoint_dir");
+        return PS_ECONFIG;
+    }
     if (cfg->buckets < cfg->nshards) {
         snprintf(st->err, sizeof(st->err), "[cluster] key 'buckets': %u buckets cannot cover %u shards",
                  cfg->buckets, cfg->nshards);
@@ -557,6 +566,8 @@ int ps_config_load(const char *path, const ps_config_ext *ext, ps_config **ret_c
     snprintf(cfg->path, sizeof(cfg->path), "%s", path);
     cfg->buckets = 1024;
     cfg->map_version = 1;
+    cfg->checkpoint_retention = 5;
+    cfg->checkpoint_wait_s = 600;
     cfg->dense.lr = 0.001;
     cfg->dense.beta1 = 0.9;
     cfg->dense.beta2 = 0.999;

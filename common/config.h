@@ -74,6 +74,10 @@ typedef struct ps_config {
     uint32_t nshards;
     uint32_t buckets;
     uint64_t map_version;
+    char checkpoint_dir[PS_PATH_MAX];  /* periodic checkpoints go here */
+    uint32_t checkpoint_interval_s;    /* 0 = none; shard 0 coordinates them */
+    uint32_t checkpoint_retention;     /* newest checkpoints kept (default 5) */
+    uint32_t checkpoint_wait_s;        /* how long a barrier waits for workers (600) */
     ps_server_config server;
     ps_table_config *tables;     /* owned */
     uint32_t ntables;

@@ -16,6 +16,7 @@
 #include "error.h"
 #include "log.h"
 #include "net.h"
+#include "periodic.h"
 #include "service.h"
 #include "shard.h"
 
@@ -264,7 +265,14 @@ int main(int argc, char **argv) {
     r = ps_server_listen(srv, shard, svc, err, sizeof(err));
     if (r < 0)
         goto out;
+    ps_periodic *periodic = NULL;
+    if (shard_id == 0 && ps_periodic_start(cfg, &periodic) == 0 && periodic)
+        ps_info("checkpointing the cluster every %u s into %s (keeping %u)", cfg->checkpoint_interval_s,
+                cfg->checkpoint_dir, cfg->checkpoint_retention);
     ps_server_run(srv);
+    /* Stop checkpointing before the loop that serves its RPCs is gone. A
+     * barrier in progress times out in the coordinator, which then ENDs it. */
+    ps_periodic_stop(periodic);
     uint64_t requests, errors;
     ps_service_totals(svc, &requests, &errors);
     ps_info("served %llu requests (%llu errors); writing back", (unsigned long long)requests,

@@ -139,3 +139,38 @@ Test(checkpoint, list_and_prune_keep_the_newest) {
     free(b);
     cr_assert_eq(ps_cluster_destroy(&cl), 0);
 }
+
+Test(checkpoint, periodic_checkpoints_with_retention) {
+    char b[4096];
+    snprintf(b, sizeof(b), "checkpoint_dir = %s\ncheckpoint_interval_s = 1\ncheckpoint_retention = 2\n%s",
+             ckroot, body);
+    cr_assert_eq(ps_cluster_start(&cl, 2, b), 0);
+    /* Shard 0 coordinates through the addresses in its config, which hold
+     * the real ports only from now on: restart the shards on them. */
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(ps_cluster_restart(&cl, i, SIGTERM), 0);
+    /* Poll until a third checkpoint has been taken and the oldest pruned. */
+    char *list = NULL;
+    int n = 0;
+    for (int i = 0; i < 100; i++) {
+        free(list);
+        cr_assert_eq(ps_run_cli(&cl, &list, "checkpoint", "--list", "--dir", ckroot, NULL), 0);
+        n = 0;
+        for (char *p = list; *p; p++)
+            n += *p == '\n';
+        char *log = NULL;
+        char path[300];
+        ps_cluster_path(&cl, "shard-0.log", path, sizeof(path));
+        log = ps_read_file(path);
+        int taken = 0;
+        for (char *p = log; p && (p = strstr(p, " taken")); p++)
+            taken++;
+        free(log);
+        if (taken >= 3)
+            break;
+        usleep(100000);
+    }
+    cr_assert_eq(n, 2, "retention 2, listed: %s", list);
+    free(list);
+    cr_assert_eq(ps_cluster_destroy(&cl), 0);
+}
