@@ -10,6 +10,7 @@
 #include "error.h"
 #include "frame.h"
 #include "log.h"
+#include "metrics.h"
 
 #define TICK_MS 10
 
@@ -55,6 +56,8 @@ struct ps_server {
     uint64_t next_conn_id;
     bool stopping;
     bool was_read_only;
+    ps_metrics *metrics;         /* NULL without [server] metrics_listen */
+    uint64_t metrics_at_ms;
     net_counters c;
 };
 
@@ -365,7 +368,19 @@ static void tick(ps_server *srv) {
     }
 }
 
-static void on_tick(uv_timer_t *t) { tick(t->data); }
+static void on_tick(uv_timer_t *t) {
+    ps_server *srv = t->data;
+    tick(srv);
+    uint64_t now = uv_now(&srv->loop);
+    if (srv->metrics && now >= srv->metrics_at_ms) {
+        ps_buf b;
+        ps_buf_init(&b);
+        if (ps_service_metrics(srv->svc, &b) == 0)
+            ps_metrics_publish(srv->metrics, b.data ? b.data : "", b.len);
+        ps_buf_deinit(&b);
+        srv->metrics_at_ms = now + 1000;
+    }
+}
 
 static void on_wake(uv_async_t *a) { tick(a->data); }
 
@@ -512,6 +527,15 @@ int ps_server_listen(ps_server *srv, ps_shard *shard, ps_service *svc, char *err
     srv->sigterm.data = srv->sigint.data = srv;
     uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
     uv_signal_start(&srv->sigint, on_signal, SIGINT);
+    if (srv->cfg->server.metrics_listen[0]) {
+        r = ps_metrics_start(srv->cfg->server.metrics_listen, &srv->metrics, err, errlen);
+        if (r < 0)
+            return r;
+        char mhost[64];
+        int mport;
+        ps_parse_hostport(srv->cfg->server.metrics_listen, mhost, sizeof(mhost), &mport);
+        ps_info("metrics on http://%s:%d/metrics", mhost, ps_metrics_port(srv->metrics));
+    }
     signal(SIGPIPE, SIG_IGN);
     /* A file-size limit must fail the write (and make the store read-only),
      * not kill the shard. */
@@ -524,6 +548,7 @@ int ps_server_run(ps_server *srv) { return uv_run(&srv->loop, UV_RUN_DEFAULT); }
 void ps_server_free(ps_server *srv) {
     if (!srv)
         return;
+    ps_metrics_stop(srv->metrics);
     if (srv->loop_init) {
         uv_walk(&srv->loop, close_handle, srv);
         uv_run(&srv->loop, UV_RUN_DEFAULT);

@@ -424,6 +424,81 @@ static void add_counter(void *acc, const char *name, uint64_t value) {
 
 #define MAX_COUNTERS 96
 
+typedef void (*counter_fn)(void *acc, const char *name, uint64_t value);
+
+/* Every counter of the shard, its service and its network layer, by name.
+ * Stats and the metrics endpoint both list them through this. Names are
+ * string literals: they outlive any response. */
+static void for_each_counter(ps_service *svc, counter_fn add, void *acc) {
+#define ADD_METHOD(name, tag) add(acc, "requests_" #name, svc->requests[PS_METHOD_##tag]);
+    PS_METHOD_MAP(ADD_METHOD)
+#undef ADD_METHOD
+    uint64_t errors = 0;
+    for (int i = 1; i < STATUS_COUNT; i++)
+        errors += svc->statuses[i];
+    add(acc, "errors", errors);
+    add(acc, "errors_wrong_shard", svc->statuses[CTRPS__STATUS__WRONG_SHARD]);
+    add(acc, "errors_unknown_table", svc->statuses[CTRPS__STATUS__UNKNOWN_TABLE]);
+    add(acc, "errors_bad_request", svc->statuses[CTRPS__STATUS__BAD_REQUEST]);
+    add(acc, "errors_bad_dimension", svc->statuses[CTRPS__STATUS__BAD_DIMENSION]);
+    add(acc, "errors_limit_exceeded", svc->statuses[CTRPS__STATUS__LIMIT_EXCEEDED]);
+    add(acc, "errors_read_only", svc->statuses[CTRPS__STATUS__READ_ONLY]);
+    add(acc, "errors_unauthenticated", svc->statuses[CTRPS__STATUS__UNAUTHENTICATED]);
+    add(acc, "errors_internal", svc->statuses[CTRPS__STATUS__INTERNAL]);
+    add(acc, "bad_frames", svc->bad_frames);
+    add(acc, "auth_failures", svc->auth_failures);
+    add(acc, "unauthenticated_refused", svc->unauthenticated_refused);
+    ps_shard_counters sc;
+    ps_shard_counters_get(svc->shard, &sc);
+#define ADD_SHARD(name, help) add(acc, #name, sc.name);
+    PS_SHARD_COUNTER_MAP(ADD_SHARD)
+#undef ADD_SHARD
+    if (svc->extra)
+        svc->extra(svc->extra_ctx, add, acc);
+}
+
+static void metric_line(void *acc, const char *name, uint64_t value) {
+    ps_buf *b = acc;
+    if (ps_buf_reserve(b, 128) == 0)
+        b->len += (size_t)snprintf(b->data + b->len, 128, "ctrps_%s %llu\n", name, (unsigned long long)value);
+}
+
+int ps_service_metrics(ps_service *svc, ps_buf *out) {
+    for_each_counter(svc, metric_line, out);
+    uint32_t id = ps_shard_id(svc->shard);
+    for (size_t i = 0; i < ps_shard_ntables(svc->shard); i++) {
+        ps_table *t = ps_shard_table_at(svc->shard, i);
+        ps_table_stats st;
+        ps_table_stats_get(t, &st);
+        const char *name = ps_table_config_of(t)->name;
+        const struct {
+            const char *metric;
+            uint64_t v;
+        } g[] = {{"rows", st.rows},
+                 {"rows_in_memory", st.rows_in_memory},
+                 {"dirty_rows", st.dirty_rows},
+                 {"pulled_rows", st.pulled_rows},
+                 {"pushed_rows", st.pushed_rows},
+                 {"dropped_nonfinite", st.dropped_nonfinite},
+                 {"memory_misses", st.memory_misses},
+                 {"evictions", st.evictions}};
+        for (size_t k = 0; k < sizeof(g) / sizeof(g[0]); k++) {
+            if (ps_buf_reserve(out, 256) < 0)
+                return -ENOMEM;
+            out->len += (size_t)snprintf(out->data + out->len, 256,
+                                         "ctrps_table_%s{shard=\"%u\",table=\"%s\"} %llu\n", g[k].metric,
+                                         id, name, (unsigned long long)g[k].v);
+        }
+    }
+    if (ps_buf_reserve(out, 256) < 0)
+        return -ENOMEM;
+    out->len += (size_t)snprintf(out->data + out->len, 256,
+                                 "ctrps_rocksdb_bytes %llu\nctrps_read_only %d\nctrps_checkpoint_pending %d\n",
+                                 (unsigned long long)ps_shard_store_bytes(svc->shard),
+                                 ps_shard_read_only(svc->shard) ? 1 : 0, svc->ckpt[0] ? 1 : 0);
+    return 0;
+}
+
 static int do_stats(ps_service *svc, ps_session *sess, const Ctrps__StatsRequest *req, reply *rp) {
     (void)sess;
     (void)req;
@@ -450,32 +525,7 @@ static int do_stats(ps_service *svc, ps_session *sess, const Ctrps__StatsRequest
         ts[i].memory_misses = st.memory_misses;
         tsp[i] = &ts[i];
     }
-    /* Counter names must outlive packing: they are string literals. */
-#define ADD_METHOD(name, tag) add_counter(&acc, "requests_" #name, svc->requests[PS_METHOD_##tag]);
-    PS_METHOD_MAP(ADD_METHOD)
-#undef ADD_METHOD
-    uint64_t errors = 0;
-    for (int i = 1; i < STATUS_COUNT; i++)
-        errors += svc->statuses[i];
-    add_counter(&acc, "errors", errors);
-    add_counter(&acc, "errors_wrong_shard", svc->statuses[CTRPS__STATUS__WRONG_SHARD]);
-    add_counter(&acc, "errors_unknown_table", svc->statuses[CTRPS__STATUS__UNKNOWN_TABLE]);
-    add_counter(&acc, "errors_bad_request", svc->statuses[CTRPS__STATUS__BAD_REQUEST]);
-    add_counter(&acc, "errors_bad_dimension", svc->statuses[CTRPS__STATUS__BAD_DIMENSION]);
-    add_counter(&acc, "errors_limit_exceeded", svc->statuses[CTRPS__STATUS__LIMIT_EXCEEDED]);
-    add_counter(&acc, "errors_read_only", svc->statuses[CTRPS__STATUS__READ_ONLY]);
-    add_counter(&acc, "errors_unauthenticated", svc->statuses[CTRPS__STATUS__UNAUTHENTICATED]);
-    add_counter(&acc, "errors_internal", svc->statuses[CTRPS__STATUS__INTERNAL]);
-    add_counter(&acc, "bad_frames", svc->bad_frames);
-    add_counter(&acc, "auth_failures", svc->auth_failures);
-    add_counter(&acc, "unauthenticated_refused", svc->unauthenticated_refused);
-    ps_shard_counters sc;
-    ps_shard_counters_get(svc->shard, &sc);
-#define ADD_SHARD(name, help) add_counter(&acc, #name, sc.name);
-    PS_SHARD_COUNTER_MAP(ADD_SHARD)
-#undef ADD_SHARD
-    if (svc->extra)
-        svc->extra(svc->extra_ctx, add_counter, &acc);
+    for_each_counter(svc, add_counter, &acc);
     Ctrps__StatsResponse *s = &rp->u.stats;
     ctrps__stats_response__init(s);
     s->shard_id = ps_shard_id(svc->shard);

@@ -201,3 +201,43 @@ Test(cluster, kill9_right_after_acks_loses_nothing, .fini = teardown, .timeout =
     cr_assert_eq(memcmp(v1, v2, sizeof(v1)), 0, "state differs after kill -9 and replay");
     free(before);
 }
+
+/* The metrics endpoint serves counters and gauges in Prometheus text, and
+ * never a row: no key or value of the table appears in it. */
+Test(cluster, metrics_endpoint_has_counters_and_no_row_data, .fini = teardown, .timeout = 60) {
+    cr_assert_eq(ps_cluster_start(&cl, 1,
+                                  "buckets = 16\n[server]\nmetrics_listen = 127.0.0.1:0\n"
+                                  "[table.emb]\ndim = 4\ninit = normal\n"),
+                 0);
+    char *out;
+    cr_assert_eq(ps_run_cli(&cl, &out, "pull", "--table", "emb", "--fid", "424242", NULL), 0);
+    char value[32];
+    cr_assert_eq(sscanf(strchr(out, '\t') + 1, "%31s", value), 1);
+    free(out);
+    char log_path[300];
+    ps_cluster_path(&cl, "shard-0.log", log_path, sizeof(log_path));
+    char *log = ps_read_file(log_path);
+    const char *at = log ? strstr(log, "metrics on http://") : NULL;
+    cr_assert_not_null(at, "no metrics line in %s", log);
+    char url[128];
+    cr_assert_eq(sscanf(at, "metrics on %127s", url), 1);
+    free(log);
+    /* The loop publishes every second: poll until the pull shows up. */
+    char *page = NULL;
+    for (int i = 0; i < 50; i++) {
+        free(page);
+        page = NULL;
+        char *argv[] = {"/usr/bin/env", "python3", "-c",
+                        "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())",
+                        url, NULL};
+        cr_assert_eq(ps_run(argv, &page, NULL), 0, "GET %s failed", url);
+        if (strstr(page, "ctrps_requests_pull 1\n"))
+            break;
+        usleep(100000);
+    }
+    cr_assert(strstr(page, "ctrps_requests_pull 1\n"), "%s", page);
+    cr_assert(strstr(page, "ctrps_table_rows{shard=\"0\",table=\"emb\"} 1\n"), "%s", page);
+    cr_assert(strstr(page, "424242") == NULL, "a key in the metrics");
+    cr_assert(strstr(page, value) == NULL, "a row value (%s) in the metrics", value);
+    free(page);
+}

@@ -1,0 +1,103 @@
+#include "metrics.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "error.h"
+
+struct ps_metrics {
+    struct MHD_Daemon *daemon;
+    pthread_mutex_t mu;
+    char *text;                  /* owned */
+    size_t len;
+};
+
+static enum MHD_Result serve(void *cls, struct MHD_Connection *conn, const char *url,
+                             const char *method, const char *version, const char *upload,
+                             size_t *upload_len, void **state) {
+    ps_metrics *m = cls;
+    (void)version;
+    (void)upload;
+    (void)upload_len;
+    (void)state;
+    struct MHD_Response *resp;
+    unsigned code;
+    if (strcmp(method, "GET") != 0 || strcmp(url, "/metrics") != 0) {
+        static const char nf[] = "only GET /metrics is served here\n";
+        resp = MHD_create_response_from_buffer(sizeof(nf) - 1, (void *)nf, MHD_RESPMEM_PERSISTENT);
+        code = MHD_HTTP_NOT_FOUND;
+    } else {
+        pthread_mutex_lock(&m->mu);
+        resp = MHD_create_response_from_buffer(m->len, m->text ? m->text : (char *)"",
+                                               MHD_RESPMEM_MUST_COPY);
+        pthread_mutex_unlock(&m->mu);
+        code = MHD_HTTP_OK;
+    }
+    if (!resp)
+        return MHD_NO;
+    MHD_add_response_header(resp, "Content-Type", "text/plain; version=0.0.4");
+    enum MHD_Result r = MHD_queue_response(conn, code, resp);
+    MHD_destroy_response(resp);
+    return r;
+}
+
+int ps_metrics_start(const char *hostport, ps_metrics **ret, char *err, size_t errlen) {
+    char host[256];
+    int port;
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    if (ps_parse_hostport(hostport, host, sizeof(host), &port) < 0 ||
+        inet_pton(AF_INET, host, &sa.sin_addr) != 1) {
+        snprintf(err, errlen, "[server] metrics_listen: expected IPv4:PORT, got '%s'", hostport);
+        return PS_ECONFIG;
+    }
+    sa.sin_port = htons((uint16_t)port);
+    ps_metrics *m = calloc(1, sizeof(*m));
+    if (!m)
+        return -ENOMEM;
+    pthread_mutex_init(&m->mu, NULL);
+    m->daemon = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD, (uint16_t)port, NULL, NULL, serve, m,
+                                 MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+                                 MHD_OPTION_CONNECTION_LIMIT, (unsigned)16,
+                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10, MHD_OPTION_END);
+    if (!m->daemon) {
+        snprintf(err, errlen, "metrics endpoint: cannot listen on %s", hostport);
+        pthread_mutex_destroy(&m->mu);
+        free(m);
+        return -EADDRINUSE;
+    }
+    *ret = m;
+    return 0;
+}
+
+int ps_metrics_port(const ps_metrics *m) {
+    const union MHD_DaemonInfo *i = MHD_get_daemon_info(m->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    return i ? i->port : 0;
+}
+
+void ps_metrics_publish(ps_metrics *m, const char *text, size_t len) {
+    char *copy = malloc(len + 1);
+    if (!copy)
+        return; /* keep serving the previous text */
+    memcpy(copy, text, len);
+    pthread_mutex_lock(&m->mu);
+    free(m->text);
+    m->text = copy;
+    m->len = len;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void ps_metrics_stop(ps_metrics *m) {
+    if (!m)
+        return;
+    MHD_stop_daemon(m->daemon);
+    pthread_mutex_destroy(&m->mu);
+    free(m->text);
+    free(m);
+}
