@@ -2,7 +2,6 @@
 
 #include <dirent.h>
 #include <errno.h>
-#include <ftw.h>
 #include <ini.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -15,6 +14,7 @@
 #include <unistd.h>
 
 #include "error.h"
+#include "fsutil.h"
 
 #define POLL_MS 50
 
@@ -47,29 +47,6 @@ static void end_all(ps_client *c, const ps_config *cfg, const char *id) {
     char err[256];
     for (uint32_t s = 0; s < cfg->nshards; s++)
         call(c, s, CTRPS__CHECKPOINT_REQUEST__PHASE__END, id, NULL, NULL, err, sizeof(err));
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-static void remove_tree(const char *path) { nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
-
-static int mkdir_p(const char *path) {
-    char tmp[PATH_MAX];
-    snprintf(tmp, sizeof(tmp), "%s", path);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p == '/') {
-            *p = '\0';
-            if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
-                return -errno;
-            *p = '/';
-        }
-    }
-    return mkdir(tmp, 0755) < 0 && errno != EEXIST ? -errno : 0;
 }
 
 typedef struct id_set {
@@ -132,7 +109,7 @@ static int write_manifest(const char *dir, const char *id, const ps_config *cfg,
 int ps_checkpoint_take(ps_client *c, const ps_config *cfg, const char *root, uint32_t wait_s,
                        char *ret_id, size_t idlen, char *err, size_t errlen) {
     char id[PS_CHECKPOINT_ID_MAX], dir[PATH_MAX + PS_CHECKPOINT_ID_MAX + 2], absroot[PATH_MAX];
-    int r = mkdir_p(root);
+    int r = ps_mkdir_p(root);
     if (r < 0 || !realpath(root, absroot)) {
         snprintf(err, errlen, "%s: %s", root, strerror(r < 0 ? -r : errno));
         return r < 0 ? r : -errno;
@@ -223,7 +200,7 @@ int ps_checkpoint_take(ps_client *c, const ps_config *cfg, const char *root, uin
         r = write_manifest(dir, id, cfg, paths, lsns, st->checkpoint, err, errlen);
     end_all(c, cfg, id);
     if (r < 0)
-        remove_tree(dir);
+        ps_rm_tree(dir);
     else
         snprintf(ret_id, idlen, "%s", id);
     if (st)
@@ -294,7 +271,7 @@ int ps_checkpoint_prune(const char *root, uint32_t keep, char *err, size_t errle
     for (size_t i = 0; i + keep < n; i++) {
         char p[PATH_MAX];
         snprintf(p, sizeof(p), "%s/%s", root, ids[i]);
-        remove_tree(p);
+        ps_rm_tree(p);
     }
     /* Incomplete ones older than the newest complete checkpoint are
      * leftovers of a crashed coordinator; a newer one may be in progress. */
@@ -303,7 +280,7 @@ int ps_checkpoint_prune(const char *root, uint32_t keep, char *err, size_t errle
             if (strcmp(partial[i], ids[n - 1]) < 0) {
                 char p[PATH_MAX];
                 snprintf(p, sizeof(p), "%s/%s", root, partial[i]);
-                remove_tree(p);
+                ps_rm_tree(p);
             }
         }
         ps_checkpoint_list_free(partial, np);

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "fsutil.h"
 #include "config.h"
 #include "error.h"
 #include "keys.h"
@@ -32,12 +33,7 @@ static void setup(void) {
     nfiles = 0;
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st, (void)flag, (void)ftw;
-    return remove(path);
-}
-
-static void teardown(void) { nftw(tmpdir, rm_entry, 8, FTW_DEPTH | FTW_PHYS); }
+static void teardown(void) { ps_rm_tree(tmpdir); }
 
 TestSuite(config, .init = setup, .fini = teardown);
 

@@ -1,8 +1,6 @@
 /* ctrps-server: one shard of a ctrps cluster. */
 #include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <ftw.h>
 #include <getopt.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -14,44 +12,12 @@
 #include "checkpoint.h"
 #include "config.h"
 #include "error.h"
+#include "fsutil.h"
 #include "log.h"
 #include "net.h"
 #include "periodic.h"
 #include "service.h"
 #include "shard.h"
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-static int copy_file(const char *from, const char *to) {
-    int in = open(from, O_RDONLY | O_CLOEXEC), out = -1, r = 0;
-    if (in < 0)
-        return -errno;
-    out = open(to, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (out < 0) {
-        r = -errno;
-        close(in);
-        return r;
-    }
-    char buf[1 << 16];
-    ssize_t n;
-    while ((n = read(in, buf, sizeof(buf))) > 0)
-        if (write(out, buf, (size_t)n) != n) {
-            r = -EIO;
-            break;
-        }
-    if (n < 0)
-        r = -errno;
-    if (r == 0 && fsync(out) < 0)
-        r = -errno;
-    close(in);
-    close(out);
-    return r;
-}
 
 /* Replace the shard's data with its copy in a cluster checkpoint. Table
  * files (.sst) are immutable and hard-linked; RocksDB appends to the others
@@ -75,18 +41,9 @@ static int restore(const char *ckpt, uint32_t shard, const char *dir, char *err,
     }
     snprintf(db, sizeof(db), "%s/db", dir);
     snprintf(log, sizeof(log), "%s/pushlog", dir);
-    nftw(db, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-    nftw(log, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-    char cmd_dir[PS_PATH_MAX + 64];
-    snprintf(cmd_dir, sizeof(cmd_dir), "%s", dir);
-    for (char *p = cmd_dir + 1; *p; p++)
-        if (*p == '/') {
-            *p = '\0';
-            mkdir(cmd_dir, 0755);
-            *p = '/';
-        }
-    mkdir(cmd_dir, 0755);
-    if (mkdir(db, 0755) < 0) {
+    ps_rm_tree(db);
+    ps_rm_tree(log);
+    if (ps_mkdir_p(dir) < 0 || mkdir(db, 0755) < 0) {
         snprintf(err, errlen, "%.900s: %s", db, strerror(errno));
         closedir(d);
         return -errno;
@@ -100,7 +57,7 @@ static int restore(const char *ckpt, uint32_t shard, const char *dir, char *err,
         snprintf(dst, sizeof(dst), "%s/%s", db, e->d_name);
         size_t n = strlen(e->d_name);
         bool sst = n > 4 && !strcmp(e->d_name + n - 4, ".sst");
-        r = sst && link(src, dst) == 0 ? 0 : copy_file(src, dst);
+        r = sst && link(src, dst) == 0 ? 0 : ps_copy_file(src, dst);
         if (r < 0)
             snprintf(err, errlen, "%.400s -> %.400s: %s", src, dst, strerror(-r));
     }

@@ -11,6 +11,7 @@
 
 #include "dense.h"
 #include "error.h"
+#include "fsutil.h"
 #include "keys.h"
 #include "pushlog.h"
 #include "store.h"
@@ -111,22 +112,6 @@ struct ps_shard {
 };
 
 /* ---- helpers ------------------------------------------------------------ */
-
-static int mkdir_p(const char *path) {
-    char tmp[PS_PATH_MAX];
-    snprintf(tmp, sizeof(tmp), "%s", path);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p == '/') {
-            *p = '\0';
-            if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
-                return -errno;
-            *p = '/';
-        }
-    }
-    if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
-        return -errno;
-    return 0;
-}
 
 static uint64_t mono_ms(void) {
     struct timespec ts;
@@ -875,7 +860,7 @@ int ps_shard_open(const ps_config *cfg, const ps_shard_options *opts, ps_shard *
     ps_store_batch *b = NULL;
     const char **cfs = NULL;
     char **names = NULL;
-    int r = mkdir_p(s->dir);
+    int r = ps_mkdir_p(s->dir);
     if (r < 0) {
         snprintf(err, errlen, "%s: %s", s->dir, ps_strerror(r));
         goto fail;

@@ -24,6 +24,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "fsutil.h"
 #include "error.h"
 #include "pushlog.h"
 
@@ -37,12 +38,7 @@ static void setup(void) {
     cr_assert_not_null(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st, (void)flag, (void)ftw;
-    return remove(path);
-}
-
-static void teardown(void) { nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS); }
+static void teardown(void) { ps_rm_tree(dir); }
 
 TestSuite(pushlog, .init = setup, .fini = teardown);
 

@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fsutil.h"
 #include "config.h"
 #include "error.h"
 #include "keys.h"
@@ -43,12 +44,7 @@ static void setup(void) {
     snprintf(datadir, sizeof(datadir), "%s/shard0", root);
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st, (void)flag, (void)ftw;
-    return remove(path);
-}
-
-static void teardown(void) { nftw(root, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
+static void teardown(void) { ps_rm_tree(root); }
 
 TestSuite(shard, .init = setup, .fini = teardown, .timeout = 60);
 

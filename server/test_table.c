@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fsutil.h"
 #include "config.h"
 #include "error.h"
 #include "keys.h"
@@ -45,15 +46,10 @@ static void setup(void) {
     open_store();
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st, (void)flag, (void)ftw;
-    return remove(path);
-}
-
 static void teardown(void) {
     ps_store_close(store);
     store = NULL;
-    nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    ps_rm_tree(dir);
 }
 
 TestSuite(table, .init = setup, .fini = teardown);

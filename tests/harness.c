@@ -1,5 +1,7 @@
 #include "harness.h"
 
+#include "fsutil.h"
+
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -216,13 +218,6 @@ int ps_cluster_restart(ps_cluster *c, int i, int sig) {
     return ps_cluster_start_shard(c, i);
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 int ps_cluster_destroy(ps_cluster *c) {
     int problems = 0;
     for (int i = 0; i < c->nshards; i++) {
@@ -247,7 +242,7 @@ int ps_cluster_destroy(ps_cluster *c) {
     ps_config_free(c->cfg);
     c->cfg = NULL;
     if (c->dir[0] && !getenv("CTRPS_TEST_KEEP") && problems == 0)
-        nftw(c->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+        ps_rm_tree(c->dir);
     c->dir[0] = '\0';
     return problems;
 }
