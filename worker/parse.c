@@ -94,7 +94,9 @@ static const char *quote(char dst[QUOTE_MAX], const char *s, size_t n) {
     XX(IGNORE_COLUMNS, "ignore_columns")                                       \
     XX(LIBSVM_SLOT, "libsvm_slot")                                             \
     XX(MAX_LINE_BYTES, "max_line_bytes")                                       \
-    XX(MAX_SLOTS, "max_slots")
+    XX(MAX_SLOTS, "max_slots")                                                 \
+    XX(DENSE_INTEGERS, "dense_integers")                                       \
+    XX(BUCKETIZE_INTEGERS, "bucketize_integers")
 
 enum {
 #define INPUT_KEY_ENUM(name, str) KEY_##name,
@@ -223,8 +225,9 @@ int ps_input_config_set(ps_input_config *c, const char *key, const char *value, 
         if (!strcmp(key, key_names[k]))
             break;
     if (k == KEY_COUNT) {
-        snprintf(err, errlen, "unknown key (known: format, integers, labelled, label_column, "
-                              "ignore_columns, libsvm_slot, max_line_bytes, max_slots)");
+        snprintf(err, errlen, "unknown key (known: format, integers, dense_integers, "
+                              "bucketize_integers, labelled, label_column, ignore_columns, "
+                              "libsvm_slot, max_line_bytes, max_slots)");
         return PS_ECONFIG;
     }
     uint64_t u;
@@ -289,6 +292,32 @@ int ps_input_config_set(ps_input_config *c, const char *key, const char *value, 
         }
         c->max_line_bytes = (uint32_t)u;
         break;
+    case KEY_DENSE_INTEGERS:
+    case KEY_BUCKETIZE_INTEGERS: {
+        /* A comma list of I1..I13 into a bit set. */
+        uint16_t mask = 0;
+        const char *q = value;
+        while (*q) {
+            while (*q == ' ' || *q == ',' || *q == '\t')
+                q++;
+            if (!*q)
+                break;
+            unsigned i;
+            int used;
+            if (sscanf(q, "I%u%n", &i, &used) != 1 || i < 1 || i > PS_CRITEO_INTS ||
+                (q[used] && q[used] != ',' && q[used] != ' ' && q[used] != '\t')) {
+                snprintf(err, errlen, "expected a list of I1..I%d, got '%s'", PS_CRITEO_INTS, value);
+                return PS_ECONFIG;
+            }
+            mask |= (uint16_t)(1u << (i - 1));
+            q += used;
+        }
+        if (k == KEY_DENSE_INTEGERS)
+            c->dense_integers = mask;
+        else
+            c->bucketize_integers = mask;
+        break;
+    }
     case KEY_MAX_SLOTS:
         if (ps_parse_u64(value, &u) < 0 || u < 1 || u > 65535) {
             snprintf(err, errlen, "expected an integer in [1, 65535], got '%s'", value);
@@ -307,6 +336,8 @@ int ps_input_config_check(const ps_input_config *c, char *err, size_t errlen) {
         unsigned formats; /* bit per ps_input_format the key applies to */
     } scope[] = {
         {KEY_INTEGERS, 1u << PS_INPUT_CRITEO},
+        {KEY_DENSE_INTEGERS, 1u << PS_INPUT_CRITEO},
+        {KEY_BUCKETIZE_INTEGERS, 1u << PS_INPUT_CRITEO},
         {KEY_LABEL_COLUMN, 1u << PS_INPUT_CSV},
         {KEY_IGNORE_COLUMNS, 1u << PS_INPUT_CSV},
         {KEY_LIBSVM_SLOT, 1u << PS_INPUT_LIBSVM},
@@ -322,6 +353,10 @@ int ps_input_config_check(const ps_input_config *c, char *err, size_t errlen) {
                      format_names[c->format]);
             return PS_ECONFIG;
         }
+    if (c->dense_integers & c->bucketize_integers) {
+        snprintf(err, errlen, "an integer field is in both dense_integers and bucketize_integers");
+        return PS_ECONFIG;
+    }
     if (!c->labelled && c->format != PS_INPUT_CRITEO && c->format != PS_INPUT_CSV) {
         snprintf(err, errlen, "labelled = false applies only to criteo and csv, not %s",
                  format_names[c->format]);
@@ -335,6 +370,14 @@ int ps_input_config_check(const ps_input_config *c, char *err, size_t errlen) {
                 return PS_ECONFIG;
             }
     return 0;
+}
+
+bool ps_input_integer_is_dense(const ps_input_config *c, int i) {
+    if (c->dense_integers & (1u << i))
+        return true;
+    if (c->bucketize_integers & (1u << i))
+        return false;
+    return c->integers == PS_INTEGERS_DENSE;
 }
 
 /* ---- examples ------------------------------------------------------------ */
@@ -403,6 +446,8 @@ struct ps_parser {
 
     /* criteo */
     uint16_t int_slot[PS_CRITEO_INTS], cat_slot[PS_CRITEO_CATS];
+    int8_t dense_pos[PS_CRITEO_INTS]; /* index into ex->dense, or -1: bucketized */
+    uint32_t ndense;
     uint16_t bucket_small[SMALL_INT];
     float log1p_small[SMALL_INT];
 
@@ -488,12 +533,16 @@ int ps_parser_new(const ps_input_config *c, ps_parser **ret_parser, char *err, s
     switch (p->format) {
     case PS_INPUT_CRITEO: {
         char name[8];
-        if (p->integers == PS_INTEGERS_BUCKETIZE)
-            for (int i = 0; i < PS_CRITEO_INTS; i++) {
-                snprintf(name, sizeof(name), "I%d", i + 1);
-                if ((r = slot_get(p, name, strlen(name), &p->int_slot[i], err, errlen)) < 0)
-                    goto fail;
+        for (int i = 0; i < PS_CRITEO_INTS; i++) {
+            if (ps_input_integer_is_dense(c, i)) {
+                p->dense_pos[i] = (int8_t)p->ndense++;
+                continue;
             }
+            p->dense_pos[i] = -1;
+            snprintf(name, sizeof(name), "I%d", i + 1);
+            if ((r = slot_get(p, name, strlen(name), &p->int_slot[i], err, errlen)) < 0)
+                goto fail;
+        }
         for (int i = 0; i < PS_CRITEO_CATS; i++) {
             snprintf(name, sizeof(name), "C%d", i + 1);
             if ((r = slot_get(p, name, strlen(name), &p->cat_slot[i], err, errlen)) < 0)
@@ -547,7 +596,7 @@ uint16_t ps_parser_slot_id(const ps_parser *p, size_t slot) {
     return slot < p->nslots ? p->slots[slot].id : 0;
 }
 uint32_t ps_parser_ndense(const ps_parser *p) {
-    return p->format == PS_INPUT_CRITEO && p->integers == PS_INTEGERS_DENSE ? PS_CRITEO_INTS : 0;
+    return p->format == PS_INPUT_CRITEO ? p->ndense : 0;
 }
 
 int ps_parser_slot_index(const ps_parser *p, const char *name) {
@@ -726,10 +775,9 @@ static int parse_criteo(ps_parser *p, const char *s, size_t n, ps_example *ex, c
     char q[QUOTE_MAX];
     if ((r = reserve_features(ex, PS_CRITEO_INTS + PS_CRITEO_CATS)) < 0)
         return r;
-    bool dense = p->integers == PS_INTEGERS_DENSE;
-    if (dense && (r = reserve_dense(ex, PS_CRITEO_INTS)) < 0)
+    if (p->ndense && (r = reserve_dense(ex, p->ndense)) < 0)
         return r;
-    ex->ndense = dense ? PS_CRITEO_INTS : 0;
+    ex->ndense = p->ndense;
 
 /* Advance to the next tab-separated field [f, fe); a missing field is a
  * field-count error. */
@@ -760,9 +808,10 @@ static int parse_criteo(ps_parser *p, const char *s, size_t n, ps_example *ex, c
     for (int i = 0; i < PS_CRITEO_INTS; i++) {
         NEXT_FIELD();
         size_t len = (size_t)(fe - f);
+        bool dense = p->dense_pos[i] >= 0;
         if (len == 0) {
             if (dense)
-                ex->dense[i] = 0;
+                ex->dense[p->dense_pos[i]] = 0;
         } else {
             int64_t x;
             if (!parse_i64(f, len, &x)) {
@@ -774,7 +823,7 @@ static int parse_criteo(ps_parser *p, const char *s, size_t n, ps_example *ex, c
                  * Criteo has I2 in {-1,-2,-3} on ~10% of rows. Mapping them to
                  * 0 merges them with x = 0 and with missing, a loss only the
                  * dense mode has: bucketize keeps them apart. */
-                ex->dense[i] = x <= 0 ? 0.0f
+                ex->dense[p->dense_pos[i]] = x <= 0 ? 0.0f
                                : x < SMALL_INT ? p->log1p_small[x]
                                                : (float)log1p((double)x);
             } else {

@@ -86,6 +86,10 @@ const char *ps_integers_mode_name(ps_integers_mode m);
 /* Keys of [input] (name = default):
  *   format = criteo           criteo | csv | libsvm | slots
  *   integers = bucketize      bucketize | dense                (criteo only)
+ *   dense_integers =          I fields taken as dense whatever `integers` says
+ *   bucketize_integers =      I fields bucketized whatever `integers` says
+ *                             (comma lists of I1..I13, criteo only; so each
+ *                             integer slot can be either)
  *   labelled = true           false: no label column, label = NAN
  *                                                     (criteo and csv only)
  *   label_column = click      (csv only)
@@ -100,6 +104,8 @@ const char *ps_integers_mode_name(ps_integers_mode m);
 typedef struct ps_input_config {
     ps_input_format format;
     ps_integers_mode integers;
+    uint16_t dense_integers;     /* bit i: I(i+1) listed in dense_integers */
+    uint16_t bucketize_integers; /* bit i: I(i+1) listed in bucketize_integers */
     bool labelled;
     char label_column[PS_NAME_MAX];
     char **ignore_columns;       /* owned: each string and the array */
@@ -123,6 +129,8 @@ int ps_input_config_set(ps_input_config *c, const char *key, const char *value, 
 /* Reject combinations once the whole section was read (a key set for another
  * format). PS_ECONFIG and a reason. */
 int ps_input_config_check(const ps_input_config *c, char *err, size_t errlen);
+/* Whether Criteo integer field i (0-based: I1 is 0) is a dense input. */
+bool ps_input_integer_is_dense(const ps_input_config *c, int i);
 
 /* ---- Examples ----------------------------------------------------------- */
 

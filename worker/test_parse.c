@@ -862,3 +862,44 @@ Test(names, tables) {
     cr_expect_str_eq(ps_input_format_name((ps_input_format)99), "?");
     cr_expect_str_eq(ps_integers_mode_name(PS_INTEGERS_DENSE), "dense");
 }
+
+/* Each Criteo integer slot can be bucketized or dense on its own. */
+Test(criteo, integer_modes_per_slot) {
+    const char *kv[] = {"integers", "bucketize", "dense_integers", "I2, I13", NULL};
+    ps_parser *p = make_parser(kv);
+    cr_assert_eq(ps_parser_ndense(p), 2);
+    ps_example ex;
+    ps_example_init(&ex);
+    /* label, I1..I13, C1..C26 */
+    char line[1024] = "1\t5\t7\t10";
+    for (int i = 4; i <= 13; i++)
+        strcat(line, i == 13 ? "\t20" : "\t");
+    for (int i = 0; i < 26; i++)
+        strcat(line, "\tab");
+    cr_assert_eq(parse(p, line, &ex), 0, "%s", err);
+    cr_assert_eq(ex.ndense, 2);
+    cr_assert_float_eq(ex.dense[0], (float)log1p(7.0), 1e-6);  /* I2 */
+    cr_assert_float_eq(ex.dense[1], (float)log1p(20.0), 1e-6); /* I13 */
+    /* I1 = 5 and I3 = 10 bucketized: floor(log(x)^2) = 2 and 5 */
+    bool saw1 = false, saw3 = false, saw2 = false;
+    for (uint32_t k = 0; k < ex.nfeatures; k++) {
+        saw1 |= ex.features[k].fid == fid("I1", "2");
+        saw3 |= ex.features[k].fid == fid("I3", "5");
+        saw2 |= ex.features[k].slot_id == ps_slot_id("I2");
+    }
+    cr_assert(saw1 && saw3 && !saw2);
+    ps_example_deinit(&ex);
+    ps_parser_free(p);
+    /* The other way round, and contradictions rejected. */
+    const char *kv2[] = {"integers", "dense", "bucketize_integers", "I1", NULL};
+    p = make_parser(kv2);
+    cr_assert_eq(ps_parser_ndense(p), 12);
+    ps_parser_free(p);
+    ps_input_config c;
+    ps_input_config_init(&c);
+    cr_assert_eq(ps_input_config_set(&c, "dense_integers", "I14", err, sizeof(err)), PS_ECONFIG);
+    cr_assert_eq(ps_input_config_set(&c, "dense_integers", "I1", err, sizeof(err)), 0);
+    cr_assert_eq(ps_input_config_set(&c, "bucketize_integers", "I1", err, sizeof(err)), 0);
+    cr_assert_eq(ps_input_config_check(&c, err, sizeof(err)), PS_ECONFIG);
+    ps_input_config_deinit(&c);
+}
