@@ -20,6 +20,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -673,7 +674,18 @@ int ps_client_new(const ps_client_options *opts, ps_client **ret_client, char *e
     uv_timer_init(&c->loop, &c->timer);
     c->timer.data = c;
     uv_timer_start(&c->timer, on_timer, TIMER_MS, TIMER_MS);
+    /* A write to a shard that just died raises SIGPIPE, whose default action
+     * kills the whole process (the CLI, a test) instead of letting the client
+     * reconnect. Only the I/O thread writes to sockets, so it starts with
+     * SIGPIPE blocked: the write fails with EPIPE and the signal stays
+     * pending on that thread, harmless. The caller's disposition is left as
+     * it is: a library does not change process-wide signal handling. */
+    sigset_t pipe_set, old_set;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &old_set);
     r = pthread_create(&c->thread, NULL, io_thread, c);
+    pthread_sigmask(SIG_SETMASK, &old_set, NULL);
     if (r != 0) {
         snprintf(err, errlen, "thread: %s", strerror(r));
         ps_client_free(c);

@@ -55,7 +55,7 @@ static char *train_and_export(const char *data, bool kill_shards) {
          * worker runs; a deterministic seed keeps failures reproducible. */
         unsigned seed = 2024;
         for (int k = 0; k < 5; k++) {
-            usleep(150000 + (useconds_t)(rand_r(&seed) % 400000));
+            usleep(100000 + (useconds_t)(rand_r(&seed) % 250000));
             int status;
             if (waitpid(pid, &status, WNOHANG) == pid) {
                 pid = 0;
@@ -97,7 +97,9 @@ Test(crash, sync_kill9_during_training_ends_in_the_uninterrupted_state, .timeout
     int fd = mkstemp(data);
     cr_assert_geq(fd, 0);
     close(fd);
-    char *argv[] = {(char *)ps_test_bin("tools/ctrps-cli"), "gen", "--rows", "40000", "--seed",
+    /* Enough rows that the worker is still training when the fifth kill
+     * comes (5 kills take at most 1.75 s plus restarts). */
+    char *argv[] = {(char *)ps_test_bin("tools/ctrps-cli"), "gen", "--rows", "100000", "--seed",
                     "21", "--format", "criteo", "--out", data, NULL};
     cr_assert_eq(ps_run(argv, NULL, NULL), 0);
     char *clean = run_once(data, false);
