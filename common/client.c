@@ -814,14 +814,9 @@ typedef struct keyed_args {
 
 /* Build one request per shard, then enqueue them all (with the push
  * sequence number assigned under the same lock). */
-static int start_keyed(ps_client *c, const keyed_args *a, const uint64_t *keys, size_t n,
-                       ps_call *call, ps_call **ret_call) {
-    split sp;
-    int r = split_keys(c, keys, n, &sp);
-    if (r < 0) {
-        call_free(call);
-        return r;
-    }
+static int start_keyed(ps_client *c, const keyed_args *a, split sp, ps_call *call,
+                       ps_call **ret_call) {
+    int r;
     part **parts = calloc(c->nshards, sizeof(part *));
     float *gbuf = NULL;
     int nparts = 0;
@@ -918,41 +913,31 @@ fail:
     return r;
 }
 
-static int count_shards(ps_client *c, const uint64_t *keys, size_t n) {
-    /* Parts needed: the call counts down one per shard involved. */
-    bool *seen = calloc(c->nshards, sizeof(bool));
-    if (!seen)
-        return -ENOMEM;
-    int k = 0;
-    for (size_t i = 0; i < n && k < (int)c->nshards; i++) {
-        uint32_t s = ps_key_owner(keys[i], c->cfg->buckets, c->nshards);
-        if (!seen[s]) {
-            seen[s] = true;
-            k++;
-        }
-    }
-    free(seen);
-    return k;
-}
-
 static int start(ps_client *c, const keyed_args *a, const uint64_t *keys, size_t n, float *values,
                  uint8_t *found, float *state, uint32_t width, ps_call **ret_call) {
-    int nparts = count_shards(c, keys, n);
-    if (nparts < 0)
-        return nparts;
+    split sp;
+    int r = split_keys(c, keys, n, &sp);
+    if (r < 0)
+        return r;
+    int nparts = 0; /* the call counts down one per shard involved */
+    for (uint32_t s = 0; s < c->nshards; s++)
+        nparts += sp.count[s] > 0;
     ps_call *call = call_new(a->kind, nparts);
-    if (!call)
+    if (!call) {
+        split_free(&sp, c->nshards);
         return -ENOMEM;
+    }
     call->dim = a->dim;
     call->width = width;
     call->values = values;
     call->found = found;
     call->state = state;
     if (nparts == 0) {
+        split_free(&sp, c->nshards);
         *ret_call = call;
         return 0;
     }
-    return start_keyed(c, a, keys, n, call, ret_call);
+    return start_keyed(c, a, sp, call, ret_call);
 }
 
 int ps_client_pull_start(ps_client *c, const char *table, uint32_t dim, const uint64_t *keys,
