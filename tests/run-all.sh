@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The test command: install dependencies, build, and run the whole suite
 # twice, once optimized and once under AddressSanitizer + UndefinedBehavior-
-# Sanitizer (a second meson build directory). The last line is the summary
-# "N passed, N failed[, N skipped]" counted from meson's test logs, and the
-# exit status is non-zero when anything failed.
+# Sanitizer (a second meson build directory), then each libFuzzer target for
+# CTRPS_FUZZ_SECONDS (default 60) in a third, clang-built directory. The last
+# line is the summary "N passed, N failed[, N skipped]" counted from meson's
+# test logs, and the exit status is non-zero when anything failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -26,12 +27,37 @@ setup build-asan -Db_sanitize=address,undefined -Db_lundef=false \
   -Dc_args=-fno-sanitize-recover=all -Dc_link_args=-fno-sanitize-recover=all \
   || fail_hard "meson setup build-asan failed"
 ninja -C build-asan || fail_hard "sanitizer build failed"
+# Fuzzing (tests/fuzz): clang and libFuzzer in a third directory that builds
+# only the fuzz targets and runs only the 'fuzz' suite, since the unit and
+# integration suites already ran twice. -fsanitize=fuzzer-no-link gives the
+# libraries under test the coverage instrumentation libFuzzer steers by.
+logs=("$ROOT/build/meson-logs/testlog.json" "$ROOT/build-asan/meson-logs/testlog.json")
+fuzz=false
+if command -v clang >/dev/null 2>&1; then
+  CC=clang setup build-fuzz -Dfuzz=true -Dtests=true \
+    -Db_sanitize=address,undefined -Db_lundef=false \
+    "-Dc_args=-fsanitize=fuzzer-no-link -fno-sanitize-recover=all" \
+    -Dc_link_args=-fno-sanitize-recover=all \
+    || fail_hard "meson setup build-fuzz failed"
+  ninja -C build-fuzz fuzzers || fail_hard "fuzz build failed"
+  fuzz=true
+else
+  echo "run-all: clang not found: the fuzz suite does not run" >&2
+fi
 
 # Integration tests spawn daemons; two at a time suits a 2-core machine.
 meson test -C build --num-processes 2 --print-errorlogs
 meson test -C build-asan --num-processes 2 --print-errorlogs --timeout-multiplier 3
+if $fuzz; then
+  # Each fuzzer is one process at full speed; two at a time on two cores.
+  # A stale log must not stand in for a run that did not happen.
+  rm -f build-fuzz/meson-logs/testlog.json
+  CTRPS_FUZZ_SECONDS=${CTRPS_FUZZ_SECONDS:-60} \
+    meson test -C build-fuzz --suite fuzz --no-rebuild --num-processes 2 --print-errorlogs
+  logs+=("$ROOT/build-fuzz/meson-logs/testlog.json")
+fi
 
-python3 - "$ROOT/build/meson-logs/testlog.json" "$ROOT/build-asan/meson-logs/testlog.json" <<'PY'
+python3 - "${logs[@]}" <<'PY'
 import json, sys
 passed = failed = skipped = 0
 for path in sys.argv[1:]:

@@ -467,7 +467,7 @@ struct ps_parser {
 /* Find or add a slot. Allocates only when the slot is new. */
 static int slot_get(ps_parser *p, const char *name, size_t n, uint16_t *ret_index, char *err,
                     size_t errlen) {
-    char buf[PS_NAME_MAX], q[QUOTE_MAX];
+    char buf[PS_NAME_MAX], q[QUOTE_MAX], q2[QUOTE_MAX];
     if (n == 0)
         return fail(err, errlen, "empty slot name");
     if (n >= PS_NAME_MAX)
@@ -478,9 +478,12 @@ static int slot_get(ps_parser *p, const char *name, size_t n, uint16_t *ret_inde
     uint16_t id = ps_slot_id(buf);
     uint16_t at = p->by_id[id];
     if (at) {
-        if (strcmp(p->slots[at - 1].name, buf) != 0)
+        /* Both names come from data (a csv header, a slots line): quote
+         * both, or an earlier name's control bytes would reach the log. */
+        const char *other = p->slots[at - 1].name;
+        if (strcmp(other, buf) != 0)
             return fail(err, errlen, "slot '%s' has the same id 0x%04x as slot '%s'",
-                        quote(q, name, n), id, p->slots[at - 1].name);
+                        quote(q, name, n), id, quote(q2, other, strlen(other)));
         *ret_index = (uint16_t)(at - 1);
         return 0;
     }
