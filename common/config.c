@@ -250,6 +250,7 @@ static const key_desc server_keys[] = {
     {"max_connections", K_U32, SRV(max_connections), 1, 1 << 20, NULL, 0, 0},
     {"idle_timeout_s", K_U32, SRV(idle_timeout_s), 0, 1 << 30, NULL, 0, 0},
     {"max_pending_reply_bytes", K_U64, SRV(max_pending_reply_bytes), 1 << 16, 1e12, NULL, 0, 0},
+    {"max_dense_floats", K_U64, SRV(max_dense_floats), 1, 1e12, NULL, 0, 0},
     {"auth_secret_file", K_STRING, SRV(auth_secret_file), 0, 0, NULL, PS_PATH_MAX, 0},
     {"metrics_listen", K_STRING, SRV(metrics_listen), 0, 0, NULL, PS_NAME_MAX, 0},
 };
@@ -355,6 +356,7 @@ static void server_defaults(ps_server_config *s) {
     s->max_connections = 1024;
     s->idle_timeout_s = 0;
     s->max_pending_reply_bytes = 256u << 20;
+    s->max_dense_floats = 256u << 20; /* 1 GiB of weights, 3 GiB with Adam's state */
 }
 
 /* ---- [model]: the keys servers need ---------------------------------------- */

@@ -57,6 +57,7 @@ typedef struct ps_server_config {
     uint32_t max_connections;
     uint32_t idle_timeout_s;     /* 0 = never */
     uint64_t max_pending_reply_bytes;
+    uint64_t max_dense_floats;   /* all dense blocks of a shard together */
     char auth_secret_file[PS_PATH_MAX];
     char metrics_listen[PS_NAME_MAX]; /* host:port for Prometheus text; empty = off */
 } ps_server_config;

@@ -37,6 +37,7 @@
 #include <assert.h>
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
@@ -386,17 +387,32 @@ int ps_optim_apply(const ps_optim_params *p, uint32_t dim, float *state, const f
     for (uint32_t i = 0; i < dim; i++)
         if (!isfinite(grad[i]))
             return PS_ENONFINITE;
+    /* Finite gradients can still overflow float32 state (n or acc past
+     * FLT_MAX, z too), and an infinite n turns w into Inf/Inf = NaN, which
+     * every worker would then pull. Keep a copy and refuse such an update
+     * like a non-finite gradient. Found by fuzzing (tests/fuzz). */
+    uint32_t width = ps_optim_state_width(p, dim);
+    float saved[3 * PS_OPTIM_DIM_MAX];
+    memcpy(saved, state, width * sizeof(float));
     switch (p->kind) {
     case PS_OPT_FTRL:
         ftrl_apply(p, dim, state, state + dim, state + 2 * dim, grad);
-        return 0;
+        break;
     case PS_OPT_FTRL_GROUP_LASSO:
         gl_apply(p, dim, state, state + dim, state + 2 * dim, grad);
-        return 0;
+        break;
     case PS_OPT_ADAGRAD:
         adagrad_apply(p, dim, state, state + dim, grad);
-        return 0;
+        break;
+    default:
+        assert(!"unknown optimizer kind");
+        return PS_ECONFIG;
     }
-    assert(!"unknown optimizer kind");
-    return PS_ECONFIG;
+    for (uint32_t i = 0; i < width; i++) {
+        if (!isfinite(state[i])) {
+            memcpy(state, saved, width * sizeof(float));
+            return PS_ENONFINITE;
+        }
+    }
+    return 0;
 }

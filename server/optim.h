@@ -10,9 +10,9 @@
  * A row moves through two states: ps_optim_init_row() makes it (from the
  * weights of ps_optim_init_weights() or any w_init), then every
  * ps_optim_apply() updates it in place. Invariants after either call:
- *   - every zero is +0.0; every element is finite while an element's sum of
- *     squared gradients stays below FLT_MAX (one push with |g| > ~1.8e19
- *     overflows n or acc to +Inf, which then freezes w; grad_clip bounds it);
+ *   - every zero is +0.0 and every element is finite: an update whose
+ *     result would not be (finite gradients so large that n, acc or z
+ *     overflow float32) is refused like a non-finite gradient;
  *   - FTRL and group lasso: w is the closed form of the stored float32
  *     (z, n) under the current hyper-parameters, so a push of an all-zero
  *     gradient (which leaves z and n unchanged) recomputes w, e.g. after a
@@ -52,7 +52,8 @@ void ps_optim_init_row(const ps_optim_params *p, uint32_t dim, const float *w_in
 
 /* Apply one gradient (dim elements, borrowed, must not overlap state) to one
  * row in place. Returns 0 when applied, or PS_ENONFINITE when any g_i is NaN
- * or +-Inf, in which case state is left bit-identical. grad_clip (if > 0)
+ * or +-Inf or the result would hold a non-finite value, in which case state
+ * is left bit-identical. grad_clip (if > 0)
  * clamps each g_i after that check. Arithmetic is double; each state field
  * is rounded to float32 as soon as it is computed and later steps of the
  * same update read the stored value (w from the stored z and n, the AdaGrad

@@ -638,6 +638,23 @@ static int do_dense_push(ps_service *svc, ps_session *sess, const Ctrps__DensePu
 
 /* ---- checkpoint barrier ------------------------------------------------------ */
 
+/* A client names where the shard writes its copy: only the layout the
+ * coordinator makes (ROOT/ckpt-ID/shard-N, absolute, no ".."), so a peer
+ * cannot have the shard create directories of its choosing elsewhere. */
+static bool valid_take_dir(const char *dir, uint32_t shard) {
+    char want[32];
+    snprintf(want, sizeof(want), "/shard-%u", shard);
+    size_t n = strlen(dir), w = strlen(want);
+    if (dir[0] != '/' || n <= w || strcmp(dir + n - w, want) != 0 || strstr(dir, "/../") ||
+        strstr(dir, "/./"))
+        return false;
+    const char *parent_end = dir + n - w;
+    const char *parent = parent_end;
+    while (parent > dir && parent[-1] != '/')
+        parent--;
+    return parent_end - parent > 5 && !strncmp(parent, "ckpt-", 5);
+}
+
 static bool is_worker(const ps_session *s) {
     return s->hello_done && !strncmp(s->client_name, "ctrps-worker", 12);
 }
@@ -692,8 +709,10 @@ static int do_checkpoint(ps_service *svc, ps_session *sess, const Ctrps__Checkpo
             snprintf(rp->err, sizeof(rp->err), "no checkpoint %s in progress", id);
             return PS_EUNAVAILABLE;
         }
-        if (!req->dir || !req->dir[0]) {
-            snprintf(rp->err, sizeof(rp->err), "checkpoint TAKE needs a directory");
+        if (!req->dir || !valid_take_dir(req->dir, ps_shard_id(svc->shard))) {
+            snprintf(rp->err, sizeof(rp->err),
+                     "checkpoint TAKE writes only to an absolute .../ckpt-*/shard-%u directory",
+                     ps_shard_id(svc->shard));
             return PS_EPROTO;
         }
         int r = ps_shard_checkpoint(svc->shard, req->dir, &c->flushed_lsn, rp->err, sizeof(rp->err));

@@ -583,6 +583,12 @@ int ps_shard_dense_get(ps_shard *s, const char *name, const float *init, size_t 
             snprintf(err, errlen, "store is read-only: %s", s->store_error);
             return PS_EREAD_ONLY;
         }
+        uint64_t max = s->cfg->server.max_dense_floats;
+        if (ps_dense_floats(s->dense) + init_len > max) {
+            snprintf(err, errlen, "dense block '%.64s' of %zu floats would pass max_dense_floats = %llu",
+                     name, init_len, (unsigned long long)max);
+            return PS_ELIMIT;
+        }
         bool log = logging(s);
         if (log && (r = log_dense(s, REC_DENSE_CREATE, 1, &name, &init, &init_len, 0, 0, true)) < 0)
             return r;

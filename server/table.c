@@ -555,8 +555,12 @@ int ps_table_push(ps_table *t, const uint64_t *keys, size_t n, const float *grad
         row *rw = t->rows[i];
         if (!rw)
             continue;
-        /* Finiteness was checked above, so this cannot refuse. */
-        ps_optim_apply(&t->cfg->opt, t->dim, rw->state, grads + i * t->dim);
+        /* The gradient is finite (checked above), but the update may still
+         * overflow float32: then the row is left as it was and counted. */
+        if (ps_optim_apply(&t->cfg->opt, t->dim, rw->state, grads + i * t->dim) < 0) {
+            dropped++;
+            continue;
+        }
         rw->updates++;
         rw->last_seen = t->now;
         mark_dirty(t, rw);

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "client.h"
+#include "error.h"
 #include "harness.h"
 #include "keys.h"
 
@@ -16,6 +17,7 @@ static const char *body =
     "buckets = 16\n"
     "[server]\n"
     "flush_interval_ms = 3600000\n"
+    "max_dense_floats = 2000\n"
     "[model]\n"
     "dense_lr = 0.01\n"
     "adam_beta1 = 0.9\n"
@@ -151,4 +153,17 @@ Test(dense, missing_block_without_init_is_not_found) {
     char err[512];
     cr_assert_neq(ps_client_dense_pull(c, &b, 1, false, err, sizeof(err)), 0);
     cr_assert(strstr(err, "does not exist"), "%s", err);
+}
+
+Test(dense, total_dense_floats_are_bounded) {
+    /* 1,000 + 7 floats exist after the first test's blocks; this one shard
+     * of two may hold any of them, so ask for more than the whole bound. */
+    static float big[2001];
+    ps_dense_block b = {"too.big", big, 2001};
+    char err[512];
+    cr_assert_eq(ps_client_dense_pull(c, &b, 1, true, err, sizeof(err)), PS_ELIMIT, "%s", err);
+    cr_assert(strstr(err, "max_dense_floats"), "%s", err);
+    float small[10] = {0};
+    ps_dense_block s = {"small", small, 10};
+    cr_assert_eq(ps_client_dense_pull(c, &s, 1, true, err, sizeof(err)), 0, "%s", err);
 }

@@ -183,28 +183,31 @@ Test(fuzz_regressions, slot_collision_reason_is_printable) {
     ps_example_deinit(&ex);
 }
 
-/* finding-ftrl-nan-weights (request): pushes of finite gradients near
- * FLT_MAX into an FTRL row, then a Lookup. server/optim.h promises finite
- * state only while an element's sum of squared gradients stays below
- * FLT_MAX, and says that beyond it n overflows to +Inf, "which then freezes
- * w". But z overflows too, and w = -(z - copysign(lambda1, z)) / a is then
- * Inf/Inf = NaN, which Pull serves to every worker (one push is enough:
- * here w[3] is NaN after the first, w[0..2] after the second). NOT FIXED: the
- * scalar FTRL step, its SSE2 twin (bit-identical by test_optim) and group
- * lasso would all change, and what an overflowed row should hold is the
- * optimizer's decision. The test applies the reproducer's gradient twice
- * to an FTRL row with the emb table's hyper-parameters (alpha 0.05, beta 1)
- * and small initial weights, as the table does. Enable it with the fix, and
- * drop the HUGE_GRAD exemption in fuzz_request.c so the fuzzer checks it
- * too. */
-Test(fuzz_regressions, ftrl_weights_stay_finite, .disabled = true) {
+/* fuzz_request found that finite gradients near FLT_MAX overflowed FTRL's z
+ * and n, and w became Inf/Inf = NaN, which Pull then served to every worker
+ * (corpus/request/finding-ftrl-nan-weights). Such an update is now refused
+ * like a non-finite gradient: the row stays bit-identical and finite. */
+Test(fuzz_regressions, ftrl_weights_stay_finite) {
     ps_optim_params p = {.kind = PS_OPT_FTRL, .alpha = 0.05, .beta = 1.0, .accum_max = INFINITY};
-    float w0[4] = {0.01f, -0.02f, 0.005f, 0.03f}, state[12];
+    float w0[4] = {0.01f, -0.02f, 0.005f, 0.03f}, state[12], before[12];
     const float g[4] = {3e38f, -3e38f, 3e38f, -3e38f};
     ps_optim_init_row(&p, 4, w0, state);
     for (int push = 0; push < 2; push++) {
-        cr_assert_eq(ps_optim_apply(&p, 4, state, g), 0, "a finite gradient is applied");
-        for (int i = 0; i < 4; i++)
-            cr_assert(isfinite(state[i]), "push %d: w[%d] = %g", push + 1, i, state[i]);
+        memcpy(before, state, sizeof(state));
+        int r = ps_optim_apply(&p, 4, state, g);
+        for (int i = 0; i < 12; i++)
+            cr_assert(isfinite(state[i]), "push %d: state[%d] = %g", push + 1, i, state[i]);
+        if (r != 0) {
+            cr_assert_eq(r, PS_ENONFINITE);
+            cr_assert_eq(memcmp(before, state, sizeof(state)), 0, "a refused update changed the row");
+        }
     }
+    /* AdaGrad's accumulator overflows the same way. */
+    ps_optim_params a = {.kind = PS_OPT_ADAGRAD, .lr = 0.05, .initial_accumulator_value = 0.1,
+                         .eps = 1e-8, .accum_max = INFINITY};
+    ps_optim_init_row(&a, 4, w0, state);
+    int r = ps_optim_apply(&a, 4, state, g);
+    cr_assert_eq(r, PS_ENONFINITE);
+    for (int i = 0; i < 8; i++)
+        cr_assert(isfinite(state[i]));
 }

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "client.h"
@@ -308,4 +309,29 @@ Test(hostile, many_requests_in_flight_answered_by_id) {
         ctrps__response__free_unpacked(resp, NULL);
     }
     close(fd);
+}
+
+/* A peer cannot have the shard write its checkpoint copy where it likes:
+ * only the coordinator's layout ROOT/ckpt-ID/shard-N, absolute, is taken. */
+Test(hostile, checkpoint_take_only_into_the_coordinators_layout) {
+    const char *bad[] = {"/tmp/ctrps-evil", "relative/ckpt-1/shard-0", "/tmp/ckpt-1/shard-1",
+                         "/tmp/x/../ckpt-1/shard-0", "/tmp/notckpt/shard-0"};
+    Ctrps__Request req = CTRPS__REQUEST__INIT;
+    Ctrps__CheckpointRequest cr = CTRPS__CHECKPOINT_REQUEST__INIT;
+    req.method_case = CTRPS__REQUEST__METHOD_CHECKPOINT;
+    req.checkpoint = &cr;
+    cr.id = "ckpt-hostile";
+    cr.phase = CTRPS__CHECKPOINT_REQUEST__PHASE__BEGIN;
+    char msg[256];
+    cr_assert_eq(roundtrip_status(&req, msg, sizeof(msg)), CTRPS__STATUS__OK, "%s", msg);
+    cr.phase = CTRPS__CHECKPOINT_REQUEST__PHASE__TAKE;
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        cr.dir = (char *)bad[i];
+        cr_assert_eq(roundtrip_status(&req, msg, sizeof(msg)), CTRPS__STATUS__BAD_REQUEST, "%s", bad[i]);
+        struct stat st;
+        cr_assert(stat(bad[i], &st) < 0, "%s was created", bad[i]);
+    }
+    cr.phase = CTRPS__CHECKPOINT_REQUEST__PHASE__END;
+    cr.dir = "";
+    cr_assert_eq(roundtrip_status(&req, msg, sizeof(msg)), CTRPS__STATUS__OK, "%s", msg);
 }
