@@ -36,6 +36,7 @@
 
 #include <assert.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
 #if defined(__SSE2__)
@@ -381,19 +382,29 @@ void ps_optim_init_row(const ps_optim_params *p, uint32_t dim, const float *w_in
     assert(!"unknown optimizer kind");
 }
 
+/* Below this magnitude no gradient can overflow a finite row: n and acc grow
+ * by at most g^2 < 1e20 per push, which cannot carry a float32 past FLT_MAX
+ * in any number of pushes a shard will see, and z moves by about |g|. */
+#define GRAD_SAFE 1e10f
+
 int ps_optim_apply(const ps_optim_params *p, uint32_t dim, float *state, const float *grad) {
     assert(dim >= 1 && dim <= PS_OPTIM_DIM_MAX);
     /* Whole push or nothing (§0): check every element before the first write. */
-    for (uint32_t i = 0; i < dim; i++)
+    bool huge = false;
+    for (uint32_t i = 0; i < dim; i++) {
         if (!isfinite(grad[i]))
             return PS_ENONFINITE;
-    /* Finite gradients can still overflow float32 state (n or acc past
+        huge |= !(fabsf(grad[i]) < GRAD_SAFE);
+    }
+    /* Finite but huge gradients can overflow float32 state (n or acc past
      * FLT_MAX, z too), and an infinite n turns w into Inf/Inf = NaN, which
-     * every worker would then pull. Keep a copy and refuse such an update
-     * like a non-finite gradient. Found by fuzzing (tests/fuzz). */
+     * every worker would then pull. For those only, keep a copy and refuse
+     * an update that leaves anything non-finite, like a non-finite gradient.
+     * Found by fuzzing (tests/fuzz). */
     uint32_t width = ps_optim_state_width(p, dim);
     float saved[3 * PS_OPTIM_DIM_MAX];
-    memcpy(saved, state, width * sizeof(float));
+    if (huge)
+        memcpy(saved, state, width * sizeof(float));
     switch (p->kind) {
     case PS_OPT_FTRL:
         ftrl_apply(p, dim, state, state + dim, state + 2 * dim, grad);
@@ -408,7 +419,7 @@ int ps_optim_apply(const ps_optim_params *p, uint32_t dim, float *state, const f
         assert(!"unknown optimizer kind");
         return PS_ECONFIG;
     }
-    for (uint32_t i = 0; i < width; i++) {
+    for (uint32_t i = 0; huge && i < width; i++) {
         if (!isfinite(state[i])) {
             memcpy(state, saved, width * sizeof(float));
             return PS_ENONFINITE;
