@@ -14,53 +14,9 @@
 #include "error.h"
 #include "nn.h"
 #include "testutil.h"
+#include "testvec.h"
 
 /* ---- vector files ------------------------------------------------------- */
-
-typedef struct arr {
-    size_t ndim, shape[4], n;
-    double *v;
-} arr;
-
-static void join(char *buf, size_t cap, const char *dir, const char *file) {
-    int n = snprintf(buf, cap, "%s/%s", dir, file);
-    cr_assert(n > 0 && (size_t)n < cap, "path too long: %s/%s", dir, file);
-}
-
-/* "# shape d0 d1 ...", then one value per line, row-major. */
-static void arr_load(const char *dir, const char *file, arr *a) {
-    char path[1024], line[256];
-    join(path, sizeof(path), dir, file);
-    FILE *f = fopen(path, "r");
-    cr_assert_not_null(f, "cannot open %s", path);
-    cr_assert_not_null(fgets(line, sizeof(line), f), "%s: empty", path);
-    cr_assert(strncmp(line, "# shape", 7) == 0, "%s: no shape line", path);
-    memset(a, 0, sizeof(*a));
-    a->n = 1;
-    char *s = line + 7, *end;
-    for (;;) {
-        unsigned long long d = strtoull(s, &end, 10);
-        if (end == s)
-            break;
-        cr_assert(a->ndim < 4);
-        a->shape[a->ndim++] = (size_t)d;
-        a->n *= (size_t)d;
-        s = end;
-    }
-    a->v = malloc((a->n ? a->n : 1) * sizeof(double));
-    for (size_t i = 0; i < a->n; i++) {
-        cr_assert_not_null(fgets(line, sizeof(line), f), "%s: short", path);
-        a->v[i] = strtod(line, NULL);
-    }
-    fclose(f);
-}
-
-static float *arr_floats(const arr *a) {
-    float *f = malloc((a->n ? a->n : 1) * sizeof(float));
-    for (size_t i = 0; i < a->n; i++)
-        f[i] = (float)a->v[i];
-    return f;
-}
 
 /* float32 against a float64 reference. dP sums C*T outer products of
  * terms up to X^3, and the measured worst error is 3.4e-6 on 0.15 (2.3e-5
@@ -68,25 +24,8 @@ static float *arr_floats(const arr *a) {
 #define VEC_ATOL 5e-6
 #define VEC_RTOL 5e-5
 
-static void expect_close(const char *what, const float *got,
-                         const double *exp, size_t n) {
-    size_t bad = 0, first = 0;
-    double worst = 0;
-    for (size_t i = 0; i < n; i++) {
-        double e = fabs((double)got[i] - exp[i]);
-        double lim = VEC_ATOL + VEC_RTOL * fabs(exp[i]);
-        if (!(e <= lim)) {
-            if (!bad)
-                first = i;
-            bad++;
-        }
-        if (e / lim > worst)
-            worst = e / lim;
-    }
-    cr_expect(bad == 0, "%s: %zu of %zu off, first [%zu] got %.9g want %.9g",
-              what, bad, n, first, bad ? got[first] : 0.0,
-              bad ? exp[first] : 0.0);
-    cr_log_info("%s: worst error / tolerance %.3f", what, worst);
+static void expect_close(const char *what, const float *got, const double *exp, size_t n) {
+    expect_close_tol(what, got, exp, n, VEC_ATOL, VEC_RTOL);
 }
 
 static void read_config(const char *dir, ps_can_config *cfg) {
@@ -135,13 +74,13 @@ static void run_vector_case(const char *name) {
     ps_can_config cfg;
     read_config(dir, &cfg);
     arr P, X, mask, out, dout, dP, dX;
-    arr_load(dir, "P.txt", &P);
-    arr_load(dir, "X.txt", &X);
-    arr_load(dir, "mask.txt", &mask);
-    arr_load(dir, "out.txt", &out);
-    arr_load(dir, "dout.txt", &dout);
-    arr_load(dir, "dP.txt", &dP);
-    arr_load(dir, "dX.txt", &dX);
+    arr_load_in(dir, "P.txt", &P);
+    arr_load_in(dir, "X.txt", &X);
+    arr_load_in(dir, "mask.txt", &mask);
+    arr_load_in(dir, "out.txt", &out);
+    arr_load_in(dir, "dout.txt", &dout);
+    arr_load_in(dir, "dP.txt", &dP);
+    arr_load_in(dir, "dX.txt", &dX);
     size_t B = X.shape[0], T = X.shape[1];
     cfg.max_batch = B + 3;
     cfg.max_len = T + 2;

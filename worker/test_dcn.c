@@ -15,58 +15,9 @@
 #include "error.h"
 #include "nn.h"
 #include "testutil.h"
+#include "testvec.h"
 
 /* ---- vector files ------------------------------------------------------- */
-
-typedef struct arr {
-    size_t ndim, shape[4], n;
-    double *v;
-} arr;
-
-/* "# shape d0 d1 ...", then one value per line, row-major. */
-static void arr_load(const char *path, arr *a) {
-    FILE *f = fopen(path, "r");
-    cr_assert_not_null(f, "cannot open %s", path);
-    char line[256];
-    cr_assert_not_null(fgets(line, sizeof(line), f), "%s: empty", path);
-    cr_assert(strncmp(line, "# shape", 7) == 0, "%s: no shape line", path);
-    memset(a, 0, sizeof(*a));
-    a->n = 1;
-    char *s = line + 7, *end;
-    for (;;) {
-        unsigned long long d = strtoull(s, &end, 10);
-        if (end == s)
-            break;
-        cr_assert(a->ndim < 4);
-        a->shape[a->ndim++] = (size_t)d;
-        a->n *= (size_t)d;
-        s = end;
-    }
-    a->v = malloc((a->n ? a->n : 1) * sizeof(double));
-    for (size_t i = 0; i < a->n; i++) {
-        cr_assert_not_null(fgets(line, sizeof(line), f), "%s: short", path);
-        a->v[i] = strtod(line, NULL);
-    }
-    fclose(f);
-}
-
-static void join(char *buf, size_t cap, const char *dir, const char *file) {
-    int n = snprintf(buf, cap, "%s/%s", dir, file);
-    cr_assert(n > 0 && (size_t)n < cap, "path too long: %s/%s", dir, file);
-}
-
-static void arr_load_in(const char *dir, const char *file, arr *a) {
-    char path[1024];
-    join(path, sizeof(path), dir, file);
-    arr_load(path, a);
-}
-
-static float *arr_floats(const arr *a) {
-    float *f = malloc((a->n ? a->n : 1) * sizeof(float));
-    for (size_t i = 0; i < a->n; i++)
-        f[i] = (float)a->v[i];
-    return f;
-}
 
 /* Vectors come from a float64 reference; ours is float32. The measured
  * worst element over all five cases uses 9% of this bound (a logit off by
@@ -75,25 +26,8 @@ static float *arr_floats(const arr *a) {
 #define VEC_ATOL 1e-6
 #define VEC_RTOL 1e-5
 
-static void expect_close(const char *what, const float *got,
-                         const double *exp, size_t n) {
-    size_t bad = 0, first = 0;
-    double worst = 0;
-    for (size_t i = 0; i < n; i++) {
-        double e = fabs((double)got[i] - exp[i]);
-        double lim = VEC_ATOL + VEC_RTOL * fabs(exp[i]);
-        if (!(e <= lim)) {
-            if (!bad)
-                first = i;
-            bad++;
-        }
-        if (e / lim > worst)
-            worst = e / lim;
-    }
-    cr_expect(bad == 0, "%s: %zu of %zu off, first [%zu] got %.9g want %.9g",
-              what, bad, n, first, bad ? got[first] : 0.0,
-              bad ? exp[first] : 0.0);
-    cr_log_info("%s: worst error / tolerance %.3f", what, worst);
+static void expect_close(const char *what, const float *got, const double *exp, size_t n) {
+    expect_close_tol(what, got, exp, n, VEC_ATOL, VEC_RTOL);
 }
 
 static void read_config(const char *dir, ps_dcn_config *cfg) {
