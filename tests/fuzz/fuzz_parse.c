@@ -176,3 +176,20 @@ int fuzz_parse_header(fuzz_parser *fp, const char *line, size_t len) {
     free(buf);
     return r;
 }
+
+static bool is_space(char c) { return c == ' ' || c == '\t'; }
+
+bool fuzz_next_token(const char **pos, const char *end, const char **ret_t, size_t *ret_n) {
+    const char *t = *pos;
+    while (t < end && is_space(*t))
+        t++;
+    if (t == end)
+        return false;
+    const char *e = t;
+    while (e < end && !is_space(*e))
+        e++;
+    *ret_t = t;
+    *ret_n = (size_t)(e - t);
+    *pos = e;
+    return true;
+}

@@ -55,3 +55,7 @@ size_t fuzz_split(const char *s, size_t n, char sep, const char **ret_f, size_t 
                   size_t max);
 /* Slot id of a name given as pointer + length. */
 uint16_t fuzz_slot_id(const char *name, size_t n);
+
+/* The reference models' tokenizer: the next token of [*pos, end), split on
+ * runs of spaces and tabs (written apart from the parser's own). */
+bool fuzz_next_token(const char **pos, const char *end, const char **ret_t, size_t *ret_n);

@@ -17,30 +17,13 @@ typedef struct libsvm_ref {
     const char *slot;
 } libsvm_ref;
 
-static bool is_space(char c) { return c == ' ' || c == '\t'; }
-
-/* Next token of [*pos, end) split on runs of spaces and tabs. */
-static bool next_token(const char **pos, const char *end, const char **ret_t, size_t *ret_n) {
-    const char *t = *pos;
-    while (t < end && is_space(*t))
-        t++;
-    if (t == end)
-        return false;
-    const char *e = t;
-    while (e < end && !is_space(*e))
-        e++;
-    *ret_t = t;
-    *ret_n = (size_t)(e - t);
-    *pos = e;
-    return true;
-}
 
 static void libsvm_check(void *ctx, const ps_parser *p, const char *line, size_t len,
                          const ps_example *ex) {
     const libsvm_ref *c = ctx;
     const char *pos = line, *end = line + len, *t;
     size_t n;
-    FUZZ_CHECK(next_token(&pos, end, &t, &n));
+    FUZZ_CHECK(fuzz_next_token(&pos, end, &t, &n));
     float label = n == 1 && t[0] == '0'   ? 0.0f
                   : n == 1 && t[0] == '1' ? 1.0f
                   : n == 2 && !memcmp(t, "-1", 2) ? 0.0f
@@ -49,7 +32,7 @@ static void libsvm_check(void *ctx, const ps_parser *p, const char *line, size_t
     FUZZ_CHECK(label >= 0.0f && ex->label == label);
     uint16_t id = ps_slot_id(c->slot);
     uint32_t k = 0;
-    while (next_token(&pos, end, &t, &n)) {
+    while (fuzz_next_token(&pos, end, &t, &n)) {
         const char *colon = memchr(t, ':', n);
         FUZZ_CHECK(colon && colon > t);
         size_t il = (size_t)(colon - t), vl = n - il - 1;

@@ -13,33 +13,17 @@
 #include "fuzz_parse.h"
 #include "keys.h"
 
-static bool is_space(char c) { return c == ' ' || c == '\t'; }
-
-static bool next_token(const char **pos, const char *end, const char **ret_t, size_t *ret_n) {
-    const char *t = *pos;
-    while (t < end && is_space(*t))
-        t++;
-    if (t == end)
-        return false;
-    const char *e = t;
-    while (e < end && !is_space(*e))
-        e++;
-    *ret_t = t;
-    *ret_n = (size_t)(e - t);
-    *pos = e;
-    return true;
-}
 
 static void slots_check(void *ctx, const ps_parser *p, const char *line, size_t len,
                         const ps_example *ex) {
     (void)ctx;
     const char *pos = line, *end = line + len, *t;
     size_t n;
-    FUZZ_CHECK(next_token(&pos, end, &t, &n));
+    FUZZ_CHECK(fuzz_next_token(&pos, end, &t, &n));
     FUZZ_CHECK(n == 1 && (t[0] == '0' || t[0] == '1'));
     FUZZ_CHECK(ex->label == (float)(t[0] - '0'));
     uint32_t k = 0;
-    while (next_token(&pos, end, &t, &n)) {
+    while (fuzz_next_token(&pos, end, &t, &n)) {
         const char *colon = memchr(t, ':', n);
         FUZZ_CHECK(colon && colon > t && colon < t + n - 1);
         size_t nl = (size_t)(colon - t);
