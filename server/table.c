@@ -88,6 +88,15 @@ struct ps_table {
     uint32_t gen, committed_gen, op;
     uint32_t *dirty;             /* slots dirtied in generation `gen` */
     size_t ndirty, dirty_cap;
+    /* Generations dumped for write-back and not committed yet, oldest
+     * first, each with its rows that have not been changed since (those
+     * moved on to a later generation): with ndirty, the rows awaiting
+     * write-back, without scanning the slab. Usually one entry. */
+    struct pending_gen {
+        uint32_t gen;
+        uint64_t rows;
+    } *pending;
+    size_t npending, pending_cap;
     uint64_t persisted_rows, new_rows;
 
     uint32_t now;
@@ -199,6 +208,7 @@ void ps_table_free(ps_table *t) {
     free(t->ikeys);
     free(t->islots);
     free(t->dirty);
+    free(t->pending);
     free(t->rows);
     free(t->misses);
     free(t->w_init);
@@ -251,6 +261,12 @@ static inline void prefetch_row(const ps_table *t, const row *r) {
 static void mark_dirty(ps_table *t, row *r) {
     if (r->gen == t->gen)
         return;
+    if (is_dirty(t, r)) /* leaves a batch in flight for this generation */
+        for (size_t i = 0; i < t->npending; i++)
+            if (t->pending[i].gen == r->gen) {
+                t->pending[i].rows--;
+                break;
+            }
     if (t->ndirty == t->dirty_cap) {
         size_t cap = t->dirty_cap ? 2 * t->dirty_cap : 1024;
         uint32_t *d = realloc(t->dirty, cap * sizeof(*d));
@@ -677,6 +693,15 @@ size_t ps_table_dump_dirty(ps_table *t, ps_table_dump *d, uint32_t *ret_gen) {
             t->persisted_rows++;
         }
     }
+    if (t->npending == t->pending_cap) {
+        size_t cap = t->pending_cap ? 2 * t->pending_cap : 4;
+        struct pending_gen *g = realloc(t->pending, cap * sizeof(*g));
+        if (!g)
+            abort(); /* as for the dirty list: the count must not be lost */
+        t->pending = g;
+        t->pending_cap = cap;
+    }
+    t->pending[t->npending++] = (struct pending_gen){t->gen, t->ndirty};
     t->ndirty = 0;
     *ret_gen = t->gen++;
     return d->n;
@@ -717,6 +742,11 @@ size_t ps_table_collect(ps_table *t, ps_store_batch *b, uint32_t *ret_gen) {
 void ps_table_committed(ps_table *t, uint32_t gen) {
     if (gen > t->committed_gen)
         t->committed_gen = gen;
+    size_t keep = 0;
+    for (size_t i = 0; i < t->npending; i++)
+        if (t->pending[i].gen > t->committed_gen)
+            t->pending[keep++] = t->pending[i];
+    t->npending = keep;
 }
 
 uint64_t ps_table_persisted_rows(const ps_table *t) { return t->persisted_rows; }
@@ -726,10 +756,9 @@ void ps_table_stats_get(const ps_table *t, ps_table_stats *ret) {
     ret->rows = t->persisted_rows + t->new_rows;
     ret->rows_in_memory = t->used - t->nfree; /* evicted slots are reused at once */
     ret->capacity = t->capacity;
-    /* Rows awaiting write-back, including those of a batch in flight: a scan,
-     * but only when stats are asked for. */
-    uint64_t dirty = 0;
-    for (uint64_t s = 0; s < t->used; s++)
-        dirty += is_dirty(t, slot_row(t, (uint32_t)s));
+    /* Rows awaiting write-back, including those of batches in flight. */
+    uint64_t dirty = t->ndirty;
+    for (size_t i = 0; i < t->npending; i++)
+        dirty += t->pending[i].rows;
     ret->dirty_rows = dirty;
 }

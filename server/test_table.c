@@ -756,9 +756,11 @@ Test(table, collect_and_committed_track_dirty_rows) {
 
     /* A row changed while its batch is in flight is collected again. */
     cr_assert_eq(ps_table_push(t, keys, 1, g, &applied, &dropped, err, sizeof(err)), 0);
+    cr_assert_eq(stats(t).dirty_rows, 3, "key 1 moved to the current generation, not counted twice");
     ps_store_batch *b2 = ps_store_batch_new();
     uint32_t gen2;
     cr_assert_eq(ps_table_collect(t, b2, &gen2), 1);
+    cr_assert_eq(stats(t).dirty_rows, 3, "two batches in flight: 2 rows and 1 row");
     cr_assert_gt(gen2, gen1);
     cr_assert_eq(ps_store_write(store, b, err, sizeof(err)), 0);
     ps_table_committed(t, gen1);
