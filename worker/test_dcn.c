@@ -191,13 +191,9 @@ ParameterizedTest(vcase *c, dcn_vectors, matches_reference) {
 /* ---- finite differences ------------------------------------------------- */
 
 /* The model runs in float32, so the objective J = sum_b R_b z_b is
- * evaluated in double from float logits, with steps actually representable
- * in float. The estimate is the central difference D(h/2). A ReLU kink
- * within h of the point spoils it, and shows up as disagreement between
- * D(h) and D(h/2) or as second differences that do not scale as h^2
- * (S(h) != 4 S(h/2)); then D(h/4) is used if h/2 and h/4 agree, and
- * otherwise the coordinate is skipped and counted (at most a quarter
- * overall, half of any block). Measured on correct code the worst error is ~3e-5, while a
+ * evaluated in double from float logits; the kink-aware central
+ * differences are fd_check_block() in testvec.h. Skipped coordinates: at
+ * most a quarter overall, half of any block. Measured on correct code the worst error is ~3e-5, while a
  * missing term or wrong factor is off by O(|g|). */
 #define FD_H 1e-2
 #define FD_ATOL 2e-4
@@ -209,7 +205,8 @@ typedef struct fd_ctx {
     size_t B;
 } fd_ctx;
 
-static double objective(fd_ctx *c) {
+static double objective(void *ctx) {
+    fd_ctx *c = ctx;
     cr_assert_eq(ps_dcn_forward(c->m, c->x0, c->B, c->z), 0);
     double J = 0;
     for (size_t b = 0; b < c->B; b++)
@@ -217,66 +214,15 @@ static double objective(fd_ctx *c) {
     return J;
 }
 
-typedef struct fd_point {
-    double d;       /* central difference */
-    double s;       /* second difference per unit step, S(h) / h */
-} fd_point;
-
-static fd_point differences(fd_ctx *c, float *theta, double f0, double h) {
-    float t0 = *theta, tp = (float)(t0 + h), tm = (float)(t0 - h);
-    *theta = tp;
-    double fp = objective(c);
-    *theta = tm;
-    double fm = objective(c);
-    *theta = t0;
-    double hp = (double)tp - t0, hm = (double)t0 - tm;
-    fd_point r = {(fp - fm) / (hp + hm), ((fp - f0) / hp - (f0 - fm) / hm)};
-    return r;
-}
-
-typedef struct fd_stats {
-    size_t checked, skipped, failed;
-    double worst;   /* max |g - fd| / tolerance over checked coordinates */
-} fd_stats;
-
-/* Are two estimates at steps h and h/2 free of a kink? Smooth: s(h) =
- * h f'' = 2 s(h/2) and d(h) = d(h/2), both up to O(h^2) and rounding. */
-static bool smooth(fd_point a, fd_point b, double tol) {
-    return fabs(a.d - b.d) <= tol / 2 && fabs(a.s - 2 * b.s) <= tol;
-}
-
 static void fd_check(fd_ctx *c, const char *what, float *theta,
                      const float *grad, size_t n, fd_stats *st) {
-    double f0 = objective(c);
-    size_t skipped = 0;
-    for (size_t i = 0; i < n; i++) {
-        fd_point p1 = differences(c, &theta[i], f0, FD_H);
-        fd_point p2 = differences(c, &theta[i], f0, FD_H / 2);
-        fd_point p4 = differences(c, &theta[i], f0, FD_H / 4);
-        double tol = FD_ATOL + FD_RTOL * fabs(p2.d), num;
-        if (smooth(p1, p2, tol))
-            num = p2.d;
-        else if (smooth(p2, p4, tol))
-            num = p4.d;     /* the kink lies between h/2 and h */
-        else {
-            skipped++;
-            continue;
-        }
-        st->checked++;
-        double err = fabs(grad[i] - num);
-        if (err / tol > st->worst)
-            st->worst = err / tol;
-        if (!(err <= tol)) {
-            if (st->failed++ < 5)
-                cr_log_error("%s[%zu]: analytic %.6g, numeric %.6g", what, i,
-                             grad[i], num);
-        }
-    }
+    fd_stats b;
+    fd_check_block(objective, c, what, theta, grad, n, FD_H, FD_ATOL, FD_RTOL, &b);
     /* A kink skips every coordinate that moves its pre-activation far
      * enough, so skips cluster; still, each block must be mostly checked. */
-    cr_expect(2 * skipped <= n, "%s: %zu of %zu coordinates skipped", what,
-              skipped, n);
-    st->skipped += skipped;
+    cr_expect(2 * b.skipped <= n, "%s: %zu of %zu coordinates skipped", what,
+              b.skipped, n);
+    fd_stats_add(st, &b);
 }
 
 static void fill_uniform(float *x, size_t n, double lim, ps_nn_rng *r) {

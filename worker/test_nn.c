@@ -13,6 +13,7 @@
 #include "error.h"
 #include "metrics.h"
 #include "nn.h"
+#include "testvec.h"
 
 static void fill_uniform(float *x, size_t n, double lim, ps_nn_rng *r) {
     for (size_t i = 0; i < n; i++)
@@ -268,7 +269,8 @@ typedef struct mlp_ctx {
     size_t B, out;
 } mlp_ctx;
 
-static double objective(mlp_ctx *c) {
+static double objective(void *ctx) {
+    mlp_ctx *c = ctx;
     const float *Y;
     cr_assert_eq(ps_nn_mlp_forward(c->m, c->X, c->B, &Y), 0);
     double J = 0;
@@ -277,50 +279,14 @@ static double objective(mlp_ctx *c) {
     return J;
 }
 
-typedef struct fd_point {
-    double d, s;
-} fd_point;
-
-static fd_point differences(mlp_ctx *c, float *theta, double f0, double h) {
-    float t0 = *theta, tp = (float)(t0 + h), tm = (float)(t0 - h);
-    *theta = tp;
-    double fp = objective(c);
-    *theta = tm;
-    double fm = objective(c);
-    *theta = t0;
-    double hp = (double)tp - t0, hm = (double)t0 - tm;
-    fd_point r = {(fp - fm) / (hp + hm), (fp - f0) / hp - (f0 - fm) / hm};
-    return r;
-}
-
-static bool smooth(fd_point a, fd_point b, double tol) {
-    return fabs(a.d - b.d) <= tol / 2 && fabs(a.s - 2 * b.s) <= tol;
-}
-
 static void fd_check(mlp_ctx *c, const char *what, float *theta,
                      const float *grad, size_t n, size_t *checked,
                      size_t *skipped) {
-    double f0 = objective(c);
-    size_t failed = 0;
-    for (size_t i = 0; i < n; i++) {
-        fd_point p1 = differences(c, &theta[i], f0, FD_H);
-        fd_point p2 = differences(c, &theta[i], f0, FD_H / 2);
-        fd_point p4 = differences(c, &theta[i], f0, FD_H / 4);
-        double tol = FD_ATOL + FD_RTOL * fabs(p2.d), num;
-        if (smooth(p1, p2, tol))
-            num = p2.d;
-        else if (smooth(p2, p4, tol))
-            num = p4.d;
-        else {
-            (*skipped)++;
-            continue;
-        }
-        (*checked)++;
-        if (!(fabs(grad[i] - num) <= tol) && failed++ < 5)
-            cr_log_error("%s[%zu]: analytic %.6g, numeric %.6g", what, i,
-                         grad[i], num);
-    }
-    cr_expect_eq(failed, 0, "%s: %zu coordinates disagree", what, failed);
+    fd_stats b;
+    fd_check_block(objective, c, what, theta, grad, n, FD_H, FD_ATOL, FD_RTOL, &b);
+    *checked += b.checked;
+    *skipped += b.skipped;
+    cr_expect_eq(b.failed, 0, "%s: %zu coordinates disagree", what, b.failed);
 }
 
 static void mlp_gradcheck(ps_nn_act act, bool act_last, size_t n_layers,

@@ -6,6 +6,7 @@
 #include <criterion/criterion.h>
 #include <criterion/logging.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,4 +80,80 @@ static inline void expect_close_tol(const char *what, const float *got, const do
     cr_expect(bad == 0, "%s: %zu of %zu off, first [%zu] got %.9g want %.9g", what, bad, n, first,
               bad ? got[first] : 0.0, bad ? exp[first] : 0.0);
     cr_log_info("%s: worst error / tolerance %.3f", what, worst);
+}
+
+/* ---- finite differences ------------------------------------------------------------- */
+
+/* Gradient checks of float32 code against central differences of a double
+ * objective J(theta) = f(ctx). The estimate is D(h/2), with steps actually
+ * representable in float. A ReLU kink within h of the point spoils it and
+ * shows up as disagreement between D(h) and D(h/2), or as second
+ * differences that do not scale as h^2 (S(h) != 4 S(h/2)); then D(h/4) is
+ * used if h/2 and h/4 agree, and otherwise the coordinate is skipped and
+ * counted. */
+typedef double (*fd_objective_fn)(void *ctx);
+
+typedef struct fd_point {
+    double d;                    /* central difference */
+    double s;                    /* second difference per unit step, S(h) / h */
+} fd_point;
+
+typedef struct fd_stats {
+    size_t checked, skipped, failed;
+    double worst;                /* max |g - fd| / tolerance over checked coordinates */
+} fd_stats;
+
+static inline fd_point fd_differences(fd_objective_fn f, void *ctx, float *theta, double f0, double h) {
+    float t0 = *theta, tp = (float)(t0 + h), tm = (float)(t0 - h);
+    *theta = tp;
+    double fp = f(ctx);
+    *theta = tm;
+    double fm = f(ctx);
+    *theta = t0;
+    double hp = (double)tp - t0, hm = (double)t0 - tm;
+    fd_point r = {(fp - fm) / (hp + hm), (fp - f0) / hp - (f0 - fm) / hm};
+    return r;
+}
+
+/* Are two estimates at steps h and h/2 free of a kink? Smooth: s(h) =
+ * h f'' = 2 s(h/2) and d(h) = d(h/2), both up to O(h^2) and rounding. */
+static inline bool fd_smooth(fd_point a, fd_point b, double tol) {
+    return fabs(a.d - b.d) <= tol / 2 && fabs(a.s - 2 * b.s) <= tol;
+}
+
+/* Check grad[0..n) against theta[0..n); *ret gets this block's counts
+ * (tolerance atol + rtol|fd| per coordinate); logs the first disagreements. */
+static inline void fd_check_block(fd_objective_fn f, void *ctx, const char *what, float *theta,
+                                  const float *grad, size_t n, double h, double atol, double rtol,
+                                  fd_stats *ret) {
+    memset(ret, 0, sizeof(*ret));
+    double f0 = f(ctx);
+    for (size_t i = 0; i < n; i++) {
+        fd_point p1 = fd_differences(f, ctx, &theta[i], f0, h);
+        fd_point p2 = fd_differences(f, ctx, &theta[i], f0, h / 2);
+        fd_point p4 = fd_differences(f, ctx, &theta[i], f0, h / 4);
+        double tol = atol + rtol * fabs(p2.d), num;
+        if (fd_smooth(p1, p2, tol))
+            num = p2.d;
+        else if (fd_smooth(p2, p4, tol))
+            num = p4.d; /* the kink lies between h/2 and h */
+        else {
+            ret->skipped++;
+            continue;
+        }
+        ret->checked++;
+        double err = fabs(grad[i] - num);
+        if (err / tol > ret->worst)
+            ret->worst = err / tol;
+        if (!(err <= tol) && ret->failed++ < 5)
+            cr_log_error("%s[%zu]: analytic %.6g, numeric %.6g", what, i, grad[i], num);
+    }
+}
+
+static inline void fd_stats_add(fd_stats *sum, const fd_stats *b) {
+    sum->checked += b->checked;
+    sum->skipped += b->skipped;
+    sum->failed += b->failed;
+    if (b->worst > sum->worst)
+        sum->worst = b->worst;
 }
