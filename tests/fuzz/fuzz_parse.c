@@ -162,6 +162,13 @@ int fuzz_parse_line(fuzz_parser *fp, const char *line, size_t len) {
     return r;
 }
 
+void fuzz_parse_lines(fuzz_parser *fp, const char *pos, const char *end) {
+    const char *line;
+    size_t len;
+    while (fuzz_next_line(&pos, end, &line, &len))
+        fuzz_parse_line(fp, line, len);
+}
+
 int fuzz_parse_header(fuzz_parser *fp, const char *line, size_t len) {
     char *buf = malloc(len ? len : 1);
     FUZZ_CHECK(buf);

@@ -42,6 +42,8 @@ void fuzz_parser_deinit(fuzz_parser *fp);
 /* Parse one line (no '\n' in it) with every check; returns the parse's
  * result. */
 int fuzz_parse_line(fuzz_parser *fp, const char *line, size_t len);
+/* fuzz_parse_line() on every '\n'-separated line of [pos, end). */
+void fuzz_parse_lines(fuzz_parser *fp, const char *pos, const char *end);
 /* The same for a CSV header line (ps_parser_header). */
 int fuzz_parse_header(fuzz_parser *fp, const char *line, size_t len);
 

@@ -117,11 +117,7 @@ FUZZ_INIT(parse_criteo) {
 }
 
 FUZZ_ENTRY(parse_criteo) {
-    for (size_t v = 0; v < NVARIANTS; v++) {
-        const char *pos = (const char *)data, *end = pos + size, *line;
-        size_t len;
-        while (fuzz_next_line(&pos, end, &line, &len))
-            fuzz_parse_line(&parsers[v], line, len);
-    }
+    for (size_t v = 0; v < NVARIANTS; v++)
+        fuzz_parse_lines(&parsers[v], (const char *)data, (const char *)data + size);
     return 0;
 }

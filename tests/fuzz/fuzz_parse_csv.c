@@ -103,8 +103,7 @@ FUZZ_ENTRY(parse_csv) {
         size_t len;
         if (fuzz_next_line(&pos, end, &line, &len) && fuzz_parse_header(&fp, line, len) == 0)
             remember_header(&refs[v], line, len);
-        while (fuzz_next_line(&pos, end, &line, &len))
-            fuzz_parse_line(&fp, line, len);
+        fuzz_parse_lines(&fp, pos, end);
         fuzz_parser_deinit(&fp);
         free(refs[v].header);
     }

@@ -45,10 +45,7 @@ FUZZ_ENTRY(parse_slots) {
     for (size_t v = 0; v < sizeof(variants) / sizeof(*variants); v++) {
         fuzz_parser fp;
         fuzz_parser_init(&fp, variants[v], slots_check, NULL);
-        const char *pos = (const char *)data, *end = pos + size, *line;
-        size_t len;
-        while (fuzz_next_line(&pos, end, &line, &len))
-            fuzz_parse_line(&fp, line, len);
+        fuzz_parse_lines(&fp, (const char *)data, (const char *)data + size);
         fuzz_parser_deinit(&fp);
     }
     return 0;
