@@ -200,7 +200,8 @@ static void problem_free(problem *p) {
     free(p->dP), free(p->dX);
 }
 
-static double objective(problem *p) {
+static double objective(void *ctx) {
+    problem *p = ctx;
     cr_assert_eq(ps_can_forward(p->u, p->P, p->X, p->mask, p->T, p->B, p->out),
                  0);
     double J = 0;
@@ -209,27 +210,18 @@ static double objective(problem *p) {
     return J;
 }
 
-static double central(problem *p, float *theta, double h) {
-    float t0 = *theta, tp = (float)(t0 + h), tm = (float)(t0 - h);
-    *theta = tp;
-    double fp = objective(p);
-    *theta = tm;
-    double fm = objective(p);
-    *theta = t0;
-    return (fp - fm) / ((double)tp - (double)tm);
-}
-
 /* Checks grad against finite differences over theta[0..n), skipping the
  * entries for which skip() says so (padding). Returns coordinates checked. */
 static size_t fd_check(problem *p, const char *what, float *theta,
                        const float *grad, size_t n, const float *skip_if_nan,
                        double *worst) {
     size_t checked = 0, failed = 0;
+    double f0 = objective(p);
     for (size_t i = 0; i < n; i++) {
         if (skip_if_nan && isnan(skip_if_nan[i]))
             continue;
-        double d1 = central(p, &theta[i], FD_H);
-        double d2 = central(p, &theta[i], FD_H / 2);
+        double d1 = fd_differences(objective, p, &theta[i], f0, FD_H).d;
+        double d2 = fd_differences(objective, p, &theta[i], f0, FD_H / 2).d;
         double tol = FD_ATOL + FD_RTOL * fabs(d2);
         cr_expect(fabs(d1 - d2) <= tol, "%s[%zu]: not smooth?", what, i);
         double err = fabs(grad[i] - d2);
