@@ -143,11 +143,6 @@ typedef struct problem {
     float *P, *X, *mask, *R, *out, *dP, *dX;
 } problem;
 
-static void fill_uniform(float *x, size_t n, double lim, ps_nn_rng *r) {
-    for (size_t i = 0; i < n; i++)
-        x[i] = (float)((2 * ps_nn_rng_uniform(r) - 1) * lim);
-}
-
 /* Random P, X, R; mask: example 0 full, example 1 fully masked, the rest
  * random 0/1 with one 0.5 weight; padded X holds NaN, which must never be
  * read. */

@@ -225,11 +225,6 @@ static void fd_check(fd_ctx *c, const char *what, float *theta,
     fd_stats_add(st, &b);
 }
 
-static void fill_uniform(float *x, size_t n, double lim, ps_nn_rng *r) {
-    for (size_t i = 0; i < n; i++)
-        x[i] = (float)((2 * ps_nn_rng_uniform(r) - 1) * lim);
-}
-
 /* A model at a generic point: initialised from seed, then every zero-init
  * block (biases) made non-zero so their paths are exercised too. */
 static ps_dcn *make_model(ps_dcn_config *cfg, uint64_t seed) {

@@ -15,11 +15,6 @@
 #include "nn.h"
 #include "testvec.h"
 
-static void fill_uniform(float *x, size_t n, double lim, ps_nn_rng *r) {
-    for (size_t i = 0; i < n; i++)
-        x[i] = (float)((2 * ps_nn_rng_uniform(r) - 1) * lim);
-}
-
 /* ---- activations -------------------------------------------------------- */
 
 Test(nn_act, names_round_trip) {

@@ -1,7 +1,8 @@
 #pragma once
-/* Reading the reference vectors of tests/vectors/{dcnv2,can} in the worker's
- * tests: "# shape d0 d1 ...", then one value per line, row-major, computed
- * in float64 by an independent implementation. */
+/* Shared by the worker's model tests (DCN-V2, CAN, MLP): reading the
+ * reference vectors of tests/vectors/{dcnv2,can} ("# shape d0 d1 ...", then
+ * one value per line, row-major, computed in float64 by an independent
+ * implementation), random fills, and finite-difference gradient checks. */
 
 #include <criterion/criterion.h>
 #include <criterion/logging.h>
@@ -10,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "nn.h"
 
 typedef struct arr {
     size_t ndim, shape[4], n;
@@ -80,6 +83,12 @@ static inline void expect_close_tol(const char *what, const float *got, const do
     cr_expect(bad == 0, "%s: %zu of %zu off, first [%zu] got %.9g want %.9g", what, bad, n, first,
               bad ? got[first] : 0.0, bad ? exp[first] : 0.0);
     cr_log_info("%s: worst error / tolerance %.3f", what, worst);
+}
+
+/* x[0..n) drawn from U(±lim). */
+static inline void fill_uniform(float *x, size_t n, double lim, ps_nn_rng *r) {
+    ps_nn_init init = {.kind = PS_NN_INIT_UNIFORM, .limit = lim};
+    ps_nn_init_fill(&init, x, n, r);
 }
 
 /* ---- finite differences ------------------------------------------------------------- */
