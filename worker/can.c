@@ -172,7 +172,6 @@ nomem:
     return -ENOMEM;
 }
 
-const ps_can_config *ps_can_get_config(const ps_can *u) { return &u->cfg; }
 size_t ps_can_unit_width(const ps_can *u) { return u->unit_w; }
 size_t ps_can_ind_width(const ps_can *u) { return u->ind_w; }
 size_t ps_can_feed_width(const ps_can *u) { return u->d0; }

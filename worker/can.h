@@ -76,7 +76,6 @@ typedef struct ps_can ps_can;
 int ps_can_new(const ps_can_config *cfg, ps_can **ret_unit);
 /* Accepts NULL. */
 void ps_can_free(ps_can *u);
-const ps_can_config *ps_can_get_config(const ps_can *u);
 /* D_unit = sum_k (d_{k-1} d_k + [use_bias] d_k). */
 size_t ps_can_unit_width(const ps_can *u);
 /* Width of P_ind: D_unit, times C with order_indep. */

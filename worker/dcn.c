@@ -289,8 +289,6 @@ fail:
 
 ps_nn_params *ps_dcn_params(ps_dcn *m) { return m->params; }
 
-const ps_dcn_config *ps_dcn_get_config(const ps_dcn *m) { return &m->cfg; }
-
 void ps_dcn_init_params(ps_dcn *m, uint64_t seed) {
     ps_nn_params_init_values(m->params, seed);
 }

@@ -80,7 +80,6 @@ int ps_dcn_new(const ps_dcn_config *cfg, ps_dcn **ret_model);
 void ps_dcn_free(ps_dcn *m);
 /* The model's blocks, owned by the model (valid until ps_dcn_free()). */
 ps_nn_params *ps_dcn_params(ps_dcn *m);
-const ps_dcn_config *ps_dcn_get_config(const ps_dcn *m);
 /* Initialise every block deterministically from seed: W, deep weights and
  * w_out Glorot-uniform; U, V, C Glorot-normal with each expert's matrix
  * fans (N and r, r and r); gates U(±1/sqrt(N)); biases 0. */

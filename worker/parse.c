@@ -589,7 +589,6 @@ fail:
     return r;
 }
 
-ps_input_format ps_parser_format(const ps_parser *p) { return p->format; }
 bool ps_parser_wants_header(const ps_parser *p) { return p->format == PS_INPUT_CSV; }
 size_t ps_parser_nslots(const ps_parser *p) { return p->nslots; }
 const char *ps_parser_slot_name(const ps_parser *p, size_t slot) {

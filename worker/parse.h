@@ -174,7 +174,6 @@ typedef struct ps_parser ps_parser;
 int ps_parser_new(const ps_input_config *c, ps_parser **ret_parser, char *err, size_t errlen);
 void ps_parser_free(ps_parser *p);
 
-ps_input_format ps_parser_format(const ps_parser *p);
 /* True for csv: the first line of every file goes to ps_parser_header(). */
 bool ps_parser_wants_header(const ps_parser *p);
 /* Read a CSV header line (same line rules as ps_parser_parse). Rejects a
