@@ -10,6 +10,7 @@
 
 #include "error.h"
 #include "keys.h"
+#include "text.h"
 
 /* libinih calls the handler with no line number in Debian's build
  * (INI_HANDLER_LINENO = 0), so we feed it through our own line reader and
@@ -68,23 +69,16 @@ int ps_parse_hostport(const char *s, char *ret_host, size_t hostlen, int *ret_po
 /* Split "a, b ,c" into an owned array of trimmed, non-empty items, appended
  * to *list. */
 static int split_list(const char *value, char ***list, size_t *n) {
-    const char *p = value;
-    while (*p) {
-        while (*p == ' ' || *p == '\t' || *p == ',')
-            p++;
-        if (!*p)
-            break;
-        const char *start = p;
-        while (*p && *p != ',')
-            p++;
-        const char *end = p;
-        while (end > start && (end[-1] == ' ' || end[-1] == '\t'))
-            end--;
+    const char *item;
+    size_t len;
+    while (ps_list_next(&value, &item, &len)) {
+        if (len == 0)
+            continue;
         char **grown = realloc(*list, (*n + 1) * sizeof(char *));
         if (!grown)
             return -ENOMEM;
         *list = grown;
-        grown[*n] = strndup(start, (size_t)(end - start));
+        grown[*n] = strndup(item, len);
         if (!grown[*n])
             return -ENOMEM;
         (*n)++;

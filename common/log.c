@@ -4,6 +4,11 @@
 #include <string.h>
 #include <time.h>
 
+#include "text.h"
+
+static const char *const ps_log_level_names[PS_LOG_LEVEL_COUNT] = {PS_LOG_LEVEL_MAP(PS_ENUM_STR)};
+PS_ENUM_FUNCTIONS(ps_log_level, ps_log_level, PS_LOG_LEVEL_COUNT)
+
 static const char *log_program = "ctrps";
 static ps_log_level log_min = PS_LOG_INFO;
 
@@ -13,7 +18,6 @@ void ps_log_init(const char *program, ps_log_level min_level) {
 }
 
 void ps_log(ps_log_level level, const char *fmt, ...) {
-    static const char *names[] = {"debug", "info", "warn", "error"};
     if (level < log_min)
         return;
     struct timespec ts;
@@ -23,7 +27,7 @@ void ps_log(ps_log_level level, const char *fmt, ...) {
     char line[2048];
     int n = snprintf(line, sizeof(line), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s %s: ",
                      tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                     tm.tm_sec, ts.tv_nsec / 1000000, names[level], log_program);
+                     tm.tm_sec, ts.tv_nsec / 1000000, ps_log_level_name(level), log_program);
     va_list ap;
     va_start(ap, fmt);
     if (n > 0 && (size_t)n < sizeof(line))

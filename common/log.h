@@ -5,7 +5,24 @@
 
 #include <stdarg.h>
 
-typedef enum { PS_LOG_DEBUG, PS_LOG_INFO, PS_LOG_WARN, PS_LOG_ERROR } ps_log_level;
+#define PS_LOG_LEVEL_MAP(XX)                                                   \
+    XX(DEBUG, "debug")                                                         \
+    XX(INFO, "info")                                                           \
+    XX(WARN, "warn")                                                           \
+    XX(ERROR, "error")
+
+typedef enum {
+#define PS_LOG_LEVEL_ENUM(name, str) PS_LOG_##name,
+    PS_LOG_LEVEL_MAP(PS_LOG_LEVEL_ENUM)
+#undef PS_LOG_LEVEL_ENUM
+    PS_LOG_LEVEL_COUNT
+} ps_log_level;
+
+/* Static name ("warn"), or "?" outside the enum. */
+const char *ps_log_level_name(ps_log_level level);
+/* The value of a --log-level option: "debug", "info", "warn" or "error".
+ * PS_ECONFIG for anything else, *ret_level untouched. */
+int ps_log_level_parse(const char *s, ps_log_level *ret_level);
 
 void ps_log_init(const char *program, ps_log_level min_level);
 void ps_log(ps_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

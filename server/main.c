@@ -128,15 +128,7 @@ int main(int argc, char **argv) {
             restore_from = optarg;
             break;
         case 'v':
-            if (!strcmp(optarg, "debug"))
-                level = PS_LOG_DEBUG;
-            else if (!strcmp(optarg, "info"))
-                level = PS_LOG_INFO;
-            else if (!strcmp(optarg, "warn"))
-                level = PS_LOG_WARN;
-            else if (!strcmp(optarg, "error"))
-                level = PS_LOG_ERROR;
-            else {
+            if (ps_log_level_parse(optarg, &level) < 0) {
                 fprintf(stderr, "ctrps-server: --log-level: expected debug, info, warn or error\n");
                 return 2;
             }

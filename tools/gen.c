@@ -29,26 +29,24 @@
 
 #include "keys.h"
 #include "metrics.h"
+#include "text.h"
 
 /* ---- names ----------------------------------------------------------------- */
 
-static const char *const format_names[] = {
-#define PS_GEN_FORMAT_STR(name, str) str,
-    PS_GEN_FORMAT_MAP(PS_GEN_FORMAT_STR)
-#undef PS_GEN_FORMAT_STR
-};
+static const char *const format_names[PS_GEN_FORMAT_COUNT] = {PS_GEN_FORMAT_MAP(PS_ENUM_STR)};
 
 const char *ps_gen_format_name(ps_gen_format f) {
-    return (unsigned)f < PS_GEN_FORMAT_COUNT ? format_names[f] : "?";
+    return ps_enum_name(format_names, PS_GEN_FORMAT_COUNT, (int)f);
 }
 
+/* -EINVAL rather than text.h's PS_ECONFIG: the value comes from a command
+ * line, not a config file. */
 int ps_gen_format_parse(const char *name, ps_gen_format *ret_format) {
-    for (int f = 0; f < PS_GEN_FORMAT_COUNT; f++)
-        if (!strcmp(name, format_names[f])) {
-            *ret_format = (ps_gen_format)f;
-            return 0;
-        }
-    return -EINVAL;
+    int f;
+    if (ps_enum_parse(format_names, PS_GEN_FORMAT_COUNT, name, &f) < 0)
+        return -EINVAL;
+    *ret_format = (ps_gen_format)f;
+    return 0;
 }
 
 /* ---- defaults ---------------------------------------------------------------- */

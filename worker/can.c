@@ -26,44 +26,13 @@
 #include <string.h>
 
 #include "error.h"
+#include "text.h"
 
-static const char *const layers_names[] = {
-#define PS_CAN_LAYERS_NAME(name, str) str,
-    PS_CAN_LAYERS_MAP(PS_CAN_LAYERS_NAME)
-#undef PS_CAN_LAYERS_NAME
-};
+const char *const ps_can_layers_names[PS_CAN_LAYERS_COUNT] = {PS_CAN_LAYERS_MAP(PS_ENUM_STR)};
+PS_ENUM_FUNCTIONS(ps_can_layers, ps_can_layers, PS_CAN_LAYERS_COUNT)
 
-static const char *const combine_names[] = {
-#define PS_CAN_COMBINE_NAME(name, str) str,
-    PS_CAN_COMBINE_MAP(PS_CAN_COMBINE_NAME)
-#undef PS_CAN_COMBINE_NAME
-};
-
-const char *ps_can_layers_name(ps_can_layers l) {
-    return (unsigned)l < PS_CAN_LAYERS_COUNT ? layers_names[l] : "?";
-}
-
-int ps_can_layers_parse(const char *name, ps_can_layers *ret_layers) {
-    for (unsigned i = 0; i < PS_CAN_LAYERS_COUNT; i++)
-        if (strcmp(name, layers_names[i]) == 0) {
-            *ret_layers = (ps_can_layers)i;
-            return 0;
-        }
-    return PS_ECONFIG;
-}
-
-const char *ps_can_combine_name(ps_can_combine c) {
-    return (unsigned)c < PS_CAN_COMBINE_COUNT ? combine_names[c] : "?";
-}
-
-int ps_can_combine_parse(const char *name, ps_can_combine *ret_combine) {
-    for (unsigned i = 0; i < PS_CAN_COMBINE_COUNT; i++)
-        if (strcmp(name, combine_names[i]) == 0) {
-            *ret_combine = (ps_can_combine)i;
-            return 0;
-        }
-    return PS_ECONFIG;
-}
+const char *const ps_can_combine_names[PS_CAN_COMBINE_COUNT] = {PS_CAN_COMBINE_MAP(PS_ENUM_STR)};
+PS_ENUM_FUNCTIONS(ps_can_combine, ps_can_combine, PS_CAN_COMBINE_COUNT)
 
 void ps_can_config_default(ps_can_config *cfg, size_t max_batch,
                            size_t max_len) {

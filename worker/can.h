@@ -44,6 +44,10 @@ typedef enum ps_can_combine {
     PS_CAN_COMBINE_COUNT
 } ps_can_combine;
 
+extern const char *const ps_can_layers_names[PS_CAN_LAYERS_COUNT];
+extern const char *const ps_can_combine_names[PS_CAN_COMBINE_COUNT];
+/* Static names, or "?" outside the enum; parse: PS_ECONFIG for an unknown
+ * name, *ret untouched (text.h). */
 const char *ps_can_layers_name(ps_can_layers l);
 int ps_can_layers_parse(const char *name, ps_can_layers *ret_layers);
 const char *ps_can_combine_name(ps_can_combine c);

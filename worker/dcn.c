@@ -33,47 +33,17 @@
 #include <cblas.h>
 
 #include "error.h"
+#include "text.h"
 
 /* CBLAS takes int dimensions; check_config() keeps every one below INT_MAX. */
 #define IX(x) ((int)(x))
 
-static const char *const cross_names[] = {
-#define PS_DCN_CROSS_NAME(name, str) str,
-    PS_DCN_CROSS_MAP(PS_DCN_CROSS_NAME)
-#undef PS_DCN_CROSS_NAME
-};
+static const char *const ps_dcn_cross_names[PS_DCN_CROSS_COUNT] = {PS_DCN_CROSS_MAP(PS_ENUM_STR)};
+PS_ENUM_FUNCTIONS(ps_dcn_cross, ps_dcn_cross, PS_DCN_CROSS_COUNT)
 
-static const char *const structure_names[] = {
-#define PS_DCN_STRUCTURE_NAME(name, str) str,
-    PS_DCN_STRUCTURE_MAP(PS_DCN_STRUCTURE_NAME)
-#undef PS_DCN_STRUCTURE_NAME
-};
-
-const char *ps_dcn_cross_name(ps_dcn_cross c) {
-    return (unsigned)c < PS_DCN_CROSS_COUNT ? cross_names[c] : "?";
-}
-
-int ps_dcn_cross_parse(const char *name, ps_dcn_cross *ret_cross) {
-    for (unsigned i = 0; i < PS_DCN_CROSS_COUNT; i++)
-        if (strcmp(name, cross_names[i]) == 0) {
-            *ret_cross = (ps_dcn_cross)i;
-            return 0;
-        }
-    return PS_ECONFIG;
-}
-
-const char *ps_dcn_structure_name(ps_dcn_structure s) {
-    return (unsigned)s < PS_DCN_STRUCTURE_COUNT ? structure_names[s] : "?";
-}
-
-int ps_dcn_structure_parse(const char *name, ps_dcn_structure *ret_structure) {
-    for (unsigned i = 0; i < PS_DCN_STRUCTURE_COUNT; i++)
-        if (strcmp(name, structure_names[i]) == 0) {
-            *ret_structure = (ps_dcn_structure)i;
-            return 0;
-        }
-    return PS_ECONFIG;
-}
+const char *const ps_dcn_structure_names[PS_DCN_STRUCTURE_COUNT] = {
+    PS_DCN_STRUCTURE_MAP(PS_ENUM_STR)};
+PS_ENUM_FUNCTIONS(ps_dcn_structure, ps_dcn_structure, PS_DCN_STRUCTURE_COUNT)
 
 typedef struct cross_layer {
     const ps_nn_param *W, *b;               /* full */

@@ -47,6 +47,9 @@ typedef enum ps_dcn_structure {
     PS_DCN_STRUCTURE_COUNT
 } ps_dcn_structure;
 
+extern const char *const ps_dcn_structure_names[PS_DCN_STRUCTURE_COUNT];
+/* Static names, or "?" outside the enum; parse: PS_ECONFIG for an unknown
+ * name, *ret untouched (text.h). */
 const char *ps_dcn_cross_name(ps_dcn_cross c);
 int ps_dcn_cross_parse(const char *name, ps_dcn_cross *ret_cross);
 const char *ps_dcn_structure_name(ps_dcn_structure s);

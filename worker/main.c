@@ -161,12 +161,7 @@ int main(int argc, char **argv) {
                 to.passes = (uint32_t)v;
             break;
         case 'v':
-            level = !strcmp(optarg, "debug")  ? PS_LOG_DEBUG
-                    : !strcmp(optarg, "info") ? PS_LOG_INFO
-                    : !strcmp(optarg, "warn") ? PS_LOG_WARN
-                                              : PS_LOG_ERROR;
-            if (strcmp(optarg, "debug") && strcmp(optarg, "info") && strcmp(optarg, "warn") &&
-                strcmp(optarg, "error")) {
+            if (ps_log_level_parse(optarg, &level) < 0) {
                 fprintf(stderr, "ctrps-worker: --log-level: expected debug, info, warn or error\n");
                 return 2;
             }

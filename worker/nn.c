@@ -23,27 +23,12 @@
 
 #include "error.h"
 #include "metrics.h"
+#include "text.h"
 
 /* ---- Activations ------------------------------------------------------ */
 
-static const char *const act_names[] = {
-#define PS_NN_ACT_NAME(name, str) str,
-    PS_NN_ACT_MAP(PS_NN_ACT_NAME)
-#undef PS_NN_ACT_NAME
-};
-
-const char *ps_nn_act_name(ps_nn_act a) {
-    return (unsigned)a < PS_NN_ACT_COUNT ? act_names[a] : "?";
-}
-
-int ps_nn_act_parse(const char *name, ps_nn_act *ret_act) {
-    for (unsigned i = 0; i < PS_NN_ACT_COUNT; i++)
-        if (strcmp(name, act_names[i]) == 0) {
-            *ret_act = (ps_nn_act)i;
-            return 0;
-        }
-    return PS_ECONFIG;
-}
+const char *const ps_nn_act_names[PS_NN_ACT_COUNT] = {PS_NN_ACT_MAP(PS_ENUM_STR)};
+PS_ENUM_FUNCTIONS(ps_nn_act, ps_nn_act, PS_NN_ACT_COUNT)
 
 /* v if keep else +0, without a branch. At -O2 GCC turns "v > 0 ? v : 0"
  * into a compare and jump, and with signs at random that mispredicts half

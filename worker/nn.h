@@ -33,6 +33,7 @@ typedef enum ps_nn_act {
     PS_NN_ACT_COUNT
 } ps_nn_act;
 
+extern const char *const ps_nn_act_names[PS_NN_ACT_COUNT];
 /* Static name ("relu"), or "?" for a value outside the enum. */
 const char *ps_nn_act_name(ps_nn_act a);
 /* Name to enum; PS_ECONFIG for an unknown name, *ret_act untouched. */

@@ -31,27 +31,19 @@
 
 #include "error.h"
 #include "keys.h"
+#include "text.h"
 
 /* ---- names -------------------------------------------------------------- */
 
-static const char *const format_names[] = {
-#define PS_INPUT_FORMAT_STR(name, str) str,
-    PS_INPUT_FORMAT_MAP(PS_INPUT_FORMAT_STR)
-#undef PS_INPUT_FORMAT_STR
-};
-
-static const char *const integers_names[] = {
-#define PS_INTEGERS_STR(name, str) str,
-    PS_INTEGERS_MAP(PS_INTEGERS_STR)
-#undef PS_INTEGERS_STR
-};
+static const char *const format_names[PS_INPUT_FORMAT_COUNT] = {PS_INPUT_FORMAT_MAP(PS_ENUM_STR)};
+static const char *const integers_names[PS_INTEGERS_COUNT] = {PS_INTEGERS_MAP(PS_ENUM_STR)};
 
 const char *ps_input_format_name(ps_input_format f) {
-    return (unsigned)f < PS_INPUT_FORMAT_COUNT ? format_names[f] : "?";
+    return ps_enum_name(format_names, PS_INPUT_FORMAT_COUNT, (int)f);
 }
 
 const char *ps_integers_mode_name(ps_integers_mode m) {
-    return (unsigned)m < PS_INTEGERS_COUNT ? integers_names[m] : "?";
+    return ps_enum_name(integers_names, PS_INTEGERS_COUNT, (int)m);
 }
 
 static int fail(char *err, size_t errlen, const char *fmt, ...)
@@ -178,22 +170,11 @@ static int parse_name_list(const char *value, char ***ret_list, size_t *ret_n, c
                            size_t errlen) {
     char **list = NULL;
     size_t n = 0;
-    const char *p = value;
+    const char *item;
+    size_t len;
     int r = 0;
-    while (*p) {
-        while (*p == ' ' || *p == '\t')
-            p++;
-        const char *start = p;
-        while (*p && *p != ',')
-            p++;
-        const char *e = p;
-        while (e > start && (e[-1] == ' ' || e[-1] == '\t'))
-            e--;
-        if (*p == ',')
-            p++;
-        else if (e == start && n == 0)
-            break; /* the whole value was blank */
-        r = check_name(start, (size_t)(e - start), "column name", err, errlen);
+    while (ps_list_next(&value, &item, &len)) {
+        r = check_name(item, len, "column name", err, errlen);
         if (r < 0)
             goto fail;
         char **grown = realloc(list, (n + 1) * sizeof(*list));
@@ -203,7 +184,7 @@ static int parse_name_list(const char *value, char ***ret_list, size_t *ret_n, c
             goto fail;
         }
         list = grown;
-        if (!(list[n] = strndup(start, (size_t)(e - start)))) {
+        if (!(list[n] = strndup(item, len))) {
             r = -ENOMEM;
             snprintf(err, errlen, "out of memory");
             goto fail;

@@ -7,18 +7,10 @@
 
 #include "error.h"
 
+static const char *const model_type_names[PS_MODEL_TYPE_COUNT] = {PS_MODEL_TYPE_MAP(PS_ENUM_STR)};
+
 const char *ps_model_type_name(ps_model_type t) {
-    switch (t) {
-    case PS_MODEL_LR:
-        return "lr";
-    case PS_MODEL_DCNV2:
-        return "dcnv2";
-    case PS_MODEL_CAN:
-        return "can";
-    case PS_MODEL_DCNV2_CAN:
-        return "dcnv2+can";
-    }
-    return "?";
+    return ps_enum_name(model_type_names, PS_MODEL_TYPE_COUNT, (int)t);
 }
 
 static void worker_free(void *p) {
@@ -91,24 +83,17 @@ static int parse_bool(const char *v, bool *ret, char *err, size_t errlen) {
 static int parse_names(const char *v, char (*out)[PS_NAME_MAX], uint32_t max, uint32_t *ret_n,
                        char *err, size_t errlen) {
     uint32_t n = 0;
-    const char *p = v;
-    while (*p) {
-        while (*p == ' ' || *p == ',' || *p == '\t')
-            p++;
-        if (!*p)
-            break;
-        const char *s = p;
-        while (*p && *p != ',')
-            p++;
-        const char *e = p;
-        while (e > s && (e[-1] == ' ' || e[-1] == '\t'))
-            e--;
-        if (n == max || (size_t)(e - s) >= PS_NAME_MAX) {
+    const char *item;
+    size_t len;
+    while (ps_list_next(&v, &item, &len)) {
+        if (len == 0)
+            continue;
+        if (n == max || len >= PS_NAME_MAX) {
             snprintf(err, errlen, "at most %u names of at most %d characters", max, PS_NAME_MAX - 1);
             return PS_ECONFIG;
         }
-        memcpy(out[n], s, (size_t)(e - s));
-        out[n][e - s] = '\0';
+        memcpy(out[n], item, len);
+        out[n][len] = '\0';
         n++;
     }
     *ret_n = n;
@@ -131,18 +116,12 @@ static int parse_sizes(const char *v, uint32_t *out, uint32_t max, uint32_t lo, 
 
 static int set_model(ps_model_config *m, const char *key, const char *v, char *err, size_t errlen) {
     if (!strcmp(key, "type")) {
-        if (!strcmp(v, "lr"))
-            m->type = PS_MODEL_LR;
-        else if (!strcmp(v, "dcnv2"))
-            m->type = PS_MODEL_DCNV2;
-        else if (!strcmp(v, "can"))
-            m->type = PS_MODEL_CAN;
-        else if (!strcmp(v, "dcnv2+can"))
-            m->type = PS_MODEL_DCNV2_CAN;
-        else {
+        int t;
+        if (ps_enum_parse(model_type_names, PS_MODEL_TYPE_COUNT, v, &t) < 0) {
             snprintf(err, errlen, "expected lr, dcnv2, can or dcnv2+can, got '%s'", v);
             return PS_ECONFIG;
         }
+        m->type = (ps_model_type)t;
         return 0;
     }
     if (!strcmp(key, "batch_size"))

@@ -37,8 +37,20 @@
 #include "config.h"
 #include "dcn.h"
 #include "parse.h"
+#include "text.h"
 
-typedef enum { PS_MODEL_LR, PS_MODEL_DCNV2, PS_MODEL_CAN, PS_MODEL_DCNV2_CAN } ps_model_type;
+#define PS_MODEL_TYPE_MAP(XX)                                                  \
+    XX(LR, "lr")                                                               \
+    XX(DCNV2, "dcnv2")                                                         \
+    XX(CAN, "can")                                                             \
+    XX(DCNV2_CAN, "dcnv2+can")
+
+typedef enum {
+#define PS_MODEL_TYPE_ENUM(name, str) PS_MODEL_##name,
+    PS_MODEL_TYPE_MAP(PS_MODEL_TYPE_ENUM)
+#undef PS_MODEL_TYPE_ENUM
+} ps_model_type;
+#define PS_MODEL_TYPE_COUNT (0 PS_MODEL_TYPE_MAP(PS_ENUM_ONE))
 typedef enum { PS_POOL_MEAN, PS_POOL_SUM } ps_pooling;
 
 #define PS_MODEL_MAX_MLP 8
@@ -82,6 +94,7 @@ static inline const ps_worker_config *ps_worker_config_of(const ps_config *cfg) 
     return (const ps_worker_config *)cfg->worker;
 }
 
+/* Static name ("dcnv2+can"), or "?" outside the enum. */
 const char *ps_model_type_name(ps_model_type t);
 static inline bool ps_model_has_dcn(ps_model_type t) { return t != PS_MODEL_LR; }
 static inline bool ps_model_has_can(ps_model_type t) {
