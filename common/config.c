@@ -254,12 +254,9 @@ static const key_desc server_keys[] = {
 
 static int set_optimizer(void *obj, const char *value, char *err, size_t errlen) {
     ps_table_config *t = obj;
-    if (!strcmp(value, "ftrl"))
-        t->opt.kind = PS_OPT_FTRL;
-    else if (!strcmp(value, "adagrad"))
-        t->opt.kind = PS_OPT_ADAGRAD;
-    else if (!strcmp(value, "ftrl_group_lasso"))
-        t->opt.kind = PS_OPT_FTRL_GROUP_LASSO;
+    int kind;
+    if (ps_enum_parse(ps_optimizer_names, PS_OPT_COUNT, value, &kind) == 0)
+        t->opt.kind = (ps_optimizer_kind)kind;
     else {
         snprintf(err, errlen, "expected ftrl, adagrad or ftrl_group_lasso, got '%s'", value);
         return PS_ECONFIG;
@@ -290,7 +287,7 @@ static int set_slots(void *obj, const char *value, char *err, size_t errlen) {
 #define TBL(f) offsetof(ps_table_config, f)
 #define OPTP(f) offsetof(ps_table_config, opt) + offsetof(ps_optim_params, f)
 static const key_desc table_keys[] = {
-    {"dim", K_U32, TBL(dim), 1, 4096, NULL, 0, 0},
+    {"dim", K_U32, TBL(dim), 1, PS_OPTIM_DIM_MAX, NULL, 0, 0},
     {"optimizer", K_CUSTOM, 0, 0, 0, set_optimizer, 0, 0},
     {"alpha", K_DOUBLE, OPTP(alpha), 1e-12, 1e6, NULL, 0, OPT_FTRL | OPT_GL},
     {"beta", K_DOUBLE, OPTP(beta), 0, 1e6, NULL, 0, OPT_FTRL | OPT_GL},
@@ -638,38 +635,4 @@ const ps_table_config *ps_config_slot_table(const ps_config *cfg, const char *sl
             if (!strcmp(cfg->tables[i].slots[s], slot))
                 return &cfg->tables[i];
     return NULL;
-}
-
-uint32_t ps_optim_state_width(const ps_optim_params *opt, uint32_t dim) {
-    switch (opt->kind) {
-    case PS_OPT_FTRL:
-    case PS_OPT_FTRL_GROUP_LASSO:
-        return 3 * dim;
-    case PS_OPT_ADAGRAD:
-        return opt->rowwise ? dim + 1 : 2 * dim;
-    }
-    return 0;
-}
-
-int ps_optim_fields(const ps_optim_params *opt, const char *ret_names[3]) {
-    ret_names[0] = "w";
-    if (opt->kind == PS_OPT_ADAGRAD) {
-        ret_names[1] = "acc";
-        return 2;
-    }
-    ret_names[1] = "z";
-    ret_names[2] = "n";
-    return 3;
-}
-
-const char *ps_optimizer_name(ps_optimizer_kind kind) {
-    switch (kind) {
-    case PS_OPT_FTRL:
-        return "ftrl";
-    case PS_OPT_ADAGRAD:
-        return "adagrad";
-    case PS_OPT_FTRL_GROUP_LASSO:
-        return "ftrl_group_lasso";
-    }
-    return "?";
 }

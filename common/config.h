@@ -13,22 +13,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "optim_layout.h"
+
 #define PS_NAME_MAX 64
 #define PS_PATH_MAX 1024
 
-typedef enum { PS_OPT_FTRL, PS_OPT_ADAGRAD, PS_OPT_FTRL_GROUP_LASSO } ps_optimizer_kind;
 typedef enum { PS_INIT_ZERO, PS_INIT_NORMAL } ps_init_kind;
 typedef enum { PS_DURABILITY_SYNC, PS_DURABILITY_INTERVAL } ps_durability;
 typedef enum { PS_FSYNC_ALWAYS, PS_FSYNC_EVERYSEC, PS_FSYNC_NO } ps_fsync_policy;
-
-/* Optimizer hyper-parameters (ALGORITHMS.md §1-3; names and defaults as there). */
-typedef struct ps_optim_params {
-    ps_optimizer_kind kind;
-    double alpha, beta, lambda1, lambda2, lambda21;         /* FTRL, group lasso */
-    double lr, initial_accumulator_value, eps, accum_max;   /* AdaGrad */
-    bool rowwise;                                           /* AdaGrad */
-    double grad_clip;                                       /* 0 = off */
-} ps_optim_params;
 
 typedef struct ps_table_config {
     char name[PS_NAME_MAX];
@@ -114,13 +106,6 @@ void ps_config_free(ps_config *cfg);
 const ps_table_config *ps_config_table(const ps_config *cfg, const char *name);
 /* The table a slot (by name) maps to, or NULL. */
 const ps_table_config *ps_config_slot_table(const ps_config *cfg, const char *slot);
-
-/* Width of the optimizer state per row, w included: FTRL 3d, AdaGrad 2d
- * (d+1 row-wise). */
-uint32_t ps_optim_state_width(const ps_optim_params *opt, uint32_t dim);
-/* Names of the state fields in order, e.g. {"w","z","n"}; returns the count. */
-int ps_optim_fields(const ps_optim_params *opt, const char *ret_names[3]);
-const char *ps_optimizer_name(ps_optimizer_kind kind);
 
 /* Parse "host:port" (IPv4 or a name resolvable to IPv4). */
 int ps_parse_hostport(const char *s, char *ret_host, size_t hostlen, int *ret_port);

@@ -720,3 +720,23 @@ Test(config, optimizer_fields_and_names) {
     cr_assert_eq(ps_optim_state_width(&p, 5), 6);
     cr_assert_str_eq(ps_optimizer_name(PS_OPT_ADAGRAD), "adagrad");
 }
+
+Test(config, optimizer_layout_stays_within_its_limits) {
+    for (int k = 0; k < PS_OPT_COUNT; k++)
+        for (int rowwise = 0; rowwise <= 1; rowwise++) {
+            ps_optim_params p = {.kind = (ps_optimizer_kind)k, .rowwise = rowwise};
+            const char *names[PS_OPTIM_FIELDS_MAX];
+            int n = ps_optim_fields(&p, names);
+            cr_assert(n >= 2 && n <= PS_OPTIM_FIELDS_MAX, "%s: %d fields", ps_optimizer_name(p.kind), n);
+            cr_assert_leq(ps_optim_state_width(&p, PS_OPTIM_DIM_MAX), PS_OPTIM_STATE_MAX);
+            cr_assert_leq(ps_optim_state_width(&p, 7), (uint32_t)n * 7);
+        }
+    /* Config loading takes exactly the optimizers' limit. */
+    char text[256];
+    snprintf(text, sizeof(text), SHARD1 "[table.t]\ndim = %d\n", PS_OPTIM_DIM_MAX);
+    ps_config_free(load_ok(text));
+    char over[16];
+    snprintf(over, sizeof(over), "'%d'", PS_OPTIM_DIM_MAX + 1);
+    snprintf(text, sizeof(text), SHARD1 "[table.t]\ndim = %d\n", PS_OPTIM_DIM_MAX + 1);
+    expect_error(text, 4, "key 'dim'", over);
+}

@@ -402,7 +402,7 @@ int ps_optim_apply(const ps_optim_params *p, uint32_t dim, float *state, const f
      * an update that leaves anything non-finite, like a non-finite gradient.
      * Found by fuzzing (tests/fuzz). */
     uint32_t width = ps_optim_state_width(p, dim);
-    float saved[3 * PS_OPTIM_DIM_MAX];
+    float saved[PS_OPTIM_STATE_MAX];
     if (huge)
         memcpy(saved, state, width * sizeof(float));
     switch (p->kind) {

@@ -2,10 +2,9 @@
 /* Sparse-row optimizers: FTRL-Proximal, AdaGrad and FTRL with group lasso
  * (ALGORITHMS.md §0-3). Stateless functions over a caller-owned row.
  *
- * Row state: one float32 array of ps_optim_state_width(p, dim) elements.
- *   FTRL, group lasso:  w[dim] z[dim] n[dim]
- *   AdaGrad:            w[dim] acc[dim]      (rowwise: w[dim] acc[1])
- * w always comes first, so the served embedding is state[0..dim).
+ * Row state: ps_optim_state_width(p, dim) float32 elements, laid out as
+ * common/optim_layout.h says (w first, then the optimizer's accumulators);
+ * dim is at most PS_OPTIM_DIM_MAX, defined there.
  *
  * A row moves through two states: ps_optim_init_row() makes it (from the
  * weights of ps_optim_init_weights() or any w_init), then every
@@ -25,11 +24,7 @@
 #include <stdint.h>
 
 #include "config.h"
-
-/* Largest row width; config loading caps `dim` at the same value.
- * ps_optim_apply() keeps one double per element on the stack for group lasso
- * (32 KiB at this width), so threads calling it need that much stack. */
-#define PS_OPTIM_DIM_MAX 4096
+#include "optim_layout.h"
 
 /* Deterministic initial weights for (t->seed, key), t->dim of them into
  * ret_w: all +0.0 for init = zero, N(0, init_std^2) for init = normal.
