@@ -8,9 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config_key.h"
 #include "error.h"
 #include "keys.h"
-#include "text.h"
 
 /* libinih calls the handler with no line number in Debian's build
  * (INI_HANDLER_LINENO = 0), so we feed it through our own line reader and
@@ -66,138 +66,42 @@ int ps_parse_hostport(const char *s, char *ret_host, size_t hostlen, int *ret_po
     return 0;
 }
 
-/* Split "a, b ,c" into an owned array of trimmed, non-empty items, appended
- * to *list. */
-static int split_list(const char *value, char ***list, size_t *n) {
-    const char *item;
-    size_t len;
-    while (ps_list_next(&value, &item, &len)) {
-        if (len == 0)
-            continue;
-        char **grown = realloc(*list, (*n + 1) * sizeof(char *));
-        if (!grown)
-            return -ENOMEM;
-        *list = grown;
-        grown[*n] = strndup(item, len);
-        if (!grown[*n])
-            return -ENOMEM;
-        (*n)++;
-    }
-    return 0;
-}
-
-static void free_list(char **list, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        free(list[i]);
-    free(list);
-}
-
-/* ---- typed key tables -------------------------------------------------- */
-
-typedef enum { K_U32, K_U64, K_DOUBLE, K_BOOL, K_STRING, K_CUSTOM } key_type;
-
-typedef struct key_desc {
-    const char *name;
-    key_type type;
-    size_t offset;
-    double min, max;             /* inclusive range for numbers */
-    int (*custom)(void *obj, const char *value, char *err, size_t errlen);
-    size_t strlen_max;
-    int opt_mask;                /* table keys: optimizers it applies to (0 = all) */
-} key_desc;
-
-#define OPT_FTRL (1 << PS_OPT_FTRL)
-#define OPT_ADAGRAD (1 << PS_OPT_ADAGRAD)
-#define OPT_GL (1 << PS_OPT_FTRL_GROUP_LASSO)
-
-static int set_typed(const key_desc *k, void *obj, const char *value, char *err, size_t errlen) {
-    char *field = (char *)obj + k->offset;
-    switch (k->type) {
-    case K_U32:
-    case K_U64: {
-        uint64_t v;
-        if (ps_parse_u64(value, &v) < 0 || (double)v < k->min || (double)v > k->max) {
-            snprintf(err, errlen, "expected an integer in [%.0f, %.0f], got '%s'", k->min, k->max,
-                     value);
-            return PS_ECONFIG;
-        }
-        if (k->type == K_U32)
-            *(uint32_t *)field = (uint32_t)v;
-        else
-            *(uint64_t *)field = v;
-        return 0;
-    }
-    case K_DOUBLE: {
-        double v;
-        if (ps_parse_double(value, &v) < 0 || v < k->min || v > k->max) {
-            snprintf(err, errlen, "expected a number in [%g, %g], got '%s'", k->min, k->max, value);
-            return PS_ECONFIG;
-        }
-        *(double *)field = v;
-        return 0;
-    }
-    case K_BOOL:
-        if (!strcmp(value, "true") || !strcmp(value, "1") || !strcmp(value, "yes"))
-            *(bool *)field = true;
-        else if (!strcmp(value, "false") || !strcmp(value, "0") || !strcmp(value, "no"))
-            *(bool *)field = false;
-        else {
-            snprintf(err, errlen, "expected true or false, got '%s'", value);
-            return PS_ECONFIG;
-        }
-        return 0;
-    case K_STRING:
-        if (strlen(value) >= k->strlen_max) {
-            snprintf(err, errlen, "value longer than %zu characters", k->strlen_max - 1);
-            return PS_ECONFIG;
-        }
-        strcpy(field, value);
-        return 0;
-    case K_CUSTOM:
-        return k->custom(obj, value, err, errlen);
-    }
-    return PS_ECONFIG;
-}
-
-static const key_desc *find_key(const key_desc *keys, size_t n, const char *name) {
-    for (size_t i = 0; i < n; i++)
-        if (!strcmp(keys[i].name, name))
-            return &keys[i];
-    return NULL;
-}
+#define NKEYS(keys) (sizeof(keys) / sizeof((keys)[0]))
 
 /* ---- [cluster] --------------------------------------------------------- */
 
-static int set_shards(void *obj, const char *value, char *err, size_t errlen) {
-    ps_config *cfg = obj;
-    size_t n = cfg->nshards;
-    if (split_list(value, &cfg->shards, &n) < 0)
-        return -ENOMEM;
-    cfg->nshards = (uint32_t)n;
-    for (size_t i = 0; i < n; i++) {
-        char host[256];
-        int port;
-        if (ps_parse_hostport(cfg->shards[i], host, sizeof(host), &port) < 0) {
-            snprintf(err, errlen, "'%s' is not host:port", cfg->shards[i]);
-            return PS_ECONFIG;
-        }
+static int check_shard(const ps_config_key *k, const char *s, size_t len, char *err,
+                       size_t errlen) {
+    (void)k;
+    char item[256], host[256];
+    int port;
+    if (len < sizeof(item)) {
+        memcpy(item, s, len);
+        item[len] = '\0';
+        if (ps_parse_hostport(item, host, sizeof(host), &port) == 0)
+            return 0;
     }
-    return 0;
+    snprintf(err, errlen, "'%.*s' is not host:port", (int)len, s);
+    return PS_ECONFIG;
 }
 
-static const key_desc cluster_keys[] = {
-    {"shards", K_CUSTOM, 0, 0, 0, set_shards, 0, 0},
-    {"buckets", K_U32, offsetof(ps_config, buckets), 1, 65536, NULL, 0, 0},
-    {"map_version", K_U64, offsetof(ps_config, map_version), 1, 1e18, NULL, 0, 0},
-    {"checkpoint_dir", K_STRING, offsetof(ps_config, checkpoint_dir), 0, 0, NULL, PS_PATH_MAX, 0},
-    {"checkpoint_interval_s", K_U32, offsetof(ps_config, checkpoint_interval_s), 0, 1u << 30, NULL, 0, 0},
-    {"checkpoint_retention", K_U32, offsetof(ps_config, checkpoint_retention), 1, 1u << 20, NULL, 0, 0},
-    {"checkpoint_wait_s", K_U32, offsetof(ps_config, checkpoint_wait_s), 1, 86400, NULL, 0, 0},
+static const ps_config_key cluster_keys[] = {
+    PS_KEY_STRINGS("shards", ps_config, shards, nshards, .flags = PS_KEY_APPEND,
+                   .check = check_shard),
+    PS_KEY_U32("buckets", ps_config, buckets, 1, 65536),
+    PS_KEY_U64("map_version", ps_config, map_version, 1, UINT64_C(1000000000000000000)),
+    PS_KEY_STRING("checkpoint_dir", ps_config, checkpoint_dir),
+    PS_KEY_U32("checkpoint_interval_s", ps_config, checkpoint_interval_s, 0, 1u << 30),
+    PS_KEY_U32("checkpoint_retention", ps_config, checkpoint_retention, 1, 1u << 20),
+    PS_KEY_U32("checkpoint_wait_s", ps_config, checkpoint_wait_s, 1, 86400),
 };
 
 /* ---- [server] ---------------------------------------------------------- */
 
-static int set_durability(void *obj, const char *value, char *err, size_t errlen) {
+/* durability = sync | interval=MS: sets durability and interval_ms. */
+static int set_durability(const ps_config_key *k, void *obj, const char *value, char *err,
+                          size_t errlen) {
+    (void)k;
     ps_server_config *s = obj;
     uint64_t ms;
     if (!strcmp(value, "sync")) {
@@ -214,102 +118,65 @@ static int set_durability(void *obj, const char *value, char *err, size_t errlen
     return PS_ECONFIG;
 }
 
-static int set_fsync(void *obj, const char *value, char *err, size_t errlen) {
-    ps_server_config *s = obj;
-    if (!strcmp(value, "always"))
-        s->fsync = PS_FSYNC_ALWAYS;
-    else if (!strcmp(value, "everysec"))
-        s->fsync = PS_FSYNC_EVERYSEC;
-    else if (!strcmp(value, "no"))
-        s->fsync = PS_FSYNC_NO;
-    else {
-        snprintf(err, errlen, "expected always, everysec or no, got '%s'", value);
-        return PS_ECONFIG;
-    }
-    return 0;
-}
+static const char *const fsync_names[] = {
+    [PS_FSYNC_ALWAYS] = "always", [PS_FSYNC_EVERYSEC] = "everysec", [PS_FSYNC_NO] = "no"};
 
-#define SRV(f) offsetof(ps_server_config, f)
-static const key_desc server_keys[] = {
-    {"durability", K_CUSTOM, 0, 0, 0, set_durability, 0, 0},
-    {"fsync", K_CUSTOM, 0, 0, 0, set_fsync, 0, 0},
-    {"data_dir", K_STRING, SRV(data_dir), 0, 0, NULL, PS_PATH_MAX, 0},
-    {"bind", K_STRING, SRV(bind), 0, 0, NULL, PS_NAME_MAX, 0},
-    {"memory_mb", K_U64, SRV(memory_mb), 1, 1 << 24, NULL, 0, 0},
-    {"flush_interval_ms", K_U32, SRV(flush_interval_ms), 1, 3600000, NULL, 0, 0},
-    {"flush_dirty_rows", K_U64, SRV(flush_dirty_rows), 1, 1e12, NULL, 0, 0},
-    {"max_frame_bytes", K_U64, SRV(max_frame_bytes), 1024, 1u << 30, NULL, 0, 0},
-    {"max_keys_per_request", K_U64, SRV(max_keys_per_request), 1, 1 << 24, NULL, 0, 0},
-    {"max_inflight_per_conn", K_U32, SRV(max_inflight_per_conn), 1, 1 << 20, NULL, 0, 0},
-    {"max_connections", K_U32, SRV(max_connections), 1, 1 << 20, NULL, 0, 0},
-    {"idle_timeout_s", K_U32, SRV(idle_timeout_s), 0, 1 << 30, NULL, 0, 0},
-    {"max_pending_reply_bytes", K_U64, SRV(max_pending_reply_bytes), 1 << 16, 1e12, NULL, 0, 0},
-    {"max_dense_floats", K_U64, SRV(max_dense_floats), 1, 1e12, NULL, 0, 0},
-    {"auth_secret_file", K_STRING, SRV(auth_secret_file), 0, 0, NULL, PS_PATH_MAX, 0},
-    {"metrics_listen", K_STRING, SRV(metrics_listen), 0, 0, NULL, PS_NAME_MAX, 0},
+#define SRV ps_server_config
+static const ps_config_key server_keys[] = {
+    PS_KEY_CUSTOM("durability", SRV, durability, set_durability),
+    PS_KEY_ENUM("fsync", SRV, fsync, fsync_names),
+    PS_KEY_STRING("data_dir", SRV, data_dir),
+    PS_KEY_STRING("bind", SRV, bind),
+    PS_KEY_U64("memory_mb", SRV, memory_mb, 1, 1 << 24),
+    PS_KEY_U32("flush_interval_ms", SRV, flush_interval_ms, 1, 3600000),
+    PS_KEY_U64("flush_dirty_rows", SRV, flush_dirty_rows, 1, UINT64_C(1000000000000)),
+    PS_KEY_U64("max_frame_bytes", SRV, max_frame_bytes, 1024, 1u << 30),
+    PS_KEY_U64("max_keys_per_request", SRV, max_keys_per_request, 1, 1 << 24),
+    PS_KEY_U32("max_inflight_per_conn", SRV, max_inflight_per_conn, 1, 1 << 20),
+    PS_KEY_U32("max_connections", SRV, max_connections, 1, 1 << 20),
+    PS_KEY_U32("idle_timeout_s", SRV, idle_timeout_s, 0, 1 << 30),
+    PS_KEY_U64("max_pending_reply_bytes", SRV, max_pending_reply_bytes, 1 << 16,
+               UINT64_C(1000000000000)),
+    PS_KEY_U64("max_dense_floats", SRV, max_dense_floats, 1, UINT64_C(1000000000000)),
+    PS_KEY_STRING("auth_secret_file", SRV, auth_secret_file),
+    PS_KEY_STRING("metrics_listen", SRV, metrics_listen),
 };
 #undef SRV
 
 /* ---- [table.NAME] ------------------------------------------------------ */
 
-static int set_optimizer(void *obj, const char *value, char *err, size_t errlen) {
-    ps_table_config *t = obj;
-    int kind;
-    if (ps_enum_parse(ps_optimizer_names, PS_OPT_COUNT, value, &kind) == 0)
-        t->opt.kind = (ps_optimizer_kind)kind;
-    else {
-        snprintf(err, errlen, "expected ftrl, adagrad or ftrl_group_lasso, got '%s'", value);
-        return PS_ECONFIG;
-    }
-    return 0;
-}
+static const char *const init_names[] = {[PS_INIT_ZERO] = "zero", [PS_INIT_NORMAL] = "normal"};
 
-static int set_init(void *obj, const char *value, char *err, size_t errlen) {
-    ps_table_config *t = obj;
-    if (!strcmp(value, "zero"))
-        t->init = PS_INIT_ZERO;
-    else if (!strcmp(value, "normal"))
-        t->init = PS_INIT_NORMAL;
-    else {
-        snprintf(err, errlen, "expected zero or normal, got '%s'", value);
-        return PS_ECONFIG;
-    }
-    return 0;
-}
+/* Scope of a table key: the optimizers it applies to (finish() rejects the
+ * key in a table of another optimizer). */
+#define OPT_FTRL (1u << PS_OPT_FTRL)
+#define OPT_ADAGRAD (1u << PS_OPT_ADAGRAD)
+#define OPT_GL (1u << PS_OPT_FTRL_GROUP_LASSO)
 
-static int set_slots(void *obj, const char *value, char *err, size_t errlen) {
-    ps_table_config *t = obj;
-    (void)err;
-    (void)errlen;
-    return split_list(value, &t->slots, &t->nslots);
-}
-
-#define TBL(f) offsetof(ps_table_config, f)
-#define OPTP(f) offsetof(ps_table_config, opt) + offsetof(ps_optim_params, f)
-static const key_desc table_keys[] = {
-    {"dim", K_U32, TBL(dim), 1, PS_OPTIM_DIM_MAX, NULL, 0, 0},
-    {"optimizer", K_CUSTOM, 0, 0, 0, set_optimizer, 0, 0},
-    {"alpha", K_DOUBLE, OPTP(alpha), 1e-12, 1e6, NULL, 0, OPT_FTRL | OPT_GL},
-    {"beta", K_DOUBLE, OPTP(beta), 0, 1e6, NULL, 0, OPT_FTRL | OPT_GL},
-    {"lambda1", K_DOUBLE, OPTP(lambda1), 0, 1e6, NULL, 0, OPT_FTRL | OPT_GL},
-    {"lambda2", K_DOUBLE, OPTP(lambda2), 0, 1e6, NULL, 0, OPT_FTRL | OPT_GL},
-    {"lambda21", K_DOUBLE, OPTP(lambda21), 0, 1e6, NULL, 0, OPT_GL},
-    {"lr", K_DOUBLE, OPTP(lr), 1e-12, 1e6, NULL, 0, OPT_ADAGRAD},
-    {"initial_accumulator_value", K_DOUBLE, OPTP(initial_accumulator_value), 0, 1e12, NULL, 0,
-     OPT_ADAGRAD},
-    {"eps", K_DOUBLE, OPTP(eps), 0, 1, NULL, 0, OPT_ADAGRAD},
-    {"accum_max", K_DOUBLE, OPTP(accum_max), 1e-12, 1e300, NULL, 0, OPT_ADAGRAD},
-    {"rowwise", K_BOOL, OPTP(rowwise), 0, 0, NULL, 0, OPT_ADAGRAD},
-    {"grad_clip", K_DOUBLE, OPTP(grad_clip), 0, 1e30, NULL, 0, 0},
-    {"init", K_CUSTOM, 0, 0, 0, set_init, 0, 0},
-    {"init_std", K_DOUBLE, TBL(init_std), 0, 1e3, NULL, 0, 0},
-    {"seed", K_U64, TBL(seed), 0, 1.8e19, NULL, 0, 0},
-    {"memory_rows", K_U64, TBL(memory_rows), 0, 1e12, NULL, 0, 0},
-    {"slots", K_CUSTOM, 0, 0, 0, set_slots, 0, 0},
+#define TBL ps_table_config
+static const ps_config_key table_keys[] = {
+    PS_KEY_U32("dim", TBL, dim, 1, PS_OPTIM_DIM_MAX),
+    PS_KEY_ENUM("optimizer", TBL, opt.kind, ps_optimizer_names),
+    PS_KEY_DOUBLE("alpha", TBL, opt.alpha, 1e-12, 1e6, .scope = OPT_FTRL | OPT_GL),
+    PS_KEY_DOUBLE("beta", TBL, opt.beta, 0, 1e6, .scope = OPT_FTRL | OPT_GL),
+    PS_KEY_DOUBLE("lambda1", TBL, opt.lambda1, 0, 1e6, .scope = OPT_FTRL | OPT_GL),
+    PS_KEY_DOUBLE("lambda2", TBL, opt.lambda2, 0, 1e6, .scope = OPT_FTRL | OPT_GL),
+    PS_KEY_DOUBLE("lambda21", TBL, opt.lambda21, 0, 1e6, .scope = OPT_GL),
+    PS_KEY_DOUBLE("lr", TBL, opt.lr, 1e-12, 1e6, .scope = OPT_ADAGRAD),
+    PS_KEY_DOUBLE("initial_accumulator_value", TBL, opt.initial_accumulator_value, 0, 1e12,
+                  .scope = OPT_ADAGRAD),
+    PS_KEY_DOUBLE("eps", TBL, opt.eps, 0, 1, .scope = OPT_ADAGRAD),
+    PS_KEY_DOUBLE("accum_max", TBL, opt.accum_max, 1e-12, 1e300, .scope = OPT_ADAGRAD),
+    PS_KEY_BOOL("rowwise", TBL, opt.rowwise, .scope = OPT_ADAGRAD),
+    PS_KEY_DOUBLE("grad_clip", TBL, opt.grad_clip, 0, 1e30),
+    PS_KEY_ENUM("init", TBL, init, init_names),
+    PS_KEY_DOUBLE("init_std", TBL, init_std, 0, 1e3),
+    PS_KEY_U64("seed", TBL, seed, 0, UINT64_C(18000000000000000000)),
+    PS_KEY_U64("memory_rows", TBL, memory_rows, 0, UINT64_C(1000000000000)),
+    PS_KEY_STRINGS("slots", TBL, slots, nslots, .flags = PS_KEY_APPEND),
 };
 #undef TBL
-#undef OPTP
-#define NTABLE_KEYS (sizeof(table_keys) / sizeof(table_keys[0]))
+#define NTABLE_KEYS NKEYS(table_keys)
 _Static_assert(NTABLE_KEYS <= 32, "parse_state.tkeys->line_of is too small");
 
 static void table_defaults(ps_table_config *t, const char *name) {
@@ -352,22 +219,15 @@ static void server_defaults(ps_server_config *s) {
 
 /* ---- [model]: the keys servers need ---------------------------------------- */
 
-static int set_dense_optimizer(void *obj, const char *value, char *err, size_t errlen) {
-    (void)obj;
-    if (strcmp(value, "adam") != 0) {
-        snprintf(err, errlen, "expected adam (the only dense optimizer), got '%s'", value);
-        return PS_ECONFIG;
-    }
-    return 0;
-}
+static const char *const dense_optimizer_names[] = {[PS_DENSE_ADAM] = "adam"};
 
-#define DNS(f) offsetof(ps_dense_config, f)
-static const key_desc dense_keys[] = {
-    {"dense_optimizer", K_CUSTOM, 0, 0, 0, set_dense_optimizer, 0, 0},
-    {"dense_lr", K_DOUBLE, DNS(lr), 1e-12, 1e3, NULL, 0, 0},
-    {"adam_beta1", K_DOUBLE, DNS(beta1), 0, 0.999999, NULL, 0, 0},
-    {"adam_beta2", K_DOUBLE, DNS(beta2), 0, 0.999999999, NULL, 0, 0},
-    {"adam_eps", K_DOUBLE, DNS(eps), 0, 1, NULL, 0, 0},
+#define DNS ps_dense_config
+static const ps_config_key dense_keys[] = {
+    PS_KEY_ENUM("dense_optimizer", DNS, optimizer, dense_optimizer_names),
+    PS_KEY_DOUBLE("dense_lr", DNS, lr, 1e-12, 1e3),
+    PS_KEY_DOUBLE("adam_beta1", DNS, beta1, 0, 0.999999),
+    PS_KEY_DOUBLE("adam_beta2", DNS, beta2, 0, 0.999999999),
+    PS_KEY_DOUBLE("adam_eps", DNS, eps, 0, 1),
 };
 #undef DNS
 
@@ -413,13 +273,14 @@ static int handler(void *user, const char *section, const char *name, const char
     if (st->overlong)
         return fail(st, section, name, "line too long (at most 199 characters; repeat the key "
                                        "to continue a list)");
-    const key_desc *keys = NULL;
+    const ps_config_key *keys = NULL;
     size_t nkeys = 0;
     void *obj = NULL;
+    ps_table_config *t = NULL;
     if (!strcmp(section, "cluster")) {
-        keys = cluster_keys, nkeys = sizeof(cluster_keys) / sizeof(*keys), obj = cfg;
+        keys = cluster_keys, nkeys = NKEYS(cluster_keys), obj = cfg;
     } else if (!strcmp(section, "server")) {
-        keys = server_keys, nkeys = sizeof(server_keys) / sizeof(*keys), obj = &cfg->server;
+        keys = server_keys, nkeys = NKEYS(server_keys), obj = &cfg->server;
     } else if (!strncmp(section, "table.", 6)) {
         const char *tname = section + 6;
         size_t len = strlen(tname);
@@ -428,16 +289,12 @@ static int handler(void *user, const char *section, const char *name, const char
         for (const char *p = tname; *p; p++)
             if (!isalnum((unsigned char)*p) && *p != '_' && *p != '-')
                 return fail(st, section, NULL, "table name may hold only [A-Za-z0-9_-]");
-        ps_table_config *t = get_table(st, tname);
+        t = get_table(st, tname);
         if (!t)
             return fail(st, section, name, "out of memory");
         keys = table_keys, nkeys = NTABLE_KEYS, obj = t;
-        const key_desc *k = find_key(keys, nkeys, name);
-        if (k && k->opt_mask)
-            st->tkeys[t - cfg->tables].line_of[k - table_keys] = st->line;
-    } else if (!strcmp(section, "model") &&
-               find_key(dense_keys, sizeof(dense_keys) / sizeof(*dense_keys), name)) {
-        keys = dense_keys, nkeys = sizeof(dense_keys) / sizeof(*keys), obj = &cfg->dense;
+    } else if (!strcmp(section, "model") && ps_config_key_find(dense_keys, NKEYS(dense_keys), name)) {
+        keys = dense_keys, nkeys = NKEYS(dense_keys), obj = &cfg->dense;
     } else if (is_worker_section(section) || (st->ext && st->ext->owns(section))) {
         if (!st->ext)
             return 1;
@@ -447,11 +304,11 @@ static int handler(void *user, const char *section, const char *name, const char
     } else {
         return fail(st, section, NULL, "unknown section");
     }
-    const key_desc *k = find_key(keys, nkeys, name);
-    if (!k)
-        return fail(st, section, name, "unknown key");
-    if (set_typed(k, obj, value, reason, sizeof(reason)) < 0)
+    const ps_config_key *k;
+    if (ps_config_key_set(keys, nkeys, obj, name, value, &k, reason, sizeof(reason)) < 0)
         return fail(st, section, name, reason);
+    if (t && k->scope)
+        st->tkeys[t - cfg->tables].line_of[k - table_keys] = st->line;
     return 1;
 }
 
@@ -506,10 +363,10 @@ static int finish(parse_state *st) {
             snprintf(st->err, sizeof(st->err), "[table.%s] key 'dim': required", t->name);
             return PS_ECONFIG;
         }
-        int bit = 1 << t->opt.kind;
+        unsigned bit = 1u << t->opt.kind;
         for (size_t k = 0; k < NTABLE_KEYS; k++) {
             int line = st->tkeys[i].line_of[k];
-            if (line && table_keys[k].opt_mask && !(table_keys[k].opt_mask & bit)) {
+            if (line && table_keys[k].scope && !(table_keys[k].scope & bit)) {
                 st->err_line = line;
                 snprintf(st->err, sizeof(st->err), "[table.%s] key '%s': does not apply to optimizer %s",
                          t->name, table_keys[k].name, ps_optimizer_name(t->opt.kind));
@@ -613,9 +470,9 @@ int ps_config_load(const char *path, const ps_config_ext *ext, ps_config **ret_c
 void ps_config_free(ps_config *cfg) {
     if (!cfg)
         return;
-    free_list(cfg->shards, cfg->nshards);
+    ps_config_keys_free(cluster_keys, NKEYS(cluster_keys), cfg);
     for (uint32_t i = 0; i < cfg->ntables; i++)
-        free_list(cfg->tables[i].slots, cfg->tables[i].nslots);
+        ps_config_keys_free(table_keys, NTABLE_KEYS, &cfg->tables[i]);
     free(cfg->tables);
     if (cfg->worker && cfg->worker_free)
         cfg->worker_free(cfg->worker);

@@ -7,7 +7,8 @@
  * the caller's error buffer. Defaults are the ones ALGORITHMS.md and
  * DESIGN.md give. Keys that do not apply to a table's optimizer (say `lr` on
  * an FTRL table) are rejected too, since a silently ignored hyper-parameter
- * is a tuning bug nobody sees. */
+ * is a tuning bug nobody sees. Every section, here and in the worker's
+ * extension, is a key table (config_key.h). */
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -56,7 +57,10 @@ typedef struct ps_server_config {
 
 /* The dense-parameter optimizer, applied by the shards ([model] keys that
  * servers read too; every other [model] key belongs to the worker). */
+typedef enum { PS_DENSE_ADAM } ps_dense_optimizer;
+
 typedef struct ps_dense_config {
+    ps_dense_optimizer optimizer; /* dense_optimizer: adam, the only one */
     double lr;                   /* dense_lr, default 0.001 */
     double beta1, beta2, eps;    /* adam_beta1 0.9, adam_beta2 0.999, adam_eps 1e-8 */
 } ps_dense_config;

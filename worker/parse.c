@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config_key.h"
 #include "error.h"
 #include "keys.h"
 #include "text.h"
@@ -78,67 +79,10 @@ static const char *quote(char dst[QUOTE_MAX], const char *s, size_t n) {
 
 /* ---- [input] configuration ---------------------------------------------- */
 
-#define INPUT_KEY_MAP(XX)                                                      \
-    XX(FORMAT, "format")                                                       \
-    XX(INTEGERS, "integers")                                                   \
-    XX(LABELLED, "labelled")                                                   \
-    XX(LABEL_COLUMN, "label_column")                                           \
-    XX(IGNORE_COLUMNS, "ignore_columns")                                       \
-    XX(LIBSVM_SLOT, "libsvm_slot")                                             \
-    XX(MAX_LINE_BYTES, "max_line_bytes")                                       \
-    XX(MAX_SLOTS, "max_slots")                                                 \
-    XX(DENSE_INTEGERS, "dense_integers")                                       \
-    XX(BUCKETIZE_INTEGERS, "bucketize_integers")
-
-enum {
-#define INPUT_KEY_ENUM(name, str) KEY_##name,
-    INPUT_KEY_MAP(INPUT_KEY_ENUM)
-#undef INPUT_KEY_ENUM
-    KEY_COUNT
-};
-
-static const char *const key_names[] = {
-#define INPUT_KEY_STR(name, str) str,
-    INPUT_KEY_MAP(INPUT_KEY_STR)
-#undef INPUT_KEY_STR
-};
-
-#define KEY_BIT(k) (1u << (k))
-
 static void free_list(char **list, size_t n) {
     for (size_t i = 0; i < n; i++)
         free(list[i]);
     free(list);
-}
-
-int ps_input_config_init(ps_input_config *c) {
-    memset(c, 0, sizeof(*c));
-    c->format = PS_INPUT_CRITEO;
-    c->integers = PS_INTEGERS_BUCKETIZE;
-    c->labelled = true;
-    strcpy(c->label_column, "click");
-    strcpy(c->libsvm_slot, "f");
-    /* 64 KiB: a Criteo line is ~250 bytes, a slots line with a 1000-item
-     * history ~15 KB; anything longer is far more likely a broken file (no
-     * newlines) than a real example, and the reader's buffer is this size. */
-    c->max_line_bytes = 64u << 10;
-    c->max_slots = 1024;
-    c->ignore_columns = malloc(sizeof(char *));
-    if (!c->ignore_columns || !(c->ignore_columns[0] = strdup("id"))) {
-        free(c->ignore_columns);
-        c->ignore_columns = NULL;
-        return -ENOMEM;
-    }
-    c->nignore_columns = 1;
-    return 0;
-}
-
-void ps_input_config_deinit(ps_input_config *c) {
-    if (!c)
-        return;
-    free_list(c->ignore_columns, c->nignore_columns);
-    c->ignore_columns = NULL;
-    c->nignore_columns = 0;
 }
 
 /* A slot or column name: 1..PS_NAME_MAX-1 bytes of printable ASCII without
@@ -165,175 +109,128 @@ static int check_name(const char *s, size_t n, const char *what, char *err, size
     return 0;
 }
 
-/* "a, b ,c" -> owned array of trimmed names; "" -> empty list. */
-static int parse_name_list(const char *value, char ***ret_list, size_t *ret_n, char *err,
+static int check_key_value(const ps_config_key *k, const char *s, size_t len, char *err,
                            size_t errlen) {
-    char **list = NULL;
-    size_t n = 0;
-    const char *item;
-    size_t len;
-    int r = 0;
-    while (ps_list_next(&value, &item, &len)) {
-        r = check_name(item, len, "column name", err, errlen);
-        if (r < 0)
-            goto fail;
-        char **grown = realloc(list, (n + 1) * sizeof(*list));
-        if (!grown) {
-            r = -ENOMEM;
-            snprintf(err, errlen, "out of memory");
-            goto fail;
+    return check_name(s, len, k->name, err, errlen);
+}
+
+static int check_column(const ps_config_key *k, const char *s, size_t len, char *err,
+                        size_t errlen) {
+    (void)k;
+    return check_name(s, len, "column name", err, errlen);
+}
+
+/* dense_integers, bucketize_integers: a list of I1..I13 (separated by
+ * commas, spaces or tabs) into the bit set at the key's field. */
+static int set_integer_fields(const ps_config_key *k, void *obj, const char *value, char *err,
+                              size_t errlen) {
+    uint16_t mask = 0;
+    const char *q = value;
+    while (*q) {
+        while (*q == ' ' || *q == ',' || *q == '\t')
+            q++;
+        if (!*q)
+            break;
+        unsigned i;
+        int used;
+        if (sscanf(q, "I%u%n", &i, &used) != 1 || i < 1 || i > PS_CRITEO_INTS ||
+            (q[used] && q[used] != ',' && q[used] != ' ' && q[used] != '\t')) {
+            snprintf(err, errlen, "expected a list of I1..I%d, got '%s'", PS_CRITEO_INTS, value);
+            return PS_ECONFIG;
         }
-        list = grown;
-        if (!(list[n] = strndup(item, len))) {
-            r = -ENOMEM;
-            snprintf(err, errlen, "out of memory");
-            goto fail;
-        }
-        n++;
+        mask |= (uint16_t)(1u << (i - 1));
+        q += used;
     }
-    *ret_list = list;
-    *ret_n = n;
+    *(uint16_t *)((char *)obj + k->offset) = mask;
     return 0;
-fail:
-    free_list(list, n);
-    return r;
+}
+
+/* Scope of an [input] key: the formats it applies to. */
+#define FMT_BIT(f) (1u << (f))
+#define FMT(f) FMT_BIT(PS_INPUT_##f)
+
+/* In the order the unknown-key message lists them. */
+#define INP ps_input_config
+static const ps_config_key input_keys[] = {
+    PS_KEY_ENUM("format", INP, format, format_names),
+    PS_KEY_ENUM("integers", INP, integers, integers_names, .scope = FMT(CRITEO)),
+    PS_KEY_CUSTOM("dense_integers", INP, dense_integers, set_integer_fields, .scope = FMT(CRITEO)),
+    PS_KEY_CUSTOM("bucketize_integers", INP, bucketize_integers, set_integer_fields,
+                  .scope = FMT(CRITEO)),
+    PS_KEY_BOOL("labelled", INP, labelled),
+    PS_KEY_STRING("label_column", INP, label_column, .check = check_key_value, .scope = FMT(CSV)),
+    PS_KEY_STRINGS("ignore_columns", INP, ignore_columns, nignore_columns,
+                   .flags = PS_KEY_EMPTY_ITEMS, .check = check_column, .scope = FMT(CSV)),
+    PS_KEY_STRING("libsvm_slot", INP, libsvm_slot, .check = check_key_value,
+                  .scope = FMT(LIBSVM)),
+    PS_KEY_U32("max_line_bytes", INP, max_line_bytes, 64, 1u << 30),
+    PS_KEY_U32("max_slots", INP, max_slots, 1, 65535),
+};
+#undef INP
+#define NINPUT_KEYS (sizeof(input_keys) / sizeof(input_keys[0]))
+_Static_assert(NINPUT_KEYS <= 32, "ps_input_config.keys_set has a bit per key");
+
+int ps_input_config_init(ps_input_config *c) {
+    memset(c, 0, sizeof(*c));
+    c->format = PS_INPUT_CRITEO;
+    c->integers = PS_INTEGERS_BUCKETIZE;
+    c->labelled = true;
+    strcpy(c->label_column, "click");
+    strcpy(c->libsvm_slot, "f");
+    /* 64 KiB: a Criteo line is ~250 bytes, a slots line with a 1000-item
+     * history ~15 KB; anything longer is far more likely a broken file (no
+     * newlines) than a real example, and the reader's buffer is this size. */
+    c->max_line_bytes = 64u << 10;
+    c->max_slots = 1024;
+    c->ignore_columns = malloc(sizeof(char *));
+    if (!c->ignore_columns || !(c->ignore_columns[0] = strdup("id"))) {
+        free(c->ignore_columns);
+        c->ignore_columns = NULL;
+        return -ENOMEM;
+    }
+    c->nignore_columns = 1;
+    return 0;
+}
+
+void ps_input_config_deinit(ps_input_config *c) {
+    if (!c)
+        return;
+    ps_config_keys_free(input_keys, NINPUT_KEYS, c);
 }
 
 int ps_input_config_set(ps_input_config *c, const char *key, const char *value, char *err,
                         size_t errlen) {
-    int k;
-    for (k = 0; k < KEY_COUNT; k++)
-        if (!strcmp(key, key_names[k]))
-            break;
-    if (k == KEY_COUNT) {
-        snprintf(err, errlen, "unknown key (known: format, integers, dense_integers, "
-                              "bucketize_integers, labelled, label_column, ignore_columns, "
-                              "libsvm_slot, max_line_bytes, max_slots)");
+    const ps_config_key *k = ps_config_key_find(input_keys, NINPUT_KEYS, key);
+    if (!k) {
+        size_t used = (size_t)snprintf(err, errlen, "unknown key (known:");
+        for (size_t i = 0; i < NINPUT_KEYS && used < errlen; i++)
+            used += (size_t)snprintf(err + used, errlen - used, "%s %s", i ? "," : "",
+                                     input_keys[i].name);
+        if (used < errlen)
+            snprintf(err + used, errlen - used, ")");
         return PS_ECONFIG;
     }
-    uint64_t u;
-    int r;
-    switch (k) {
-    case KEY_FORMAT: {
-        int f;
-        for (f = 0; f < PS_INPUT_FORMAT_COUNT; f++)
-            if (!strcmp(value, format_names[f]))
-                break;
-        if (f == PS_INPUT_FORMAT_COUNT) {
-            snprintf(err, errlen, "expected criteo, csv, libsvm or slots, got '%s'", value);
-            return PS_ECONFIG;
-        }
-        c->format = (ps_input_format)f;
-        break;
-    }
-    case KEY_INTEGERS:
-        if (!strcmp(value, "bucketize"))
-            c->integers = PS_INTEGERS_BUCKETIZE;
-        else if (!strcmp(value, "dense"))
-            c->integers = PS_INTEGERS_DENSE;
-        else {
-            snprintf(err, errlen, "expected bucketize or dense, got '%s'", value);
-            return PS_ECONFIG;
-        }
-        break;
-    case KEY_LABELLED:
-        if (!strcmp(value, "true") || !strcmp(value, "yes") || !strcmp(value, "1"))
-            c->labelled = true;
-        else if (!strcmp(value, "false") || !strcmp(value, "no") || !strcmp(value, "0"))
-            c->labelled = false;
-        else {
-            snprintf(err, errlen, "expected true or false, got '%s'", value);
-            return PS_ECONFIG;
-        }
-        break;
-    case KEY_LABEL_COLUMN:
-        if ((r = check_name(value, strlen(value), "label_column", err, errlen)) < 0)
-            return r;
-        strcpy(c->label_column, value);
-        break;
-    case KEY_IGNORE_COLUMNS: {
-        char **list;
-        size_t n;
-        if ((r = parse_name_list(value, &list, &n, err, errlen)) < 0)
-            return r == -ENOMEM ? r : PS_ECONFIG;
-        free_list(c->ignore_columns, c->nignore_columns);
-        c->ignore_columns = list;
-        c->nignore_columns = n;
-        break;
-    }
-    case KEY_LIBSVM_SLOT:
-        if ((r = check_name(value, strlen(value), "libsvm_slot", err, errlen)) < 0)
-            return r;
-        strcpy(c->libsvm_slot, value);
-        break;
-    case KEY_MAX_LINE_BYTES:
-        if (ps_parse_u64(value, &u) < 0 || u < 64 || u > (1u << 30)) {
-            snprintf(err, errlen, "expected an integer in [64, 1073741824], got '%s'", value);
-            return PS_ECONFIG;
-        }
-        c->max_line_bytes = (uint32_t)u;
-        break;
-    case KEY_DENSE_INTEGERS:
-    case KEY_BUCKETIZE_INTEGERS: {
-        /* A comma list of I1..I13 into a bit set. */
-        uint16_t mask = 0;
-        const char *q = value;
-        while (*q) {
-            while (*q == ' ' || *q == ',' || *q == '\t')
-                q++;
-            if (!*q)
-                break;
-            unsigned i;
-            int used;
-            if (sscanf(q, "I%u%n", &i, &used) != 1 || i < 1 || i > PS_CRITEO_INTS ||
-                (q[used] && q[used] != ',' && q[used] != ' ' && q[used] != '\t')) {
-                snprintf(err, errlen, "expected a list of I1..I%d, got '%s'", PS_CRITEO_INTS, value);
-                return PS_ECONFIG;
-            }
-            mask |= (uint16_t)(1u << (i - 1));
-            q += used;
-        }
-        if (k == KEY_DENSE_INTEGERS)
-            c->dense_integers = mask;
-        else
-            c->bucketize_integers = mask;
-        break;
-    }
-    case KEY_MAX_SLOTS:
-        if (ps_parse_u64(value, &u) < 0 || u < 1 || u > 65535) {
-            snprintf(err, errlen, "expected an integer in [1, 65535], got '%s'", value);
-            return PS_ECONFIG;
-        }
-        c->max_slots = (uint32_t)u;
-        break;
-    }
-    c->keys_set |= KEY_BIT(k);
+    int r = ps_config_key_parse(k, c, value, err, errlen);
+    if (r < 0)
+        return r;
+    c->keys_set |= 1u << (k - input_keys);
     return 0;
 }
 
 int ps_input_config_check(const ps_input_config *c, char *err, size_t errlen) {
-    static const struct {
-        int key;
-        unsigned formats; /* bit per ps_input_format the key applies to */
-    } scope[] = {
-        {KEY_INTEGERS, 1u << PS_INPUT_CRITEO},
-        {KEY_DENSE_INTEGERS, 1u << PS_INPUT_CRITEO},
-        {KEY_BUCKETIZE_INTEGERS, 1u << PS_INPUT_CRITEO},
-        {KEY_LABEL_COLUMN, 1u << PS_INPUT_CSV},
-        {KEY_IGNORE_COLUMNS, 1u << PS_INPUT_CSV},
-        {KEY_LIBSVM_SLOT, 1u << PS_INPUT_LIBSVM},
-    };
     if ((unsigned)c->format >= PS_INPUT_FORMAT_COUNT ||
         (unsigned)c->integers >= PS_INTEGERS_COUNT) {
         snprintf(err, errlen, "invalid format or integers value");
         return PS_ECONFIG;
     }
-    for (size_t i = 0; i < sizeof(scope) / sizeof(*scope); i++)
-        if ((c->keys_set & KEY_BIT(scope[i].key)) && !(scope[i].formats & (1u << c->format))) {
-            snprintf(err, errlen, "key '%s' does not apply to format = %s", key_names[scope[i].key],
+    for (size_t i = 0; i < NINPUT_KEYS; i++) {
+        const ps_config_key *k = &input_keys[i];
+        if ((c->keys_set & (1u << i)) && k->scope && !(k->scope & FMT_BIT(c->format))) {
+            snprintf(err, errlen, "key '%s' does not apply to format = %s", k->name,
                      format_names[c->format]);
             return PS_ECONFIG;
         }
+    }
     if (c->dense_integers & c->bucketize_integers) {
         snprintf(err, errlen, "an integer field is in both dense_integers and bucketize_integers");
         return PS_ECONFIG;

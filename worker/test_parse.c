@@ -186,6 +186,26 @@ Test(input_config, rejects_bad_keys_and_values) {
     }
 }
 
+Test(input_config, unknown_key_lists_the_known_ones) {
+    static const char *const known[] = {"format", "integers", "dense_integers",
+                                        "bucketize_integers", "labelled", "label_column",
+                                        "ignore_columns", "libsvm_slot", "max_line_bytes",
+                                        "max_slots"};
+    ps_input_config c;
+    ps_input_config_init(&c);
+    cr_assert_eq(ps_input_config_set(&c, "path", "x.tsv", err, sizeof(err)), PS_ECONFIG);
+    char msg[sizeof(err)];
+    snprintf(msg, sizeof(msg), "%s", err);
+    cr_expect(!strncmp(msg, "unknown key (known: ", 20), "%s", msg);
+    for (size_t i = 0; i < sizeof(known) / sizeof(*known); i++) {
+        cr_expect(strstr(msg, known[i]) != NULL, "'%s' missing from '%s'", known[i], msg);
+        err[0] = '\0';
+        ps_input_config_set(&c, known[i], "", err, sizeof(err));
+        cr_expect(!strstr(err, "unknown key"), "%s: %s", known[i], err);
+    }
+    ps_input_config_deinit(&c);
+}
+
 Test(input_config, rejects_keys_of_other_formats) {
     static const char *const combos[][5] = {
         {"format", "csv", "integers", "dense", "'integers' does not apply to format = csv"},

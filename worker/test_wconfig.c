@@ -290,6 +290,8 @@ Test(wconfig, rejected_value_keeps_the_old_one) {
     const ps_config_ext *x = &ps_worker_config_ext;
     cr_assert_eq(x->set(&cfg, "model", "mlp", "3, 2", e, sizeof(e)), 0, "%s", e);
     cr_assert_lt(x->set(&cfg, "model", "mlp", "1, 2, 3, 4, 5, 6, 7, 8, 9", e, sizeof(e)), 0);
+    cr_assert_lt(x->set(&cfg, "model", "mlp", "5, 0", e, sizeof(e)), 0);
+    cr_assert_lt(x->set(&cfg, "model", "can_induction", "a, b, c, d, e, f, g, h, i", e, sizeof(e)), 0);
     cr_assert_lt(x->set(&cfg, "model", "can_dims", "5", e, sizeof(e)), 0);
     cr_assert_lt(x->set(&cfg, "model", "can_dims", "5, 0", e, sizeof(e)), 0);
     cr_assert_lt(x->set(&cfg, "model", "batch_size", "0", e, sizeof(e)), 0);
@@ -299,6 +301,7 @@ Test(wconfig, rejected_value_keeps_the_old_one) {
     cr_assert_eq(w->model.nmlp, 2);
     cr_expect_eq(w->model.mlp[0], 3);
     cr_expect_eq(w->model.mlp[1], 2);
+    cr_expect_eq(w->model.ncan_induction, 0);
     cr_expect_eq(w->model.can.n_layers, 2);
     cr_expect_eq(w->model.can.dims[1], 8);
     cr_expect_eq(w->model.batch_size, 512);

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config_key.h"
 #include "error.h"
 
 static const char *const model_type_names[PS_MODEL_TYPE_COUNT] = {PS_MODEL_TYPE_MAP(PS_ENUM_STR)};
@@ -57,202 +58,74 @@ static bool owns(const char *section) {
     return !strcmp(section, "input") || !strcmp(section, "model") || !strcmp(section, "worker");
 }
 
-static int parse_u32(const char *v, uint32_t lo, uint32_t hi, uint32_t *ret, char *err, size_t errlen) {
-    uint64_t x;
-    if (ps_parse_u64(v, &x) < 0 || x < lo || x > hi) {
-        snprintf(err, errlen, "expected an integer in [%u, %u], got '%s'", lo, hi, v);
-        return PS_ECONFIG;
-    }
-    *ret = (uint32_t)x;
-    return 0;
-}
+static const char *const pooling_names[] = {[PS_POOL_MEAN] = "mean", [PS_POOL_SUM] = "sum"};
 
-static int parse_bool(const char *v, bool *ret, char *err, size_t errlen) {
-    if (!strcmp(v, "true") || !strcmp(v, "yes") || !strcmp(v, "1"))
-        *ret = true;
-    else if (!strcmp(v, "false") || !strcmp(v, "no") || !strcmp(v, "0"))
-        *ret = false;
-    else {
-        snprintf(err, errlen, "expected true or false, got '%s'", v);
-        return PS_ECONFIG;
-    }
-    return 0;
-}
-
-/* "a, b, c" into fixed-size name slots. */
-static int parse_names(const char *v, char (*out)[PS_NAME_MAX], uint32_t max, uint32_t *ret_n,
-                       char *err, size_t errlen) {
-    uint32_t n = 0;
-    const char *item;
-    size_t len;
-    while (ps_list_next(&v, &item, &len)) {
-        if (len == 0)
-            continue;
-        if (n == max || len >= PS_NAME_MAX) {
-            snprintf(err, errlen, "at most %u names of at most %d characters", max, PS_NAME_MAX - 1);
-            return PS_ECONFIG;
-        }
-        memcpy(out[n], item, len);
-        out[n][len] = '\0';
-        n++;
-    }
-    *ret_n = n;
-    return 0;
-}
-
-static int parse_sizes(const char *v, uint32_t *out, uint32_t max, uint32_t lo, uint32_t hi,
-                       uint32_t *ret_n, char *err, size_t errlen) {
-    char names[16][PS_NAME_MAX];
+/* can_dims = d0, d1, ..., dK: K + 1 sizes into the unit's size_t dims and
+ * its layer count K. */
+typedef struct can_dims {
+    uint32_t d[PS_CAN_MAX_LAYERS + 1];
     uint32_t n;
-    int r = parse_names(v, names, max < 16 ? max : 16, &n, err, errlen);
+} can_dims;
+
+static const ps_config_key can_dims_key =
+    PS_KEY_U32S("can_dims", can_dims, d, n, 1, PS_CAN_MAX_DIM);
+
+static int set_can_dims(const ps_config_key *k, void *obj, const char *value, char *err,
+                        size_t errlen) {
+    ps_can_config *c = (ps_can_config *)((char *)obj + k->offset);
+    can_dims dims;
+    int r = ps_config_key_parse(&can_dims_key, &dims, value, err, errlen);
     if (r < 0)
         return r;
-    for (uint32_t i = 0; i < n; i++)
-        if ((r = parse_u32(names[i], lo, hi, &out[i], err, errlen)) < 0)
-            return r;
-    *ret_n = n;
+    if (dims.n < 2) {
+        snprintf(err, errlen, "need d0 and at least one layer size, e.g. 16, 8, 4");
+        return PS_ECONFIG;
+    }
+    c->n_layers = dims.n - 1;
+    for (uint32_t i = 0; i < dims.n; i++)
+        c->dims[i] = dims.d[i];
     return 0;
 }
 
-static int set_model(ps_model_config *m, const char *key, const char *v, char *err, size_t errlen) {
-    if (!strcmp(key, "type")) {
-        int t;
-        if (ps_enum_parse(model_type_names, PS_MODEL_TYPE_COUNT, v, &t) < 0) {
-            snprintf(err, errlen, "expected lr, dcnv2, can or dcnv2+can, got '%s'", v);
-            return PS_ECONFIG;
-        }
-        m->type = (ps_model_type)t;
-        return 0;
-    }
-    if (!strcmp(key, "batch_size"))
-        return parse_u32(v, 1, 65536, &m->batch_size, err, errlen);
-    if (!strcmp(key, "cross_layers"))
-        return parse_u32(v, 0, 16, &m->cross_layers, err, errlen);
-    if (!strcmp(key, "cross_rank"))
-        return parse_u32(v, 0, 4096, &m->cross_rank, err, errlen);
-    if (!strcmp(key, "cross_experts"))
-        return parse_u32(v, 1, 64, &m->cross_experts, err, errlen);
-    if (!strcmp(key, "cross_activation")) {
-        if (ps_nn_act_parse(v, &m->cross_activation) < 0) {
-            snprintf(err, errlen, "expected tanh, relu or identity, got '%s'", v);
-            return PS_ECONFIG;
-        }
-        return 0;
-    }
-    if (!strcmp(key, "cross_use_c"))
-        return parse_bool(v, &m->cross_use_c, err, errlen);
-    if (!strcmp(key, "structure")) {
-        if (ps_dcn_structure_parse(v, &m->structure) < 0) {
-            snprintf(err, errlen, "expected stacked or parallel, got '%s'", v);
-            return PS_ECONFIG;
-        }
-        return 0;
-    }
-    if (!strcmp(key, "mlp"))
-        return parse_sizes(v, m->mlp, PS_MODEL_MAX_MLP, 1, 65536, &m->nmlp, err, errlen);
-    if (!strcmp(key, "pooling")) {
-        if (!strcmp(v, "mean"))
-            m->pooling = PS_POOL_MEAN;
-        else if (!strcmp(v, "sum"))
-            m->pooling = PS_POOL_SUM;
-        else {
-            snprintf(err, errlen, "expected mean or sum, got '%s'", v);
-            return PS_ECONFIG;
-        }
-        return 0;
-    }
-    if (!strcmp(key, "max_in_flight"))
-        return parse_u32(v, 0, 64, &m->max_in_flight, err, errlen);
-    if (!strcmp(key, "dense_refresh"))
-        return parse_u32(v, 1, 1000000, &m->dense_refresh, err, errlen);
-    if (!strcmp(key, "seed")) {
-        if (ps_parse_u64(v, &m->seed) < 0) {
-            snprintf(err, errlen, "expected an unsigned integer, got '%s'", v);
-            return PS_ECONFIG;
-        }
-        return 0;
-    }
-    if (!strcmp(key, "lr_table") || !strcmp(key, "can_ind_table") || !strcmp(key, "can_feed_table")) {
-        char *dst = !strcmp(key, "lr_table") ? m->lr_table
-                    : !strcmp(key, "can_ind_table") ? m->can_ind_table
-                                                    : m->can_feed_table;
-        if (strlen(v) >= PS_NAME_MAX) {
-            snprintf(err, errlen, "table names have at most %d characters", PS_NAME_MAX - 1);
-            return PS_ECONFIG;
-        }
-        strcpy(dst, v);
-        return 0;
-    }
-    if (!strcmp(key, "can_induction"))
-        return parse_names(v, m->can_induction, PS_MODEL_MAX_CAN_SLOTS, &m->ncan_induction, err, errlen);
-    if (!strcmp(key, "can_feed"))
-        return parse_names(v, m->can_feed, PS_MODEL_MAX_CAN_SLOTS, &m->ncan_feed, err, errlen);
-    ps_can_config *c = &m->can;
-    if (!strcmp(key, "can_dims")) {
-        uint32_t dims[PS_CAN_MAX_LAYERS + 1], n;
-        int r = parse_sizes(v, dims, PS_CAN_MAX_LAYERS + 1, 1, PS_CAN_MAX_DIM, &n, err, errlen);
-        if (r < 0)
-            return r;
-        if (n < 2) {
-            snprintf(err, errlen, "need d0 and at least one layer size, e.g. 16, 8, 4");
-            return PS_ECONFIG;
-        }
-        c->n_layers = n - 1;
-        for (uint32_t i = 0; i < n; i++)
-            c->dims[i] = dims[i];
-        return 0;
-    }
-    uint32_t u;
-    bool b;
-    int r;
-    if (!strcmp(key, "can_orders")) {
-        if ((r = parse_u32(v, 1, 8, &u, err, errlen)) == 0)
-            c->orders = u;
-        return r;
-    }
-    if (!strcmp(key, "can_max_len")) {
-        if ((r = parse_u32(v, 1, 4096, &u, err, errlen)) == 0)
-            c->max_len = u;
-        return r;
-    }
-    if (!strcmp(key, "can_order_indep")) {
-        if ((r = parse_bool(v, &b, err, errlen)) == 0)
-            c->order_indep = b;
-        return r;
-    }
-    if (!strcmp(key, "can_bias")) {
-        if ((r = parse_bool(v, &b, err, errlen)) == 0)
-            c->use_bias = b;
-        return r;
-    }
-    if (!strcmp(key, "can_layers")) {
-        if (ps_can_layers_parse(v, &c->layers) < 0) {
-            snprintf(err, errlen, "expected all or last, got '%s'", v);
-            return PS_ECONFIG;
-        }
-        return 0;
-    }
-    if (!strcmp(key, "can_combine")) {
-        if (ps_can_combine_parse(v, &c->combine) < 0) {
-            snprintf(err, errlen, "expected concat or sum, got '%s'", v);
-            return PS_ECONFIG;
-        }
-        return 0;
-    }
-    snprintf(err, errlen, "unknown key");
-    return PS_ECONFIG;
-}
+#define MDL ps_model_config
+static const ps_config_key model_keys[] = {
+    PS_KEY_ENUM("type", MDL, type, model_type_names),
+    PS_KEY_U32("batch_size", MDL, batch_size, 1, 65536),
+    PS_KEY_U32("cross_layers", MDL, cross_layers, 0, 16),
+    PS_KEY_U32("cross_rank", MDL, cross_rank, 0, 4096),
+    PS_KEY_U32("cross_experts", MDL, cross_experts, 1, 64),
+    PS_KEY_ENUM("cross_activation", MDL, cross_activation, ps_nn_act_names),
+    PS_KEY_BOOL("cross_use_c", MDL, cross_use_c),
+    PS_KEY_ENUM("structure", MDL, structure, ps_dcn_structure_names),
+    PS_KEY_U32S("mlp", MDL, mlp, nmlp, 1, 65536),
+    PS_KEY_ENUM("pooling", MDL, pooling, pooling_names),
+    PS_KEY_U32("max_in_flight", MDL, max_in_flight, 0, 64),
+    PS_KEY_U32("dense_refresh", MDL, dense_refresh, 1, 1000000),
+    PS_KEY_U64("seed", MDL, seed, 0, UINT64_MAX),
+    PS_KEY_STRING("lr_table", MDL, lr_table),
+    PS_KEY_NAMES("can_induction", MDL, can_induction, ncan_induction),
+    PS_KEY_NAMES("can_feed", MDL, can_feed, ncan_feed),
+    PS_KEY_STRING("can_ind_table", MDL, can_ind_table),
+    PS_KEY_STRING("can_feed_table", MDL, can_feed_table),
+    PS_KEY_CUSTOM("can_dims", MDL, can, set_can_dims),
+    PS_KEY_SIZE("can_orders", MDL, can.orders, 1, 8),
+    PS_KEY_BOOL("can_order_indep", MDL, can.order_indep),
+    PS_KEY_ENUM("can_layers", MDL, can.layers, ps_can_layers_names),
+    PS_KEY_ENUM("can_combine", MDL, can.combine, ps_can_combine_names),
+    PS_KEY_BOOL("can_bias", MDL, can.use_bias),
+    PS_KEY_SIZE("can_max_len", MDL, can.max_len, 1, 4096),
+};
+#undef MDL
 
-static int set_worker(ps_worker_config *w, const char *key, const char *v, char *err, size_t errlen) {
-    if (!strcmp(key, "progress_interval_s"))
-        return parse_u32(v, 1, 86400, &w->progress_interval_s, err, errlen);
-    if (!strcmp(key, "timeout_ms"))
-        return parse_u32(v, 1, 86400000, &w->timeout_ms, err, errlen);
-    if (!strcmp(key, "malformed_log_per_s"))
-        return parse_u32(v, 0, 1000000, &w->malformed_log_per_s, err, errlen);
-    snprintf(err, errlen, "unknown key");
-    return PS_ECONFIG;
-}
+#define WRK ps_worker_config
+static const ps_config_key worker_keys[] = {
+    PS_KEY_U32("progress_interval_s", WRK, progress_interval_s, 1, 86400),
+    PS_KEY_U32("timeout_ms", WRK, timeout_ms, 1, 86400000),
+    PS_KEY_U32("malformed_log_per_s", WRK, malformed_log_per_s, 0, 1000000),
+};
+#undef WRK
+
+#define NKEYS(keys) (sizeof(keys) / sizeof((keys)[0]))
 
 static int set(ps_config *cfg, const char *section, const char *key, const char *value, char *err,
                size_t errlen) {
@@ -264,8 +137,9 @@ static int set(ps_config *cfg, const char *section, const char *key, const char 
     if (!strcmp(section, "input"))
         return ps_input_config_set(&w->input, key, value, err, errlen);
     if (!strcmp(section, "model"))
-        return set_model(&w->model, key, value, err, errlen);
-    return set_worker(w, key, value, err, errlen);
+        return ps_config_key_set(model_keys, NKEYS(model_keys), &w->model, key, value, NULL, err,
+                                 errlen);
+    return ps_config_key_set(worker_keys, NKEYS(worker_keys), w, key, value, NULL, err, errlen);
 }
 
 static const ps_table_config *need_table(const ps_config *cfg, const char *key, const char *name,
