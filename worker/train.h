@@ -1,7 +1,7 @@
 #pragma once
 /* Streaming training against the shards (DESIGN.md "The worker").
  *
- * Two threads. The reader thread reads lines, parses them and fills
+ * Two threads. The reader thread (feed.h) reads lines, parses them and fills
  * minibatches (unique keys per table); the training thread pulls each
  * batch's rows, runs the model, scores every example before training on it
  * (progressive validation), and pushes the summed sparse gradients and the
