@@ -12,7 +12,7 @@
 #include "error.h"
 #include "feed.h"
 #include "log.h"
-#include "metrics.h"
+#include "eval.h"
 #include "model.h"
 #include "parse.h"
 #include "wconfig.h"

@@ -1,4 +1,4 @@
-#include "metrics.h"
+#include "eval.h"
 
 #include <errno.h>
 #include <math.h>

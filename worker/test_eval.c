@@ -1,16 +1,16 @@
 #include <criterion/criterion.h>
 #include <math.h>
 
-#include "metrics.h"
+#include "eval.h"
 
-Test(metrics, auc_counts_pairs) {
+Test(eval, auc_counts_pairs) {
     /* Pairs (pos, neg): (0.9,0.1) win, (0.9,0.4) win, (0.3,0.1) win, (0.3,0.4) loss. */
     float s[] = {0.9f, 0.3f, 0.1f, 0.4f};
     float y[] = {1, 1, 0, 0};
     cr_assert_float_eq(ps_auc(s, y, 4), 0.75, 1e-12);
 }
 
-Test(metrics, auc_ties_count_half) {
+Test(eval, auc_ties_count_half) {
     /* Every score tied: each pair counts 1/2. */
     float s[] = {0.5f, 0.5f, 0.5f, 0.5f, 0.5f};
     float y[] = {1, 0, 1, 0, 0};
@@ -22,7 +22,7 @@ Test(metrics, auc_ties_count_half) {
     cr_assert_float_eq(ps_auc(s2, y2, 4), 0.875, 1e-12);
 }
 
-Test(metrics, auc_undefined_without_both_classes) {
+Test(eval, auc_undefined_without_both_classes) {
     float s[] = {0.1f, 0.2f};
     float y[] = {1, 1};
     cr_assert(isnan(ps_auc(s, y, 2)));
@@ -31,7 +31,7 @@ Test(metrics, auc_undefined_without_both_classes) {
     cr_assert(isnan(ps_auc(s2, y2, 2)));
 }
 
-Test(metrics, logloss_stable_form) {
+Test(eval, logloss_stable_form) {
     /* Matches -log(sigmoid) at moderate logits and stays finite at extremes. */
     for (double z = -30; z <= 30; z += 0.5) {
         /* -log(sigmoid(z)) = log(1 + e^-z); -log(1 - sigmoid(z)) = log(1 + e^z) */
@@ -43,7 +43,7 @@ Test(metrics, logloss_stable_form) {
     cr_assert_float_eq(ps_logloss_prob(0, 1), -log(1e-15), 1e-6);
 }
 
-Test(metrics, eval_accumulates_whole_set) {
+Test(eval, eval_accumulates_whole_set) {
     ps_eval e;
     ps_eval_init(&e);
     double z[] = {2.0, -1.0, 0.5, -3.0};
