@@ -71,7 +71,8 @@ typedef struct trainer {
     uint64_t batches_started;
     double staleness_sum;
     uint64_t staleness_n;
-    ps_eval total, window;
+    ps_eval *total, *window;     /* progressive validation */
+    ps_eval *hold;               /* the holdout, scored afresh at each report */
     char worker_name[64];
     uint64_t inputs_hash;
     char handled_ckpt[64];       /* the last barrier this worker reported at */
@@ -181,9 +182,8 @@ static int compute(trainer *t, ps_batch *b) {
     /* Progressive validation: every example is scored before it trains. */
     for (uint32_t i = 0; i < b->n; i++) {
         double z = t->logits[i], p = ps_sigmoid(z);
-        if (ps_eval_add(&t->total, z, p, b->labels[i]) < 0 ||
-            ps_eval_add(&t->window, z, p, b->labels[i]) < 0)
-            return -ENOMEM;
+        ps_eval_add(t->total, z, b->labels[i]);
+        ps_eval_add(t->window, z, b->labels[i]);
         t->dlogits[i] = (float)((p - b->labels[i]) / b->n);
     }
     if (t->nblocks)
@@ -294,8 +294,8 @@ static void holdout_free(holdout *h) {
  * evaluation creates and changes nothing (a key never trained scores with a
  * zero row). */
 static int holdout_eval(trainer *t, holdout *h, double *ret_auc, double *ret_logloss) {
-    ps_eval e;
-    ps_eval_init(&e);
+    ps_eval *e = t->hold;
+    ps_eval_reset(e);
     int r = 0;
     for (size_t k = 0; k < h->n && r == 0; k++) {
         ps_batch *b = h->batches[k];
@@ -324,11 +324,10 @@ static int holdout_eval(trainer *t, holdout *h, double *ret_auc, double *ret_log
         if (r == 0)
             r = ps_model_forward(t->model, b, t->logits);
         for (uint32_t i = 0; r == 0 && i < b->n; i++)
-            r = ps_eval_add(&e, t->logits[i], ps_sigmoid(t->logits[i]), b->labels[i]);
+            ps_eval_add(e, t->logits[i], b->labels[i]);
     }
-    *ret_auc = ps_eval_auc(&e);
-    *ret_logloss = ps_eval_logloss(&e);
-    ps_eval_deinit(&e);
+    *ret_auc = ps_eval_auc(e);
+    *ret_logloss = ps_eval_logloss(e);
     return r;
 }
 
@@ -338,8 +337,8 @@ static void progress_line(trainer *t, FILE *out, uint64_t examples, double elaps
     holdout *h = &t->h;
     ps_feed_counters fc;
     ps_feed_counters_get(t->feed, &fc);
-    double wa = ps_eval_auc(&t->window), wl = ps_eval_logloss(&t->window);
-    double ca = ps_eval_auc(&t->total), cl = ps_eval_logloss(&t->total);
+    double wa = ps_eval_auc(t->window), wl = ps_eval_logloss(t->window);
+    double ca = ps_eval_auc(t->total), cl = ps_eval_logloss(t->total);
     double st = t->staleness_n ? t->staleness_sum / (double)t->staleness_n : 0;
     char hold[128] = "";
     if (h->n) {
@@ -351,9 +350,9 @@ static void progress_line(trainer *t, FILE *out, uint64_t examples, double elaps
             "progress examples=%llu examples_per_sec=%.0f auc=%.4f logloss=%.4f window_auc=%.4f "
             "window_logloss=%.4f calibration=%.3f malformed=%llu staleness=%.2f%s\n",
             (unsigned long long)examples, elapsed > 0 ? (double)examples / elapsed : 0, ca, cl, wa,
-            wl, ps_eval_calibration(&t->total), (unsigned long long)fc.malformed, st, hold);
+            wl, ps_eval_calibration(t->total), (unsigned long long)fc.malformed, st, hold);
     fflush(out);
-    ps_eval_reset(&t->window);
+    ps_eval_reset(t->window);
 }
 
 /* Holdout batches are parsed with their own parser and reader. */
@@ -464,12 +463,14 @@ static int trainer_open(trainer *t, const ps_train_options *o, char *err, size_t
     t->o = o;
     t->w = w;
     t->L = &t->layout;
-    ps_eval_init(&t->total);
-    ps_eval_init(&t->window);
     if (!w->input.labelled) {
         snprintf(err, errlen, "[input] labelled = false: training needs labels");
         return PS_ECONFIG;
     }
+    int r;
+    if ((r = ps_eval_new(&t->total)) < 0 || (r = ps_eval_new(&t->window)) < 0 ||
+        (o->holdout && (r = ps_eval_new(&t->hold)) < 0))
+        return r;
     ps_feed_options fo = {.input = &w->input,
                           .inputs = o->inputs,
                           .ninputs = o->ninputs,
@@ -480,7 +481,7 @@ static int trainer_open(trainer *t, const ps_train_options *o, char *err, size_t
                           .max_examples = o->max_examples,
                           .malformed_log_per_s = w->malformed_log_per_s,
                           .stop = o->stop};
-    int r = ps_feed_new(&fo, &t->feed, err, errlen);
+    r = ps_feed_new(&fo, &t->feed, err, errlen);
     if (r < 0)
         return r;
     ps_checkpoint_worker_name(t->worker_name, sizeof(t->worker_name), o->worker_index, o->num_workers);
@@ -629,9 +630,9 @@ static int trainer_finish(trainer *t, int r, ps_train_result *ret, char *err, si
     ret->seconds = now_s() - t->start;
     ret->examples_per_sec = ret->seconds > 0 ? (double)ret->examples / ret->seconds : 0;
     ret->malformed = fc.malformed;
-    ret->auc = ps_eval_auc(&t->total);
-    ret->logloss = ps_eval_logloss(&t->total);
-    ret->calibration = ps_eval_calibration(&t->total);
+    ret->auc = ps_eval_auc(t->total);
+    ret->logloss = ps_eval_logloss(t->total);
+    ret->calibration = ps_eval_calibration(t->total);
     ret->mean_staleness = t->staleness_n ? t->staleness_sum / (double)t->staleness_n : 0;
     if (r == 0 && t->h.n)
         r = holdout_final(t, ret, err, errlen);
@@ -653,8 +654,9 @@ static void trainer_close(trainer *t) {
     free(t->staging);
     free(t->pull_blocks);
     free(t->push_blocks);
-    ps_eval_deinit(&t->total);
-    ps_eval_deinit(&t->window);
+    ps_eval_free(t->total);
+    ps_eval_free(t->window);
+    ps_eval_free(t->hold);
     ps_batch_layout_deinit(&t->layout);
 }
 
