@@ -66,13 +66,22 @@ static int worker(char **out, char **err, ...) {
     return ps_run(argv, out, err);
 }
 
-static double json_field(const char *json, const char *key) {
+/* Where key's value starts in text, the key between pre and post ("\"" and
+ * "\":" in the JSON result, " " and "=" in progress lines); NULL without. */
+static const char *value_of(const char *text, const char *pre, const char *key, const char *post) {
     char pat[64];
-    snprintf(pat, sizeof(pat), "\"%s\":", key);
-    const char *p = strstr(json, pat);
-    cr_assert_not_null(p, "no %s in %s", key, json);
-    return strtod(p + strlen(pat), NULL);
+    snprintf(pat, sizeof(pat), "%s%s%s", pre, key, post);
+    const char *p = strstr(text, pat);
+    return p ? p + strlen(pat) : NULL;
 }
+
+static double number_of(const char *text, const char *pre, const char *key, const char *post) {
+    const char *p = value_of(text, pre, key, post);
+    cr_assert_not_null(p, "no %s in %s", key, text);
+    return strtod(p, NULL);
+}
+
+static double json_field(const char *json, const char *key) { return number_of(json, "\"", key, "\":"); }
 
 Test(train, lr_learns_and_lookup_finds_trained_rows, .fini = teardown, .timeout = 300) {
     cr_assert_eq(ps_cluster_start(&cl, 2, body_lr), 0);
@@ -225,4 +234,61 @@ Test(train, follow_mode_trains_appended_lines_until_sigterm, .fini = teardown, .
     buf[n > 0 ? n : 0] = '\0';
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "worker status %d", status);
     cr_assert_eq(json_field(buf, "examples"), 4000, "%s", buf);
+}
+
+/* The last line starting with "progress " in text (malloc'ed), or NULL. */
+static char *last_progress_line(const char *text) {
+    const char *last = NULL;
+    for (const char *p = text; (p = strstr(p, "progress ")); p++)
+        if (p == text || p[-1] == '\n')
+            last = p;
+    if (!last)
+        return NULL;
+    return strndup(last, strcspn(last, "\n"));
+}
+
+static bool has_field(const char *line, const char *key) { return value_of(line, " ", key, "=") != NULL; }
+
+static double field_value(const char *line, const char *key) { return number_of(line, " ", key, "="); }
+
+Test(train, progress_lines_carry_time_pass_rate_and_eta, .fini = teardown, .timeout = 180) {
+    cr_assert_eq(ps_cluster_start(&cl, 1, body_lr), 0);
+    gen("data.tsv", "3000", "13", "criteo");
+    char data[300];
+    ps_cluster_path(&cl, "data.tsv", data, sizeof(data));
+    char *out, *err;
+    cr_assert_eq(worker(&out, &err, "--input", data, "--passes", "3", NULL), 0, "%s", err);
+    char *line = last_progress_line(err);
+    cr_assert_not_null(line, "no progress line in: %s", err);
+    /* The old fields first, in their order. */
+    cr_assert(strstr(line, "progress examples=9000 examples_per_sec="), "%s", line);
+    cr_assert_eq(field_value(line, "pass"), 3, "%s", line);
+    cr_assert_gt(field_value(line, "interval_examples_per_sec"), 0, "%s", line);
+    /* Files read a known number of times: an ETA, and at the end none left. */
+    cr_assert_eq(field_value(line, "eta_s"), 0, "%s", line);
+    const char *t = strstr(line, " time=");
+    cr_assert_not_null(t, "%s", line);
+    int Y, M, D, h, m, s;
+    char z;
+    cr_assert_eq(sscanf(t, " time=%4d-%2d-%2dT%2d:%2d:%2d%c", &Y, &M, &D, &h, &m, &s, &z), 7, "%s", line);
+    cr_assert(Y >= 2024 && M >= 1 && M <= 12 && D >= 1 && D <= 31 && h < 24 && z == 'Z', "%s", line);
+    free(line);
+    free(out);
+    free(err);
+
+    /* From stdin the end is unknown: no ETA. */
+    char errpath[300], cmd[2048];
+    ps_cluster_path(&cl, "stdin.err", errpath, sizeof(errpath));
+    snprintf(cmd, sizeof(cmd), "%s --config %s --input - < %s > /dev/null 2> %s",
+             ps_test_bin("worker/ctrps-worker"), cl.config, data, errpath);
+    cr_assert_eq(system(cmd), 0);
+    err = ps_read_file(errpath);
+    cr_assert_not_null(err);
+    line = last_progress_line(err);
+    cr_assert_not_null(line, "no progress line in: %s", err);
+    cr_assert_eq(field_value(line, "pass"), 1, "%s", line);
+    cr_assert(!has_field(line, "eta_s"), "%s", line);
+    cr_assert(has_field(line, "time"), "%s", line);
+    free(line);
+    free(err);
 }

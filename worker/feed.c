@@ -1,6 +1,7 @@
 #include "feed.h"
 
 #include <errno.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -113,10 +114,28 @@ static void report_bad_line(ps_feed *f, const char *file, uint64_t lineno, const
 
 static bool stop_requested(const ps_feed *f) { return f->o.stop && *f->o.stop; }
 
+/* A batch is complete: where reading stands after it, for checkpoints and
+ * progress. The share read counts bytes over all passes, or examples
+ * against max_examples, whichever is further. */
+static void seal(ps_feed *f, ps_batch *b, uint32_t pass) {
+    ps_reader_position(f->reader, &b->end);
+    b->pass = pass;
+    double done = NAN;
+    uint64_t bytes, total;
+    if (ps_reader_progress(f->reader, &b->end, &bytes, &total) == 0 && total > 0)
+        done = ((double)pass * (double)total + (double)bytes) / ((double)f->o.passes * (double)total);
+    if (f->o.max_examples) {
+        double d = (double)atomic_load(&f->examples) / (double)f->o.max_examples;
+        if (isnan(done) || d > done)
+            done = d;
+    }
+    b->input_done = done > 1 ? 1 : done;
+}
+
 /* One pass over the input into batches. Returns 0 at its end, a negative
  * code on an error (message in err), or 1 when no free batch is left to
  * fill (the trainer quit). *b is the batch being filled. */
-static int read_pass(ps_feed *f, ps_batch **b, char *err, size_t errlen) {
+static int read_pass(ps_feed *f, uint32_t pass, ps_batch **b, char *err, size_t errlen) {
     char reason[256];
     uint64_t max = f->o.max_examples;
     for (;;) {
@@ -158,7 +177,7 @@ static int read_pass(ps_feed *f, ps_batch **b, char *err, size_t errlen) {
         }
         atomic_fetch_add(&f->examples, 1);
         if ((*b)->n == f->batch_size) {
-            ps_reader_position(f->reader, &(*b)->end);
+            seal(f, *b, pass);
             put_ready(f, *b);
             *b = take_free(f);
             if (!*b)
@@ -172,17 +191,19 @@ static void *feed_main(void *arg) {
     ps_batch *b = take_free(f);
     char err[512];
     int status = 0;
+    uint32_t reading = 0; /* the pass of b's last line */
     for (uint32_t pass = 0; b && pass < f->o.passes && status == 0; pass++) {
         if (pass > 0 && ps_reader_rewind(f->reader) < 0)
             break;
-        status = read_pass(f, &b, err, sizeof(err));
+        reading = pass;
+        status = read_pass(f, pass, &b, err, sizeof(err));
         if (status > 0)
             status = 0; /* b is NULL: the loop ends */
         if (!ps_reader_seekable(f->reader))
             break; /* stdin cannot be read twice */
     }
     if (b && b->n > 0) {
-        ps_reader_position(f->reader, &b->end);
+        seal(f, b, reading);
         put_ready(f, b);
     } else if (b) {
         ps_feed_give_back(f, b);

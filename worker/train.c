@@ -58,6 +58,12 @@ typedef struct trainer {
     ps_feed *feed;
     holdout h;
     double start;                /* when the feed started */
+    double last_report;          /* time of the last progress line (or start) */
+    uint64_t last_examples;      /* examples trained at that line */
+    uint32_t pass;               /* of the last batch trained, 0-based */
+    double input_done;           /* share of the input read up to that batch; NaN: unknown */
+    bool marked;                 /* a batch was trained: mark_* hold */
+    double mark_time, mark_done; /* when the first batch was trained, and its input_done */
     ps_client *client;
     ps_model *model;
     ps_nn_params *params;
@@ -333,26 +339,59 @@ static int holdout_eval(trainer *t, holdout *h, double *ret_auc, double *ret_log
 
 /* ---- the run ---------------------------------------------------------------------------- */
 
-static void progress_line(trainer *t, FILE *out, uint64_t examples, double elapsed) {
+static void utc_now(char *buf, size_t len) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+/* The input read so far, from the batch just trained: the share done and
+ * its pass. The first batch marks where the estimate starts (a resumed run
+ * starts part way). */
+static void note_position(trainer *t, const ps_batch *b) {
+    t->pass = b->pass;
+    t->input_done = b->input_done;
+    if (!t->marked) {
+        t->marked = true;
+        t->mark_time = now_s();
+        t->mark_done = b->input_done;
+    }
+}
+
+/* One progress line (README "Progress lines"); it ends the window. */
+static void progress_line(trainer *t, FILE *out, uint64_t examples, double tnow) {
     holdout *h = &t->h;
     ps_feed_counters fc;
     ps_feed_counters_get(t->feed, &fc);
+    double elapsed = tnow - t->start, interval = tnow - t->last_report;
     double wa = ps_eval_auc(t->window), wl = ps_eval_logloss(t->window);
     double ca = ps_eval_auc(t->total), cl = ps_eval_logloss(t->total);
     double st = t->staleness_n ? t->staleness_sum / (double)t->staleness_n : 0;
-    char hold[128] = "";
+    char hold[128] = "", eta[48] = "", when[32];
     if (h->n) {
         double ha, hl;
         if (holdout_eval(t, h, &ha, &hl) == 0)
             snprintf(hold, sizeof(hold), " holdout_auc=%.4f holdout_logloss=%.4f", ha, hl);
     }
+    /* Time per share of the input since the first batch, times the share
+     * left: known only for files and a finite number of passes. */
+    double f = t->input_done, f0 = t->mark_done;
+    if (t->marked && isfinite(f) && isfinite(f0) && f > f0)
+        snprintf(eta, sizeof(eta), " eta_s=%.0f", (tnow - t->mark_time) * (1 - f) / (f - f0));
+    utc_now(when, sizeof(when));
     fprintf(out,
             "progress examples=%llu examples_per_sec=%.0f auc=%.4f logloss=%.4f window_auc=%.4f "
-            "window_logloss=%.4f calibration=%.3f malformed=%llu staleness=%.2f%s\n",
+            "window_logloss=%.4f calibration=%.3f malformed=%llu staleness=%.2f%s pass=%u "
+            "interval_examples_per_sec=%.0f%s time=%s\n",
             (unsigned long long)examples, elapsed > 0 ? (double)examples / elapsed : 0, ca, cl, wa,
-            wl, ps_eval_calibration(t->total), (unsigned long long)fc.malformed, st, hold);
+            wl, ps_eval_calibration(t->total), (unsigned long long)fc.malformed, st, hold, t->pass + 1,
+            interval > 0 ? (double)(examples - t->last_examples) / interval : 0, eta, when);
     fflush(out);
     ps_eval_reset(t->window);
+    t->last_report = tnow;
+    t->last_examples = examples;
 }
 
 /* Holdout batches are parsed with their own parser and reader. */
@@ -521,7 +560,7 @@ static int trainer_open(trainer *t, const ps_train_options *o, char *err, size_t
     r = ps_feed_start(t->feed, t->L, (uint32_t)B);
     if (r < 0)
         return r;
-    t->start = now_s();
+    t->start = t->last_report = now_s();
     return 0;
 }
 
@@ -532,7 +571,6 @@ static int trainer_open(trainer *t, const ps_train_options *o, char *err, size_t
 static int trainer_loop(trainer *t, ps_train_result *ret) {
     const ps_train_options *o = t->o;
     uint32_t mif = t->w->model.max_in_flight;
-    double last_report = t->start;
     fetch fcur = {0}, fnext = {0};
     int r = 0;
     ps_batch *cur = ps_feed_take(t->feed);
@@ -561,6 +599,7 @@ static int trainer_loop(trainer *t, ps_train_result *ret) {
             break;
         ret->batches++;
         ret->examples += cur->n;
+        note_position(t, cur);
         ps_reader_pos trained_to = cur->end;
         ps_feed_give_back(t->feed, cur);
         char pending[64];
@@ -580,15 +619,13 @@ static int trainer_loop(trainer *t, ps_train_result *ret) {
         cur = nxt;
         fcur = fnext;
         double tnow = now_s();
-        if (o->progress && tnow - last_report >= t->w->progress_interval_s) {
-            progress_line(t, o->progress, ret->examples, tnow - t->start);
-            last_report = tnow;
-        }
+        if (o->progress && tnow - t->last_report >= t->w->progress_interval_s)
+            progress_line(t, o->progress, ret->examples, tnow);
     }
     if (r == 0)
         r = bound_inflight(t, 0);
     if (r == 0 && o->progress && ret->examples)
-        progress_line(t, o->progress, ret->examples, now_s() - t->start);
+        progress_line(t, o->progress, ret->examples, now_s());
     return r;
 }
 
