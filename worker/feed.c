@@ -33,12 +33,14 @@ struct ps_feed {
     size_t head, count;
     bool done;                   /* the reader thread has finished */
     bool quit;                   /* the trainer gave up: stop reading */
+    volatile sig_atomic_t reader_quit; /* the same for a reader waiting in follow mode */
     int error;
-    char msg[512];
+    char msg[1024];
     pthread_t thread;
     bool running;                /* started and not joined yet */
 
     atomic_uint_fast64_t examples, malformed;
+    char first_bad[512];         /* FILE:LINE: reason of the first malformed line */
     /* rate limit for messages about bad lines (the reader thread's) */
     double log_window;
     uint32_t logged;
@@ -95,7 +97,9 @@ ps_batch *ps_feed_take(ps_feed *f) {
 /* ---- the reader thread ------------------------------------------------------------------ */
 
 static void report_bad_line(ps_feed *f, const char *file, uint64_t lineno, const char *reason) {
-    atomic_fetch_add(&f->malformed, 1);
+    if (atomic_fetch_add(&f->malformed, 1) == 0)
+        snprintf(f->first_bad, sizeof(f->first_bad), "%s:%llu: %s", file, (unsigned long long)lineno,
+                 reason);
     double t = now_s();
     if (t - f->log_window >= 1.0) {
         if (f->suppressed)
@@ -189,7 +193,7 @@ static int read_pass(ps_feed *f, uint32_t pass, ps_batch **b, char *err, size_t 
 static void *feed_main(void *arg) {
     ps_feed *f = arg;
     ps_batch *b = take_free(f);
-    char err[512];
+    char err[1024];
     int status = 0;
     uint32_t reading = 0; /* the pass of b's last line */
     for (uint32_t pass = 0; b && pass < f->o.passes && status == 0; pass++) {
@@ -201,6 +205,14 @@ static void *feed_main(void *arg) {
             status = 0; /* b is NULL: the loop ends */
         if (!ps_reader_seekable(f->reader))
             break; /* stdin cannot be read twice */
+    }
+    uint64_t bad = atomic_load(&f->malformed);
+    if (status == 0 && bad > 0 && atomic_load(&f->examples) == 0) {
+        /* Bad lines are skipped one by one, but an input of nothing else
+         * is the wrong format or the wrong file: say which, and fail. */
+        snprintf(err, sizeof(err), "no line of the input is valid %s (%llu malformed); the first: %s",
+                 ps_input_format_name(f->o.input->format), (unsigned long long)bad, f->first_bad);
+        status = PS_EPARSE;
     }
     if (b && b->n > 0) {
         seal(f, b, reading);
@@ -239,7 +251,8 @@ int ps_feed_new(const ps_feed_options *opts, ps_feed **ret_feed, char *err, size
                             .num_workers = opts->num_workers,
                             .max_line = opts->input->max_line_bytes,
                             .headers = ps_parser_wants_header(f->parser),
-                            .stop = opts->stop};
+                            .stop = opts->stop,
+                            .quit = &f->reader_quit};
     r = ps_reader_new(&ro, &f->reader, err, errlen);
     if (r < 0)
         goto fail;
@@ -274,6 +287,9 @@ int ps_feed_start(ps_feed *f, const ps_batch_layout *L, uint32_t batch_size) {
 
 int ps_feed_stop(ps_feed *f, char *err, size_t errlen) {
     if (f->running) {
+        /* A reader following a file waits for lines that may never come:
+         * it polls this flag. */
+        f->reader_quit = 1;
         pthread_mutex_lock(&f->mu);
         f->quit = true;
         pthread_cond_broadcast(&f->cv);

@@ -68,8 +68,10 @@ ps_batch *ps_feed_take(ps_feed *f);
 void ps_feed_give_back(ps_feed *f, ps_batch *b);
 
 /* Tell the thread to quit at its next batch and join it. Returns the error
- * that ended reading (a read error, a bad CSV header), with its message in
- * err, or 0. Idempotent; err is left alone when 0 is returned. */
+ * that ended reading (a read error, a bad CSV header, an input in which
+ * every line was malformed: PS_EPARSE naming the format and the first bad
+ * line), with its message in err, or 0. Idempotent; err is left alone when
+ * 0 is returned. */
 int ps_feed_stop(ps_feed *f, char *err, size_t errlen);
 
 /* Safe from any thread. */

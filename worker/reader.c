@@ -239,7 +239,9 @@ static void sleep_ms(uint32_t ms) {
     nanosleep(&ts, NULL);
 }
 
-static bool stopped(const ps_reader *r) { return r->o.stop && *r->o.stop; }
+static bool stopped(const ps_reader *r) {
+    return (r->o.stop && *r->o.stop) || (r->o.quit && *r->o.quit);
+}
 
 /* Follow mode, at the end of the last file: has it been replaced or cut? */
 static bool rotated(ps_reader *r) {

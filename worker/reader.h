@@ -34,6 +34,8 @@ typedef struct ps_reader_options {
     uint32_t poll_ms;            /* follow-mode polling interval; default 100 */
     bool headers;                /* the first line of every file is a header (CSV) */
     const volatile sig_atomic_t *stop; /* may be NULL */
+    const volatile sig_atomic_t *quit; /* may be NULL; as stop, for a consumer that
+                                        * gave up (not a signal handler) */
 } ps_reader_options;
 
 typedef struct ps_reader_pos {

@@ -656,7 +656,7 @@ static int holdout_final(trainer *t, ps_train_result *ret, char *err, size_t err
 static int trainer_finish(trainer *t, int r, ps_train_result *ret, char *err, size_t errlen) {
     if (r < 0 && !err[0])
         snprintf(err, errlen, "%s", t->err[0] ? t->err : ps_strerror(r));
-    char msg[512];
+    char msg[1024];
     int fr = ps_feed_stop(t->feed, msg, sizeof(msg));
     if (r == 0 && fr < 0) {
         r = fr;
@@ -697,8 +697,13 @@ static void trainer_close(trainer *t) {
     ps_batch_layout_deinit(&t->layout);
 }
 
+void ps_train_result_init(ps_train_result *r) {
+    memset(r, 0, sizeof(*r));
+    r->auc = r->logloss = r->calibration = NAN;
+}
+
 int ps_train_run(const ps_train_options *o, ps_train_result *ret, char *err, size_t errlen) {
-    memset(ret, 0, sizeof(*ret));
+    ps_train_result_init(ret);
     err[0] = '\0';
     trainer t;
     int r = trainer_open(&t, o, err, errlen);
@@ -717,7 +722,23 @@ static void json_num(FILE *out, const char *key, double v, bool comma) {
         fprintf(out, "\"%s\":null%s", key, comma ? "," : "");
 }
 
-void ps_train_result_json(const ps_train_result *r, FILE *out) {
+/* A JSON string: quotes, backslashes and control bytes escaped; other bytes
+ * as they are (messages are ASCII but for file names, taken to be UTF-8). */
+static void json_string(FILE *out, const char *s) {
+    fputc('"', out);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            fprintf(out, "\\%c", c);
+        else if (c < 0x20)
+            fprintf(out, "\\u%04x", c);
+        else
+            fputc(c, out);
+    }
+    fputc('"', out);
+}
+
+void ps_train_result_json(const ps_train_result *r, const char *error, FILE *out) {
     fprintf(out, "{\"examples\":%llu,", (unsigned long long)r->examples);
     json_num(out, "examples_per_sec", r->examples_per_sec, true);
     json_num(out, "auc", r->auc, true);
@@ -730,7 +751,12 @@ void ps_train_result_json(const ps_train_result *r, FILE *out) {
             (unsigned long long)r->batches);
     json_num(out, "seconds", r->seconds, true);
     json_num(out, "mean_staleness", r->mean_staleness, true);
-    fprintf(out, "\"reconnects\":%llu,\"checkpoints\":%llu}\n", (unsigned long long)r->reconnects,
+    fprintf(out, "\"reconnects\":%llu,\"checkpoints\":%llu", (unsigned long long)r->reconnects,
             (unsigned long long)r->checkpoints);
+    if (error) {
+        fputs(",\"error\":", out);
+        json_string(out, error);
+    }
+    fputs("}\n", out);
     fflush(out);
 }

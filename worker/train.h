@@ -48,7 +48,13 @@ typedef struct ps_train_result {
     uint64_t checkpoints;        /* barriers this worker paused at */
 } ps_train_result;
 
+/* Nothing done: counters 0, metrics NaN. */
+void ps_train_result_init(ps_train_result *r);
+
+/* Train until the input ends (or stop, or max_examples). *ret is filled
+ * even on an error: what was done before it. */
 int ps_train_run(const ps_train_options *o, ps_train_result *ret, char *err, size_t errlen);
 
-/* The final line: one JSON object (NaN as null). */
-void ps_train_result_json(const ps_train_result *r, FILE *out);
+/* The final line: one JSON object (NaN as null), with "error": error last
+ * when error is not NULL (what was done before it still counts). */
+void ps_train_result_json(const ps_train_result *r, const char *error, FILE *out);
