@@ -28,7 +28,7 @@
 #include <string.h>
 
 #include "keys.h"
-#include "metrics.h"
+#include "eval.h"
 #include "text.h"
 
 /* ---- names ----------------------------------------------------------------- */

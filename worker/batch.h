@@ -77,6 +77,8 @@ typedef struct ps_batch {
     /* reading state after the batch's last line */
     uint64_t lines, malformed;
     ps_reader_pos end;
+    uint32_t pass;               /* 0-based pass over the input it was read in */
+    double input_done;           /* share of the run's input read, in [0, 1]; NaN if unknown */
 } ps_batch;
 
 /* Build the layout from the config (after the parser exists: dense width). */

@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,11 +58,28 @@ static void usage(FILE *out) {
             "pushes are acknowledged, reports its input position, and continues after.\n"
             "\n"
             "Progress lines go to stderr every [worker] progress_interval_s seconds; the\n"
-            "final result is one JSON line on stdout:\n"
+            "final result is one JSON line on stdout, on every exit but --help:\n"
             "  {\"examples\":..,\"examples_per_sec\":..,\"auc\":..,\"logloss\":..,\"calibration\":..,\n"
-            "   \"holdout_auc\":..,\"holdout_logloss\":.., ...}\n"
+            "   \"holdout_auc\":..,\"holdout_logloss\":.., ...[,\"error\":\"message\"]}\n"
             "Exit status: 0 on success, 1 on a runtime error (a shard unreachable past its\n"
-            "deadline, unreadable input), 2 on bad usage or config.\n");
+            "deadline, unreadable input, an input in which no line is valid), 2 on bad\n"
+            "usage or config; \"error\" holds the message of either.\n");
+}
+
+/* An error before training: the message on stderr, and on stdout the JSON
+ * result line every exit but --help ends with, nothing done, "error" set. */
+static int fail(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int fail(int status, const char *fmt, ...) {
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "ctrps-worker: %s\n", msg);
+    ps_train_result none;
+    ps_train_result_init(&none);
+    ps_train_result_json(&none, msg, stdout);
+    return status;
 }
 
 /* Debian's OpenBLAS 0.3.21 does not recognise every CPU with AVX-512 or AVX2
@@ -145,11 +163,10 @@ int main(int argc, char **argv) {
         case 'p':
             if (ps_parse_u64(optarg, &v) < 0 || (opt != 'm' && opt != 'w' && v == 0) ||
                 (opt != 'm' && v > 1000000)) {
-                fprintf(stderr, "ctrps-worker: --%s: bad value '%s'\n",
-                        opt == 'w' ? "worker-index" : opt == 'n' ? "num-workers"
-                                                   : opt == 'm' ? "max-examples" : "passes",
-                        optarg);
-                return 2;
+                return fail(2, "--%s: bad value '%s'",
+                            opt == 'w' ? "worker-index" : opt == 'n' ? "num-workers"
+                                                       : opt == 'm' ? "max-examples" : "passes",
+                            optarg);
             }
             if (opt == 'w')
                 to.worker_index = (uint32_t)v;
@@ -161,36 +178,31 @@ int main(int argc, char **argv) {
                 to.passes = (uint32_t)v;
             break;
         case 'v':
-            if (ps_log_level_parse(optarg, &level) < 0) {
-                fprintf(stderr, "ctrps-worker: --log-level: expected debug, info, warn or error\n");
-                return 2;
-            }
+            if (ps_log_level_parse(optarg, &level) < 0)
+                return fail(2, "--log-level: expected debug, info, warn or error");
             break;
         case 'h':
             usage(stdout);
             return 0;
         default:
             usage(stderr);
-            return 2;
+            return fail(2, "bad usage (see --help)");
         }
     }
     while (optind < argc)
         inputs[ninputs++] = argv[optind++];
     if (!config_path || ninputs == 0) {
-        fprintf(stderr, "ctrps-worker: --config and at least one --input are required (see --help)\n");
-        return 2;
+        return fail(2, "--config and at least one --input are required (see --help)");
     }
     if (to.worker_index >= to.num_workers) {
-        fprintf(stderr, "ctrps-worker: --worker-index %u must be below --num-workers %u\n",
-                to.worker_index, to.num_workers);
-        return 2;
+        return fail(2, "--worker-index %u must be below --num-workers %u", to.worker_index,
+                    to.num_workers);
     }
     bool uses_stdin = false;
     for (size_t i = 0; i < ninputs; i++)
         uses_stdin |= !strcmp(inputs[i], "-");
     if (uses_stdin && to.passes > 1) {
-        fprintf(stderr, "ctrps-worker: --passes > 1 cannot read stdin twice\n");
-        return 2;
+        return fail(2, "--passes > 1 cannot read stdin twice");
     }
     ps_log_init("ctrps-worker", level);
 
@@ -198,17 +210,15 @@ int main(int argc, char **argv) {
     ps_config *cfg;
     int r = ps_config_load(config_path, &ps_worker_config_ext, &cfg, err, sizeof(err));
     if (r < 0) {
-        fprintf(stderr, "ctrps-worker: %s\n", err);
-        return 2;
+        return fail(2, "%s", err);
     }
     ps_worker_config *w = cfg->worker;
     if (format) {
         char reason[256];
         if (ps_input_config_set(&w->input, "format", format, reason, sizeof(reason)) < 0 ||
             ps_input_config_check(&w->input, reason, sizeof(reason)) < 0) {
-            fprintf(stderr, "ctrps-worker: --format %s: %s\n", format, reason);
             ps_config_free(cfg);
-            return 2;
+            return fail(2, "--format %s: %s", format, reason);
         }
     }
     openblas_set_num_threads(1);
@@ -232,12 +242,14 @@ int main(int argc, char **argv) {
     r = ps_train_run(&to, &res, err, sizeof(err));
     int status = 0;
     if (r < 0) {
-        ps_error("%s", err[0] ? err : ps_strerror(r));
+        const char *msg = err[0] ? err : ps_strerror(r);
+        ps_error("%s", msg);
         status = r == PS_ECONFIG ? 2 : 1;
+        ps_train_result_json(&res, msg, stdout);
     } else {
         if (res.malformed)
             ps_warn("skipped %llu malformed lines", (unsigned long long)res.malformed);
-        ps_train_result_json(&res, stdout);
+        ps_train_result_json(&res, NULL, stdout);
     }
     ps_config_free(cfg);
     free(inputs);

@@ -22,7 +22,7 @@
 #include <cblas.h>
 
 #include "error.h"
-#include "metrics.h"
+#include "eval.h"
 #include "text.h"
 
 /* ---- Activations ------------------------------------------------------ */

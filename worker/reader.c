@@ -18,6 +18,8 @@
 typedef struct file_entry {
     char *path;                  /* owned; "-" for stdin */
     size_t input;                /* which input it came from */
+    uint64_t size;               /* when listed (progress estimates only) */
+    uint64_t before;             /* sizes of the files listed before it */
 } file_entry;
 
 struct ps_reader {
@@ -61,7 +63,10 @@ static int add_file(ps_reader *r, const char *path, size_t input) {
     char *p = strdup(path);
     if (!p)
         return -ENOMEM;
-    r->files[r->nfiles++] = (file_entry){p, input};
+    struct stat st;
+    uint64_t size = strcmp(path, "-") && stat(path, &st) == 0 ? (uint64_t)st.st_size : 0;
+    uint64_t before = r->nfiles ? r->files[r->nfiles - 1].before + r->files[r->nfiles - 1].size : 0;
+    r->files[r->nfiles++] = (file_entry){p, input, size, before};
     return 0;
 }
 
@@ -234,7 +239,9 @@ static void sleep_ms(uint32_t ms) {
     nanosleep(&ts, NULL);
 }
 
-static bool stopped(const ps_reader *r) { return r->o.stop && *r->o.stop; }
+static bool stopped(const ps_reader *r) {
+    return (r->o.stop && *r->o.stop) || (r->o.quit && *r->o.quit);
+}
 
 /* Follow mode, at the end of the last file: has it been replaced or cut? */
 static bool rotated(ps_reader *r) {
@@ -401,6 +408,21 @@ void ps_reader_position(const ps_reader *r, ps_reader_pos *ret) {
     ret->file = (uint32_t)r->cur;
     ret->offset = r->fd >= 0 ? r->offset : 0;
     ret->lines = r->lines;
+}
+
+int ps_reader_progress(const ps_reader *r, const ps_reader_pos *pos, uint64_t *ret_done,
+                       uint64_t *ret_total) {
+    if (r->o.follow || !ps_reader_seekable(r))
+        return -ESPIPE;
+    uint64_t total = r->nfiles ? r->files[r->nfiles - 1].before + r->files[r->nfiles - 1].size : 0;
+    uint64_t done = total;
+    if (pos->file < r->nfiles) {
+        const file_entry *f = &r->files[pos->file];
+        done = f->before + (pos->offset < f->size ? pos->offset : f->size);
+    }
+    *ret_done = done;
+    *ret_total = total;
+    return 0;
 }
 
 int ps_reader_seek(ps_reader *r, const ps_reader_pos *pos, char *err, size_t errlen) {

@@ -34,6 +34,8 @@ typedef struct ps_reader_options {
     uint32_t poll_ms;            /* follow-mode polling interval; default 100 */
     bool headers;                /* the first line of every file is a header (CSV) */
     const volatile sig_atomic_t *stop; /* may be NULL */
+    const volatile sig_atomic_t *quit; /* may be NULL; as stop, for a consumer that
+                                        * gave up (not a signal handler) */
 } ps_reader_options;
 
 typedef struct ps_reader_pos {
@@ -62,5 +64,11 @@ int ps_reader_rewind(ps_reader *r);
 bool ps_reader_seekable(const ps_reader *r);
 
 void ps_reader_position(const ps_reader *r, ps_reader_pos *ret);
+/* Bytes of the input before `pos` and in all, from the files' sizes when
+ * they were listed: for progress estimates (a file that grows or shrinks
+ * later makes them approximate). -ESPIPE for stdin and in follow mode, where
+ * the end is unknown. */
+int ps_reader_progress(const ps_reader *r, const ps_reader_pos *pos, uint64_t *ret_done,
+                       uint64_t *ret_total);
 /* Resume at a position taken from an earlier reader over the same inputs. */
 int ps_reader_seek(ps_reader *r, const ps_reader_pos *pos, char *err, size_t errlen);

@@ -13,7 +13,7 @@
 
 #include "batch.h"
 #include "keys.h"
-#include "metrics.h"
+#include "eval.h"
 #include "model.h"
 #include "wconfig.h"
 

@@ -11,7 +11,7 @@
 #include <criterion/criterion.h>
 
 #include "error.h"
-#include "metrics.h"
+#include "eval.h"
 #include "nn.h"
 #include "testvec.h"
 

@@ -2,8 +2,6 @@
 
 #include <errno.h>
 #include <math.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -12,8 +10,9 @@
 #include "checkpoint.h"
 #include "client.h"
 #include "error.h"
+#include "feed.h"
 #include "log.h"
-#include "metrics.h"
+#include "eval.h"
 #include "model.h"
 #include "parse.h"
 #include "wconfig.h"
@@ -26,178 +25,6 @@ static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-/* ---- batch queue between the reader thread and the training thread --------- */
-
-typedef struct queue {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    ps_batch **free;             /* batches to fill */
-    size_t nfree;
-    ps_batch **ready;            /* FIFO of filled batches */
-    size_t head, count, cap;
-    bool done;                   /* the reader has finished */
-    bool quit;                   /* the trainer gave up: stop reading */
-    int error;
-    char msg[512];
-} queue;
-
-static ps_batch *queue_take_free(queue *q) {
-    pthread_mutex_lock(&q->mu);
-    while (q->nfree == 0 && !q->quit)
-        pthread_cond_wait(&q->cv, &q->mu);
-    ps_batch *b = q->quit ? NULL : q->free[--q->nfree];
-    pthread_mutex_unlock(&q->mu);
-    if (b)
-        ps_batch_clear(b);
-    return b;
-}
-
-static void queue_put_ready(queue *q, ps_batch *b) {
-    pthread_mutex_lock(&q->mu);
-    q->ready[(q->head + q->count++) % q->cap] = b;
-    pthread_cond_broadcast(&q->cv);
-    pthread_mutex_unlock(&q->mu);
-}
-
-static void queue_put_free(queue *q, ps_batch *b) {
-    pthread_mutex_lock(&q->mu);
-    q->free[q->nfree++] = b;
-    pthread_cond_broadcast(&q->cv);
-    pthread_mutex_unlock(&q->mu);
-}
-
-/* Next filled batch, or NULL once the reader is done and all were taken. */
-static ps_batch *queue_take_ready(queue *q) {
-    pthread_mutex_lock(&q->mu);
-    while (q->count == 0 && !q->done)
-        pthread_cond_wait(&q->cv, &q->mu);
-    ps_batch *b = NULL;
-    if (q->count) {
-        b = q->ready[q->head];
-        q->head = (q->head + 1) % q->cap;
-        q->count--;
-    }
-    pthread_mutex_unlock(&q->mu);
-    return b;
-}
-
-/* ---- reading and parsing (the reader thread) ------------------------------------ */
-
-typedef struct producer {
-    const ps_train_options *o;
-    const ps_worker_config *w;
-    ps_reader *reader;
-    ps_parser *parser;
-    ps_example ex;
-    queue *q;
-    uint32_t batch_size;
-    atomic_uint_fast64_t examples, malformed;
-    /* rate limit for messages about bad lines */
-    double log_window;
-    uint32_t logged;
-    uint64_t suppressed;
-} producer;
-
-static void report_bad_line(producer *p, const char *file, uint64_t lineno, const char *reason) {
-    atomic_fetch_add(&p->malformed, 1);
-    double t = now_s();
-    if (t - p->log_window >= 1.0) {
-        if (p->suppressed)
-            ps_warn("%llu more malformed lines not shown", (unsigned long long)p->suppressed);
-        p->log_window = t;
-        p->logged = 0;
-        p->suppressed = 0;
-    }
-    if (p->logged < p->w->malformed_log_per_s) {
-        p->logged++;
-        ps_warn("%s:%llu: skipped: %s", file, (unsigned long long)lineno, reason);
-    } else {
-        p->suppressed++;
-    }
-}
-
-static bool stop_requested(const producer *p) { return p->o->stop && *p->o->stop; }
-
-static void *producer_main(void *arg) {
-    producer *p = arg;
-    queue *q = p->q;
-    ps_batch *b = queue_take_free(q);
-    char err[512], reason[256];
-    int status = 0;
-    uint64_t max = p->o->max_examples;
-    for (uint32_t pass = 0; b && pass < p->o->passes && status == 0; pass++) {
-        if (pass > 0 && ps_reader_rewind(p->reader) < 0)
-            break;
-        for (;;) {
-            if (stop_requested(p) && !p->o->follow)
-                break;
-            if (max && atomic_load(&p->examples) >= max)
-                break;
-            const char *line, *file;
-            size_t len;
-            uint64_t lineno;
-            int rc = ps_reader_next(p->reader, &line, &len, &file, &lineno, err, sizeof(err));
-            if (rc == 0)
-                break;
-            if (rc == PS_EPARSE) {
-                report_bad_line(p, file, lineno, "line too long");
-                continue;
-            }
-            if (rc < 0) {
-                status = rc;
-                break;
-            }
-            b->lines++;
-            if (rc == 2) {
-                if (ps_parser_header(p->parser, line, len, reason, sizeof(reason)) < 0) {
-                    snprintf(err, sizeof(err), "%s:1: bad header: %s", file, reason);
-                    status = PS_EPARSE;
-                    break;
-                }
-                continue;
-            }
-            if (len == 0)
-                continue; /* blank lines are not data */
-            if (ps_parser_parse(p->parser, line, len, &p->ex, reason, sizeof(reason)) < 0) {
-                report_bad_line(p, file, lineno, reason);
-                b->malformed++;
-                continue;
-            }
-            int ar = ps_batch_add(b, &p->ex);
-            if (ar < 0) {
-                snprintf(err, sizeof(err), "batching: %s", ps_strerror(ar));
-                status = ar;
-                break;
-            }
-            atomic_fetch_add(&p->examples, 1);
-            if (b->n == p->batch_size) {
-                ps_reader_position(p->reader, &b->end);
-                queue_put_ready(q, b);
-                b = queue_take_free(q);
-                if (!b)
-                    break;
-            }
-        }
-        if (!ps_reader_seekable(p->reader))
-            break; /* stdin cannot be read twice */
-    }
-    if (b && b->n > 0) {
-        ps_reader_position(p->reader, &b->end);
-        queue_put_ready(q, b);
-    } else if (b) {
-        queue_put_free(q, b);
-    }
-    pthread_mutex_lock(&q->mu);
-    q->done = true;
-    if (status < 0) {
-        q->error = status;
-        snprintf(q->msg, sizeof(q->msg), "%s", err);
-    }
-    pthread_cond_broadcast(&q->cv);
-    pthread_mutex_unlock(&q->mu);
-    return NULL;
 }
 
 /* ---- training ------------------------------------------------------------------------ */
@@ -213,10 +40,30 @@ typedef struct pushes {
     int ncalls;
 } pushes;
 
+/* Holdout rows, parsed and batched once at the start. */
+typedef struct holdout {
+    ps_batch **batches;
+    size_t n;
+    uint64_t examples;
+} holdout;
+
+/* One run: opened by trainer_open(), trained by trainer_loop(), its result
+ * taken by trainer_finish() (which stops the feed), freed by
+ * trainer_close(), which accepts a trainer that failed to open half way. */
 typedef struct trainer {
     const ps_train_options *o;
     const ps_worker_config *w;
-    const ps_batch_layout *L;
+    ps_batch_layout layout;
+    const ps_batch_layout *L;    /* &layout */
+    ps_feed *feed;
+    holdout h;
+    double start;                /* when the feed started */
+    double last_report;          /* time of the last progress line (or start) */
+    uint64_t last_examples;      /* examples trained at that line */
+    uint32_t pass;               /* of the last batch trained, 0-based */
+    double input_done;           /* share of the input read up to that batch; NaN: unknown */
+    bool marked;                 /* a batch was trained: mark_* hold */
+    double mark_time, mark_done; /* when the first batch was trained, and its input_done */
     ps_client *client;
     ps_model *model;
     ps_nn_params *params;
@@ -230,7 +77,8 @@ typedef struct trainer {
     uint64_t batches_started;
     double staleness_sum;
     uint64_t staleness_n;
-    ps_eval total, window;
+    ps_eval *total, *window;     /* progressive validation */
+    ps_eval *hold;               /* the holdout, scored afresh at each report */
     char worker_name[64];
     uint64_t inputs_hash;
     char handled_ckpt[64];       /* the last barrier this worker reported at */
@@ -340,9 +188,8 @@ static int compute(trainer *t, ps_batch *b) {
     /* Progressive validation: every example is scored before it trains. */
     for (uint32_t i = 0; i < b->n; i++) {
         double z = t->logits[i], p = ps_sigmoid(z);
-        if (ps_eval_add(&t->total, z, p, b->labels[i]) < 0 ||
-            ps_eval_add(&t->window, z, p, b->labels[i]) < 0)
-            return -ENOMEM;
+        ps_eval_add(t->total, z, b->labels[i]);
+        ps_eval_add(t->window, z, b->labels[i]);
         t->dlogits[i] = (float)((p - b->labels[i]) / b->n);
     }
     if (t->nblocks)
@@ -414,7 +261,7 @@ static uint64_t hash_inputs(const ps_train_options *o) {
 }
 
 static int resume_position(const ps_train_options *o, const char *worker, uint64_t inputs_hash,
-                           ps_reader *reader, char *err, size_t errlen) {
+                           ps_feed *feed, char *err, size_t errlen) {
     char dir[4096], section[128], pos[256];
     int r = ps_checkpoint_resolve(o->resume, dir, sizeof(dir), err, errlen);
     if (r < 0)
@@ -434,19 +281,13 @@ static int resume_position(const ps_train_options *o, const char *worker, uint64
                  dir, worker);
         return PS_ECONFIG;
     }
-    r = ps_reader_seek(reader, &p, err, errlen);
+    r = ps_feed_seek(feed, &p, err, errlen);
     if (r == 0)
         ps_info("resuming from %s at %s", dir, pos);
     return r;
 }
 
 /* ---- holdout ----------------------------------------------------------------------- */
-
-typedef struct holdout {
-    ps_batch **batches;
-    size_t n;
-    uint64_t examples;
-} holdout;
 
 static void holdout_free(holdout *h) {
     for (size_t i = 0; i < h->n; i++)
@@ -459,8 +300,8 @@ static void holdout_free(holdout *h) {
  * evaluation creates and changes nothing (a key never trained scores with a
  * zero row). */
 static int holdout_eval(trainer *t, holdout *h, double *ret_auc, double *ret_logloss) {
-    ps_eval e;
-    ps_eval_init(&e);
+    ps_eval *e = t->hold;
+    ps_eval_reset(e);
     int r = 0;
     for (size_t k = 0; k < h->n && r == 0; k++) {
         ps_batch *b = h->batches[k];
@@ -489,34 +330,68 @@ static int holdout_eval(trainer *t, holdout *h, double *ret_auc, double *ret_log
         if (r == 0)
             r = ps_model_forward(t->model, b, t->logits);
         for (uint32_t i = 0; r == 0 && i < b->n; i++)
-            r = ps_eval_add(&e, t->logits[i], ps_sigmoid(t->logits[i]), b->labels[i]);
+            ps_eval_add(e, t->logits[i], b->labels[i]);
     }
-    *ret_auc = ps_eval_auc(&e);
-    *ret_logloss = ps_eval_logloss(&e);
-    ps_eval_deinit(&e);
+    *ret_auc = ps_eval_auc(e);
+    *ret_logloss = ps_eval_logloss(e);
     return r;
 }
 
 /* ---- the run ---------------------------------------------------------------------------- */
 
-static void progress_line(trainer *t, FILE *out, uint64_t examples, double elapsed,
-                          uint64_t malformed, holdout *h) {
-    double wa = ps_eval_auc(&t->window), wl = ps_eval_logloss(&t->window);
-    double ca = ps_eval_auc(&t->total), cl = ps_eval_logloss(&t->total);
+static void utc_now(char *buf, size_t len) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+/* The input read so far, from the batch just trained: the share done and
+ * its pass. The first batch marks where the estimate starts (a resumed run
+ * starts part way). */
+static void note_position(trainer *t, const ps_batch *b) {
+    t->pass = b->pass;
+    t->input_done = b->input_done;
+    if (!t->marked) {
+        t->marked = true;
+        t->mark_time = now_s();
+        t->mark_done = b->input_done;
+    }
+}
+
+/* One progress line (README "Progress lines"); it ends the window. */
+static void progress_line(trainer *t, FILE *out, uint64_t examples, double tnow) {
+    holdout *h = &t->h;
+    ps_feed_counters fc;
+    ps_feed_counters_get(t->feed, &fc);
+    double elapsed = tnow - t->start, interval = tnow - t->last_report;
+    double wa = ps_eval_auc(t->window), wl = ps_eval_logloss(t->window);
+    double ca = ps_eval_auc(t->total), cl = ps_eval_logloss(t->total);
     double st = t->staleness_n ? t->staleness_sum / (double)t->staleness_n : 0;
-    char hold[128] = "";
+    char hold[128] = "", eta[48] = "", when[32];
     if (h->n) {
         double ha, hl;
         if (holdout_eval(t, h, &ha, &hl) == 0)
             snprintf(hold, sizeof(hold), " holdout_auc=%.4f holdout_logloss=%.4f", ha, hl);
     }
+    /* Time per share of the input since the first batch, times the share
+     * left: known only for files and a finite number of passes. */
+    double f = t->input_done, f0 = t->mark_done;
+    if (t->marked && isfinite(f) && isfinite(f0) && f > f0)
+        snprintf(eta, sizeof(eta), " eta_s=%.0f", (tnow - t->mark_time) * (1 - f) / (f - f0));
+    utc_now(when, sizeof(when));
     fprintf(out,
             "progress examples=%llu examples_per_sec=%.0f auc=%.4f logloss=%.4f window_auc=%.4f "
-            "window_logloss=%.4f calibration=%.3f malformed=%llu staleness=%.2f%s\n",
+            "window_logloss=%.4f calibration=%.3f malformed=%llu staleness=%.2f%s pass=%u "
+            "interval_examples_per_sec=%.0f%s time=%s\n",
             (unsigned long long)examples, elapsed > 0 ? (double)examples / elapsed : 0, ca, cl, wa,
-            wl, ps_eval_calibration(&t->total), (unsigned long long)malformed, st, hold);
+            wl, ps_eval_calibration(t->total), (unsigned long long)fc.malformed, st, hold, t->pass + 1,
+            interval > 0 ? (double)(examples - t->last_examples) / interval : 0, eta, when);
     fflush(out);
-    ps_eval_reset(&t->window);
+    ps_eval_reset(t->window);
+    t->last_report = tnow;
+    t->last_examples = examples;
 }
 
 /* Holdout batches are parsed with their own parser and reader. */
@@ -618,238 +493,225 @@ static int dense_setup(trainer *t) {
     return r;
 }
 
-int ps_train_run(const ps_train_options *o, ps_train_result *ret, char *err, size_t errlen) {
+/* Open everything a run needs, in this order: the feed (parser and reader,
+ * moved to the resume position), the batch layout and model, the holdout,
+ * the client and the dense model; the feed's thread starts last. */
+static int trainer_open(trainer *t, const ps_train_options *o, char *err, size_t errlen) {
     const ps_worker_config *w = ps_worker_config_of(o->cfg);
-    memset(ret, 0, sizeof(*ret));
-    err[0] = '\0';
+    memset(t, 0, sizeof(*t));
+    t->o = o;
+    t->w = w;
+    t->L = &t->layout;
     if (!w->input.labelled) {
         snprintf(err, errlen, "[input] labelled = false: training needs labels");
         return PS_ECONFIG;
     }
-    int r = 0;
-    trainer t;
-    memset(&t, 0, sizeof(t));
-    t.o = o;
-    t.w = w;
-    ps_eval_init(&t.total);
-    ps_eval_init(&t.window);
-    producer p;
-    memset(&p, 0, sizeof(p));
-    p.o = o;
-    p.w = w;
-    p.batch_size = w->model.batch_size;
-    ps_example_init(&p.ex);
-    queue q;
-    memset(&q, 0, sizeof(q));
-    pthread_mutex_init(&q.mu, NULL);
-    pthread_cond_init(&q.cv, NULL);
-    ps_batch_layout L;
-    memset(&L, 0, sizeof(L));
-    holdout h;
-    memset(&h, 0, sizeof(h));
-    bool producer_started = false;
-    pthread_t prod;
-
-    r = ps_parser_new(&w->input, &p.parser, err, errlen);
+    int r;
+    if ((r = ps_eval_new(&t->total)) < 0 || (r = ps_eval_new(&t->window)) < 0 ||
+        (o->holdout && (r = ps_eval_new(&t->hold)) < 0))
+        return r;
+    ps_feed_options fo = {.input = &w->input,
+                          .inputs = o->inputs,
+                          .ninputs = o->ninputs,
+                          .follow = o->follow,
+                          .worker_index = o->worker_index,
+                          .num_workers = o->num_workers,
+                          .passes = o->passes,
+                          .max_examples = o->max_examples,
+                          .malformed_log_per_s = w->malformed_log_per_s,
+                          .stop = o->stop};
+    r = ps_feed_new(&fo, &t->feed, err, errlen);
     if (r < 0)
-        goto out;
-    ps_reader_options ro = {.inputs = o->inputs,
-                            .ninputs = o->ninputs,
-                            .follow = o->follow,
-                            .worker_index = o->worker_index,
-                            .num_workers = o->num_workers,
-                            .max_line = w->input.max_line_bytes,
-                            .headers = ps_parser_wants_header(p.parser),
-                            .stop = o->stop};
-    r = ps_reader_new(&ro, &p.reader, err, errlen);
+        return r;
+    ps_checkpoint_worker_name(t->worker_name, sizeof(t->worker_name), o->worker_index, o->num_workers);
+    t->inputs_hash = hash_inputs(o);
+    if (o->resume && (r = resume_position(o, t->worker_name, t->inputs_hash, t->feed, err, errlen)) < 0)
+        return r;
+    r = ps_batch_layout_init(&t->layout, o->cfg, ps_feed_ndense(t->feed), err, errlen);
     if (r < 0)
-        goto out;
-    ps_checkpoint_worker_name(t.worker_name, sizeof(t.worker_name), o->worker_index, o->num_workers);
-    t.inputs_hash = hash_inputs(o);
-    if (o->resume && (r = resume_position(o, t.worker_name, t.inputs_hash, p.reader, err, errlen)) < 0)
-        goto out;
-    r = ps_batch_layout_init(&L, o->cfg, ps_parser_ndense(p.parser), err, errlen);
-    if (r < 0)
-        goto out;
-    if (L.ntables > MAX_TABLES) {
-        snprintf(err, errlen, "the model reads %u tables; at most %d are supported", L.ntables, MAX_TABLES);
-        r = PS_ECONFIG;
-        goto out;
+        return r;
+    if (t->L->ntables > MAX_TABLES) {
+        snprintf(err, errlen, "the model reads %u tables; at most %d are supported", t->L->ntables,
+                 MAX_TABLES);
+        return PS_ECONFIG;
     }
-    t.L = &L;
-    r = ps_model_new(&L, &t.model, err, errlen);
+    r = ps_model_new(t->L, &t->model, err, errlen);
     if (r < 0)
-        goto out;
+        return r;
     size_t B = w->model.batch_size;
-    t.logits = malloc(B * sizeof(float));
-    t.dlogits = malloc(B * sizeof(float));
-    t.in_cap = w->model.max_in_flight + 2;
-    t.inflight = calloc(t.in_cap, sizeof(pushes));
-    /* Batches in circulation: one computing, one prefetched, the reader's,
-     * and two of slack so the reader parses ahead. */
-    q.cap = 5;
-    q.free = calloc(q.cap, sizeof(ps_batch *));
-    q.ready = calloc(q.cap, sizeof(ps_batch *));
-    if (!t.logits || !t.dlogits || !t.inflight || !q.free || !q.ready) {
-        r = -ENOMEM;
-        goto out;
-    }
-    for (size_t i = 0; i < q.cap; i++) {
-        if ((r = ps_batch_new(&L, (uint32_t)B, &q.free[i])) < 0)
-            goto out;
-        q.nfree++;
-    }
-    r = holdout_read(o, w, &L, &h, err, errlen);
+    t->logits = malloc(B * sizeof(float));
+    t->dlogits = malloc(B * sizeof(float));
+    t->in_cap = w->model.max_in_flight + 2;
+    t->inflight = calloc(t->in_cap, sizeof(pushes));
+    if (!t->logits || !t->dlogits || !t->inflight)
+        return -ENOMEM;
+    r = holdout_read(o, w, t->L, &t->h, err, errlen);
     if (r < 0)
-        goto out;
+        return r;
     ps_client_options co = {.cfg = o->cfg, .name = "ctrps-worker", .timeout_ms = w->timeout_ms};
-    r = ps_client_new(&co, &t.client, err, errlen);
+    r = ps_client_new(&co, &t->client, err, errlen);
     if (r < 0)
-        goto out;
-    r = dense_setup(&t);
+        return r;
+    r = dense_setup(t);
     if (r < 0) {
-        snprintf(err, errlen, "dense model: %s", t.err[0] ? t.err : ps_strerror(r));
-        goto out;
+        snprintf(err, errlen, "dense model: %s", t->err[0] ? t->err : ps_strerror(r));
+        return r;
     }
+    r = ps_feed_start(t->feed, t->L, (uint32_t)B);
+    if (r < 0)
+        return r;
+    t->start = t->last_report = now_s();
+    return 0;
+}
 
-    p.q = &q;
-    if (pthread_create(&prod, NULL, producer_main, &p) != 0) {
-        r = -errno;
-        goto out;
-    }
-    producer_started = true;
-
-    double start = now_s(), last_report = start;
-    uint32_t mif = w->model.max_in_flight;
+/* Train on every batch the feed hands over, until it has no more or a call
+ * fails: the next batch's pull is sent before the current one computes (as
+ * max_in_flight allows), a pending checkpoint barrier is served between
+ * batches, and a progress line is written every progress_interval_s. */
+static int trainer_loop(trainer *t, ps_train_result *ret) {
+    const ps_train_options *o = t->o;
+    uint32_t mif = t->w->model.max_in_flight;
     fetch fcur = {0}, fnext = {0};
-    ps_batch *cur = queue_take_ready(&q);
+    int r = 0;
+    ps_batch *cur = ps_feed_take(t->feed);
     if (cur) {
-        t.staleness_n++; /* nothing is unacknowledged before the first pull */
-        r = start_fetch(&t, cur, &fcur);
+        t->staleness_n++; /* nothing is unacknowledged before the first pull */
+        r = start_fetch(t, cur, &fcur);
     }
     while (cur && r == 0) {
-        ps_batch *nxt = queue_take_ready(&q);
+        ps_batch *nxt = ps_feed_take(t->feed);
         bool prefetched = false;
         if (nxt && mif >= 1) {
             /* The current batch's push is not even sent: it counts. */
-            if ((r = bound_inflight(&t, mif - 1)) < 0)
+            if ((r = bound_inflight(t, mif - 1)) < 0)
                 break;
-            t.staleness_sum += (double)(t.nin + 1);
-            t.staleness_n++;
-            if ((r = start_fetch(&t, nxt, &fnext)) < 0)
+            t->staleness_sum += (double)(t->nin + 1);
+            t->staleness_n++;
+            if ((r = start_fetch(t, nxt, &fnext)) < 0)
                 break;
             prefetched = true;
         }
-        if ((r = finish_fetch(&t, &fcur)) < 0)
+        if ((r = finish_fetch(t, &fcur)) < 0)
             break;
-        if ((r = compute(&t, cur)) < 0)
+        if ((r = compute(t, cur)) < 0)
             break;
-        if ((r = start_pushes(&t, cur)) < 0)
+        if ((r = start_pushes(t, cur)) < 0)
             break;
         ret->batches++;
         ret->examples += cur->n;
+        note_position(t, cur);
         ps_reader_pos trained_to = cur->end;
-        queue_put_free(&q, cur);
+        ps_feed_give_back(t->feed, cur);
         char pending[64];
-        ps_client_checkpoint_pending(t.client, pending, sizeof(pending));
-        if (pending[0] && strcmp(pending, t.handled_ckpt) && (r = barrier(&t, pending, &trained_to)) < 0)
+        ps_client_checkpoint_pending(t->client, pending, sizeof(pending));
+        if (pending[0] && strcmp(pending, t->handled_ckpt) && (r = barrier(t, pending, &trained_to)) < 0)
             break;
         if (nxt && !prefetched) {
-            if ((r = bound_inflight(&t, mif)) < 0)
+            if ((r = bound_inflight(t, mif)) < 0)
                 break;
-            t.staleness_sum += (double)t.nin;
-            t.staleness_n++;
-            if ((r = start_fetch(&t, nxt, &fnext)) < 0)
+            t->staleness_sum += (double)t->nin;
+            t->staleness_n++;
+            if ((r = start_fetch(t, nxt, &fnext)) < 0)
                 break;
         }
-        if (t.nin == t.in_cap && (r = wait_oldest_push(&t)) < 0)
+        if (t->nin == t->in_cap && (r = wait_oldest_push(t)) < 0)
             break;
         cur = nxt;
         fcur = fnext;
         double tnow = now_s();
-        if (o->progress && tnow - last_report >= w->progress_interval_s) {
-            progress_line(&t, o->progress, ret->examples, tnow - start, atomic_load(&p.malformed), &h);
-            last_report = tnow;
-        }
+        if (o->progress && tnow - t->last_report >= t->w->progress_interval_s)
+            progress_line(t, o->progress, ret->examples, tnow);
     }
     if (r == 0)
-        r = bound_inflight(&t, 0);
+        r = bound_inflight(t, 0);
     if (r == 0 && o->progress && ret->examples)
-        progress_line(&t, o->progress, ret->examples, now_s() - start, atomic_load(&p.malformed), &h);
-    if (r < 0 && !err[0])
-        snprintf(err, errlen, "%s", t.err[0] ? t.err : ps_strerror(r));
-    pthread_mutex_lock(&q.mu);
-    q.quit = true;
-    pthread_cond_broadcast(&q.cv);
-    pthread_mutex_unlock(&q.mu);
-    pthread_join(prod, NULL);
-    producer_started = false;
-    if (r == 0 && q.error) {
-        r = q.error;
-        snprintf(err, errlen, "%s", q.msg);
-    }
-    ret->seconds = now_s() - start;
-    ret->examples_per_sec = ret->seconds > 0 ? (double)ret->examples / ret->seconds : 0;
-    ret->malformed = atomic_load(&p.malformed);
-    ret->auc = ps_eval_auc(&t.total);
-    ret->logloss = ps_eval_logloss(&t.total);
-    ret->calibration = ps_eval_calibration(&t.total);
-    ret->mean_staleness = t.staleness_n ? t.staleness_sum / (double)t.staleness_n : 0;
-    if (r == 0 && h.n) {
-        /* The final dense model, then the holdout. */
-        if (t.nblocks) {
-            ps_dense_block *live = calloc(t.nblocks, sizeof(ps_dense_block));
-            for (size_t i = 0; live && i < t.nblocks; i++) {
-                const ps_nn_param *pp = ps_nn_params_at(t.params, i);
-                live[i] = (ps_dense_block){pp->name, pp->value, pp->len};
-            }
-            r = live ? ps_client_dense_pull(t.client, live, t.nblocks, false, t.err, sizeof(t.err)) : -ENOMEM;
-            free(live);
+        progress_line(t, o->progress, ret->examples, now_s());
+    return r;
+}
+
+/* The final dense model, then the holdout scored with it. */
+static int holdout_final(trainer *t, ps_train_result *ret, char *err, size_t errlen) {
+    int r = 0;
+    if (t->nblocks) {
+        ps_dense_block *live = calloc(t->nblocks, sizeof(ps_dense_block));
+        for (size_t i = 0; live && i < t->nblocks; i++) {
+            const ps_nn_param *pp = ps_nn_params_at(t->params, i);
+            live[i] = (ps_dense_block){pp->name, pp->value, pp->len};
         }
-        if (r == 0)
-            r = holdout_eval(&t, &h, &ret->holdout_auc, &ret->holdout_logloss);
-        if (r < 0)
-            snprintf(err, errlen, "holdout: %s", t.err[0] ? t.err : ps_strerror(r));
-        ret->has_holdout = true;
-        ret->holdout_examples = h.examples;
+        r = live ? ps_client_dense_pull(t->client, live, t->nblocks, false, t->err, sizeof(t->err)) : -ENOMEM;
+        free(live);
     }
-    ret->checkpoints = t.checkpoints;
-    if (t.client) {
-        ps_client_counters cc;
-        ps_client_counters_get(t.client, &cc);
-        ret->reconnects = cc.reconnects;
+    if (r == 0)
+        r = holdout_eval(t, &t->h, &ret->holdout_auc, &ret->holdout_logloss);
+    if (r < 0)
+        snprintf(err, errlen, "holdout: %s", t->err[0] ? t->err : ps_strerror(r));
+    ret->has_holdout = true;
+    ret->holdout_examples = t->h.examples;
+    return r;
+}
+
+/* Stop the feed (the one place the reader thread is stopped and joined) and
+ * fill in the result; r is how the loop ended. A read error that ended the
+ * input early fails a run that had no error of its own. */
+static int trainer_finish(trainer *t, int r, ps_train_result *ret, char *err, size_t errlen) {
+    if (r < 0 && !err[0])
+        snprintf(err, errlen, "%s", t->err[0] ? t->err : ps_strerror(r));
+    char msg[1024];
+    int fr = ps_feed_stop(t->feed, msg, sizeof(msg));
+    if (r == 0 && fr < 0) {
+        r = fr;
+        snprintf(err, errlen, "%s", msg);
     }
-out:
-    if (producer_started) {
-        pthread_mutex_lock(&q.mu);
-        q.quit = true;
-        pthread_cond_broadcast(&q.cv);
-        pthread_mutex_unlock(&q.mu);
-        pthread_join(prod, NULL);
+    ps_feed_counters fc;
+    ps_feed_counters_get(t->feed, &fc);
+    ret->seconds = now_s() - t->start;
+    ret->examples_per_sec = ret->seconds > 0 ? (double)ret->examples / ret->seconds : 0;
+    ret->malformed = fc.malformed;
+    ret->auc = ps_eval_auc(t->total);
+    ret->logloss = ps_eval_logloss(t->total);
+    ret->calibration = ps_eval_calibration(t->total);
+    ret->mean_staleness = t->staleness_n ? t->staleness_sum / (double)t->staleness_n : 0;
+    if (r == 0 && t->h.n)
+        r = holdout_final(t, ret, err, errlen);
+    ret->checkpoints = t->checkpoints;
+    ps_client_counters cc;
+    ps_client_counters_get(t->client, &cc);
+    ret->reconnects = cc.reconnects;
+    return r;
+}
+
+static void trainer_close(trainer *t) {
+    ps_feed_free(t->feed);
+    ps_client_free(t->client);
+    holdout_free(&t->h);
+    ps_model_free(t->model);
+    free(t->logits);
+    free(t->dlogits);
+    free(t->inflight);
+    free(t->staging);
+    free(t->pull_blocks);
+    free(t->push_blocks);
+    ps_eval_free(t->total);
+    ps_eval_free(t->window);
+    ps_eval_free(t->hold);
+    ps_batch_layout_deinit(&t->layout);
+}
+
+void ps_train_result_init(ps_train_result *r) {
+    memset(r, 0, sizeof(*r));
+    r->auc = r->logloss = r->calibration = NAN;
+}
+
+int ps_train_run(const ps_train_options *o, ps_train_result *ret, char *err, size_t errlen) {
+    ps_train_result_init(ret);
+    err[0] = '\0';
+    trainer t;
+    int r = trainer_open(&t, o, err, errlen);
+    if (r == 0) {
+        r = trainer_loop(&t, ret);
+        r = trainer_finish(&t, r, ret, err, errlen);
     }
-    ps_client_free(t.client);
-    holdout_free(&h);
-    for (size_t i = 0; i < q.nfree; i++)
-        ps_batch_free(q.free[i]);
-    for (size_t i = 0; i < q.count; i++)
-        ps_batch_free(q.ready[(q.head + i) % q.cap]);
-    free(q.free);
-    free(q.ready);
-    pthread_mutex_destroy(&q.mu);
-    pthread_cond_destroy(&q.cv);
-    ps_model_free(t.model);
-    free(t.logits);
-    free(t.dlogits);
-    free(t.inflight);
-    free(t.staging);
-    free(t.pull_blocks);
-    free(t.push_blocks);
-    ps_eval_deinit(&t.total);
-    ps_eval_deinit(&t.window);
-    ps_batch_layout_deinit(&L);
-    ps_reader_free(p.reader);
-    ps_parser_free(p.parser);
-    ps_example_deinit(&p.ex);
+    trainer_close(&t);
     return r;
 }
 
@@ -860,7 +722,23 @@ static void json_num(FILE *out, const char *key, double v, bool comma) {
         fprintf(out, "\"%s\":null%s", key, comma ? "," : "");
 }
 
-void ps_train_result_json(const ps_train_result *r, FILE *out) {
+/* A JSON string: quotes, backslashes and control bytes escaped; other bytes
+ * as they are (messages are ASCII but for file names, taken to be UTF-8). */
+static void json_string(FILE *out, const char *s) {
+    fputc('"', out);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            fprintf(out, "\\%c", c);
+        else if (c < 0x20)
+            fprintf(out, "\\u%04x", c);
+        else
+            fputc(c, out);
+    }
+    fputc('"', out);
+}
+
+void ps_train_result_json(const ps_train_result *r, const char *error, FILE *out) {
     fprintf(out, "{\"examples\":%llu,", (unsigned long long)r->examples);
     json_num(out, "examples_per_sec", r->examples_per_sec, true);
     json_num(out, "auc", r->auc, true);
@@ -873,7 +751,12 @@ void ps_train_result_json(const ps_train_result *r, FILE *out) {
             (unsigned long long)r->batches);
     json_num(out, "seconds", r->seconds, true);
     json_num(out, "mean_staleness", r->mean_staleness, true);
-    fprintf(out, "\"reconnects\":%llu,\"checkpoints\":%llu}\n", (unsigned long long)r->reconnects,
+    fprintf(out, "\"reconnects\":%llu,\"checkpoints\":%llu", (unsigned long long)r->reconnects,
             (unsigned long long)r->checkpoints);
+    if (error) {
+        fputs(",\"error\":", out);
+        json_string(out, error);
+    }
+    fputs("}\n", out);
     fflush(out);
 }

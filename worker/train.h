@@ -1,7 +1,7 @@
 #pragma once
 /* Streaming training against the shards (DESIGN.md "The worker").
  *
- * Two threads. The reader thread reads lines, parses them and fills
+ * Two threads. The reader thread (feed.h) reads lines, parses them and fills
  * minibatches (unique keys per table); the training thread pulls each
  * batch's rows, runs the model, scores every example before training on it
  * (progressive validation), and pushes the summed sparse gradients and the
@@ -48,7 +48,13 @@ typedef struct ps_train_result {
     uint64_t checkpoints;        /* barriers this worker paused at */
 } ps_train_result;
 
+/* Nothing done: counters 0, metrics NaN. */
+void ps_train_result_init(ps_train_result *r);
+
+/* Train until the input ends (or stop, or max_examples). *ret is filled
+ * even on an error: what was done before it. */
 int ps_train_run(const ps_train_options *o, ps_train_result *ret, char *err, size_t errlen);
 
-/* The final line: one JSON object (NaN as null). */
-void ps_train_result_json(const ps_train_result *r, FILE *out);
+/* The final line: one JSON object (NaN as null), with "error": error last
+ * when error is not NULL (what was done before it still counts). */
+void ps_train_result_json(const ps_train_result *r, const char *error, FILE *out);
