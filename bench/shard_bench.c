@@ -261,16 +261,12 @@ static double drive_cold(ps_client *c, const opts *o, uint64_t *next, uint64_t l
 }
 
 static uint64_t server_misses(ps_client *c) {
-    Ctrps__Request req = CTRPS__REQUEST__INIT;
-    Ctrps__StatsRequest sr = CTRPS__STATS_REQUEST__INIT;
-    req.method_case = CTRPS__REQUEST__METHOD_STATS;
-    req.stats = &sr;
-    Ctrps__Response *resp;
+    ps_shard_stats st;
     char err[512];
-    if (ps_client_call_shard(c, 0, &req, &resp, err, sizeof(err)) < 0)
+    if (ps_client_stats(c, 0, &st, err, sizeof(err)) < 0)
         return 0;
-    uint64_t m = resp->stats->tables[0]->memory_misses;
-    ctrps__response__free_unpacked(resp, NULL);
+    uint64_t m = st.ntables ? st.tables[0].stats.memory_misses : 0;
+    ps_shard_stats_deinit(&st);
     return m;
 }
 
@@ -515,16 +511,14 @@ int main(int argc, char **argv) {
         printf("cold_pull_rows_per_sec %.0f\n", cold_rate);
         printf("cold_pull_memory_miss_fraction %.3f\n", cold_miss_frac);
     }
-    Ctrps__Request req = CTRPS__REQUEST__INIT;
-    Ctrps__StatsRequest sr = CTRPS__STATS_REQUEST__INIT;
-    req.method_case = CTRPS__REQUEST__METHOD_STATS;
-    req.stats = &sr;
-    Ctrps__Response *resp;
-    if (ps_client_call_shard(cl, 0, &req, &resp, err, sizeof(err)) == 0) {
-        Ctrps__TableStats *t = resp->stats->tables[0];
-        printf("shard_rows %" PRIu64 " rows_in_memory %" PRIu64 " memory_misses %" PRIu64 "\n",
-               t->rows, t->rows_in_memory, t->memory_misses);
-        ctrps__response__free_unpacked(resp, NULL);
+    ps_shard_stats st;
+    if (ps_client_stats(cl, 0, &st, err, sizeof(err)) == 0) {
+        if (st.ntables) {
+            const ps_table_stats *t = &st.tables[0].stats;
+            printf("shard_rows %" PRIu64 " rows_in_memory %" PRIu64 " memory_misses %" PRIu64 "\n",
+                   t->rows, t->rows_in_memory, t->memory_misses);
+        }
+        ps_shard_stats_deinit(&st);
     }
     ps_client_free(cl);
     stop_server();

@@ -1,8 +1,6 @@
 #include "checkpoint.h"
 
-#include <dirent.h>
 #include <errno.h>
-#include <ini.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
@@ -16,37 +14,19 @@
 #include "error.h"
 #include "fsutil.h"
 
-#define POLL_MS 50
+#define POLL_MS 50         /* coordinator: how often it asks who reported */
+#define WORKER_POLL_MS 20  /* a paused worker: how often it asks whether the barrier ended */
 
-static int call(ps_client *c, uint32_t shard, Ctrps__CheckpointRequest__Phase phase, const char *id,
-                const char *dir, Ctrps__Response **ret, char *err, size_t errlen) {
-    Ctrps__Request req = CTRPS__REQUEST__INIT;
-    Ctrps__CheckpointRequest cr = CTRPS__CHECKPOINT_REQUEST__INIT;
-    req.method_case = CTRPS__REQUEST__METHOD_CHECKPOINT;
-    req.checkpoint = &cr;
-    cr.phase = phase;
-    cr.id = (char *)id;
-    cr.dir = (char *)(dir ? dir : "");
-    Ctrps__Response *resp;
-    int r = ps_client_call_shard(c, shard, &req, &resp, err, errlen);
-    if (r < 0)
-        return r;
-    if (resp->result_case != CTRPS__RESPONSE__RESULT_CHECKPOINT) {
-        ctrps__response__free_unpacked(resp, NULL);
-        snprintf(err, errlen, "shard %u sent no checkpoint state", shard);
-        return PS_EPROTO;
-    }
-    if (ret)
-        *ret = resp;
-    else
-        ctrps__response__free_unpacked(resp, NULL);
-    return 0;
+static int call(ps_client *c, uint32_t shard, ps_checkpoint_phase phase, const char *id,
+                const char *dir, ps_checkpoint_reply *ret, char *err, size_t errlen) {
+    ps_checkpoint_request req = {.phase = phase, .id = id, .dir = dir};
+    return ps_client_checkpoint(c, shard, &req, ret, err, errlen);
 }
 
 static void end_all(ps_client *c, const ps_config *cfg, const char *id) {
     char err[256];
     for (uint32_t s = 0; s < cfg->nshards; s++)
-        call(c, s, CTRPS__CHECKPOINT_REQUEST__PHASE__END, id, NULL, NULL, err, sizeof(err));
+        call(c, s, PS_CHECKPOINT_END, id, NULL, NULL, err, sizeof(err));
 }
 
 typedef struct id_set {
@@ -70,7 +50,7 @@ static void id_add(id_set *s, uint64_t id) {
 }
 
 static int write_manifest(const char *dir, const char *id, const ps_config *cfg, char **paths,
-                          uint64_t *lsns, const Ctrps__CheckpointResponse *st, char *err,
+                          uint64_t *lsns, const ps_checkpoint_reply *st, char *err,
                           size_t errlen) {
     char path[PATH_MAX + 128], tmp[PATH_MAX + 160];
     snprintf(path, sizeof(path), "%s/manifest", dir);
@@ -91,9 +71,9 @@ static int write_manifest(const char *dir, const char *id, const ps_config *cfg,
     for (uint32_t s = 0; s < cfg->nshards; s++)
         fprintf(f, "\n[shard.%u]\naddress = %s\npath = %s\nflushed_lsn = %" PRIu64 "\n", s,
                 cfg->shards[s], paths[s], lsns[s]);
-    for (size_t i = 0; i < st->n_reports; i++)
-        fprintf(f, "\n[worker.%s]\nclient_id = %" PRIu64 "\nposition = %s\n", st->reports[i]->worker,
-                st->reports[i]->client_id, st->reports[i]->position);
+    for (size_t i = 0; i < st->nreports; i++)
+        fprintf(f, "\n[worker.%s]\nclient_id = %" PRIu64 "\nposition = %s\n", st->reports[i].worker,
+                st->reports[i].client_id, st->reports[i].position);
     int r = 0;
     if (fflush(f) != 0 || fsync(fileno(f)) != 0)
         r = -errno;
@@ -128,20 +108,21 @@ int ps_checkpoint_take(ps_client *c, const ps_config *cfg, const char *root, uin
         snprintf(err, errlen, "%s: %s", dir, strerror(errno));
         return -errno;
     }
-    Ctrps__Response *st = NULL;
+    ps_checkpoint_reply st = {0};
+    bool have_st = false;
     char **paths = calloc(cfg->nshards, sizeof(char *));
     uint64_t *lsns = calloc(cfg->nshards, sizeof(uint64_t));
     id_set workers = {0};
     r = paths && lsns ? 0 : -ENOMEM;
     /* 1. The barrier, and who must reach it. */
     for (uint32_t s = 0; s < cfg->nshards && r == 0; s++) {
-        Ctrps__Response *resp;
-        r = call(c, s, CTRPS__CHECKPOINT_REQUEST__PHASE__BEGIN, id, NULL, &resp, err, errlen);
+        ps_checkpoint_reply resp;
+        r = call(c, s, PS_CHECKPOINT_BEGIN, id, NULL, &resp, err, errlen);
         if (r < 0)
             break;
-        for (size_t i = 0; i < resp->checkpoint->n_connected_workers; i++)
-            id_add(&workers, resp->checkpoint->connected_workers[i]);
-        ctrps__response__free_unpacked(resp, NULL);
+        for (size_t i = 0; i < resp.nconnected; i++)
+            id_add(&workers, resp.connected_workers[i]);
+        ps_checkpoint_reply_deinit(&resp);
     }
     /* 2. Every worker reports (its pushes are then all acknowledged). */
     struct timespec t0, t;
@@ -149,20 +130,20 @@ int ps_checkpoint_take(ps_client *c, const ps_config *cfg, const char *root, uin
     for (;;) {
         if (r < 0)
             break;
-        if (st)
-            ctrps__response__free_unpacked(st, NULL);
-        st = NULL;
-        r = call(c, 0, CTRPS__CHECKPOINT_REQUEST__PHASE__STATUS, id, NULL, &st, err, errlen);
+        ps_checkpoint_reply_deinit(&st);
+        have_st = false;
+        r = call(c, 0, PS_CHECKPOINT_STATUS, id, NULL, &st, err, errlen);
         if (r < 0)
             break;
-        for (size_t i = 0; i < st->checkpoint->n_connected_workers; i++)
-            id_add(&workers, st->checkpoint->connected_workers[i]);
+        have_st = true;
+        for (size_t i = 0; i < st.nconnected; i++)
+            id_add(&workers, st.connected_workers[i]);
         size_t missing = 0;
         uint64_t one_missing = 0;
         for (size_t w = 0; w < workers.n; w++) {
             bool seen = false;
-            for (size_t i = 0; i < st->checkpoint->n_reports && !seen; i++)
-                seen = st->checkpoint->reports[i]->client_id == workers.ids[w];
+            for (size_t i = 0; i < st.nreports && !seen; i++)
+                seen = st.reports[i].client_id == workers.ids[w];
             if (!seen) {
                 missing++;
                 one_missing = workers.ids[w];
@@ -186,25 +167,24 @@ int ps_checkpoint_take(ps_client *c, const ps_config *cfg, const char *root, uin
     for (uint32_t s = 0; s < cfg->nshards && r == 0; s++) {
         char sdir[sizeof(dir) + 32];
         snprintf(sdir, sizeof(sdir), "%s/shard-%u", dir, s);
-        Ctrps__Response *resp;
-        r = call(c, s, CTRPS__CHECKPOINT_REQUEST__PHASE__TAKE, id, sdir, &resp, err, errlen);
+        ps_checkpoint_reply resp;
+        r = call(c, s, PS_CHECKPOINT_TAKE, id, sdir, &resp, err, errlen);
         if (r < 0)
             break;
-        lsns[s] = resp->checkpoint->flushed_lsn;
-        ctrps__response__free_unpacked(resp, NULL);
+        lsns[s] = resp.flushed_lsn;
+        ps_checkpoint_reply_deinit(&resp);
         if (asprintf(&paths[s], "shard-%u", s) < 0)
             r = -ENOMEM;
     }
     /* 4. The manifest, then resume. */
-    if (r == 0)
-        r = write_manifest(dir, id, cfg, paths, lsns, st->checkpoint, err, errlen);
+    if (r == 0 && have_st)
+        r = write_manifest(dir, id, cfg, paths, lsns, &st, err, errlen);
     end_all(c, cfg, id);
     if (r < 0)
         ps_rm_tree(dir);
     else
         snprintf(ret_id, idlen, "%s", id);
-    if (st)
-        ctrps__response__free_unpacked(st, NULL);
+    ps_checkpoint_reply_deinit(&st);
     for (uint32_t s = 0; paths && s < cfg->nshards; s++)
         free(paths[s]);
     free(paths);
@@ -213,158 +193,29 @@ int ps_checkpoint_take(ps_client *c, const ps_config *cfg, const char *root, uin
     return r;
 }
 
-/* ---- listing and pruning ------------------------------------------------------ */
+/* ---- the worker's half ------------------------------------------------------- */
 
-static int cmp_str(const void *a, const void *b) {
-    return strcmp(*(char *const *)a, *(char *const *)b);
+int ps_checkpoint_report(ps_client *c, const char *id, const char *worker, const char *position,
+                         char *err, size_t errlen) {
+    ps_checkpoint_request req = {.phase = PS_CHECKPOINT_REPORT,
+                                 .id = id,
+                                 .client_id = ps_client_id(c),
+                                 .worker = worker,
+                                 .position = position};
+    return ps_client_checkpoint(c, 0, &req, NULL, err, errlen);
 }
 
-static int list_dirs(const char *root, bool complete, char ***ret_ids, size_t *ret_n) {
-    DIR *d = opendir(root);
-    *ret_ids = NULL;
-    *ret_n = 0;
-    if (!d)
-        return -errno;
-    char **ids = NULL;
-    size_t n = 0;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (strncmp(e->d_name, "ckpt-", 5) != 0)
-            continue;
-        char m[PATH_MAX];
-        snprintf(m, sizeof(m), "%s/%s/manifest", root, e->d_name);
-        bool has = access(m, F_OK) == 0;
-        if (has != complete)
-            continue;
-        char **g = realloc(ids, (n + 1) * sizeof(char *));
-        if (!g)
-            break;
-        ids = g;
-        ids[n++] = strdup(e->d_name);
+int ps_checkpoint_wait_end(ps_client *c, const char *id, char *err, size_t errlen) {
+    for (;;) {
+        ps_checkpoint_reply st;
+        int r = call(c, 0, PS_CHECKPOINT_STATUS, id, NULL, &st, err, errlen);
+        if (r < 0)
+            return r;
+        bool over = strcmp(st.pending, id) != 0;
+        ps_checkpoint_reply_deinit(&st);
+        if (over)
+            return 0;
+        struct timespec ts = {0, WORKER_POLL_MS * 1000000L};
+        nanosleep(&ts, NULL);
     }
-    closedir(d);
-    if (n > 1)
-        qsort(ids, n, sizeof(char *), cmp_str);
-    *ret_ids = ids;
-    *ret_n = n;
-    return 0;
-}
-
-int ps_checkpoint_list(const char *root, char ***ret_ids, size_t *ret_n) {
-    return list_dirs(root, true, ret_ids, ret_n);
-}
-
-void ps_checkpoint_list_free(char **ids, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        free(ids[i]);
-    free(ids);
-}
-
-int ps_checkpoint_prune(const char *root, uint32_t keep, char *err, size_t errlen) {
-    char **ids, **partial;
-    size_t n, np;
-    int r = list_dirs(root, true, &ids, &n);
-    if (r < 0) {
-        snprintf(err, errlen, "%s: %s", root, strerror(-r));
-        return r;
-    }
-    for (size_t i = 0; i + keep < n; i++) {
-        char p[PATH_MAX];
-        snprintf(p, sizeof(p), "%s/%s", root, ids[i]);
-        ps_rm_tree(p);
-    }
-    /* Incomplete ones older than the newest complete checkpoint are
-     * leftovers of a crashed coordinator; a newer one may be in progress. */
-    if (n > 0 && list_dirs(root, false, &partial, &np) == 0) {
-        for (size_t i = 0; i < np; i++) {
-            if (strcmp(partial[i], ids[n - 1]) < 0) {
-                char p[PATH_MAX];
-                snprintf(p, sizeof(p), "%s/%s", root, partial[i]);
-                ps_rm_tree(p);
-            }
-        }
-        ps_checkpoint_list_free(partial, np);
-    }
-    ps_checkpoint_list_free(ids, n);
-    return 0;
-}
-
-int ps_checkpoint_resolve(const char *path, char *ret_dir, size_t dirlen, char *err, size_t errlen) {
-    char m[PATH_MAX];
-    snprintf(m, sizeof(m), "%s/manifest", path);
-    if (access(m, F_OK) == 0) {
-        snprintf(ret_dir, dirlen, "%s", path);
-        return 0;
-    }
-    char **ids;
-    size_t n;
-    int r = ps_checkpoint_list(path, &ids, &n);
-    if (r < 0 || n == 0) {
-        snprintf(err, errlen, "%s: no complete checkpoint there (%s)", path,
-                 r < 0 ? strerror(-r) : "no manifest");
-        if (r == 0)
-            ps_checkpoint_list_free(ids, n);
-        return r < 0 ? r : PS_ENOT_FOUND;
-    }
-    snprintf(ret_dir, dirlen, "%s/%s", path, ids[n - 1]);
-    ps_checkpoint_list_free(ids, n);
-    return 0;
-}
-
-typedef struct lookup {
-    const char *section, *key;
-    char *out;
-    size_t outlen;
-    bool found;
-} lookup;
-
-static int on_kv(void *user, const char *section, const char *name, const char *value) {
-    lookup *l = user;
-    if (!strcmp(section, l->section) && !strcmp(name, l->key)) {
-        snprintf(l->out, l->outlen, "%s", value);
-        l->found = true;
-    }
-    return 1;
-}
-
-int ps_checkpoint_manifest_get(const char *dir, const char *section, const char *key, char *ret,
-                               size_t retlen, char *err, size_t errlen) {
-    char m[PATH_MAX];
-    snprintf(m, sizeof(m), "%s/manifest", dir);
-    lookup l = {section, key, ret, retlen, false};
-    int r = ini_parse(m, on_kv, &l);
-    if (r != 0) {
-        snprintf(err, errlen, "%s: %s", m, r < 0 ? "cannot read it" : "malformed");
-        return r < 0 ? -ENOENT : PS_EPARSE;
-    }
-    if (!l.found) {
-        snprintf(err, errlen, "%s: no [%s] %s", m, section, key);
-        return PS_ENOT_FOUND;
-    }
-    return 0;
-}
-
-int ps_checkpoint_format_position(char *out, size_t outlen, uint32_t file, uint64_t offset,
-                                  uint64_t lines, uint64_t inputs_hash) {
-    int n = snprintf(out, outlen, "v1 file=%u offset=%" PRIu64 " lines=%" PRIu64 " inputs=%016" PRIx64,
-                     file, offset, lines, inputs_hash);
-    return n > 0 && (size_t)n < outlen ? 0 : PS_ELIMIT;
-}
-
-int ps_checkpoint_parse_position(const char *s, uint32_t *ret_file, uint64_t *ret_offset,
-                                 uint64_t *ret_lines, uint64_t *ret_inputs_hash) {
-    unsigned file;
-    uint64_t off, lines, h;
-    if (sscanf(s, "v1 file=%u offset=%" SCNu64 " lines=%" SCNu64 " inputs=%" SCNx64, &file, &off,
-               &lines, &h) != 4)
-        return PS_EPARSE;
-    *ret_file = file;
-    *ret_offset = off;
-    *ret_lines = lines;
-    *ret_inputs_hash = h;
-    return 0;
-}
-
-void ps_checkpoint_worker_name(char *out, size_t outlen, uint32_t index, uint32_t count) {
-    snprintf(out, outlen, "worker-%u-of-%u", index, count);
 }

@@ -30,6 +30,7 @@
 #include <uv.h>
 
 #include "auth.h"
+#include "ctrps.pb-c.h"
 #include "error.h"
 #include "frame.h"
 #include "keys.h"
@@ -1162,8 +1163,14 @@ int ps_client_dense_push_start(ps_client *c, const ps_dense_block *grads, size_t
     return start_dense(c, KIND_DENSE_PUSH, (ps_dense_block *)grads, n, false, ret_call);
 }
 
-int ps_client_call_shard(ps_client *c, uint32_t shard, Ctrps__Request *req,
-                         Ctrps__Response **ret_resp, char *err, size_t errlen) {
+/* ---- calls to one shard -------------------------------------------------------- */
+
+/* Send one request to one shard and wait for its answer, which must hold
+ * `want`. The request's id is set here; *ret_resp is the caller's, freed
+ * with ctrps__response__free_unpacked(). */
+static int call_shard(ps_client *c, uint32_t shard, Ctrps__Request *req,
+                      Ctrps__Response__ResultCase want, Ctrps__Response **ret_resp, char *err,
+                      size_t errlen) {
     if (shard >= c->nshards) {
         snprintf(err, errlen, "no shard %u (the cluster has %u)", shard, c->nshards);
         return -EINVAL;
@@ -1198,10 +1205,245 @@ int ps_client_call_shard(ps_client *c, uint32_t shard, Ctrps__Request *req,
     }
     uv_async_send(&c->wake);
     r = call_wait_keep(call, err, errlen);
+    if (r == 0 && call->raw->result_case != want) {
+        snprintf(err, errlen, "shard %u (%s) answered with another result than asked for", shard,
+                 c->shards[shard].addr);
+        r = PS_EPROTO;
+    }
     if (r == 0) {
         *ret_resp = call->raw;
         call->raw = NULL;
     }
     call_free(call);
     return r;
+}
+
+static char *dup_str(const char *s) { return strdup(s ? s : ""); }
+
+int ps_client_stats(ps_client *c, uint32_t shard, ps_shard_stats *ret_stats, char *err,
+                    size_t errlen) {
+    Ctrps__Request req = CTRPS__REQUEST__INIT;
+    Ctrps__StatsRequest sr = CTRPS__STATS_REQUEST__INIT;
+    req.method_case = CTRPS__REQUEST__METHOD_STATS;
+    req.stats = &sr;
+    Ctrps__Response *resp;
+    int r = call_shard(c, shard, &req, CTRPS__RESPONSE__RESULT_STATS, &resp, err, errlen);
+    if (r < 0)
+        return r;
+    const Ctrps__StatsResponse *x = resp->stats;
+    ps_shard_stats s = {.shard_id = x->shard_id, .rocksdb_bytes = x->rocksdb_bytes};
+    s.durability = dup_str(x->durability);
+    s.store_error = dup_str(x->store_error);
+    s.tables = calloc(x->n_tables + 1, sizeof(*s.tables));
+    s.counters = calloc(x->n_counters + 1, sizeof(*s.counters));
+    bool ok = s.durability && s.store_error && s.tables && s.counters;
+    for (size_t i = 0; ok && i < x->n_tables; i++) {
+        const Ctrps__TableStats *t = x->tables[i];
+        ps_named_table_stats *d = &s.tables[s.ntables++];
+#define COPY_STAT(name, help) d->stats.name = t->name;
+        PS_TABLE_STATS_MAP(COPY_STAT)
+#undef COPY_STAT
+        ok = (d->name = dup_str(t->name)) != NULL;
+    }
+    for (size_t i = 0; ok && i < x->n_counters; i++) {
+        ps_counter *d = &s.counters[s.ncounters++];
+        d->value = x->counters[i]->value;
+        ok = (d->name = dup_str(x->counters[i]->name)) != NULL;
+    }
+    ctrps__response__free_unpacked(resp, NULL);
+    if (!ok) {
+        ps_shard_stats_deinit(&s);
+        snprintf(err, errlen, "%s", ps_strerror(-ENOMEM));
+        return -ENOMEM;
+    }
+    *ret_stats = s;
+    return 0;
+}
+
+void ps_shard_stats_deinit(ps_shard_stats *s) {
+    for (size_t i = 0; s->tables && i < s->ntables; i++)
+        free(s->tables[i].name);
+    for (size_t i = 0; s->counters && i < s->ncounters; i++)
+        free(s->counters[i].name);
+    free(s->tables);
+    free(s->counters);
+    free(s->durability);
+    free(s->store_error);
+    memset(s, 0, sizeof(*s));
+}
+
+int ps_client_export_page(ps_client *c, uint32_t shard, const char *table, uint32_t limit,
+                          bool with_state, ps_export_cursor *cursor, ps_export_page *ret_page,
+                          char *err, size_t errlen) {
+    Ctrps__Request req = CTRPS__REQUEST__INIT;
+    Ctrps__ExportRequest ex = CTRPS__EXPORT_REQUEST__INIT;
+    req.method_case = CTRPS__REQUEST__METHOD_EXPORT;
+    req.export = &ex;
+    ex.table = (char *)table;
+    ex.after.data = cursor->b;
+    ex.after.len = cursor->len;
+    ex.limit = limit;
+    ex.with_state = with_state;
+    Ctrps__Response *resp;
+    int r = call_shard(c, shard, &req, CTRPS__RESPONSE__RESULT_EXPORT, &resp, err, errlen);
+    if (r < 0)
+        return r;
+    const Ctrps__ExportResponse *e = resp->export;
+    size_t n = e->n_keys;
+    if (e->n_values != n * e->dim || (with_state && e->n_state != n * e->state_dim)) {
+        ctrps__response__free_unpacked(resp, NULL);
+        snprintf(err, errlen, "shard %u (%s): export page of %zu keys with %zu values (dim %u)",
+                 shard, c->shards[shard].addr, n, e->n_values, e->dim);
+        return PS_EPROTO;
+    }
+    ps_export_page pg = {.n = n, .dim = e->dim, .done = e->done};
+    pg.keys = malloc(n * sizeof(uint64_t) + 1);
+    pg.values = malloc(e->n_values * sizeof(float) + 1);
+    if (with_state) {
+        pg.state_dim = e->state_dim;
+        pg.state = malloc(e->n_state * sizeof(float) + 1);
+    }
+    if (!pg.keys || !pg.values || (with_state && !pg.state)) {
+        ctrps__response__free_unpacked(resp, NULL);
+        ps_export_page_deinit(&pg);
+        snprintf(err, errlen, "%s", ps_strerror(-ENOMEM));
+        return -ENOMEM;
+    }
+    memcpy(pg.keys, e->keys, n * sizeof(uint64_t));
+    memcpy(pg.values, e->values, e->n_values * sizeof(float));
+    if (with_state)
+        memcpy(pg.state, e->state, e->n_state * sizeof(float));
+    /* A cursor longer than ours cannot be followed: start over would loop,
+     * so the walk ends with this page's rows (as the CLI always did). */
+    cursor->len = e->next.len <= sizeof(cursor->b) ? e->next.len : 0;
+    if (cursor->len)
+        memcpy(cursor->b, e->next.data, cursor->len);
+    ctrps__response__free_unpacked(resp, NULL);
+    *ret_page = pg;
+    return 0;
+}
+
+void ps_export_page_deinit(ps_export_page *p) {
+    free(p->keys);
+    free(p->values);
+    free(p->state);
+    memset(p, 0, sizeof(*p));
+}
+
+int ps_client_cluster_map(ps_client *c, uint32_t shard, ps_cluster_map *ret_map, char *err,
+                          size_t errlen) {
+    Ctrps__Request req = CTRPS__REQUEST__INIT;
+    Ctrps__ClusterMapRequest cm = CTRPS__CLUSTER_MAP_REQUEST__INIT;
+    req.method_case = CTRPS__REQUEST__METHOD_CLUSTER_MAP;
+    req.cluster_map = &cm;
+    Ctrps__Response *resp;
+    int r = call_shard(c, shard, &req, CTRPS__RESPONSE__RESULT_CLUSTER_MAP, &resp, err, errlen);
+    if (r < 0)
+        return r;
+    const Ctrps__ClusterMapResponse *x = resp->cluster_map;
+    if (x->n_owner != x->buckets) {
+        ctrps__response__free_unpacked(resp, NULL);
+        snprintf(err, errlen, "shard %u (%s): cluster map of %u buckets with %zu owners", shard,
+                 c->shards[shard].addr, x->buckets, x->n_owner);
+        return PS_EPROTO;
+    }
+    ps_cluster_map m = {.version = x->version, .buckets = x->buckets};
+    m.shards = calloc(x->n_shards + 1, sizeof(char *));
+    m.owner = malloc(x->n_owner * sizeof(uint32_t) + 1);
+    bool ok = m.shards && m.owner;
+    for (size_t i = 0; ok && i < x->n_shards; i++)
+        ok = (m.shards[m.nshards++] = dup_str(x->shards[i])) != NULL;
+    if (ok)
+        memcpy(m.owner, x->owner, x->n_owner * sizeof(uint32_t));
+    ctrps__response__free_unpacked(resp, NULL);
+    if (!ok) {
+        ps_cluster_map_deinit(&m);
+        snprintf(err, errlen, "%s", ps_strerror(-ENOMEM));
+        return -ENOMEM;
+    }
+    *ret_map = m;
+    return 0;
+}
+
+void ps_cluster_map_deinit(ps_cluster_map *m) {
+    for (size_t i = 0; m->shards && i < m->nshards; i++)
+        free(m->shards[i]);
+    free(m->shards);
+    free(m->owner);
+    memset(m, 0, sizeof(*m));
+}
+
+static Ctrps__CheckpointRequest__Phase wire_phase(ps_checkpoint_phase p) {
+    switch (p) {
+    case PS_CHECKPOINT_BEGIN:
+        return CTRPS__CHECKPOINT_REQUEST__PHASE__BEGIN;
+    case PS_CHECKPOINT_REPORT:
+        return CTRPS__CHECKPOINT_REQUEST__PHASE__REPORT;
+    case PS_CHECKPOINT_TAKE:
+        return CTRPS__CHECKPOINT_REQUEST__PHASE__TAKE;
+    case PS_CHECKPOINT_END:
+        return CTRPS__CHECKPOINT_REQUEST__PHASE__END;
+    case PS_CHECKPOINT_STATUS:
+    default:
+        return CTRPS__CHECKPOINT_REQUEST__PHASE__STATUS;
+    }
+}
+
+int ps_client_checkpoint(ps_client *c, uint32_t shard, const ps_checkpoint_request *creq,
+                         ps_checkpoint_reply *ret_reply, char *err, size_t errlen) {
+    Ctrps__Request req = CTRPS__REQUEST__INIT;
+    Ctrps__CheckpointRequest cr = CTRPS__CHECKPOINT_REQUEST__INIT;
+    req.method_case = CTRPS__REQUEST__METHOD_CHECKPOINT;
+    req.checkpoint = &cr;
+    cr.phase = wire_phase(creq->phase);
+    cr.id = (char *)(creq->id ? creq->id : "");
+    cr.dir = (char *)(creq->dir ? creq->dir : "");
+    cr.client_id = creq->client_id;
+    cr.worker = (char *)(creq->worker ? creq->worker : "");
+    cr.position = (char *)(creq->position ? creq->position : "");
+    Ctrps__Response *resp;
+    int r = call_shard(c, shard, &req, CTRPS__RESPONSE__RESULT_CHECKPOINT, &resp, err, errlen);
+    if (r < 0 || !ret_reply) {
+        if (r == 0)
+            ctrps__response__free_unpacked(resp, NULL);
+        return r;
+    }
+    const Ctrps__CheckpointResponse *x = resp->checkpoint;
+    ps_checkpoint_reply rep = {.flushed_lsn = x->flushed_lsn};
+    rep.pending = dup_str(x->pending);
+    rep.path = dup_str(x->path);
+    rep.connected_workers = malloc(x->n_connected_workers * sizeof(uint64_t) + 1);
+    rep.reports = calloc(x->n_reports + 1, sizeof(*rep.reports));
+    bool ok = rep.pending && rep.path && rep.connected_workers && rep.reports;
+    if (ok) {
+        memcpy(rep.connected_workers, x->connected_workers, x->n_connected_workers * sizeof(uint64_t));
+        rep.nconnected = x->n_connected_workers;
+    }
+    for (size_t i = 0; ok && i < x->n_reports; i++) {
+        ps_worker_report *d = &rep.reports[rep.nreports++];
+        d->client_id = x->reports[i]->client_id;
+        d->worker = dup_str(x->reports[i]->worker);
+        d->position = dup_str(x->reports[i]->position);
+        ok = d->worker && d->position;
+    }
+    ctrps__response__free_unpacked(resp, NULL);
+    if (!ok) {
+        ps_checkpoint_reply_deinit(&rep);
+        snprintf(err, errlen, "%s", ps_strerror(-ENOMEM));
+        return -ENOMEM;
+    }
+    *ret_reply = rep;
+    return 0;
+}
+
+void ps_checkpoint_reply_deinit(ps_checkpoint_reply *r) {
+    for (size_t i = 0; r->reports && i < r->nreports; i++) {
+        free(r->reports[i].worker);
+        free(r->reports[i].position);
+    }
+    free(r->reports);
+    free(r->connected_workers);
+    free(r->pending);
+    free(r->path);
+    memset(r, 0, sizeof(*r));
 }

@@ -25,7 +25,7 @@
 #include <stdint.h>
 
 #include "config.h"
-#include "ctrps.pb-c.h"
+#include "tablestats.h"
 
 typedef struct ps_client ps_client;
 typedef struct ps_call ps_call;
@@ -101,10 +101,114 @@ int ps_client_dense_pull_start(ps_client *c, ps_dense_block *blocks, size_t n, p
 int ps_client_dense_push_start(ps_client *c, const ps_dense_block *grads, size_t n,
                                ps_call **ret_call);
 
-/* Send one request to one shard and wait for its response: for the methods
- * that are not split by key (Stats, Export, ClusterMap, dense blocks). The
- * request's id is set here. *ret_resp is freed by the caller with
- * ctrps__response__free_unpacked(resp, NULL). A non-OK status is returned as
- * an error (with the server's message) and no response. */
-int ps_client_call_shard(ps_client *c, uint32_t shard, Ctrps__Request *req,
-                         Ctrps__Response **ret_resp, char *err, size_t errlen);
+/* ---- Calls to one shard (methods not split by key) -----------------------------
+ *
+ * Each blocks until the shard answers. A non-OK status, or an answer that
+ * holds another result than the one asked for, is returned as an error with
+ * a message in err, and *ret_* is left untouched. On success every pointer
+ * in *ret_* is owned by it and freed by its _deinit(), which also accepts a
+ * zeroed struct. Request pointers are borrowed for the call only. */
+
+typedef struct ps_counter {
+    char *name;                  /* owned by the ps_shard_stats */
+    uint64_t value;
+} ps_counter;
+
+typedef struct ps_named_table_stats {
+    char *name;                  /* owned by the ps_shard_stats */
+    ps_table_stats stats;
+} ps_named_table_stats;
+
+typedef struct ps_shard_stats {
+    uint32_t shard_id;
+    uint64_t rocksdb_bytes;
+    char *durability;            /* owned: "sync" or "interval" */
+    char *store_error;           /* owned: "" unless the store is read-only */
+    ps_named_table_stats *tables;  /* owned, ntables */
+    size_t ntables;
+    ps_counter *counters;        /* owned, ncounters */
+    size_t ncounters;
+} ps_shard_stats;
+
+int ps_client_stats(ps_client *c, uint32_t shard, ps_shard_stats *ret_stats, char *err,
+                    size_t errlen);
+void ps_shard_stats_deinit(ps_shard_stats *s);
+
+/* Export walks a table one page at a time in store order. The cursor is
+ * opaque: start from a zeroed one; each page moves it past its rows. */
+#define PS_EXPORT_CURSOR_MAX 16
+
+typedef struct ps_export_cursor {
+    uint8_t b[PS_EXPORT_CURSOR_MAX];
+    size_t len;                  /* 0 = the beginning */
+} ps_export_cursor;
+
+typedef struct ps_export_page {
+    size_t n;                    /* rows in this page */
+    uint64_t *keys;              /* owned, n */
+    uint32_t dim;
+    float *values;               /* owned, n * dim */
+    uint32_t state_dim;          /* with_state: floats of optimizer state per row */
+    float *state;                /* owned, n * state_dim; NULL without with_state */
+    bool done;                   /* no rows after this page */
+} ps_export_page;
+
+/* One page of at most limit rows (0 = the server's default) of table on one
+ * shard, after *cursor; on success *cursor moves past the page. */
+int ps_client_export_page(ps_client *c, uint32_t shard, const char *table, uint32_t limit,
+                          bool with_state, ps_export_cursor *cursor, ps_export_page *ret_page,
+                          char *err, size_t errlen);
+void ps_export_page_deinit(ps_export_page *p);
+
+/* The bucket map as one shard holds it. */
+typedef struct ps_cluster_map {
+    uint64_t version;
+    uint32_t buckets;
+    char **shards;               /* owned, nshards "host:port", index = shard id */
+    size_t nshards;
+    uint32_t *owner;             /* owned, buckets: owner[bucket] = shard id */
+} ps_cluster_map;
+
+int ps_client_cluster_map(ps_client *c, uint32_t shard, ps_cluster_map *ret_map, char *err,
+                          size_t errlen);
+void ps_cluster_map_deinit(ps_cluster_map *m);
+
+/* Checkpoint barrier phases (common/checkpoint.h tells the protocol). */
+typedef enum ps_checkpoint_phase {
+    PS_CHECKPOINT_STATUS,
+    PS_CHECKPOINT_BEGIN,
+    PS_CHECKPOINT_REPORT,
+    PS_CHECKPOINT_TAKE,
+    PS_CHECKPOINT_END,
+} ps_checkpoint_phase;
+
+typedef struct ps_checkpoint_request {
+    ps_checkpoint_phase phase;
+    const char *id;              /* the checkpoint's name */
+    const char *dir;             /* TAKE: where the shard writes its copy; NULL = "" */
+    uint64_t client_id;          /* REPORT */
+    const char *worker;          /* REPORT: the worker's name; NULL = "" */
+    const char *position;        /* REPORT: its input position; NULL = "" */
+} ps_checkpoint_request;
+
+typedef struct ps_worker_report {
+    uint64_t client_id;
+    char *worker;                /* owned by the ps_checkpoint_reply */
+    char *position;              /* owned by the ps_checkpoint_reply */
+} ps_worker_report;
+
+/* Every phase answers with the state of the barrier on that shard. */
+typedef struct ps_checkpoint_reply {
+    char *pending;               /* owned: the checkpoint in progress, "" if none */
+    uint64_t *connected_workers; /* owned, nconnected: client ids of workers connected now */
+    size_t nconnected;
+    ps_worker_report *reports;   /* owned, nreports: shard 0's reports for `pending` */
+    size_t nreports;
+    char *path;                  /* owned: TAKE, the copy's directory ("" otherwise) */
+    uint64_t flushed_lsn;        /* TAKE: push-log position the copy includes */
+} ps_checkpoint_reply;
+
+/* ret_reply may be NULL when only success matters. */
+int ps_client_checkpoint(ps_client *c, uint32_t shard, const ps_checkpoint_request *req,
+                         ps_checkpoint_reply *ret_reply, char *err, size_t errlen);
+void ps_checkpoint_reply_deinit(ps_checkpoint_reply *r);

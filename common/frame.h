@@ -8,19 +8,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "buf.h"
+
 #define PS_FRAME_HEADER 4
-
-/* Growable byte buffer. */
-typedef struct ps_buf {
-    char *data;                  /* owned */
-    size_t len, cap;
-} ps_buf;
-
-void ps_buf_init(ps_buf *b);
-void ps_buf_deinit(ps_buf *b);
-int ps_buf_reserve(ps_buf *b, size_t more);
-/* Hand the bytes to the caller (who frees them) and leave b empty. */
-char *ps_buf_take(ps_buf *b, size_t *ret_len);
 
 /* Append one frame holding msg. */
 int ps_frame_append(ps_buf *out, const ProtobufCMessage *msg);

@@ -4,18 +4,6 @@
 
 #include "error.h"
 
-const char *ps_method_name(ps_method m) {
-    switch (m) {
-#define PS_METHOD_NAME(name, tag)                                                              \
-    case PS_METHOD_##tag:                                                                      \
-        return #name;
-        PS_METHOD_MAP(PS_METHOD_NAME)
-#undef PS_METHOD_NAME
-    default:
-        return "unknown";
-    }
-}
-
 Ctrps__Status ps_status_from_error(int err) {
     switch (err) {
     case 0:

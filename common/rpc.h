@@ -28,8 +28,6 @@ typedef enum {
     PS_METHOD_COUNT
 } ps_method;
 
-const char *ps_method_name(ps_method m);
-
 /* Our error code -> wire status, and back. */
 Ctrps__Status ps_status_from_error(int err);
 int ps_error_from_status(Ctrps__Status status);

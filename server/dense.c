@@ -179,8 +179,6 @@ void ps_dense_committed(ps_dense *d, uint32_t gen) {
         d->committed_gen = gen;
 }
 
-size_t ps_dense_nblocks(const ps_dense *d) { return d->n; }
-
 size_t ps_dense_dirty(const ps_dense *d) {
     size_t n = 0;
     for (size_t i = 0; i < d->n; i++)

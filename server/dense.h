@@ -40,5 +40,4 @@ void ps_dense_committed(ps_dense *d, uint32_t gen);
 
 /* Blocks changed since the last dump. */
 size_t ps_dense_dirty(const ps_dense *d);
-size_t ps_dense_nblocks(const ps_dense *d);
 uint64_t ps_dense_floats(const ps_dense *d);

@@ -1,69 +1,19 @@
 /* ctrps-server: one shard of a ctrps cluster. */
-#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
-#include <sys/stat.h>
-#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "auth.h"
-#include "checkpoint.h"
+#include "barrier.h"
 #include "config.h"
 #include "error.h"
-#include "fsutil.h"
 #include "log.h"
 #include "net.h"
 #include "periodic.h"
 #include "service.h"
 #include "shard.h"
-
-/* Replace the shard's data with its copy in a cluster checkpoint. Table
- * files (.sst) are immutable and hard-linked; RocksDB appends to the others
- * (MANIFEST, logs), so they are copied, which leaves the checkpoint intact. */
-static int restore(const char *ckpt, uint32_t shard, const char *dir, char *err, size_t errlen) {
-    char from[4096], db[PS_PATH_MAX + 64], log[PS_PATH_MAX + 64], addr[256];
-    int r = ps_checkpoint_resolve(ckpt, from, sizeof(from) - 32, err, errlen);
-    if (r < 0)
-        return r;
-    char section[32];
-    snprintf(section, sizeof(section), "shard.%u", shard);
-    r = ps_checkpoint_manifest_get(from, section, "address", addr, sizeof(addr), err, errlen);
-    if (r < 0)
-        return r;
-    size_t len = strlen(from);
-    snprintf(from + len, sizeof(from) - len, "/shard-%u", shard);
-    DIR *d = opendir(from);
-    if (!d) {
-        snprintf(err, errlen, "%s: %s", from, strerror(errno));
-        return -errno;
-    }
-    snprintf(db, sizeof(db), "%s/db", dir);
-    snprintf(log, sizeof(log), "%s/pushlog", dir);
-    ps_rm_tree(db);
-    ps_rm_tree(log);
-    if (ps_mkdir_p(dir) < 0 || mkdir(db, 0755) < 0) {
-        snprintf(err, errlen, "%.900s: %s", db, strerror(errno));
-        closedir(d);
-        return -errno;
-    }
-    struct dirent *e;
-    while (r == 0 && (e = readdir(d))) {
-        if (e->d_name[0] == '.')
-            continue;
-        char src[sizeof(from) + 256], dst[sizeof(db) + 256];
-        snprintf(src, sizeof(src), "%s/%s", from, e->d_name);
-        snprintf(dst, sizeof(dst), "%s/%s", db, e->d_name);
-        size_t n = strlen(e->d_name);
-        bool sst = n > 4 && !strcmp(e->d_name + n - 4, ".sst");
-        r = sst && link(src, dst) == 0 ? 0 : ps_copy_file(src, dst);
-        if (r < 0)
-            snprintf(err, errlen, "%.400s -> %.400s: %s", src, dst, strerror(-r));
-    }
-    closedir(d);
-    return r;
-}
 
 static void usage(FILE *out) {
     fprintf(out,
@@ -188,7 +138,7 @@ int main(int argc, char **argv) {
     ps_shard_options sho = {
         .shard_id = shard_id, .data_dir = dir, .notify = ps_server_notify, .notify_ctx = srv};
     if (restore_from) {
-        r = restore(restore_from, shard_id, dir, err, sizeof(err));
+        r = ps_barrier_restore(restore_from, shard_id, dir, err, sizeof(err));
         if (r < 0)
             goto out;
         ps_info("restored shard %u from %s", shard_id, restore_from);

@@ -5,8 +5,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "barrier.h"
 #include "ctrps.pb-c.h"
 #include "error.h"
+#include "frame.h"
 #include "keys.h"
 #include "rpc.h"
 
@@ -18,20 +20,9 @@
  * a scanner learns nothing and cannot linger. */
 #define MAX_REFUSED 3
 
-#define MAX_REPORTS 4096
-
-typedef struct report {
-    uint64_t client_id;
-    char worker[64];
-    char position[256];
-} report;
-
 struct ps_service {
     ps_shard *shard;
-    ps_session *sessions;        /* open connections */
-    char ckpt[PS_NAME_MAX];      /* checkpoint barrier in progress, or "" */
-    report *reports;             /* workers that reached the barrier */
-    size_t nreports;
+    ps_barrier *barrier;         /* owned: checkpoint barrier and connected workers */
     ps_auth_secret secret;
     uint64_t auth_failures, unauthenticated_refused;
     const ps_config *cfg;
@@ -57,16 +48,29 @@ typedef struct reply {
         Ctrps__DensePushResponse dense_push;
         Ctrps__CheckpointResponse checkpoint;
     } u;
-    void *owned[8];              /* freed after packing */
-    int nowned;
+    void **owned;                /* owned, and each entry too: freed after packing */
+    size_t nowned, owned_cap;
     bool push_ack;
     bool close;
     char err[512];
 } reply;
 
+/* Keep p until the reply is packed. NULL if p is NULL or cannot be kept (then
+ * p is freed): callers treat both as -ENOMEM. */
 static void *own(reply *rp, void *p) {
-    if (p)
-        rp->owned[rp->nowned++] = p;
+    if (!p)
+        return NULL;
+    if (rp->nowned == rp->owned_cap) {
+        size_t cap = rp->owned_cap ? 2 * rp->owned_cap : 8;
+        void **g = realloc(rp->owned, cap * sizeof(*g));
+        if (!g) {
+            free(p);
+            return NULL;
+        }
+        rp->owned = g;
+        rp->owned_cap = cap;
+    }
+    rp->owned[rp->nowned++] = p;
     return p;
 }
 
@@ -75,6 +79,11 @@ int ps_service_new(ps_shard *shard, const ps_auth_secret *secret, ps_service **r
     if (!svc)
         return -ENOMEM;
     svc->shard = shard;
+    int r = ps_barrier_new(shard, &svc->barrier);
+    if (r < 0) {
+        free(svc);
+        return r;
+    }
     if (secret)
         svc->secret = *secret;
     svc->cfg = ps_shard_config(shard);
@@ -86,27 +95,17 @@ void ps_service_free(ps_service *svc) {
     if (!svc)
         return;
     ps_auth_wipe(&svc->secret);
-    free(svc->reports);
+    ps_barrier_free(svc->barrier);
     free(svc);
 }
 
 void ps_service_session_init(ps_service *svc, ps_session *sess) {
     memset(sess, 0, sizeof(*sess));
     sess->authenticated = svc->secret.len == 0;
-    sess->next = svc->sessions;
-    if (svc->sessions)
-        svc->sessions->prev = sess;
-    svc->sessions = sess;
 }
 
 void ps_service_session_deinit(ps_service *svc, ps_session *sess) {
-    if (sess->prev)
-        sess->prev->next = sess->next;
-    else if (svc->sessions == sess)
-        svc->sessions = sess->next;
-    if (sess->next)
-        sess->next->prev = sess->prev;
-    sess->prev = sess->next = NULL;
+    ps_barrier_gone(svc->barrier, sess);
 }
 
 void ps_service_set_extra_counters(ps_service *svc, ps_service_extra_counters_fn fn, void *ctx) {
@@ -201,6 +200,9 @@ static int do_hello(ps_service *svc, ps_session *sess, const Ctrps__HelloRequest
         }
         sess->authenticated = true;
     }
+    int r = ps_barrier_hello(svc->barrier, sess, req->client_id, req->client_name);
+    if (r < 0)
+        return r;
     sess->hello_done = true;
     sess->client_id = req->client_id;
     snprintf(sess->client_name, sizeof(sess->client_name), "%s", req->client_name ? req->client_name : "");
@@ -405,24 +407,33 @@ static int do_cluster_map(ps_service *svc, ps_session *sess, const Ctrps__Cluste
     return 0;
 }
 
+/* Counters for a Stats reply: grown as they come, so none is ever left out;
+ * a failed allocation is remembered and fails the reply. */
 typedef struct counter_acc {
-    Ctrps__Counter *items;
-    Ctrps__Counter **ptrs;
+    Ctrps__Counter *items;       /* owned until handed to the reply */
     size_t n, cap;
+    bool failed;
 } counter_acc;
 
 static void add_counter(void *acc, const char *name, uint64_t value) {
     counter_acc *a = acc;
-    if (a->n == a->cap)
+    if (a->failed)
         return;
-    Ctrps__Counter *c = &a->items[a->n];
+    if (a->n == a->cap) {
+        size_t cap = a->cap ? 2 * a->cap : 64;
+        Ctrps__Counter *g = realloc(a->items, cap * sizeof(*g));
+        if (!g) {
+            a->failed = true;
+            return;
+        }
+        a->items = g;
+        a->cap = cap;
+    }
+    Ctrps__Counter *c = &a->items[a->n++];
     ctrps__counter__init(c);
     c->name = (char *)name;
     c->value = value;
-    a->ptrs[a->n++] = c;
 }
-
-#define MAX_COUNTERS 96
 
 typedef void (*counter_fn)(void *acc, const char *name, uint64_t value);
 
@@ -474,14 +485,11 @@ int ps_service_metrics(ps_service *svc, ps_buf *out) {
         const struct {
             const char *metric;
             uint64_t v;
-        } g[] = {{"rows", st.rows},
-                 {"rows_in_memory", st.rows_in_memory},
-                 {"dirty_rows", st.dirty_rows},
-                 {"pulled_rows", st.pulled_rows},
-                 {"pushed_rows", st.pushed_rows},
-                 {"dropped_nonfinite", st.dropped_nonfinite},
-                 {"memory_misses", st.memory_misses},
-                 {"evictions", st.evictions}};
+        } g[] = {
+#define STAT_GAUGE(field, help) {#field, st.field},
+            PS_TABLE_STATS_MAP(STAT_GAUGE)
+#undef STAT_GAUGE
+        };
         for (size_t k = 0; k < sizeof(g) / sizeof(g[0]); k++) {
             if (ps_buf_reserve(out, 256) < 0)
                 return -ENOMEM;
@@ -495,7 +503,8 @@ int ps_service_metrics(ps_service *svc, ps_buf *out) {
     out->len += (size_t)snprintf(out->data + out->len, 256,
                                  "ctrps_rocksdb_bytes %llu\nctrps_read_only %d\nctrps_checkpoint_pending %d\n",
                                  (unsigned long long)ps_shard_store_bytes(svc->shard),
-                                 ps_shard_read_only(svc->shard) ? 1 : 0, svc->ckpt[0] ? 1 : 0);
+                                 ps_shard_read_only(svc->shard) ? 1 : 0,
+                                 ps_barrier_pending(svc->barrier)[0] ? 1 : 0);
     return 0;
 }
 
@@ -505,10 +514,7 @@ static int do_stats(ps_service *svc, ps_session *sess, const Ctrps__StatsRequest
     size_t nt = ps_shard_ntables(svc->shard);
     Ctrps__TableStats *ts = own(rp, calloc(nt + 1, sizeof(*ts)));
     Ctrps__TableStats **tsp = own(rp, calloc(nt + 1, sizeof(*tsp)));
-    counter_acc acc = {.cap = MAX_COUNTERS};
-    acc.items = own(rp, calloc(MAX_COUNTERS, sizeof(Ctrps__Counter)));
-    acc.ptrs = own(rp, calloc(MAX_COUNTERS, sizeof(Ctrps__Counter *)));
-    if (!ts || !tsp || !acc.items || !acc.ptrs)
+    if (!ts || !tsp)
         return -ENOMEM;
     for (size_t i = 0; i < nt; i++) {
         ps_table *t = ps_shard_table_at(svc->shard, i);
@@ -516,23 +522,31 @@ static int do_stats(ps_service *svc, ps_session *sess, const Ctrps__StatsRequest
         ps_table_stats_get(t, &st);
         ctrps__table_stats__init(&ts[i]);
         ts[i].name = (char *)ps_table_config_of(t)->name;
-        ts[i].rows = st.rows;
-        ts[i].rows_in_memory = st.rows_in_memory;
-        ts[i].dirty_rows = st.dirty_rows;
-        ts[i].dropped_nonfinite = st.dropped_nonfinite;
-        ts[i].pulled_rows = st.pulled_rows;
-        ts[i].pushed_rows = st.pushed_rows;
-        ts[i].memory_misses = st.memory_misses;
+#define COPY_STAT(name, help) ts[i].name = st.name;
+        PS_TABLE_STATS_MAP(COPY_STAT)
+#undef COPY_STAT
         tsp[i] = &ts[i];
     }
+    counter_acc acc = {0};
     for_each_counter(svc, add_counter, &acc);
+    if (acc.failed) {
+        free(acc.items);
+        return -ENOMEM;
+    }
+    if (acc.items && !own(rp, acc.items))
+        return -ENOMEM;
+    Ctrps__Counter **cptrs = own(rp, calloc(acc.n + 1, sizeof(*cptrs)));
+    if (!cptrs)
+        return -ENOMEM;
+    for (size_t i = 0; i < acc.n; i++)
+        cptrs[i] = &acc.items[i];
     Ctrps__StatsResponse *s = &rp->u.stats;
     ctrps__stats_response__init(s);
     s->shard_id = ps_shard_id(svc->shard);
     s->n_tables = nt;
     s->tables = tsp;
     s->n_counters = acc.n;
-    s->counters = acc.ptrs;
+    s->counters = cptrs;
     s->rocksdb_bytes = ps_shard_store_bytes(svc->shard);
     s->durability = svc->cfg->server.durability == PS_DURABILITY_SYNC ? "sync" : "interval";
     s->store_error = (char *)ps_shard_store_error(svc->shard);
@@ -638,122 +652,61 @@ static int do_dense_push(ps_service *svc, ps_session *sess, const Ctrps__DensePu
 
 /* ---- checkpoint barrier ------------------------------------------------------ */
 
-/* A client names where the shard writes its copy: only the layout the
- * coordinator makes (ROOT/ckpt-ID/shard-N, absolute, no ".."), so a peer
- * cannot have the shard create directories of its choosing elsewhere. */
-static bool valid_take_dir(const char *dir, uint32_t shard) {
-    char want[32];
-    snprintf(want, sizeof(want), "/shard-%u", shard);
-    size_t n = strlen(dir), w = strlen(want);
-    if (dir[0] != '/' || n <= w || strcmp(dir + n - w, want) != 0 || strstr(dir, "/../") ||
-        strstr(dir, "/./"))
-        return false;
-    const char *parent_end = dir + n - w;
-    const char *parent = parent_end;
-    while (parent > dir && parent[-1] != '/')
-        parent--;
-    return parent_end - parent > 5 && !strncmp(parent, "ckpt-", 5);
-}
-
-static bool is_worker(const ps_session *s) {
-    return s->hello_done && !strncmp(s->client_name, "ctrps-worker", 12);
-}
-
 static int do_checkpoint(ps_service *svc, ps_session *sess, const Ctrps__CheckpointRequest *req,
                          reply *rp) {
     (void)sess;
     const char *id = req->id ? req->id : "";
-    if (req->phase != CTRPS__CHECKPOINT_REQUEST__PHASE__STATUS &&
-        (!id[0] || strlen(id) >= sizeof(svc->ckpt))) {
-        snprintf(rp->err, sizeof(rp->err), "checkpoint id must be 1..%zu bytes", sizeof(svc->ckpt) - 1);
-        return PS_EPROTO;
-    }
-    bool ours = svc->ckpt[0] && !strcmp(svc->ckpt, id);
     Ctrps__CheckpointResponse *c = &rp->u.checkpoint;
     ctrps__checkpoint_response__init(c);
+    ps_barrier *b = svc->barrier;
+    int r = 0;
     switch (req->phase) {
     case CTRPS__CHECKPOINT_REQUEST__PHASE__BEGIN:
-        if (svc->ckpt[0] && !ours) {
-            snprintf(rp->err, sizeof(rp->err), "checkpoint %s is in progress", svc->ckpt);
-            return PS_EUNAVAILABLE;
-        }
-        if (!ours) {
-            snprintf(svc->ckpt, sizeof(svc->ckpt), "%s", id);
-            svc->nreports = 0;
-        }
+        r = ps_barrier_begin(b, id, rp->err, sizeof(rp->err));
         break;
-    case CTRPS__CHECKPOINT_REQUEST__PHASE__REPORT: {
-        if (!ours) {
-            snprintf(rp->err, sizeof(rp->err), "no checkpoint %s in progress", id);
-            return PS_EUNAVAILABLE;
-        }
-        if (!svc->reports && !(svc->reports = calloc(MAX_REPORTS, sizeof(report))))
-            return -ENOMEM;
-        size_t i = 0;
-        while (i < svc->nreports && svc->reports[i].client_id != req->client_id)
-            i++;
-        if (i == MAX_REPORTS) {
-            snprintf(rp->err, sizeof(rp->err), "more than %d workers", MAX_REPORTS);
-            return PS_ELIMIT;
-        }
-        if (i == svc->nreports)
-            svc->nreports++;
-        report *r = &svc->reports[i];
-        r->client_id = req->client_id;
-        snprintf(r->worker, sizeof(r->worker), "%s", req->worker ? req->worker : "");
-        snprintf(r->position, sizeof(r->position), "%s", req->position ? req->position : "");
+    case CTRPS__CHECKPOINT_REQUEST__PHASE__REPORT:
+        r = ps_barrier_report(b, id, req->client_id, req->worker, req->position, rp->err,
+                              sizeof(rp->err));
         break;
-    }
-    case CTRPS__CHECKPOINT_REQUEST__PHASE__TAKE: {
-        if (!ours) {
-            snprintf(rp->err, sizeof(rp->err), "no checkpoint %s in progress", id);
-            return PS_EUNAVAILABLE;
-        }
-        if (!req->dir || !valid_take_dir(req->dir, ps_shard_id(svc->shard))) {
-            snprintf(rp->err, sizeof(rp->err),
-                     "checkpoint TAKE writes only to an absolute .../ckpt-*/shard-%u directory",
-                     ps_shard_id(svc->shard));
-            return PS_EPROTO;
-        }
-        int r = ps_shard_checkpoint(svc->shard, req->dir, &c->flushed_lsn, rp->err, sizeof(rp->err));
-        if (r < 0)
-            return r;
-        c->path = req->dir;
+    case CTRPS__CHECKPOINT_REQUEST__PHASE__TAKE:
+        r = ps_barrier_take(b, id, req->dir, &c->flushed_lsn, rp->err, sizeof(rp->err));
+        if (r == 0)
+            c->path = req->dir;
         break;
-    }
     case CTRPS__CHECKPOINT_REQUEST__PHASE__END:
-        if (ours) {
-            svc->ckpt[0] = '\0';
-            svc->nreports = 0;
-        }
+        r = ps_barrier_end(b, id, rp->err, sizeof(rp->err));
+        break;
+    case CTRPS__CHECKPOINT_REQUEST__PHASE__STATUS:
         break;
     default:
+        /* A phase this shard does not know still names a checkpoint. */
+        r = ps_barrier_check_id(b, id, rp->err, sizeof(rp->err));
         break;
     }
+    if (r < 0)
+        return r;
     /* Every phase answers with the state of the barrier. */
-    size_t nw = 0;
-    for (ps_session *s = svc->sessions; s; s = s->next)
-        nw += is_worker(s);
+    size_t nw, nrep;
+    const uint64_t *workers = ps_barrier_workers(b, &nw);
+    const ps_barrier_arrival *reports = ps_barrier_reports(b, &nrep);
     uint64_t *ids = own(rp, calloc(nw + 1, sizeof(uint64_t)));
-    Ctrps__WorkerReport *reps = own(rp, calloc(svc->nreports + 1, sizeof(*reps)));
-    Ctrps__WorkerReport **rptr = own(rp, calloc(svc->nreports + 1, sizeof(*rptr)));
+    Ctrps__WorkerReport *reps = own(rp, calloc(nrep + 1, sizeof(*reps)));
+    Ctrps__WorkerReport **rptr = own(rp, calloc(nrep + 1, sizeof(*rptr)));
     if (!ids || !reps || !rptr)
         return -ENOMEM;
-    nw = 0;
-    for (ps_session *s = svc->sessions; s; s = s->next)
-        if (is_worker(s))
-            ids[nw++] = s->client_id;
-    for (size_t i = 0; i < svc->nreports; i++) {
+    if (nw)
+        memcpy(ids, workers, nw * sizeof(uint64_t));
+    for (size_t i = 0; i < nrep; i++) {
         ctrps__worker_report__init(&reps[i]);
-        reps[i].client_id = svc->reports[i].client_id;
-        reps[i].worker = svc->reports[i].worker;
-        reps[i].position = svc->reports[i].position;
+        reps[i].client_id = reports[i].client_id;
+        reps[i].worker = (char *)reports[i].worker;
+        reps[i].position = (char *)reports[i].position;
         rptr[i] = &reps[i];
     }
-    c->pending = svc->ckpt;
+    c->pending = (char *)ps_barrier_pending(b);
     c->n_connected_workers = nw;
     c->connected_workers = ids;
-    c->n_reports = svc->nreports;
+    c->n_reports = nrep;
     c->reports = rptr;
     rp->resp.result_case = CTRPS__RESPONSE__RESULT_CHECKPOINT;
     rp->resp.checkpoint = c;
@@ -810,11 +763,13 @@ reply:
         rp.push_ack = false;
     }
     svc->statuses[rp.resp.status < STATUS_COUNT ? rp.resp.status : STATUS_COUNT - 1]++;
-    if (svc->ckpt[0] && sess->authenticated)
-        rp.resp.checkpoint_pending = svc->ckpt;
+    const char *pending = ps_barrier_pending(svc->barrier);
+    if (pending[0] && sess->authenticated)
+        rp.resp.checkpoint_pending = (char *)pending;
     r = ps_frame_append(out, &rp.resp.base);
-    for (int i = 0; i < rp.nowned; i++)
+    for (size_t i = 0; i < rp.nowned; i++)
         free(rp.owned[i]);
+    free(rp.owned);
     ctrps__request__free_unpacked(req, NULL);
     *ret_push = rp.push_ack;
     *ret_close = rp.close;

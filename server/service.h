@@ -14,7 +14,7 @@
 #include <stdint.h>
 
 #include "auth.h"
-#include "frame.h"
+#include "buf.h"
 #include "shard.h"
 
 typedef struct ps_service ps_service;
@@ -22,7 +22,6 @@ typedef struct ps_service ps_service;
 /* Per-connection protocol state, owned by the connection. */
 typedef struct ps_session ps_session;
 struct ps_session {
-    ps_session *prev, *next;     /* the service's list of open sessions */
     char client_name[64];        /* from Hello */
     bool hello_done;
     bool authenticated;          /* always true without a configured secret */
@@ -39,8 +38,8 @@ typedef void (*ps_service_extra_counters_fn)(void *ctx, void (*add)(void *acc, c
 
 /* secret may be NULL or empty: no authentication. It is copied. */
 int ps_service_new(ps_shard *shard, const ps_auth_secret *secret, ps_service **ret_service);
-/* Start and end a connection's session (the service lists open ones: a
- * checkpoint waits for every connected worker). */
+/* Start and end a connection's session (the checkpoint barrier counts the
+ * connected workers: a checkpoint waits for each of them). */
 void ps_service_session_init(ps_service *svc, ps_session *sess);
 void ps_service_session_deinit(ps_service *svc, ps_session *sess);
 void ps_service_free(ps_service *svc);

@@ -232,10 +232,6 @@ void ps_store_batch_put(ps_store_batch *b, ps_store *s, int cf, const void *key,
     rocksdb_writebatch_put_cf(b->wb, s->cfs[cf], key, klen, value, vlen);
 }
 
-void ps_store_batch_delete(ps_store_batch *b, ps_store *s, int cf, const void *key, size_t klen) {
-    rocksdb_writebatch_delete_cf(b->wb, s->cfs[cf], key, klen);
-}
-
 size_t ps_store_batch_count(const ps_store_batch *b) { return (size_t)rocksdb_writebatch_count(b->wb); }
 
 int ps_store_write(ps_store *s, ps_store_batch *b, char *err, size_t errlen) {

@@ -66,7 +66,6 @@ ps_store_batch *ps_store_batch_new(void);
 void ps_store_batch_free(ps_store_batch *b);
 void ps_store_batch_put(ps_store_batch *b, ps_store *s, int cf, const void *key, size_t klen,
                         const void *value, size_t vlen);
-void ps_store_batch_delete(ps_store_batch *b, ps_store *s, int cf, const void *key, size_t klen);
 size_t ps_store_batch_count(const ps_store_batch *b);
 /* Apply the batch atomically (through RocksDB's WAL). */
 int ps_store_write(ps_store *s, ps_store_batch *b, char *err, size_t errlen);

@@ -18,19 +18,9 @@
 
 #include "config.h"
 #include "store.h"
+#include "tablestats.h"
 
 typedef struct ps_table ps_table;
-
-typedef struct ps_table_stats {
-    uint64_t rows;               /* in RocksDB or created in memory */
-    uint64_t rows_in_memory;
-    uint64_t dirty_rows;
-    uint64_t capacity;
-    uint64_t pulled_rows, pushed_rows, looked_up_rows;
-    uint64_t dropped_nonfinite;
-    uint64_t memory_misses;      /* keys looked for in RocksDB */
-    uint64_t evictions;
-} ps_table_stats;
 
 /* Called when every row in memory is dirty or in use by the current request:
  * the shard writes back (synchronously) so rows become evictable. */

@@ -293,32 +293,22 @@ static int cmd_export(ps_client *cl, const ps_config *cfg, int argc, char **argv
     int nfields = ps_optim_fields(&t->opt, fields);
     uint32_t width = ps_optim_state_width(&t->opt, t->dim);
     for (uint32_t s = 0; s < cfg->nshards && !code; s++) {
-        uint8_t cursor[16];
-        size_t cursor_len = 0;
+        ps_export_cursor cursor = {0};
         for (;;) {
-            Ctrps__Request req = CTRPS__REQUEST__INIT;
-            Ctrps__ExportRequest ex = CTRPS__EXPORT_REQUEST__INIT;
-            req.method_case = CTRPS__REQUEST__METHOD_EXPORT;
-            req.export = &ex;
-            ex.table = (char *)t->name;
-            ex.after.data = cursor;
-            ex.after.len = cursor_len;
-            ex.limit = 8192;
-            ex.with_state = k.state;
-            Ctrps__Response *resp;
+            ps_export_page pg;
             char err[1024];
-            int r = ps_client_call_shard(cl, s, &req, &resp, err, sizeof(err));
+            int r = ps_client_export_page(cl, s, t->name, 8192, k.state, &cursor, &pg, err, sizeof(err));
             if (r < 0) {
                 code = fail(1, "export %s: %s", t->name, err);
                 break;
             }
-            Ctrps__ExportResponse *e = resp->export;
-            if (!e || e->dim != t->dim || (k.state && e->state_dim != width)) {
-                ctrps__response__free_unpacked(resp, NULL);
+            const ps_export_page *e = &pg;
+            if (e->dim != t->dim || (k.state && e->state_dim != width)) {
+                ps_export_page_deinit(&pg);
                 code = fail(1, "export %s: shard %u answered with another table shape", t->name, s);
                 break;
             }
-            for (size_t i = 0; i < e->n_keys; i++) {
+            for (size_t i = 0; i < e->n; i++) {
                 printf("%" PRIu64 "\tw\t", e->keys[i]);
                 print_floats(e->values + i * t->dim, t->dim);
                 putchar('\n');
@@ -332,11 +322,8 @@ static int cmd_export(ps_client *cl, const ps_config *cfg, int argc, char **argv
                     putchar('\n');
                 }
             }
-            bool done = e->done || e->n_keys == 0;
-            cursor_len = e->next.len <= sizeof(cursor) ? e->next.len : 0;
-            if (cursor_len)
-                memcpy(cursor, e->next.data, cursor_len);
-            ctrps__response__free_unpacked(resp, NULL);
+            bool done = e->done || e->n == 0;
+            ps_export_page_deinit(&pg);
             if (done)
                 break;
         }
@@ -364,23 +351,14 @@ static int cmd_stats(ps_client *cl, const ps_config *cfg, int argc, char **argv)
     (void)argv;
     int code = 0;
     for (uint32_t s = 0; s < cfg->nshards; s++) {
-        Ctrps__Request req = CTRPS__REQUEST__INIT;
-        Ctrps__StatsRequest st = CTRPS__STATS_REQUEST__INIT;
-        req.method_case = CTRPS__REQUEST__METHOD_STATS;
-        req.stats = &st;
-        Ctrps__Response *resp;
+        ps_shard_stats st;
         char err[1024];
-        int r = ps_client_call_shard(cl, s, &req, &resp, err, sizeof(err));
+        int r = ps_client_stats(cl, s, &st, err, sizeof(err));
         if (r < 0) {
             code = fail(1, "stats: %s", err);
             continue;
         }
-        Ctrps__StatsResponse *x = resp->stats;
-        if (!x) {
-            ctrps__response__free_unpacked(resp, NULL);
-            code = fail(1, "stats: shard %u sent no stats", s);
-            continue;
-        }
+        const ps_shard_stats *x = &st;
         printf("{\"shard\":%u,\"address\":", x->shard_id);
         json_string(cfg->shards[s]);
         printf(",\"durability\":");
@@ -388,24 +366,26 @@ static int cmd_stats(ps_client *cl, const ps_config *cfg, int argc, char **argv)
         printf(",\"rocksdb_bytes\":%" PRIu64 ",\"store_error\":", x->rocksdb_bytes);
         json_string(x->store_error);
         printf(",\"tables\":{");
-        for (size_t i = 0; i < x->n_tables; i++) {
-            Ctrps__TableStats *t = x->tables[i];
+        for (size_t i = 0; i < x->ntables; i++) {
+            const ps_table_stats *t = &x->tables[i].stats;
             printf("%s", i ? "," : "");
-            json_string(t->name);
-            printf(":{\"rows\":%" PRIu64 ",\"rows_in_memory\":%" PRIu64 ",\"dirty_rows\":%" PRIu64
-                   ",\"pulled_rows\":%" PRIu64 ",\"pushed_rows\":%" PRIu64
-                   ",\"dropped_nonfinite\":%" PRIu64 ",\"memory_misses\":%" PRIu64 "}",
-                   t->rows, t->rows_in_memory, t->dirty_rows, t->pulled_rows, t->pushed_rows,
-                   t->dropped_nonfinite, t->memory_misses);
+            json_string(x->tables[i].name);
+            const char *sep = ":{";
+#define PRINT_STAT(name, help)                                                                 \
+    printf("%s\"" #name "\":%" PRIu64, sep, t->name);                                          \
+    sep = ",";
+            PS_TABLE_STATS_MAP(PRINT_STAT)
+#undef PRINT_STAT
+            printf("}");
         }
         printf("},\"counters\":{");
-        for (size_t i = 0; i < x->n_counters; i++) {
+        for (size_t i = 0; i < x->ncounters; i++) {
             printf("%s", i ? "," : "");
-            json_string(x->counters[i]->name);
-            printf(":%" PRIu64, x->counters[i]->value);
+            json_string(x->counters[i].name);
+            printf(":%" PRIu64, x->counters[i].value);
         }
         printf("}}\n");
-        ctrps__response__free_unpacked(resp, NULL);
+        ps_shard_stats_deinit(&st);
     }
     return code;
 }

@@ -202,13 +202,6 @@ static int compute(trainer *t, ps_batch *b) {
 
 /* ---- checkpoint barrier ------------------------------------------------------------- */
 
-static int ckpt_call(trainer *t, Ctrps__CheckpointRequest *cr, Ctrps__Response **ret) {
-    Ctrps__Request req = CTRPS__REQUEST__INIT;
-    req.method_case = CTRPS__REQUEST__METHOD_CHECKPOINT;
-    req.checkpoint = cr;
-    return ps_client_call_shard(t->client, 0, &req, ret, t->err, sizeof(t->err));
-}
-
 /* A shard announced checkpoint `id`: once every push of this worker is
  * acknowledged, report the input position after the last pushed batch to
  * shard 0, then wait until the coordinator ends the barrier. */
@@ -218,14 +211,7 @@ static int barrier(trainer *t, const char *id, const ps_reader_pos *end) {
         return r;
     char pos[256];
     ps_checkpoint_format_position(pos, sizeof(pos), end->file, end->offset, end->lines, t->inputs_hash);
-    Ctrps__CheckpointRequest cr = CTRPS__CHECKPOINT_REQUEST__INIT;
-    cr.phase = CTRPS__CHECKPOINT_REQUEST__PHASE__REPORT;
-    cr.id = (char *)id;
-    cr.client_id = ps_client_id(t->client);
-    cr.worker = t->worker_name;
-    cr.position = pos;
-    Ctrps__Response *resp;
-    r = ckpt_call(t, &cr, &resp);
+    r = ps_checkpoint_report(t->client, id, t->worker_name, pos, t->err, sizeof(t->err));
     snprintf(t->handled_ckpt, sizeof(t->handled_ckpt), "%s", id);
     if (r < 0) {
         /* The barrier may already be over (a coordinator that gave up):
@@ -234,20 +220,9 @@ static int barrier(trainer *t, const char *id, const ps_reader_pos *end) {
             return 0;
         return r;
     }
-    ctrps__response__free_unpacked(resp, NULL);
     t->checkpoints++;
     ps_info("checkpoint %s: paused at input position %s", id, pos);
-    for (;;) {
-        cr.phase = CTRPS__CHECKPOINT_REQUEST__PHASE__STATUS;
-        if ((r = ckpt_call(t, &cr, &resp)) < 0)
-            return r;
-        bool over = strcmp(resp->checkpoint->pending, id) != 0;
-        ctrps__response__free_unpacked(resp, NULL);
-        if (over)
-            return 0;
-        struct timespec ts = {0, 20 * 1000000L};
-        nanosleep(&ts, NULL);
-    }
+    return ps_checkpoint_wait_end(t->client, id, t->err, sizeof(t->err));
 }
 
 static uint64_t hash_inputs(const ps_train_options *o) {
