@@ -10,6 +10,8 @@ PACKAGES=(
   libopenblas0-openmp libopenblas-openmp-dev
   libxxhash-dev libinih-dev libmicrohttpd-dev libsodium-dev
   libclang-rt-14-dev
+  # tests/deploy: systemd-analyze and systemd-sysusers (systemd units).
+  systemd
 )
 
 SUDO=""
