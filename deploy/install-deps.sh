@@ -10,8 +10,9 @@ PACKAGES=(
   libopenblas0-openmp libopenblas-openmp-dev
   libxxhash-dev libinih-dev libmicrohttpd-dev libsodium-dev
   libclang-rt-14-dev
-  # tests/deploy: systemd-analyze and systemd-sysusers (systemd units).
-  systemd
+  # tests/deploy: systemd-analyze and systemd-sysusers (systemd units), the
+  # Kubernetes API types and YAML for Debian's python3 (manifests).
+  systemd python3-yaml python3-kubernetes
 )
 
 SUDO=""
