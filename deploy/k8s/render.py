@@ -380,7 +380,7 @@ def disruption_budget(v):
     }
 
 
-def worker_container(v, extra_args, probes):
+def worker_container(v, extra_args, probes, env=None):
     container = {
         "name": "worker",
         "image": v["image"],
@@ -388,8 +388,10 @@ def worker_container(v, extra_args, probes):
         "command": ["ctrps-worker", "--config", f"{CONFIG_DIR}/{CONFIG_NAME}",
                     "--metrics-listen", f"0.0.0.0:{v['worker_metrics_port']}",
                     "--input", v["input"]] + extra_args,
-        "ports": [{"name": "metrics", "containerPort": v["worker_metrics_port"], "protocol": "TCP"}],
     }
+    if env:
+        container["env"] = env
+    container["ports"] = [{"name": "metrics", "containerPort": v["worker_metrics_port"], "protocol": "TCP"}]
     container.update(probes)
     container.update({
         "resources": resources(v["worker_cpu_request"], v["worker_memory_request"],
@@ -436,13 +438,13 @@ def worker_deployment(v, ini):
 
 def worker_job(v, ini):
     n = v["job_completions"]
+    # Declared, not left implicit, so $(JOB_COMPLETION_INDEX) in the command
+    # refers to a variable of this container.
+    index = [{"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {
+        "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}}]
     container = worker_container(
         v, ["--worker-index", "$(JOB_COMPLETION_INDEX)", "--num-workers", str(n)],
-        {"livenessProbe": http_probe("/healthz", 10, 6, initial=10)})
-    # Declared, not left implicit, so $(JOB_COMPLETION_INDEX) above refers to
-    # a variable of this container.
-    container["env"] = [{"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {
-        "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}}]
+        {"livenessProbe": http_probe("/healthz", 10, 6, initial=10)}, env=index)
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": f"{v['name']}-train", "namespace": v["namespace"],
