@@ -56,6 +56,8 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+# A meson timeout sends SIGTERM: still remove the containers and volumes.
+trap 'exit 1' INT TERM
 
 # One run at a time on a machine: the image tags and the base are shared.
 exec 9>/var/tmp/ctrps-container-test.lock
