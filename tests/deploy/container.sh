@@ -50,7 +50,7 @@ cleanup() {
   local i
   # Dependents first: the others live in the first container's namespace.
   for ((i = ${#CONTAINERS[@]} - 1; i >= 0; i--)); do
-    podman rm -f -t 0 "${CONTAINERS[$i]}" >/dev/null 2>&1 || true
+    podman rm -f -v -t 0 "${CONTAINERS[$i]}" >/dev/null 2>&1 || true
   done
   for v in "${VOLUMES[@]}"; do podman volume rm -f "$v" >/dev/null 2>&1 || true; done
   rm -rf "$WORK"
@@ -133,20 +133,24 @@ for id in $old_ids; do
 done
 
 # ---- the image's promises -------------------------------------------------
-uid=$(podman run --rm --network=none "$IMAGE" id -u)
+# Containers that keep no data get a tmpfs for the image's VOLUME instead of
+# an anonymous volume that would outlive them.
+NOVOL=--image-volume=tmpfs
+VOLUMES_BEFORE=$(podman volume ls -q | sort)
+uid=$(podman run --rm --network=none $NOVOL "$IMAGE" id -u)
 [ "$uid" != 0 ] || fail "the image runs as root"
 [ "$(podman image inspect --format '{{json .Config.Volumes}}' "$IMAGE")" = '{"/var/lib/ctrps":{}}' ] ||
   fail "the image does not declare the data volume /var/lib/ctrps"
 for b in ctrps-server ctrps-worker ctrps-cli; do
-  podman run --rm --network=none "$IMAGE" "$b" --help >/dev/null || fail "$b --help fails in the image"
+  podman run --rm --network=none $NOVOL "$IMAGE" "$b" --help >/dev/null || fail "$b --help fails in the image"
 done
 # The runtime stage carries no compiler and no headers.
-if podman run --rm --network=none "$IMAGE" sh -c 'command -v gcc || ls /usr/include/rocksdb' >/dev/null 2>&1; then
+if podman run --rm --network=none $NOVOL "$IMAGE" sh -c 'command -v gcc || ls /usr/include/rocksdb' >/dev/null 2>&1; then
   fail "the runtime image contains build tools or headers"
 fi
 METRICS=""
-if podman run --rm --network=none "$IMAGE" ctrps-server --help | grep -q -- --metrics-listen &&
-   podman run --rm --network=none "$IMAGE" ctrps-worker --help | grep -q -- --metrics-listen; then
+if podman run --rm --network=none $NOVOL "$IMAGE" ctrps-server --help | grep -q -- --metrics-listen &&
+   podman run --rm --network=none $NOVOL "$IMAGE" ctrps-worker --help | grep -q -- --metrics-listen; then
   METRICS=1
 else
   note "NOTE: the binaries have no --metrics-listen yet (issue 11): /metrics, /healthz, /readyz not checked"
@@ -174,7 +178,7 @@ chmod 0644 "$WORK/etc/ctrps.ini" "$WORK/etc/auth-secret" "$WORK/input/train.tsv"
 MOUNTS=(-v "$WORK/etc/ctrps.ini:/etc/ctrps/ctrps.ini:ro" -v "$WORK/etc/auth-secret:/run/secrets/ctrps/auth-secret:ro")
 NET=$P-net
 CONTAINERS+=("$NET")
-podman run -d --name "$NET" --network=none "$IMAGE" sleep infinity >/dev/null
+podman run -d --name "$NET" --network=none $NOVOL "$IMAGE" sleep infinity >/dev/null
 
 http_get() { # port path -> status line and body, from inside the namespace
   podman exec "$NET" bash -c "exec 3<>/dev/tcp/127.0.0.1/$1 && printf 'GET $2 HTTP/1.0\r\nHost: x\r\n\r\n' >&3 && cat <&3"
@@ -224,7 +228,7 @@ if [ -n "$METRICS" ]; then
   note "shards' /healthz, /readyz, /metrics answer 200"
 fi
 
-WORKER=(podman run --name "$P-worker" --network=container:"$NET" "${MOUNTS[@]}" -v "$WORK/input:/input:ro" "$IMAGE"
+WORKER=(podman run --name "$P-worker" --network=container:"$NET" "${MOUNTS[@]}" -v "$WORK/input:/input:ro" $NOVOL "$IMAGE"
   ctrps-worker --config /etc/ctrps/ctrps.ini --input /input/train.tsv)
 CONTAINERS+=("$P-worker")
 [ -z "$METRICS" ] || WORKER+=(--metrics-listen 127.0.0.1:9200)
@@ -239,11 +243,11 @@ assert result["examples"] == rows, f"worker trained {result['examples']} example
 assert result["auc"] > 0.55, f"progressive AUC {result['auc']}: nothing learned"
 print(f"== worker: {result['examples']} examples, AUC {result['auc']:.3f}")
 PY
-podman rm "$P-worker" >/dev/null
+podman rm -v "$P-worker" >/dev/null
 
 if [ -n "$METRICS" ]; then
   # A following worker stays up: its endpoints, then SIGTERM -> exit 0.
-  podman run -d --name "$P-follow" --network=container:"$NET" "${MOUNTS[@]}" -v "$WORK/input:/input:ro" "$IMAGE" \
+  podman run -d --name "$P-follow" --network=container:"$NET" "${MOUNTS[@]}" -v "$WORK/input:/input:ro" $NOVOL "$IMAGE" \
     ctrps-worker --config /etc/ctrps/ctrps.ini --input /input/train.tsv --follow \
     --metrics-listen 127.0.0.1:9200 >/dev/null
   CONTAINERS+=("$P-follow")
@@ -285,4 +289,6 @@ found=$(podman exec "$P-shard0" ctrps-cli --config /etc/ctrps/ctrps.ini lookup -
 [ "$found" = found ] || fail "after a restart the row of C1=$value is $found"
 stop_shards
 note "restarted on the same volumes: the trained row of C1=$value is there"
+leaked=$(comm -13 <(echo "$VOLUMES_BEFORE") <(podman volume ls -q | sort) | grep -v "^$P-data" || true)
+[ -z "$leaked" ] || fail "containers of this test left volumes behind: $leaked"
 echo "PASS: image built, two shards and a worker ran from it"
