@@ -13,10 +13,11 @@
 #
 # Time and caching (CI budget: 30 min on 2 cores). No base image can be
 # pulled here, so one is made from Debian's packages with mmdebstrap (~4 min)
-# and kept in podman's store as localhost/ctrps-base:bookworm; podman's layer
-# cache keeps the apt-get layers (~2 min more on a first build). With both
-# cached, a run costs the compile layer when the sources changed (~1 min) and
-# ~30 s of containers. Hence CTRPS_CONTAINER_TEST:
+# and kept in podman's store as localhost/ctrps-base:bookworm; the first image
+# build (apt-get in both stages, compile) took 4 min more, and podman's layer
+# cache keeps its layers. With both cached, a run costs the compile layer when
+# the sources changed (~1 min) and ~30 s of containers: 1 to 2.5 min in all.
+# Hence CTRPS_CONTAINER_TEST:
 #   unset/auto  run when the base image is cached, skip (exit 77) otherwise
 #   1           also make the base image first (the one-time slow part)
 #   0           skip
@@ -66,7 +67,7 @@ flock -w 1500 9 || fail "another container test held the lock for 25 min"
 # ---- the base image -------------------------------------------------------
 if ! podman image exists "$BASE"; then
   [ "$MODE" = 1 ] || [ "$MODE" = yes ] || [ "$MODE" = on ] ||
-    skip "no cached base image $BASE: making it with mmdebstrap takes ~4 min and the first image build ~3 more; run once with CTRPS_CONTAINER_TEST=1 (later runs reuse the cache)"
+    skip "no cached base image $BASE: making it with mmdebstrap takes ~4 min and the first image build ~4 more; run once with CTRPS_CONTAINER_TEST=1 (later runs reuse the cache)"
   command -v mmdebstrap >/dev/null || skip "mmdebstrap is not installed (deploy/install-deps.sh installs it)"
   note "making $BASE from Debian's packages (mmdebstrap, minbase)"
   # Debian's slim image does the same: no documentation, man pages or locales.
