@@ -10,6 +10,12 @@ PACKAGES=(
   libopenblas0-openmp libopenblas-openmp-dev
   libxxhash-dev libinih-dev libmicrohttpd-dev libsodium-dev
   libclang-rt-14-dev
+  # tests/deploy: systemd-analyze and systemd-sysusers (systemd units), the
+  # Kubernetes API types and YAML for Debian's python3 (manifests); podman,
+  # run as root, with runc (crun refuses hybrid cgroup hierarchies), and
+  # mmdebstrap for a base image made of Debian packages (container image).
+  systemd python3-yaml python3-kubernetes
+  podman runc mmdebstrap
 )
 
 SUDO=""
