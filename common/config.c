@@ -315,6 +315,13 @@ static const key_desc table_keys[] = {
     {"seed", K_U64, TBL(seed), 0, 1.8e19, NULL, 0, 0},
     {"memory_rows", K_U64, TBL(memory_rows), 0, 1e12, NULL, 0, 0},
     {"slots", K_CUSTOM, 0, 0, 0, set_slots, 0, 0},
+    /* Feature lifecycle: admission and expiry. 15 is the largest count a
+     * 4-bit counter holds; 2^34 counters are 8 GiB. */
+    {"admit_probability", K_DOUBLE, TBL(admit_probability), 0, 1, NULL, 0, 0},
+    {"admit_after", K_U32, TBL(admit_after), 0, 15, NULL, 0, 0},
+    {"admit_bloom_bits", K_U64, TBL(admit_bloom_bits), 1024, 17179869184.0, NULL, 0, 0},
+    {"ttl_s", K_U32, TBL(ttl_s), 0, 1u << 30, NULL, 0, 0},
+    {"expire_below", K_DOUBLE, TBL(expire_below), 0, 1e30, NULL, 0, 0},
 };
 #undef TBL
 #undef OPTP
@@ -334,6 +341,8 @@ static void table_defaults(ps_table_config *t, const char *name) {
     t->opt.accum_max = INFINITY;
     t->init = PS_INIT_ZERO;
     t->init_std = 0.01;
+    t->admit_probability = 1.0;
+    t->admit_bloom_bits = 1u << 24;
 }
 
 static void server_defaults(ps_server_config *s) {
