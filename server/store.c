@@ -18,6 +18,10 @@ struct ps_store {
     rocksdb_writeoptions_t *wopts;
     rocksdb_column_family_handle_t **cfs; /* requested ones first, then extras */
     size_t ncf, ncf_open;
+    /* Column families with a compaction filter have their own options. */
+    rocksdb_options_t **cf_options;       /* per requested cf, or NULL */
+    rocksdb_compactionfilter_t **cf_filters;
+    size_t ncf_options;
 };
 
 struct ps_store_batch {
@@ -73,12 +77,72 @@ static void configure(ps_store *s, const ps_store_options *o) {
     rocksdb_writeoptions_set_sync(s->wopts, o && o->sync_writes);
 }
 
+typedef struct filter_state {
+    ps_store_filter_fn fn;
+    void *ctx;
+    void (*free_ctx)(void *ctx);
+} filter_state;
+
+static void free_filter_state(void *state) {
+    filter_state *f = state;
+    if (f->free_ctx)
+        f->free_ctx(f->ctx);
+    free(f);
+}
+
+static unsigned char run_filter(void *state, int level, const char *key, size_t klen,
+                                const char *value, size_t vlen, char **new_value,
+                                size_t *new_vlen, unsigned char *value_changed) {
+    (void)level;
+    (void)new_value;
+    (void)new_vlen;
+    *value_changed = 0;
+    filter_state *f = state;
+    return f->fn(f->ctx, key, klen, value, vlen) ? 1 : 0;
+}
+
+static const char *filter_name(void *state) {
+    (void)state;
+    return "ctrps.expiry";
+}
+
+/* Options of a filtered column family: the shared ones plus its filter.
+ * Takes every filter's ctx, also on failure. */
+static int configure_filters(ps_store *s, const ps_store_cf_filter *filters, size_t ncf) {
+    s->cf_options = calloc(ncf + 1, sizeof(*s->cf_options));
+    s->cf_filters = calloc(ncf + 1, sizeof(*s->cf_filters));
+    int r = s->cf_options && s->cf_filters ? 0 : -ENOMEM;
+    if (r == 0)
+        s->ncf_options = ncf;
+    for (size_t i = 0; filters && i < ncf; i++) {
+        if (!filters[i].fn)
+            continue;
+        filter_state *f = r == 0 ? malloc(sizeof(*f)) : NULL;
+        if (!f) {
+            if (filters[i].free_ctx)
+                filters[i].free_ctx(filters[i].ctx);
+            r = -ENOMEM;
+            continue;
+        }
+        *f = (filter_state){filters[i].fn, filters[i].ctx, filters[i].free_ctx};
+        /* RocksDB frees the state when the filter is destroyed (at close). */
+        s->cf_filters[i] = rocksdb_compactionfilter_create(f, free_filter_state, run_filter, filter_name);
+        s->cf_options[i] = rocksdb_options_create_copy(s->options);
+        rocksdb_options_set_compaction_filter(s->cf_options[i], s->cf_filters[i]);
+    }
+    return r;
+}
+
 int ps_store_open(const char *dir, const char *const *cf_names, size_t ncf,
                   const ps_store_options *opts, ps_store **ret_store, char *err, size_t errlen) {
     ps_store *s = calloc(1, sizeof(*s));
     if (!s)
         return -ENOMEM;
     configure(s, opts);
+    if (configure_filters(s, opts ? opts->filters : NULL, ncf) < 0) {
+        ps_store_close(s);
+        return -ENOMEM;
+    }
 
     /* RocksDB refuses to open a database without naming every column family
      * it holds, so list the existing ones and open the union. */
@@ -118,7 +182,7 @@ int ps_store_open(const char *dir, const char *const *cf_names, size_t ncf,
     if (!has_default)
         names[n++] = "default";
     for (size_t i = 0; i < n; i++)
-        cfopts[i] = s->options;
+        cfopts[i] = i < ncf && s->cf_options[i] ? s->cf_options[i] : s->options;
     s->db = rocksdb_open_column_families(s->options, dir, (int)n, names, cfopts, s->cfs, &rerr);
     r = take_error(rerr, err, errlen);
     if (r == 0) {
@@ -147,6 +211,14 @@ void ps_store_close(ps_store *s) {
         rocksdb_close(s->db);
     }
     free(s->cfs);
+    for (size_t i = 0; i < s->ncf_options; i++) {
+        if (s->cf_options[i])
+            rocksdb_options_destroy(s->cf_options[i]);
+        if (s->cf_filters[i])
+            rocksdb_compactionfilter_destroy(s->cf_filters[i]);
+    }
+    free(s->cf_options);
+    free(s->cf_filters);
     if (s->ropts)
         rocksdb_readoptions_destroy(s->ropts);
     if (s->wopts)
@@ -281,12 +353,32 @@ static uint64_t cf_property(ps_store *s, size_t cf, const char *name) {
     return n;
 }
 
+uint64_t ps_store_cf_size(ps_store *s, int cf) {
+    return cf_property(s, (size_t)cf, "rocksdb.live-sst-files-size") +
+           cf_property(s, (size_t)cf, "rocksdb.cur-size-all-mem-tables");
+}
+
 uint64_t ps_store_size(ps_store *s) {
     uint64_t total = 0;
     for (size_t i = 0; i < s->ncf_open; i++)
-        total += cf_property(s, i, "rocksdb.live-sst-files-size") +
-                 cf_property(s, i, "rocksdb.cur-size-all-mem-tables");
+        total += ps_store_cf_size(s, (int)i);
     return total;
+}
+
+int ps_store_compact(ps_store *s, int cf, bool wait, char *err, size_t errlen) {
+    if (!wait) {
+        char *rerr = NULL;
+        rocksdb_suggest_compact_range_cf(s->db, s->cfs[cf], NULL, 0, NULL, 0, &rerr);
+        return take_error(rerr, err, errlen);
+    }
+    rocksdb_compactoptions_t *o = rocksdb_compactoptions_create();
+    if (!o)
+        return -ENOMEM;
+    /* Automatic compactions keep running beside this one. */
+    rocksdb_compactoptions_set_exclusive_manual_compaction(o, 0);
+    rocksdb_compact_range_cf_opt(s->db, s->cfs[cf], o, NULL, 0, NULL, 0);
+    rocksdb_compactoptions_destroy(o);
+    return 0;
 }
 
 int ps_store_checkpoint(ps_store *s, const char *dir, char *err, size_t errlen) {
