@@ -258,6 +258,7 @@ static int do_push(ps_service *svc, ps_session *sess, const Ctrps__PushRequest *
     ctrps__push_response__init(p);
     p->applied = res.applied;
     p->dropped_nonfinite = res.dropped_nonfinite;
+    p->rejected = res.rejected;
     p->already_applied = res.already_applied;
     rp->resp.result_case = CTRPS__RESPONSE__RESULT_PUSH;
     rp->resp.push = p;
@@ -481,7 +482,11 @@ int ps_service_metrics(ps_service *svc, ps_buf *out) {
                  {"pushed_rows", st.pushed_rows},
                  {"dropped_nonfinite", st.dropped_nonfinite},
                  {"memory_misses", st.memory_misses},
-                 {"evictions", st.evictions}};
+                 {"evictions", st.evictions},
+                 {"admitted", st.admitted},
+                 {"rejected", st.rejected},
+                 {"expired", st.expired},
+                 {"rocksdb_bytes", st.rocksdb_bytes}};
         for (size_t k = 0; k < sizeof(g) / sizeof(g[0]); k++) {
             if (ps_buf_reserve(out, 256) < 0)
                 return -ENOMEM;
@@ -523,6 +528,10 @@ static int do_stats(ps_service *svc, ps_session *sess, const Ctrps__StatsRequest
         ts[i].pulled_rows = st.pulled_rows;
         ts[i].pushed_rows = st.pushed_rows;
         ts[i].memory_misses = st.memory_misses;
+        ts[i].admitted = st.admitted;
+        ts[i].rejected = st.rejected;
+        ts[i].expired = st.expired;
+        ts[i].rocksdb_bytes = st.rocksdb_bytes;
         tsp[i] = &ts[i];
     }
     for_each_counter(svc, add_counter, &acc);

@@ -75,6 +75,9 @@ static ps_table_config table_cfg(ps_optimizer_kind kind, uint32_t dim, ps_init_k
     c.init = init;
     c.init_std = 0.1;
     c.seed = 1234;
+    /* Config loading's defaults: every key admitted, rows never expire. */
+    c.admit_probability = 1.0;
+    c.admit_bloom_bits = 1u << 24;
     return c;
 }
 

@@ -394,9 +394,12 @@ static int cmd_stats(ps_client *cl, const ps_config *cfg, int argc, char **argv)
             json_string(t->name);
             printf(":{\"rows\":%" PRIu64 ",\"rows_in_memory\":%" PRIu64 ",\"dirty_rows\":%" PRIu64
                    ",\"pulled_rows\":%" PRIu64 ",\"pushed_rows\":%" PRIu64
-                   ",\"dropped_nonfinite\":%" PRIu64 ",\"memory_misses\":%" PRIu64 "}",
+                   ",\"dropped_nonfinite\":%" PRIu64 ",\"memory_misses\":%" PRIu64
+                   ",\"admitted\":%" PRIu64 ",\"rejected\":%" PRIu64 ",\"expired\":%" PRIu64
+                   ",\"rocksdb_bytes\":%" PRIu64 "}",
                    t->rows, t->rows_in_memory, t->dirty_rows, t->pulled_rows, t->pushed_rows,
-                   t->dropped_nonfinite, t->memory_misses);
+                   t->dropped_nonfinite, t->memory_misses, t->admitted, t->rejected, t->expired,
+                   t->rocksdb_bytes);
         }
         printf("},\"counters\":{");
         for (size_t i = 0; i < x->n_counters; i++) {
