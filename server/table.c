@@ -1344,8 +1344,9 @@ size_t ps_table_sweep(ps_table *t, size_t budget) {
     for (size_t k = 0; k < budget && k < t->used; k++) {
         if (t->sweep_hand >= t->used)
             t->sweep_hand = 0;
+        /* Between requests: no row is pinned. */
         row *r = slot_row(t, (uint32_t)t->sweep_hand++);
-        if (r->op == t->op || !reclaimable(t, r))
+        if (!reclaimable(t, r))
             continue;
         release_row(t, r);
         r->flags = ROW_FREE;
