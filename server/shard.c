@@ -767,9 +767,10 @@ static int replay_record(void *ctx, uint64_t lsn, const void *payload, size_t le
     if (!t || ps_table_dim(t) != rec.dim)
         return PS_EUNKNOWN_TABLE;
     s->replay_covered = lsn - 1;
-    /* The clock the push saw (a record from before clocks were logged:
-     * now). */
-    ps_table_set_clock(t, rec.clock_s ? rec.clock_s : (uint32_t)time(NULL));
+    /* The clock the push saw, which every table had then (a record from
+     * before clocks were logged: now). */
+    for (size_t i = 0; i < s->ntables; i++)
+        ps_table_set_clock(s->tables[i], rec.clock_s ? rec.clock_s : (uint32_t)time(NULL));
     /* Copy out: the payload's arrays are not aligned for uint64/float. */
     uint64_t *keys = malloc((size_t)rec.n * 8 + 1);
     float *grads = malloc((size_t)rec.n * rec.dim * 4 + 1);
