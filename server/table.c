@@ -150,6 +150,7 @@ struct ps_table {
     uint64_t imask;
 
     uint32_t gen, committed_gen, op;
+    uint32_t pushed_gen;         /* generation of the last push */
     uint32_t *dirty;             /* slots dirtied in generation `gen` */
     size_t ndirty, dirty_cap;
     /* Generations dumped for write-back and not committed yet, oldest
@@ -935,6 +936,7 @@ int ps_table_push(ps_table *t, const uint64_t *keys, size_t n, const float *grad
         t->finite[i] = all_finite(grads + i * t->dim, t->dim);
         dropped += !t->finite[i];
     }
+    t->pushed_gen = t->gen;
     r = resolve(t, keys, n, t->finite, err, errlen);
     if (r < 0)
         return r;
@@ -1361,6 +1363,12 @@ size_t ps_table_sweep(ps_table *t, size_t budget) {
 void ps_table_tick(ps_table *t, uint64_t now_ms) {
     if (!t->ttl && t->expire_below <= 0)
         return;
+    /* Once every push to this table is in a committed write-back, replay
+     * will bring none before now: the filter may go up to now. Without this
+     * an idle table would keep its expired rows on disk until its next
+     * push. */
+    if (t->pushed_gen <= t->committed_gen)
+        expiry_advance(t, t->now);
     if (!t->last_sweep_ms) {
         t->last_sweep_ms = t->last_compact_ms = now_ms;
         return;
