@@ -1,6 +1,7 @@
 #include "store.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <rocksdb/c.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +23,13 @@ struct ps_store {
     rocksdb_options_t **cf_options;       /* per requested cf, or NULL */
     rocksdb_compactionfilter_t **cf_filters;
     size_t ncf_options;
+    /* Background whole-family compactions (ps_store_compact without wait):
+     * one thread, started on first use, and a flag per column family. */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    pthread_t compactor;
+    bool compactor_started, compactor_stop;
+    uint8_t *compact_wanted;     /* per open cf */
 };
 
 struct ps_store_batch {
@@ -138,6 +146,8 @@ int ps_store_open(const char *dir, const char *const *cf_names, size_t ncf,
     ps_store *s = calloc(1, sizeof(*s));
     if (!s)
         return -ENOMEM;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
     configure(s, opts);
     if (configure_filters(s, opts ? opts->filters : NULL, ncf) < 0) {
         ps_store_close(s);
@@ -161,8 +171,9 @@ int ps_store_open(const char *dir, const char *const *cf_names, size_t ncf,
     const char **names = calloc(cap, sizeof(char *));
     const rocksdb_options_t **cfopts = calloc(cap, sizeof(*cfopts));
     s->cfs = calloc(cap, sizeof(*s->cfs));
+    s->compact_wanted = calloc(cap, 1);
     int r = -ENOMEM;
-    if (!names || !cfopts || !s->cfs)
+    if (!names || !cfopts || !s->cfs || !s->compact_wanted)
         goto out;
     size_t n = 0;
     for (size_t i = 0; i < ncf; i++)
@@ -205,6 +216,18 @@ out:
 void ps_store_close(ps_store *s) {
     if (!s)
         return;
+    if (s->compactor_started) {
+        pthread_mutex_lock(&s->mu);
+        s->compactor_stop = true;
+        pthread_cond_broadcast(&s->cv);
+        pthread_mutex_unlock(&s->mu);
+        /* A running manual compaction returns early once paused. */
+        rocksdb_disable_manual_compaction(s->db);
+        pthread_join(s->compactor, NULL);
+    }
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cv);
+    free(s->compact_wanted);
     if (s->db) {
         for (size_t i = 0; i < s->ncf_open; i++)
             rocksdb_column_family_handle_destroy(s->cfs[i]);
@@ -365,20 +388,55 @@ uint64_t ps_store_size(ps_store *s) {
     return total;
 }
 
-int ps_store_compact(ps_store *s, int cf, bool wait, char *err, size_t errlen) {
-    if (!wait) {
-        char *rerr = NULL;
-        rocksdb_suggest_compact_range_cf(s->db, s->cfs[cf], NULL, 0, NULL, 0, &rerr);
-        return take_error(rerr, err, errlen);
-    }
+static int compact_now(ps_store *s, size_t cf) {
     rocksdb_compactoptions_t *o = rocksdb_compactoptions_create();
     if (!o)
         return -ENOMEM;
-    /* Automatic compactions keep running beside this one. */
+    /* Automatic compactions keep running beside this one. It flushes the
+     * family's memtable first, so the filter sees every row. */
     rocksdb_compactoptions_set_exclusive_manual_compaction(o, 0);
     rocksdb_compact_range_cf_opt(s->db, s->cfs[cf], o, NULL, 0, NULL, 0);
     rocksdb_compactoptions_destroy(o);
     return 0;
+}
+
+static void *compactor(void *arg) {
+    ps_store *s = arg;
+    pthread_mutex_lock(&s->mu);
+    while (!s->compactor_stop) {
+        size_t cf = 0;
+        while (cf < s->ncf_open && !s->compact_wanted[cf])
+            cf++;
+        if (cf == s->ncf_open) {
+            pthread_cond_wait(&s->cv, &s->mu);
+            continue;
+        }
+        s->compact_wanted[cf] = 0;
+        pthread_mutex_unlock(&s->mu);
+        compact_now(s, cf);
+        pthread_mutex_lock(&s->mu);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+int ps_store_compact(ps_store *s, int cf, bool wait, char *err, size_t errlen) {
+    if (wait)
+        return compact_now(s, (size_t)cf);
+    int r = 0;
+    pthread_mutex_lock(&s->mu);
+    if (!s->compactor_started) {
+        r = -pthread_create(&s->compactor, NULL, compactor, s);
+        s->compactor_started = r == 0;
+    }
+    if (r == 0) {
+        s->compact_wanted[cf] = 1;
+        pthread_cond_broadcast(&s->cv);
+    } else {
+        snprintf(err, errlen, "compaction thread: %s", strerror(-r));
+    }
+    pthread_mutex_unlock(&s->mu);
+    return r;
 }
 
 int ps_store_checkpoint(ps_store *s, const char *dir, char *err, size_t errlen) {

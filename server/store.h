@@ -97,11 +97,12 @@ void ps_store_iter_free(ps_store_iter *it);
 uint64_t ps_store_size(ps_store *s);
 /* The same for one column family. */
 uint64_t ps_store_cf_size(ps_store *s, int cf);
-/* Compact the whole column family, so that its compaction filter sees every
- * key and the space of the keys it drops (and of deleted keys) is given
- * back. wait: run it now, on this thread (seconds for a large family);
- * otherwise mark every file of the family for compaction and let RocksDB's
- * background jobs do it (SuggestCompactRange), which returns at once. */
+/* Compact the whole column family (its memtable flushed first), so that
+ * its compaction filter sees every key and the space of the keys it drops
+ * (and of deleted keys) is given back. wait: run it now, on this thread
+ * (seconds for a large family); otherwise the store's compaction thread
+ * runs it soon and this returns at once (a family asked for twice before
+ * its turn is compacted once). */
 int ps_store_compact(ps_store *s, int cf, bool wait, char *err, size_t errlen);
 
 /* Consistent, hard-linked copy of the whole database into `dir` (which must

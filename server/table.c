@@ -1384,9 +1384,11 @@ void ps_table_tick(ps_table *t, uint64_t now_ms) {
         t->last_sweep_ms = now_ms;
     }
     /* RocksDB's own compactions run the filter on the files they rewrite,
-     * but the largest level is rewritten rarely: every ttl_s (at least 1 s,
-     * at most 1 h) every file of the table is marked for compaction, so the
-     * space of expired rows comes back within about two ttl_s. */
+     * but the largest level is rewritten rarely, and a memtable that does
+     * not fill up is never flushed: every ttl_s (at least 1 s, at most 1 h)
+     * the store's compaction thread compacts the whole table, so the space
+     * of expired rows comes back within about two ttl_s. The price is one
+     * rewrite of the table per ttl_s. */
     uint64_t every = t->ttl ? (uint64_t)t->ttl * 1000 : 3600000;
     every = every < 1000 ? 1000 : every > 3600000 ? 3600000 : every;
     if (now_ms - t->last_compact_ms >= every) {
