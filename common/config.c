@@ -174,6 +174,13 @@ static const ps_config_key table_keys[] = {
     PS_KEY_U64("seed", TBL, seed, 0, UINT64_C(18000000000000000000)),
     PS_KEY_U64("memory_rows", TBL, memory_rows, 0, UINT64_C(1000000000000)),
     PS_KEY_STRINGS("slots", TBL, slots, nslots, .flags = PS_KEY_APPEND),
+    /* Feature lifecycle: admission and expiry. 15 is the largest count a
+     * 4-bit counter holds; 2^34 counters are 8 GiB. */
+    PS_KEY_DOUBLE("admit_probability", TBL, admit_probability, 0, 1),
+    PS_KEY_U32("admit_after", TBL, admit_after, 0, 15),
+    PS_KEY_U64("admit_bloom_bits", TBL, admit_bloom_bits, 1024, UINT64_C(17179869184)),
+    PS_KEY_U32("ttl_s", TBL, ttl_s, 0, 1u << 30),
+    PS_KEY_DOUBLE("expire_below", TBL, expire_below, 0, 1e30),
 };
 #undef TBL
 #define NTABLE_KEYS NKEYS(table_keys)
@@ -192,6 +199,8 @@ static void table_defaults(ps_table_config *t, const char *name) {
     t->opt.accum_max = INFINITY;
     t->init = PS_INIT_ZERO;
     t->init_std = 0.01;
+    t->admit_probability = 1.0;
+    t->admit_bloom_bits = 1u << 24;
 }
 
 static void server_defaults(ps_server_config *s) {

@@ -33,6 +33,19 @@ typedef struct ps_table_config {
     uint64_t memory_rows;        /* 0 = share of [server] memory_mb */
     char **slots;                /* owned */
     size_t nslots;
+    /* Feature lifecycle (DESIGN.md "Feature lifecycle"; server/admit.h and
+     * server/table.c hold the rules). A key without a row is created by a
+     * push only once admission lets it in: on its admit_after-th push, as
+     * counted by a counting Bloom filter of admit_bloom_bits 4-bit counters
+     * (so admit_after <= 15), and then with probability admit_probability
+     * (Poisson inclusion, KDD'13 §4.1). A row dies when it was not pushed for
+     * ttl_s seconds, or when a push leaves its weights with an L2 norm
+     * <= expire_below (which also forgets FTRL's z and n: opt-in). */
+    double admit_probability;    /* 1 = admit every new key (default) */
+    uint32_t admit_after;        /* 0 or 1 = on the first push (default) */
+    uint64_t admit_bloom_bits;   /* counters of the filter (default 2^24: 8 MiB) */
+    uint32_t ttl_s;              /* 0 = rows never expire (default) */
+    double expire_below;         /* 0 = off (default) */
 } ps_table_config;
 
 typedef struct ps_server_config {

@@ -18,7 +18,11 @@
     XX(looked_up_rows, "rows read by Lookup")                                                 \
     XX(dropped_nonfinite, "pushed rows dropped for a non-finite gradient")                    \
     XX(memory_misses, "keys looked for in RocksDB")                                           \
-    XX(evictions, "rows dropped from the memory tier")
+    XX(evictions, "rows dropped from the memory tier")                                        \
+    XX(admitted, "rows created (or re-created) by an admitted push")                          \
+    XX(rejected, "pushed keys admission kept out (gradient dropped)")                         \
+    XX(expired, "rows that died: ttl_s ran out, or expire_below")                             \
+    XX(rocksdb_bytes, "this table's SST files and memtables in bytes")
 
 typedef struct ps_table_stats {
 #define PS_TABLE_STATS_FIELD(name, help) uint64_t name;

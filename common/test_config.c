@@ -740,3 +740,45 @@ Test(config, optimizer_layout_stays_within_its_limits) {
     snprintf(text, sizeof(text), SHARD1 "[table.t]\ndim = %d\n", PS_OPTIM_DIM_MAX + 1);
     expect_error(text, 4, "key 'dim'", over);
 }
+
+/* ---- feature lifecycle keys ------------------------------------------------------ */
+
+Test(config, lifecycle_keys_default_off_and_parse) {
+    ps_config *cfg = load_ok("[cluster]\n"
+                             "shards = 127.0.0.1:7101\n"
+                             "[table.off]\n"
+                             "dim = 1\n"
+                             "[table.on]\n"
+                             "dim = 2\n"
+                             "optimizer = adagrad\n"
+                             "admit_probability = 0.25\n"
+                             "admit_after = 3\n"
+                             "admit_bloom_bits = 4096\n"
+                             "ttl_s = 86400\n"
+                             "expire_below = 1e-9\n");
+    const ps_table_config *off = ps_config_table(cfg, "off");
+    cr_assert_eq(off->admit_probability, 1.0, "every key is admitted by default");
+    cr_assert_eq(off->admit_after, 0);
+    cr_assert_eq(off->admit_bloom_bits, 1u << 24);
+    cr_assert_eq(off->ttl_s, 0, "rows never expire by default");
+    cr_assert_eq(off->expire_below, 0.0);
+    const ps_table_config *on = ps_config_table(cfg, "on");
+    cr_assert_eq(on->admit_probability, 0.25);
+    cr_assert_eq(on->admit_after, 3);
+    cr_assert_eq(on->admit_bloom_bits, 4096);
+    cr_assert_eq(on->ttl_s, 86400);
+    cr_assert_eq(on->expire_below, 1e-9);
+    ps_config_free(cfg);
+}
+
+Test(config, lifecycle_keys_out_of_range_are_rejected) {
+    expect_error("[cluster]\nshards = 127.0.0.1:1\n[table.t]\ndim = 1\nadmit_probability = 1.5\n", 5,
+                 "admit_probability", "[0, 1]");
+    expect_error("[cluster]\nshards = 127.0.0.1:1\n[table.t]\ndim = 1\nadmit_after = 16\n", 5,
+                 "admit_after", "[0, 15]");
+    expect_error("[cluster]\nshards = 127.0.0.1:1\n[table.t]\ndim = 1\nadmit_bloom_bits = 100\n", 5,
+                 "admit_bloom_bits", NULL);
+    expect_error("[cluster]\nshards = 127.0.0.1:1\n[table.t]\ndim = 1\nttl_s = -1\n", 5, "ttl_s", NULL);
+    expect_error("[cluster]\nshards = 127.0.0.1:1\n[table.t]\ndim = 1\nexpire_below = -0.5\n", 5,
+                 "expire_below", NULL);
+}

@@ -260,6 +260,7 @@ static int do_push(ps_service *svc, ps_session *sess, const Ctrps__PushRequest *
     ctrps__push_response__init(p);
     p->applied = res.applied;
     p->dropped_nonfinite = res.dropped_nonfinite;
+    p->rejected = res.rejected;
     p->already_applied = res.already_applied;
     rp->resp.result_case = CTRPS__RESPONSE__RESULT_PUSH;
     rp->resp.push = p;

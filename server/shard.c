@@ -26,14 +26,16 @@
 #define REC_DENSE_CREATE 3
 
 /* Push-log record body for a sparse push; followed by the table name, the
- * keys and the gradients. */
+ * keys and the gradients. clock_s is the table clock the push was applied
+ * at, which replay sets again (0 in logs older than the field: replay keeps
+ * the clock it has). */
 typedef struct push_record {
     uint8_t type;
     uint8_t pad;
     uint16_t name_len;
     uint32_t n;
     uint32_t dim;
-    uint32_t pad2;
+    uint32_t clock_s;
     uint64_t client_id;
     uint64_t seq;
 } push_record;
@@ -303,6 +305,7 @@ static int flush_begin(ps_shard *s) {
         snprintf(key, sizeof(key), "rows/%s", ps_table_config_of(t)->name);
         uint64_t rows = ps_table_persisted_rows(t);
         ps_store_batch_put(j->batch, s->store, CF_META, key, strlen(key), &rows, 8);
+        ps_table_save_state(t, j->batch, CF_META);
     }
     j->rows += ps_dense_dump(s->dense, s->store, CF_DENSE, j->batch, &j->dense_gen);
     for (size_t i = 0; i < s->clients_cap; i++) {
@@ -404,8 +407,10 @@ void ps_shard_tick(ps_shard *s, uint64_t now_ms) {
         return;
     }
     uint32_t now_s = (uint32_t)time(NULL);
-    for (size_t i = 0; i < s->ntables; i++)
+    for (size_t i = 0; i < s->ntables; i++) {
         ps_table_set_clock(s->tables[i], now_s);
+        ps_table_tick(s->tables[i], now_ms);
+    }
     if (!s->log_failed && flush_due(s, now_ms)) {
         int r = flush_begin(s);
         if (r < 0) {
@@ -487,6 +492,7 @@ static int apply_push(ps_shard *s, ps_table *t, const uint64_t *keys, size_t n, 
                        .name_len = (uint16_t)strlen(name),
                        .n = (uint32_t)n,
                        .dim = dim,
+                       .clock_s = ps_table_clock(t),
                        .client_id = client_id,
                        .seq = seq};
     size_t body = sizeof(rec) + rec.name_len + n * 8 + n * dim * sizeof(float);
@@ -508,6 +514,7 @@ static int apply_push(ps_shard *s, ps_table *t, const uint64_t *keys, size_t n, 
     int r = ps_table_push(t, keys, n, grads, &ret->applied, &ret->dropped_nonfinite, err, errlen);
     if (r < 0)
         return r;
+    ret->rejected = (uint32_t)n - ret->applied - ret->dropped_nonfinite;
     if (log) {
         uint64_t lsn;
         struct iovec iov[4] = {{&rec, sizeof(rec)},
@@ -760,6 +767,10 @@ static int replay_record(void *ctx, uint64_t lsn, const void *payload, size_t le
     if (!t || ps_table_dim(t) != rec.dim)
         return PS_EUNKNOWN_TABLE;
     s->replay_covered = lsn - 1;
+    /* The clock the push saw, which every table had then (a record from
+     * before clocks were logged: now). */
+    for (size_t i = 0; i < s->ntables; i++)
+        ps_table_set_clock(s->tables[i], rec.clock_s ? rec.clock_s : (uint32_t)time(NULL));
     /* Copy out: the payload's arrays are not aligned for uint64/float. */
     uint64_t *keys = malloc((size_t)rec.n * 8 + 1);
     float *grads = malloc((size_t)rec.n * rec.dim * 4 + 1);
@@ -866,6 +877,7 @@ int ps_shard_open(const ps_config *cfg, const ps_shard_options *opts, ps_shard *
     ps_store_batch *b = NULL;
     const char **cfs = NULL;
     char **names = NULL;
+    ps_store_cf_filter *filters = NULL;
     int r = ps_mkdir_p(s->dir);
     if (r < 0) {
         snprintf(err, errlen, "%s: %s", s->dir, ps_strerror(r));
@@ -874,12 +886,13 @@ int ps_shard_open(const ps_config *cfg, const ps_shard_options *opts, ps_shard *
     s->ntables = cfg->ntables;
     size_t ncf = CF_TABLE0 + cfg->ntables;
     cfs = calloc(ncf, sizeof(char *));
+    filters = calloc(ncf, sizeof(*filters));
     names = calloc(cfg->ntables + 1, sizeof(char *));
     s->tables = calloc(cfg->ntables + 1, sizeof(ps_table *));
     s->job.gens = calloc(cfg->ntables + 1, sizeof(uint32_t));
     s->job.dumps = calloc(cfg->ntables + 1, sizeof(ps_table_dump));
     r = -ENOMEM;
-    if (!cfs || !names || !s->tables || !s->job.gens || !s->job.dumps)
+    if (!cfs || !filters || !names || !s->tables || !s->job.gens || !s->job.dumps)
         goto fail;
     cfs[CF_META] = "meta";
     cfs[CF_DENSE] = "dense";
@@ -887,11 +900,16 @@ int ps_shard_open(const ps_config *cfg, const ps_shard_options *opts, ps_shard *
         if (asprintf(&names[i], "t.%s", cfg->tables[i].name) < 0)
             goto fail;
         cfs[CF_TABLE0 + i] = names[i];
+        if (ps_table_store_filter(&cfg->tables[i], &filters[CF_TABLE0 + i]) < 0)
+            goto fail;
     }
     char dbdir[PS_PATH_MAX + 8];
     snprintf(dbdir, sizeof(dbdir), "%s/db", s->dir);
-    ps_store_options so = {.sync_writes = cfg->server.fsync == PS_FSYNC_ALWAYS};
+    ps_store_options so = {.sync_writes = cfg->server.fsync == PS_FSYNC_ALWAYS, .filters = filters};
     r = ps_store_open(dbdir, cfs, ncf, &so, &s->store, err, errlen);
+    /* The store owns the filters' state now, even when open failed. */
+    for (size_t i = 0; i < ncf; i++)
+        filters[i].fn = NULL;
     if (r < 0)
         goto fail;
 
@@ -918,7 +936,12 @@ int ps_shard_open(const ps_config *cfg, const ps_shard_options *opts, ps_shard *
             goto fail;
         }
         ps_table_set_make_room(s->tables[i], make_room, s);
-        ps_table_set_clock(s->tables[i], (uint32_t)time(NULL));
+        ps_table_set_store_filter(s->tables[i], filters[CF_TABLE0 + i].ctx);
+        /* Its state and clock as of the last write-back: the push log is
+         * replayed on top, each record at its own clock. */
+        r = ps_table_load_state(s->tables[i], CF_META, err, errlen);
+        if (r < 0)
+            goto fail;
     }
     r = load_clients(s);
     if (r < 0)
@@ -946,7 +969,10 @@ int ps_shard_open(const ps_config *cfg, const ps_shard_options *opts, ps_shard *
     s->replaying = false;
     if (r < 0)
         goto fail;
+    for (size_t i = 0; i < cfg->ntables; i++)
+        ps_table_set_clock(s->tables[i], (uint32_t)time(NULL));
     ps_store_batch_free(b);
+    free(filters);
     for (size_t i = 0; i < cfg->ntables; i++)
         free(names[i]);
     free(names);
@@ -955,6 +981,10 @@ int ps_shard_open(const ps_config *cfg, const ps_shard_options *opts, ps_shard *
     return 0;
 fail:
     ps_store_batch_free(b);
+    for (size_t i = 0; filters && i < CF_TABLE0 + cfg->ntables; i++)
+        if (filters[i].fn && filters[i].free_ctx)
+            filters[i].free_ctx(filters[i].ctx);
+    free(filters);
     if (names)
         for (size_t i = 0; i < cfg->ntables; i++)
             free(names[i]);

@@ -38,6 +38,7 @@ typedef struct ps_shard_options {
 
 typedef struct ps_push_result {
     uint32_t applied, dropped_nonfinite;
+    uint32_t rejected;           /* keys admission kept out (server/admit.h) */
     bool already_applied;
 } ps_push_result;
 

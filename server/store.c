@@ -1,6 +1,7 @@
 #include "store.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <rocksdb/c.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +19,17 @@ struct ps_store {
     rocksdb_writeoptions_t *wopts;
     rocksdb_column_family_handle_t **cfs; /* requested ones first, then extras */
     size_t ncf, ncf_open;
+    /* Column families with a compaction filter have their own options. */
+    rocksdb_options_t **cf_options;       /* per requested cf, or NULL */
+    rocksdb_compactionfilter_t **cf_filters;
+    size_t ncf_options;
+    /* Background whole-family compactions (ps_store_compact without wait):
+     * one thread, started on first use, and a flag per column family. */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    pthread_t compactor;
+    bool compactor_started, compactor_stop;
+    uint8_t *compact_wanted;     /* per open cf */
 };
 
 struct ps_store_batch {
@@ -73,12 +85,74 @@ static void configure(ps_store *s, const ps_store_options *o) {
     rocksdb_writeoptions_set_sync(s->wopts, o && o->sync_writes);
 }
 
+typedef struct filter_state {
+    ps_store_filter_fn fn;
+    void *ctx;
+    void (*free_ctx)(void *ctx);
+} filter_state;
+
+static void free_filter_state(void *state) {
+    filter_state *f = state;
+    if (f->free_ctx)
+        f->free_ctx(f->ctx);
+    free(f);
+}
+
+static unsigned char run_filter(void *state, int level, const char *key, size_t klen,
+                                const char *value, size_t vlen, char **new_value,
+                                size_t *new_vlen, unsigned char *value_changed) {
+    (void)level;
+    (void)new_value;
+    (void)new_vlen;
+    *value_changed = 0;
+    filter_state *f = state;
+    return f->fn(f->ctx, key, klen, value, vlen) ? 1 : 0;
+}
+
+static const char *filter_name(void *state) {
+    (void)state;
+    return "ctrps.expiry";
+}
+
+/* Options of a filtered column family: the shared ones plus its filter.
+ * Takes every filter's ctx, also on failure. */
+static int configure_filters(ps_store *s, const ps_store_cf_filter *filters, size_t ncf) {
+    s->cf_options = calloc(ncf + 1, sizeof(*s->cf_options));
+    s->cf_filters = calloc(ncf + 1, sizeof(*s->cf_filters));
+    int r = s->cf_options && s->cf_filters ? 0 : -ENOMEM;
+    if (r == 0)
+        s->ncf_options = ncf;
+    for (size_t i = 0; filters && i < ncf; i++) {
+        if (!filters[i].fn)
+            continue;
+        filter_state *f = r == 0 ? malloc(sizeof(*f)) : NULL;
+        if (!f) {
+            if (filters[i].free_ctx)
+                filters[i].free_ctx(filters[i].ctx);
+            r = -ENOMEM;
+            continue;
+        }
+        *f = (filter_state){filters[i].fn, filters[i].ctx, filters[i].free_ctx};
+        /* RocksDB frees the state when the filter is destroyed (at close). */
+        s->cf_filters[i] = rocksdb_compactionfilter_create(f, free_filter_state, run_filter, filter_name);
+        s->cf_options[i] = rocksdb_options_create_copy(s->options);
+        rocksdb_options_set_compaction_filter(s->cf_options[i], s->cf_filters[i]);
+    }
+    return r;
+}
+
 int ps_store_open(const char *dir, const char *const *cf_names, size_t ncf,
                   const ps_store_options *opts, ps_store **ret_store, char *err, size_t errlen) {
     ps_store *s = calloc(1, sizeof(*s));
     if (!s)
         return -ENOMEM;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
     configure(s, opts);
+    if (configure_filters(s, opts ? opts->filters : NULL, ncf) < 0) {
+        ps_store_close(s);
+        return -ENOMEM;
+    }
 
     /* RocksDB refuses to open a database without naming every column family
      * it holds, so list the existing ones and open the union. */
@@ -97,8 +171,9 @@ int ps_store_open(const char *dir, const char *const *cf_names, size_t ncf,
     const char **names = calloc(cap, sizeof(char *));
     const rocksdb_options_t **cfopts = calloc(cap, sizeof(*cfopts));
     s->cfs = calloc(cap, sizeof(*s->cfs));
+    s->compact_wanted = calloc(cap, 1);
     int r = -ENOMEM;
-    if (!names || !cfopts || !s->cfs)
+    if (!names || !cfopts || !s->cfs || !s->compact_wanted)
         goto out;
     size_t n = 0;
     for (size_t i = 0; i < ncf; i++)
@@ -118,7 +193,7 @@ int ps_store_open(const char *dir, const char *const *cf_names, size_t ncf,
     if (!has_default)
         names[n++] = "default";
     for (size_t i = 0; i < n; i++)
-        cfopts[i] = s->options;
+        cfopts[i] = i < ncf && s->cf_options[i] ? s->cf_options[i] : s->options;
     s->db = rocksdb_open_column_families(s->options, dir, (int)n, names, cfopts, s->cfs, &rerr);
     r = take_error(rerr, err, errlen);
     if (r == 0) {
@@ -141,12 +216,32 @@ out:
 void ps_store_close(ps_store *s) {
     if (!s)
         return;
+    if (s->compactor_started) {
+        pthread_mutex_lock(&s->mu);
+        s->compactor_stop = true;
+        pthread_cond_broadcast(&s->cv);
+        pthread_mutex_unlock(&s->mu);
+        /* A running manual compaction returns early once paused. */
+        rocksdb_disable_manual_compaction(s->db);
+        pthread_join(s->compactor, NULL);
+    }
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cv);
+    free(s->compact_wanted);
     if (s->db) {
         for (size_t i = 0; i < s->ncf_open; i++)
             rocksdb_column_family_handle_destroy(s->cfs[i]);
         rocksdb_close(s->db);
     }
     free(s->cfs);
+    for (size_t i = 0; i < s->ncf_options; i++) {
+        if (s->cf_options[i])
+            rocksdb_options_destroy(s->cf_options[i]);
+        if (s->cf_filters[i])
+            rocksdb_compactionfilter_destroy(s->cf_filters[i]);
+    }
+    free(s->cf_options);
+    free(s->cf_filters);
     if (s->ropts)
         rocksdb_readoptions_destroy(s->ropts);
     if (s->wopts)
@@ -232,6 +327,10 @@ void ps_store_batch_put(ps_store_batch *b, ps_store *s, int cf, const void *key,
     rocksdb_writebatch_put_cf(b->wb, s->cfs[cf], key, klen, value, vlen);
 }
 
+void ps_store_batch_delete(ps_store_batch *b, ps_store *s, int cf, const void *key, size_t klen) {
+    rocksdb_writebatch_delete_cf(b->wb, s->cfs[cf], key, klen);
+}
+
 size_t ps_store_batch_count(const ps_store_batch *b) { return (size_t)rocksdb_writebatch_count(b->wb); }
 
 int ps_store_write(ps_store *s, ps_store_batch *b, char *err, size_t errlen) {
@@ -277,12 +376,67 @@ static uint64_t cf_property(ps_store *s, size_t cf, const char *name) {
     return n;
 }
 
+uint64_t ps_store_cf_size(ps_store *s, int cf) {
+    return cf_property(s, (size_t)cf, "rocksdb.live-sst-files-size") +
+           cf_property(s, (size_t)cf, "rocksdb.cur-size-all-mem-tables");
+}
+
 uint64_t ps_store_size(ps_store *s) {
     uint64_t total = 0;
     for (size_t i = 0; i < s->ncf_open; i++)
-        total += cf_property(s, i, "rocksdb.live-sst-files-size") +
-                 cf_property(s, i, "rocksdb.cur-size-all-mem-tables");
+        total += ps_store_cf_size(s, (int)i);
     return total;
+}
+
+static int compact_now(ps_store *s, size_t cf) {
+    rocksdb_compactoptions_t *o = rocksdb_compactoptions_create();
+    if (!o)
+        return -ENOMEM;
+    /* Automatic compactions keep running beside this one. It flushes the
+     * family's memtable first, so the filter sees every row. */
+    rocksdb_compactoptions_set_exclusive_manual_compaction(o, 0);
+    rocksdb_compact_range_cf_opt(s->db, s->cfs[cf], o, NULL, 0, NULL, 0);
+    rocksdb_compactoptions_destroy(o);
+    return 0;
+}
+
+static void *compactor(void *arg) {
+    ps_store *s = arg;
+    pthread_mutex_lock(&s->mu);
+    while (!s->compactor_stop) {
+        size_t cf = 0;
+        while (cf < s->ncf_open && !s->compact_wanted[cf])
+            cf++;
+        if (cf == s->ncf_open) {
+            pthread_cond_wait(&s->cv, &s->mu);
+            continue;
+        }
+        s->compact_wanted[cf] = 0;
+        pthread_mutex_unlock(&s->mu);
+        compact_now(s, cf);
+        pthread_mutex_lock(&s->mu);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+int ps_store_compact(ps_store *s, int cf, bool wait, char *err, size_t errlen) {
+    if (wait)
+        return compact_now(s, (size_t)cf);
+    int r = 0;
+    pthread_mutex_lock(&s->mu);
+    if (!s->compactor_started) {
+        r = -pthread_create(&s->compactor, NULL, compactor, s);
+        s->compactor_started = r == 0;
+    }
+    if (r == 0) {
+        s->compact_wanted[cf] = 1;
+        pthread_cond_broadcast(&s->cv);
+    } else {
+        snprintf(err, errlen, "compaction thread: %s", strerror(-r));
+    }
+    pthread_mutex_unlock(&s->mu);
+    return r;
 }
 
 int ps_store_checkpoint(ps_store *s, const char *dir, char *err, size_t errlen) {

@@ -38,9 +38,23 @@ static inline uint64_t ps_store_key_fid(const uint8_t *k) {
     return fid;
 }
 
+/* A compaction filter: RocksDB calls it, from its compaction threads and
+ * possibly from several at once, for each key a compaction of the column
+ * family rewrites (the newest version of the key in the compaction's
+ * input); returning true drops the key. This is how expired rows leave the
+ * disk without a scan (DESIGN.md "The shard"). */
+typedef bool (*ps_store_filter_fn)(void *ctx, const void *key, size_t klen, const void *value,
+                                   size_t vlen);
+typedef struct ps_store_cf_filter {
+    ps_store_filter_fn fn;       /* NULL: no filter */
+    void *ctx;                   /* owned by the store from ps_store_open() on, */
+    void (*free_ctx)(void *ctx); /* which frees it with this once closed */
+} ps_store_cf_filter;
+
 typedef struct ps_store_options {
     uint64_t block_cache_mb;     /* default 256 */
     bool sync_writes;            /* fsync every batch (fsync = always) */
+    const ps_store_cf_filter *filters; /* NULL, or one per requested cf */
 } ps_store_options;
 
 /* Open (creating if missing) the database in `dir` with the given column
@@ -66,6 +80,7 @@ ps_store_batch *ps_store_batch_new(void);
 void ps_store_batch_free(ps_store_batch *b);
 void ps_store_batch_put(ps_store_batch *b, ps_store *s, int cf, const void *key, size_t klen,
                         const void *value, size_t vlen);
+void ps_store_batch_delete(ps_store_batch *b, ps_store *s, int cf, const void *key, size_t klen);
 size_t ps_store_batch_count(const ps_store_batch *b);
 /* Apply the batch atomically (through RocksDB's WAL). */
 int ps_store_write(ps_store *s, ps_store_batch *b, char *err, size_t errlen);
@@ -80,6 +95,15 @@ void ps_store_iter_free(ps_store_iter *it);
 
 /* Approximate bytes on disk and in memtables for all column families. */
 uint64_t ps_store_size(ps_store *s);
+/* The same for one column family. */
+uint64_t ps_store_cf_size(ps_store *s, int cf);
+/* Compact the whole column family (its memtable flushed first), so that
+ * its compaction filter sees every key and the space of the keys it drops
+ * (and of deleted keys) is given back. wait: run it now, on this thread
+ * (seconds for a large family); otherwise the store's compaction thread
+ * runs it soon and this returns at once (a family asked for twice before
+ * its turn is compacted once). */
+int ps_store_compact(ps_store *s, int cf, bool wait, char *err, size_t errlen);
 
 /* Consistent, hard-linked copy of the whole database into `dir` (which must
  * not exist). */

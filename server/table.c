@@ -20,17 +20,57 @@
  * resolved until the request is done.
  *
  * A request resolves all its keys before changing anything (memory lookups,
- * one sorted MultiGet for the misses, creation), then applies; if resolution
- * fails nothing was modified, which gives Push its all-or-nothing rule. */
+ * one sorted MultiGet for the misses, admission decisions staged in the
+ * filter's overlay, slots for the rows to create), then applies; if
+ * resolution fails nothing was modified, which gives Push its all-or-nothing
+ * rule.
+ *
+ * Feature lifecycle (DESIGN.md). Every decision is a function of the push
+ * stream, so that push-log replay and checkpoint resume rebuild the same
+ * table:
+ *  - Clock. `now` is the table's clock; each push-log record carries the
+ *    clock its push was applied at and replay sets it back (shard.c). A row's
+ *    last_seen is the clock of its last push (or of its creation by a pull);
+ *    pulls do not refresh it, since pulls are not logged.
+ *  - Death. A row is dead when ttl_s has passed since last_seen, or when a
+ *    push left ||w||_2 <= expire_below (ROW_DEAD). The second is decided per
+ *    push request, after all its updates: a decision at write-back would
+ *    depend on when write-backs happen, which replay does not reproduce. A
+ *    dead row reads as absent; a push to it asks admission and, if let in,
+ *    starts it again from the init rule. expire_below forgets FTRL's z and n
+ *    with the weights (ALGORITHMS.md §3 keeps them for a reason: a zero row
+ *    comes back once |z| > lambda1): it trades that for space, opt-in.
+ *  - Leaving memory. A ROW_DEAD row is written back as a delete and freed
+ *    once that delete is committed. A ttl-expired row is freed as soon as it
+ *    is not in the current generation's dirty list: every stored version of
+ *    it is older, hence expired too. The CLOCK hand takes dead rows before
+ *    any live one, and ps_table_sweep() frees them a bounded number of slots
+ *    per tick.
+ *  - Leaving disk. RocksDB's compaction filter (expiry_filter) drops a
+ *    stored row with last_seen + ttl_s <= E, where E is the clock at which
+ *    the newest committed write-back was dumped, not the wall clock. Any
+ *    push not covered by that write-back was applied at a clock >= E (the
+ *    clock never goes backwards), so a row dead at E is dead for every push
+ *    replay can bring: dropping it cannot change what replay rebuilds. With
+ *    the wall clock, a restart after a long pause would drop rows that the
+ *    replayed pushes, at their recorded times, still found alive.
+ *  - Counting. `rows` counts live rows, kept by last_seen in a ring of
+ *    buckets of ttl_s/256 seconds: a push moves its row to the current
+ *    bucket, and a bucket whose rows are all past ttl_s leaves the count
+ *    (and adds to `expired`). So compactions need not report what they drop,
+ *    and the count is exact up to one bucket width. The ring is saved with
+ *    each write-back. */
 
 #include "table.h"
 
 #include <errno.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "admit.h"
 #include "error.h"
 #include "keys.h"
 #include "optim.h"
@@ -38,15 +78,18 @@
 #define ROW_PERSISTED 0x1        /* RocksDB holds a version of this row */
 #define ROW_REF 0x2              /* CLOCK reference bit */
 #define ROW_FREE 0x4             /* slot holds no row (given back by a failed request) */
+#define ROW_DEAD 0x8             /* killed by expire_below; its delete awaits write-back */
+#define ROW_BORN 0x10            /* dead, and admitted again by the current push */
 
 #define EMPTY UINT32_MAX
+#define NOT_ABSENT UINT32_MAX    /* absent_of[] of a key that has a row */
 
 typedef struct row {
     uint64_t key;
     uint32_t gen;                /* write-back generation of the last change; 0 = clean */
     uint32_t op;                 /* last request that resolved it (pin) */
     uint32_t updates;            /* pushes applied */
-    uint32_t last_seen;          /* unix seconds */
+    uint32_t last_seen;          /* table clock of the last push (or creation) */
     uint16_t bucket;
     uint16_t flags;
     uint32_t pad;
@@ -64,11 +107,32 @@ typedef struct value_header {
 } value_header;
 
 #define VALUE_VERSION 1
+#define VALUE_DELETE 0           /* in a dump record: delete the key */
 
 typedef struct miss {
     ps_store_key skey;
     size_t idx;                  /* position in the request */
 } miss;
+
+/* The compaction filter's view of the table; RocksDB's threads read it. */
+typedef struct expiry {
+    uint32_t ttl;
+    _Atomic uint32_t clock;      /* E: see the design note */
+    _Atomic uint64_t dropped;    /* rows the filter removed */
+} expiry;
+
+/* Live rows by last_seen: a ring of nb buckets of `width` seconds covering
+ * [base, base + nb); bucket b holds rows with last_seen in
+ * [b*width, (b+1)*width). Rows older than `since` count as of `since` (rows
+ * the ring was not kept for). nb = 0 without ttl_s: just the total. */
+typedef struct ledger {
+    uint64_t live;
+    uint64_t retired;            /* rows that left by ttl_s */
+    uint32_t ttl, width, nb;
+    uint32_t since;
+    uint64_t base;
+    uint64_t *h;
+} ledger;
 
 struct ps_table {
     const ps_table_config *cfg;
@@ -86,6 +150,7 @@ struct ps_table {
     uint64_t imask;
 
     uint32_t gen, committed_gen, op;
+    uint32_t pushed_gen;         /* generation of the last push */
     uint32_t *dirty;             /* slots dirtied in generation `gen` */
     size_t ndirty, dirty_cap;
     /* Generations dumped for write-back and not committed yet, oldest
@@ -94,21 +159,36 @@ struct ps_table {
      * write-back, without scanning the slab. Usually one entry. */
     struct pending_gen {
         uint32_t gen;
+        uint32_t clock;          /* table clock when dumped */
         uint64_t rows;
     } *pending;
     size_t npending, pending_cap;
-    uint64_t persisted_rows, new_rows;
 
     uint32_t now;
     bool read_only;              /* refuse to create rows */
     ps_table_make_room_fn make_room;
     void *make_room_ctx;
 
+    /* Feature lifecycle. */
+    ps_admit *admit;             /* NULL: every key is admitted */
+    expiry *exp;                 /* owned by the store; NULL without ttl_s */
+    uint32_t ttl;
+    double expire_below;
+    ledger lg;
+    uint64_t sweep_hand;
+    uint64_t last_sweep_ms, last_compact_ms;
+
     /* Per-request scratch, grown on demand and kept. */
     row **rows;
     miss *misses;
     float *w_init;
     uint8_t *finite;
+    uint8_t *decision;           /* per key: DEC_* */
+    uint32_t *absent_of;         /* per key without a row: its index in absent[] */
+    miss *absent;                /* distinct keys without a row */
+    row **absent_row;            /* created row per absent key, or NULL */
+    uint8_t *want;               /* per absent key: create it */
+    size_t nabsent;
     size_t scratch_cap;
 
     ps_table_stats st;
@@ -160,6 +240,140 @@ static void index_remove(ps_table *t, uint64_t key) {
     t->islots[hole] = EMPTY;
 }
 
+/* ---- the ledger of live rows ------------------------------------------------- */
+
+static uint64_t lg_bucket(const ledger *lg, uint32_t last_seen) {
+    return (last_seen > lg->since ? last_seen : lg->since) / lg->width;
+}
+
+/* The oldest bucket that can hold a live row at clock now: the first b with
+ * b*width + width-1 + ttl > now. */
+static uint64_t lg_first_live(const ledger *lg, uint32_t now) {
+    uint64_t span = (uint64_t)lg->ttl + lg->width - 1;
+    return now >= span ? (now - span) / lg->width + 1 : 0;
+}
+
+static int lg_init(ledger *lg, uint32_t ttl, uint64_t live) {
+    memset(lg, 0, sizeof(*lg));
+    lg->live = live;
+    lg->ttl = ttl;
+    if (!ttl)
+        return 0;
+    /* 256 buckets over ttl_s: the count is exact up to ttl_s/256 seconds,
+     * and the ring saved with each write-back is 2 KiB. */
+    lg->width = ttl / 256 ? ttl / 256 : 1;
+    /* Live buckets at any clock span at most ttl/width + 2. */
+    lg->nb = ttl / lg->width + 3;
+    lg->h = calloc(lg->nb, sizeof(uint64_t));
+    return lg->h ? 0 : -ENOMEM;
+}
+
+/* Every live row counts as pushed at now (no history kept for them). */
+static void lg_reset(ledger *lg, uint32_t now) {
+    if (!lg->nb)
+        return;
+    memset(lg->h, 0, lg->nb * sizeof(uint64_t));
+    lg->since = now;
+    lg->base = lg_first_live(lg, now);
+    lg->h[lg_bucket(lg, now) % lg->nb] = lg->live;
+}
+
+/* Retire the buckets whose rows are all past ttl at clock now. */
+static void lg_advance(ledger *lg, uint32_t now) {
+    if (!lg->nb)
+        return;
+    uint64_t target = lg_first_live(lg, now);
+    while (lg->base < target) {
+        if (target - lg->base >= lg->nb) {
+            for (uint32_t i = 0; i < lg->nb; i++) {
+                lg->retired += lg->h[i];
+                lg->live -= lg->h[i];
+                lg->h[i] = 0;
+            }
+            lg->base = target;
+            break;
+        }
+        uint64_t *c = &lg->h[lg->base % lg->nb];
+        lg->retired += *c;
+        lg->live -= *c;
+        *c = 0;
+        lg->base++;
+    }
+}
+
+static bool lg_in_ring(const ledger *lg, uint64_t b) { return b >= lg->base && b < lg->base + lg->nb; }
+
+static void lg_add(ledger *lg, uint32_t last_seen) {
+    if (lg->nb) {
+        uint64_t b = lg_bucket(lg, last_seen);
+        if (!lg_in_ring(lg, b))
+            return; /* dead already (or a clock the ring does not cover) */
+        lg->h[b % lg->nb]++;
+    }
+    lg->live++;
+}
+
+static void lg_sub(ledger *lg, uint32_t last_seen) {
+    if (lg->nb) {
+        uint64_t b = lg_bucket(lg, last_seen);
+        if (!lg_in_ring(lg, b) || lg->h[b % lg->nb] == 0)
+            return; /* retired with its bucket */
+        lg->h[b % lg->nb]--;
+    }
+    if (lg->live)
+        lg->live--;
+}
+
+/* ---- the compaction filter ------------------------------------------------------ */
+
+static bool expiry_filter(void *ctx, const void *key, size_t klen, const void *value, size_t vlen) {
+    (void)key;
+    expiry *e = ctx;
+    value_header h;
+    if (klen != PS_STORE_KEY_LEN || vlen < sizeof(h))
+        return false;
+    memcpy(&h, value, sizeof(h));
+    uint32_t clock = atomic_load_explicit(&e->clock, memory_order_relaxed);
+    if ((uint64_t)h.last_seen + e->ttl > clock)
+        return false;
+    atomic_fetch_add_explicit(&e->dropped, 1, memory_order_relaxed);
+    return true;
+}
+
+int ps_table_store_filter(const ps_table_config *cfg, ps_store_cf_filter *ret) {
+    memset(ret, 0, sizeof(*ret));
+    if (!cfg->ttl_s)
+        return 0;
+    expiry *e = calloc(1, sizeof(*e));
+    if (!e)
+        return -ENOMEM;
+    e->ttl = cfg->ttl_s;
+    ret->fn = expiry_filter;
+    ret->ctx = e;
+    ret->free_ctx = free;
+    return 0;
+}
+
+void ps_table_set_store_filter(ps_table *t, void *filter_ctx) { t->exp = filter_ctx; }
+
+static void expiry_advance(ps_table *t, uint32_t clock) {
+    if (t->exp && clock > atomic_load_explicit(&t->exp->clock, memory_order_relaxed))
+        atomic_store_explicit(&t->exp->clock, clock, memory_order_relaxed);
+}
+
+/* ---- life and death of rows ------------------------------------------------------ */
+
+static inline bool row_dead(const ps_table *t, const row *r) {
+    return (r->flags & ROW_DEAD) || (t->ttl && (uint64_t)r->last_seen + t->ttl <= t->now);
+}
+
+/* A row enters or leaves the live count (a ROW_DEAD row left it already). */
+static void count_row(ps_table *t, const row *r) { lg_add(&t->lg, r->last_seen); }
+static void uncount_row(ps_table *t, const row *r) {
+    if (!(r->flags & ROW_DEAD))
+        lg_sub(&t->lg, r->last_seen);
+}
+
 size_t ps_table_row_bytes(const ps_table_config *cfg) {
     size_t width = ps_optim_state_width(&cfg->opt, cfg->dim);
     size_t row_size = (sizeof(row) + width * sizeof(float) + 7) & ~(size_t)7;
@@ -183,7 +397,8 @@ int ps_table_new(const ps_table_config *cfg, uint32_t nbuckets, uint64_t capacit
     t->row_size = (sizeof(row) + t->width * sizeof(float) + 7) & ~(size_t)7;
     t->capacity = capacity;
     t->gen = 1;
-    t->persisted_rows = persisted_rows;
+    t->ttl = cfg->ttl_s;
+    t->expire_below = cfg->expire_below;
     uint64_t isize = 16;
     while (isize < 2 * capacity)
         isize <<= 1;
@@ -192,7 +407,10 @@ int ps_table_new(const ps_table_config *cfg, uint32_t nbuckets, uint64_t capacit
     t->slab = malloc(capacity * t->row_size);
     t->ikeys = malloc(isize * sizeof(uint64_t));
     t->islots = malloc(isize * sizeof(uint32_t));
-    if (!t->slab || !t->ikeys || !t->islots || capacity >= EMPTY) {
+    int r = lg_init(&t->lg, cfg->ttl_s, persisted_rows);
+    if (r == 0)
+        r = ps_admit_new(cfg, &t->admit);
+    if (r < 0 || !t->slab || !t->ikeys || !t->islots || capacity >= EMPTY) {
         ps_table_free(t);
         return -ENOMEM;
     }
@@ -213,6 +431,13 @@ void ps_table_free(ps_table *t) {
     free(t->misses);
     free(t->w_init);
     free(t->finite);
+    free(t->decision);
+    free(t->absent_of);
+    free(t->absent);
+    free(t->absent_row);
+    free(t->want);
+    free(t->lg.h);
+    ps_admit_free(t->admit);
     free(t);
 }
 
@@ -221,12 +446,36 @@ void ps_table_set_make_room(ps_table *t, ps_table_make_room_fn fn, void *ctx) {
     t->make_room_ctx = ctx;
 }
 
-void ps_table_set_clock(ps_table *t, uint32_t now_s) { t->now = now_s; }
+void ps_table_set_clock(ps_table *t, uint32_t now_s) {
+    if (now_s <= t->now)
+        return;
+    bool first = t->now == 0;
+    t->now = now_s;
+    /* Rows counted before the clock was ever set have no time: count them
+     * as of now. */
+    if (first)
+        lg_reset(&t->lg, now_s);
+    else
+        lg_advance(&t->lg, now_s);
+}
+
+uint32_t ps_table_clock(const ps_table *t) { return t->now; }
 void ps_table_set_read_only(ps_table *t, bool read_only) { t->read_only = read_only; }
 const ps_table_config *ps_table_config_of(const ps_table *t) { return t->cfg; }
 uint32_t ps_table_dim(const ps_table *t) { return t->dim; }
 uint32_t ps_table_state_width(const ps_table *t) { return t->width; }
 int ps_table_cf(const ps_table *t) { return t->cf; }
+
+#define GROW(ptr, cap) ((ptr) = grow_array((ptr), (cap), sizeof(*(ptr)), &ok))
+
+static void *grow_array(void *p, size_t n, size_t size, bool *ok) {
+    void *q = realloc(p, n * size);
+    if (!q) {
+        *ok = false;
+        return p;
+    }
+    return q;
+}
 
 static int reserve_scratch(ps_table *t, size_t n) {
     if (n <= t->scratch_cap)
@@ -234,16 +483,16 @@ static int reserve_scratch(ps_table *t, size_t n) {
     size_t cap = t->scratch_cap ? t->scratch_cap : 256;
     while (cap < n)
         cap *= 2;
-    row **rows = realloc(t->rows, cap * sizeof(*rows));
-    if (rows)
-        t->rows = rows;
-    miss *misses = realloc(t->misses, cap * sizeof(*misses));
-    if (misses)
-        t->misses = misses;
-    uint8_t *finite = realloc(t->finite, cap);
-    if (finite)
-        t->finite = finite;
-    if (!rows || !misses || !finite)
+    bool ok = true;
+    GROW(t->rows, cap);
+    GROW(t->misses, cap);
+    GROW(t->finite, cap);
+    GROW(t->decision, cap);
+    GROW(t->absent_of, cap);
+    GROW(t->absent, cap);
+    GROW(t->absent_row, cap);
+    GROW(t->want, cap);
+    if (!ok)
         return -ENOMEM;
     if (!t->w_init && !(t->w_init = malloc(t->dim * sizeof(float))))
         return -ENOMEM;
@@ -258,15 +507,20 @@ static inline void prefetch_row(const ps_table *t, const row *r) {
         __builtin_prefetch((const char *)r + off, 1);
 }
 
+/* A dirty row of an uncommitted batch leaves it (changed again, or freed). */
+static void pending_leave(ps_table *t, uint32_t gen) {
+    for (size_t i = 0; i < t->npending; i++)
+        if (t->pending[i].gen == gen) {
+            t->pending[i].rows--;
+            break;
+        }
+}
+
 static void mark_dirty(ps_table *t, row *r) {
     if (r->gen == t->gen)
         return;
     if (is_dirty(t, r)) /* leaves a batch in flight for this generation */
-        for (size_t i = 0; i < t->npending; i++)
-            if (t->pending[i].gen == r->gen) {
-                t->pending[i].rows--;
-                break;
-            }
+        pending_leave(t, r->gen);
     if (t->ndirty == t->dirty_cap) {
         size_t cap = t->dirty_cap ? 2 * t->dirty_cap : 1024;
         uint32_t *d = realloc(t->dirty, cap * sizeof(*d));
@@ -279,8 +533,28 @@ static void mark_dirty(ps_table *t, row *r) {
     t->dirty[t->ndirty++] = (uint32_t)(((char *)r - t->slab) / t->row_size);
 }
 
-/* A free slot: a never-used one, else a CLOCK victim. Returns EMPTY when
- * every row is dirty or pinned by the current request. */
+/* A dead row whose memory can go: not in the dirty list being built (the
+ * next dump reads it), and, if killed by expire_below, its delete committed.
+ * A ttl-expired row may go even while a batch with it is in flight: every
+ * stored version of it is at least as old, so expired too. */
+static bool reclaimable(const ps_table *t, const row *r) {
+    if ((r->flags & ROW_FREE) || !row_dead(t, r))
+        return false;
+    if (is_dirty(t, r) && (r->gen == t->gen || (r->flags & ROW_DEAD)))
+        return false;
+    return true;
+}
+
+/* Take a reclaimable row out of the index (the caller frees its slot). */
+static void release_row(ps_table *t, row *r) {
+    if (is_dirty(t, r))
+        pending_leave(t, r->gen);
+    index_remove(t, r->key);
+}
+
+/* A free slot: a never-used one, else a CLOCK victim (a dead row before any
+ * live one). Returns EMPTY when every row is dirty or pinned by the current
+ * request. */
 static uint32_t take_slot(ps_table *t) {
     if (t->used < t->capacity) {
         slot_row(t, (uint32_t)t->used)->flags = 0;
@@ -294,6 +568,10 @@ static uint32_t take_slot(ps_table *t) {
             continue;
         if (r->flags & ROW_FREE)
             return s;
+        if (reclaimable(t, r)) {
+            release_row(t, r);
+            return s;
+        }
         if (is_dirty(t, r))
             continue;
         if (r->flags & ROW_REF) {
@@ -401,15 +679,31 @@ static void init_row(ps_table *t, row *r) {
     ps_optim_init_row(&t->cfg->opt, t->dim, t->w_init, r->state);
 }
 
-/* Resolve keys[i] for every i with (!mask || mask[i]) into t->rows[i]:
- * from memory, else from RocksDB (one MultiGet), else newly created when
- * `create`, else NULL. Every resolved row is pinned for this request. */
-static int resolve(ps_table *t, const uint64_t *keys, size_t n, const uint8_t *mask, bool create,
-                   char *err, size_t errlen) {
+/* A dead row starts again from the init rule, as a row just created. */
+static void rebirth(ps_table *t, row *r) {
+    uncount_row(t, r);
+    r->flags &= (uint16_t)~(ROW_DEAD | ROW_BORN);
+    r->updates = 0;
+    r->last_seen = t->now;
+    init_row(t, r);
+    mark_dirty(t, r);
+    count_row(t, r);
+}
+
+/* Resolve keys[i] for every i with (!mask || mask[i]) into t->rows[i]: from
+ * memory, else from RocksDB (one MultiGet), else NULL; a key with no row
+ * gets absent_of[i], its index among the request's distinct such keys
+ * (absent[0..nabsent)). Every resolved row is pinned for this request. Dead
+ * rows resolve too: callers decide what they read as. */
+static int resolve(ps_table *t, const uint64_t *keys, size_t n, const uint8_t *mask, char *err,
+                   size_t errlen) {
     int r = reserve_scratch(t, n);
     if (r < 0)
         return r;
     t->op++;
+    t->nabsent = 0;
+    for (size_t i = 0; i < n; i++)
+        t->absent_of[i] = NOT_ABSENT;
     /* A request's keys are random over a table far larger than the caches,
      * so each probe and each row is a cache miss. Looking a few keys ahead
      * and prefetching overlaps those misses instead of paying them one after
@@ -448,7 +742,6 @@ static int resolve(ps_table *t, const uint64_t *keys, size_t n, const uint8_t *m
 
     /* Sorted, de-duplicated keys for one MultiGet. */
     qsort(t->misses, nmiss, sizeof(miss), cmp_miss);
-    uint32_t *slots = NULL;
     miss *uniq = malloc(nmiss * sizeof(miss));
     row **found = calloc(nmiss, sizeof(row *));
     size_t *slot_of = malloc(nmiss * sizeof(size_t));
@@ -476,67 +769,105 @@ static int resolve(ps_table *t, const uint64_t *keys, size_t n, const uint8_t *m
         r = lc.err;
     if (r < 0)
         goto out;
-    /* Take every slot the new rows need before creating any: if the tier
-     * cannot hold them all, the request fails with nothing created (and no
-     * row of it written back by a make_room flush in between). */
-    size_t ncreate = 0;
-    for (size_t u = 0; u < nuniq && create; u++)
-        ncreate += !found[u];
-    if (ncreate && t->read_only) {
-        /* New rows could not be written back: refuse, create nothing. */
-        snprintf(err, errlen, "table %s: %zu of the keys have no row yet, and the store is "
-                              "read-only: rows cannot be created",
-                 t->cfg->name, ncreate);
-        r = PS_EREAD_ONLY;
-        goto out;
-    }
-    if (ncreate && !(slots = malloc(ncreate * sizeof(*slots)))) {
-        r = -ENOMEM;
-        goto out;
-    }
-    for (size_t k = 0; k < ncreate; k++) {
-        slots[k] = acquire_slot(t, err, errlen);
-        if (slots[k] == EMPTY) {
-            r = PS_ELIMIT; /* the slots taken so far stay free */
-            goto out;
-        }
-    }
-    for (size_t u = 0, k = 0; u < nuniq && create; u++) {
+    /* The keys RocksDB does not hold either, once each. uniq[] is reused
+     * for their absent index. */
+    for (size_t u = 0; u < nuniq; u++) {
         if (found[u])
             continue;
-        uint64_t key = ps_store_key_fid(uniq[u].skey.b);
-        uint16_t bucket = (uint16_t)((uniq[u].skey.b[0] << 8) | uniq[u].skey.b[1]);
-        row *rw = place_row(t, slots[k++], key, bucket);
-        init_row(t, rw);
-        mark_dirty(t, rw);
-        t->new_rows++;
-        found[u] = rw;
+        t->absent[t->nabsent] = uniq[u];
+        t->absent_row[t->nabsent] = NULL;
+        uniq[u].idx = t->nabsent++;
     }
-    for (size_t i = 0; i < nmiss; i++)
-        t->rows[t->misses[i].idx] = found[slot_of[i]];
+    for (size_t i = 0; i < nmiss; i++) {
+        size_t u = slot_of[i], at = t->misses[i].idx;
+        t->rows[at] = found[u];
+        if (!found[u])
+            t->absent_of[at] = (uint32_t)uniq[u].idx;
+    }
 out:
     free(uniq);
     free(found);
     free(slot_of);
-    free(slots);
     return r;
+}
+
+/* Create the rows of the absent keys with want[a] (every absent key when
+ * want is NULL) from the init rule, and resolve their keys to them. Takes
+ * every slot before creating any: if the tier cannot hold them all, the
+ * request fails with nothing created (and no row of it written back by a
+ * make_room flush in between). Returns the number created in *ret_created. */
+static int create_absent(ps_table *t, size_t n, const uint8_t *want, size_t *ret_created,
+                         char *err, size_t errlen) {
+    size_t ncreate = 0;
+    for (size_t a = 0; a < t->nabsent; a++)
+        ncreate += !want || want[a];
+    *ret_created = 0;
+    if (ncreate == 0)
+        return 0;
+    if (t->read_only) {
+        /* New rows could not be written back: refuse, create nothing. */
+        snprintf(err, errlen, "table %s: %zu of the keys have no row yet, and the store is "
+                              "read-only: rows cannot be created",
+                 t->cfg->name, ncreate);
+        return PS_EREAD_ONLY;
+    }
+    uint32_t *slots = malloc(ncreate * sizeof(*slots));
+    if (!slots)
+        return -ENOMEM;
+    for (size_t k = 0; k < ncreate; k++) {
+        slots[k] = acquire_slot(t, err, errlen);
+        if (slots[k] == EMPTY) {
+            free(slots); /* the slots taken so far stay free */
+            return PS_ELIMIT;
+        }
+    }
+    for (size_t a = 0, k = 0; a < t->nabsent; a++) {
+        if (want && !want[a])
+            continue;
+        const uint8_t *sk = t->absent[a].skey.b;
+        row *rw = place_row(t, slots[k++], ps_store_key_fid(sk), (uint16_t)((sk[0] << 8) | sk[1]));
+        init_row(t, rw);
+        mark_dirty(t, rw);
+        count_row(t, rw);
+        t->absent_row[a] = rw;
+    }
+    free(slots);
+    for (size_t i = 0; i < n; i++)
+        if (!t->rows[i] && t->absent_of[i] != NOT_ABSENT && t->absent_row[t->absent_of[i]])
+            t->rows[i] = t->absent_row[t->absent_of[i]];
+    *ret_created = ncreate;
+    return 0;
 }
 
 int ps_table_pull(ps_table *t, const uint64_t *keys, size_t n, float *ret_values, char *err,
                   size_t errlen) {
-    int r = resolve(t, keys, n, NULL, true, err, errlen);
+    int r = resolve(t, keys, n, NULL, err, errlen);
     if (r < 0)
         return r;
+    if (!t->admit) {
+        /* Every key is admitted: a pull makes its row exist, as a push
+         * would. (Not while read-only: nothing new could be written back;
+         * the dead then just read as new.) */
+        size_t created;
+        r = create_absent(t, n, NULL, &created, err, errlen);
+        if (r < 0)
+            return r;
+        for (size_t i = 0; i < n && !t->read_only; i++)
+            if (row_dead(t, t->rows[i]))
+                rebirth(t, t->rows[i]);
+    }
     /* resolve() touched each row's first line; the weights run past it. */
     enum { AHEAD = 8 };
     size_t wend = sizeof(row) + t->dim * sizeof(float);
     for (size_t i = 0; i < n; i++) {
-        if (i + AHEAD < n)
+        if (i + AHEAD < n && t->rows[i + AHEAD])
             for (size_t off = 64; off < wend; off += 64)
                 __builtin_prefetch((const char *)t->rows[i + AHEAD] + off);
         row *rw = t->rows[i];
-        rw->last_seen = t->now;
-        memcpy(ret_values + i * t->dim, rw->state, t->dim * sizeof(float));
+        if (rw && !row_dead(t, rw))
+            memcpy(ret_values + i * t->dim, rw->state, t->dim * sizeof(float));
+        else /* no row, or a dead one: the key reads as new */
+            ps_optim_init_weights(t->cfg, keys[i], ret_values + i * t->dim);
     }
     t->st.pulled_rows += n;
     return 0;
@@ -549,28 +880,96 @@ static bool all_finite(const float *g, uint32_t dim) {
     return true;
 }
 
+static float weight_norm(const ps_table *t, const row *r) {
+    double s = 0;
+    for (uint32_t j = 0; j < t->dim; j++)
+        s += (double)r->state[j] * r->state[j];
+    return (float)sqrt(s);
+}
+
+enum { DEC_SKIP, DEC_APPLY, DEC_REJECT };
+
+/* Which keys of a push update a row, in order: a key with a live row does;
+ * a key without one (or with a dead one) asks admission, and once admitted
+ * its later occurrences in the push update the row it gets. Decisions are
+ * staged in the filter; *ret_rejected counts the refused occurrences. */
+static int decide(ps_table *t, const uint64_t *keys, size_t n, uint32_t *ret_rejected) {
+    uint32_t rejected = 0;
+    memset(t->want, 0, t->nabsent);
+    if (t->admit)
+        ps_admit_begin(t->admit);
+    for (size_t i = 0; i < n; i++) {
+        if (!t->finite[i]) {
+            t->decision[i] = DEC_SKIP;
+            continue;
+        }
+        row *rw = t->rows[i];
+        bool in_table = rw ? !row_dead(t, rw) || (rw->flags & ROW_BORN) : t->want[t->absent_of[i]];
+        bool ok = true;
+        if (!in_table && t->admit) {
+            int r = ps_admit_decide(t->admit, keys[i], &ok);
+            if (r < 0)
+                return r;
+        }
+        if (!ok) {
+            t->decision[i] = DEC_REJECT;
+            rejected++;
+            continue;
+        }
+        t->decision[i] = DEC_APPLY;
+        if (!in_table && rw)
+            rw->flags |= ROW_BORN;
+        else if (!in_table)
+            t->want[t->absent_of[i]] = 1;
+    }
+    *ret_rejected = rejected;
+    return 0;
+}
+
 int ps_table_push(ps_table *t, const uint64_t *keys, size_t n, const float *grads,
                   uint32_t *ret_applied, uint32_t *ret_dropped, char *err, size_t errlen) {
     int r = reserve_scratch(t, n);
     if (r < 0)
         return r;
-    uint32_t dropped = 0;
+    uint32_t dropped = 0, rejected = 0;
     for (size_t i = 0; i < n; i++) {
         t->finite[i] = all_finite(grads + i * t->dim, t->dim);
         dropped += !t->finite[i];
     }
-    r = resolve(t, keys, n, t->finite, true, err, errlen);
+    t->pushed_gen = t->gen;
+    r = resolve(t, keys, n, t->finite, err, errlen);
     if (r < 0)
         return r;
+    size_t created = 0;
+    r = decide(t, keys, n, &rejected);
+    if (r == 0)
+        r = create_absent(t, n, t->want, &created, err, errlen);
+    if (r < 0) {
+        for (size_t i = 0; i < n; i++)
+            if (t->rows[i])
+                t->rows[i]->flags &= (uint16_t)~ROW_BORN;
+        if (t->admit)
+            ps_admit_abort(t->admit);
+        return r;
+    }
+    /* Nothing can fail from here on. */
+    if (t->admit)
+        ps_admit_commit(t->admit);
+    uint64_t admitted = created;
+    for (size_t i = 0; i < n; i++)
+        if (t->decision[i] == DEC_APPLY && (t->rows[i]->flags & ROW_BORN)) {
+            rebirth(t, t->rows[i]);
+            admitted++;
+        }
     /* A row's optimizer state spans several cache lines and a request's rows
      * are scattered over the slab: fetch the whole row a few rows ahead. */
     enum { AHEAD = 4 };
     for (size_t i = 0; i < n; i++) {
-        if (i + AHEAD < n && t->rows[i + AHEAD])
+        if (i + AHEAD < n && t->decision[i + AHEAD] == DEC_APPLY)
             prefetch_row(t, t->rows[i + AHEAD]);
-        row *rw = t->rows[i];
-        if (!rw)
+        if (t->decision[i] != DEC_APPLY)
             continue;
+        row *rw = t->rows[i];
         /* The gradient is finite (checked above), but the update may still
          * overflow float32: then the row is left as it was and counted. */
         if (ps_optim_apply(&t->cfg->opt, t->dim, rw->state, grads + i * t->dim) < 0) {
@@ -578,25 +977,44 @@ int ps_table_push(ps_table *t, const uint64_t *keys, size_t n, const float *grad
             continue;
         }
         rw->updates++;
-        rw->last_seen = t->now;
+        if (rw->last_seen != t->now) {
+            uncount_row(t, rw);
+            rw->last_seen = t->now;
+            count_row(t, rw);
+        }
         mark_dirty(t, rw);
     }
-    t->st.pushed_rows += n - dropped;
+    /* expire_below, once the whole push is applied (design note). */
+    for (size_t i = 0; i < n && t->expire_below > 0; i++) {
+        row *rw = t->rows[i];
+        if (t->decision[i] != DEC_APPLY || (rw->flags & ROW_DEAD) ||
+            weight_norm(t, rw) > t->expire_below)
+            continue;
+        uncount_row(t, rw);
+        rw->flags |= ROW_DEAD;
+        mark_dirty(t, rw);
+        t->st.expired++;
+    }
+    uint32_t applied = (uint32_t)(n - dropped - rejected);
+    t->st.pushed_rows += applied;
     t->st.dropped_nonfinite += dropped;
-    *ret_applied = (uint32_t)(n - dropped);
+    t->st.admitted += admitted;
+    t->st.rejected += rejected;
+    *ret_applied = applied;
     *ret_dropped = dropped;
     return 0;
 }
 
 int ps_table_lookup(ps_table *t, const uint64_t *keys, size_t n, uint8_t *ret_found,
                     float *ret_values, float *ret_state, char *err, size_t errlen) {
-    int r = resolve(t, keys, n, NULL, false, err, errlen);
+    int r = resolve(t, keys, n, NULL, err, errlen);
     if (r < 0)
         return r;
     for (size_t i = 0; i < n; i++) {
         row *rw = t->rows[i];
-        ret_found[i] = rw != NULL;
-        if (rw) {
+        bool live = rw && !row_dead(t, rw);
+        ret_found[i] = live;
+        if (live) {
             memcpy(ret_values + i * t->dim, rw->state, t->dim * sizeof(float));
             if (ret_state)
                 memcpy(ret_state + i * t->width, rw->state, t->width * sizeof(float));
@@ -634,9 +1052,12 @@ int ps_table_export(ps_table *t, const ps_store_key *after, size_t limit, ps_tab
         }
         uint64_t key = ps_store_key_fid(k);
         uint32_t s = index_find(t, key);
+        value_header h;
+        memcpy(&h, v, sizeof(h));
         if (s != EMPTY) {
-            fn(ctx, key, slot_row(t, s)->state);
-        } else {
+            if (!row_dead(t, slot_row(t, s)))
+                fn(ctx, key, slot_row(t, s)->state);
+        } else if (!t->ttl || (uint64_t)h.last_seen + t->ttl > t->now) {
             /* The iterator's bytes may be unaligned for floats: copy. */
             float buf[256];
             float *tmp = t->width <= 256 ? buf : malloc(t->width * sizeof(float));
@@ -679,19 +1100,24 @@ size_t ps_table_dump_dirty(ps_table *t, ps_table_dump *d, uint32_t *ret_gen) {
     }
     for (size_t i = 0; i < t->ndirty; i++) {
         row *r = slot_row(t, t->dirty[i]);
-        char *rec = d->recs + d->n++ * d->rec_size;
-        ps_store_key_encode(r->bucket, r->key, (ps_store_key *)rec);
         value_header h = {.version = VALUE_VERSION,
                           .width = t->width,
                           .updates = r->updates,
                           .last_seen = r->last_seen};
-        memcpy(rec + DUMP_KEY_SPACE, &h, sizeof(h));
-        memcpy(rec + DUMP_KEY_SPACE + sizeof(h), r->state, t->width * sizeof(float));
-        if (!(r->flags & ROW_PERSISTED)) {
+        if (r->flags & ROW_DEAD) {
+            /* Killed by expire_below: delete the stored version, if any. */
+            if (!(r->flags & ROW_PERSISTED))
+                continue;
+            r->flags &= (uint16_t)~ROW_PERSISTED;
+            h.version = VALUE_DELETE;
+        } else {
             r->flags |= ROW_PERSISTED;
-            t->new_rows--;
-            t->persisted_rows++;
         }
+        char *rec = d->recs + d->n++ * d->rec_size;
+        ps_store_key_encode(r->bucket, r->key, (ps_store_key *)rec);
+        memcpy(rec + DUMP_KEY_SPACE, &h, sizeof(h));
+        if (h.version != VALUE_DELETE)
+            memcpy(rec + DUMP_KEY_SPACE + sizeof(h), r->state, t->width * sizeof(float));
     }
     if (t->npending == t->pending_cap) {
         size_t cap = t->pending_cap ? 2 * t->pending_cap : 4;
@@ -701,7 +1127,7 @@ size_t ps_table_dump_dirty(ps_table *t, ps_table_dump *d, uint32_t *ret_gen) {
         t->pending = g;
         t->pending_cap = cap;
     }
-    t->pending[t->npending++] = (struct pending_gen){t->gen, t->ndirty};
+    t->pending[t->npending++] = (struct pending_gen){t->gen, t->now, t->ndirty};
     t->ndirty = 0;
     *ret_gen = t->gen++;
     return d->n;
@@ -720,9 +1146,13 @@ void ps_table_dump_put(ps_table_dump *d, ps_store_batch *b) {
     for (size_t i = 0; i < d->n; i++)
         order[i] = d->recs + i * d->rec_size;
     qsort(order, d->n, sizeof(char *), cmp_rec_key);
-    for (size_t i = 0; i < d->n; i++)
-        ps_store_batch_put(b, d->store, d->cf, order[i], PS_STORE_KEY_LEN, order[i] + DUMP_KEY_SPACE,
-                           d->value_len);
+    for (size_t i = 0; i < d->n; i++) {
+        const char *value = order[i] + DUMP_KEY_SPACE;
+        if (((const value_header *)value)->version == VALUE_DELETE)
+            ps_store_batch_delete(b, d->store, d->cf, order[i], PS_STORE_KEY_LEN);
+        else
+            ps_store_batch_put(b, d->store, d->cf, order[i], PS_STORE_KEY_LEN, value, d->value_len);
+    }
     free(order);
 }
 
@@ -743,17 +1173,20 @@ void ps_table_committed(ps_table *t, uint32_t gen) {
     if (gen > t->committed_gen)
         t->committed_gen = gen;
     size_t keep = 0;
-    for (size_t i = 0; i < t->npending; i++)
+    for (size_t i = 0; i < t->npending; i++) {
         if (t->pending[i].gen > t->committed_gen)
             t->pending[keep++] = t->pending[i];
+        else /* the compaction filter may now go as far as this batch */
+            expiry_advance(t, t->pending[i].clock);
+    }
     t->npending = keep;
 }
 
-uint64_t ps_table_persisted_rows(const ps_table *t) { return t->persisted_rows; }
+uint64_t ps_table_persisted_rows(const ps_table *t) { return t->lg.live; }
 
 void ps_table_stats_get(const ps_table *t, ps_table_stats *ret) {
     *ret = t->st;
-    ret->rows = t->persisted_rows + t->new_rows;
+    ret->rows = t->lg.live;
     ret->rows_in_memory = t->used - t->nfree; /* evicted slots are reused at once */
     ret->capacity = t->capacity;
     /* Rows awaiting write-back, including those of batches in flight. */
@@ -761,4 +1194,206 @@ void ps_table_stats_get(const ps_table *t, ps_table_stats *ret) {
     for (size_t i = 0; i < t->npending; i++)
         dirty += t->pending[i].rows;
     ret->dirty_rows = dirty;
+    ret->expired = t->st.expired + t->lg.retired;
+    ret->rocksdb_bytes = ps_store_cf_size(t->store, t->cf);
+}
+
+/* ---- the table's own state in the meta column family --------------------------- */
+
+/* "live/NAME": the ledger and the clock of the write-back it belongs to. */
+typedef struct ledger_record {
+    uint32_t version;
+    uint32_t ttl, width, nb;
+    uint32_t since, clock;
+    uint64_t base, live;
+} ledger_record;
+
+#define LEDGER_VERSION 1
+
+typedef struct save_ctx {
+    ps_table *t;
+    ps_store_batch *b;
+    int cf;
+} save_ctx;
+
+/* "admit/NAME/" then the record id, 4 bytes big-endian. */
+static size_t admit_key(const ps_table *t, uint32_t id, char *key, size_t len) {
+    int n = snprintf(key, len, "admit/%s/", t->cfg->name);
+    for (int i = 0; i < 4; i++)
+        key[n + i] = (char)(id >> (24 - 8 * i));
+    return (size_t)n + 4;
+}
+
+static void put_admit(void *ctx, uint32_t id, const void *data, size_t len) {
+    save_ctx *sc = ctx;
+    char key[PS_NAME_MAX + 16];
+    size_t klen = admit_key(sc->t, id, key, sizeof(key));
+    ps_store_batch_put(sc->b, sc->t->store, sc->cf, key, klen, data, len);
+}
+
+void ps_table_save_state(ps_table *t, ps_store_batch *b, int meta_cf) {
+    save_ctx sc = {t, b, meta_cf};
+    if (t->admit)
+        ps_admit_save(t->admit, put_admit, &sc);
+    const ledger *lg = &t->lg;
+    size_t len = sizeof(ledger_record) + lg->nb * sizeof(uint64_t);
+    char *v = malloc(len);
+    if (!v)
+        abort(); /* the batch must describe the table; tiny and rare */
+    ledger_record rec = {.version = LEDGER_VERSION,
+                         .ttl = lg->ttl,
+                         .width = lg->width,
+                         .nb = lg->nb,
+                         .since = lg->since,
+                         .clock = t->now,
+                         .base = lg->base,
+                         .live = lg->live};
+    memcpy(v, &rec, sizeof(rec));
+    if (lg->nb)
+        memcpy(v + sizeof(rec), lg->h, lg->nb * sizeof(uint64_t));
+    char key[PS_NAME_MAX + 8];
+    int klen = snprintf(key, sizeof(key), "live/%s", t->cfg->name);
+    ps_store_batch_put(b, t->store, meta_cf, key, (size_t)klen, v, len);
+    free(v);
+}
+
+static int load_ledger(ps_table *t, int meta_cf, char *err, size_t errlen) {
+    char key[PS_NAME_MAX + 8];
+    int klen = snprintf(key, sizeof(key), "live/%s", t->cfg->name);
+    char *v;
+    size_t len;
+    int r = ps_store_get(t->store, meta_cf, key, (size_t)klen, &v, &len, err, errlen);
+    if (r < 0)
+        return r;
+    ledger *lg = &t->lg;
+    ledger_record rec;
+    if (v && len >= sizeof(rec)) {
+        memcpy(&rec, v, sizeof(rec));
+        if (rec.version == LEDGER_VERSION) {
+            /* The clock never goes back, whatever the ring's parameters. */
+            if (rec.clock > t->now)
+                t->now = rec.clock;
+            expiry_advance(t, rec.clock);
+        }
+        if (rec.version == LEDGER_VERSION && rec.ttl == lg->ttl && rec.width == lg->width &&
+            rec.nb == lg->nb && len == sizeof(rec) + lg->nb * sizeof(uint64_t)) {
+            lg->since = rec.since;
+            lg->base = rec.base;
+            lg->live = rec.live;
+            if (lg->nb)
+                memcpy(lg->h, v + sizeof(rec), lg->nb * sizeof(uint64_t));
+            free(v);
+            return 0;
+        }
+    }
+    free(v);
+    /* No ring for this ttl_s: the rows from the meta count (ps_table_new)
+     * count as pushed now, or at the first clock set. */
+    if (t->now)
+        lg_reset(lg, t->now);
+    return 0;
+}
+
+static int load_admit(ps_table *t, int meta_cf, char *err, size_t errlen) {
+    char key[PS_NAME_MAX + 16];
+    size_t klen = admit_key(t, PS_ADMIT_HEADER, key, sizeof(key));
+    char *v;
+    size_t len;
+    int r = ps_store_get(t->store, meta_cf, key, klen, &v, &len, err, errlen);
+    if (r < 0 || !v)
+        return r;
+    r = ps_admit_load_header(t->admit, v, len);
+    free(v);
+    if (r < 0)
+        return 0; /* other parameters: start empty (admit.h) */
+    size_t plen = klen - 4;
+    ps_store_iter *it = ps_store_iter_new(t->store, meta_cf, key, plen);
+    if (!it)
+        return -ENOMEM;
+    for (; ps_store_iter_valid(it); ps_store_iter_next(it)) {
+        size_t kl, vl;
+        const char *k = ps_store_iter_key(it, &kl);
+        const char *val = ps_store_iter_value(it, &vl);
+        if (kl != plen + 4 || memcmp(k, key, plen))
+            break;
+        uint32_t id = 0;
+        for (int i = 0; i < 4; i++)
+            id = (id << 8) | (uint8_t)k[plen + i];
+        if (id == PS_ADMIT_HEADER)
+            continue;
+        r = ps_admit_load_block(t->admit, id, val, vl);
+        if (r < 0) {
+            snprintf(err, errlen, "table %s: admission filter block %u in the store is corrupt",
+                     t->cfg->name, id);
+            break;
+        }
+    }
+    ps_store_iter_free(it);
+    return r;
+}
+
+int ps_table_load_state(ps_table *t, int meta_cf, char *err, size_t errlen) {
+    int r = load_ledger(t, meta_cf, err, errlen);
+    if (r == 0 && t->admit)
+        r = load_admit(t, meta_cf, err, errlen);
+    return r;
+}
+
+/* ---- housekeeping ------------------------------------------------------------------- */
+
+size_t ps_table_sweep(ps_table *t, size_t budget) {
+    size_t freed = 0;
+    for (size_t k = 0; k < budget && k < t->used; k++) {
+        if (t->sweep_hand >= t->used)
+            t->sweep_hand = 0;
+        /* Between requests: no row is pinned. */
+        row *r = slot_row(t, (uint32_t)t->sweep_hand++);
+        if (!reclaimable(t, r))
+            continue;
+        release_row(t, r);
+        r->flags = ROW_FREE;
+        t->nfree++;
+        freed++;
+    }
+    return freed;
+}
+
+#define SWEEP_EVERY_MS 100
+
+void ps_table_tick(ps_table *t, uint64_t now_ms) {
+    if (!t->ttl && t->expire_below <= 0)
+        return;
+    /* Once every push to this table is in a committed write-back, replay
+     * will bring none before now: the filter may go up to now. Without this
+     * an idle table would keep its expired rows on disk until its next
+     * push. */
+    if (t->pushed_gen <= t->committed_gen)
+        expiry_advance(t, t->now);
+    if (!t->last_sweep_ms) {
+        t->last_sweep_ms = t->last_compact_ms = now_ms;
+        return;
+    }
+    /* The sweep passes over the whole tier once per quarter of ttl_s
+     * (between 1 s and 1 min), in steps of at least 1024 slots. */
+    uint64_t since = now_ms - t->last_sweep_ms;
+    if (since >= SWEEP_EVERY_MS) {
+        uint64_t period = t->ttl ? (uint64_t)t->ttl * 250 : 60000;
+        period = period < 1000 ? 1000 : period > 60000 ? 60000 : period;
+        uint64_t budget = t->used * since / period;
+        ps_table_sweep(t, budget < 1024 ? 1024 : budget);
+        t->last_sweep_ms = now_ms;
+    }
+    /* RocksDB's own compactions run the filter on the files they rewrite,
+     * but the largest level is rewritten rarely, and a memtable that does
+     * not fill up is never flushed: every ttl_s (at least 1 s, at most 1 h)
+     * the store's compaction thread compacts the whole table, so the space
+     * of expired rows comes back within about two ttl_s. The price is one
+     * rewrite of the table per ttl_s. */
+    uint64_t every = t->ttl ? (uint64_t)t->ttl * 1000 : 3600000;
+    every = every < 1000 ? 1000 : every > 3600000 ? 3600000 : every;
+    if (now_ms - t->last_compact_ms >= every) {
+        char err[256];
+        ps_store_compact(t->store, t->cf, false, err, sizeof(err));
+        t->last_compact_ms = now_ms;
+    }
 }

@@ -3,14 +3,23 @@
  * the authoritative working copy of the rows it holds, in front of the
  * RocksDB column family that durably holds every row.
  *
- * Rows are created by Pull and Push from the table's init rule, read with one
- * MultiGet per request when they are not in memory, and updated in memory by
- * the optimizer. Dirty rows reach RocksDB only through ps_table_collect(),
- * which the shard calls to build a write-back batch. A clean row can be
- * dropped at any time (it is in RocksDB); a dirty row only after the batch
- * that holds it was committed.
+ * Rows are created from the table's init rule by Push (once admission lets
+ * the key in, server/admit.h) and, when the table admits every key, by Pull;
+ * read with one MultiGet per request when they are not in memory, and
+ * updated in memory by the optimizer. Dirty rows reach RocksDB only through
+ * ps_table_collect(), which the shard calls to build a write-back batch. A
+ * clean row can be dropped at any time (it is in RocksDB); a dirty row only
+ * after the batch that holds it was committed.
  *
- * Not thread-safe: the shard's loop thread owns every table. */
+ * Rows die (DESIGN.md "Feature lifecycle") when not pushed for ttl_s seconds
+ * of the table's clock, or when a push leaves their weights' L2 norm at or
+ * below expire_below. A dead row reads as a key the table never held: Pull
+ * serves the init rule, Lookup says not found, a push goes through
+ * admission. The rules in table.c say how the dead leave memory and disk.
+ *
+ * Not thread-safe: the shard's loop thread owns every table (the compaction
+ * filter from ps_table_store_filter() is the one part RocksDB's threads
+ * call). */
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -33,37 +42,53 @@ int ps_table_new(const ps_table_config *cfg, uint32_t nbuckets, uint64_t capacit
 void ps_table_free(ps_table *t);
 
 void ps_table_set_make_room(ps_table *t, ps_table_make_room_fn fn, void *ctx);
+
+/* The compaction filter that drops this table's expired rows from RocksDB,
+ * for ps_store_open() (ret->fn is NULL when the table has no ttl_s). The
+ * store owns ret->ctx; give it to the table with set_store_filter() once
+ * both exist, so that the filter follows the table's expiry clock. */
+int ps_table_store_filter(const ps_table_config *cfg, ps_store_cf_filter *ret);
+void ps_table_set_store_filter(ps_table *t, void *filter_ctx);
 /* While the store cannot write, requests that would create rows fail with
  * PS_EREAD_ONLY; existing rows are still served (and evicted when clean). */
 void ps_table_set_read_only(ps_table *t, bool read_only);
-/* Coarse clock for the rows' last-seen field; the shard sets it per turn. */
+/* The table's clock (unix seconds): a row's last-seen time is the clock of
+ * its last push, and ttl_s is measured on it. It never goes backwards (an
+ * earlier time is ignored). The shard sets it once per turn, and during
+ * push-log replay to each record's own clock, so that replay sees the
+ * times the pushes first saw. */
 void ps_table_set_clock(ps_table *t, uint32_t now_s);
+uint32_t ps_table_clock(const ps_table *t);
 
 const ps_table_config *ps_table_config_of(const ps_table *t);
 uint32_t ps_table_dim(const ps_table *t);
 uint32_t ps_table_state_width(const ps_table *t);
 int ps_table_cf(const ps_table *t);
 
-/* Weights of n rows into ret_values (n * dim), creating missing rows from
- * the init rule. */
+/* Weights of n rows into ret_values (n * dim). A key without a (live) row
+ * reads as the init rule; the row is created then only when the table
+ * admits every key. */
 int ps_table_pull(ps_table *t, const uint64_t *keys, size_t n, float *ret_values, char *err,
                   size_t errlen);
 
 /* One optimizer step per key with grads (n * dim), in key order (a key that
  * appears twice is updated twice). Rows whose gradient is not finite are
- * left untouched, not created, and counted in *ret_dropped. Either every
- * finite row is applied or, on error, none is. */
+ * left untouched, not created, and counted in *ret_dropped. A key without a
+ * live row asks admission; when it is refused its gradient is dropped and
+ * counted as rejected (n - applied - dropped of them). Either every finite
+ * row is applied or, on error, none is (nor is any admission decision). */
 int ps_table_push(ps_table *t, const uint64_t *keys, size_t n, const float *grads,
                   uint32_t *ret_applied, uint32_t *ret_dropped, char *err, size_t errlen);
 
-/* Read-only: never creates rows. ret_found[i] is 1 or 0; missing rows read
- * as zeros. ret_state (n * state_width) may be NULL. */
+/* Read-only: never creates rows. ret_found[i] is 1 or 0; missing (and dead)
+ * rows read as zeros. ret_state (n * state_width) may be NULL. */
 int ps_table_lookup(ps_table *t, const uint64_t *keys, size_t n, uint8_t *ret_found,
                     float *ret_values, float *ret_state, char *err, size_t errlen);
 
 /* Export rows in store order starting after `after` (a store key, or NULL to
  * start at the beginning), at most `limit` rows. Rows still only in memory
- * are not seen: flush first. Memory rows override their stored copy. */
+ * are not seen: flush first. Memory rows override their stored copy; dead
+ * rows are left out. */
 typedef void (*ps_table_row_fn)(void *ctx, uint64_t key, const float *state);
 int ps_table_export(ps_table *t, const ps_store_key *after, size_t limit, ps_table_row_fn fn,
                     void *ctx, ps_store_key *ret_last, size_t *ret_count, bool *ret_done);
@@ -90,8 +115,29 @@ void ps_table_dump_put(ps_table_dump *d, ps_store_batch *b);
 void ps_table_dump_deinit(ps_table_dump *d);
 size_t ps_table_collect(ps_table *t, ps_store_batch *b, uint32_t *ret_gen);
 void ps_table_committed(ps_table *t, uint32_t gen);
-/* Rows the store holds once the last collected batch is committed. */
+/* Live rows the store holds once the last collected batch is committed. */
 uint64_t ps_table_persisted_rows(const ps_table *t);
+
+/* The table's own state besides its rows: the admission filter, the count
+ * of live rows by last push time, and the expiry clock. save() adds it to
+ * the write-back batch (call it right after dump_dirty(), on the loop
+ * thread, so it describes the same point of the push stream); load() reads
+ * it back at open, into the meta column family's "admit/NAME/..." and
+ * "live/NAME" keys. State saved under other parameters (another
+ * admit_bloom_bits, ttl_s, seed) is dropped: admission starts empty, and the
+ * live rows all count as pushed at load time. */
+void ps_table_save_state(ps_table *t, ps_store_batch *b, int meta_cf);
+int ps_table_load_state(ps_table *t, int meta_cf, char *err, size_t errlen);
+
+/* Housekeeping, from the shard's tick (now_ms monotonic): frees the memory
+ * of dead rows a bounded number of slots at a time, and now and then asks
+ * RocksDB to compact the table so that its filter drops expired rows and
+ * the disk shrinks. Nothing to do for a table without ttl_s or
+ * expire_below. */
+void ps_table_tick(ps_table *t, uint64_t now_ms);
+/* Free the memory of dead rows among the next `budget` slots. Returns how
+ * many were freed. */
+size_t ps_table_sweep(ps_table *t, size_t budget);
 
 void ps_table_stats_get(const ps_table *t, ps_table_stats *ret);
 /* Bytes of memory one row costs in the tier (slab plus index). */

@@ -56,6 +56,7 @@ typedef struct cfg_opts {
     unsigned buckets;
     unsigned flush_dirty_rows;
     bool extra_table;
+    const char *emb_extra;       /* more [table.emb] lines */
 } cfg_opts;
 
 static ps_config *load_config(cfg_opts o) {
@@ -80,6 +81,7 @@ static ps_config *load_config(cfg_opts o) {
             "init_std = 0.1\n"
             "memory_rows = %u\n"
             "slots = C1, C2\n"
+            "%s"
             "[table.wide]\n"
             "dim = 1\n"
             "optimizer = adagrad\n"
@@ -87,7 +89,8 @@ static ps_config *load_config(cfg_opts o) {
             "slots = I1\n",
             o.buckets ? o.buckets : 64, o.durability ? o.durability : "sync",
             o.flush_dirty_rows ? o.flush_dirty_rows : 1000000, o.emb_dim ? o.emb_dim : 4,
-            o.emb_optimizer ? o.emb_optimizer : "ftrl", o.emb_memory_rows ? o.emb_memory_rows : 1024);
+            o.emb_optimizer ? o.emb_optimizer : "ftrl", o.emb_memory_rows ? o.emb_memory_rows : 1024,
+            o.emb_extra ? o.emb_extra : "");
     if (o.extra_table)
         fprintf(f, "[table.extra]\ndim = 2\nslots = X1\n");
     fclose(f);
@@ -686,4 +689,143 @@ Test(shard, owns_all) {
     cr_assert_not(ps_shard_owns_all(s, mixed, 3));
     cr_assert_eq(ps_shard_close(s), 0);
     ps_config_free(cfg);
+}
+
+/* ---- feature lifecycle under replay ------------------------------------------------------ */
+
+/* The workload of spec_of() with admission and expiry on the emb table and
+ * a fake table clock one second per push, far past the wall clock (the
+ * shard's own clock updates are then ignored: the table clock never goes
+ * back). Some pushes are rejected, some rows expire and come back. After
+ * kill -9 and replay, every decision must come out the same: the recovered
+ * table equals the one of a run without the crash, bit for bit. */
+#define LIFECYCLE "admit_after = 2\nadmit_probability = 0.7\nadmit_bloom_bits = 4096\nttl_s = 12\n"
+
+static uint32_t lifecycle_base;
+
+static void set_clocks(ps_shard *s, uint32_t i) {
+    for (size_t t = 0; t < ps_shard_ntables(s); t++)
+        ps_table_set_clock(ps_shard_table_at(s, t), lifecycle_base + i);
+}
+
+static void lifecycle_pushes(ps_shard *s, uint32_t from, uint32_t to, bool in_child) {
+    for (uint32_t i = from; i < to; i++) {
+        set_clocks(s, i);
+        push_spec p = spec_of(i);
+        ps_push_result res;
+        char err[512] = "";
+        int r = do_push(s, &p, &res, err, sizeof(err));
+        bool ok = r == 0 && !res.already_applied && res.applied + res.rejected == p.n &&
+                  ps_shard_commit(s) == 0;
+        if (in_child)
+            child_check(ok, 10, "push %u: %d %s", i, r, err);
+        else
+            cr_assert(ok, "push %u: %d %s", i, r, err);
+    }
+}
+
+typedef struct snapshot {
+    uint8_t found[NEMB];
+    float state[NEMB][3 * DIM];
+    ps_table_stats st;
+} snapshot;
+
+static void take_snapshot(ps_shard *s, snapshot *ret) {
+    ps_table *emb = ps_shard_table(s, "emb");
+    char err[512] = "";
+    for (size_t i = 0; i < NEMB; i++) {
+        float w[DIM];
+        cr_assert_eq(ps_table_lookup(emb, &emb_key[i], 1, &ret->found[i], w, ret->state[i], err,
+                                     sizeof(err)),
+                     0, "%s", err);
+    }
+    ps_table_stats_get(emb, &ret->st);
+}
+
+typedef struct lifecycle_args {
+    const ps_config *cfg;
+    uint32_t npush, flush_after;
+} lifecycle_args;
+
+static void lifecycle_child(void *arg) {
+    lifecycle_args *a = arg;
+    ps_shard_options so = {.shard_id = 0, .data_dir = datadir};
+    char err[512] = "";
+    ps_shard *s = NULL;
+    child_check(ps_shard_open(a->cfg, &so, &s, err, sizeof(err)) == 0, 2, "open: %s", err);
+    lifecycle_pushes(s, 0, a->flush_after, true);
+    child_check(ps_shard_flush_sync(s, err, sizeof(err)) == 0, 5, "flush: %s", err);
+    lifecycle_pushes(s, a->flush_after, a->npush, true);
+    _exit(0);
+}
+
+static void lifecycle_replay(cfg_opts o, bool expect_make_room) {
+    make_keys();
+    lifecycle_base = (uint32_t)time(NULL) + 10000000u;
+    o.emb_extra = LIFECYCLE;
+    ps_config *cfg = load_config(o);
+    enum { NPUSH = 120, FLUSH_AFTER = 50 };
+
+    /* The reference: the same pushes, no crash. */
+    snprintf(datadir, sizeof(datadir), "%s/reference", root);
+    ps_shard *s = open_shard(cfg, 0);
+    lifecycle_pushes(s, 0, NPUSH, false);
+    snapshot ref;
+    take_snapshot(s, &ref);
+    cr_assert_gt(ref.st.rejected, 10, "admission rejected nothing: the test would prove nothing");
+    cr_assert_gt(ref.st.admitted, 10);
+    cr_assert_gt(ref.st.expired, 5, "nothing expired: the test would prove nothing");
+    size_t live = 0;
+    for (size_t i = 0; i < NEMB; i++)
+        live += ref.found[i];
+    cr_assert(live > 5 && live < NEMB, "%zu live rows", live);
+    cr_assert_eq(ref.st.rows, live, "the live-row count");
+    if (expect_make_room)
+        cr_assert_gt(counters(s).make_room_flushes, 0, "the memory tier never filled");
+    cr_assert_eq(ps_shard_close(s), 0);
+
+    /* The crash: a write-back after FLUSH_AFTER pushes, kill -9 at the end. */
+    snprintf(datadir, sizeof(datadir), "%s/crashed", root);
+    lifecycle_args a = {cfg, NPUSH, FLUSH_AFTER};
+    in_crashing_child(lifecycle_child, &a);
+    s = open_shard(cfg, 0);
+    if (!expect_make_room)
+        cr_assert_eq(counters(s).replayed_records, NPUSH - FLUSH_AFTER);
+    snapshot got;
+    take_snapshot(s, &got);
+    for (size_t i = 0; i < NEMB; i++) {
+        cr_assert_eq(got.found[i], ref.found[i], "emb key %zu: found %d after replay, %d without crash",
+                     i, got.found[i], ref.found[i]);
+        if (ref.found[i])
+            cr_assert(!memcmp(got.state[i], ref.state[i], sizeof(ref.state[i])),
+                      "emb key %zu: state differs after replay", i);
+    }
+    cr_assert_eq(got.st.rows, ref.st.rows, "live rows after replay");
+    for (size_t t = 0; t < ps_shard_ntables(s); t++)
+        cr_assert_eq(ps_table_clock(ps_shard_table_at(s, t)), lifecycle_base + NPUSH - 1,
+                     "replay restores the clock of the last push, in every table");
+
+    /* Both go on alike: the filter and the trial count came back too. */
+    lifecycle_pushes(s, NPUSH, NPUSH + 40, false);
+    take_snapshot(s, &got);
+    cr_assert_eq(ps_shard_close(s), 0);
+    snprintf(datadir, sizeof(datadir), "%s/reference", root);
+    s = open_shard(cfg, 0);
+    lifecycle_pushes(s, NPUSH, NPUSH + 40, false);
+    take_snapshot(s, &ref);
+    cr_assert_eq(ps_shard_close(s), 0);
+    for (size_t i = 0; i < NEMB; i++) {
+        cr_assert_eq(got.found[i], ref.found[i], "emb key %zu after more pushes", i);
+        if (ref.found[i])
+            cr_assert(!memcmp(got.state[i], ref.state[i], sizeof(ref.state[i])), "emb key %zu", i);
+    }
+    ps_config_free(cfg);
+}
+
+Test(shard, admission_and_expiry_decide_the_same_after_kill9_and_replay) {
+    lifecycle_replay((cfg_opts){0}, false);
+}
+
+Test(shard, admission_and_expiry_replay_through_a_full_memory_tier) {
+    lifecycle_replay((cfg_opts){.emb_memory_rows = 16}, true);
 }

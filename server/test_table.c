@@ -75,6 +75,9 @@ static ps_table_config table_cfg(ps_optimizer_kind kind, uint32_t dim, ps_init_k
     c.init = init;
     c.init_std = 0.1;
     c.seed = 1234;
+    /* Config loading's defaults: every key admitted, rows never expire. */
+    c.admit_probability = 1.0;
+    c.admit_bloom_bits = 1u << 24;
     return c;
 }
 
@@ -788,5 +791,436 @@ Test(table, row_bytes_and_accessors) {
     cr_assert_eq(ps_table_config_of(t), &cfg);
     cr_assert_geq(ps_table_row_bytes(&cfg), 48 * sizeof(float), "a row holds at least its state");
     cr_assert_eq(stats(t).capacity, 100);
+    ps_table_free(t);
+}
+
+/* ---- feature lifecycle: admission ------------------------------------------------------- */
+
+static uint32_t push1(ps_table *t, uint64_t key, const float *g) {
+    uint32_t applied = 99, dropped = 99;
+    char err[512] = "";
+    cr_assert_eq(ps_table_push(t, &key, 1, g, &applied, &dropped, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(dropped, 0);
+    return applied;
+}
+
+static bool found1(ps_table *t, uint64_t key) {
+    uint8_t found = 7;
+    float w[16];
+    lookup_state(t, key, &found, w, NULL);
+    return found;
+}
+
+Test(table, unadmitted_keys_read_as_the_init_rule_and_store_nothing) {
+    ps_table_config cfg = table_cfg(PS_OPT_FTRL, 4, PS_INIT_NORMAL);
+    cfg.admit_after = 3;
+    ps_table *t = new_table(&cfg, 64, 0);
+    uint64_t key = ps_fid(7, "new", 3);
+    char err[512] = "";
+
+    /* A pull neither creates the row nor counts as an occurrence. */
+    float w[4], init[12];
+    init_state(&cfg, key, init);
+    for (int i = 0; i < 5; i++) {
+        cr_assert_eq(ps_table_pull(t, &key, 1, w, err, sizeof(err)), 0, "%s", err);
+        cr_assert(!memcmp(w, init, sizeof(w)), "an unknown key must read as the init rule");
+    }
+    cr_assert(!found1(t, key));
+    cr_assert_eq(stats(t).rows, 0);
+
+    /* Pushes 1 and 2 are rejected: nothing applied, nothing stored. */
+    float g[3][4];
+    for (int p = 0; p < 3; p++)
+        grad_of(4, key, (uint32_t)p, g[p]);
+    cr_assert_eq(push1(t, key, g[0]), 0);
+    cr_assert_eq(push1(t, key, g[1]), 0);
+    cr_assert(!found1(t, key));
+    ps_table_stats s = stats(t);
+    cr_assert_eq(s.rejected, 2);
+    cr_assert_eq(s.admitted, 0);
+    cr_assert_eq(s.rows, 0);
+    cr_assert_eq(s.dirty_rows, 0);
+    cr_assert_eq(flush(t), 0, "a rejected key has nothing to write back");
+
+    /* Push 3 creates the row from the init rule and applies only itself. */
+    cr_assert_eq(push1(t, key, g[2]), 1);
+    float want[12];
+    memcpy(want, init, sizeof(want));
+    ps_optim_apply(&cfg.opt, 4, want, g[2]);
+    expect_state(t, key, want);
+    s = stats(t);
+    cr_assert_eq(s.admitted, 1);
+    cr_assert_eq(s.rejected, 2);
+    cr_assert_eq(s.rows, 1);
+    cr_assert_eq(s.pushed_rows, 1);
+    /* Once in the table, every push applies. */
+    cr_assert_eq(push1(t, key, g[0]), 1);
+    ps_optim_apply(&cfg.opt, 4, want, g[0]);
+    expect_state(t, key, want);
+    ps_table_free(t);
+}
+
+Test(table, admission_decides_per_occurrence_within_a_push) {
+    ps_table_config cfg = table_cfg(PS_OPT_ADAGRAD, 1, PS_INIT_ZERO);
+    cfg.admit_after = 2;
+    ps_table *t = new_table(&cfg, 64, 0);
+    /* Key a three times, key b once: a's first push is rejected, its second
+     * admits it and its third updates the new row; b is rejected. */
+    uint64_t keys[4] = {11, 22, 11, 11};
+    float g[4] = {0.5f, 0.25f, -1.0f, 2.0f};
+    uint32_t applied, dropped;
+    char err[512] = "";
+    cr_assert_eq(ps_table_push(t, keys, 4, g, &applied, &dropped, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(applied, 2);
+    cr_assert_eq(dropped, 0);
+    cr_assert_eq(stats(t).rejected, 2);
+    float want[2];
+    init_state(&cfg, 11, want);
+    ps_optim_apply(&cfg.opt, 1, want, &g[2]);
+    ps_optim_apply(&cfg.opt, 1, want, &g[3]);
+    expect_state(t, 11, want);
+    cr_assert(!found1(t, 22));
+    ps_table_free(t);
+}
+
+Test(table, a_push_that_cannot_get_room_takes_no_admission_decision) {
+    /* 16 rows of memory, all dirty: a push of 20 keys that admission lets
+     * in fails whole, and must leave the filter as it was: the same keys
+     * pushed later count from zero. */
+    ps_table_config cfg = table_cfg(PS_OPT_ADAGRAD, 1, PS_INIT_ZERO);
+    cfg.admit_after = 2;
+    ps_table *t = new_table(&cfg, 16, 0);
+    uint64_t hot[16];
+    float g[20];
+    for (int i = 0; i < 20; i++)
+        g[i] = 0.5f;
+    for (int i = 0; i < 16; i++)
+        hot[i] = 5000 + (uint64_t)i;
+    uint32_t applied, dropped;
+    char err[512] = "";
+    for (int k = 0; k < 2; k++)
+        cr_assert_eq(ps_table_push(t, hot, 16, g, &applied, &dropped, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(stats(t).rows, 16);
+    uint64_t fresh[20];
+    for (int i = 0; i < 20; i++)
+        fresh[i] = 9000 + (uint64_t)(i / 2); /* each key twice: admitted by its second */
+    cr_assert_eq(ps_table_push(t, fresh, 20, g, &applied, &dropped, err, sizeof(err)), PS_ELIMIT);
+    flush(t);
+    /* Now there is room; had the failed push counted, these would be let
+     * in on their first occurrence. */
+    for (int i = 0; i < 10; i++)
+        cr_assert_eq(push1(t, 9000 + (uint64_t)i, g), 0, "key %d was counted by the failed push", i);
+    ps_table_free(t);
+}
+
+/* ---- feature lifecycle: expiry ----------------------------------------------------------- */
+
+#define T0 2000000000u           /* the table clock where expiry tests start */
+
+Test(table, expired_keys_read_as_new) {
+    ps_table_config cfg = table_cfg(PS_OPT_FTRL, 4, PS_INIT_NORMAL);
+    cfg.ttl_s = 100;
+    ps_table *t = new_table(&cfg, 64, 0);
+    ps_table_set_clock(t, T0);
+    uint64_t key = ps_fid(2, "old", 3);
+    float g[4], init[12], want[12];
+    grad_of(4, key, 0, g);
+    init_state(&cfg, key, init);
+    cr_assert_eq(push1(t, key, g), 1);
+    memcpy(want, init, sizeof(want));
+    ps_optim_apply(&cfg.opt, 4, want, g);
+
+    /* Pulls do not keep a row alive: only pushes do. */
+    char err[512] = "";
+    float w[4];
+    ps_table_set_clock(t, T0 + 99);
+    cr_assert_eq(ps_table_pull(t, &key, 1, w, err, sizeof(err)), 0);
+    cr_assert(!memcmp(w, want, sizeof(w)));
+    expect_state(t, key, want);
+    cr_assert_eq(stats(t).rows, 1);
+
+    ps_table_set_clock(t, T0 + 100);
+    cr_assert(!found1(t, key), "a row not pushed for ttl_s must be gone");
+    ps_table_stats s = stats(t);
+    cr_assert_eq(s.rows, 0);
+    cr_assert_eq(s.expired, 1);
+
+    /* Pull reads the init rule (and, as every key is admitted, re-creates
+     * the row); a push starts from the init rule, not from the old state. */
+    cr_assert_eq(ps_table_pull(t, &key, 1, w, err, sizeof(err)), 0);
+    cr_assert(!memcmp(w, init, sizeof(w)), "an expired key must read as new");
+    expect_state(t, key, init);
+    grad_of(4, key, 1, g);
+    cr_assert_eq(push1(t, key, g), 1);
+    memcpy(want, init, sizeof(want));
+    ps_optim_apply(&cfg.opt, 4, want, g);
+    expect_state(t, key, want);
+    cr_assert_eq(stats(t).rows, 1);
+    ps_table_free(t);
+}
+
+Test(table, expired_rows_in_rocksdb_read_as_new) {
+    ps_table_config cfg = table_cfg(PS_OPT_ADAGRAD, 2, PS_INIT_NORMAL);
+    cfg.ttl_s = 50;
+    cfg.admit_after = 2; /* pulls then create nothing */
+    ps_table *t = new_table(&cfg, 64, 0);
+    ps_table_set_clock(t, T0);
+    uint64_t key = 4242;
+    float g[2] = {1, -1};
+    cr_assert_eq(push1(t, key, g), 0);
+    cr_assert_eq(push1(t, key, g), 1);
+    flush(t);
+    ps_table_free(t);
+    /* A new table: the row is only in RocksDB now. */
+    t = new_table(&cfg, 64, 1);
+    ps_table_set_clock(t, T0 + 49);
+    cr_assert(found1(t, key));
+    ps_table_free(t);
+    t = new_table(&cfg, 64, 1);
+    ps_table_set_clock(t, T0 + 50);
+    cr_assert(!found1(t, key), "a stored row past ttl_s must read as absent");
+    char err[512] = "";
+    float w[2], init[4];
+    init_state(&cfg, key, init);
+    cr_assert_eq(ps_table_pull(t, &key, 1, w, err, sizeof(err)), 0);
+    cr_assert(!memcmp(w, init, sizeof(w)));
+    /* And it is a new key to admission too: one push is not enough. */
+    cr_assert_eq(push1(t, key, g), 0);
+    ps_table_free(t);
+}
+
+/* A store whose column family runs the table's compaction filter. */
+static void reopen_store_with_filter(const ps_table_config *cfg, void **ret_ctx) {
+    ps_store_close(store);
+    ps_store_cf_filter f;
+    cr_assert_eq(ps_table_store_filter(cfg, &f), 0);
+    cr_assert_not_null(f.fn);
+    *ret_ctx = f.ctx;
+    ps_store_options so = {.filters = &f};
+    char err[512] = "";
+    cr_assert_eq(ps_store_open(dir, cf_names, 1, &so, &store, err, sizeof(err)), 0, "%s", err);
+}
+
+static uint64_t compacted_bytes(void) {
+    char err[512] = "";
+    cr_assert_eq(ps_store_compact(store, 0, true, err, sizeof(err)), 0, "%s", err);
+    return ps_store_cf_size(store, 0);
+}
+
+static bool stored(uint64_t key) {
+    ps_store_key sk;
+    ps_store_key_encode((uint16_t)ps_bucket(key, NBUCKETS), key, &sk);
+    char *v = NULL, err[512] = "";
+    size_t len;
+    cr_assert_eq(ps_store_get(store, 0, sk.b, PS_STORE_KEY_LEN, &v, &len, err, sizeof(err)), 0);
+    free(v);
+    return v != NULL;
+}
+
+Test(table, compaction_drops_rows_expired_at_the_committed_clock) {
+    ps_table_config cfg = table_cfg(PS_OPT_FTRL, 8, PS_INIT_ZERO);
+    cfg.ttl_s = 1000;
+    void *filter_ctx;
+    reopen_store_with_filter(&cfg, &filter_ctx);
+    ps_table *t = new_table(&cfg, 1 << 15, 0);
+    ps_table_set_store_filter(t, filter_ctx);
+    enum { N = 20000, BATCH = 500 };
+    static uint64_t keys[N];
+    static float grads[BATCH * 8];
+    for (size_t i = 0; i < N; i++)
+        keys[i] = ps_fid(1, (const char *)&i, sizeof(i));
+    for (size_t i = 0; i < BATCH * 8; i++)
+        grads[i] = 0.125f;
+    char err[512] = "";
+    uint32_t applied, dropped;
+    /* The first half pushed at T0, the second at T0 + 600. */
+    for (size_t i = 0; i < N; i += BATCH) {
+        ps_table_set_clock(t, i < N / 2 ? T0 : T0 + 600);
+        cr_assert_eq(ps_table_push(t, keys + i, BATCH, grads, &applied, &dropped, err, sizeof(err)), 0,
+                     "%s", err);
+    }
+    flush(t);
+    uint64_t full = compacted_bytes();
+    cr_assert_gt(full, (uint64_t)N * 8 * 3 * 4, "the rows are on disk");
+
+    /* The table's clock passes ttl_s for the first half, but no write-back
+     * at that clock was committed: a replayed push could still find those
+     * rows alive, so compaction must keep them. */
+    ps_table_set_clock(t, T0 + 1500);
+    cr_assert_eq(compacted_bytes(), full, "compaction dropped rows before a write-back committed the clock");
+    cr_assert(stored(keys[0]));
+
+    /* A committed write-back at that clock: the first half goes. */
+    cr_assert_eq(flush(t), 0);
+    uint64_t half = compacted_bytes();
+    cr_assert_lt(half, full * 6 / 10, "disk did not shrink: %llu -> %llu bytes",
+                 (unsigned long long)full, (unsigned long long)half);
+    cr_assert_gt(half, full * 4 / 10);
+    cr_assert(!stored(keys[0]));
+    cr_assert(stored(keys[N - 1]));
+    ps_table_stats s = stats(t);
+    cr_assert_eq(s.rows, N / 2);
+    cr_assert_eq(s.expired, N / 2);
+    cr_assert_eq(s.rocksdb_bytes, half);
+
+    /* And everything, once the second half has expired too. */
+    ps_table_set_clock(t, T0 + 1600);
+    flush(t);
+    cr_assert_lt(compacted_bytes(), full / 100);
+    cr_assert_eq(stats(t).rows, 0);
+    cr_log_info("compaction: %llu -> %llu bytes with half the rows expired",
+                (unsigned long long)full, (unsigned long long)half);
+    ps_table_free(t);
+}
+
+Test(table, sweep_frees_dead_rows_once_no_batch_needs_them) {
+    ps_table_config cfg = table_cfg(PS_OPT_ADAGRAD, 1, PS_INIT_ZERO);
+    cfg.ttl_s = 10;
+    ps_table *t = new_table(&cfg, 256, 0);
+    ps_table_set_clock(t, T0);
+    float g[100];
+    uint64_t keys[100];
+    for (int i = 0; i < 100; i++) {
+        keys[i] = 70000 + (uint64_t)i;
+        g[i] = 1;
+    }
+    uint32_t applied, dropped;
+    char err[512] = "";
+    cr_assert_eq(ps_table_push(t, keys, 60, g, &applied, &dropped, err, sizeof(err)), 0);
+    flush(t);
+    cr_assert_eq(ps_table_push(t, keys + 60, 40, g, &applied, &dropped, err, sizeof(err)), 0);
+    cr_assert_eq(stats(t).rows_in_memory, 100);
+    cr_assert_eq(ps_table_sweep(t, 1000), 0, "nothing has expired");
+
+    ps_table_set_clock(t, T0 + 10);
+    /* 60 clean rows go; 40 expired rows are in the dirty list the next
+     * write-back reads, and stay until it was dumped. */
+    cr_assert_eq(ps_table_sweep(t, 1000), 60);
+    cr_assert_eq(stats(t).rows_in_memory, 40);
+    ps_store_batch *b = ps_store_batch_new();
+    uint32_t gen;
+    ps_table_collect(t, b, &gen);
+    cr_assert_eq(ps_table_sweep(t, 1000), 40, "rows of a batch in flight are expired in every version");
+    cr_assert_eq(stats(t).dirty_rows, 0);
+    cr_assert_eq(ps_store_write(store, b, err, sizeof(err)), 0);
+    ps_table_committed(t, gen);
+    ps_store_batch_free(b);
+    cr_assert_eq(stats(t).rows_in_memory, 0);
+    cr_assert_eq(stats(t).rows, 0);
+    for (int i = 0; i < 100; i++)
+        cr_assert(!found1(t, keys[i]));
+    ps_table_free(t);
+}
+
+Test(table, the_clock_hand_takes_dead_rows_before_live_ones) {
+    ps_table_config cfg = table_cfg(PS_OPT_ADAGRAD, 1, PS_INIT_ZERO);
+    cfg.ttl_s = 100;
+    ps_table *t = new_table(&cfg, 16, 0);
+    float g[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+    uint64_t old[8], live[8], fresh[8];
+    for (int i = 0; i < 8; i++) {
+        old[i] = 100 + (uint64_t)i;
+        live[i] = 200 + (uint64_t)i;
+        fresh[i] = 300 + (uint64_t)i;
+    }
+    uint32_t applied, dropped;
+    char err[512] = "";
+    ps_table_set_clock(t, T0);
+    cr_assert_eq(ps_table_push(t, old, 8, g, &applied, &dropped, err, sizeof(err)), 0);
+    ps_table_set_clock(t, T0 + 50);
+    cr_assert_eq(ps_table_push(t, live, 8, g, &applied, &dropped, err, sizeof(err)), 0);
+    flush(t);
+    ps_table_set_clock(t, T0 + 120);
+    float w[8];
+    cr_assert_eq(ps_table_pull(t, fresh, 8, w, err, sizeof(err)), 0, "%s", err);
+    ps_table_stats s = stats(t);
+    cr_assert_eq(s.evictions, 0, "a live row was evicted while dead ones held memory");
+    cr_assert_eq(s.rows_in_memory, 16);
+    uint64_t misses = s.memory_misses;
+    uint8_t found[8];
+    cr_assert_eq(ps_table_lookup(t, live, 8, found, w, NULL, err, sizeof(err)), 0);
+    cr_assert_eq(stats(t).memory_misses, misses, "the live rows are still in memory");
+    ps_table_free(t);
+}
+
+Test(table, expire_below_drops_zero_rows_when_pushed) {
+    /* FTRL with lambda1 = 0.5: one push of g = 1 leaves |z| = 1 > lambda1,
+     * so w != 0; a second push of g = -1 brings |z| under lambda1: w = 0
+     * exactly (see ALGORITHMS.md §1). */
+    ps_table_config cfg = table_cfg(PS_OPT_FTRL, 1, PS_INIT_ZERO);
+    cfg.opt.lambda1 = 0.5;
+    cfg.opt.lambda2 = 0;
+    cfg.expire_below = 1e-12;
+    ps_table *t = new_table(&cfg, 64, 0);
+    float up = 1, down = -1, small = 0.25f;
+    uint64_t kept = 1, zero = 2, never = 3;
+
+    /* A row whose first push leaves w = 0 is never stored. */
+    cr_assert_eq(push1(t, never, &small), 1);
+    cr_assert(!found1(t, never));
+    cr_assert_eq(stats(t).expired, 1);
+    cr_assert_eq(stats(t).rows, 0);
+
+    cr_assert_eq(push1(t, kept, &up), 1);
+    cr_assert_eq(push1(t, zero, &up), 1);
+    cr_assert(found1(t, zero));
+    cr_assert_eq(flush(t), 2, "two live rows written; nothing for the one never stored");
+    cr_assert(stored(kept) && stored(zero));
+
+    cr_assert_eq(push1(t, zero, &down), 1);
+    cr_assert(!found1(t, zero), "a row with ||w|| <= expire_below is dropped");
+    ps_table_stats s = stats(t);
+    cr_assert_eq(s.rows, 1);
+    cr_assert_eq(s.expired, 2);
+    cr_assert_eq(flush(t), 1, "the write-back deletes it");
+    cr_assert(!stored(zero));
+    cr_assert(stored(kept));
+    cr_assert_eq(stats(t).rows_in_memory, 3);
+    cr_assert_eq(ps_table_sweep(t, 64), 2, "once deleted (or never stored), the dead leave memory");
+    cr_assert_eq(stats(t).rows_in_memory, 1);
+
+    /* The trade-off: z and n are gone, a new push starts from the init
+     * rule (FTRL would otherwise have continued from z). */
+    cr_assert_eq(push1(t, zero, &up), 1);
+    float want[3];
+    init_state(&cfg, zero, want);
+    ps_optim_apply(&cfg.opt, 1, want, &up);
+    expect_state(t, zero, want);
+    ps_table_free(t);
+}
+
+Test(table, an_idle_table_lets_the_filter_reach_its_clock) {
+    ps_table_config cfg = table_cfg(PS_OPT_ADAGRAD, 4, PS_INIT_ZERO);
+    cfg.ttl_s = 100;
+    void *filter_ctx;
+    reopen_store_with_filter(&cfg, &filter_ctx);
+    ps_table *t = new_table(&cfg, 1024, 0);
+    ps_table_set_store_filter(t, filter_ctx);
+    float g[4] = {1, 2, 3, 4};
+    uint64_t a = 1, b = 2;
+    ps_table_set_clock(t, T0);
+    cr_assert_eq(push1(t, a, g), 1);
+    flush(t);
+    /* A push not yet written back: the filter must stay at T0, since replay
+     * could bring this push (at T0 + 100) and find a alive... */
+    ps_table_set_clock(t, T0 + 50);
+    cr_assert_eq(push1(t, b, g), 1);
+    ps_table_set_clock(t, T0 + 100);
+    ps_table_tick(t, 1000);
+    ps_table_tick(t, 2000);
+    compacted_bytes();
+    cr_assert(stored(a), "dropped while a push newer than the last write-back was not covered");
+    /* A write-back at T0 + 100 lets it go as far as that... */
+    flush(t);
+    compacted_bytes();
+    cr_assert(!stored(a));
+    ps_table_set_clock(t, T0 + 150);
+    compacted_bytes();
+    cr_assert(stored(b), "b expired at T0 + 150, a clock no write-back committed");
+    /* ...and with every push written back, ticks advance it without
+     * further write-backs. */
+    ps_table_tick(t, 3000);
+    compacted_bytes();
+    cr_assert(!stored(b), "an idle table keeps expired rows on disk");
     ps_table_free(t);
 }

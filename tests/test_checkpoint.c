@@ -21,6 +21,11 @@ static const char *body = "buckets = 128\n"
                           "slots = C1, C2, C3, C4, C5, C6, C7, C8, C9, C10, C11, C12, C13\n"
                           "slots = C14, C15, C16, C17, C18, C19, C20, C21, C22, C23, C24, C25, C26\n";
 
+/* The same with feature admission on: the filter's state travels in the
+ * checkpoint, so the resumed run takes the decisions the uninterrupted one
+ * took. */
+static const char *admit_keys = "admit_after = 2\nadmit_probability = 0.8\nadmit_bloom_bits = 65536\n";
+
 static ps_cluster cl;
 static char data[64], ckroot[64];
 
@@ -58,15 +63,22 @@ static char *export_state(void) {
 
 TestSuite(checkpoint, .init = setup, .fini = teardown, .timeout = 300);
 
-Test(checkpoint, restored_and_resumed_run_ends_in_the_uninterrupted_state) {
+static void resumed_matches_uninterrupted(const char *cfg_body) {
     /* The uninterrupted run. */
-    cr_assert_eq(ps_cluster_start(&cl, 2, body), 0);
+    cr_assert_eq(ps_cluster_start(&cl, 2, cfg_body), 0);
     free(run_worker(NULL));
     char *reference = export_state();
+    if (strstr(cfg_body, "admit_after")) {
+        char *st = NULL;
+        cr_assert_eq(ps_run_cli(&cl, &st, "stats", NULL), 0);
+        const char *r = strstr(st, "\"rejected\":");
+        cr_assert(r && strtoull(r + 11, NULL, 10) > 0, "admission rejected nothing: %s", st);
+        free(st);
+    }
     cr_assert_eq(ps_cluster_destroy(&cl), 0);
 
     /* A run with a checkpoint in the middle. */
-    cr_assert_eq(ps_cluster_start(&cl, 2, body), 0);
+    cr_assert_eq(ps_cluster_start(&cl, 2, cfg_body), 0);
     int outp[2];
     cr_assert_eq(pipe(outp), 0);
     pid_t pid = fork();
@@ -106,7 +118,7 @@ Test(checkpoint, restored_and_resumed_run_ends_in_the_uninterrupted_state) {
     free(m);
 
     /* A fresh cluster from the checkpoint; the worker resumes where it paused. */
-    cr_assert_eq(ps_cluster_start_restored(&cl, 2, body, ckroot), 0);
+    cr_assert_eq(ps_cluster_start_restored(&cl, 2, cfg_body, ckroot), 0);
     char *mid = export_state();
     cr_assert_str_neq(mid, reference, "the checkpoint was taken after training ended");
     free(mid);
@@ -119,6 +131,16 @@ Test(checkpoint, restored_and_resumed_run_ends_in_the_uninterrupted_state) {
     free(reference);
     free(ckpt);
     cr_assert_eq(ps_cluster_destroy(&cl), 0);
+}
+
+Test(checkpoint, restored_and_resumed_run_ends_in_the_uninterrupted_state) {
+    resumed_matches_uninterrupted(body);
+}
+
+Test(checkpoint, with_admission_the_resumed_run_decides_as_the_uninterrupted_one) {
+    char b[4096];
+    snprintf(b, sizeof(b), "%s%s", body, admit_keys);
+    resumed_matches_uninterrupted(b);
 }
 
 Test(checkpoint, list_and_prune_keep_the_newest) {

@@ -1,0 +1,285 @@
+/* Tests for feature admission (server/admit.h).
+ *
+ * What a user depends on: with admit_after = N a key is admitted exactly on
+ * its N-th push (keys without Bloom collisions, which a large filter makes
+ * all of them); with admit_probability = P about a share P of new keys is
+ * admitted; the decisions are a function of the push stream and the saved
+ * state, so a filter loaded from a save, or fed the same pushes, decides the
+ * same; an aborted request leaves no trace; and the filter forgets (halves)
+ * instead of filling up. */
+
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "admit.h"
+#include "config.h"
+#include "error.h"
+#include "keys.h"
+
+static ps_table_config cfg_of(double p, uint32_t after, uint64_t counters) {
+    ps_table_config c;
+    memset(&c, 0, sizeof(c));
+    snprintf(c.name, sizeof(c.name), "t");
+    c.dim = 1;
+    c.seed = 77;
+    c.admit_probability = p;
+    c.admit_after = after;
+    c.admit_bloom_bits = counters;
+    return c;
+}
+
+static ps_admit *new_admit(double p, uint32_t after, uint64_t counters) {
+    ps_table_config c = cfg_of(p, after, counters);
+    ps_admit *a = NULL;
+    cr_assert_eq(ps_admit_new(&c, &a), 0);
+    cr_assert_not_null(a);
+    return a;
+}
+
+/* One request of a single push of fid. */
+static bool decide1(ps_admit *a, uint64_t fid) {
+    bool ok;
+    ps_admit_begin(a);
+    cr_assert_eq(ps_admit_decide(a, fid, &ok), 0);
+    ps_admit_commit(a);
+    return ok;
+}
+
+static uint64_t key_of(uint64_t i) { return ps_mix64(i + 1000) ^ (UINT64_C(3) << 48); }
+
+/* Saved state, as the meta column family would hold it: the last value put
+ * for each id. */
+#define MAXREC 64
+typedef struct saved {
+    uint32_t id[MAXREC];
+    char *data[MAXREC];
+    size_t len[MAXREC];
+    size_t n;
+    size_t puts;                 /* calls of the last save */
+} saved;
+
+static void put_rec(void *ctx, uint32_t id, const void *data, size_t len) {
+    saved *s = ctx;
+    s->puts++;
+    size_t i = 0;
+    while (i < s->n && s->id[i] != id)
+        i++;
+    cr_assert_lt(i, MAXREC);
+    if (i == s->n)
+        s->n++;
+    else
+        free(s->data[i]);
+    s->id[i] = id;
+    s->data[i] = malloc(len);
+    memcpy(s->data[i], data, len);
+    s->len[i] = len;
+}
+
+static void save(ps_admit *a, saved *s) {
+    s->puts = 0;
+    ps_admit_save(a, put_rec, s);
+}
+
+static int load(ps_admit *a, const saved *s) {
+    for (size_t i = 0; i < s->n; i++)
+        if (s->id[i] == PS_ADMIT_HEADER) {
+            int r = ps_admit_load_header(a, s->data[i], s->len[i]);
+            if (r < 0)
+                return r;
+        }
+    for (size_t i = 0; i < s->n; i++)
+        if (s->id[i] != PS_ADMIT_HEADER)
+            cr_assert_eq(ps_admit_load_block(a, s->id[i], s->data[i], s->len[i]), 0);
+    return 0;
+}
+
+static void saved_free(saved *s) {
+    for (size_t i = 0; i < s->n; i++)
+        free(s->data[i]);
+    memset(s, 0, sizeof(*s));
+}
+
+Test(admit, off_unless_configured) {
+    ps_table_config c = cfg_of(1.0, 1, 1024);
+    ps_admit *a = (ps_admit *)&c;
+    cr_assert_eq(ps_admit_new(&c, &a), 0);
+    cr_assert_null(a, "admit_probability 1 and admit_after 1 admit every key: no filter");
+    c.admit_after = 0;
+    cr_assert_eq(ps_admit_new(&c, &a), 0);
+    cr_assert_null(a);
+    ps_admit_free(NULL);
+}
+
+Test(admit, admitted_exactly_on_the_nth_push) {
+    for (uint32_t n = 2; n <= 15; n += 13) {
+        ps_admit *a = new_admit(1.0, n, 1u << 20);
+        enum { KEYS = 2000 };
+        /* Rounds over every key, so pushes of different keys interleave. */
+        for (uint32_t round = 1; round <= n + 1; round++)
+            for (uint64_t k = 0; k < KEYS; k++) {
+                bool ok = decide1(a, key_of(k));
+                /* After admission the table holds the row and nothing asks
+                 * again; asking anyway, the count stays at or above n. */
+                cr_assert_eq(ok, round >= n, "N = %u: key %llu, push %u: %s", n,
+                             (unsigned long long)k, round, ok ? "admitted early" : "not admitted");
+            }
+        ps_admit_stats st;
+        ps_admit_stats_get(a, &st);
+        cr_assert_eq(st.trials, (uint64_t)KEYS * (n + 1));
+        cr_assert_eq(st.halvings, 0, "2000 keys in 2^20 counters must not trigger a halving");
+        ps_admit_free(a);
+    }
+}
+
+Test(admit, occurrences_within_one_request_count) {
+    ps_admit *a = new_admit(1.0, 3, 1u << 16);
+    bool ok[4];
+    ps_admit_begin(a);
+    for (int i = 0; i < 4; i++)
+        cr_assert_eq(ps_admit_decide(a, 42, &ok[i]), 0);
+    ps_admit_commit(a);
+    cr_assert(!ok[0] && !ok[1] && ok[2] && ok[3], "%d %d %d %d", ok[0], ok[1], ok[2], ok[3]);
+    ps_admit_free(a);
+}
+
+Test(admit, poisson_rate_is_close_to_p) {
+    const double ps[] = {0.0, 0.05, 0.3, 0.9};
+    for (size_t t = 0; t < sizeof(ps) / sizeof(ps[0]); t++) {
+        ps_admit *a = new_admit(ps[t], 0, 0);
+        ps_admit *b = new_admit(ps[t], 0, 0);
+        enum { N = 200000 };
+        uint64_t admitted = 0;
+        ps_admit_begin(a);
+        ps_admit_begin(b);
+        for (uint64_t k = 0; k < N; k++) {
+            bool x, y;
+            cr_assert_eq(ps_admit_decide(a, key_of(k), &x), 0);
+            cr_assert_eq(ps_admit_decide(b, key_of(k), &y), 0);
+            cr_assert_eq(x, y, "the same stream must decide the same");
+            admitted += x;
+        }
+        ps_admit_commit(a);
+        ps_admit_commit(b);
+        double rate = (double)admitted / N, sd = sqrt(ps[t] * (1 - ps[t]) / N);
+        cr_assert(fabs(rate - ps[t]) <= 5 * sd + 1e-12, "P = %g: admitted %.5f of new keys", ps[t], rate);
+        cr_log_info("P = %g: admitted %.5f (sd %.5f)", ps[t], rate, sd);
+        ps_admit_free(a);
+        ps_admit_free(b);
+    }
+}
+
+Test(admit, repeated_trials_of_one_key_are_independent) {
+    /* A key pushed r times is admitted by then with probability 1-(1-P)^r:
+     * the trial number, not only the key, seeds each decision. */
+    ps_admit *a = new_admit(0.25, 0, 0);
+    enum { KEYS = 20000, R = 4 };
+    uint64_t by_r = 0;
+    for (uint64_t k = 0; k < KEYS; k++)
+        for (int r = 0; r < R; r++)
+            if (decide1(a, key_of(k))) {
+                by_r++;
+                break;
+            }
+    double want = 1 - pow(0.75, R), rate = (double)by_r / KEYS, sd = sqrt(want * (1 - want) / KEYS);
+    cr_assert(fabs(rate - want) <= 5 * sd, "admitted within %d pushes: %.4f, expected %.4f", R, rate, want);
+    ps_admit_free(a);
+}
+
+/* The same pushes from a filter in state `s` (or fresh) and a second one
+ * decide identically; returns the number admitted. */
+static uint64_t run_stream(ps_admit *a, uint64_t from, uint64_t to, bool *out) {
+    uint64_t n = 0;
+    for (uint64_t i = from; i < to; i++) {
+        /* Key i % 700 recurs: some keys reach N, others do not. */
+        out[i - from] = decide1(a, key_of((i * 7919) % 700));
+        n += out[i - from];
+    }
+    return n;
+}
+
+Test(admit, saved_state_decides_like_the_original) {
+    enum { A = 3000, B = 3000 };
+    static bool x[B], y[B];
+    saved s = {0};
+    ps_admit *a = new_admit(0.5, 3, 65536);
+    run_stream(a, 0, A, x);
+    save(a, &s);
+    cr_assert_gt(s.puts, 1, "the header and the changed blocks");
+    ps_admit *b = new_admit(0.5, 3, 65536);
+    cr_assert_eq(load(b, &s), 0);
+    uint64_t na = run_stream(a, A, A + B, x), nb = run_stream(b, A, A + B, y);
+    cr_assert_gt(na, 0);
+    cr_assert_lt(na, B);
+    cr_assert_eq(na, nb);
+    cr_assert(!memcmp(x, y, sizeof(x)), "a filter loaded from the save decides differently");
+
+    /* An incremental save writes only what changed: nothing, right after
+     * one. */
+    save(a, &s);
+    save(a, &s);
+    cr_assert_eq(s.puts, 1, "only the header when no counter changed");
+
+    /* Saved with other parameters: refused, and the filter starts empty. */
+    ps_admit *c = new_admit(0.5, 3, 8192);
+    cr_assert_eq(load(c, &s), PS_ECONFIG);
+    ps_admit_stats st;
+    ps_admit_stats_get(c, &st);
+    cr_assert_eq(st.nonzero, 0);
+    cr_assert_eq(st.trials, 0);
+    saved fresh = {0};
+    save(c, &fresh);
+    cr_assert_eq(fresh.puts, 1 + 1, "every block is rewritten after a mismatch (8192 counters: 1 block)");
+    saved_free(&fresh);
+    saved_free(&s);
+    ps_admit_free(a);
+    ps_admit_free(b);
+    ps_admit_free(c);
+}
+
+Test(admit, abort_leaves_no_trace) {
+    enum { N = 2000 };
+    static bool x[N], y[N];
+    ps_admit *a = new_admit(0.5, 2, 4096), *b = new_admit(0.5, 2, 4096);
+    ps_admit_begin(a);
+    for (uint64_t k = 0; k < 500; k++) {
+        bool ok;
+        cr_assert_eq(ps_admit_decide(a, key_of(k), &ok), 0);
+    }
+    ps_admit_abort(a);
+    run_stream(a, 0, N, x);
+    run_stream(b, 0, N, y);
+    cr_assert(!memcmp(x, y, sizeof(x)), "an aborted request changed later decisions");
+    saved sa = {0}, sb = {0};
+    save(a, &sa);
+    save(b, &sb);
+    cr_assert_eq(sa.n, sb.n);
+    for (size_t i = 0; i < sa.n; i++)
+        cr_assert(sa.len[i] == sb.len[i] && !memcmp(sa.data[i], sb.data[i], sa.len[i]));
+    saved_free(&sa);
+    saved_free(&sb);
+    ps_admit_free(a);
+    ps_admit_free(b);
+}
+
+Test(admit, a_full_filter_halves_instead_of_admitting_everything) {
+    /* 4096 counters, N = 2, a stream of distinct keys (none recurs, so any
+     * admission is a false positive). Without decay the filter would fill
+     * and admit nearly every key; halving keeps the rate low. */
+    ps_admit *a = new_admit(1.0, 2, 4096);
+    enum { KEYS = 50000 };
+    uint64_t fp = 0;
+    for (uint64_t k = 0; k < KEYS; k++)
+        fp += decide1(a, key_of(k));
+    ps_admit_stats st;
+    ps_admit_stats_get(a, &st);
+    cr_assert_gt(st.halvings, 10);
+    cr_assert_lt(st.nonzero * 4, st.counters, "halving keeps a quarter or less non-zero");
+    double rate = (double)fp / KEYS;
+    cr_assert_lt(rate, 0.01, "false-positive rate %.4f", rate);
+    cr_log_info("N = 2, m = 4096, %d distinct keys: %llu halvings, false positives %.4f", KEYS,
+                (unsigned long long)st.halvings, rate);
+    ps_admit_free(a);
+}
