@@ -1309,9 +1309,12 @@ int ps_client_export_page(ps_client *c, uint32_t shard, const char *table, uint3
         snprintf(err, errlen, "%s", ps_strerror(-ENOMEM));
         return -ENOMEM;
     }
-    memcpy(pg.keys, e->keys, n * sizeof(uint64_t));
-    memcpy(pg.values, e->values, e->n_values * sizeof(float));
-    if (with_state)
+    /* An empty page carries NULL arrays: memcpy() must not see them. */
+    if (n)
+        memcpy(pg.keys, e->keys, n * sizeof(uint64_t));
+    if (e->n_values)
+        memcpy(pg.values, e->values, e->n_values * sizeof(float));
+    if (with_state && e->n_state)
         memcpy(pg.state, e->state, e->n_state * sizeof(float));
     /* A cursor longer than ours cannot be followed: start over would loop,
      * so the walk ends with this page's rows (as the CLI always did). */
@@ -1416,7 +1419,9 @@ int ps_client_checkpoint(ps_client *c, uint32_t shard, const ps_checkpoint_reque
     rep.reports = calloc(x->n_reports + 1, sizeof(*rep.reports));
     bool ok = rep.pending && rep.path && rep.connected_workers && rep.reports;
     if (ok) {
-        memcpy(rep.connected_workers, x->connected_workers, x->n_connected_workers * sizeof(uint64_t));
+        if (x->n_connected_workers) /* none: the array is NULL */
+            memcpy(rep.connected_workers, x->connected_workers,
+                   x->n_connected_workers * sizeof(uint64_t));
         rep.nconnected = x->n_connected_workers;
     }
     for (size_t i = 0; ok && i < x->n_reports; i++) {
