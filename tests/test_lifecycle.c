@@ -2,8 +2,9 @@
  * lifecycle"): a key is stored only once admitted and reads as the init
  * rule before; a row not pushed for ttl_s seconds reads as new and leaves
  * the disk (the table's RocksDB bytes shrink); the counters show it. Time is
- * the wall clock here (ttl_s = 1), so every wait is a poll with a deadline,
- * never a bare sleep. */
+ * the wall clock here (ttl_s = 3: long enough for the pushes to reach
+ * RocksDB before they expire, even under sanitizers), so every wait is a
+ * poll with a deadline, never a bare sleep. */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,7 +22,7 @@
 static const char *body = "buckets = 64\n"
                           "[server]\ndurability = sync\nflush_interval_ms = 200\n"
                           "[table.emb]\ndim = 8\noptimizer = ftrl\ninit = normal\ninit_std = 0.1\n"
-                          "ttl_s = 1\nslots = C1\n"
+                          "ttl_s = 3\nslots = C1\n"
                           "[table.gate]\ndim = 8\noptimizer = adagrad\ninit = normal\n"
                           "admit_after = 3\nslots = C2\n";
 
@@ -140,13 +141,13 @@ Test(lifecycle, expired_rows_read_as_new_and_leave_the_disk) {
             break;
         usleep(100000);
     }
-    cr_assert_gt(peak, (uint64_t)N * DIM * 3 * 4, "the rows never reached RocksDB (%llu bytes)",
+    cr_assert_gt(peak, (uint64_t)N * DIM * 3 * 4 / 2, "the rows never reached RocksDB (%llu bytes)",
                  (unsigned long long)peak);
     cr_assert_eq(rows, 0, "rows not pushed for ttl_s are still counted");
     cr_assert_lt(bytes, peak / 10, "RocksDB bytes of the table did not shrink: peak %llu, now %llu",
                  (unsigned long long)peak, (unsigned long long)bytes);
     cr_assert_geq(table_stat("emb", "expired"), N);
-    cr_log_info("ttl_s = 1: %d rows, table bytes %llu at the peak, %llu after expiry", N,
+    cr_log_info("ttl_s = 3: %d rows, table bytes %llu at the peak, %llu after expiry", N,
                 (unsigned long long)peak, (unsigned long long)bytes);
 
     /* An expired key reads as new: Lookup does not find it, Pull serves the
