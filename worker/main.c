@@ -20,6 +20,10 @@
 void openblas_set_num_threads(int num_threads);
 
 static volatile sig_atomic_t stop_flag;
+/* The --input arguments (pointers into argv). File-static so that the
+ * early exits (fail()) leave it reachable rather than leaked; main frees it
+ * on its way out of a run. */
+static const char **inputs;
 
 static void on_signal(int sig) {
     (void)sig;
@@ -130,7 +134,9 @@ int main(int argc, char **argv) {
         {"resume", required_argument, NULL, 'R'},
         {"help", no_argument, NULL, 'h'},              {NULL, 0, NULL, 0}};
     const char *config_path = NULL, *format = NULL;
-    const char **inputs = calloc((size_t)argc + 1, sizeof(char *));
+    inputs = calloc((size_t)argc + 1, sizeof(char *));
+    if (!inputs)
+        return fail(1, "out of memory");
     size_t ninputs = 0;
     ps_train_options to = {.num_workers = 1, .passes = 1, .progress = stderr};
     ps_log_level level = PS_LOG_INFO;

@@ -128,6 +128,7 @@ static int wait_calls(trainer *t, ps_call **calls, int n) {
 
 static int finish_fetch(trainer *t, fetch *f) {
     int r = wait_calls(t, f->calls, f->ncalls);
+    f->ncalls = 0; /* waited, so freed, even on an error */
     if (r == 0 && f->dense) {
         const float *src = t->staging;
         for (size_t i = 0; i < t->nblocks; i++) {
@@ -139,11 +140,34 @@ static int finish_fetch(trainer *t, fetch *f) {
     return r;
 }
 
-static int wait_oldest_push(trainer *t) {
+static pushes *pop_oldest_push(trainer *t) {
     pushes *p = &t->inflight[t->in_head];
     t->in_head = (t->in_head + 1) % t->in_cap;
     t->nin--;
+    return p;
+}
+
+static int wait_oldest_push(trainer *t) {
+    pushes *p = pop_oldest_push(t);
     return wait_calls(t, p->calls, p->ncalls);
+}
+
+/* After an error: wait out every call still in flight, whatever it returns
+ * (a dead shard's calls end at their deadline), so that the client is left
+ * none and no reply lands in a batch that is being freed. t->err keeps the
+ * first error. */
+static void abandon_calls(trainer *t, fetch *const *fetches, int nfetches) {
+    char ignored[256];
+    for (int k = 0; k < nfetches; k++) {
+        for (int i = 0; i < fetches[k]->ncalls; i++)
+            ps_call_wait(fetches[k]->calls[i], ignored, sizeof(ignored));
+        fetches[k]->ncalls = 0;
+    }
+    while (t->nin) {
+        pushes *p = pop_oldest_push(t);
+        for (int i = 0; i < p->ncalls; i++)
+            ps_call_wait(p->calls[i], ignored, sizeof(ignored));
+    }
 }
 
 /* Wait until at most `allowed` pushes are unacknowledged. */
@@ -593,12 +617,15 @@ static int trainer_loop(trainer *t, ps_train_result *ret) {
             break;
         cur = nxt;
         fcur = fnext;
+        fnext.ncalls = 0; /* its calls are fcur's now */
         double tnow = now_s();
         if (o->progress && tnow - t->last_report >= t->w->progress_interval_s)
             progress_line(t, o->progress, ret->examples, tnow);
     }
     if (r == 0)
         r = bound_inflight(t, 0);
+    if (r < 0)
+        abandon_calls(t, (fetch *const[]){&fcur, &fnext}, 2);
     if (r == 0 && o->progress && ret->examples)
         progress_line(t, o->progress, ret->examples, now_s());
     return r;
@@ -656,8 +683,9 @@ static int trainer_finish(trainer *t, int r, ps_train_result *ret, char *err, si
 }
 
 static void trainer_close(trainer *t) {
-    ps_feed_free(t->feed);
+    /* The client first: its I/O thread writes pulled rows into batches. */
     ps_client_free(t->client);
+    ps_feed_free(t->feed);
     holdout_free(&t->h);
     ps_model_free(t->model);
     free(t->logits);
