@@ -217,14 +217,22 @@ class Client:
         if grads.shape != (len(keys), t.dim) and not (grads.ndim == 1 and grads.size == len(keys) * t.dim):
             raise ValueError(f"grads must be {len(keys)} x {t.dim} for table {table}, got {grads.shape}")
         grads = grads.reshape(len(keys), t.dim)
-        seq = self._next_seq
-        self._next_seq += 1
         totals = [0, 0]
+        reqs = []
 
         def build(part, pos=None):
-            return self._pb.Request(push=self._pb.PushRequest(
-                table=table, keys=part, grads=grads[pos].ravel().tolist(),
-                client_id=self.client_id, seq=seq))
+            req = self._pb.Request(push=self._pb.PushRequest(
+                table=table, keys=part, grads=grads[pos].ravel().tolist(), client_id=self.client_id))
+            reqs.append(req)
+            return req
+
+        def sequence():
+            # After every shard involved said Hello: a reused client id
+            # continues after the last seq the shards applied.
+            seq = self._next_seq
+            self._next_seq += 1
+            for req in reqs:
+                req.push.seq = seq
 
         def take(conn, pos, resp):
             if resp.WhichOneof("result") != "push":
@@ -233,7 +241,7 @@ class Client:
             totals[0] += len(pos) if r.already_applied else r.applied
             totals[1] += r.dropped_nonfinite
 
-        self._keyed(keys, build, take, pass_pos=True)
+        self._keyed(keys, build, take, pass_pos=True, prepare=sequence)
         return totals[0], totals[1]
 
     # ---- whole-shard calls -------------------------------------------------------------
@@ -327,7 +335,7 @@ class Client:
         return CtrpsError("BAD_DIMENSION", f"response does not match the request (table {t.name}, "
                           f"dim {t.dim})", conn.index, conn.address)
 
-    def _keyed(self, keys, build, take, pass_pos=False):
+    def _keyed(self, keys, build, take, pass_pos=False, prepare=None):
         owner = self.shard_of(keys)
         parts = []
         for s in range(self.nshards):
@@ -336,17 +344,28 @@ class Client:
                 req = build(keys[pos].tolist(), pos) if pass_pos else build(keys[pos].tolist())
                 parts.append((self._conns[s], pos, req))
         self._call_many([(c, r) for c, _, r in parts],
-                        lambda i, resp: take(parts[i][0], parts[i][1], resp))
+                        lambda i, resp: take(parts[i][0], parts[i][1], resp), prepare)
 
     def _call_one(self, conn, req):
         box = []
         self._call_many([(conn, req)], lambda i, resp: box.append(resp))
         return box[0]
 
-    def _call_many(self, calls, on_answer):
+    def _call_many(self, calls, on_answer, prepare=None):
         """Send each (conn, request), then collect every answer, resending
-        on a new connection after an error, until the deadline."""
+        on a new connection after an error, until the deadline. prepare()
+        runs once every shard involved is connected, before anything is
+        sent."""
         deadline = time.monotonic() + self.timeout
+        for conn in dict((id(c), c) for c, _ in calls).values():
+            while True:
+                try:
+                    self._ensure(conn, deadline)
+                    break
+                except _Retry as e:
+                    self._down(conn, str(e), deadline)
+        if prepare:
+            prepare()
         pending = {}
         for i, (conn, req) in enumerate(calls):
             req.id = self._next_id

@@ -113,8 +113,10 @@ class Cluster:
                 f.write(secret)
         self._write_config()
         try:
+            for i in range(nshards):     # open the stores in parallel
+                self._spawn(i)
             for i in range(nshards):
-                self.start_shard(i)
+                self._wait_ready(i)
         except BaseException:
             self.destroy()
             raise
@@ -137,6 +139,11 @@ class Cluster:
         return self._write_config(os.path.join(self.dir, name), secret_file)
 
     def start_shard(self, i):
+        """Start shard i (again: on the port it had, so clients reconnect)."""
+        self._spawn(i)
+        self._wait_ready(i)
+
+    def _spawn(self, i):
         ready = os.path.join(self.dir, f"ready-{i}")
         if os.path.exists(ready):
             os.unlink(ready)
@@ -147,6 +154,11 @@ class Cluster:
         p = subprocess.Popen(argv, stdout=log, stderr=log, preexec_fn=_die_with_parent)
         log.close()
         self.procs[i], self.pids[i] = p, p.pid
+
+    def _wait_ready(self, i):
+        """Poll shard i's ready file; fail fast if it exits instead."""
+        p = self.procs[i]
+        ready = os.path.join(self.dir, f"ready-{i}")
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             if p.poll() is not None:
@@ -200,10 +212,7 @@ class Cluster:
         return problems
 
 
-@pytest.fixture
-def cluster_factory():
-    """cluster_factory(body, nshards=2, secret=None) -> Cluster, stopped
-    (and checked to exit 0 on SIGTERM) at teardown."""
+def _factory():
     made = []
 
     def make(body, nshards=2, secret=None):
@@ -211,9 +220,28 @@ def cluster_factory():
         made.append(c)
         return c
 
+    def close():
+        problems = []
+        for c in made:
+            problems += c.destroy()
+        if problems:
+            pytest.fail("\n".join(problems))
+
+    return make, close
+
+
+@pytest.fixture
+def cluster_factory():
+    """cluster_factory(body, nshards=2, secret=None) -> Cluster, stopped
+    (and checked to exit 0 on SIGTERM) at teardown."""
+    make, close = _factory()
     yield make
-    problems = []
-    for c in made:
-        problems += c.destroy()
-    if problems:
-        pytest.fail("\n".join(problems))
+    close()
+
+
+@pytest.fixture(scope="module")
+def module_cluster_factory():
+    """cluster_factory for clusters shared by a module's tests."""
+    make, close = _factory()
+    yield make
+    close()
