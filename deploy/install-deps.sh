@@ -10,6 +10,7 @@ PACKAGES=(
   libopenblas0-openmp libopenblas-openmp-dev
   libxxhash-dev libinih-dev libmicrohttpd-dev libsodium-dev
   libclang-rt-14-dev
+  protobuf-compiler python3-protobuf python3-numpy python3-xxhash python3-pytest  # clients/python
 )
 
 SUDO=""
