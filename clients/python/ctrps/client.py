@@ -21,6 +21,7 @@ a reconnect is applied once (the shard answers already_applied).
 import errno
 import hashlib
 import hmac
+import numbers
 import os
 import socket
 import struct
@@ -324,12 +325,18 @@ class Client:
 
     @staticmethod
     def _keys(keys):
-        k = np.asarray(keys)
-        if k.dtype != np.uint64:
-            if k.size and (k.dtype.kind not in "iu" or (k.dtype.kind == "i" and (k < 0).any())):
-                raise ValueError("keys must be non-negative integers (uint64 fids)")
-            k = k.astype(np.uint64)
-        return np.ascontiguousarray(k.ravel())
+        """Keys as a uint64 array. A list of Python ints is converted one by
+        one: numpy would turn [1, 2**63] into float64 and lose bits."""
+        if isinstance(keys, np.ndarray):
+            k = keys
+            if k.dtype.kind == "i" and (k < 0).any() or k.dtype.kind not in "iu":
+                raise ValueError(f"keys must be non-negative integers (uint64 fids), got {k.dtype}")
+        else:
+            items = list(keys) if not isinstance(keys, numbers.Integral) else [keys]
+            if not all(isinstance(x, numbers.Integral) and 0 <= int(x) < 1 << 64 for x in items):
+                raise ValueError("keys must be integers in [0, 2**64) (uint64 fids)")
+            k = np.array([int(x) for x in items], dtype=np.uint64)
+        return np.ascontiguousarray(k.astype(np.uint64, copy=False).ravel())
 
     def _mismatch(self, conn, t):
         return CtrpsError("BAD_DIMENSION", f"response does not match the request (table {t.name}, "

@@ -173,6 +173,18 @@ def test_stats_lookup_pull(cluster):
         assert e.value.status == "NOT_FOUND"
         with pytest.raises(ValueError):
             c.push("wide", keys, np.ones((len(keys), 2), np.float32))
+        # Python ints above 2**63 keep all their bits (numpy alone would
+        # make [small, big] a float64 array).
+        mixed = [int(keys[0]), 7] + [int(k) for k in keys[1:]]
+        found, _ = c.lookup("wide", mixed)
+        assert found.tolist() == [True, False] + [True] * 39
+        for bad in ([-1], [1.5], np.array([-3])):
+            with pytest.raises(ValueError):
+                c.lookup("wide", bad)
+        # A non-finite gradient row is dropped by the shard and counted.
+        g = np.ones((3, 1), np.float32)
+        g[1, 0] = np.nan
+        assert c.push("wide", keys[:3], g) == (2, 1)
         with pytest.raises(ctrps.ConfigError):
             c.lookup("nope", keys)
 
