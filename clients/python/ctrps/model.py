@@ -364,9 +364,11 @@ class Model:
                 x0[:, col:col + ow] = out
 
 
-def _npy(path, dtype, shape, what):
+def _npy(path, dtype, shape, what, mmap=False):
+    """A .npy file of exactly this dtype and shape; mmap leaves the data on
+    disk (rows are read when looked up)."""
     try:
-        a = np.load(path, allow_pickle=False)
+        a = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except (OSError, ValueError) as e:
         raise ExportError(f"{path}: not a NumPy .npy file ({e})") from None
     if a.dtype != np.dtype(dtype) or a.shape != shape:
@@ -439,11 +441,13 @@ def load(directory, verify=True, input_format=None):
             raise ExportError(f"{mpath}: table {name}: dim {dim!r} rows {rows!r} (config.ini: dim {tc.dim})")
         tf = t.get("files") or {}
         fids = _npy(path_of(tf.get("fids", "")), "<u8", (rows,), f"table {name} fids")
-        w = _npy(path_of(tf.get("weights", "")), "<f4", (rows, dim), f"table {name} weights")
+        w = _npy(path_of(tf.get("weights", "")), "<f4", (rows, dim), f"table {name} weights",
+                 mmap=rows > 0)
         state = None
         if "state" in tf:
             width = t.get("state_width", tc.state_width)
-            state = _npy(path_of(tf["state"]), "<f4", (rows, width), f"table {name} state")
+            state = _npy(path_of(tf["state"]), "<f4", (rows, width), f"table {name} state",
+                         mmap=rows > 0)
         tables[name] = Table(name, dim, fids, w, state, t.get("state_fields"))
 
     dense = {}
