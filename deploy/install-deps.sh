@@ -16,6 +16,7 @@ PACKAGES=(
   # mmdebstrap for a base image made of Debian packages (container image).
   systemd python3-yaml python3-kubernetes
   podman runc mmdebstrap
+  protobuf-compiler python3-protobuf python3-numpy python3-xxhash python3-pytest  # clients/python
 )
 
 SUDO=""

@@ -2,9 +2,11 @@
 # The test command: install dependencies, build, and run the whole suite
 # twice, once optimized and once under AddressSanitizer + UndefinedBehavior-
 # Sanitizer (a second meson build directory), then each libFuzzer target for
-# CTRPS_FUZZ_SECONDS (default 60) in a third, clang-built directory. The last
-# line is the summary "N passed, N failed[, N skipped]" counted from meson's
-# test logs, and the exit status is non-zero when anything failed.
+# CTRPS_FUZZ_SECONDS (default 60) in a third, clang-built directory, and the
+# Python client's pytest suite (clients/python/tests) against build/. The
+# last line is the summary "N passed, N failed[, N skipped]" counted from
+# meson's test logs and pytest's JUnit XML, and the exit status is non-zero
+# when anything failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -57,8 +59,18 @@ if $fuzz; then
   logs+=("$ROOT/build-fuzz/meson-logs/testlog.json")
 fi
 
-python3 - "${logs[@]}" <<'PY'
-import json, sys
+# The Python client (clients/python): Debian's python3 and pytest (the python3
+# first on PATH may not see Debian's python3-numpy, -protobuf, -xxhash).
+# Exit status 5 (no tests collected) and any status but 0 and 1 count as a
+# failure in the summary; the XML counts the tests.
+rm -f build/pytest-junit.xml
+CTRPS_BUILD_ROOT="$ROOT/build" timeout 900 /usr/bin/python3 -m pytest -q -p no:cacheprovider \
+  --junitxml=build/pytest-junit.xml clients/python/tests
+pytest_rc=$?
+
+PYTEST_RC=$pytest_rc PYTEST_XML="$ROOT/build/pytest-junit.xml" python3 - "${logs[@]}" <<'PY'
+import json, os, sys
+import xml.etree.ElementTree as ET
 passed = failed = skipped = 0
 for path in sys.argv[1:]:
     try:
@@ -77,6 +89,27 @@ for path in sys.argv[1:]:
             skipped += 1
         else:
             failed += 1
+# pytest: 0 all passed, 1 some failed (the XML says which); anything else
+# (5 = no tests collected, 2-4 usage or internal errors, 124 = timeout) is a
+# failure of its own.
+rc = int(os.environ["PYTEST_RC"])
+if rc not in (0, 1):
+    failed += 1
+    print(f"pytest exited {rc}", file=sys.stderr)
+bad = 0
+try:
+    root = ET.parse(os.environ["PYTEST_XML"]).getroot()
+    for suite in ([root] if root.tag == "testsuite" else root.iter("testsuite")):
+        n = int(suite.get("tests", 0))
+        b = int(suite.get("failures", 0)) + int(suite.get("errors", 0))
+        skip = int(suite.get("skipped", 0))
+        passed += n - b - skip
+        bad += b
+        skipped += skip
+except (OSError, ET.ParseError) as e:
+    bad += 1
+    print(f"no pytest report: {e}", file=sys.stderr)
+failed += bad if bad or rc != 1 else 1
 summary = f"{passed} passed, {failed} failed"
 if skipped:
     summary += f", {skipped} skipped"
