@@ -220,12 +220,13 @@ def _check_name(s, what):
 
 
 def _name_list(value):
-    """parse.c parse_name_list (ignore_columns): a blank value is the empty
-    list, a final ',' ends the list, any other empty item is an error."""
+    """ignore_columns as common/text.c ps_list_next splits it: a blank value
+    is the empty list, a final ',' (blanks after it too) ends the list, any
+    other empty item is an error."""
     if not value.strip(" \t"):
         return []
     items = value.split(",")
-    if items[-1] == "":
+    if not items[-1].strip(" \t"):
         items.pop()
     return [_check_name(x.strip(" \t"), "column name") for x in items]
 

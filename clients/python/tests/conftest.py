@@ -68,30 +68,10 @@ def run(argv, input=None, check=True, timeout=120):
 
 
 @pytest.fixture(scope="session")
-def cdriver(tmp_path_factory):
-    """cdriver(name, sources, libs) -> path of a C driver from
-    tests/drivers/NAME.c compiled with the project's sources."""
-    cc = shutil.which("cc") or shutil.which("gcc")
-    out = tmp_path_factory.mktemp("drivers")
-    built = {}
-
-    def build(name, sources, libs):
-        if name in built:
-            return built[name]
-        if not cc:
-            pytest.skip("no C compiler (cc) to build the C reference driver")
-        exe = str(out / name)
-        argv = [cc, "-std=gnu11", "-D_GNU_SOURCE", "-O2", "-o", exe,
-                "-I" + os.path.join(REPO, "common"), "-I" + os.path.join(REPO, "worker"),
-                os.path.join(HERE, "drivers", name + ".c")]
-        argv += [os.path.join(REPO, s) for s in sources] + libs
-        r = subprocess.run(argv, capture_output=True)
-        if r.returncode != 0:
-            pytest.fail(f"building {name} failed:\n{r.stderr.decode(errors='replace')}")
-        built[name] = exe
-        return exe
-
-    return build
+def cdriver():
+    """cdriver(name) -> path of the C reference driver tests/drivers/NAME.c,
+    built by meson with the project's libraries (clients/python/meson.build)."""
+    return lambda name: need_bin(os.path.join("clients", "python", name))
 
 
 class Cluster:

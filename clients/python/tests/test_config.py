@@ -5,7 +5,6 @@ import os
 import pytest
 
 from conftest import REPO, run
-from test_parse import PARSE_LIBS, PARSE_SOURCES
 
 from ctrps import config
 
@@ -77,7 +76,7 @@ INPUT_VALUES = [
 def test_input_values_like_c(cdriver, key, value):
     """[input] values are accepted or refused as worker/parse.c does, with
     its reason."""
-    exe = cdriver("parse_driver", PARSE_SOURCES, PARSE_LIBS)
+    exe = cdriver("parse_driver")
     r = run([exe, f"{key}={value}"], input=b"", check=False)
     ic = config.InputConfig()
     try:

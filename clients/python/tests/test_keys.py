@@ -6,13 +6,11 @@ from conftest import run, shared
 
 from ctrps import keys
 
-FID_SOURCES = ["common/keys.c"]
-FID_LIBS = ["-lxxhash"]
 
 
 def c_keys(cdriver, pairs, nbuckets, nshards):
     """(slot_id, fid, bucket, owner, dense_home) per (slot, value) from C."""
-    exe = cdriver("fid_driver", FID_SOURCES, FID_LIBS)
+    exe = cdriver("fid_driver")
     text = b"".join(s + b"\t" + v + b"\n" for s, v in pairs)
     out = run([exe, str(nbuckets), str(nshards)], input=text).stdout.decode().split("\n")
     return [tuple(int(x) for x in line.split()) for line in out if line]

@@ -150,7 +150,9 @@ def test_scores_like_the_worker(trained, name):
     logloss = float(np.mean(cmodel.logloss_logit(z, y)))
     auc = cmodel.auc(cmodel.sigmoid(z), y)
     assert abs(logloss - result["holdout_logloss"]) <= 2e-6 + 1e-5 * abs(logloss), (logloss, result)
-    assert abs(auc - result["holdout_auc"]) <= 1e-4, (auc, result)
+    # The worker's AUC comes from its bounded-memory histograms (README:
+    # within 1e-3 of the exact AUC on trained models); numpy's is exact.
+    assert abs(auc - result["holdout_auc"]) <= 1e-3, (auc, result)
     # The model learned something, so the comparison is not between two
     # constant predictors.
     assert np.std(probs) > 1e-3 and auc > 0.52

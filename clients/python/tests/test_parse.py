@@ -12,8 +12,6 @@ from conftest import need_bin, run, shared
 
 from ctrps import config, keys, parse
 
-PARSE_SOURCES = ["worker/parse.c", "common/keys.c", "common/error.c", "common/config.c"]
-PARSE_LIBS = ["-linih", "-lxxhash", "-lm"]
 
 
 def g9(x):
@@ -56,7 +54,7 @@ def py_parse(data, settings):
 
 
 def c_parse(cdriver, data, settings):
-    exe = cdriver("parse_driver", PARSE_SOURCES, PARSE_LIBS)
+    exe = cdriver("parse_driver")
     return run([exe, *settings], input=data).stdout.decode("utf-8", "replace").split("\n")[:-1]
 
 

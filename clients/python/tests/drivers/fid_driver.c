@@ -2,8 +2,8 @@
  * (common/keys.h). Usage: fid_driver NBUCKETS NSHARDS. Reads
  * "slot<TAB>value" lines on stdin and prints per line
  *   slot_id fid bucket owner dense_home
- * (dense_home of the value taken as a block name). Built by the test with
- * the system cc. */
+ * (dense_home of the value taken as a block name). Built by meson
+ * (clients/python/meson.build). */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -5,8 +5,8 @@
  *   ok LABEL fid:slot_id:value ... | dense ...
  * or
  *   err REASON
- * with floats as %.9g (exact for float32). Built by the test with the
- * system cc. */
+ * with floats as %.9g (exact for float32). Built by meson
+ * (clients/python/meson.build). */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
