@@ -48,8 +48,9 @@ static void usage(FILE *out) {
             "      positions, then training resumes; prints D/<id>. --keep prunes to the\n"
             "      newest N. Restore with ctrps-server --restore D, ctrps-worker --resume D\n"
             "  checkpoint --list --dir D | checkpoint --prune --keep N --dir D\n"
-            "  gen --rows N --seed S --format criteo|slots --out FILE\n"
-            "      write a synthetic click log and FILE.truth.json (see gen --help)\n"
+            "  gen --rows N --seed S --format criteo|slots --out FILE|- [--drift ROWS]\n"
+            "      write a synthetic click log and FILE.truth.json, optionally drifting\n"
+            "      (vocabularies churn, the true weights move); see gen --help\n"
             "\n"
             "Options:\n"
             "  --config FILE   cluster config (INI)\n"
@@ -482,14 +483,29 @@ static void gen_usage(FILE *out) {
             "  --rows N           rows to write (default %llu)\n"
             "  --seed S           every parameter and row follows from it (default %llu)\n"
             "  --format F         criteo (Kaggle TSV) | slots ('label slot:value ...')\n"
-            "  --out FILE         output path; '-' is not allowed (the truth needs a name)\n"
+            "  --out FILE         output path; '-' writes to stdout (no truth file unless\n"
+            "                     --truth names one; nothing is kept per row then, so a\n"
+            "                     stream of any length runs in constant memory)\n"
+            "  --truth FILE       where the truth goes (default FILE.truth.json)\n"
             "  --ctr P            target mean click probability (default %.2f)\n"
             "  --zipf S           Zipf exponent of the categorical values (default %.2f)\n"
             "  --cross-scale X    std of the planted interactions' logit (default %.2f)\n"
             "  --main-scale X     std of the categorical main effects (default %.2f)\n"
-            "  --vocab-scale X    multiply every vocabulary size (default %.2f)\n",
+            "  --vocab-scale X    multiply every vocabulary size (default %.2f)\n"
+            "\n"
+            "Drift (off unless --drift is given): time runs in periods of ROWS rows.\n"
+            "  --drift ROWS       period length in rows; at every period boundary a share\n"
+            "                     of each field's values retires and as many new values\n"
+            "                     (new tokens, new main effects) take over their popularity\n"
+            "  --drift-churn F    share of each field's values retired per period, head and\n"
+            "                     tail alike, in [0, 1] (default %.2f)\n"
+            "  --drift-truth F    share of every main effect's and integer coefficient's\n"
+            "                     variance that walks to a fresh value each period,\n"
+            "                     continuously, in [0, 1] (default %.2f); the planted crosses,\n"
+            "                     the bias and the CTR stay fixed\n"
+            "Without --drift the output is byte for byte that of earlier versions.\n",
             (unsigned long long)d.rows, (unsigned long long)d.seed, d.ctr, d.zipf_s, d.cross_scale,
-            d.main_scale, d.vocab_scale);
+            d.main_scale, d.vocab_scale, d.drift_churn, d.drift_truth);
 }
 
 static int cmd_gen(int argc, char **argv) {
@@ -502,6 +518,10 @@ static int cmd_gen(int argc, char **argv) {
                                          {"cross-scale", required_argument, NULL, 'x'},
                                          {"main-scale", required_argument, NULL, 'm'},
                                          {"vocab-scale", required_argument, NULL, 'v'},
+                                         {"truth", required_argument, NULL, 'T'},
+                                         {"drift", required_argument, NULL, 'D'},
+                                         {"drift-churn", required_argument, NULL, 'C'},
+                                         {"drift-truth", required_argument, NULL, 'W'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     ps_gen_options o;
@@ -540,6 +560,19 @@ static int cmd_gen(int argc, char **argv) {
             break;
         case 'v':
             dst = &o.vocab_scale;
+            break;
+        case 'T':
+            o.truth = optarg;
+            break;
+        case 'D':
+            if (ps_parse_u64(optarg, &o.drift_period) < 0 || o.drift_period == 0)
+                return fail(2, "--drift: expected a positive number of rows, got '%s'", optarg);
+            break;
+        case 'C':
+            dst = &o.drift_churn;
+            break;
+        case 'W':
+            dst = &o.drift_truth;
             break;
         case 'h':
             gen_usage(stdout);

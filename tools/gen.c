@@ -13,6 +13,10 @@
  * 3 s in all, of which writing the 240 MB file and the two truth AUC sorts
  * are a third.
  *
+ * Drift needs no state either: a value's generation and its drifting effect
+ * are hashes of (seed, field, rank, period), so a stream of any length costs
+ * the same memory, and rows i.. of a long run are the same whatever --rows.
+ *
  * Rows are drawn from one splitmix64 stream in a fixed order, so the output
  * is a pure function of the options. The scales and the bias come from a
  * pilot sample drawn from a second stream of the same seed before any row is
@@ -26,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "keys.h"
 #include "eval.h"
@@ -95,6 +100,8 @@ void ps_gen_options_init(ps_gen_options *o) {
     o->contexts = 16;
     o->hist_max = 20;
     o->auc_rows = 2000000;
+    o->drift_churn = 0.2;
+    o->drift_truth = 0.3;
 }
 
 /* ---- randomness -------------------------------------------------------------- */
@@ -132,7 +139,10 @@ static void rng_seed(rng *r, uint64_t s) {
     r->has_spare = false;
 }
 
-enum { TAG_MAIN = 1, TAG_INT, TAG_LAT, TAG_KEY, TAG_CAT, TAG_PILOT, TAG_ROWS };
+enum { TAG_MAIN = 1, TAG_INT, TAG_LAT, TAG_KEY, TAG_CAT, TAG_PILOT, TAG_ROWS, TAG_PHASE, TAG_WANDER };
+
+/* Field numbers in hashes: criteo's C fields are 0..25, the slots fields: */
+enum { F_USER = 100, F_ITEM, F_CAT, F_CTX };
 
 static inline uint64_t hash3(uint64_t seed, uint64_t tag, uint64_t a, uint64_t b) {
     return ps_mix64(ps_mix64(ps_mix64(seed ^ (tag << 56)) + a) + b);
@@ -278,7 +288,6 @@ typedef struct gen {
     /* criteo */
     zipf cat[PS_GEN_CATS];
     uint32_t key[PS_GEN_CATS];   /* token scramble per field */
-    double int_coef[PS_GEN_INTS];
     float *lat[PS_GEN_CATS];     /* owned; vocab x rank, centred; NULL unless crossed */
     double log1p_small[1024];    /* ln(1+x) of the common counts */
     /* slots */
@@ -287,6 +296,9 @@ typedef struct gen {
     uint32_t key_user, key_item, key_cat, key_ctx;
     float *item_lat;             /* owned; items x rank, centred */
     double mean_len, sd_len;
+    /* drift */
+    bool churn, wander;          /* drift_period > 0 and the share > 0 */
+    double keep, move;           /* sqrt(1 - drift_truth), sqrt(drift_truth) */
 } gen;
 
 /* One drawn row, before its label. */
@@ -297,6 +309,15 @@ typedef struct row {
     uint32_t *hist;              /* hist_max entries, owned by the caller */
     double main, ints;           /* logit parts at unit scale */
     double pair[PS_GEN_MAX_PAIRS]; /* each planted interaction, unit scale */
+    /* Output ids (rank + vocab * generation; the token is their scramble),
+     * for hist the only record of each item. */
+    uint32_t id[PS_GEN_CATS];
+    uint32_t user_id, item_id, ctx_id;
+    /* The row's time (row_set_time): period k, cos and sin of pi/2 * frac(t),
+     * and the integer coefficients at that time. */
+    uint64_t k;
+    double ca, sa;
+    double int_coef[PS_GEN_INTS];
 } row;
 
 #define MISSING_INT INT64_MIN
@@ -344,6 +365,53 @@ static inline double dot(const float *a, const float *b, uint32_t n) {
     return s;
 }
 
+/* ---- drift ------------------------------------------------------------------ */
+
+/* The generation of the value at rank v of field f in period k (gen.h). */
+static inline uint64_t generation(const gen *g, uint64_t f, uint32_t v, uint64_t k) {
+    if (!g->churn)
+        return 0;
+    double phase = (double)(hash3(g->seed, TAG_PHASE, f, v) >> 11) * 0x1.0p-53;
+    return (uint64_t)floor((double)k * g->o->drift_churn + phase);
+}
+
+/* A value's identity in hashes: the rank alone for generation 0, so a world
+ * without churn is the world from before drift. */
+static inline uint64_t ident(uint32_t v, uint64_t gen_no) { return v | gen_no << 32; }
+
+/* Its output id: distinct per (rank, generation) while it fits 32 bits. */
+static inline uint32_t out_id(uint32_t v, uint32_t vocab, uint64_t gen_no) {
+    return (uint32_t)(v + (uint64_t)vocab * gen_no);
+}
+
+/* A unit-variance effect drawn from h (a value's or a coefficient's hash)
+ * at the row's time: fixed without truth drift, otherwise the share
+ * drift_truth of its variance walks (gen.h). */
+static inline double drifting(const gen *g, const row *w, uint64_t h) {
+    double m = hash_normal(h);
+    if (!g->wander)
+        return m;
+    uint64_t hw = ps_mix64(h ^ ((uint64_t)TAG_WANDER << 56));
+    double a = hash_normal(ps_mix64(hw + w->k)), b = hash_normal(ps_mix64(hw + w->k + 1));
+    return g->keep * m + g->move * (w->ca * a + w->sa * b);
+}
+
+/* The main effect of (field f, rank v, generation) at the row's time. */
+static inline double effect(const gen *g, const row *w, uint64_t f, uint64_t id) {
+    return drifting(g, w, hash3(g->seed, TAG_MAIN, f, id));
+}
+
+/* Row i's time: period and phase within it, and the integer coefficients. */
+static void row_set_time(const gen *g, row *w, uint64_t i) {
+    uint64_t p = g->o->drift_period;
+    w->k = p ? i / p : 0;
+    double a = p ? (double)(i % p) / (double)p : 0;
+    w->ca = cos(M_PI / 2 * a);
+    w->sa = sin(M_PI / 2 * a);
+    for (int j = 0; j < PS_GEN_INTS; j++)
+        w->int_coef[j] = drifting(g, w, hash3(g->seed, TAG_INT, (uint64_t)j, 0));
+}
+
 static void gen_deinit(gen *g) {
     for (int f = 0; f < PS_GEN_CATS; f++) {
         zipf_deinit(&g->cat[f]);
@@ -360,6 +428,10 @@ static int gen_init(gen *g, const ps_gen_options *o) {
     g->o = o;
     g->seed = o->seed;
     g->rank = o->cross_rank;
+    g->churn = o->drift_period > 0 && o->drift_churn > 0;
+    g->wander = o->drift_period > 0 && o->drift_truth > 0;
+    g->keep = sqrt(1 - o->drift_truth);
+    g->move = sqrt(o->drift_truth);
     double s = o->zipf_s;
     if (o->format == PS_GEN_CRITEO) {
         g->npairs = o->npairs;
@@ -370,8 +442,6 @@ static int gen_init(gen *g, const ps_gen_options *o) {
         }
         for (int x = 0; x < 1024; x++)
             g->log1p_small[x] = log1p((double)x);
-        for (int j = 0; j < PS_GEN_INTS; j++)
-            g->int_coef[j] = hash_normal(hash3(g->seed, TAG_INT, (uint64_t)j, 0));
         for (uint32_t p = 0; p < o->npairs; p++)
             for (int e = 0; e < 2; e++) {
                 int f = o->pairs[p][e];
@@ -407,8 +477,10 @@ static void criteo_row(const gen *g, rng *r, row *w) {
             continue;
         }
         uint32_t v = zipf_draw(&g->cat[f], r);
+        uint64_t gn = generation(g, (uint64_t)f, v, w->k);
         w->v[f] = v;
-        main += hash_normal(hash3(g->seed, TAG_MAIN, (uint64_t)f, v));
+        w->id[f] = out_id(v, g->cat[f].n, gn);
+        main += effect(g, w, (uint64_t)f, ident(v, gn));
     }
     for (int j = 0; j < PS_GEN_INTS; j++) {
         if (rng_unif(r) < int_miss[j]) {
@@ -423,7 +495,7 @@ static void criteo_row(const gen *g, rng *r, row *w) {
         int64_t x = t <= 0 ? 0 : (int64_t)floor(expm1(t < 40 ? t : 40));
         w->x[j] = x;
         double lx = x < 1024 ? g->log1p_small[x] : log1p((double)x);
-        ints += g->int_coef[j] * (lx - int_mu[j]) / int_sd[j];
+        ints += w->int_coef[j] * (lx - int_mu[j]) / int_sd[j];
     }
     for (uint32_t p = 0; p < o->npairs; p++) {
         int f = o->pairs[p][0], h = o->pairs[p][1];
@@ -441,19 +513,22 @@ static void slots_row(const gen *g, rng *r, row *w) {
     const ps_gen_options *o = g->o;
     w->user = zipf_draw(&g->user, r);
     w->item = zipf_draw(&g->item, r);
-    w->cat = (uint32_t)(hash3(g->seed, TAG_CAT, w->item, 0) % g->ncat);
     w->ctx = zipf_draw(&g->ctx, r);
+    uint64_t gu = generation(g, F_USER, w->user, w->k), gi = generation(g, F_ITEM, w->item, w->k),
+             gc = generation(g, F_CTX, w->ctx, w->k);
+    w->user_id = out_id(w->user, g->user.n, gu);
+    w->item_id = out_id(w->item, g->item.n, gi);
+    w->ctx_id = out_id(w->ctx, g->ctx.n, gc);
+    w->cat = (uint32_t)(hash3(g->seed, TAG_CAT, ident(w->item, gi), 0) % g->ncat);
     w->len = (uint32_t)(rng_next(r) % ((uint64_t)o->hist_max + 1));
-    w->main = hash_normal(hash3(g->seed, TAG_MAIN, 100, w->user)) +
-              hash_normal(hash3(g->seed, TAG_MAIN, 101, w->item)) +
-              hash_normal(hash3(g->seed, TAG_MAIN, 102, w->cat)) +
-              hash_normal(hash3(g->seed, TAG_MAIN, 103, w->ctx));
+    w->main = effect(g, w, F_USER, ident(w->user, gu)) + effect(g, w, F_ITEM, ident(w->item, gi)) +
+              effect(g, w, F_CAT, w->cat) + effect(g, w, F_CTX, ident(w->ctx, gc));
     w->ints = g->sd_len > 0 ? ((double)w->len - g->mean_len) / g->sd_len : 0;
     const float *pi = g->item_lat + (size_t)w->item * g->rank;
     double co = 0;
     for (uint32_t k = 0; k < w->len; k++) {
         uint32_t h = zipf_draw(&g->item, r);
-        w->hist[k] = h;
+        w->hist[k] = out_id(h, g->item.n, generation(g, F_ITEM, h, w->k));
         double z = dot(pi, g->item_lat + (size_t)h * g->rank, g->rank);
         co += tanh(2 * z); /* see gen.h: a saturating match */
     }
@@ -503,6 +578,7 @@ static int solve_scales(gen *g, row *w) {
     }
     rng r;
     rng_seed(&r, hash3(g->seed, TAG_PILOT, 0, 0));
+    row_set_time(g, w, 0);
     for (int i = 0; i < PILOT; i++) {
         draw_row(g, &r, w);
         double *vi = v + (size_t)i * nv;
@@ -586,7 +662,7 @@ static size_t format_criteo(const gen *g, const row *w, int label, char *buf) {
     for (int f = 0; f < PS_GEN_CATS; f++) {
         *p++ = '\t';
         if (w->v[f] >= 0)
-            p = put_hex8(p, perm32((uint32_t)w->v[f] ^ g->key[f]));
+            p = put_hex8(p, perm32(w->id[f] ^ g->key[f]));
     }
     *p++ = '\n';
     return (size_t)(p - buf);
@@ -595,10 +671,10 @@ static size_t format_criteo(const gen *g, const row *w, int label, char *buf) {
 static size_t format_slots(const gen *g, const row *w, int label, char *buf) {
     char *p = buf;
     *p++ = (char)('0' + label);
-    p = put_hex8(put_str(p, " user:"), perm32(w->user ^ g->key_user));
-    p = put_hex8(put_str(p, " item:"), perm32(w->item ^ g->key_item));
+    p = put_hex8(put_str(p, " user:"), perm32(w->user_id ^ g->key_user));
+    p = put_hex8(put_str(p, " item:"), perm32(w->item_id ^ g->key_item));
     p = put_hex8(put_str(p, " cat:"), perm32(w->cat ^ g->key_cat));
-    p = put_hex8(put_str(p, " ctx:"), perm32(w->ctx ^ g->key_ctx));
+    p = put_hex8(put_str(p, " ctx:"), perm32(w->ctx_id ^ g->key_ctx));
     for (uint32_t k = 0; k < w->len; k++)
         p = put_hex8(put_str(p, " hist:"), perm32(w->hist[k] ^ g->key_item));
     *p++ = '\n';
@@ -633,13 +709,26 @@ static void json_str(FILE *f, const char *s) {
     fputc('"', f);
 }
 
-static int write_truth(const gen *g, const truth *t, char *err, size_t errlen) {
-    const ps_gen_options *o = g->o;
-    char path[4096];
-    if ((size_t)snprintf(path, sizeof(path), "%s.truth.json", o->out) >= sizeof(path)) {
+static bool to_stdout(const ps_gen_options *o) { return !strcmp(o->out, "-"); }
+
+/* The truth file's path into path, or "" when there is none. */
+static int truth_path(const ps_gen_options *o, char *path, size_t cap, char *err, size_t errlen) {
+    int n;
+    if (o->truth)
+        n = snprintf(path, cap, "%s", o->truth);
+    else if (to_stdout(o))
+        n = snprintf(path, cap, "%s", "");
+    else
+        n = snprintf(path, cap, "%s.truth.json", o->out);
+    if ((size_t)n >= cap) {
         snprintf(err, errlen, "output path too long");
         return -ENAMETOOLONG;
     }
+    return 0;
+}
+
+static int write_truth(const gen *g, const truth *t, const char *path, char *err, size_t errlen) {
+    const ps_gen_options *o = g->o;
     FILE *f = fopen(path, "w");
     if (!f) {
         int r = -errno;
@@ -670,6 +759,9 @@ static int write_truth(const gen *g, const truth *t, char *err, size_t errlen) {
     json_num(f, "cross_scale", o->cross_scale, false);
     fprintf(f, "  \"cross_rank\": %u,\n", o->cross_rank);
     json_num(f, "vocab_scale", o->vocab_scale, false);
+    fprintf(f, "  \"drift_period\": %llu,\n", (unsigned long long)o->drift_period);
+    json_num(f, "drift_churn", o->drift_period ? o->drift_churn : 0, false);
+    json_num(f, "drift_truth", o->drift_period ? o->drift_truth : 0, false);
     if (o->format == PS_GEN_CRITEO) {
         fprintf(f, "  \"vocab\": [");
         for (int i = 0; i < PS_GEN_CATS; i++)
@@ -717,6 +809,10 @@ static int check_options(const ps_gen_options *o, char *err, size_t errlen) {
         BAD("cross_rank must be in [1, %d], got %u", PS_GEN_MAX_RANK, o->cross_rank);
     if (!(o->vocab_scale > 0 && o->vocab_scale <= 1000))
         BAD("vocab_scale must be in (0, 1000], got %g", o->vocab_scale);
+    if (!(o->drift_churn >= 0 && o->drift_churn <= 1))
+        BAD("drift_churn must be in [0, 1], got %g", o->drift_churn);
+    if (!(o->drift_truth >= 0 && o->drift_truth <= 1))
+        BAD("drift_truth must be in [0, 1], got %g", o->drift_truth);
     if (o->format == PS_GEN_CRITEO) {
         for (int f = 0; f < PS_GEN_CATS; f++)
             if (o->vocab[f] < 1)
@@ -745,14 +841,17 @@ int ps_gen_run(const ps_gen_options *o, char *err, size_t errlen) {
     row w = {0};
     truth t = {0};
     FILE *f = NULL;
-    char *line = NULL;
+    char *line = NULL, tpath[4096];
     float *p_true = NULL, *p_main = NULL, *labels = NULL;
     size_t line_cap = 64 + 14 * ((size_t)o->hist_max + 8) + 24 * PS_GEN_INTS + 10 * PS_GEN_CATS;
 
+    if ((r = truth_path(o, tpath, sizeof(tpath), err, errlen)) < 0)
+        return r;
     r = gen_init(&g, o);
     if (r < 0)
         goto oom;
-    t.auc_n = o->rows < o->auc_rows ? o->rows : o->auc_rows;
+    /* Without a truth file nothing is kept per row: an endless stream. */
+    t.auc_n = !*tpath ? 0 : o->rows < o->auc_rows ? o->rows : o->auc_rows;
     w.hist = malloc(((size_t)o->hist_max + 1) * sizeof(*w.hist));
     line = malloc(line_cap);
     p_true = malloc((t.auc_n ? t.auc_n : 1) * sizeof(float));
@@ -763,7 +862,7 @@ int ps_gen_run(const ps_gen_options *o, char *err, size_t errlen) {
     if ((r = solve_scales(&g, &w)) < 0)
         goto oom;
 
-    f = fopen(o->out, "w");
+    f = to_stdout(o) ? fdopen(dup(STDOUT_FILENO), "w") : fopen(o->out, "w");
     if (!f) {
         r = -errno;
         snprintf(err, errlen, "cannot write %s: %s", o->out, strerror(errno));
@@ -776,6 +875,8 @@ int ps_gen_run(const ps_gen_options *o, char *err, size_t errlen) {
     rng rr;
     rng_seed(&rr, hash3(g.seed, TAG_ROWS, 0, 0));
     for (uint64_t i = 0; i < o->rows; i++) {
+        if (g.churn || g.wander)
+            row_set_time(&g, &w, i);
         draw_row(&g, &rr, &w);
         double pm = part_main(&g, &w), pc = part_cross(&g, &w);
         double zmain = g.bias + pm;
@@ -806,9 +907,13 @@ int ps_gen_run(const ps_gen_options *o, char *err, size_t errlen) {
         goto out;
     }
     f = NULL;
+    if (!*tpath) {
+        r = 0;
+        goto out;
+    }
     t.bayes_auc = ps_auc(p_true, labels, t.auc_n);
     t.main_auc = ps_auc(p_main, labels, t.auc_n);
-    r = write_truth(&g, &t, err, errlen);
+    r = write_truth(&g, &t, tpath, err, errlen);
     goto out;
 
 oom:

@@ -63,9 +63,31 @@
  * AUCs use the first min(rows, auc_rows) rows; logloss uses all), seed,
  * format, bias, logit_std_main, logit_std_cross, and the knobs used.
  *
+ * Drift (drift_period > 0; off by default, and then the output is what it
+ * was before drift existed): time is t = i / drift_period for row i, the
+ * period index k = floor(t).
+ *
+ *   Churn: rank v of a field holds value generation
+ *     gen(v, k) = floor(k * drift_churn + phase(v)),  phase(v) ~ U[0,1) hashed,
+ *   so at every period boundary a share drift_churn of each field's ranks
+ *   (ranks, so head and tail alike) retire their value and a new value, with
+ *   a new token and a new main effect, takes over the rank: its popularity
+ *   and (for crossed fields and items) its planted cross vector. Tokens are
+ *   perm32(v + vocab * gen), distinct within a field until vocab * gen passes
+ *   2^32 (then they wrap and may repeat an old token).
+ *   Truth: every main effect (and every integer coefficient) is
+ *     sqrt(1 - drift_truth) * m + sqrt(drift_truth) * (cos(a) K_k + sin(a) K_k+1),
+ *   a = pi/2 * frac(t), K_k ~ N(0,1) hashed per (value, k): its variance stays
+ *   1 (so the calibrated scales hold), and the share drift_truth of it walks
+ *   to a fresh independent value every period, continuously within it.
+ *   Crosses, the bias and the CTR calibration stay fixed.
+ *
+ * Output "-" is stdout; the truth then goes to `truth` if set (no truth file
+ * otherwise), so an endless stream can be piped into a worker.
+ *
  * Memory: the Zipf tables (~1.3 MB), the latent tables (well under 1 MB
  * at defaults) plus 12 bytes per row up to auc_rows for the truth AUCs (and
- * 8 more while ps_auc sorts). */
+ * 8 more while ps_auc sorts), none when there is no truth file. */
 
 #include <stddef.h>
 #include <stdint.h>
@@ -96,8 +118,9 @@ typedef struct ps_gen_options {
     uint64_t rows;               /* 1000000 */
     uint64_t seed;               /* 1; every parameter and every row follows from it */
     ps_gen_format format;        /* criteo */
-    const char *out;             /* required; borrowed for the call. The truth
-                                  * goes to "<out>.truth.json" */
+    const char *out;             /* required; borrowed for the call; "-" is
+                                  * stdout. The truth goes to "<out>.truth.json" */
+    const char *truth;           /* NULL: the default above (none for "-") */
     double ctr;                  /* 0.22 target mean probability, (0, 1) */
     double zipf_s;               /* 1.1 Zipf exponent of every categorical, (0, 4] */
     double main_scale;           /* 1.4 std of the summed categorical main effects */
@@ -125,6 +148,10 @@ typedef struct ps_gen_options {
     uint32_t contexts;           /* 16 */
     uint32_t hist_max;           /* 20 */
     uint64_t auc_rows;           /* 2000000 cap on rows kept for the truth AUCs */
+    /* drift (see above) */
+    uint64_t drift_period;       /* 0 = no drift; rows per period */
+    double drift_churn;          /* 0.2 share of each field's values retired per period, [0, 1] */
+    double drift_truth;          /* 0.3 share of each main effect's variance redrawn per period, [0, 1] */
 } ps_gen_options;
 
 void ps_gen_options_init(ps_gen_options *o);

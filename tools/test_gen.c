@@ -8,7 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "gen.h"
@@ -549,4 +551,241 @@ Test(gen, tiny_worlds_work) {
     run(&o, "tiny.txt");
     cr_expect_eq(parse_all(path_of("tiny.txt"), "slots", &pos, &features, NULL), 100);
     cr_expect_eq(features, 400);
+}
+
+/* ---- drift ------------------------------------------------------------------ */
+
+/* Criteo fields small enough that a 20,000-row period sees all their values:
+ * C6 C9 C14 C17 C20 C22 C23 C25 (0-based). */
+static const int small_fields[] = {5, 8, 13, 16, 19, 21, 22, 24};
+#define NSMALL (sizeof(small_fields) / sizeof(*small_fields))
+
+/* The distinct tokens of the small fields in rows [from, to) of a file, one
+ * counter per field. */
+static void tokens_of(const char *path, size_t from, size_t to, counter *c) {
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f);
+    char *line = NULL;
+    size_t cap = 0, i = 0;
+    for (size_t k = 0; k < NSMALL; k++)
+        counter_init(&c[k], 4096);
+    while (getline(&line, &cap, f) > 0 && i < to) {
+        if (i++ < from)
+            continue;
+        for (size_t k = 0; k < NSMALL; k++) {
+            size_t len;
+            const char *t = field(line, 14 + small_fields[k], &len);
+            if (len)
+                counter_add(&c[k], t, len);
+        }
+    }
+    free(line);
+    fclose(f);
+}
+
+static bool counter_has(const counter *c, const char *tok) {
+    for (size_t i = 0; i < c->cap; i++)
+        if (c->counts[i] && !strcmp(c->keys[i], tok))
+            return true;
+    return false;
+}
+
+/* Values of a in period 0 that period 1 no longer has, over all small
+ * fields: returns the share retired, sets *ret_n to the values of period 0. */
+static double retired_share(const char *path, size_t period, size_t *ret_n) {
+    counter a[NSMALL], b[NSMALL];
+    tokens_of(path, 0, period, a);
+    tokens_of(path, period, 2 * period, b);
+    size_t n = 0, gone = 0;
+    for (size_t k = 0; k < NSMALL; k++) {
+        for (size_t i = 0; i < a[k].cap; i++)
+            if (a[k].counts[i]) {
+                n++;
+                gone += !counter_has(&b[k], a[k].keys[i]);
+            }
+        counter_free(&a[k]);
+        counter_free(&b[k]);
+    }
+    *ret_n = n;
+    return n ? (double)gone / (double)n : 0;
+}
+
+Test(gen, drift_churns_values_and_is_deterministic) {
+    ps_gen_options o;
+    ps_gen_options_init(&o);
+    o.rows = 40000;
+    o.drift_period = 20000;
+    o.drift_churn = 0.5;
+    run(&o, "d1.tsv");
+    run(&o, "d2.tsv");
+    size_t n1, n2;
+    char *a = slurp(path_of("d1.tsv"), &n1), *b = slurp(path_of("d2.tsv"), &n2);
+    cr_expect(n1 == n2 && memcmp(a, b, n1) == 0, "same options, different bytes");
+    free(b);
+    o.seed = 2;
+    run(&o, "d3.tsv");
+    b = slurp(path_of("d3.tsv"), &n2);
+    cr_expect(n1 != n2 || memcmp(a, b, n1) != 0, "different seeds, same bytes");
+    free(b);
+    free(a);
+
+    /* Half of the ~120 values of the small fields retire at the boundary
+     * (binomial: std ~0.05); no drift in the first period's own halves. */
+    size_t n;
+    double share = retired_share(path_of("d1.tsv"), 20000, &n);
+    cr_expect(n > 100, "only %zu values seen", n);
+    cr_expect(share > 0.35 && share < 0.65, "retired share %.3f of %zu, churn 0.5", share, n);
+    cr_expect_lt(retired_share(path_of("d1.tsv"), 10000, &n), 0.01);
+
+    /* Churn 0 keeps every value; drift off is the old output, row for row. */
+    o.seed = 1;
+    o.drift_churn = 0;
+    run(&o, "d4.tsv");
+    cr_expect_lt(retired_share(path_of("d4.tsv"), 20000, &n), 0.01);
+    o.drift_period = 0;
+    o.drift_churn = 0.5;
+    run(&o, "d5.tsv");
+    ps_gen_options p;
+    ps_gen_options_init(&p);
+    p.rows = 40000;
+    run(&p, "d6.tsv");
+    a = slurp(path_of("d5.tsv"), &n1);
+    b = slurp(path_of("d6.tsv"), &n2);
+    cr_expect(n1 == n2 && memcmp(a, b, n1) == 0, "drift options without a period changed rows");
+    free(a);
+    free(b);
+    char *t = truth_of("d1.tsv");
+    cr_expect_float_eq(truth_num(t, "drift_period"), 20000, 0);
+    cr_expect_float_eq(truth_num(t, "drift_churn"), 0.5, 1e-9);
+    free(t);
+}
+
+/* Mean |CTR(period 2) - CTR(period 0)| over the small fields' values seen at
+ * least 1000 times in both. */
+static double ctr_shift(const char *path, size_t period) {
+    typedef struct {
+        char tok[16];
+        int f;
+        double n[2], pos[2];
+    } tokstat;
+    static tokstat ts[512];
+    size_t nts = 0;
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f);
+    char *line = NULL;
+    size_t cap = 0, i = 0;
+    while (getline(&line, &cap, f) > 0) {
+        size_t per = i++ / period;
+        if (per != 0 && per != 2)
+            continue;
+        int e = per == 2;
+        for (size_t k = 0; k < NSMALL; k++) {
+            size_t len, j;
+            const char *t = field(line, 14 + small_fields[k], &len);
+            if (!len)
+                continue;
+            for (j = 0; j < nts; j++)
+                if (ts[j].f == (int)k && !strncmp(ts[j].tok, t, len) && !ts[j].tok[len])
+                    break;
+            if (j == nts) {
+                cr_assert_lt(nts, 512);
+                memset(&ts[nts], 0, sizeof(ts[nts]));
+                memcpy(ts[nts].tok, t, len);
+                ts[nts++].f = (int)k;
+            }
+            ts[j].n[e]++;
+            ts[j].pos[e] += line[0] == '1';
+        }
+    }
+    free(line);
+    fclose(f);
+    double sum = 0;
+    int m = 0;
+    for (size_t j = 0; j < nts; j++)
+        if (ts[j].n[0] >= 1000 && ts[j].n[1] >= 1000) {
+            sum += fabs(ts[j].pos[1] / ts[j].n[1] - ts[j].pos[0] / ts[j].n[0]);
+            m++;
+        }
+    cr_assert_gt(m, 10, "only %d values frequent enough", m);
+    return sum / m;
+}
+
+Test(gen, drift_moves_the_truth) {
+    /* Churn off, so the values stay and only their effects can move. */
+    ps_gen_options o;
+    ps_gen_options_init(&o);
+    o.rows = 150000;
+    o.drift_period = 50000;
+    o.drift_churn = 0;
+    o.drift_truth = 1;
+    o.main_scale = 3;
+    o.cross_scale = 0;
+    o.int_scale = 0;
+    run(&o, "t1.tsv");
+    o.drift_truth = 0;
+    run(&o, "t0.tsv");
+    double moved = ctr_shift(path_of("t1.tsv"), 50000), still = ctr_shift(path_of("t0.tsv"), 50000);
+    /* Fixed truth: sampling noise of CTRs over >= 1000 rows (~0.01). */
+    cr_expect_lt(still, 0.02, "CTRs moved by %.4f without drift", still);
+    cr_expect_gt(moved, 3 * still, "CTRs moved by %.4f with drift, %.4f without", moved, still);
+}
+
+/* RSS of a process in KiB, from /proc. */
+static long vm_rss_kb(pid_t pid) {
+    char path[64], buf[256];
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    long kb = -1;
+    if (!f)
+        return -1;
+    while (fgets(buf, sizeof(buf), f))
+        if (!strncmp(buf, "VmRSS:", 6))
+            kb = strtol(buf + 6, NULL, 10);
+    fclose(f);
+    return kb;
+}
+
+/* Reads n lines from f. */
+static void read_lines(FILE *f, size_t n) {
+    char *line = NULL;
+    size_t cap = 0;
+    for (size_t i = 0; i < n; i++)
+        cr_assert_gt(getline(&line, &cap, f), 0, "stream ended after %zu lines", i);
+    free(line);
+}
+
+Test(gen, a_drifting_stream_to_stdout_runs_in_constant_memory) {
+    /* A practically endless drifting stream into a pipe: the generator's
+     * RSS after 1.2M rows is that after 200k (nothing is kept per row
+     * without a truth file), and it stops when the reader goes away. */
+    int fd[2];
+    cr_assert_eq(pipe(fd), 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        close(fd[0]);
+        dup2(fd[1], STDOUT_FILENO);
+        close(fd[1]);
+        ps_gen_options o;
+        ps_gen_options_init(&o);
+        o.rows = UINT64_C(1) << 40;
+        o.out = "-";
+        o.drift_period = 100000;
+        char e[256];
+        _exit(ps_gen_run(&o, e, sizeof(e)) == 0 ? 0 : 3);
+    }
+    close(fd[1]);
+    FILE *f = fdopen(fd[0], "r");
+    cr_assert_not_null(f);
+    read_lines(f, 200000);
+    long before = vm_rss_kb(pid);
+    read_lines(f, 1000000);
+    long after = vm_rss_kb(pid);
+    fclose(f);
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_expect(WIFSIGNALED(status) && WTERMSIG(status) == SIGPIPE, "status %d", status);
+    cr_expect_gt(before, 0);
+    cr_expect_leq(after - before, 256, "RSS grew from %ld to %ld KiB", before, after);
 }
