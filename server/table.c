@@ -144,6 +144,14 @@ struct ps_table {
     char *slab;
     uint64_t capacity, used, nfree;
     uint64_t hand;
+    /* Slots the sweep freed, taken before never-used ones so that the
+     * committed slab tracks the live rows, not every row ever created (with
+     * expiry the tier would otherwise fill up to memory_mb). Entries may be
+     * stale (the CLOCK hand took the slot meanwhile): take_slot checks. At
+     * most capacity entries; a slot that does not fit is still found by the
+     * hand. malloc'd: pages commit as the stack grows. */
+    uint32_t *freed;
+    uint64_t nfreed;
 
     uint64_t *ikeys;
     uint32_t *islots;
@@ -407,10 +415,11 @@ int ps_table_new(const ps_table_config *cfg, uint32_t nbuckets, uint64_t capacit
     t->slab = malloc(capacity * t->row_size);
     t->ikeys = malloc(isize * sizeof(uint64_t));
     t->islots = malloc(isize * sizeof(uint32_t));
+    t->freed = malloc(capacity * sizeof(uint32_t));
     int r = lg_init(&t->lg, cfg->ttl_s, persisted_rows);
     if (r == 0)
         r = ps_admit_new(cfg, &t->admit);
-    if (r < 0 || !t->slab || !t->ikeys || !t->islots || capacity >= EMPTY) {
+    if (r < 0 || !t->slab || !t->ikeys || !t->islots || !t->freed || capacity >= EMPTY) {
         ps_table_free(t);
         return -ENOMEM;
     }
@@ -425,6 +434,7 @@ void ps_table_free(ps_table *t) {
     free(t->slab);
     free(t->ikeys);
     free(t->islots);
+    free(t->freed);
     free(t->dirty);
     free(t->pending);
     free(t->rows);
@@ -556,6 +566,12 @@ static void release_row(ps_table *t, row *r) {
  * live one). Returns EMPTY when every row is dirty or pinned by the current
  * request. */
 static uint32_t take_slot(ps_table *t) {
+    while (t->nfreed) {
+        uint32_t s = t->freed[--t->nfreed];
+        const row *r = slot_row(t, s);
+        if ((r->flags & ROW_FREE) && r->op != t->op)
+            return s;
+    }
     if (t->used < t->capacity) {
         slot_row(t, (uint32_t)t->used)->flags = 0;
         return (uint32_t)t->used++;
@@ -1184,6 +1200,8 @@ void ps_table_committed(ps_table *t, uint32_t gen) {
 
 uint64_t ps_table_persisted_rows(const ps_table *t) { return t->lg.live; }
 
+uint64_t ps_table_slots_used(const ps_table *t) { return t->used; }
+
 void ps_table_stats_get(const ps_table *t, ps_table_stats *ret) {
     *ret = t->st;
     ret->rows = t->lg.live;
@@ -1354,6 +1372,8 @@ size_t ps_table_sweep(ps_table *t, size_t budget) {
         r->flags = ROW_FREE;
         t->nfree++;
         freed++;
+        if (t->nfreed < t->capacity)
+            t->freed[t->nfreed++] = (uint32_t)(t->sweep_hand - 1);
     }
     return freed;
 }

@@ -117,6 +117,9 @@ size_t ps_table_collect(ps_table *t, ps_store_batch *b, uint32_t *ret_gen);
 void ps_table_committed(ps_table *t, uint32_t gen);
 /* Live rows the store holds once the last collected batch is committed. */
 uint64_t ps_table_persisted_rows(const ps_table *t);
+/* Slots of the memory tier ever used: its committed memory, in rows (freed
+ * slots are reused before untouched ones). */
+uint64_t ps_table_slots_used(const ps_table *t);
 
 /* The table's own state besides its rows: the admission filter, the count
  * of live rows by last push time, and the expiry clock. save() adds it to
