@@ -128,6 +128,8 @@ static const ps_config_key server_keys[] = {
     PS_KEY_STRING("data_dir", SRV, data_dir),
     PS_KEY_STRING("bind", SRV, bind),
     PS_KEY_U64("memory_mb", SRV, memory_mb, 1, 1 << 24),
+    PS_KEY_U64("block_cache_mb", SRV, block_cache_mb, 1, 1 << 24),
+    PS_KEY_U64("write_buffer_mb", SRV, write_buffer_mb, 1, 1 << 16),
     PS_KEY_U32("flush_interval_ms", SRV, flush_interval_ms, 1, 3600000),
     PS_KEY_U64("flush_dirty_rows", SRV, flush_dirty_rows, 1, UINT64_C(1000000000000)),
     PS_KEY_U64("max_frame_bytes", SRV, max_frame_bytes, 1024, 1u << 30),
@@ -211,6 +213,8 @@ static void server_defaults(ps_server_config *s) {
     snprintf(s->data_dir, sizeof(s->data_dir), "ctrps-data");
     snprintf(s->bind, sizeof(s->bind), "127.0.0.1");
     s->memory_mb = 1024;
+    s->block_cache_mb = 256;
+    s->write_buffer_mb = 64;
     /* Write-back cadence in sync mode. The push log makes every push durable
      * at once, so write-back only bounds replay time and log size; a long
      * interval lets repeated pushes to a hot row coalesce into one RocksDB

@@ -905,7 +905,10 @@ int ps_shard_open(const ps_config *cfg, const ps_shard_options *opts, ps_shard *
     }
     char dbdir[PS_PATH_MAX + 8];
     snprintf(dbdir, sizeof(dbdir), "%s/db", s->dir);
-    ps_store_options so = {.sync_writes = cfg->server.fsync == PS_FSYNC_ALWAYS, .filters = filters};
+    ps_store_options so = {.sync_writes = cfg->server.fsync == PS_FSYNC_ALWAYS,
+                           .filters = filters,
+                           .block_cache_mb = cfg->server.block_cache_mb,
+                           .write_buffer_mb = cfg->server.write_buffer_mb};
     r = ps_store_open(dbdir, cfs, ncf, &so, &s->store, err, errlen);
     /* The store owns the filters' state now, even when open failed. */
     for (size_t i = 0; i < ncf; i++)

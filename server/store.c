@@ -56,7 +56,8 @@ static void configure(ps_store *s, const ps_store_options *o) {
      * compaction from starving the loop thread. */
     rocksdb_options_increase_parallelism(s->options, 2);
     rocksdb_options_set_max_background_jobs(s->options, 2);
-    rocksdb_options_set_write_buffer_size(s->options, 64u << 20);
+    rocksdb_options_set_write_buffer_size(
+        s->options, (size_t)(o && o->write_buffer_mb ? o->write_buffer_mb : 64) << 20);
     rocksdb_options_set_max_write_buffer_number(s->options, 3);
     rocksdb_options_set_level_compaction_dynamic_level_bytes(s->options, 1);
     /* Rows are float32 optimizer state: measured to compress poorly, so the
