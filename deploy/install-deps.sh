@@ -17,6 +17,7 @@ PACKAGES=(
   systemd python3-yaml python3-kubernetes
   podman runc mmdebstrap
   protobuf-compiler python3-protobuf python3-numpy python3-xxhash python3-pytest  # clients/python
+  gnuplot-nox  # bench/soak.sh's plot
 )
 
 SUDO=""
