@@ -14,7 +14,16 @@
  *   HELLO --Hello refused--> DOWN, every waiting part failed with its status
  * Sequence numbers are assigned under submit_lock together with enqueueing,
  * so a shard always receives one client's pushes in increasing order, also
- * when they are resent. */
+ * when they are resent.
+ *
+ * Riding out outages (outage_timeout_ms > 0). A shard is in an outage from
+ * the timer tick that finds it DOWN with parts waiting (refused, reset, an
+ * attempt past its deadline, a READ_ONLY answer, which drops the connection
+ * so that everything after the refused part is resent in order too) until
+ * the first answer that is not READ_ONLY. Parts then wait for the outage
+ * rather than their own deadline, which only bounds one attempt. Hello OK
+ * during an outage does not reset the backoff: a read-only shard accepts
+ * connections and refuses the resent push each time. */
 
 #include "client.h"
 
@@ -91,7 +100,11 @@ typedef struct shard_conn {
     ps_frame_reader rd;
     part *head, *tail;           /* in flight, submission order */
     uint64_t backoff_ms, next_attempt_ms;
+    uint64_t attempt_deadline_ms;   /* riding out: connect + Hello must finish by then */
+    bool in_outage;
+    uint64_t outage_since_ms, outage_reported_ms;
     char last_error[160];
+    char reported_error[160];    /* last_error as last reported */
 } shard_conn;
 
 typedef struct tcp_box {
@@ -113,6 +126,10 @@ struct ps_client {
     uint64_t client_id;
     char name[64];
     uint32_t timeout_ms, max_frame;
+    uint64_t outage_ms;          /* 0 = parts fail at their deadline */
+    ps_client_outage_fn on_outage;
+    void *on_outage_ctx;
+    uint64_t rng;                /* backoff jitter; I/O thread only */
     shard_conn *shards;
     uint32_t nshards;
 
@@ -128,7 +145,7 @@ struct ps_client {
     uint64_t next_seq;
     atomic_uint_fast64_t next_id;
 
-    atomic_uint_fast64_t n_requests, n_reconnects, n_resent, n_timeouts;
+    atomic_uint_fast64_t n_requests, n_reconnects, n_resent, n_timeouts, n_outages;
     pthread_mutex_t ckpt_lock;
     char ckpt_pending[64];       /* latest checkpoint barrier a shard announced */
 };
@@ -328,8 +345,43 @@ static void conn_down(shard_conn *sc, const char *why) {
     sc->state = DOWN;
     ps_frame_reader_deinit(&sc->rd);
     uint64_t now = uv_now(&c->loop);
-    sc->next_attempt_ms = now + sc->backoff_ms;
+    /* Jitter: a wait drawn from [backoff/2, backoff], so that workers that
+     * lost a shard at the same moment do not all come back at once. */
+    c->rng ^= c->rng << 13;
+    c->rng ^= c->rng >> 7;
+    c->rng ^= c->rng << 17;
+    sc->next_attempt_ms = now + sc->backoff_ms / 2 + c->rng % (sc->backoff_ms / 2 + 1);
     sc->backoff_ms = sc->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : sc->backoff_ms * 2;
+}
+
+static void outage_report(shard_conn *sc, uint64_t now, bool over) {
+    ps_client *c = sc->c;
+    sc->outage_reported_ms = now;
+    memcpy(sc->reported_error, sc->last_error, sizeof(sc->reported_error));
+    if (!c->on_outage)
+        return;
+    ps_client_outage o = {.shard = sc->idx,
+                          .addr = sc->addr,
+                          .elapsed_ms = now - sc->outage_since_ms,
+                          .why = sc->last_error,
+                          .over = over};
+    c->on_outage(c->on_outage_ctx, &o);
+}
+
+static void outage_begin(shard_conn *sc, uint64_t now) {
+    sc->in_outage = true;
+    sc->outage_since_ms = now;
+    atomic_fetch_add(&sc->c->n_outages, 1);
+    outage_report(sc, now, false);
+}
+
+/* The shard answered: the outage, if any, is over. */
+static void outage_end(shard_conn *sc) {
+    if (!sc->in_outage)
+        return;
+    outage_report(sc, uv_now(&sc->c->loop), true);
+    sc->in_outage = false;
+    sc->backoff_ms = BACKOFF_MIN_MS;
 }
 
 static void fail_all(shard_conn *sc, int err, const char *msg) {
@@ -410,11 +462,17 @@ static void handle_hello(shard_conn *sc, Ctrps__Response *resp) {
     }
     ctrps__response__free_unpacked(resp, NULL);
     sc->state = READY;
-    sc->backoff_ms = BACKOFF_MIN_MS;
+    if (!sc->in_outage)
+        sc->backoff_ms = BACKOFF_MIN_MS;
+    else if (!sc->head)
+        outage_end(sc);
+    uint64_t now = uv_now(&sc->c->loop);
     for (part *p = sc->head; p && sc->state == READY; p = p->next) {
         if (p->sent)
             atomic_fetch_add(&sc->c->n_resent, 1);
         p->sent = true;
+        if (sc->c->outage_ms) /* the deadline bounds this attempt */
+            p->deadline_ms = now + sc->c->timeout_ms;
         send_frame(sc, p->frame);
     }
 }
@@ -463,8 +521,16 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
             ctrps__response__free_unpacked(resp, NULL);
             continue;
         }
+        if (sc->c->outage_ms && resp->status == CTRPS__STATUS__READ_ONLY) {
+            char why[160];
+            snprintf(why, sizeof(why), "READ_ONLY: %s", resp->message ? resp->message : "");
+            ctrps__response__free_unpacked(resp, NULL);
+            conn_down(sc, why);
+            return;
+        }
         list_remove(sc, p);
         apply_response(sc, p, resp);
+        outage_end(sc);
     }
 }
 
@@ -540,6 +606,7 @@ static void conn_connect(shard_conn *sc) {
     box->connect.data = box;
     sc->tcp = &box->tcp;
     sc->state = CONNECTING;
+    sc->attempt_deadline_ms = uv_now(&c->loop) + c->timeout_ms;
     if (sc->last_error[0])
         atomic_fetch_add(&c->n_reconnects, 1);
     int r = uv_tcp_connect(&box->connect, &box->tcp, (const struct sockaddr *)&sc->sa, on_connected);
@@ -596,12 +663,51 @@ static void on_wake(uv_async_t *a) {
     }
 }
 
+/* Riding out: an attempt past its deadline counts as the shard being
+ * unreachable; the outage, not a part's deadline, decides when to fail. */
+static void outage_tick(shard_conn *sc, uint64_t now) {
+    ps_client *c = sc->c;
+    char why[256];
+    if (sc->state == READY) {
+        for (part *p = sc->head; p; p = p->next)
+            if (now >= p->deadline_ms) {
+                snprintf(why, sizeof(why), "no answer within %u ms", c->timeout_ms);
+                conn_down(sc, why);
+                break;
+            }
+    } else if (sc->state != DOWN && now >= sc->attempt_deadline_ms) {
+        snprintf(why, sizeof(why), "no connection within %u ms", c->timeout_ms);
+        conn_down(sc, why);
+    }
+    if (!sc->head) {
+        sc->in_outage = false; /* nothing waits: whatever comes next starts afresh */
+        return;
+    }
+    if (sc->state == DOWN && !sc->in_outage)
+        outage_begin(sc, now);
+    if (!sc->in_outage)
+        return;
+    if (now - sc->outage_since_ms >= c->outage_ms) {
+        snprintf(why, sizeof(why), "unavailable for %llu s (outage_timeout_s); last error: %s",
+                 (unsigned long long)((now - sc->outage_since_ms) / 1000), sc->last_error);
+        for (part *p = sc->head; p; p = p->next)
+            atomic_fetch_add(&c->n_timeouts, 1);
+        fail_all(sc, PS_ETIMEOUT, why);
+        sc->in_outage = false;
+    } else if (now - sc->outage_reported_ms >= PS_CLIENT_OUTAGE_REPORT_MS ||
+               strcmp(sc->reported_error, sc->last_error)) {
+        outage_report(sc, now, false);
+    }
+}
+
 static void on_timer(uv_timer_t *t) {
     ps_client *c = t->data;
     uint64_t now = uv_now(&c->loop);
     for (uint32_t i = 0; i < c->nshards; i++) {
         shard_conn *sc = &c->shards[i];
-        for (part *p = sc->head, *next; p; p = next) {
+        if (c->outage_ms)
+            outage_tick(sc, now);
+        for (part *p = sc->head, *next; p && !c->outage_ms; p = next) {
             next = p->next;
             if (now >= p->deadline_ms) {
                 list_remove(sc, p);
@@ -644,6 +750,10 @@ int ps_client_new(const ps_client_options *opts, ps_client **ret_client, char *e
         return ar;
     }
     c->timeout_ms = opts->timeout_ms ? opts->timeout_ms : 30000;
+    c->outage_ms = opts->outage_timeout_ms;
+    c->on_outage = opts->on_outage;
+    c->on_outage_ctx = opts->on_outage_ctx;
+    c->rng = c->client_id | 1;
     c->max_frame = opts->max_frame_bytes ? opts->max_frame_bytes
                                          : (uint32_t)opts->cfg->server.max_frame_bytes;
     c->nshards = opts->cfg->nshards;
@@ -731,6 +841,7 @@ void ps_client_counters_get(ps_client *c, ps_client_counters *ret) {
     ret->reconnects = atomic_load(&c->n_reconnects);
     ret->resent = atomic_load(&c->n_resent);
     ret->timeouts = atomic_load(&c->n_timeouts);
+    ret->outages = atomic_load(&c->n_outages);
 }
 
 /* Queue parts for the I/O thread. Called with submit_lock held. */

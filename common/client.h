@@ -11,11 +11,31 @@
  * batch's pull with the current batch's compute).
  *
  * Failures. A dropped connection is re-established with exponential backoff
- * (50 ms to 2 s), and every request not yet answered on it is sent again in
- * its original order. Pushes carry the client's id and a sequence number,
- * so the shard applies a resent push at most once. A request that finds no
- * answer within the deadline fails with PS_ETIMEOUT and a message naming the
- * shard and the last connection error.
+ * (50 ms doubling to 2 s, with jitter), and every request not yet answered
+ * on it is sent again in its original order. Pushes carry the client's id
+ * and a sequence number, so the shard applies a resent push at most once.
+ *
+ * Without outage_timeout_ms, a request that finds no answer within
+ * timeout_ms fails with PS_ETIMEOUT and a message naming the shard and the
+ * last connection error; an answer with an error status fails it at once.
+ *
+ * With outage_timeout_ms (riding out outages), timeout_ms is the deadline of
+ * one attempt: a shard that refuses the connection, drops it, leaves a sent
+ * request unanswered for timeout_ms, or answers READ_ONLY is in an outage.
+ * Its connection is dropped and retried with the backoff; every request
+ * waiting for it is resent in order (pushes with their sequence numbers)
+ * once it answers again. The outage ends with the first answer that is not
+ * READ_ONLY; when it has lasted outage_timeout_ms, every request waiting for
+ * the shard fails with PS_ETIMEOUT naming the shard and the last error. The
+ * on_outage callback reports the outage as it starts, every
+ * PS_CLIENT_OUTAGE_REPORT_MS while it lasts or when its error changes, and
+ * when it ends.
+ * Limit: a READ_ONLY refusal of one push while later pushes of this client
+ * are already on the wire is safe only if the shard stays read-only while
+ * it reads them (it does unless its store recovers within that instant): a
+ * later push applied first would make the shard discard the resent one as
+ * already applied. The worker with max_in_flight = 0 has one push on the
+ * wire at a time.
  *
  * Thread safety: calls may be started from any thread; a given ps_call is
  * waited on by one thread. */
@@ -30,16 +50,34 @@
 typedef struct ps_client ps_client;
 typedef struct ps_call ps_call;
 
+#define PS_CLIENT_OUTAGE_REPORT_MS 5000
+
+/* An outage of one shard as reported to ps_client_options.on_outage. */
+typedef struct ps_client_outage {
+    uint32_t shard;
+    const char *addr;            /* "host:port" */
+    uint64_t elapsed_ms;         /* since the outage began */
+    const char *why;             /* the last error */
+    bool over;                   /* the shard answers again */
+} ps_client_outage;
+
+/* Called on the client's I/O thread: must not block or call the client. */
+typedef void (*ps_client_outage_fn)(void *ctx, const ps_client_outage *o);
+
 typedef struct ps_client_options {
     const ps_config *cfg;        /* borrowed for the client's life: shards, buckets */
     const char *name;            /* sent in Hello, for server logs */
     uint64_t client_id;          /* 0 = random; identifies this pusher to the shards */
     uint32_t timeout_ms;         /* per request, reconnects included; 0 = 30 s */
     uint32_t max_frame_bytes;    /* largest response accepted; 0 = [server] max_frame_bytes */
+    uint64_t outage_timeout_ms;  /* 0 = fail at timeout_ms; else ride out outages this long */
+    ps_client_outage_fn on_outage;  /* optional */
+    void *on_outage_ctx;
 } ps_client_options;
 
 typedef struct ps_client_counters {
     uint64_t requests, reconnects, resent, timeouts;
+    uint64_t outages;            /* outages begun (riding out only) */
 } ps_client_counters;
 
 int ps_client_new(const ps_client_options *opts, ps_client **ret_client, char *err, size_t errlen);

@@ -7,7 +7,12 @@
  * only if no acknowledged push is lost and none is applied twice.
  *
  * interval=MS: a crash may lose acknowledged pushes, but only those of about
- * the last MS, and the shard restarts from a consistent state. */
+ * the last MS, and the shard restarts from a consistent state.
+ *
+ * Outages: a worker rides out a shard that is down for seconds or read-only
+ * for seconds, warning about it, and ends in the uninterrupted state too; an
+ * outage longer than [worker] outage_timeout_s ends it with exit 1 and an
+ * "error" naming the shard. */
 #include <criterion/criterion.h>
 #include <fcntl.h>
 #include <math.h>
@@ -16,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -24,9 +30,10 @@
 #include "harness.h"
 #include "keys.h"
 
-#define LR_BODY(durability)                                                                        \
+#define LR_BODY(durability) LR_BODY_FLUSH(durability, "300")
+#define LR_BODY_FLUSH(durability, flush_ms)                                                        \
     "buckets = 128\n"                                                                              \
-    "[server]\ndurability = " durability "\nflush_interval_ms = 300\n"                             \
+    "[server]\ndurability = " durability "\nflush_interval_ms = " flush_ms "\n"                    \
     "[input]\nformat = criteo\nintegers = bucketize\n"                                             \
     "[model]\ntype = lr\nbatch_size = 64\nmax_in_flight = 0\n"                                     \
     "[worker]\ntimeout_ms = 60000\n"                                                               \
@@ -39,42 +46,78 @@ static ps_cluster cl;
 
 static void teardown(void) { cr_expect_eq(ps_cluster_destroy(&cl), 0, "a shard reported a problem"); }
 
-static char *train_and_export(const char *data, bool kill_shards) {
+/* Reaps the worker if it has exited (asserting it succeeded); false then. */
+static bool worker_running(pid_t *worker) {
+    int status;
+    if (*worker && waitpid(*worker, &status, WNOHANG) == *worker) {
+        *worker = 0;
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "worker failed early (status %d)", status);
+    }
+    return *worker != 0;
+}
+
+/* What happens to the shards while the worker trains. */
+typedef struct disturbance {
+    int (*run)(pid_t *worker);   /* returns how often it struck */
+    int min_strikes;             /* fewer: the input is too small to show anything */
+    const char *log_must;        /* the worker's log holds "shard 1 (ADDR) <it>" */
+} disturbance;
+
+/* Kill a random shard at a random moment, five times, while the worker
+ * runs; a deterministic seed keeps failures reproducible. */
+static int kill_random_shards(pid_t *worker) {
+    unsigned seed = 2024;
+    int kills = 0;
+    for (int k = 0; k < 5; k++) {
+        usleep(100000 + (useconds_t)(rand_r(&seed) % 250000));
+        if (!worker_running(worker))
+            break;
+        int shard = rand_r(&seed) % cl.nshards;
+        cr_assert_eq(ps_cluster_restart(&cl, shard, SIGKILL), 0, "restart of shard %d", shard);
+        kills++;
+    }
+    return kills;
+}
+
+static const disturbance random_kills = {kill_random_shards, 3, NULL};
+
+static char *train_and_export(const char *data, const disturbance *d) {
+    char log[300];
+    ps_cluster_path(&cl, "worker.log", log, sizeof(log));
     char *argv[] = {(char *)ps_test_bin("worker/ctrps-worker"), "--config", cl.config, "--input",
                     (char *)data, "--log-level", "warn", NULL};
     pid_t pid = fork();
     if (pid == 0) {
-        int null = open("/dev/null", 1);
+        int null = open("/dev/null", O_WRONLY);
+        int err = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
         dup2(null, 1);
+        dup2(err, 2);
         execv(argv[0], argv);
         _exit(127);
     }
-    int kills = 0;
-    if (kill_shards) {
-        /* Kill a random shard at a random moment, five times, while the
-         * worker runs; a deterministic seed keeps failures reproducible. */
-        unsigned seed = 2024;
-        for (int k = 0; k < 5; k++) {
-            usleep(100000 + (useconds_t)(rand_r(&seed) % 250000));
-            int status;
-            if (waitpid(pid, &status, WNOHANG) == pid) {
-                pid = 0;
-                cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-                          "worker failed early (status %d)", status);
-                break;
-            }
-            int shard = rand_r(&seed) % cl.nshards;
-            cr_assert_eq(ps_cluster_restart(&cl, shard, SIGKILL), 0, "restart of shard %d", shard);
-            kills++;
-        }
-    }
+    int strikes = d ? d->run(&pid) : 0;
     if (pid) {
         int status;
         waitpid(pid, &status, 0);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            char *text = ps_read_file(log);
+            fprintf(stderr, "worker log:\n%s\n", text ? text : "");
+            free(text);
+        }
         cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "worker failed (status %d)", status);
     }
-    if (kill_shards)
-        cr_assert_geq(kills, 3, "the worker finished before the shards were killed: make the input larger");
+    if (d) {
+        cr_assert_geq(strikes, d->min_strikes,
+                      "the worker finished before the shards were disturbed: make the input larger");
+        if (d->log_must) {
+            char must[256];
+            snprintf(must, sizeof(must), "shard 1 (127.0.0.1:%d) %s", cl.ports[1], d->log_must);
+            char *text = ps_read_file(log);
+            cr_assert(text && strstr(text, must), "the worker did not log \"%s\":\n%s", must, text);
+            cr_log_info("worker log:\n%s", text);
+            free(text);
+        }
+    }
     char *out = NULL;
     cr_assert_eq(ps_run_cli(&cl, &out, "export", "--table", "wide", "--state", NULL), 0);
     return out;
@@ -84,15 +127,15 @@ static char *train_and_export(const char *data, bool kill_shards) {
  * created on its second push, and then with probability 0.8. */
 #define LR_ADMIT_BODY LR_BODY("sync") "admit_after = 2\nadmit_probability = 0.8\nadmit_bloom_bits = 65536\n"
 
-static char *run_once(const char *body, const char *data, bool kill_shards) {
+static char *run_once(const char *body, const char *data, const disturbance *d) {
     cr_assert_eq(ps_cluster_start(&cl, 2, body), 0);
     char path[300];
     ps_cluster_path(&cl, "data.tsv", path, sizeof(path));
     char cmd[1024];
     snprintf(cmd, sizeof(cmd), "cp %s %s", data, path);
     cr_assert_eq(system(cmd), 0);
-    char *state = train_and_export(path, kill_shards);
-    if (strstr(body, "admit_after") && !kill_shards) {
+    char *state = train_and_export(path, d);
+    if (strstr(body, "admit_after") && !d) {
         /* Admission did refuse keys, or the comparison proves nothing (a
          * restarted shard counts from zero: look at the run without kills). */
         char *st = NULL;
@@ -105,40 +148,48 @@ static char *run_once(const char *body, const char *data, bool kill_shards) {
     return state;
 }
 
-static void kill9_matches_uninterrupted(const char *body) {
-    char data[] = "/tmp/ctrps-crash-XXXXXX";
+/* Generated input: enough rows that the worker is still training when the
+ * disturbances come (5 kills take at most 1.75 s plus restarts). */
+static void gen_input(char *data) {
     int fd = mkstemp(data);
     cr_assert_geq(fd, 0);
     close(fd);
-    /* Enough rows that the worker is still training when the fifth kill
-     * comes (5 kills take at most 1.75 s plus restarts). */
     char *argv[] = {(char *)ps_test_bin("tools/ctrps-cli"), "gen", "--rows", "100000", "--seed",
                     "21", "--format", "criteo", "--out", data, NULL};
     cr_assert_eq(ps_run(argv, NULL, NULL), 0);
-    char *clean = run_once(body, data, false);
-    char *crashed = run_once(body, data, true);
-    size_t lines = 0;
-    for (const char *p = clean; *p; p++)
-        lines += *p == '\n';
-    cr_assert_gt(lines, 1000, "too little state to compare");
-    cr_assert_str_eq(crashed, clean, "state after kill -9 differs from the uninterrupted run");
-    free(clean);
-    free(crashed);
+}
+
+static void remove_input(const char *data) {
     unlink(data);
     char truth[600];
     snprintf(truth, sizeof(truth), "%s.truth.json", data);
     unlink(truth);
 }
 
+static void disturbed_matches_uninterrupted(const char *body, const disturbance *d) {
+    char data[] = "/tmp/ctrps-crash-XXXXXX";
+    gen_input(data);
+    char *clean = run_once(body, data, NULL);
+    char *disturbed = run_once(body, data, d);
+    size_t lines = 0;
+    for (const char *p = clean; *p; p++)
+        lines += *p == '\n';
+    cr_assert_gt(lines, 1000, "too little state to compare");
+    cr_assert_str_eq(disturbed, clean, "state after the disturbance differs from the uninterrupted run");
+    free(clean);
+    free(disturbed);
+    remove_input(data);
+}
+
 Test(crash, sync_kill9_during_training_ends_in_the_uninterrupted_state, .timeout = 600) {
-    kill9_matches_uninterrupted(LR_BODY("sync"));
+    disturbed_matches_uninterrupted(LR_BODY("sync"), &random_kills);
 }
 
 /* With admission, the decisions replayed from the push log and those of the
  * filter saved with each write-back must be the ones the uninterrupted run
  * took: a wrong one creates a row the other run does not have. */
 Test(crash, sync_kill9_with_admission_ends_in_the_uninterrupted_state, .timeout = 600) {
-    kill9_matches_uninterrupted(LR_ADMIT_BODY);
+    disturbed_matches_uninterrupted(LR_ADMIT_BODY, &random_kills);
 }
 
 /* interval mode: push one gradient of 1 to a key every few milliseconds and
@@ -277,4 +328,93 @@ Test(crash, push_replayed_after_kill9_is_applied_once, .fini = teardown, .timeou
     fd = hello_as(77, &last);
     cr_assert_eq(last, 2);
     close(fd);
+}
+
+/* ---- riding out outages ---------------------------------------------------------- */
+
+#define OUTAGE_S 3
+
+/* Shard 1 is killed early in the run and comes back OUTAGE_S later, on the
+ * same port and data directory; the worker waits for it meanwhile. */
+static int kill_shard_for_a_while(pid_t *worker) {
+    usleep(300000);
+    if (!worker_running(worker))
+        return 0;
+    cr_assert_eq(ps_cluster_stop_shard(&cl, 1, SIGKILL), (int)SIGKILL, "kill of shard 1");
+    sleep(OUTAGE_S);
+    cr_assert(worker_running(worker), "the worker did not wait for the shard");
+    cr_assert_eq(ps_cluster_start_shard(&cl, 1), 0, "restart of shard 1");
+    return 1;
+}
+
+static void set_fsize(pid_t pid, rlim_t limit) {
+    /* Only the soft limit, so it can be raised again (as in test_disk). */
+    struct rlimit rl = {limit, RLIM_INFINITY};
+    cr_assert_eq(prlimit(pid, RLIMIT_FSIZE, &rl, NULL), 0, "prlimit");
+}
+
+/* Shard 1 cannot write for OUTAGE_S (a file-size limit of 0: every write
+ * that extends a file fails, as on a full disk), so it turns read-only and
+ * refuses pushes and new rows, then recovers. */
+static int read_only_for_a_while(pid_t *worker) {
+    usleep(300000);
+    if (!worker_running(worker))
+        return 0;
+    set_fsize(cl.pids[1], 0);
+    sleep(OUTAGE_S);
+    cr_assert(worker_running(worker), "the worker did not wait for the shard");
+    set_fsize(cl.pids[1], RLIM_INFINITY);
+    return 1;
+}
+
+Test(crash, worker_rides_out_a_shard_kill_and_ends_in_the_uninterrupted_state, .timeout = 600) {
+    static const disturbance d = {kill_shard_for_a_while, 1, "unavailable"};
+    disturbed_matches_uninterrupted(LR_BODY("sync"), &d);
+}
+
+/* No write-back during the run: the push log is what fails to write. A
+ * RocksDB write (its WAL) that fails with EFBIG is not an error RocksDB
+ * recovers from by itself, and the shard has no way yet to reopen the
+ * store, so a write-back caught by the limit would keep the shard read-only
+ * for good (a follow-up for the shard, not the worker). */
+Test(crash, worker_rides_out_a_read_only_shard_and_ends_in_the_uninterrupted_state, .timeout = 600) {
+    static const disturbance d = {read_only_for_a_while, 1, "unavailable: READ_ONLY"};
+    disturbed_matches_uninterrupted(LR_BODY_FLUSH("sync", "3600000"), &d);
+}
+
+/* Past outage_timeout_s the worker gives up: exit 1, and its result line
+ * still comes, with an "error" naming the shard. */
+Test(crash, an_outage_past_outage_timeout_s_fails_naming_the_shard, .fini = teardown, .timeout = 300) {
+    char data[] = "/tmp/ctrps-crash-XXXXXX";
+    gen_input(data);
+    cr_assert_eq(ps_cluster_start(&cl, 2, LR_BODY("sync") "[worker]\noutage_timeout_s = 2\n"), 0);
+    char out[300], log[300];
+    ps_cluster_path(&cl, "worker.out", out, sizeof(out));
+    ps_cluster_path(&cl, "worker.log", log, sizeof(log));
+    pid_t pid = fork();
+    if (pid == 0) {
+        int o = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        int e = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        dup2(o, 1);
+        dup2(e, 2);
+        execl(ps_test_bin("worker/ctrps-worker"), "ctrps-worker", "--config", cl.config, "--input", data,
+              (char *)NULL);
+        _exit(127);
+    }
+    usleep(300000);
+    cr_assert(worker_running(&pid), "the worker finished before the outage: make the input larger");
+    cr_assert_eq(ps_cluster_stop_shard(&cl, 1, SIGKILL), (int)SIGKILL);
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    remove_input(data);
+    char *result = ps_read_file(out), *text = ps_read_file(log);
+    cr_assert(result && text);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1, "status %d; log:\n%s", status, text);
+    char shard[64];
+    snprintf(shard, sizeof(shard), "shard 1 (127.0.0.1:%d)", cl.ports[1]);
+    const char *e = strstr(result, "\"error\":");
+    cr_assert(e && strstr(e, shard) && strstr(e, "outage_timeout_s"), "result line: %s", result);
+    cr_assert(strstr(text, shard) && strstr(text, "unavailable"), "no warning in the log:\n%s", text);
+    free(result);
+    free(text);
 }

@@ -363,10 +363,12 @@ Test(train, every_error_exit_prints_the_result_line, .fini = teardown, .timeout 
     /* Bad usage: exit 2. */
     char *bad_usage[] = {(char *)bin, "--config", cl.config, "--input", missing, "--passes", "0", NULL};
     free(expect_error_exit(bad_usage, 2, "--passes: bad value '0'"));
-    /* A shard that is gone: the deadline passes, exit 1 naming the shard. */
+    /* A shard that is gone: the deadline passes and the outage outlasts
+     * outage_timeout_s, exit 1 naming the shard. */
     char cfg[300], cmd[1024];
     ps_cluster_path(&cl, "short.ini", cfg, sizeof(cfg));
-    snprintf(cmd, sizeof(cmd), "sed 's/^timeout_ms.*//; s/^\\[worker\\]$/[worker]\\ntimeout_ms = 500/' %s > %s",
+    snprintf(cmd, sizeof(cmd),
+             "sed 's/^timeout_ms.*//; s/^\\[worker\\]$/[worker]\\ntimeout_ms = 500\\noutage_timeout_s = 1/' %s > %s",
              cl.config, cfg);
     cr_assert_eq(system(cmd), 0);
     gen("data.tsv", "1000", "3", "criteo");

@@ -65,9 +65,11 @@ static void usage(FILE *out) {
             "final result is one JSON line on stdout, on every exit but --help:\n"
             "  {\"examples\":..,\"examples_per_sec\":..,\"auc\":..,\"logloss\":..,\"calibration\":..,\n"
             "   \"holdout_auc\":..,\"holdout_logloss\":.., ...[,\"error\":\"message\"]}\n"
-            "Exit status: 0 on success, 1 on a runtime error (a shard unreachable past its\n"
-            "deadline, unreadable input, an input in which no line is valid), 2 on bad\n"
-            "usage or config; \"error\" holds the message of either.\n");
+            "A shard that is unreachable or read-only is waited for, with a warning naming\n"
+            "it every few seconds, up to [worker] outage_timeout_s (default 600).\n"
+            "Exit status: 0 on success, 1 on a runtime error (a shard unavailable past\n"
+            "outage_timeout_s, unreadable input, an input in which no line is valid), 2 on\n"
+            "bad usage or config; \"error\" holds the message of either.\n");
 }
 
 /* An error before training: the message on stderr, and on stdout the JSON

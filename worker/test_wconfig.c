@@ -75,6 +75,7 @@ Test(wconfig, defaults) {
     cr_expect_eq(m->can.max_batch, 512, "max_batch follows batch_size");
     cr_expect_eq(w->progress_interval_s, 5);
     cr_expect_eq(w->timeout_ms, 60000);
+    cr_expect_eq(w->outage_timeout_s, 600);
     cr_expect_eq(w->malformed_log_per_s, 5);
     cr_expect_eq(w->input.format, PS_INPUT_CRITEO);
     cr_expect_eq(cfg->dense.lr, 0.001);
@@ -121,6 +122,7 @@ Test(wconfig, every_key_reaches_its_field) {
                                     "[worker]\n"
                                     "progress_interval_s = 86400\n"
                                     "timeout_ms = 1\n"
+                                    "outage_timeout_s = 0\n"
                                     "malformed_log_per_s = 0\n");
     const ps_worker_config *w = ps_worker_config_of(cfg);
     const ps_model_config *m = &w->model;
@@ -165,6 +167,7 @@ Test(wconfig, every_key_reaches_its_field) {
     cr_expect_eq(cfg->dense.eps, 0.0);
     cr_expect_eq(w->progress_interval_s, 86400);
     cr_expect_eq(w->timeout_ms, 1);
+    cr_expect_eq(w->outage_timeout_s, 0);
     cr_expect_eq(w->malformed_log_per_s, 0);
     ps_config_free(cfg);
 }
@@ -249,6 +252,7 @@ ParameterizedTestParameters(wconfig, errors) {
         {"[model]\nadam_eps = 2\n", 4, "key 'adam_eps'", ""},
         {"[worker]\nprogress_interval_s = 0\n", 4, "key 'progress_interval_s'", "[1, 86400]"},
         {"[worker]\ntimeout_ms = 86400001\n", 4, "key 'timeout_ms'", "[1, 86400000]"},
+        {"[worker]\noutage_timeout_s = 604801\n", 4, "key 'outage_timeout_s'", "[0, 604800]"},
         {"[worker]\nmalformed_log_per_s = 1000001\n", 4, "key 'malformed_log_per_s'", "[0, 1000000]"},
         {"[model]\nmlp = 8\nbogus = 1\nbatch_size = 0\n", 5, "key 'bogus'", ""},
         {"[model]\ntype = lr\n", 0, "dim = 1", ""},

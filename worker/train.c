@@ -27,6 +27,20 @@ static double now_s(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* The client reports a shard's outage as it begins, every few seconds while
+ * it lasts and when it ends (common/client.h); training waits meanwhile. */
+static void log_outage(void *ctx, const ps_client_outage *o) {
+    (void)ctx;
+    double s = (double)o->elapsed_ms / 1000;
+    if (o->over)
+        ps_info("shard %u (%s) answers again after %.1f s; resent what it had not acknowledged",
+                o->shard, o->addr, s);
+    else
+        ps_warn("shard %u (%s) unavailable: %s (for %.1f s); retrying with backoff up to "
+                "[worker] outage_timeout_s",
+                o->shard, o->addr, o->why, s);
+}
+
 /* ---- training ------------------------------------------------------------------------ */
 
 typedef struct fetch {
@@ -547,7 +561,11 @@ static int trainer_open(trainer *t, const ps_train_options *o, char *err, size_t
     r = holdout_read(o, w, t->L, &t->h, err, errlen);
     if (r < 0)
         return r;
-    ps_client_options co = {.cfg = o->cfg, .name = "ctrps-worker", .timeout_ms = w->timeout_ms};
+    ps_client_options co = {.cfg = o->cfg,
+                            .name = "ctrps-worker",
+                            .timeout_ms = w->timeout_ms,
+                            .outage_timeout_ms = (uint64_t)w->outage_timeout_s * 1000,
+                            .on_outage = log_outage};
     r = ps_client_new(&co, &t->client, err, errlen);
     if (r < 0)
         return r;

@@ -48,6 +48,7 @@ static ps_worker_config *get(ps_config *cfg) {
     ps_can_config_default(&m->can, 512, 50);
     w->progress_interval_s = 5;
     w->timeout_ms = 60000;
+    w->outage_timeout_s = 600;
     w->malformed_log_per_s = 5;
     cfg->worker = w;
     cfg->worker_free = worker_free;
@@ -121,6 +122,7 @@ static const ps_config_key model_keys[] = {
 static const ps_config_key worker_keys[] = {
     PS_KEY_U32("progress_interval_s", WRK, progress_interval_s, 1, 86400),
     PS_KEY_U32("timeout_ms", WRK, timeout_ms, 1, 86400000),
+    PS_KEY_U32("outage_timeout_s", WRK, outage_timeout_s, 0, 604800),
     PS_KEY_U32("malformed_log_per_s", WRK, malformed_log_per_s, 0, 1000000),
 };
 #undef WRK

@@ -28,7 +28,10 @@
  *   dense_optimizer, dense_lr, adam_*: read by the servers (config.h)
  *
  * [worker] keys: progress_interval_s = 5, timeout_ms = 60000,
- *   malformed_log_per_s = 5 (messages about bad lines, per second). */
+ *   outage_timeout_s = 600, malformed_log_per_s = 5 (messages about bad
+ *   lines, per second). timeout_ms bounds one attempt of a request; a
+ *   shard that misses it, is unreachable or answers READ_ONLY is retried
+ *   with backoff for up to outage_timeout_s (0 = fail at timeout_ms). */
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -83,6 +86,7 @@ typedef struct ps_worker_config {
     ps_model_config model;
     uint32_t progress_interval_s;
     uint32_t timeout_ms;
+    uint32_t outage_timeout_s;
     uint32_t malformed_log_per_s;
 } ps_worker_config;
 
