@@ -524,7 +524,9 @@ static int parse_export_model(int argc, char **argv, model_args *a) {
 }
 
 static int export_code(int r) {
-    return r == -EINVAL || r == -EEXIST || r == -ENOENT || r == PS_ECONFIG ? 2 : 1;
+    return r == -EINVAL || r == -EEXIST || r == -ENOENT || r == PS_ENOT_FOUND || r == PS_ECONFIG
+               ? 2
+               : 1;
 }
 
 /* From a live cluster: a checkpoint under the root given, or in a temporary
