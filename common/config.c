@@ -492,6 +492,48 @@ void ps_config_free(ps_config *cfg) {
     free(cfg);
 }
 
+/* The keys of one section; scope: the optimizer bit of a table, 0 else. */
+static int describe_keys(const ps_config_key *keys, size_t n, const void *obj, unsigned scope,
+                         const char *section, ps_config_visit_fn fn, void *ctx) {
+    char value[8192];
+    for (size_t i = 0; i < n; i++) {
+        const ps_config_key *k = &keys[i];
+        if (k->scope && !(k->scope & scope))
+            continue;
+        int r = ps_config_key_format(k, obj, value, sizeof(value));
+        if (r == PS_ECONFIG && k->parse == set_durability) {
+            const ps_server_config *s = obj;
+            if (s->durability == PS_DURABILITY_SYNC)
+                snprintf(value, sizeof(value), "sync");
+            else
+                snprintf(value, sizeof(value), "interval=%u", s->interval_ms);
+            r = 0;
+        }
+        if (r == -ERANGE)
+            continue;
+        if (r < 0)
+            return r;
+        if ((r = fn(ctx, section, k->name, value)) != 0)
+            return r;
+    }
+    return 0;
+}
+
+int ps_config_describe(const ps_config *cfg, ps_config_visit_fn fn, void *ctx) {
+    int r = describe_keys(cluster_keys, NKEYS(cluster_keys), cfg, 0, "cluster", fn, ctx);
+    if (r == 0)
+        r = describe_keys(server_keys, NKEYS(server_keys), &cfg->server, 0, "server", fn, ctx);
+    for (uint32_t i = 0; i < cfg->ntables && r == 0; i++) {
+        const ps_table_config *t = &cfg->tables[i];
+        char section[PS_NAME_MAX + 8];
+        snprintf(section, sizeof(section), "table.%s", t->name);
+        r = describe_keys(table_keys, NTABLE_KEYS, t, 1u << t->opt.kind, section, fn, ctx);
+    }
+    if (r == 0)
+        r = describe_keys(dense_keys, NKEYS(dense_keys), &cfg->dense, 0, "model", fn, ctx);
+    return r;
+}
+
 const ps_table_config *ps_config_table(const ps_config *cfg, const char *name) {
     for (uint32_t i = 0; i < cfg->ntables; i++)
         if (!strcmp(cfg->tables[i].name, name))

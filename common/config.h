@@ -122,6 +122,16 @@ int ps_config_load(const char *path, const ps_config_ext *ext, ps_config **ret_c
                    size_t errlen);
 void ps_config_free(ps_config *cfg);
 
+/* Every key of the sections this layer parses, with its effective value
+ * (defaults included) as text the file could hold (ps_config_key_format):
+ * [cluster], [server], each [table.NAME] (the keys of its optimizer; a key
+ * whose default no file can hold, accum_max = infinity, is left out) and
+ * the dense keys of [model]. The extension's sections ([input], [model],
+ * [worker]) are not described. Stops at the first non-zero return of fn. */
+typedef int (*ps_config_visit_fn)(void *ctx, const char *section, const char *key,
+                                  const char *value);
+int ps_config_describe(const ps_config *cfg, ps_config_visit_fn fn, void *ctx);
+
 const ps_table_config *ps_config_table(const ps_config *cfg, const char *name);
 /* The table a slot (by name) maps to, or NULL. */
 const ps_table_config *ps_config_slot_table(const ps_config *cfg, const char *slot);

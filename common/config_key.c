@@ -2,6 +2,8 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -247,6 +249,76 @@ int ps_config_key_set(const ps_config_key *keys, size_t n, void *obj, const char
     if (ret_key)
         *ret_key = k;
     return 0;
+}
+
+/* Append printf output at *pos; false once it no longer fits. */
+static bool put(char *out, size_t outlen, size_t *pos, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static bool put(char *out, size_t outlen, size_t *pos, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = *pos < outlen ? vsnprintf(out + *pos, outlen - *pos, fmt, ap) : -1;
+    va_end(ap);
+    if (n < 0 || (size_t)n >= outlen - *pos)
+        return false;
+    *pos += (size_t)n;
+    return true;
+}
+
+int ps_config_key_format(const ps_config_key *k, const void *obj, char *out, size_t outlen) {
+    const void *f = (const char *)obj + k->offset;
+    size_t pos = 0, n;
+    bool ok = true;
+    switch (k->type) {
+    case PS_KT_BOOL:
+        ok = put(out, outlen, &pos, "%s", *(const bool *)f ? "true" : "false");
+        break;
+    case PS_KT_U32:
+        ok = put(out, outlen, &pos, "%" PRIu32, *(const uint32_t *)f);
+        break;
+    case PS_KT_U64:
+        ok = put(out, outlen, &pos, "%" PRIu64, *(const uint64_t *)f);
+        break;
+    case PS_KT_SIZE:
+        ok = put(out, outlen, &pos, "%zu", *(const size_t *)f);
+        break;
+    case PS_KT_DOUBLE: {
+        double v = *(const double *)f;
+        char buf[40];
+        if (!isfinite(v))
+            return -ERANGE;
+        snprintf(buf, sizeof(buf), "%.15g", v);
+        if (strtod(buf, NULL) != v)
+            snprintf(buf, sizeof(buf), "%.17g", v);
+        ok = put(out, outlen, &pos, "%s", buf);
+        break;
+    }
+    case PS_KT_STRING:
+        ok = put(out, outlen, &pos, "%s", (const char *)f);
+        break;
+    case PS_KT_ENUM:
+        ok = put(out, outlen, &pos, "%s", ps_enum_name(k->names, k->nnames, *(const int *)f));
+        break;
+    case PS_KT_STRINGS:
+    case PS_KT_NAMES:
+    case PS_KT_U32S:
+        n = get_count(k, obj);
+        for (size_t i = 0; i < n && ok; i++) {
+            const char *sep = i ? ", " : "";
+            if (k->type == PS_KT_STRINGS)
+                ok = put(out, outlen, &pos, "%s%s", sep, (*(char **const *)f)[i]);
+            else if (k->type == PS_KT_NAMES)
+                ok = put(out, outlen, &pos, "%s%s", sep, (const char *)f + i * k->size);
+            else
+                ok = put(out, outlen, &pos, "%s%" PRIu32, sep, ((const uint32_t *)f)[i]);
+        }
+        if (ok && n == 0)
+            ok = put(out, outlen, &pos, "%s", "");
+        break;
+    case PS_KT_CUSTOM:
+        return PS_ECONFIG;
+    }
+    return ok ? 0 : -ENOSPC;
 }
 
 void ps_config_keys_free(const ps_config_key *keys, size_t n, void *obj) {

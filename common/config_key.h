@@ -85,6 +85,14 @@ int ps_config_key_parse(const ps_config_key *k, void *obj, const char *value, ch
 int ps_config_key_set(const ps_config_key *keys, size_t n, void *obj, const char *name,
                       const char *value, const ps_config_key **ret_key, char *err, size_t errlen);
 
+/* Write key k's value in obj as text the INI file could hold: parsing it
+ * back gives the same value (doubles in the shorter of %.15g and %.17g that
+ * parses back exactly; lists joined with ", "; booleans true/false).
+ * PS_ECONFIG for a CUSTOM key (its section formats it), -ERANGE for a
+ * double no file can hold (accum_max's default, infinity: "no bound"),
+ * -ENOSPC when out is too small. */
+int ps_config_key_format(const ps_config_key *k, const void *obj, char *out, size_t outlen);
+
 /* Free what the keys' fields of obj own (PS_KT_STRINGS lists) and leave
  * them empty. */
 void ps_config_keys_free(const ps_config_key *keys, size_t n, void *obj);

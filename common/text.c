@@ -52,3 +52,17 @@ bool ps_list_next(const char **cursor, const char **ret_item, size_t *ret_len) {
     *cursor = *p == ',' ? p + 1 : p;
     return true;
 }
+
+void ps_json_string(FILE *f, const char *s) {
+    fputc('"', f);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            fprintf(f, "\\%c", c);
+        else if (c < 0x20)
+            fprintf(f, "\\u%04x", c);
+        else
+            fputc(c, f);
+    }
+    fputc('"', f);
+}

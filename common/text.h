@@ -12,6 +12,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
 
 /* The name column of an XX(NAME, "name") X-macro, as array elements. */
 #define PS_ENUM_STR(name, str) str,
@@ -51,3 +52,7 @@ void ps_enum_expected(const char *const names[], size_t n, char *buf, size_t buf
  * nothing but blanks ends the list ("a," and "a, " are just "a"). Whether
  * an empty item is an error or skipped is the caller's choice. */
 bool ps_list_next(const char **cursor, const char **ret_item, size_t *ret_len);
+
+/* Write s as a JSON string literal: quotes, backslashes and control
+ * characters escaped, other bytes (UTF-8) as they are. */
+void ps_json_string(FILE *f, const char *s);

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -96,6 +97,32 @@ int ps_dense_load(ps_dense *d, const char *name, size_t name_len, const void *va
     b->step = h.step;
     memcpy(b->w, (const char *)value + sizeof(h), 3 * (size_t)h.len * sizeof(float));
     return 0;
+}
+
+int ps_dense_load_all(ps_dense *d, ps_store *store, int cf, char *err, size_t errlen) {
+    ps_store_iter *it = ps_store_iter_new(store, cf, NULL, 0);
+    if (!it)
+        return -ENOMEM;
+    int r = 0;
+    for (; ps_store_iter_valid(it) && r == 0; ps_store_iter_next(it)) {
+        size_t klen, vlen;
+        const char *k = ps_store_iter_key(it, &klen);
+        const char *v = ps_store_iter_value(it, &vlen);
+        r = ps_dense_load(d, k, klen, v, vlen);
+        if (r < 0)
+            snprintf(err, errlen, "dense block '%.*s' in the store is corrupt", (int)klen, k);
+    }
+    ps_store_iter_free(it);
+    return r;
+}
+
+size_t ps_dense_count(const ps_dense *d) { return d->n; }
+
+void ps_dense_at(const ps_dense *d, size_t i, const char **ret_name, const float **ret_w,
+                 size_t *ret_len) {
+    *ret_name = d->blocks[i].name;
+    *ret_w = d->blocks[i].w;
+    *ret_len = d->blocks[i].len;
 }
 
 int ps_dense_get(ps_dense *d, const char *name, const float **ret_w, size_t *ret_len) {

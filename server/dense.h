@@ -23,6 +23,16 @@ void ps_dense_free(ps_dense *d);
 /* Restore a block from its stored value (at shard open). */
 int ps_dense_load(ps_dense *d, const char *name, size_t name_len, const void *value, size_t len);
 
+/* Load every block a store's dense column family holds (at shard open, or
+ * to read a checkpoint copy). PS_ESTORE names a corrupt block in err. */
+int ps_dense_load_all(ps_dense *d, ps_store *store, int cf, char *err, size_t errlen);
+
+/* Blocks in load or creation order: block i's name and weights, borrowed
+ * until the next call that changes blocks. */
+size_t ps_dense_count(const ps_dense *d);
+void ps_dense_at(const ps_dense *d, size_t i, const char **ret_name, const float **ret_w,
+                 size_t *ret_len);
+
 /* The block's weights (borrowed until the next call that changes blocks). */
 int ps_dense_get(ps_dense *d, const char *name, const float **ret_w, size_t *ret_len);
 /* Create a block from initial values; PS_EDIM if it exists with another

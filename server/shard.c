@@ -795,27 +795,21 @@ static int replay_record(void *ctx, uint64_t lsn, const void *payload, size_t le
 
 static int load_dense(ps_shard *s, char *err, size_t errlen) {
     int r = ps_dense_new(&s->cfg->dense, &s->dense);
-    if (r < 0)
-        return r;
-    ps_store_iter *it = ps_store_iter_new(s->store, CF_DENSE, NULL, 0);
-    if (!it)
-        return -ENOMEM;
-    for (; ps_store_iter_valid(it) && r == 0; ps_store_iter_next(it)) {
-        size_t klen, vlen;
-        const char *k = ps_store_iter_key(it, &klen);
-        const char *v = ps_store_iter_value(it, &vlen);
-        r = ps_dense_load(s->dense, k, klen, v, vlen);
-        if (r < 0)
-            snprintf(err, errlen, "dense block '%.*s' in the store is corrupt", (int)klen, k);
-    }
-    ps_store_iter_free(it);
-    return r;
+    return r < 0 ? r : ps_dense_load_all(s->dense, s->store, CF_DENSE, err, errlen);
+}
+
+void ps_shard_identity(const ps_config *cfg, uint32_t shard, char *ret, size_t len) {
+    snprintf(ret, len, "shard=%u shards=%u buckets=%u", shard, cfg->nshards, cfg->buckets);
+}
+
+void ps_shard_table_schema(const ps_table_config *tc, char *ret, size_t len) {
+    snprintf(ret, len, "dim=%u optimizer=%s state_width=%u", tc->dim,
+             ps_optimizer_name(tc->opt.kind), ps_optim_state_width(&tc->opt, tc->dim));
 }
 
 static int check_identity(ps_shard *s, ps_store_batch *b, char *err, size_t errlen) {
     char want[128];
-    snprintf(want, sizeof(want), "shard=%u shards=%u buckets=%u", s->id, s->cfg->nshards,
-             s->cfg->buckets);
+    ps_shard_identity(s->cfg, s->id, want, sizeof(want));
     char *have;
     size_t len;
     int r = ps_store_get(s->store, CF_META, "identity", 8, &have, &len, err, errlen);
@@ -833,8 +827,7 @@ static int check_identity(ps_shard *s, ps_store_batch *b, char *err, size_t errl
         const ps_table_config *tc = &s->cfg->tables[i];
         char key[PS_NAME_MAX + 8], schema[128];
         snprintf(key, sizeof(key), "schema/%s", tc->name);
-        snprintf(schema, sizeof(schema), "dim=%u optimizer=%s state_width=%u", tc->dim,
-                 ps_optimizer_name(tc->opt.kind), ps_optim_state_width(&tc->opt, tc->dim));
+        ps_shard_table_schema(tc, schema, sizeof(schema));
         r = ps_store_get(s->store, CF_META, key, strlen(key), &have, &len, err, errlen);
         if (r < 0)
             return r;

@@ -65,6 +65,12 @@ int ps_shard_open(const ps_config *cfg, const ps_shard_options *opts, ps_shard *
 /* Write everything back, then close. */
 int ps_shard_close(ps_shard *s);
 
+/* What a shard's store records about its layout (meta "identity" and
+ * "schema/TABLE"), checked whenever the store is opened so that rows are
+ * never read under another bucket map or row format. */
+void ps_shard_identity(const ps_config *cfg, uint32_t shard, char *ret, size_t len);
+void ps_shard_table_schema(const ps_table_config *tc, char *ret, size_t len);
+
 uint32_t ps_shard_id(const ps_shard *s);
 const ps_config *ps_shard_config(const ps_shard *s);
 ps_table *ps_shard_table(ps_shard *s, const char *name);

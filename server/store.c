@@ -203,7 +203,17 @@ int ps_store_open(const char *dir, const char *const *cf_names, size_t ncf,
         names[n++] = "default";
     for (size_t i = 0; i < n; i++)
         cfopts[i] = i < ncf && s->cf_options[i] ? s->cf_options[i] : s->options;
-    s->db = rocksdb_open_column_families(s->options, dir, (int)n, names, cfopts, s->cfs, &rerr);
+    if (opts && opts->read_only) {
+        if (!existing) {
+            snprintf(err, errlen, "%s: no RocksDB database here", dir);
+            r = PS_ESTORE;
+            goto out;
+        }
+        s->db = rocksdb_open_for_read_only_column_families(s->options, dir, (int)n, names, cfopts,
+                                                           s->cfs, 0, &rerr);
+    } else {
+        s->db = rocksdb_open_column_families(s->options, dir, (int)n, names, cfopts, s->cfs, &rerr);
+    }
     r = take_error(rerr, err, errlen);
     if (r == 0) {
         s->ncf = ncf;

@@ -56,6 +56,10 @@ typedef struct ps_store_options {
     uint64_t write_buffer_mb;    /* memtable size per column family; default 64 */
     bool sync_writes;            /* fsync every batch (fsync = always) */
     const ps_store_cf_filter *filters; /* NULL, or one per requested cf */
+    /* Open an existing database without writing to it (a checkpoint copy
+     * that other readers share): every requested cf must exist, nothing is
+     * created, and writes, compactions and checkpoints fail. */
+    bool read_only;
 } ps_store_options;
 
 /* Open (creating if missing) the database in `dir` with the given column

@@ -59,7 +59,9 @@ int ps_write_file(const char *path, const char *text) {
     return r;
 }
 
-char *ps_read_file(const char *path) {
+char *ps_read_file(const char *path) { return ps_read_file_len(path, NULL); }
+
+char *ps_read_file_len(const char *path, size_t *ret_len) {
     FILE *f = fopen(path, "r");
     if (!f)
         return NULL;
@@ -80,6 +82,8 @@ char *ps_read_file(const char *path) {
     fclose(f);
     if (b)
         b[len] = '\0';
+    if (b && ret_len)
+        *ret_len = len;
     return b;
 }
 
@@ -245,6 +249,20 @@ int ps_cluster_destroy(ps_cluster *c) {
         ps_rm_tree(c->dir);
     c->dir[0] = '\0';
     return problems;
+}
+
+pid_t ps_spawn_stdout(char *const argv[], int *ret_fd) {
+    int out[2];
+    if (pipe(out) < 0)
+        return -1;
+    pid_t pid = spawn(argv, out[1], -1);
+    close(out[1]);
+    if (pid < 0) {
+        close(out[0]);
+        return -1;
+    }
+    *ret_fd = out[0];
+    return pid;
 }
 
 int ps_run(char *const argv[], char **ret_out, char **ret_err) {

@@ -54,13 +54,18 @@ int ps_cluster_destroy(ps_cluster *c);
 int ps_run_cli(ps_cluster *c, char **ret_out, ...) __attribute__((sentinel));
 /* Run any argv (NULL-terminated), capturing stdout and stderr separately. */
 int ps_run(char *const argv[], char **ret_out, char **ret_err);
+/* Start argv in the background (it dies with the test process); *ret_fd
+ * reads its stdout. Returns its pid, or -1. Wait for it with waitpid(). */
+pid_t ps_spawn_stdout(char *const argv[], int *ret_fd);
 
 /* Path of a file in the cluster directory. */
 void ps_cluster_path(const ps_cluster *c, const char *name, char *out, size_t outlen);
 /* Write text to a file; returns 0 or -errno. */
 int ps_write_file(const char *path, const char *text);
-/* Read a whole file (malloc'ed, NUL-terminated), or NULL. */
+/* Read a whole file (malloc'ed, NUL-terminated), or NULL; _len also
+ * gives its length (for binary files). */
 char *ps_read_file(const char *path);
+char *ps_read_file_len(const char *path, size_t *ret_len);
 
 /* ---- raw protocol access, for tests that must send what no client would ---- */
 

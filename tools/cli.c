@@ -1,6 +1,9 @@
-/* ctrps-cli: lookup, pull, push, export, stats and data generation against a
- * ctrps cluster, over the same RPC client the worker uses. */
+/* ctrps-cli: lookup, pull, push, export, stats, checkpoints, model export
+ * and data generation against a ctrps cluster, over the same RPC client the
+ * worker uses. */
 #include <errno.h>
+#include <libgen.h>
+#include <limits.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -12,9 +15,13 @@
 #include "client.h"
 #include "config.h"
 #include "error.h"
+#include "export.h"
+#include "fsutil.h"
 #include "gen.h"
 #include "keys.h"
 #include "log.h"
+#include "text.h"
+#include "wconfig.h"
 
 static const char *prog = "ctrps-cli";
 
@@ -22,7 +29,7 @@ static void usage(FILE *out) {
     fprintf(out,
             "usage: ctrps-cli [--config FILE] [--timeout MS] COMMAND [options]\n"
             "\n"
-            "Commands (all but gen need --config):\n"
+            "Commands (all but gen and checkpoint --list/--prune need --config):\n"
             "  lookup --table T (--fid N | --slot S --value V)... [--state]\n"
             "      read rows without creating them; one line per key:\n"
             "      fid<TAB>found|missing<TAB>v1 ... vd  (with --state, the optimizer state\n"
@@ -48,6 +55,19 @@ static void usage(FILE *out) {
             "      positions, then training resumes; prints D/<id>. --keep prunes to the\n"
             "      newest N. Restore with ctrps-server --restore D, ctrps-worker --resume D\n"
             "  checkpoint --list --dir D | checkpoint --prune --keep N --dir D\n"
+            "  export-model --dir D [--state] [--checkpoint C | --checkpoint-dir R] [--wait S]\n"
+            "      write the model to the new or empty directory D (docs/export-format.md):\n"
+            "      TABLE.fids.npy, TABLE.weights.npy (with --state TABLE.state.npy: the\n"
+            "      optimizer state), BLOCK.npy per dense block, config.ini and\n"
+            "      manifest.json (written last: model type, config, tables, fid hashing\n"
+            "      rule with slot ids, sha256 per file). From a live cluster it first takes\n"
+            "      a checkpoint (the barrier of `checkpoint`; --wait S as there, default\n"
+            "      [cluster] checkpoint_wait_s) under R, default [cluster] checkpoint_dir,\n"
+            "      without either in a temporary directory beside D removed afterwards,\n"
+            "      and exports that copy: one consistent state. --checkpoint C exports a\n"
+            "      checkpoint (a ckpt-* directory, or a root: its newest) with no shard\n"
+            "      running. Memory does not grow with the tables. Prints D<TAB>the\n"
+            "      checkpoint read ('-' for a temporary one)\n"
             "  gen --rows N --seed S --format criteo|slots --out FILE|- [--drift ROWS]\n"
             "      write a synthetic click log and FILE.truth.json, optionally drifting\n"
             "      (vocabularies churn, the true weights move); see gen --help\n"
@@ -335,19 +355,6 @@ static int cmd_export(ps_client *cl, const ps_config *cfg, int argc, char **argv
     return code;
 }
 
-static void json_string(const char *s) {
-    putchar('"');
-    for (; *s; s++) {
-        if (*s == '"' || *s == '\\')
-            printf("\\%c", *s);
-        else if ((unsigned char)*s < 0x20)
-            printf("\\u%04x", *s);
-        else
-            putchar(*s);
-    }
-    putchar('"');
-}
-
 static int cmd_stats(ps_client *cl, const ps_config *cfg, int argc, char **argv) {
     if (argc > 1)
         return fail(2, "stats takes no arguments");
@@ -363,16 +370,16 @@ static int cmd_stats(ps_client *cl, const ps_config *cfg, int argc, char **argv)
         }
         const ps_shard_stats *x = &st;
         printf("{\"shard\":%u,\"address\":", x->shard_id);
-        json_string(cfg->shards[s]);
+        ps_json_string(stdout, cfg->shards[s]);
         printf(",\"durability\":");
-        json_string(x->durability);
+        ps_json_string(stdout, x->durability);
         printf(",\"rocksdb_bytes\":%" PRIu64 ",\"store_error\":", x->rocksdb_bytes);
-        json_string(x->store_error);
+        ps_json_string(stdout, x->store_error);
         printf(",\"tables\":{");
         for (size_t i = 0; i < x->ntables; i++) {
             const ps_table_stats *t = &x->tables[i].stats;
             printf("%s", i ? "," : "");
-            json_string(x->tables[i].name);
+            ps_json_string(stdout, x->tables[i].name);
             const char *sep = ":{";
 #define PRINT_STAT(name, help)                                                                 \
     printf("%s\"" #name "\":%" PRIu64, sep, t->name);                                          \
@@ -384,7 +391,7 @@ static int cmd_stats(ps_client *cl, const ps_config *cfg, int argc, char **argv)
         printf("},\"counters\":{");
         for (size_t i = 0; i < x->ncounters; i++) {
             printf("%s", i ? "," : "");
-            json_string(x->counters[i].name);
+            ps_json_string(stdout, x->counters[i].name);
             printf(":%" PRIu64, x->counters[i].value);
         }
         printf("}}\n");
@@ -466,6 +473,112 @@ static int cmd_checkpoint(ps_client *cl, const ps_config *cfg, const ckpt_args *
     if (a->keep && ps_checkpoint_prune(a->dir, (uint32_t)a->keep, err, sizeof(err)) < 0)
         return fail(1, "checkpoint taken, but pruning failed: %s", err);
     return 0;
+}
+
+/* export-model: parsed before the config is loaded (it needs the worker's
+ * config extension, and no cluster with --checkpoint). */
+typedef struct model_args {
+    const char *dir, *checkpoint, *checkpoint_dir;
+    uint64_t wait_s;
+    bool state;
+} model_args;
+
+static int parse_export_model(int argc, char **argv, model_args *a) {
+    static const struct option opts[] = {{"dir", required_argument, NULL, 'd'},
+                                         {"state", no_argument, NULL, 'S'},
+                                         {"checkpoint", required_argument, NULL, 'c'},
+                                         {"checkpoint-dir", required_argument, NULL, 'r'},
+                                         {"wait", required_argument, NULL, 'w'},
+                                         {NULL, 0, NULL, 0}};
+    a->wait_s = 0;
+    optind = 1;
+    int opt;
+    while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'd':
+            a->dir = optarg;
+            break;
+        case 'S':
+            a->state = true;
+            break;
+        case 'c':
+            a->checkpoint = optarg;
+            break;
+        case 'r':
+            a->checkpoint_dir = optarg;
+            break;
+        case 'w':
+            if (ps_parse_u64(optarg, &a->wait_s) < 0 || a->wait_s == 0 || a->wait_s > 86400)
+                return fail(2, "--wait: expected seconds in 1..86400, got '%s'", optarg);
+            break;
+        default:
+            return 2;
+        }
+    }
+    if (optind < argc)
+        return fail(2, "export-model: unexpected argument '%s'", argv[optind]);
+    if (!a->dir || !a->dir[0])
+        return fail(2, "export-model needs --dir D");
+    if (a->checkpoint && (a->checkpoint_dir || a->wait_s))
+        return fail(2, "export-model: --checkpoint C reads a checkpoint; --checkpoint-dir and "
+                       "--wait are for taking one from a live cluster");
+    return 0;
+}
+
+static int export_code(int r) {
+    return r == -EINVAL || r == -EEXIST || r == -ENOENT || r == PS_ENOT_FOUND || r == PS_ECONFIG
+               ? 2
+               : 1;
+}
+
+/* From a live cluster: a checkpoint under the root given, or in a temporary
+ * root beside D (which the shards must be able to write, as for
+ * `checkpoint`), removed once exported. */
+static int cmd_export_model(ps_client *cl, const ps_config *cfg, const model_args *a) {
+    char err[1024], ckpt[PATH_MAX + PS_CHECKPOINT_ID_MAX + 2];
+    ps_model_export_options o = {.cfg = cfg, .dir = a->dir, .with_state = a->state};
+    if (a->checkpoint) {
+        o.checkpoint = a->checkpoint;
+        o.source_kind = "checkpoint";
+        int r = ps_model_export(&o, err, sizeof(err));
+        if (r < 0)
+            return fail(export_code(r), "export-model: %s", err);
+        printf("%s\t%s\n", a->dir, a->checkpoint);
+        return 0;
+    }
+    const char *root = a->checkpoint_dir ? a->checkpoint_dir
+                       : cfg->checkpoint_dir[0] ? cfg->checkpoint_dir
+                                                : NULL;
+    char tmp[PATH_MAX];
+    if (!root) {
+        char parent[PATH_MAX];
+        snprintf(parent, sizeof(parent), "%s", a->dir);
+        int r = ps_mkdir_p(dirname(parent));
+        int n = snprintf(tmp, sizeof(tmp), "%s/.ctrps-export-XXXXXX", parent);
+        if (r < 0 || n >= (int)sizeof(tmp) || !mkdtemp(tmp))
+            return fail(1, "export-model: a temporary checkpoint directory beside %s: %s", a->dir,
+                        strerror(r < 0 ? -r : errno));
+        root = tmp;
+    }
+    char id[PS_CHECKPOINT_ID_MAX];
+    uint32_t wait_s = a->wait_s ? (uint32_t)a->wait_s : cfg->checkpoint_wait_s;
+    int r = ps_checkpoint_take(cl, cfg, root, wait_s, id, sizeof(id), err, sizeof(err));
+    int code = 0;
+    if (r < 0) {
+        code = fail(1, "export-model: checkpoint: %s", err);
+    } else {
+        snprintf(ckpt, sizeof(ckpt), "%s/%s", root, id);
+        o.checkpoint = ckpt;
+        o.source_kind = "cluster";
+        r = ps_model_export(&o, err, sizeof(err));
+        if (r < 0)
+            code = fail(export_code(r), "export-model: %s", err);
+        else
+            printf("%s\t%s\n", a->dir, root == tmp ? "-" : ckpt);
+    }
+    if (root == tmp)
+        ps_rm_tree(tmp);
+    return code;
 }
 
 static void gen_usage(FILE *out) {
@@ -639,9 +752,15 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "gen"))
         return cmd_gen(cargc, cargv);
     ckpt_args ca = {0};
+    model_args ma = {0};
+    bool model = !strcmp(cmd, "export-model");
     if (!strcmp(cmd, "checkpoint")) {
         int code = parse_checkpoint(cargc, cargv, &ca);
         if (code >= 0)
+            return code;
+    } else if (model) {
+        int code = parse_export_model(cargc, cargv, &ma);
+        if (code != 0)
             return code;
     } else if (strcmp(cmd, "lookup") && strcmp(cmd, "pull") && strcmp(cmd, "push") &&
                strcmp(cmd, "export") && strcmp(cmd, "stats")) {
@@ -651,9 +770,15 @@ int main(int argc, char **argv) {
         return fail(2, "%s needs --config FILE", cmd);
     char err[1024];
     ps_config *cfg;
-    int r = ps_config_load(config_path, NULL, &cfg, err, sizeof(err));
+    /* export-model describes the model: the worker's sections must parse. */
+    int r = ps_config_load(config_path, model ? &ps_worker_config_ext : NULL, &cfg, err, sizeof(err));
     if (r < 0)
         return fail(2, "%s", err);
+    if (model && ma.checkpoint) {
+        int code = cmd_export_model(NULL, cfg, &ma);
+        ps_config_free(cfg);
+        return code;
+    }
     ps_client *cl;
     ps_client_options co = {.cfg = cfg, .name = prog, .timeout_ms = (uint32_t)timeout_ms};
     r = ps_client_new(&co, &cl, err, sizeof(err));
@@ -672,6 +797,8 @@ int main(int argc, char **argv) {
         code = cmd_export(cl, cfg, cargc, cargv);
     else if (!strcmp(cmd, "checkpoint"))
         code = cmd_checkpoint(cl, cfg, &ca);
+    else if (model)
+        code = cmd_export_model(cl, cfg, &ma);
     else
         code = cmd_stats(cl, cfg, cargc, cargv);
     if (fflush(stdout) != 0 && code == 0)

@@ -694,20 +694,6 @@ typedef struct truth {
     double sum_main, sum_main2, sum_cross, sum_cross2;
 } truth;
 
-/* Writes the JSON string escaped minimally (the path may hold quotes). */
-static void json_str(FILE *f, const char *s) {
-    fputc('"', f);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            fprintf(f, "\\%c", c);
-        else if (c < 0x20)
-            fprintf(f, "\\u%04x", c);
-        else
-            fputc(c, f);
-    }
-    fputc('"', f);
-}
 
 static bool to_stdout(const ps_gen_options *o) { return !strcmp(o->out, "-"); }
 
@@ -747,7 +733,7 @@ static int write_truth(const gen *g, const truth *t, const char *path, char *err
     fprintf(f, "  \"auc_rows\": %llu,\n", (unsigned long long)t->auc_n);
     fprintf(f, "  \"seed\": %llu,\n  \"format\": \"%s\",\n  \"out\": ",
             (unsigned long long)o->seed, ps_gen_format_name(o->format));
-    json_str(f, o->out);
+    ps_json_string(f, o->out);
     fprintf(f, ",\n  \"model\": \"ctrps-gen-1\",\n");
     json_num(f, "bias", g->bias, false);
     json_num(f, "logit_std_main", sqrt(fmax(0, t->sum_main2 / n - mm * mm)), false);

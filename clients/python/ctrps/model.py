@@ -1,4 +1,4 @@
-"""Scoring with an exported model, in numpy (/work/notes/export-format.md).
+"""Scoring with an exported model, in numpy (docs/export-format.md).
 
 load(D) reads an export directory written by `ctrps-cli export-model --dir
 D`: it checks the manifest's format and version, the size and sha256 of every

@@ -3,7 +3,7 @@
 For each model type, a real cluster is trained with ctrps-worker, which
 then scores a holdout file with Lookup (nothing created; missing keys score
 as zero rows) and reports its AUC and mean logloss. The model is exported
-(tests/exportlib.py, through the Python client) and scored by ctrps.model
+(`ctrps-cli export-model`, docs/export-format.md) and scored by ctrps.model
 from the raw holdout lines: the same metrics, over the same number of
 examples, show that parsing, the input layout, pooling, the CAN units, the
 DCN-V2 network and the sigmoid agree with the worker's."""
@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 from conftest import PKG_ROOT, SHARED, bin_path, need_bin, run
-from exportlib import write_export
 
 import ctrps
 from ctrps import model as cmodel
@@ -128,8 +127,7 @@ def trained(data, module_cluster_factory, tmp_path_factory):
                  "--log-level", "warn"])
         result = json.loads(r.stdout.decode().strip().splitlines()[-1])
         out = str(tmp_path_factory.mktemp("export") / name)
-        with ctrps.Client(c.config) as client:
-            write_export(client, c.config, out, with_state=name == "lr-criteo")
+        c.cli("export-model", "--dir", out, *(["--state"] if name == "lr-criteo" else []))
         for i in range(c.nshards):
             c.stop_shard(i)
         done[name] = (out, result, hold)
