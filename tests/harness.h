@@ -16,6 +16,16 @@
 
 #define PS_TEST_MAX_SHARDS 8
 
+/* PS_TEST_UNDER_ASAN is defined in the sanitizer build, where the daemons
+ * run several times slower: tests that size their work by rows use fewer. */
+#if defined(__SANITIZE_ADDRESS__)
+#define PS_TEST_UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define PS_TEST_UNDER_ASAN 1
+#endif
+#endif
+
 typedef struct ps_cluster {
     char dir[256];               /* temporary directory, removed by ps_cluster_destroy */
     char config[320];            /* the cluster config with the real ports */

@@ -45,14 +45,6 @@
  * that is what makes a bit-for-bit comparison meaningful. */
 #include "optim.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define UNDER_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define UNDER_ASAN 1
-#endif
-#endif
-
 /* Duration of the load. Under ASan every request costs about twice as much,
  * so the same time carries half the requests; the time is what bounds the
  * run (about 14 s with the restarts and checks, in either build). */
@@ -66,7 +58,7 @@
  * bound. Under ASan freed memory sits in the quarantine (256 MB by default)
  * before reuse: there a shard grows by 110 MB to 160 MB in this run, toward
  * a plateau near the quarantine's size, so both bounds are doubled. */
-#ifdef UNDER_ASAN
+#ifdef PS_TEST_UNDER_ASAN
 #define RSS_GROWTH_MAX_KB (1024L * 1024)
 #define RSS_CAP_KB (2048L * 1024)
 #else
