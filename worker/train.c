@@ -217,6 +217,17 @@ static int start_pushes(trainer *t, ps_batch *b) {
     return 0;
 }
 
+/* sparse_gradient = sum: the rows get B times the mean-loss gradient (the
+ * per-example gradients summed), the dense blocks keep the mean. */
+static void scale_sparse_grads(ps_batch *b, float k) {
+    for (uint32_t ti = 0; ti < b->L->ntables; ti++) {
+        ps_batch_table *bt = &b->tables[ti];
+        size_t n = (size_t)bt->nkeys * bt->dim;
+        for (size_t i = 0; i < n; i++)
+            bt->grads[i] *= k;
+    }
+}
+
 static int compute(trainer *t, ps_batch *b) {
     int r = ps_model_forward(t->model, b, t->logits);
     if (r < 0) {
@@ -233,9 +244,13 @@ static int compute(trainer *t, ps_batch *b) {
     if (t->nblocks)
         ps_nn_params_zero_grad(t->params);
     r = ps_model_backward(t->model, b, t->dlogits);
-    if (r < 0)
+    if (r < 0) {
         snprintf(t->err, sizeof(t->err), "backward: %s", ps_strerror(r));
-    return r;
+        return r;
+    }
+    if (t->w->model.sparse_gradient == PS_REDUCE_SUM)
+        scale_sparse_grads(b, (float)b->n);
+    return 0;
 }
 
 /* ---- checkpoint barrier ------------------------------------------------------------- */

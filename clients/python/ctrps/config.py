@@ -355,6 +355,7 @@ _MODEL_KEYS = {
     "structure": lambda v: _choice(v, ("stacked", "parallel")),
     "mlp": lambda v: [_u32(x, 1, 65536) for x in parse_names(v, MAX_MLP)],
     "pooling": lambda v: _choice(v, ("mean", "sum")),
+    "sparse_gradient": lambda v: _choice(v, ("mean", "sum")),
     "max_in_flight": lambda v: _u32(v, 0, 64),
     "dense_refresh": lambda v: _u32(v, 1, 1000000),
     "seed": _seed,
@@ -388,6 +389,7 @@ class ModelConfig:
         self.structure = "stacked"
         self.mlp = [400, 400]
         self.pooling = "mean"
+        self.sparse_gradient = "mean"
         self.max_in_flight = 2
         self.dense_refresh = 1
         self.seed = 1
