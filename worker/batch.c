@@ -195,8 +195,10 @@ int ps_batch_new(const ps_batch_layout *L, uint32_t cap, ps_batch **ret_batch) {
     b->can_feed = malloc((size_t)cap * (L->ncan_feed * L->can_max_len + 1) * sizeof(uint32_t));
     b->can_len = malloc((size_t)cap * (L->ncan_feed + 1) * sizeof(uint16_t));
     b->tables = calloc(L->ntables + 1, sizeof(ps_batch_table));
+    b->out_example = malloc(cap * sizeof(uint32_t));
+    b->id_end = malloc(cap * sizeof(uint32_t));
     if (!b->labels || !b->dense || !b->occ_off || !b->lr_off || !b->can_ind || !b->can_feed ||
-        !b->can_len || !b->tables) {
+        !b->can_len || !b->tables || !b->out_example || !b->id_end) {
         ps_batch_free(b);
         return -ENOMEM;
     }
@@ -236,6 +238,9 @@ void ps_batch_free(ps_batch *b) {
     free(b->can_ind);
     free(b->can_feed);
     free(b->can_len);
+    free(b->out_example);
+    free(b->id_end);
+    free(b->ids);
     free(b);
 }
 
@@ -246,6 +251,8 @@ void ps_batch_clear(ps_batch *b) {
     b->occ_off[0] = 0;
     b->lr_off[0] = 0;
     b->lines = b->malformed = 0;
+    b->nout = 0;
+    b->ids_len = 0;
     for (uint32_t i = 0; i < b->L->ntables; i++) {
         ps_batch_table *t = &b->tables[i];
         t->nkeys = 0;
@@ -398,5 +405,26 @@ int ps_batch_add(ps_batch *b, const ps_example *ex) {
     if (r < 0)
         return r;
     b->n++;
+    return 0;
+}
+
+int ps_batch_note_line(ps_batch *b, bool parsed, const char *id, size_t idlen) {
+    if (b->nout == b->cap)
+        return PS_ELIMIT;
+    if (b->ids_len + idlen > b->ids_cap) {
+        size_t c = b->ids_cap ? b->ids_cap : 4096;
+        while (c < b->ids_len + idlen)
+            c *= 2;
+        char *g = realloc(b->ids, c);
+        if (!g)
+            return -ENOMEM;
+        b->ids = g;
+        b->ids_cap = c;
+    }
+    if (idlen)
+        memcpy(b->ids + b->ids_len, id, idlen);
+    b->ids_len += idlen;
+    b->id_end[b->nout] = (uint32_t)b->ids_len;
+    b->out_example[b->nout++] = parsed ? b->n - 1 : PS_NO_KEY;
     return 0;
 }

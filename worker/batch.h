@@ -74,6 +74,15 @@ typedef struct ps_batch {
     uint32_t *can_feed;          /* n x ncan_feed x max_len: key index */
     uint16_t *can_len;           /* n x ncan_feed */
     ps_batch_table *tables;      /* ntables, own key lists and buffers */
+    /* Output lines (--predict, ps_batch_note_line): every input line of the
+     * batch in input order, as the index of the example it became or
+     * PS_NO_KEY for a rejected line; with an id column, line i's id is
+     * ids[id_end[i-1] .. id_end[i]) (id_end[-1] taken as 0). */
+    uint32_t nout;
+    uint32_t *out_example;       /* cap */
+    uint32_t *id_end;            /* cap */
+    char *ids;
+    size_t ids_len, ids_cap;
     /* reading state after the batch's last line */
     uint64_t lines, malformed;
     ps_reader_pos end;
@@ -91,3 +100,7 @@ void ps_batch_free(ps_batch *b);
 void ps_batch_clear(ps_batch *b);
 /* Add one labelled example. */
 int ps_batch_add(ps_batch *b, const ps_example *ex);
+/* Record an output line (--predict): the example just added (parsed) or a
+ * rejected line, with its id text (id may be NULL when idlen is 0).
+ * PS_ELIMIT once cap lines are recorded, -ENOMEM. */
+int ps_batch_note_line(ps_batch *b, bool parsed, const char *id, size_t idlen);
