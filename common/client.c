@@ -1351,7 +1351,7 @@ int ps_client_stats(ps_client *c, uint32_t shard, ps_shard_stats *ret_stats, cha
     for (size_t i = 0; ok && i < x->n_tables; i++) {
         const Ctrps__TableStats *t = x->tables[i];
         ps_named_table_stats *d = &s.tables[s.ntables++];
-#define COPY_STAT(name, help) d->stats.name = t->name;
+#define COPY_STAT(name, type, metric, help) d->stats.name = t->name;
         PS_TABLE_STATS_MAP(COPY_STAT)
 #undef COPY_STAT
         ok = (d->name = dup_str(t->name)) != NULL;

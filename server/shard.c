@@ -103,6 +103,8 @@ struct ps_shard {
     char job_err[256];
     void (*notify)(void *ctx);
     void *notify_ctx;
+    void (*on_replay)(void *ctx, uint64_t records);
+    void *on_replay_ctx;
 
     uint64_t last_flush_ms, retry_at_ms;
     bool job_failed;             /* job holds a batch to retry */
@@ -734,8 +736,7 @@ static int replay_dense(ps_shard *s, const char *payload, size_t len) {
     return r;
 }
 
-static int replay_record(void *ctx, uint64_t lsn, const void *payload, size_t len) {
-    ps_shard *s = ctx;
+static int replay_one(ps_shard *s, uint64_t lsn, const void *payload, size_t len) {
     push_record rec;
     if (len >= 1 && (((const uint8_t *)payload)[0] == REC_DENSE_PUSH ||
                      ((const uint8_t *)payload)[0] == REC_DENSE_CREATE)) {
@@ -788,6 +789,14 @@ static int replay_record(void *ctx, uint64_t lsn, const void *payload, size_t le
         s->c.replayed_records++;
         s->replay_covered = lsn;
     }
+    return r;
+}
+
+static int replay_record(void *ctx, uint64_t lsn, const void *payload, size_t len) {
+    ps_shard *s = ctx;
+    int r = replay_one(s, lsn, payload, len);
+    if (r == 0 && s->on_replay)
+        s->on_replay(s->on_replay_ctx, s->c.replayed_records);
     return r;
 }
 
@@ -862,6 +871,8 @@ int ps_shard_open(const ps_config *cfg, const ps_shard_options *opts, ps_shard *
     s->id = opts->shard_id;
     s->notify = opts->notify;
     s->notify_ctx = opts->notify_ctx;
+    s->on_replay = opts->on_replay;
+    s->on_replay_ctx = opts->on_replay_ctx;
     snprintf(s->dir, sizeof(s->dir), "%s", opts->data_dir);
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
@@ -1045,3 +1056,7 @@ void ps_shard_counters_get(const ps_shard *s, ps_shard_counters *ret) {
 }
 
 uint64_t ps_shard_store_bytes(ps_shard *s) { return ps_store_size(s->store); }
+
+uint64_t ps_shard_pending_compaction_bytes(ps_shard *s) {
+    return ps_store_pending_compaction_bytes(s->store);
+}

@@ -34,6 +34,10 @@ typedef struct ps_shard_options {
     const char *data_dir;        /* this shard's own directory */
     void (*notify)(void *ctx);   /* from the write-back thread */
     void *notify_ctx;
+    /* Optional: called after each record replayed at open, with the count
+     * so far (recovery progress, for the metrics endpoint). */
+    void (*on_replay)(void *ctx, uint64_t records);
+    void *on_replay_ctx;
 } ps_shard_options;
 
 typedef struct ps_push_result {
@@ -42,18 +46,24 @@ typedef struct ps_push_result {
     bool already_applied;
 } ps_push_result;
 
+/* XX(name, metric, help): counters, by their Stats name and their
+ * Prometheus name (labelled there with shard). */
 #define PS_SHARD_COUNTER_MAP(XX)                                                              \
-    XX(flushes, "write-back batches committed")                                              \
-    XX(flushed_rows, "rows written back")                                                    \
-    XX(flush_errors, "write-back batches that failed (retried)")                             \
-    XX(make_room_flushes, "synchronous write-backs forced by a full memory tier")            \
-    XX(pushes_already_applied, "replayed pushes answered without applying")                  \
-    XX(replayed_records, "push-log records replayed at start")                               \
-    XX(pushlog_bytes, "bytes appended to the push log")                                      \
-    XX(dense_dropped_nonfinite, "dense pushes dropped for a non-finite gradient")
+    XX(flushes, "ctrps_flushes_total", "write-back batches committed")                       \
+    XX(flushed_rows, "ctrps_flushed_rows_total", "rows written back")                        \
+    XX(flush_errors, "ctrps_flush_errors_total", "write-back batches that failed (retried)") \
+    XX(make_room_flushes, "ctrps_make_room_flushes_total",                                   \
+       "synchronous write-backs forced by a full memory tier")                               \
+    XX(pushes_already_applied, "ctrps_pushes_already_applied_total",                         \
+       "replayed pushes answered without applying")                                          \
+    XX(replayed_records, "ctrps_recovery_replayed_records_total",                            \
+       "push-log records replayed at start")                                                 \
+    XX(pushlog_bytes, "ctrps_pushlog_appended_bytes_total", "bytes appended to the push log") \
+    XX(dense_dropped_nonfinite, "ctrps_dense_dropped_nonfinite_total",                       \
+       "dense pushes dropped for a non-finite gradient")
 
 typedef struct ps_shard_counters {
-#define PS_SHARD_COUNTER_FIELD(name, help) uint64_t name;
+#define PS_SHARD_COUNTER_FIELD(name, metric, help) uint64_t name;
     PS_SHARD_COUNTER_MAP(PS_SHARD_COUNTER_FIELD)
 #undef PS_SHARD_COUNTER_FIELD
 } ps_shard_counters;
@@ -118,3 +128,4 @@ bool ps_shard_read_only(const ps_shard *s);
 
 void ps_shard_counters_get(const ps_shard *s, ps_shard_counters *ret);
 uint64_t ps_shard_store_bytes(ps_shard *s);
+uint64_t ps_shard_pending_compaction_bytes(ps_shard *s);

@@ -407,6 +407,13 @@ uint64_t ps_store_size(ps_store *s) {
     return total;
 }
 
+uint64_t ps_store_pending_compaction_bytes(ps_store *s) {
+    uint64_t total = 0;
+    for (size_t i = 0; i < s->ncf_open; i++)
+        total += cf_property(s, i, "rocksdb.estimate-pending-compaction-bytes");
+    return total;
+}
+
 static int compact_now(ps_store *s, size_t cf) {
     rocksdb_compactoptions_t *o = rocksdb_compactoptions_create();
     if (!o)

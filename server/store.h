@@ -102,6 +102,8 @@ void ps_store_iter_free(ps_store_iter *it);
 uint64_t ps_store_size(ps_store *s);
 /* The same for one column family. */
 uint64_t ps_store_cf_size(ps_store *s, int cf);
+/* RocksDB's estimate of the bytes compaction has yet to rewrite, all families. */
+uint64_t ps_store_pending_compaction_bytes(ps_store *s);
 /* Compact the whole column family (its memtable flushed first), so that
  * its compaction filter sees every key and the space of the keys it drops
  * (and of deleted keys) is given back. wait: run it now, on this thread
