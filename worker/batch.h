@@ -52,6 +52,11 @@ typedef struct ps_batch_layout {
     int32_t lr_table;            /* table index, or -1 */
     uint64_t lr_bias_key;        /* always present in lr models */
     uint8_t *lr_slot;            /* [65536]: 1 if the slot feeds the LR */
+    /* [ndense]: the LR weight of dense input k (a Criteo integer in `integers
+     * = dense` mode whose slot the LR table lists), multiplied by the value
+     * log(1+x); lr_dense_on[k] = 0: that input is not in the LR. */
+    uint64_t *lr_dense_key;
+    uint8_t *lr_dense_on;
     int32_t can_ind_table, can_feed_table;
     uint8_t *can_ind_of_slot;    /* [65536]: induction index + 1 */
     uint8_t *can_feed_of_slot;   /* [65536]: feed index + 1 */
