@@ -41,6 +41,11 @@ static void log_outage(void *ctx, const ps_client_outage *o) {
                 o->shard, o->addr, o->why, s);
 }
 
+static void log_client_event(void *ctx, const char *msg) {
+    (void)ctx;
+    ps_debug("%s", msg);
+}
+
 /* ---- training ------------------------------------------------------------------------ */
 
 typedef struct fetch {
@@ -565,7 +570,8 @@ static int trainer_open(trainer *t, const ps_train_options *o, char *err, size_t
                             .name = "ctrps-worker",
                             .timeout_ms = w->timeout_ms,
                             .outage_timeout_ms = (uint64_t)w->outage_timeout_s * 1000,
-                            .on_outage = log_outage};
+                            .on_outage = log_outage,
+                            .on_event = log_client_event};
     r = ps_client_new(&co, &t->client, err, errlen);
     if (r < 0)
         return r;
