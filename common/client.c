@@ -8,10 +8,15 @@
  * submission order; a part leaves it when answered, failed or timed out.
  *
  * Shard connection states, moved only by the I/O thread:
- *   DOWN --connect()--> CONNECTING --connected, Hello sent--> HELLO
+ *   DOWN --connect()--> CONNECTING --resolved, connected, Hello sent--> HELLO
  *   HELLO --Hello OK--> READY (every in-flight part is (re)sent, in order)
  *   any --error--> DOWN (retry after backoff while parts are waiting)
  *   HELLO --Hello refused--> DOWN, every waiting part failed with its status
+ * Every attempt resolves the shard's name anew (uv_getaddrinfo, off the
+ * loop in libuv's thread pool): a shard restarted elsewhere is found under
+ * its name, and a name that does not resolve is an attempt that failed,
+ * retried with backoff like a refused connection. An attempt that fails to
+ * connect moves on to the next address the name gave.
  * Sequence numbers are assigned under submit_lock together with enqueueing,
  * so a shard always receives one client's pushes in increasing order, also
  * when they are resent.
@@ -38,6 +43,7 @@
 #include <sys/random.h>
 #include <uv.h>
 
+#include "addr.h"
 #include "auth.h"
 #include "ctrps.pb-c.h"
 #include "error.h"
@@ -91,9 +97,13 @@ typedef enum { DOWN, CONNECTING, HELLO, READY } conn_state;
 typedef struct shard_conn {
     ps_client *c;
     uint32_t idx;
-    char addr[128];
-    struct sockaddr_in sa;
-    bool resolved;
+    char addr[128];              /* as configured: "host:port" */
+    char host[128];
+    int port;
+    ps_addr_list addrs;          /* from the latest resolution */
+    uint32_t rotor;              /* which of addrs the next attempt uses */
+    char peer[PS_ADDR_STRLEN];   /* the address of the current attempt */
+    struct resolve_box *resolving;  /* the attempt's name lookup, until it answers */
     uv_tcp_t *tcp;               /* per attempt; freed in its close callback */
     conn_state state;
     uint8_t cnonce[PS_AUTH_NONCE];  /* this connection's client nonce */
@@ -113,6 +123,11 @@ typedef struct tcp_box {
     shard_conn *sc;              /* NULL once abandoned */
 } tcp_box;
 
+typedef struct resolve_box {
+    uv_getaddrinfo_t req;
+    shard_conn *sc;              /* NULL once abandoned; the callback frees the box */
+} resolve_box;
+
 typedef struct write_req {
     uv_write_t req;
     frame_ref *frame;
@@ -129,6 +144,8 @@ struct ps_client {
     uint64_t outage_ms;          /* 0 = parts fail at their deadline */
     ps_client_outage_fn on_outage;
     void *on_outage_ctx;
+    ps_client_event_fn on_event;
+    void *on_event_ctx;
     uint64_t rng;                /* backoff jitter; I/O thread only */
     shard_conn *shards;
     uint32_t nshards;
@@ -331,8 +348,27 @@ static void send_frame(shard_conn *sc, frame_ref *f);
 static void on_tcp_closed(uv_handle_t *h) { free(h); }
 
 /* Drop the connection; parts stay queued for the next one. */
+static void client_event(ps_client *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void client_event(ps_client *c, const char *fmt, ...) {
+    if (!c->on_event)
+        return;
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    c->on_event(c->on_event_ctx, msg);
+}
+
 static void conn_down(shard_conn *sc, const char *why) {
     ps_client *c = sc->c;
+    if (sc->resolving) {
+        sc->resolving->sc = NULL;
+        uv_cancel((uv_req_t *)&sc->resolving->req);
+        sc->resolving = NULL;
+    }
+    if (sc->state != DOWN && why)
+        client_event(c, "shard %u (%s): connection down: %s", sc->idx, sc->addr, why);
     if (sc->tcp) {
         tcp_box *box = (tcp_box *)sc->tcp;
         box->sc = NULL;
@@ -573,9 +609,13 @@ static void on_connected(uv_connect_t *req, int status) {
     if (!sc)
         return; /* abandoned; its close is already under way */
     if (status < 0) {
-        conn_down(sc, uv_strerror(status));
+        char why[256];
+        snprintf(why, sizeof(why), "connect to %s: %s", sc->peer, uv_strerror(status));
+        sc->rotor++; /* the next attempt tries the name's next address */
+        conn_down(sc, why);
         return;
     }
+    client_event(sc->c, "shard %u (%s): connected to %s", sc->idx, sc->addr, sc->peer);
     uv_tcp_nodelay(&box->tcp, 1);
     ps_frame_reader_init(&sc->rd, sc->c->max_frame);
     int r = uv_read_start((uv_stream_t *)&box->tcp, on_alloc, on_read);
@@ -586,32 +626,71 @@ static void on_connected(uv_connect_t *req, int status) {
     send_hello(sc);
 }
 
-static void conn_connect(shard_conn *sc) {
-    ps_client *c = sc->c;
-    if (!sc->resolved) {
-        char host[128];
-        int port;
-        if (ps_parse_hostport(sc->addr, host, sizeof(host), &port) < 0 ||
-            uv_ip4_addr(host, port, &sc->sa) < 0) {
-            fail_all(sc, PS_ECONFIG, "not an IPv4 host:port");
-            return;
-        }
-        sc->resolved = true;
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
+    resolve_box *rb = req->data;
+    shard_conn *sc = rb->sc;
+    free(rb);
+    if (!sc) {
+        uv_freeaddrinfo(res);
+        return; /* abandoned (conn_down or the client closing) */
     }
-    tcp_box *box = calloc(1, sizeof(*box));
-    if (!box)
+    ps_client *c = sc->c;
+    sc->resolving = NULL;
+    char why[256];
+    ps_addr_list addrs;
+    if (status == 0 && ps_addr_list_from(res, sc->port, &addrs) < 0)
+        status = UV_EAI_NODATA;
+    uv_freeaddrinfo(res);
+    if (status < 0) {
+        snprintf(why, sizeof(why), "cannot resolve '%s': %s", sc->host, uv_strerror(status));
+        conn_down(sc, why);
         return;
+    }
+    sc->addrs = addrs;
+    const struct sockaddr *sa = (const struct sockaddr *)&sc->addrs.addr[sc->rotor % (uint32_t)addrs.n];
+    ps_addr_format(sa, sc->peer, sizeof(sc->peer));
+    client_event(c, "shard %u (%s): connecting to %s (%d address%s)", sc->idx, sc->addr, sc->peer,
+                 addrs.n, addrs.n == 1 ? "" : "es");
+    tcp_box *box = calloc(1, sizeof(*box));
+    if (!box) {
+        conn_down(sc, "out of memory");
+        return;
+    }
     uv_tcp_init(&c->loop, &box->tcp);
     box->sc = sc;
     box->connect.data = box;
     sc->tcp = &box->tcp;
+    int r = uv_tcp_connect(&box->connect, &box->tcp, sa, on_connected);
+    if (r < 0) {
+        snprintf(why, sizeof(why), "connect to %s: %s", sc->peer, uv_strerror(r));
+        sc->rotor++;
+        conn_down(sc, why);
+    }
+}
+
+/* An attempt: resolve the name (again: the shard may have moved), then
+ * connect in on_resolved. The attempt's deadline covers both. */
+static void conn_connect(shard_conn *sc) {
+    ps_client *c = sc->c;
+    resolve_box *rb = calloc(1, sizeof(*rb));
+    if (!rb)
+        return;
+    rb->sc = sc;
+    rb->req.data = rb;
+    sc->resolving = rb;
     sc->state = CONNECTING;
     sc->attempt_deadline_ms = uv_now(&c->loop) + c->timeout_ms;
     if (sc->last_error[0])
         atomic_fetch_add(&c->n_reconnects, 1);
-    int r = uv_tcp_connect(&box->connect, &box->tcp, (const struct sockaddr *)&sc->sa, on_connected);
-    if (r < 0)
-        conn_down(sc, uv_strerror(r));
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    int r = uv_getaddrinfo(&c->loop, &rb->req, on_resolved, sc->host, NULL, &hints);
+    if (r < 0) {
+        sc->resolving = NULL;
+        free(rb);
+        char why[256];
+        snprintf(why, sizeof(why), "cannot resolve '%s': %s", sc->host, uv_strerror(r));
+        conn_down(sc, why);
+    }
 }
 
 /* ---- I/O thread ------------------------------------------------------------------ */
@@ -656,6 +735,11 @@ static void on_wake(uv_async_t *a) {
             if (sc->tcp)
                 ((tcp_box *)sc->tcp)->sc = NULL;
             sc->tcp = NULL;
+            if (sc->resolving) {
+                sc->resolving->sc = NULL;
+                uv_cancel((uv_req_t *)&sc->resolving->req);
+                sc->resolving = NULL;
+            }
             ps_frame_reader_deinit(&sc->rd);
             fail_all(sc, PS_ECLOSED, "client closed");
         }
@@ -753,6 +837,8 @@ int ps_client_new(const ps_client_options *opts, ps_client **ret_client, char *e
     c->outage_ms = opts->outage_timeout_ms;
     c->on_outage = opts->on_outage;
     c->on_outage_ctx = opts->on_outage_ctx;
+    c->on_event = opts->on_event;
+    c->on_event_ctx = opts->on_event_ctx;
     c->rng = c->client_id | 1;
     c->max_frame = opts->max_frame_bytes ? opts->max_frame_bytes
                                          : (uint32_t)opts->cfg->server.max_frame_bytes;
@@ -768,6 +854,12 @@ int ps_client_new(const ps_client_options *opts, ps_client **ret_client, char *e
         sc->idx = i;
         snprintf(sc->addr, sizeof(sc->addr), "%s", opts->cfg->shards[i]);
         sc->backoff_ms = BACKOFF_MIN_MS;
+        if (ps_parse_hostport(sc->addr, sc->host, sizeof(sc->host), &sc->port) < 0) {
+            snprintf(err, errlen, "shard %u: '%s' is not HOST:PORT", i, opts->cfg->shards[i]);
+            free(c->shards);
+            free(c);
+            return PS_ECONFIG;
+        }
     }
     c->next_seq = 1;
     atomic_init(&c->next_id, HELLO_ID + 1);

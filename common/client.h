@@ -64,6 +64,12 @@ typedef struct ps_client_outage {
 /* Called on the client's I/O thread: must not block or call the client. */
 typedef void (*ps_client_outage_fn)(void *ctx, const ps_client_outage *o);
 
+/* What the connections do (resolving, connecting, going down), one line per
+ * event without a newline, for a daemon's debug log. Called on the client's
+ * I/O thread: must not block or call the client. msg is borrowed until the
+ * callback returns. */
+typedef void (*ps_client_event_fn)(void *ctx, const char *msg);
+
 typedef struct ps_client_options {
     const ps_config *cfg;        /* borrowed for the client's life: shards, buckets */
     const char *name;            /* sent in Hello, for server logs */
@@ -73,6 +79,8 @@ typedef struct ps_client_options {
     uint64_t outage_timeout_ms;  /* 0 = fail at timeout_ms; else ride out outages this long */
     ps_client_outage_fn on_outage;  /* optional */
     void *on_outage_ctx;
+    ps_client_event_fn on_event;    /* optional */
+    void *on_event_ctx;
 } ps_client_options;
 
 typedef struct ps_client_counters {

@@ -810,6 +810,11 @@ reply:
         rp.push_ack = false;
     }
     svc->statuses[rp.resp.status < STATUS_COUNT ? rp.resp.status : STATUS_COUNT - 1]++;
+    sess->last_status = (int)rp.resp.status;
+    sess->last_auth_failed = r == PS_EAUTH && req->method_case == CTRPS__REQUEST__METHOD_HELLO;
+    /* A long message is cut: the log line needs its start only. */
+    snprintf(sess->last_error, sizeof(sess->last_error), "%.*s", (int)sizeof(sess->last_error) - 1,
+             r < 0 ? rp.err : "");
     const char *pending = ps_barrier_pending(svc->barrier);
     if (pending[0] && sess->authenticated)
         rp.resp.checkpoint_pending = (char *)pending;

@@ -42,6 +42,11 @@ static void log_outage(void *ctx, const ps_client_outage *o) {
                 o->shard, o->addr, o->why, s);
 }
 
+static void log_client_event(void *ctx, const char *msg) {
+    (void)ctx;
+    ps_debug("%s", msg);
+}
+
 void ps_train_feed_options(const ps_train_options *o, ps_feed_options *ret) {
     const ps_worker_config *w = ps_worker_config_of(o->cfg);
     *ret = (ps_feed_options){.input = &w->input,
@@ -62,7 +67,8 @@ int ps_train_client_new(const ps_train_options *o, ps_client **ret_client, char 
                             .name = "ctrps-worker",
                             .timeout_ms = w->timeout_ms,
                             .outage_timeout_ms = (uint64_t)w->outage_timeout_s * 1000,
-                            .on_outage = log_outage};
+                            .on_outage = log_outage,
+                            .on_event = log_client_event};
     return ps_client_new(&co, ret_client, err, errlen);
 }
 
