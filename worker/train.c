@@ -61,10 +61,11 @@ void ps_train_feed_options(const ps_train_options *o, ps_feed_options *ret) {
                              .stop = o->stop};
 }
 
-int ps_train_client_new(const ps_train_options *o, ps_client **ret_client, char *err, size_t errlen) {
+int ps_train_client_new(const ps_train_options *o, const char *name, ps_client **ret_client,
+                        char *err, size_t errlen) {
     const ps_worker_config *w = ps_worker_config_of(o->cfg);
     ps_client_options co = {.cfg = o->cfg,
-                            .name = "ctrps-worker",
+                            .name = name,
                             .timeout_ms = w->timeout_ms,
                             .outage_timeout_ms = (uint64_t)w->outage_timeout_s * 1000,
                             .on_outage = log_outage,
@@ -582,7 +583,7 @@ static int trainer_open(trainer *t, const ps_train_options *o, char *err, size_t
     r = holdout_read(o, w, t->L, &t->h, err, errlen);
     if (r < 0)
         return r;
-    r = ps_train_client_new(o, &t->client, err, errlen);
+    r = ps_train_client_new(o, "ctrps-worker", &t->client, err, errlen);
     if (r < 0)
         return r;
     r = dense_setup(t);
