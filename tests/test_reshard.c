@@ -346,6 +346,9 @@ static char *train_while_resharding(const char *data, bool grow, int kill_shard)
     if (grow) {
         usleep(300000);
         reshard(cl.config, kill_shard, &seed); /* 2 -> 3 */
+        int status;
+        cr_assert_eq(waitpid(w, &status, WNOHANG), 0,
+                     "the worker finished before the cluster grew: make the input larger");
         reshard(two, kill_shard, &seed);       /* 3 -> 2 */
     }
     ps_wait_worker(w, log);
@@ -354,7 +357,11 @@ static char *train_while_resharding(const char *data, bool grow, int kill_shard)
     if (grow) {
         char *st = NULL;
         cr_assert_eq(ps_run_cli(&cl, &st, "stats", NULL), 0);
-        cr_log_info("stats after 2 -> 3 -> 2: %s", st);
+        /* Shard 2 gave every row back, and had some: it pulled rows. */
+        const char *s2 = strstr(st, "\"shard\":2,");
+        cr_assert(s2 && strstr(s2, "\"rows\":0,"), "shard 2 kept rows after 3 -> 2: %s", st);
+        const char *pulled = strstr(s2, "\"pulled_rows\":");
+        cr_assert(pulled && strtoull(pulled + 14, NULL, 10) > 0, "shard 2 never served: %s", s2);
         free(st);
     }
     cr_assert_eq(ps_cluster_destroy(&cl), 0);
