@@ -98,6 +98,10 @@ const char *ps_integers_mode_name(ps_integers_mode m);
  *   max_line_bytes = 65536    [64, 1 GiB]; longer lines are rejected
  *   max_slots = 1024          [1, 65535]; cap on distinct slots that CSV
  *                             headers and slots-format lines may introduce
+ *   kafka_group = ctrps       group.id under which a kafka:// input's
+ *                             offsets are committed (worker/kafka.h)
+ *   kafka_properties =        comma list of key=value librdkafka consumer
+ *                             properties (security.protocol=ssl, ...)
  * A key that does not apply to the chosen format is rejected by
  * ps_input_config_check(), as config.c does for optimizer keys: a silently
  * ignored setting is a bug nobody sees. */
@@ -113,6 +117,9 @@ typedef struct ps_input_config {
     char libsvm_slot[PS_NAME_MAX];
     uint32_t max_line_bytes;
     uint32_t max_slots;
+    char kafka_group[PS_NAME_MAX];
+    char **kafka_properties;     /* owned: each string and the array */
+    size_t nkafka_properties;
     uint32_t keys_set;           /* bit per key set explicitly (for _check) */
 } ps_input_config;
 
