@@ -291,6 +291,59 @@ Test(kafka, workers_of_a_group_share_the_partitions) {
     cr_assert_eq(ps_cluster_destroy(&cl), 0);
 }
 
+/* The offset group `group` committed on partition 0 of topic, or -1. */
+static long long committed(const char *topic, const char *group) {
+    char why[512];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    cr_assert_eq(rd_kafka_conf_set(conf, "bootstrap.servers", bootstraps, why, sizeof(why)), RD_KAFKA_CONF_OK);
+    cr_assert_eq(rd_kafka_conf_set(conf, "group.id", group, why, sizeof(why)), RD_KAFKA_CONF_OK);
+    rd_kafka_t *c = rd_kafka_new(RD_KAFKA_CONSUMER, conf, why, sizeof(why));
+    cr_assert_not_null(c, "%s", why);
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, topic, 0);
+    cr_assert_eq(rd_kafka_committed(c, l, 10000), 0);
+    long long off = l->elems[0].err ? -1 : l->elems[0].offset;
+    rd_kafka_topic_partition_list_destroy(l);
+    rd_kafka_destroy(c);
+    return off;
+}
+
+/* --follow: the worker trains what arrives, commits as the shards
+ * acknowledge (not only at its end), and on SIGTERM finishes and exits 0
+ * having trained every message once. */
+Test(kafka, follow_commits_while_running_and_stops_on_sigterm) {
+    cr_assert_eq(ps_cluster_start(&cl, 1, body), 0);
+    int fd;
+    char *argv[] = {(char *)ps_test_bin("worker/ctrps-worker"), "--config", cl.config, "--input", url,
+                    "--follow", "--log-level", "warn", NULL};
+    pid_t pid = ps_spawn_stdout(argv, &fd);
+    cr_assert_gt(pid, 0);
+    /* The last batch is partial and waits for more messages; the full
+     * one before it waits too (the trainer takes the next batch before it
+     * trains the current one): every batch before those two is trained,
+     * acknowledged and committed while the worker runs. */
+    long long want = ROWS - ROWS % 64 - 64, got = -1;
+    for (int i = 0; i < 1200 && got < want; i++) {
+        usleep(50000);
+        got = committed("clicks", "test-group");
+    }
+    cr_assert_eq(got, want, "committed %lld while following", got);
+    kill(pid, SIGTERM);
+    char json[4096];
+    size_t len = 0;
+    ssize_t n;
+    while (len < sizeof(json) - 1 && (n = read(fd, json + len, sizeof(json) - 1 - len)) > 0)
+        len += (size_t)n;
+    json[len] = '\0';
+    close(fd);
+    int status;
+    waitpid(pid, &status, 0);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s", json);
+    cr_assert_eq(examples_of(json), ROWS, "%s", json);
+    cr_assert_eq(committed("clicks", "test-group"), ROWS);
+    cr_assert_eq(ps_cluster_destroy(&cl), 0);
+}
+
 Test(kafka, bad_sources_are_refused_with_a_reason) {
     cr_assert_eq(ps_cluster_start(&cl, 1, body), 0);
     static const char *bad[][2] = {

@@ -6,13 +6,15 @@
  * and done. The consumer is assigned once, at the first ps_kafka_next(), so
  * that ps_kafka_seek() may still move the starts; from then on only `next`
  * changes, on the reading thread. Commits read a position handed over by
- * the caller, never this state, so they need no lock. */
+ * the caller, never this state; they share only the throttle and the
+ * pending commit, under commit_mu. */
 #include "kafka.h"
 
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <librdkafka/rdkafka.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,8 +43,13 @@ struct ps_kafka {
     bool assigned;
     rd_kafka_message_t *held;    /* the message last returned */
     char name[300];              /* "TOPIC/PARTITION" of it */
-    double last_commit;
     double last_warn;
+    /* Commits, from the training thread; a throttled one waits in pending
+     * until the next commit or until the reading thread finds the topic
+     * idle (so a follower's last batches do not stay uncommitted). */
+    pthread_mutex_t commit_mu;
+    double last_commit;
+    ps_kafka_pos pending;        /* pending.n == 0: none */
 };
 
 static double now_s(void) {
@@ -278,6 +285,7 @@ int ps_kafka_new(const ps_kafka_options *opts, ps_kafka **ret, char *err, size_t
     if (!k)
         return -ENOMEM;
     k->o = *opts;
+    pthread_mutex_init(&k->commit_mu, NULL);
     if (!k->o.max_line)
         k->o.max_line = 1u << 20;
     const char *brokers = opts->url + strlen(SCHEME), *slash = strchr(brokers, '/');
@@ -313,10 +321,13 @@ void ps_kafka_free(ps_kafka *k) {
         rd_kafka_destroy(k->rk);
     }
     free(k->topic);
+    pthread_mutex_destroy(&k->commit_mu);
     free(k);
 }
 
 /* ---- reading ----------------------------------------------------------------------------- */
+
+static void flush_pending(ps_kafka *k);
 
 static part *find_part(ps_kafka *k, int32_t id) {
     for (uint32_t i = 0; i < k->nparts; i++)
@@ -382,8 +393,10 @@ int ps_kafka_next(ps_kafka *k, const char **ret_line, size_t *ret_len, const cha
         if (!k->o.follow && k->o.quit && *k->o.quit)
             return 0;
         rd_kafka_message_t *m = rd_kafka_consumer_poll(k->rk, POLL_MS);
-        if (!m)
+        if (!m) {
+            flush_pending(k);
             continue;
+        }
         part *p = m->rkt && !strcmp(rd_kafka_topic_name(m->rkt), k->topic) ? find_part(k, m->partition)
                                                                            : NULL;
         if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
@@ -490,17 +503,38 @@ int ps_kafka_progress(const ps_kafka *k, const ps_kafka_pos *pos, uint64_t *ret_
     return 0;
 }
 
-int ps_kafka_commit(ps_kafka *k, const ps_kafka_pos *pos, bool sync, char *err, size_t errlen) {
-    double t = now_s();
-    if (!sync && t - k->last_commit < ASYNC_COMMIT_EVERY_S)
-        return 0;
-    k->last_commit = t;
+/* Under commit_mu. */
+static rd_kafka_resp_err_t commit_now(ps_kafka *k, const ps_kafka_pos *pos, bool sync) {
+    k->last_commit = now_s();
+    k->pending.n = 0;
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)pos->n);
     for (uint32_t i = 0; i < pos->n; i++)
         rd_kafka_topic_partition_list_add(l, k->topic, pos->partition[i])->offset = pos->next[i];
     rd_kafka_resp_err_t e = rd_kafka_commit(k->rk, l, sync ? 0 : 1);
     rd_kafka_topic_partition_list_destroy(l);
-    if (e && e != RD_KAFKA_RESP_ERR__NO_OFFSET) {
+    return e == RD_KAFKA_RESP_ERR__NO_OFFSET ? 0 : e;
+}
+
+static void flush_pending(ps_kafka *k) {
+    pthread_mutex_lock(&k->commit_mu);
+    if (k->pending.n) {
+        ps_kafka_pos p = k->pending;
+        rd_kafka_resp_err_t e = commit_now(k, &p, false);
+        if (e)
+            ps_warn("kafka commit to group %s: %s", k->o.group, rd_kafka_err2str(e));
+    }
+    pthread_mutex_unlock(&k->commit_mu);
+}
+
+int ps_kafka_commit(ps_kafka *k, const ps_kafka_pos *pos, bool sync, char *err, size_t errlen) {
+    pthread_mutex_lock(&k->commit_mu);
+    rd_kafka_resp_err_t e = 0;
+    if (!sync && now_s() - k->last_commit < ASYNC_COMMIT_EVERY_S)
+        k->pending = *pos;
+    else
+        e = commit_now(k, pos, sync);
+    pthread_mutex_unlock(&k->commit_mu);
+    if (e) {
         snprintf(err, errlen, "kafka commit to group %s: %s", k->o.group, rd_kafka_err2str(e));
         return PS_EUNAVAILABLE;
     }

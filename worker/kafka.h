@@ -87,7 +87,9 @@ int ps_kafka_seek(ps_kafka *k, const ps_kafka_pos *pos, char *err, size_t errlen
 int ps_kafka_progress(const ps_kafka *k, const ps_kafka_pos *pos, uint64_t *ret_done,
                       uint64_t *ret_total);
 /* Commit pos for the group. Asynchronous commits are sent at most every
- * 200 ms (a later commit covers an earlier one); sync waits for the broker. */
+ * 200 ms (a later commit covers an earlier one; the latest one held back
+ * is sent when the topic has no new message for a poll interval); sync
+ * waits for the broker. */
 int ps_kafka_commit(ps_kafka *k, const ps_kafka_pos *pos, bool sync, char *err, size_t errlen);
 
 /* A position in checkpoint text: "v1 kafka topic=HASH P:OFFSET ...", and
