@@ -11,6 +11,7 @@
 
 #include "config.h"
 #include "error.h"
+#include "kafka.h"
 #include "log.h"
 #include "nn.h"
 #include "parse.h"
@@ -58,6 +59,16 @@ static void usage(FILE *out) {
             "  --input PATH         a file, a glob (quote it), a directory (its files in name\n"
             "                       order) or - for stdin; repeat for more; extra arguments\n"
             "                       after the options are inputs too\n"
+            "  --input kafka://HOST:PORT[,HOST:PORT...]/TOPIC\n"
+            "                       a Kafka topic instead (the only input): one message is one\n"
+            "                       line; worker I of N reads partitions I, I+N, ...; without\n"
+            "                       --follow it reads up to the end the topic had at start.\n"
+            "                       It starts at --resume's position, else at the offsets\n"
+            "                       committed for [input] kafka_group (default ctrps), else at\n"
+            "                       the earliest; offsets are committed only once the shards\n"
+            "                       acknowledged the pushes of every message before them.\n"
+            "                       [input] kafka_properties = key=value, ... passes librdkafka\n"
+            "                       consumer properties\n"
             "  --follow             keep reading appended lines and new files (tail -F) until\n"
             "                       SIGTERM, then finish the batches in flight and exit\n"
             "  --format F           criteo | csv | libsvm | slots (overrides [input] format)\n"
@@ -238,9 +249,11 @@ int main(int argc, char **argv) {
         return fail(2, "--worker-index %u must be below --num-workers %u", to.worker_index,
                     to.num_workers);
     }
-    bool uses_stdin = false;
-    for (size_t i = 0; i < ninputs; i++)
+    bool uses_stdin = false, uses_kafka = false;
+    for (size_t i = 0; i < ninputs; i++) {
         uses_stdin |= !strcmp(inputs[i], "-");
+        uses_kafka |= ps_kafka_is_url(inputs[i]);
+    }
     if (uses_stdin && to.passes > 1) {
         return fail(2, "--passes > 1 cannot read stdin twice");
     }
@@ -248,6 +261,16 @@ int main(int argc, char **argv) {
         return fail(2, "--predict does not go with --holdout, --resume or --passes");
     if (unlabelled && !predict)
         return fail(2, "--unlabelled needs --predict (training needs labels)");
+    if (uses_kafka) {
+        char why[512];
+        if (ninputs > 1)
+            return fail(2, "--input kafka://...: a Kafka topic must be the only input");
+        if (ps_kafka_check_url(inputs[0], why, sizeof(why)) < 0)
+            return fail(2, "--input %s", why);
+        if (to.passes > 1)
+            return fail(2, "--passes > 1 cannot read a Kafka topic twice (a pass is the topic up to "
+                           "its end at start; run again for another)");
+    }
     ps_log_init("ctrps-worker", level);
 
     char err[1024];
