@@ -73,6 +73,9 @@ typedef struct ps_client_options {
     uint64_t outage_timeout_ms;  /* 0 = fail at timeout_ms; else ride out outages this long */
     ps_client_outage_fn on_outage;  /* optional */
     void *on_outage_ctx;
+    /* Optional: the latency of every successful pull (sparse or dense) and
+     * push, from submission to the last shard's answer (common/promtext.h). */
+    struct ps_prom_histogram *pull_latency, *push_latency;
 } ps_client_options;
 
 typedef struct ps_client_counters {
@@ -88,6 +91,8 @@ uint64_t ps_client_id(const ps_client *c);
  * ("" if none yet); it stays after the barrier ends (common/checkpoint.h). */
 void ps_client_checkpoint_pending(ps_client *c, char *ret, size_t len);
 void ps_client_counters_get(ps_client *c, ps_client_counters *ret);
+/* Shards connected and past Hello now (any thread). */
+uint32_t ps_client_shards_ready(ps_client *c);
 
 /* Start a Pull of n keys of a table of dimension dim; ret_values (n * dim)
  * is written by the I/O thread and must stay valid until ps_call_wait(). */
