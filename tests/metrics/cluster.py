@@ -1,10 +1,11 @@
 #!/usr/bin/python3
 """Metrics, health and readiness through the real binaries (issue 11).
 
-Starts two shards that share one config, each with its own
---metrics-listen 127.0.0.1:0 (the port is read from the "metrics on" log
-line), and a worker with --metrics-listen following a growing input, then
-runs one check:
+Starts two shards that share one config (whose [server] metrics_listen
+both would collide on), each with its own --metrics-listen 127.0.0.1:0 (the
+port is read from the "metrics on" log line), and a worker with
+--metrics-listen following an input the test keeps appending to, then runs
+one check:
 
   promtool    `promtool check metrics` passes on a shard's and the worker's
               /metrics, which carry the families the README lists
@@ -26,6 +27,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -82,6 +84,9 @@ class Cluster:
         self.metrics = {}           # name -> "127.0.0.1:PORT"
         self.rpc = [None, None]
         self.config = os.path.join(self.dir, "cluster.ini")
+        # One metrics_listen for both shards, as a shared config has: each
+        # shard's --metrics-listen must override it, or the second cannot bind.
+        self.shared_metrics = f"127.0.0.1:{free_port()}"
 
     def write_config(self, ports):
         with open(self.config, "w") as f:
@@ -90,6 +95,7 @@ shards = 127.0.0.1:{ports[0]}, 127.0.0.1:{ports[1]}
 buckets = 16
 [server]
 data_dir = {self.dir}/data
+metrics_listen = {self.shared_metrics}
 [table.emb]
 dim = 1
 init = zero
@@ -132,6 +138,8 @@ progress_interval_s = 1
                              stdout=subprocess.DEVNULL, stderr=open(self.log(name), "a"))
         self.procs[name] = p
         self.metrics[name] = self.metrics_addr(name, p, since)
+        if self.metrics[name] == self.shared_metrics:
+            fail(f"{name} listens on [server] metrics_listen, not on its --metrics-listen")
 
         def rpc_port():
             if p.poll() is not None:
@@ -144,14 +152,30 @@ progress_interval_s = 1
         for i in range(2):
             self.start_shard(i)
         self.write_config(self.rpc)
+        # The worker follows a file a feeder thread keeps appending to, so
+        # that it trains (and ends progress windows) as long as the test runs.
+        source = os.path.join(self.dir, "source.tsv")
+        subprocess.run([CLI, "gen", "--rows", "5000", "--seed", "7", "--format", "criteo",
+                        "--out", source], check=True, stdout=subprocess.DEVNULL)
+        self.lines = open(source).read().splitlines(keepends=True)
         self.input = os.path.join(self.dir, "clicks.tsv")
-        subprocess.run([CLI, "gen", "--rows", "3000", "--seed", "7", "--format", "criteo",
-                        "--out", self.input], check=True, stdout=subprocess.DEVNULL)
+        open(self.input, "w").writelines(self.lines[:1000])
+        self.feeding = threading.Event()
+        self.feeder = threading.Thread(target=self.feed, daemon=True)
+        self.feeder.start()
         p = subprocess.Popen([WORKER, "--config", self.config, "--input", self.input, "--follow",
                               "--metrics-listen", "127.0.0.1:0"],
                              stdout=subprocess.DEVNULL, stderr=open(self.log("worker"), "a"))
         self.procs["worker"] = p
         self.metrics["worker"] = self.metrics_addr("worker", p)
+
+    def feed(self):
+        at = 1000
+        while not self.feeding.wait(0.3):
+            chunk = [self.lines[(at + k) % len(self.lines)] for k in range(200)]
+            at += 200
+            with open(self.input, "a") as f:
+                f.writelines(chunk)
 
     def url(self, name, path):
         return f"http://{self.metrics[name]}{path}"
@@ -167,6 +191,9 @@ progress_interval_s = 1
                 p.wait()
 
     def close(self):
+        if hasattr(self, "feeding"):
+            self.feeding.set()
+            self.feeder.join()
         for name in list(self.procs):
             self.stop(name)
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -236,11 +263,6 @@ def check_health(c):
         fail("the worker's /healthz is not 200 while a shard is down")
     print("shard 1 stopped: worker /readyz 503, /healthz 200")
     c.start_shard(1)
-    # Appended lines make the worker talk to shard 1 again.
-    subprocess.run([CLI, "gen", "--rows", "500", "--seed", "8", "--format", "criteo",
-                    "--out", c.input + ".more"], check=True, stdout=subprocess.DEVNULL)
-    with open(c.input, "a") as f, open(c.input + ".more") as more:
-        f.write(more.read())
     wait_for("the worker's /readyz 200 again", lambda: get(c.url("worker", "/readyz"))[0] == 200)
     if get(c.url("shard-1", "/readyz"))[0] != 200:
         fail("restarted shard 1's /readyz is not 200")
