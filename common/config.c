@@ -53,15 +53,72 @@ int ps_parse_u64(const char *s, uint64_t *ret) {
     return 0;
 }
 
+/* A host is a DNS name (letters, digits, '-', '_', '.'), an IPv4 literal,
+ * or an IPv6 literal in brackets (with an optional %zone). The brackets are
+ * required for IPv6 because its colons would make the port ambiguous. */
+static bool valid_name(const char *s, size_t len) {
+    if (len == 0 || len > 253 || s[0] == '.' || s[0] == '-')
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (!isalnum(ch) && ch != '-' && ch != '.' && ch != '_')
+            return false;
+    }
+    return true;
+}
+
+static bool valid_v6(const char *s, size_t len) {
+    if (len < 2)
+        return false;
+    bool zone = false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch == '%' && i > 0 && !zone)
+            zone = true;
+        else if (!(zone ? isalnum(ch) || ch == '.' || ch == '-' || ch == '_'
+                        : isxdigit(ch) || ch == ':' || ch == '.'))
+            return false;
+    }
+    return memchr(s, ':', len) != NULL;
+}
+
+int ps_parse_host(const char *s, char *ret_host, size_t hostlen) {
+    size_t len = strlen(s);
+    const char *h = s;
+    if (len >= 2 && s[0] == '[' && s[len - 1] == ']') {
+        h = s + 1;
+        len -= 2;
+        if (!valid_v6(h, len))
+            return PS_EPARSE;
+    } else if (!valid_name(s, len)) {
+        return PS_EPARSE;
+    }
+    if (len >= hostlen)
+        return PS_EPARSE;
+    memcpy(ret_host, h, len);
+    ret_host[len] = '\0';
+    return 0;
+}
+
 int ps_parse_hostport(const char *s, char *ret_host, size_t hostlen, int *ret_port) {
     const char *colon = strrchr(s, ':');
-    if (!colon || colon == s || (size_t)(colon - s) >= hostlen)
+    if (!colon || colon == s)
         return PS_EPARSE;
     uint64_t port;
     if (ps_parse_u64(colon + 1, &port) < 0 || port > 65535)
         return PS_EPARSE;
-    memcpy(ret_host, s, (size_t)(colon - s));
-    ret_host[colon - s] = '\0';
+    size_t len = (size_t)(colon - s);
+    char host[300];
+    if (len >= sizeof(host))
+        return PS_EPARSE;
+    memcpy(host, s, len);
+    host[len] = '\0';
+    if (host[0] != '[' && strchr(host, ':'))
+        return PS_EPARSE; /* a bare IPv6 literal: which colon starts the port? */
+    char out[300];
+    if (ps_parse_host(host, out, sizeof(out)) < 0 || strlen(out) >= hostlen)
+        return PS_EPARSE;
+    memcpy(ret_host, out, strlen(out) + 1);
     *ret_port = (int)port;
     return 0;
 }
@@ -81,8 +138,33 @@ static int check_shard(const ps_config_key *k, const char *s, size_t len, char *
         if (ps_parse_hostport(item, host, sizeof(host), &port) == 0)
             return 0;
     }
-    snprintf(err, errlen, "'%.*s' is not host:port", (int)len, s);
+    snprintf(err, errlen, "'%.*s' is not HOST:PORT (a name, an IPv4 address, or [IPv6])", (int)len, s);
     return PS_ECONFIG;
+}
+
+/* [server] bind: a host without a port (the port is the shard's). */
+static int check_bind(const ps_config_key *k, const char *s, size_t len, char *err, size_t errlen) {
+    (void)k;
+    char item[256], host[256];
+    if (len == 0)
+        return 0; /* the host of this shard's entry in [cluster] shards */
+    if (len < sizeof(item)) {
+        memcpy(item, s, len);
+        item[len] = '\0';
+        if (ps_parse_host(item, host, sizeof(host)) == 0)
+            return 0;
+    }
+    snprintf(err, errlen,
+             "'%.*s' is not a host (a name, an IPv4 address, or [IPv6]; the port comes from "
+             "[cluster] shards)",
+             (int)len, s);
+    return PS_ECONFIG;
+}
+
+/* [server] metrics_listen: HOST:PORT, or empty for no endpoint. */
+static int check_listen(const ps_config_key *k, const char *s, size_t len, char *err,
+                        size_t errlen) {
+    return len == 0 ? 0 : check_shard(k, s, len, err, errlen);
 }
 
 static const ps_config_key cluster_keys[] = {
@@ -126,7 +208,7 @@ static const ps_config_key server_keys[] = {
     PS_KEY_CUSTOM("durability", SRV, durability, set_durability),
     PS_KEY_ENUM("fsync", SRV, fsync, fsync_names),
     PS_KEY_STRING("data_dir", SRV, data_dir),
-    PS_KEY_STRING("bind", SRV, bind),
+    PS_KEY_STRING("bind", SRV, bind, .check = check_bind),
     PS_KEY_U64("memory_mb", SRV, memory_mb, 1, 1 << 24),
     PS_KEY_U64("block_cache_mb", SRV, block_cache_mb, 1, 1 << 24),
     PS_KEY_U64("write_buffer_mb", SRV, write_buffer_mb, 1, 1 << 16),
@@ -141,7 +223,7 @@ static const ps_config_key server_keys[] = {
                UINT64_C(1000000000000)),
     PS_KEY_U64("max_dense_floats", SRV, max_dense_floats, 1, UINT64_C(1000000000000)),
     PS_KEY_STRING("auth_secret_file", SRV, auth_secret_file),
-    PS_KEY_STRING("metrics_listen", SRV, metrics_listen),
+    PS_KEY_STRING("metrics_listen", SRV, metrics_listen, .check = check_listen),
 };
 #undef SRV
 
@@ -211,7 +293,6 @@ static void server_defaults(ps_server_config *s) {
     s->interval_ms = 1000;
     s->fsync = PS_FSYNC_EVERYSEC;
     snprintf(s->data_dir, sizeof(s->data_dir), "ctrps-data");
-    snprintf(s->bind, sizeof(s->bind), "127.0.0.1");
     s->memory_mb = 1024;
     s->block_cache_mb = 256;
     s->write_buffer_mb = 64;

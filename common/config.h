@@ -53,7 +53,11 @@ typedef struct ps_server_config {
     uint32_t interval_ms;        /* durability = interval=MS */
     ps_fsync_policy fsync;
     char data_dir[PS_PATH_MAX];
-    char bind[PS_NAME_MAX];      /* listen address; the port comes from [cluster] shards */
+    /* Listen host (a name, IPv4, or [IPv6]; "0.0.0.0" or "[::]" for every
+     * interface); the port comes from [cluster] shards. Empty (the default):
+     * the host of this shard's own entry there, so a shard listens on the
+     * address its clients are told. */
+    char bind[PS_NAME_MAX];
     uint64_t memory_mb;          /* memory-tier budget for all tables */
     uint64_t block_cache_mb;     /* RocksDB block cache (256) */
     uint64_t write_buffer_mb;    /* RocksDB memtable size per column family (64; up to 3 live) */
@@ -136,8 +140,14 @@ const ps_table_config *ps_config_table(const ps_config *cfg, const char *name);
 /* The table a slot (by name) maps to, or NULL. */
 const ps_table_config *ps_config_slot_table(const ps_config *cfg, const char *slot);
 
-/* Parse "host:port" (IPv4 or a name resolvable to IPv4). */
+/* Parse "HOST:PORT": HOST is a DNS name, an IPv4 literal, or an IPv6
+ * literal in brackets ("[::1]:7101"; *ret_host gets it without them). Only
+ * the syntax is checked: names are resolved where they are used
+ * (common/addr.h), again at every connection. PS_EPARSE for anything else,
+ * a bare IPv6 literal and a host longer than hostlen - 1 included. */
 int ps_parse_hostport(const char *s, char *ret_host, size_t hostlen, int *ret_port);
+/* Parse a HOST alone (as in [server] bind), with the same rules. */
+int ps_parse_host(const char *s, char *ret_host, size_t hostlen);
 
 /* Strict number parsers used by every command line and config reader:
  * the whole string must parse, and must be finite / in range. */

@@ -18,6 +18,37 @@ void ps_log_init(const char *program, ps_log_level min_level) {
 }
 
 void ps_log(ps_log_level level, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    ps_logv(level, fmt, ap);
+    va_end(ap);
+}
+
+bool ps_log_limited(ps_log_limit *l, ps_log_level level, const char *fmt, ...) {
+    if (level < log_min)
+        return false;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    if (now < l->next_ms) {
+        l->suppressed++;
+        return false;
+    }
+    char msg[1536];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (l->suppressed)
+        ps_log(level, "%s (%llu more like it suppressed)", msg, (unsigned long long)l->suppressed);
+    else
+        ps_log(level, "%s", msg);
+    l->suppressed = 0;
+    l->next_ms = now + PS_LOG_LIMIT_MS;
+    return true;
+}
+
+void ps_logv(ps_log_level level, const char *fmt, va_list ap) {
     if (level < log_min)
         return;
     struct timespec ts;
@@ -28,11 +59,8 @@ void ps_log(ps_log_level level, const char *fmt, ...) {
     int n = snprintf(line, sizeof(line), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s %s: ",
                      tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
                      tm.tm_sec, ts.tv_nsec / 1000000, ps_log_level_name(level), log_program);
-    va_list ap;
-    va_start(ap, fmt);
     if (n > 0 && (size_t)n < sizeof(line))
         vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
-    va_end(ap);
     /* One write per line so lines from several threads never interleave. */
     size_t len = strnlen(line, sizeof(line) - 2);
     line[len++] = '\n';

@@ -4,6 +4,8 @@
  * return codes and the daemon logs once, where the error is handled. */
 
 #include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
 
 #define PS_LOG_LEVEL_MAP(XX)                                                   \
     XX(DEBUG, "debug")                                                         \
@@ -26,6 +28,22 @@ int ps_log_level_parse(const char *s, ps_log_level *ret_level);
 
 void ps_log_init(const char *program, ps_log_level min_level);
 void ps_log(ps_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+void ps_logv(ps_log_level level, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
+
+/* Rate-limited lines, for events a peer can cause at will (failed
+ * authentications, refused requests): at most one line per limiter per
+ * PS_LOG_LIMIT_MS; the lines in between are counted, and the next line that
+ * passes says how many were suppressed. One limiter per reason, so a flood
+ * of one kind does not hide another. A limiter is used by one thread (the
+ * shard's loop); zero-initialize it. Returns true if the line was logged. */
+#define PS_LOG_LIMIT_MS 1000
+typedef struct ps_log_limit {
+    uint64_t next_ms;            /* monotonic; lines before it are suppressed */
+    uint64_t suppressed;
+} ps_log_limit;
+bool ps_log_limited(ps_log_limit *l, ps_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 #define ps_debug(...) ps_log(PS_LOG_DEBUG, __VA_ARGS__)
 #define ps_info(...) ps_log(PS_LOG_INFO, __VA_ARGS__)

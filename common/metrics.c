@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "addr.h"
 #include "config.h"
 #include "error.h"
 
@@ -93,21 +94,22 @@ static enum MHD_Result serve(void *cls, struct MHD_Connection *conn, const char 
 }
 
 int ps_metrics_start(const char *hostport, ps_metrics **ret, char *err, size_t errlen) {
-    char host[256];
-    int port;
-    struct sockaddr_in sa = {.sin_family = AF_INET};
-    if (ps_parse_hostport(hostport, host, sizeof(host), &port) < 0 ||
-        inet_pton(AF_INET, host, &sa.sin_addr) != 1) {
-        snprintf(err, errlen, "metrics listen address: expected IPv4:PORT, got '%s'", hostport);
-        return PS_ECONFIG;
+    ps_addr_list addrs;
+    char why[256];
+    int r = ps_addr_resolve_hostport(hostport, true, &addrs, why, sizeof(why));
+    if (r < 0) {
+        snprintf(err, errlen, "metrics listen address: %s", why);
+        return r;
     }
-    sa.sin_port = htons((uint16_t)port);
+    struct sockaddr *sa = (struct sockaddr *)&addrs.addr[0];
+    int port = ps_addr_port(sa);
     ps_metrics *m = calloc(1, sizeof(*m));
     if (!m)
         return -ENOMEM;
     pthread_mutex_init(&m->mu, NULL);
-    m->daemon = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD, (uint16_t)port, NULL, NULL, serve, m,
-                                 MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | (sa->sa_family == AF_INET6 ? MHD_USE_IPv6 : 0);
+    m->daemon = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, serve, m,
+                                 MHD_OPTION_SOCK_ADDR, sa,
                                  MHD_OPTION_CONNECTION_LIMIT, (unsigned)16,
                                  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10, MHD_OPTION_END);
     if (!m->daemon) {

@@ -692,12 +692,54 @@ Test(config, parse_hostport) {
     cr_assert_eq(ps_parse_hostport("shard-0.ps.svc:65535", host, sizeof(host), &port), 0);
     cr_assert_str_eq(host, "shard-0.ps.svc");
     cr_assert_eq(port, 65535);
-    const char *bad[] = {"", "host", ":1", "host:", "host:65536", "host:x", "host:-1"};
+    cr_assert_eq(ps_parse_hostport("localhost:7101", host, sizeof(host), &port), 0);
+    cr_assert_str_eq(host, "localhost");
+    cr_assert_eq(ps_parse_hostport("[::1]:7102", host, sizeof(host), &port), 0);
+    cr_assert_str_eq(host, "::1", "the brackets are not part of the host");
+    cr_assert_eq(port, 7102);
+    cr_assert_eq(ps_parse_hostport("[fe80::1%eth0]:1", host, sizeof(host), &port), 0);
+    cr_assert_str_eq(host, "fe80::1%eth0");
+    cr_assert_eq(ps_parse_hostport("[::ffff:10.0.0.1]:1", host, sizeof(host), &port), 0);
+    cr_assert_str_eq(host, "::ffff:10.0.0.1");
+    const char *bad[] = {"", "host", ":1", "host:", "host:65536", "host:x", "host:-1",
+                         "::1:7101" /* bare IPv6: where does the port start? */, "[::1]", "[]:1",
+                         "[::1:1", "::1]:1", "[zz::1]:1", "[127.0.0.1]:1", "my host:1", "a/b:1",
+                         "-host:1", "[::1]x:1"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         cr_assert_eq(ps_parse_hostport(bad[i], host, sizeof(host), &port), PS_EPARSE, "'%s'",
                      bad[i]);
     cr_assert_eq(ps_parse_hostport("averyveryverylonghostname:1", host, 8, &port), PS_EPARSE,
                  "a host longer than the buffer must be refused, not truncated");
+}
+
+Test(config, parse_host) {
+    char host[64];
+    cr_assert_eq(ps_parse_host("0.0.0.0", host, sizeof(host)), 0);
+    cr_assert_str_eq(host, "0.0.0.0");
+    cr_assert_eq(ps_parse_host("[::]", host, sizeof(host)), 0);
+    cr_assert_str_eq(host, "::");
+    cr_assert_eq(ps_parse_host("ctrps-0.ctrps.ns.svc", host, sizeof(host)), 0);
+    const char *bad[] = {"", "::", "host:1", "[::1]:1", "a b"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        cr_assert_eq(ps_parse_host(bad[i], host, sizeof(host)), PS_EPARSE, "'%s'", bad[i]);
+}
+
+/* Host names and IPv6 pass validation wherever an address is configured;
+ * what is not an address fails at load, naming the key. */
+Test(config, addresses_in_the_config) {
+    ps_config *cfg = load_ok("[cluster]\nshards = localhost:7101, [::1]:7102, ctrps-1.ctrps.ns.svc:7101\n"
+                             "[server]\nbind = [::]\nmetrics_listen = localhost:9100\n");
+    cr_assert_str_eq(cfg->shards[1], "[::1]:7102");
+    cr_assert_str_eq(cfg->server.bind, "[::]");
+    ps_config_free(cfg);
+    cfg = load_ok("[cluster]\nshards = 127.0.0.1:1\n");
+    cr_assert_str_eq(cfg->server.bind, "", "bind defaults to the shard's own host");
+    ps_config_free(cfg);
+    expect_error("[cluster]\nshards = ::1:7101\n", 2, "key 'shards'", "[IPv6]");
+    expect_error("[cluster]\nshards = 127.0.0.1:1\n[server]\nbind = 0.0.0.0:7101\n", 4, "key 'bind'",
+                 "not a host");
+    expect_error("[cluster]\nshards = 127.0.0.1:1\n[server]\nmetrics_listen = 9100\n", 4,
+                 "key 'metrics_listen'", "HOST:PORT");
 }
 
 Test(config, optimizer_fields_and_names) {

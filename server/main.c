@@ -10,6 +10,7 @@
 #include "barrier.h"
 #include "config.h"
 #include "error.h"
+#include "keys.h"
 #include "log.h"
 #include "metrics.h"
 #include "net.h"
@@ -28,9 +29,10 @@ static void usage(FILE *out) {
             "  --config FILE       cluster config (INI); required\n"
             "  --shard N           shard index in [cluster] shards, from 0; required\n"
             "  --data-dir DIR      overrides [server] data_dir; files go to DIR/shard-N\n"
-            "  --listen HOST:PORT  overrides the bind address ([server] bind, default\n"
-            "                      127.0.0.1) and the port from [cluster] shards; port 0\n"
-            "                      picks a free one\n"
+            "  --listen HOST:PORT  overrides the listen address: [server] bind (default:\n"
+            "                      the host of this shard's [cluster] shards entry) and\n"
+            "                      the port from that entry; HOST is a name, an IPv4\n"
+            "                      address or [IPv6]; port 0 picks a free one\n"
             "  --ready-file FILE   write HOST:PORT to FILE once serving (for scripts/tests)\n"
             "  --metrics-listen HOST:PORT\n"
             "                      serve /metrics, /healthz and /readyz there (overrides\n"
@@ -161,8 +163,11 @@ int main(int argc, char **argv) {
     uint32_t shard_id = (uint32_t)shard_arg;
     char host[256];
     int port;
+    /* Listen where the clients are told the shard is, unless [server] bind
+     * (e.g. 0.0.0.0 in a container) or --listen says otherwise. */
     ps_parse_hostport(cfg->shards[shard_id], host, sizeof(host), &port);
-    snprintf(host, sizeof(host), "%s", cfg->server.bind);
+    if (cfg->server.bind[0])
+        ps_parse_host(cfg->server.bind, host, sizeof(host));
     if (listen && ps_parse_hostport(listen, host, sizeof(host), &port) < 0) {
         fprintf(stderr, "ctrps-server: --listen: expected HOST:PORT, got '%s'\n", listen);
         ps_config_free(cfg);
@@ -210,6 +215,17 @@ int main(int argc, char **argv) {
         ps_info("restored shard %u from %s", shard_id, restore_from);
     }
     ps_info("opening shard %u in %s", shard_id, dir);
+    if (cfg->nshards > 0) {
+        uint32_t first = UINT32_MAX, last = 0;
+        for (uint32_t b = 0; b < cfg->buckets; b++)
+            if (ps_bucket_owner(b, cfg->buckets, cfg->nshards) == shard_id) {
+                first = first == UINT32_MAX ? b : first;
+                last = b;
+            }
+        ps_debug("map version %llu: shard %u of %u owns buckets %u..%u of %u; the shards are at %s%s",
+                 (unsigned long long)cfg->map_version, shard_id, cfg->nshards, first, last,
+                 cfg->buckets, cfg->shards[0], cfg->nshards > 1 ? ", ..." : "");
+    }
     r = ps_shard_open(cfg, &sho, &shard, err, sizeof(err));
     if (r < 0)
         goto out;

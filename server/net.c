@@ -7,11 +7,13 @@
 #include <string.h>
 #include <uv.h>
 
+#include "addr.h"
 #include "error.h"
 #include "frame.h"
 #include "log.h"
 #include "metrics.h"
 #include "promtext.h"
+#include "rpc.h"
 
 #define TICK_MS 10
 
@@ -49,6 +51,8 @@ typedef struct net_counters {
 
 typedef struct conn conn;
 
+#define STATUS_LIMITS 16
+
 struct ps_server {
     const ps_config *cfg;
     ps_server_options opts;
@@ -73,6 +77,11 @@ struct ps_server {
     uint64_t metrics_at_ms;
     double recovery_seconds;
     net_counters c;
+    /* Peers can cause these at will: one line a second each, at most. */
+    ps_log_limit limit_status[STATUS_LIMITS];   /* refused requests, by status */
+    ps_log_limit limit_auth;     /* failed authentications */
+    ps_log_limit limit_frame;    /* frames too large, or not a Request */
+    ps_log_limit limit_conns;    /* connections over max_connections */
 };
 
 struct conn {
@@ -80,6 +89,7 @@ struct conn {
     ps_server *srv;
     ps_frame_reader rd;
     ps_session sess;
+    char peer[PS_ADDR_STRLEN];   /* the client's address, for logs */
     ps_buf out;                  /* replies of this turn */
     bool out_has_push_ack;
     bool in_pending;
@@ -127,6 +137,8 @@ static void conn_close(conn *c) {
     if (c->next)
         c->next->prev = c->prev;
     srv->c.connections_open--;
+    ps_debug("connection %llu from %s: closed (%llu open)", (unsigned long long)c->id, c->peer,
+             (unsigned long long)srv->c.connections_open);
     /* Leave the pending list to the check phase, which skips closing ones. */
     uv_close((uv_handle_t *)&c->tcp, on_closed);
 }
@@ -185,6 +197,31 @@ static void paused_by_limit(conn *c) {
     }
 }
 
+/* A refused request is logged (rate-limited: a peer can send them at will);
+ * a Hello that identified the client, at debug. */
+static void log_outcome(conn *c, bool had_hello) {
+    ps_server *srv = c->srv;
+    const ps_session *sess = &c->sess;
+    if (!had_hello && sess->hello_done)
+        ps_debug("connection %llu from %s: Hello from '%s' (client id %016llx)",
+                 (unsigned long long)c->id, c->peer, sess->client_name,
+                 (unsigned long long)sess->client_id);
+    if (sess->last_status == 0)
+        return;
+    if (sess->last_auth_failed) {
+        ps_log_limited(&srv->limit_auth, PS_LOG_WARN,
+                       "connection %llu from %s: authentication failed: %s; closing",
+                       (unsigned long long)c->id, c->peer, sess->last_error);
+        return;
+    }
+    int st = sess->last_status;
+    ps_log_limited(&srv->limit_status[st < STATUS_LIMITS ? st : STATUS_LIMITS - 1], PS_LOG_WARN,
+                   "connection %llu from %s%s%s%s: request refused: %s: %s",
+                   (unsigned long long)c->id, c->peer, sess->client_name[0] ? " ('" : "",
+                   sess->client_name, sess->client_name[0] ? "')" : "",
+                   ps_status_name((Ctrps__Status)st), sess->last_error);
+}
+
 /* Handle the whole frames buffered for c, unless a limit says wait: then
  * reading stops, and the frames stay buffered until replies drain. */
 static void process_frames(conn *c) {
@@ -202,19 +239,25 @@ static void process_frames(conn *c) {
             break;
         if (r < 0) {
             srv->c.frames_too_large++;
-            ps_warn("connection %llu: closing: frame larger than max_frame_bytes = %llu",
-                    (unsigned long long)c->id, (unsigned long long)srv->cfg->server.max_frame_bytes);
+            ps_log_limited(&srv->limit_frame, PS_LOG_WARN,
+                           "connection %llu from %s: closing: frame larger than max_frame_bytes = %llu",
+                           (unsigned long long)c->id, c->peer,
+                           (unsigned long long)srv->cfg->server.max_frame_bytes);
             conn_close(c);
             return;
         }
         bool push_ack, close_it;
+        bool had_hello = c->sess.hello_done;
         r = ps_service_handle(srv->svc, &c->sess, frame, len, &c->out, &push_ack, &close_it);
         if (r < 0) {
             srv->c.connections_closed_bad_frame++;
-            ps_warn("connection %llu: closing: a frame that is not a Request", (unsigned long long)c->id);
+            ps_log_limited(&srv->limit_frame, PS_LOG_WARN,
+                           "connection %llu from %s: closing: a frame that is not a Request",
+                           (unsigned long long)c->id, c->peer);
             conn_close(c);
             return;
         }
+        log_outcome(c, had_hello);
         c->inflight++;
         c->out_replies++;
         c->out_has_push_ack |= push_ack;
@@ -346,13 +389,22 @@ static void on_connection(uv_stream_t *server, int status) {
     if (srv->c.connections_open >= srv->cfg->server.max_connections || srv->stopping) {
         srv->c.connections_rejected++;
         if (!srv->stopping)
-            ps_warn("rejecting a connection: max_connections = %u are open",
-                    srv->cfg->server.max_connections);
+            ps_log_limited(&srv->limit_conns, PS_LOG_WARN,
+                           "rejecting a connection: max_connections = %u are open",
+                           srv->cfg->server.max_connections);
         uv_close((uv_handle_t *)&c->tcp, on_closed);
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
     c->id = ++srv->next_conn_id;
+    struct sockaddr_storage ss;
+    int sslen = sizeof(ss);
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sslen) == 0)
+        ps_addr_format((struct sockaddr *)&ss, c->peer, sizeof(c->peer));
+    else
+        snprintf(c->peer, sizeof(c->peer), "?");
+    ps_debug("connection %llu from %s: accepted (%llu open)", (unsigned long long)c->id, c->peer,
+             (unsigned long long)srv->c.connections_open + 1);
     c->next = srv->conns;
     if (srv->conns)
         srv->conns->prev = c;
@@ -369,7 +421,16 @@ static void on_connection(uv_stream_t *server, int status) {
 
 /* Tick the shard, and log when the store turns read-only or recovers. */
 static void tick(ps_server *srv) {
+    ps_shard_counters before, after;
+    ps_shard_counters_get(srv->shard, &before);
     ps_shard_tick(srv->shard, uv_now(&srv->loop));
+    ps_shard_counters_get(srv->shard, &after);
+    if (after.flushes != before.flushes || after.flush_errors != before.flush_errors)
+        ps_debug("write-back: %llu batch(es), %llu rows committed, %llu failed (%llu rows in all)",
+                 (unsigned long long)(after.flushes - before.flushes),
+                 (unsigned long long)(after.flushed_rows - before.flushed_rows),
+                 (unsigned long long)(after.flush_errors - before.flush_errors),
+                 (unsigned long long)after.flushed_rows);
     bool ro = ps_shard_read_only(srv->shard);
     if (ro != srv->was_read_only) {
         if (ro)
@@ -522,16 +583,15 @@ static int write_ready_file(ps_server *srv, char *err, size_t errlen) {
         snprintf(err, errlen, "getsockname: %s", uv_strerror(r));
         return r;
     }
-    char host[64];
-    uv_ip4_name((struct sockaddr_in *)&ss, host, sizeof(host));
-    int port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
-    ps_info("shard %u listening on %s:%d", ps_shard_id(srv->shard), host, port);
+    char where[PS_ADDR_STRLEN];
+    ps_addr_format((struct sockaddr *)&ss, where, sizeof(where));
+    ps_info("shard %u listening on %s", ps_shard_id(srv->shard), where);
     if (!srv->opts.ready_file)
         return 0;
     char tmp[PS_PATH_MAX + 8];
     snprintf(tmp, sizeof(tmp), "%s.tmp", srv->opts.ready_file);
     FILE *f = fopen(tmp, "w");
-    if (!f || fprintf(f, "%s:%d\n", host, port) < 0 || fclose(f) != 0 ||
+    if (!f || fprintf(f, "%s\n", where) < 0 || fclose(f) != 0 ||
         rename(tmp, srv->opts.ready_file) < 0) {
         snprintf(err, errlen, "%s: %s", srv->opts.ready_file, strerror(errno));
         return -errno;
@@ -543,22 +603,38 @@ int ps_server_listen(ps_server *srv, ps_shard *shard, ps_service *svc, char *err
     srv->shard = shard;
     srv->svc = svc;
     ps_service_set_extra_counters(svc, extra_counters, srv);
-    struct sockaddr_in addr;
-    int r = uv_ip4_addr(srv->opts.host, srv->opts.port, &addr);
+    ps_addr_list addrs;
+    char why[256];
+    int r = ps_addr_resolve(srv->opts.host, srv->opts.port, true, &addrs, why, sizeof(why));
     if (r < 0) {
-        snprintf(err, errlen, "listen address %s:%d: %s", srv->opts.host, srv->opts.port,
-                 uv_strerror(r));
+        snprintf(err, errlen, "listen address: %s", why);
         return r;
     }
+    /* A name with several addresses: the first, the one getaddrinfo ranks
+     * first, which is also the one clients resolving it try first. */
+    const struct sockaddr *sa = (const struct sockaddr *)&addrs.addr[0];
+    char where[PS_ADDR_STRLEN];
+    ps_addr_format(sa, where, sizeof(where));
     uv_tcp_init(&srv->loop, &srv->listener);
     srv->listener.data = srv;
-    r = uv_tcp_bind(&srv->listener, (const struct sockaddr *)&addr, 0);
+    r = uv_tcp_bind(&srv->listener, sa, 0);
     if (r == 0)
         r = uv_listen((uv_stream_t *)&srv->listener, 511, on_connection);
     if (r < 0) {
-        snprintf(err, errlen, "listen on %s:%d: %s", srv->opts.host, srv->opts.port, uv_strerror(r));
+        snprintf(err, errlen, "listen on %s (%s:%d): %s%s", where, srv->opts.host, srv->opts.port,
+                 uv_strerror(r),
+                 r == UV_EADDRNOTAVAIL ? "; no interface here has that address (set [server] "
+                                         "bind, e.g. 0.0.0.0, or --listen)"
+                                       : "");
         return r;
     }
+    if (addrs.n > 1)
+        ps_debug("'%s' resolved to %d addresses; listening on the first, %s", srv->opts.host,
+                 addrs.n, where);
+    if (!ps_addr_is_loopback(sa) && !srv->cfg->server.auth_secret_file[0])
+        ps_warn("listening on %s, which is not a loopback address, without [server] "
+                "auth_secret_file: anyone who can reach it can read and change the model",
+                where);
     uv_check_init(&srv->loop, &srv->commit);
     srv->commit.data = srv;
     uv_check_start(&srv->commit, on_check);

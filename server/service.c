@@ -150,9 +150,10 @@ static int find_table(ps_service *svc, const char *name, ps_table **ret, reply *
 static int check_owned(ps_service *svc, const uint64_t *keys, size_t n, reply *rp) {
     if (ps_shard_owns_all(svc->shard, keys, n))
         return 0;
+    uint64_t epoch = ps_shard_map(svc->shard)->version;
     snprintf(rp->err, sizeof(rp->err), "keys of buckets not owned by shard %u (map version %llu)",
-             ps_shard_id(svc->shard), (unsigned long long)svc->cfg->map_version);
-    rp->resp.map_version = svc->cfg->map_version;
+             ps_shard_id(svc->shard), (unsigned long long)epoch);
+    rp->resp.map_version = epoch;
     return PS_EWRONG_SHARD;
 }
 
@@ -210,7 +211,7 @@ static int do_hello(ps_service *svc, ps_session *sess, const Ctrps__HelloRequest
     snprintf(sess->client_name, sizeof(sess->client_name), "%s", req->client_name ? req->client_name : "");
     h->protocol_version = PS_PROTOCOL_VERSION;
     h->shard_id = ps_shard_id(svc->shard);
-    h->map_version = svc->cfg->map_version;
+    h->map_version = ps_shard_map(svc->shard)->version;
     h->authenticated = true;
     h->last_push_seq = req->client_id ? ps_shard_client_seq(svc->shard, req->client_id) : 0;
     rp->resp.result_case = CTRPS__RESPONSE__RESULT_HELLO;
@@ -390,21 +391,18 @@ static int do_export(ps_service *svc, ps_session *sess, const Ctrps__ExportReque
 static int do_cluster_map(ps_service *svc, ps_session *sess, const Ctrps__ClusterMapRequest *req,
                           reply *rp) {
     (void)sess;
-    (void)req;
-    const ps_config *cfg = svc->cfg;
-    uint32_t *owner = own(rp, malloc(cfg->buckets * sizeof(uint32_t)));
-    if (!owner)
-        return -ENOMEM;
-    for (uint32_t b = 0; b < cfg->buckets; b++)
-        owner[b] = ps_bucket_owner(b, cfg->buckets, cfg->nshards);
+    if (req->install) {
+        ps_cluster_map m = {0};
+        int r = ps_rpc_map_from_wire(req->install, &m, rp->err, sizeof(rp->err));
+        if (r == 0)
+            r = ps_shard_set_map(svc->shard, &m, rp->err, sizeof(rp->err));
+        ps_cluster_map_deinit(&m);
+        if (r < 0)
+            return r;
+    }
+    /* Borrowed from the shard: the reply is packed before anything else runs. */
     Ctrps__ClusterMapResponse *m = &rp->u.cluster_map;
-    ctrps__cluster_map_response__init(m);
-    m->version = cfg->map_version;
-    m->buckets = cfg->buckets;
-    m->n_shards = cfg->nshards;
-    m->shards = cfg->shards;
-    m->n_owner = cfg->buckets;
-    m->owner = owner;
+    ps_rpc_map_to_wire(ps_shard_map(svc->shard), m);
     rp->resp.result_case = CTRPS__RESPONSE__RESULT_CLUSTER_MAP;
     rp->resp.cluster_map = m;
     return 0;
@@ -611,7 +609,7 @@ static int check_dense_name(ps_service *svc, const char *name, reply *rp) {
     if (home != ps_shard_id(svc->shard)) {
         snprintf(rp->err, sizeof(rp->err), "dense block '%.64s' lives on shard %u, not %u", name, home,
                  ps_shard_id(svc->shard));
-        rp->resp.map_version = svc->cfg->map_version;
+        rp->resp.map_version = ps_shard_map(svc->shard)->version;
         return PS_EWRONG_SHARD;
     }
     return 0;
@@ -810,6 +808,11 @@ reply:
         rp.push_ack = false;
     }
     svc->statuses[rp.resp.status < STATUS_COUNT ? rp.resp.status : STATUS_COUNT - 1]++;
+    sess->last_status = (int)rp.resp.status;
+    sess->last_auth_failed = r == PS_EAUTH && req->method_case == CTRPS__REQUEST__METHOD_HELLO;
+    /* A long message is cut: the log line needs its start only. */
+    snprintf(sess->last_error, sizeof(sess->last_error), "%.*s", (int)sizeof(sess->last_error) - 1,
+             r < 0 ? rp.err : "");
     const char *pending = ps_barrier_pending(svc->barrier);
     if (pending[0] && sess->authenticated)
         rp.resp.checkpoint_pending = (char *)pending;

@@ -30,6 +30,12 @@ struct ps_session {
     uint8_t challenge[PS_AUTH_NONCE];
     uint32_t refused;            /* requests refused before authentication */
     uint64_t client_id;
+    /* The last request's outcome, for the network layer's log: 0 or the
+     * status of its refusal (rpc.h: ps_status_name), the message sent with
+     * it, and whether it was a failed authentication (a Hello). */
+    int last_status;
+    bool last_auth_failed;
+    char last_error[160];
 };
 
 /* Counters kept by the network layer, reported through Stats. */

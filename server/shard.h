@@ -24,6 +24,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cmap.h"
 #include "config.h"
 #include "table.h"
 
@@ -87,8 +88,20 @@ ps_table *ps_shard_table(ps_shard *s, const char *name);
 size_t ps_shard_ntables(const ps_shard *s);
 ps_table *ps_shard_table_at(ps_shard *s, size_t i);
 
-/* Whether every key's bucket belongs to this shard. */
+/* Whether every key's bucket belongs to this shard under its map. */
 bool ps_shard_owns_all(const ps_shard *s, const uint64_t *keys, size_t n);
+
+/* The cluster map this shard serves (common/cmap.h): stored in its meta
+ * column family, fsynced. The first open stores the config's even split;
+ * later opens keep the stored map unless the config's map_version is
+ * higher (an operator's explicit reset). Borrowed until the next
+ * ps_shard_set_map(). */
+const ps_cluster_map *ps_shard_map(const ps_shard *s);
+/* Store (fsynced) and serve a newer map. A map of the same epoch and the
+ * same layout is accepted as already installed; an older one, one of
+ * another epoch with the same number, or one with another bucket count is
+ * refused with PS_EPROTO and a reason in err. m is copied. */
+int ps_shard_set_map(ps_shard *s, const ps_cluster_map *m, char *err, size_t errlen);
 
 /* Apply a push (all-or-nothing) and log it. client_id 0 skips sequencing;
  * otherwise a seq at or below the client's last applied one is answered as

@@ -89,6 +89,9 @@ void ps_store_batch_delete(ps_store_batch *b, ps_store *s, int cf, const void *k
 size_t ps_store_batch_count(const ps_store_batch *b);
 /* Apply the batch atomically (through RocksDB's WAL). */
 int ps_store_write(ps_store *s, ps_store_batch *b, char *err, size_t errlen);
+/* The same, and fsync the WAL before returning, whatever sync_writes says
+ * (rare writes that must survive a power loss: the cluster map). */
+int ps_store_write_sync(ps_store *s, ps_store_batch *b, char *err, size_t errlen);
 
 /* Ordered iteration over a column family from `start` (inclusive). */
 ps_store_iter *ps_store_iter_new(ps_store *s, int cf, const void *start, size_t slen);

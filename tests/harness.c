@@ -91,7 +91,7 @@ static int write_config(ps_cluster *c) {
     char text[sizeof(c->body) + 512];
     int n = snprintf(text, sizeof(text), "[cluster]\nshards = ");
     for (int i = 0; i < c->nshards; i++)
-        n += snprintf(text + n, sizeof(text) - (size_t)n, "%s127.0.0.1:%d", i ? ", " : "",
+        n += snprintf(text + n, sizeof(text) - (size_t)n, "%s%s:%d", i ? ", " : "", c->host,
                       c->ports[i] ? c->ports[i] : 1 + i);
     snprintf(text + n, sizeof(text) - (size_t)n, "\n%s\n", c->body);
     int r = ps_write_file(c->config, text);
@@ -124,12 +124,12 @@ static pid_t spawn(char *const argv[], int out_fd, int err_fd) {
 }
 
 int ps_cluster_start_shard(ps_cluster *c, int i) {
-    char ready[300], log[300], data[300], shard[16], listen[64];
+    char ready[300], log[300], data[300], shard[16], listen[96];
     snprintf(ready, sizeof(ready), "%s/ready-%d", c->dir, i);
     snprintf(log, sizeof(log), "%s/shard-%d.log", c->dir, i);
     snprintf(data, sizeof(data), "%s/data", c->dir);
     snprintf(shard, sizeof(shard), "%d", i);
-    snprintf(listen, sizeof(listen), "127.0.0.1:%d", c->ports[i]);
+    snprintf(listen, sizeof(listen), "%s:%d", c->host, c->ports[i]);
     unlink(ready);
     int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
     char *argv[] = {(char *)ps_test_bin("server/ctrps-server"), "--config", c->config, "--shard",
@@ -171,7 +171,13 @@ int ps_cluster_start(ps_cluster *c, int nshards, const char *body) {
 }
 
 int ps_cluster_start_restored(ps_cluster *c, int nshards, const char *body, const char *restore) {
+    return ps_cluster_start_at(c, "127.0.0.1", nshards, body, restore);
+}
+
+int ps_cluster_start_at(ps_cluster *c, const char *host, int nshards, const char *body,
+                        const char *restore) {
     memset(c, 0, sizeof(*c));
+    snprintf(c->host, sizeof(c->host), "%s", host);
     c->restore = restore;
     snprintf(c->dir, sizeof(c->dir), "/tmp/ctrps-test-XXXXXX");
     if (!mkdtemp(c->dir))

@@ -30,6 +30,7 @@ typedef struct ps_cluster {
     char dir[256];               /* temporary directory, removed by ps_cluster_destroy */
     char config[320];            /* the cluster config with the real ports */
     char body[8192];             /* everything but [cluster] shards */
+    char host[64];               /* of every shard: "127.0.0.1", "localhost", "[::1]" */
     int nshards;
     pid_t pids[PS_TEST_MAX_SHARDS];
     int ports[PS_TEST_MAX_SHARDS];
@@ -46,6 +47,10 @@ const char *ps_test_bin(const char *rel);
 int ps_cluster_start(ps_cluster *c, int nshards, const char *body);
 /* The same, each shard first restoring its data from checkpoint `restore`. */
 int ps_cluster_start_restored(ps_cluster *c, int nshards, const char *body, const char *restore);
+/* The same with the shards at host (as written in [cluster] shards and
+ * --listen: a name, an IPv4 address or "[IPv6]"); restore may be NULL. */
+int ps_cluster_start_at(ps_cluster *c, const char *host, int nshards, const char *body,
+                        const char *restore);
 /* Start shard i (again), on its old port if it had one. */
 int ps_cluster_start_shard(ps_cluster *c, int i);
 /* Send sig to shard i and wait for it to exit (SIGKILL after 20 s).

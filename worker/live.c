@@ -20,7 +20,8 @@ void ps_train_live_deinit(ps_train_live *l) { pthread_mutex_destroy(&l->mu); }
 bool ps_train_live_ready(void *ctx) {
     ps_train_live *l = ctx;
     pthread_mutex_lock(&l->mu);
-    bool ready = l->client && ps_client_shards_ready(l->client) == l->nshards;
+    uint32_t total = 0;
+    bool ready = l->client && ps_client_shards_ready(l->client, &total) >= total && total > 0;
     pthread_mutex_unlock(&l->mu);
     return ready;
 }
@@ -38,10 +39,10 @@ int ps_train_live_render(void *ctx, ps_buf *out) {
     } s = {l->window_auc, l->window_logloss, l->interval_examples_per_sec, l->staleness,
            l->input_done, l->pos, l->path, l->pass, l->client != NULL};
     ps_client_counters cc = {0};
-    uint32_t connected = 0;
+    uint32_t connected = 0, nshards = l->nshards;
     if (l->client) {
         ps_client_counters_get(l->client, &cc);
-        connected = ps_client_shards_ready(l->client);
+        connected = ps_client_shards_ready(l->client, &nshards);
     }
     /* The file the reader stands in: how much of it is not trained yet
      * (in --follow mode, how far training is behind the writer). */
@@ -89,7 +90,7 @@ int ps_train_live_render(void *ctx, ps_buf *out) {
     ps_prom_scalar(&p, "ctrps_worker_shards_connected", PS_PROM_GAUGE,
                    "shards connected now (what /readyz checks against the cluster's count)",
                    (double)connected);
-    ps_prom_scalar(&p, "ctrps_worker_shards", PS_PROM_GAUGE, "shards in the cluster", (double)l->nshards);
+    ps_prom_scalar(&p, "ctrps_worker_shards", PS_PROM_GAUGE, "shards in the cluster map", (double)nshards);
     ps_prom_scalar(&p, "ctrps_worker_input_pass", PS_PROM_GAUGE, "pass over the input (0-based)",
                    (double)s.pass);
     ps_prom_scalar(&p, "ctrps_worker_input_file_index", PS_PROM_GAUGE,
@@ -105,6 +106,6 @@ int ps_train_live_render(void *ctx, ps_buf *out) {
                    "bytes of the current input file not trained on yet (NaN for stdin)", lag);
     ps_prom_scalar(&p, "ctrps_worker_ready", PS_PROM_GAUGE,
                    "1 while training and connected to every shard (what /readyz says)",
-                   s.client && connected == l->nshards ? 1 : 0);
+                   s.client && nshards > 0 && connected >= nshards ? 1 : 0);
     return ps_prom_finish(&p);
 }

@@ -270,6 +270,7 @@ class InputConfig:
         "libsvm_slot": lambda v: _check_name(v, "libsvm_slot"),
         "max_line_bytes": lambda v: _u32(v, 64, 1 << 30),
         "max_slots": lambda v: _u32(v, 1, 65535),
+        "id_column": lambda v: _u32(v, 0, 65535),
     }
     SCOPE = {"integers": ("criteo",), "dense_integers": ("criteo",),
              "bucketize_integers": ("criteo",), "label_column": ("csv",),
@@ -286,6 +287,7 @@ class InputConfig:
         self.libsvm_slot = "f"
         self.max_line_bytes = 65536
         self.max_slots = 1024
+        self.id_column = 0          # read by ctrps-worker --predict only
         self.keys_set = set()
 
     def set(self, key, value):
