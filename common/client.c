@@ -68,6 +68,7 @@
 #include "error.h"
 #include "frame.h"
 #include "keys.h"
+#include "promtext.h"
 #include "rpc.h"
 
 #define TIMER_MS 10
@@ -123,6 +124,8 @@ struct ps_call {
     uint64_t applied, dropped;
     Ctrps__Response *raw;
     ps_dense_block *blocks;      /* dense pull: caller's, pos[] index it */
+    ps_prom_histogram *latency;  /* observed when the call succeeds; may be NULL */
+    uint64_t start_ns;
     ps_client *client;           /* KIND_MAP */
 };
 
@@ -206,6 +209,8 @@ struct ps_client {
     atomic_uint_fast64_t next_id;
 
     atomic_uint_fast64_t n_requests, n_reconnects, n_resent, n_timeouts, n_outages;
+    atomic_uint n_ready;         /* shards in state READY */
+    ps_prom_histogram *pull_latency, *push_latency;  /* from the options; may be NULL */
     atomic_uint_fast64_t n_rerouted, n_map_fetches, n_moving_waits;
     pthread_mutex_t ckpt_lock;
     char ckpt_pending[64];       /* latest checkpoint barrier a shard announced */
@@ -213,7 +218,7 @@ struct ps_client {
 
 /* ---- calls and parts -------------------------------------------------------- */
 
-static ps_call *call_new(part_kind kind, int nparts) {
+static ps_call *call_new(ps_client *c, part_kind kind, int nparts) {
     ps_call *call = calloc(1, sizeof(*call));
     if (!call)
         return NULL;
@@ -221,7 +226,21 @@ static ps_call *call_new(part_kind kind, int nparts) {
     pthread_cond_init(&call->cv, NULL);
     call->kind = kind;
     call->remaining = nparts;
+    call->latency = kind == KIND_PULL || kind == KIND_DENSE_PULL   ? c->pull_latency
+                    : kind == KIND_PUSH || kind == KIND_DENSE_PUSH ? c->push_latency
+                                                                   : NULL;
+    call->start_ns = call->latency ? ps_prom_now_ns() : 0;
     return call;
+}
+
+/* Every state change of a shard connection goes through here: the count of
+ * READY shards is what the worker's /readyz reports. */
+static void set_state(shard_conn *sc, conn_state st) {
+    if (sc->state == READY && st != READY)
+        atomic_fetch_sub(&sc->c->n_ready, 1);
+    else if (sc->state != READY && st == READY)
+        atomic_fetch_add(&sc->c->n_ready, 1);
+    sc->state = st;
 }
 
 static void call_free(ps_call *call) {
@@ -276,8 +295,13 @@ static void part_finish(part *p, int err, const char *fmt, ...) {
         vsnprintf(call->msg, sizeof(call->msg), fmt, ap);
         va_end(ap);
     }
-    if (--call->remaining == 0)
+    if (--call->remaining == 0) {
+        /* Submitted to last answer, on the I/O thread: not how late the
+         * caller came to wait. */
+        if (call->latency && !call->err)
+            ps_prom_histogram_observe(call->latency, ps_prom_now_ns() - call->start_ns);
         pthread_cond_broadcast(&call->cv);
+    }
     pthread_mutex_unlock(&call->mu);
     frame_unref(p->frame);
     free(p->pos);
@@ -458,7 +482,7 @@ static void conn_down(shard_conn *sc, const char *why) {
     }
     if (why)
         snprintf(sc->last_error, sizeof(sc->last_error), "%s", why);
-    sc->state = DOWN;
+    set_state(sc, DOWN);
     ps_frame_reader_deinit(&sc->rd);
     uint64_t now = uv_now(&c->loop);
     /* Jitter: a wait drawn from [backoff/2, backoff], so that workers that
@@ -540,7 +564,7 @@ static void send_hello_frame(shard_conn *sc, const uint8_t *mac) {
         conn_down(sc, "out of memory");
         return;
     }
-    sc->state = HELLO;
+    set_state(sc, HELLO);
     send_frame(sc, f);
     frame_unref(f);
 }
@@ -577,7 +601,7 @@ static void handle_hello(shard_conn *sc, Ctrps__Response *resp) {
         return;
     }
     ctrps__response__free_unpacked(resp, NULL);
-    sc->state = READY;
+    set_state(sc, READY);
     if (!sc->in_outage)
         sc->backoff_ms = BACKOFF_MIN_MS;
     else if (!sc->head)
@@ -758,7 +782,7 @@ static void conn_connect(shard_conn *sc) {
     rb->sc = sc;
     rb->req.data = rb;
     sc->resolving = rb;
-    sc->state = CONNECTING;
+    set_state(sc, CONNECTING);
     sc->attempt_deadline_ms = uv_now(&c->loop) + c->timeout_ms;
     if (sc->last_error[0])
         atomic_fetch_add(&c->n_reconnects, 1);
@@ -996,7 +1020,7 @@ static void fail_waiting(ps_client *c, int err, const char *msg) {
 /* Ask sc for its map; the answer (or failure) comes to map_part_done(). */
 static void fetch_map(shard_conn *sc) {
     ps_client *c = sc->c;
-    ps_call *call = call_new(KIND_MAP, 1);
+    ps_call *call = call_new(c, KIND_MAP, 1);
     part *p = calloc(1, sizeof(*p));
     Ctrps__Request req = CTRPS__REQUEST__INIT;
     Ctrps__ClusterMapRequest cm = CTRPS__CLUSTER_MAP_REQUEST__INIT;
@@ -1230,6 +1254,8 @@ int ps_client_new(const ps_client_options *opts, ps_client **ret_client, char *e
     c->outage_ms = opts->outage_timeout_ms;
     c->on_outage = opts->on_outage;
     c->on_outage_ctx = opts->on_outage_ctx;
+    c->pull_latency = opts->pull_latency;
+    c->push_latency = opts->push_latency;
     c->on_event = opts->on_event;
     c->on_event_ctx = opts->on_event_ctx;
     c->rng = c->client_id | 1;
@@ -1338,6 +1364,13 @@ void ps_client_checkpoint_pending(ps_client *c, char *ret, size_t len) {
     pthread_mutex_lock(&c->ckpt_lock);
     snprintf(ret, len, "%s", c->ckpt_pending);
     pthread_mutex_unlock(&c->ckpt_lock);
+}
+
+uint32_t ps_client_shards_ready(ps_client *c, uint32_t *ret_total) {
+    pthread_mutex_lock(&c->map_lock);
+    *ret_total = (uint32_t)c->map.nshards;
+    pthread_mutex_unlock(&c->map_lock);
+    return atomic_load(&c->n_ready);
 }
 
 void ps_client_counters_get(ps_client *c, ps_client_counters *ret) {
@@ -1554,7 +1587,7 @@ static int start(ps_client *c, const keyed_args *a, const uint64_t *keys, size_t
     int nparts = 0; /* the call counts down one per shard involved */
     for (uint32_t s = 0; s < sp.ns; s++)
         nparts += sp.count[s] > 0;
-    ps_call *call = call_new(a->kind, nparts);
+    ps_call *call = call_new(c, a->kind, nparts);
     if (!call) {
         split_free(&sp, sp.ns);
         return -ENOMEM;
@@ -1684,7 +1717,7 @@ static int start_dense(ps_client *c, part_kind kind, ps_dense_block *blocks, siz
         if (count[home[i]]++ == 0)
             nparts++;
     }
-    call = call_new(kind, nparts);
+    call = call_new(c, kind, nparts);
     if (!call)
         goto out;
     call->blocks = blocks;
@@ -1812,7 +1845,7 @@ int ps_client_call_raw(ps_client *c, uint32_t shard, Ctrps__Request *req,
         snprintf(err, errlen, "no shard %u (the cluster has %u)", shard, nconns);
         return -EINVAL;
     }
-    ps_call *call = call_new(KIND_RAW, 1);
+    ps_call *call = call_new(c, KIND_RAW, 1);
     part *p = calloc(1, sizeof(*p));
     if (!call || !p) {
         free(p);

@@ -86,6 +86,9 @@ typedef struct ps_client_options {
     uint64_t outage_timeout_ms;  /* 0 = fail at timeout_ms; else ride out outages this long */
     ps_client_outage_fn on_outage;  /* optional */
     void *on_outage_ctx;
+    /* Optional: the latency of every successful pull (sparse or dense) and
+     * push, from submission to the last shard's answer (common/promtext.h). */
+    struct ps_prom_histogram *pull_latency, *push_latency;
     ps_client_event_fn on_event;    /* optional */
     void *on_event_ctx;
 } ps_client_options;
@@ -107,6 +110,9 @@ uint64_t ps_client_id(const ps_client *c);
  * ("" if none yet); it stays after the barrier ends (common/checkpoint.h). */
 void ps_client_checkpoint_pending(ps_client *c, char *ret, size_t len);
 void ps_client_counters_get(ps_client *c, ps_client_counters *ret);
+/* Connections past Hello now, and in *ret_total the shards of the current
+ * cluster map (any thread). */
+uint32_t ps_client_shards_ready(ps_client *c, uint32_t *ret_total);
 
 /* Start a Pull of n keys of a table of dimension dim; ret_values (n * dim)
  * is written by the I/O thread and must stay valid until ps_call_wait(). */

@@ -22,6 +22,8 @@ struct ps_metrics {
     ps_metrics_render_fn render; /* under mu */
     void *render_ctx;
     atomic_bool ready;
+    bool (*ready_fn)(void *ctx); /* under mu */
+    void *ready_ctx;
 };
 
 static struct MHD_Response *fixed(const char *text) {
@@ -74,7 +76,9 @@ static enum MHD_Result serve(void *cls, struct MHD_Connection *conn, const char 
     } else if (get && strcmp(url, "/healthz") == 0) {
         resp = fixed("ok\n");
     } else if (get && strcmp(url, "/readyz") == 0) {
-        bool ready = atomic_load(&m->ready);
+        pthread_mutex_lock(&m->mu);
+        bool ready = m->ready_fn ? m->ready_fn(m->ready_ctx) : atomic_load(&m->ready);
+        pthread_mutex_unlock(&m->mu);
         resp = fixed(ready ? "ready\n" : "not ready\n");
         code = ready ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE;
     } else {
@@ -143,6 +147,13 @@ void ps_metrics_set_render(ps_metrics *m, ps_metrics_render_fn fn, void *ctx) {
 }
 
 void ps_metrics_set_ready(ps_metrics *m, bool ready) { atomic_store(&m->ready, ready); }
+
+void ps_metrics_set_ready_fn(ps_metrics *m, bool (*fn)(void *ctx), void *ctx) {
+    pthread_mutex_lock(&m->mu);
+    m->ready_fn = fn;
+    m->ready_ctx = ctx;
+    pthread_mutex_unlock(&m->mu);
+}
 
 void ps_metrics_stop(ps_metrics *m) {
     if (!m)

@@ -34,4 +34,7 @@ void ps_metrics_publish(ps_metrics *m, const char *text, size_t len);
 void ps_metrics_set_render(ps_metrics *m, ps_metrics_render_fn fn, void *ctx);
 /* What /readyz answers. Thread-safe; false at start. */
 void ps_metrics_set_ready(ps_metrics *m, bool ready);
+/* Or ask fn at each GET /readyz (on the endpoint's thread; NULL: back to
+ * the flag). Thread-safe. */
+void ps_metrics_set_ready_fn(ps_metrics *m, bool (*fn)(void *ctx), void *ctx);
 void ps_metrics_stop(ps_metrics *m);

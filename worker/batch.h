@@ -91,6 +91,7 @@ typedef struct ps_batch {
     /* reading state after the batch's last line */
     uint64_t lines, malformed;
     ps_reader_pos end;
+    const char *end_path;        /* end.file's path (the reader's), NULL if none */
     uint32_t pass;               /* 0-based pass over the input it was read in */
     double input_done;           /* share of the run's input read, in [0, 1]; NaN if unknown */
 } ps_batch;

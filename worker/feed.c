@@ -127,6 +127,7 @@ static bool stop_requested(const ps_feed *f) { return f->o.stop && *f->o.stop; }
  * against max_examples, whichever is further. */
 static void seal(ps_feed *f, ps_batch *b, uint32_t pass) {
     ps_reader_position(f->reader, &b->end);
+    b->end_path = ps_reader_file_path(f->reader, b->end.file);
     b->pass = pass;
     double done = NAN;
     uint64_t bytes, total;

@@ -9,10 +9,13 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "checkpoint.h"
 #include "config.h"
 #include "error.h"
 #include "kafka.h"
+#include "live.h"
 #include "log.h"
+#include "metrics.h"
 #include "nn.h"
 #include "parse.h"
 #include "predict.h"
@@ -85,6 +88,10 @@ static void usage(FILE *out) {
             "                       under D): this worker's input position in its manifest\n"
             "                       (same --input arguments, same --worker-index/--num-workers);\n"
             "                       the shards must have been restored from it\n"
+            "  --metrics-listen HOST:PORT\n"
+            "                       serve /metrics, /healthz and /readyz (ready: training\n"
+            "                       and connected to every shard) there; port 0 picks a\n"
+            "                       free one, logged as \"metrics on http://HOST:PORT/metrics\"\n"
             "  --log-level LEVEL    debug | info | warn | error (default info)\n"
             "  --help               this text\n"
             "\n"
@@ -166,9 +173,9 @@ int main(int argc, char **argv) {
         {"num-workers", required_argument, NULL, 'n'}, {"max-examples", required_argument, NULL, 'm'},
         {"passes", required_argument, NULL, 'p'},      {"log-level", required_argument, NULL, 'v'},
         {"resume", required_argument, NULL, 'R'},      {"predict", required_argument, NULL, 'P'},
-        {"unlabelled", no_argument, NULL, 'U'},
+        {"unlabelled", no_argument, NULL, 'U'},        {"metrics-listen", required_argument, NULL, 'M'},
         {"help", no_argument, NULL, 'h'},              {NULL, 0, NULL, 0}};
-    const char *config_path = NULL, *format = NULL, *predict = NULL;
+    const char *config_path = NULL, *format = NULL, *predict = NULL, *metrics_listen = NULL;
     bool unlabelled = false;
     result_out = stdout;
     inputs = calloc((size_t)argc + 1, sizeof(char *));
@@ -199,6 +206,9 @@ int main(int argc, char **argv) {
             break;
         case 'R':
             to.resume = optarg;
+            break;
+        case 'M':
+            metrics_listen = optarg;
             break;
         case 'P':
             predict = optarg;
@@ -312,6 +322,29 @@ int main(int argc, char **argv) {
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    /* The endpoint runs on its own thread and reads only what live holds
+     * (atomics, or fields under its short lock): training never waits on it. */
+    static ps_train_live live;
+    char wname[64];
+    ps_checkpoint_worker_name(wname, sizeof(wname), to.worker_index, to.num_workers);
+    ps_train_live_init(&live, cfg->nshards, wname);
+    ps_metrics *metrics = NULL;
+    if (metrics_listen) {
+        r = ps_metrics_start(metrics_listen, &metrics, err, sizeof(err));
+        if (r < 0) {
+            ps_config_free(cfg);
+            ps_train_live_deinit(&live);
+            free(inputs);
+            return fail(2, "--metrics-listen: %s", err);
+        }
+        ps_metrics_set_render(metrics, ps_train_live_render, &live);
+        ps_metrics_set_ready_fn(metrics, ps_train_live_ready, &live);
+        char mhost[256];
+        int mport;
+        ps_parse_hostport(metrics_listen, mhost, sizeof(mhost), &mport);
+        ps_info("metrics on http://%s:%d/metrics", mhost, ps_metrics_port(metrics));
+        to.live = &live;
+    }
     to.cfg = cfg;
     to.inputs = inputs;
     to.ninputs = ninputs;
@@ -339,6 +372,8 @@ int main(int argc, char **argv) {
                     (unsigned long long)res.malformed);
         ps_train_result_json(&res, NULL, result_out);
     }
+    ps_metrics_stop(metrics);
+    ps_train_live_deinit(&live);
     ps_config_free(cfg);
     free(inputs);
     return status;

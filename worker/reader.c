@@ -458,6 +458,10 @@ void ps_reader_position(const ps_reader *r, ps_reader_pos *ret) {
     ret->lines = r->lines;
 }
 
+const char *ps_reader_file_path(const ps_reader *r, uint32_t index) {
+    return index < r->nfiles ? r->files[index].path : NULL;
+}
+
 int ps_reader_progress(const ps_reader *r, const ps_reader_pos *pos, uint64_t *ret_done,
                        uint64_t *ret_total) {
     if (r->kafka)

@@ -78,6 +78,9 @@ int ps_reader_rewind(ps_reader *r);
 bool ps_reader_seekable(const ps_reader *r);
 
 void ps_reader_position(const ps_reader *r, ps_reader_pos *ret);
+/* The path of file `index` of the expanded list ("-" for stdin; NULL past
+ * its end), valid for the reader's life. */
+const char *ps_reader_file_path(const ps_reader *r, uint32_t index);
 /* Bytes of the input before `pos` and in all, from the files' sizes when
  * they were listed: for progress estimates (a file that grows or shrinks
  * later makes them approximate). -ESPIPE for stdin and in follow mode, where

@@ -11,6 +11,7 @@
 #include "client.h"
 #include "error.h"
 #include "feed.h"
+#include "live.h"
 #include "log.h"
 #include "eval.h"
 #include "model.h"
@@ -69,7 +70,9 @@ int ps_train_client_new(const ps_train_options *o, const char *name, ps_client *
                             .timeout_ms = w->timeout_ms,
                             .outage_timeout_ms = (uint64_t)w->outage_timeout_s * 1000,
                             .on_outage = log_outage,
-                            .on_event = log_client_event};
+                            .on_event = log_client_event,
+                            .pull_latency = o->live ? &o->live->pull_latency : NULL,
+                            .push_latency = o->live ? &o->live->push_latency : NULL};
     return ps_client_new(&co, ret_client, err, errlen);
 }
 
@@ -427,6 +430,18 @@ static void utc_now(char *buf, size_t len) {
 static void note_position(trainer *t, const ps_batch *b) {
     t->pass = b->pass;
     t->input_done = b->input_done;
+    ps_train_live *l = t->o->live;
+    if (l) {
+        atomic_fetch_add_explicit(&l->examples, b->n, memory_order_relaxed);
+        atomic_fetch_add_explicit(&l->batches, 1, memory_order_relaxed);
+        pthread_mutex_lock(&l->mu);
+        l->pos = b->end;
+        l->path = b->end_path;
+        l->pass = b->pass;
+        l->input_done = b->input_done;
+        l->staleness = t->staleness_n ? t->staleness_sum / (double)t->staleness_n : 0;
+        pthread_mutex_unlock(&l->mu);
+    }
     if (!t->marked) {
         t->marked = true;
         t->mark_time = now_s();
@@ -463,6 +478,14 @@ static void progress_line(trainer *t, FILE *out, uint64_t examples, double tnow)
             wl, ps_eval_calibration(t->total), (unsigned long long)fc.malformed, st, hold, t->pass + 1,
             interval > 0 ? (double)(examples - t->last_examples) / interval : 0, eta, when);
     fflush(out);
+    if (t->o->live) {
+        pthread_mutex_lock(&t->o->live->mu);
+        t->o->live->window_auc = wa;
+        t->o->live->window_logloss = wl;
+        t->o->live->interval_examples_per_sec =
+            interval > 0 ? (double)(examples - t->last_examples) / interval : 0;
+        pthread_mutex_unlock(&t->o->live->mu);
+    }
     ps_eval_reset(t->window);
     t->last_report = tnow;
     t->last_examples = examples;
@@ -617,6 +640,11 @@ static int trainer_open(trainer *t, const ps_train_options *o, char *err, size_t
     r = ps_train_client_new(o, "ctrps-worker", &t->client, err, errlen);
     if (r < 0)
         return r;
+    if (o->live) {
+        pthread_mutex_lock(&o->live->mu);
+        o->live->client = t->client;
+        pthread_mutex_unlock(&o->live->mu);
+    }
     r = dense_setup(t);
     if (r < 0) {
         snprintf(err, errlen, "dense model: %s", t->err[0] ? t->err : ps_strerror(r));
@@ -746,6 +774,13 @@ static int trainer_finish(trainer *t, int r, ps_train_result *ret, char *err, si
 }
 
 static void trainer_close(trainer *t) {
+    if (t->o && t->o->live) {
+        /* The endpoint reads both: gone before they are. */
+        pthread_mutex_lock(&t->o->live->mu);
+        t->o->live->client = NULL;
+        t->o->live->path = NULL;
+        pthread_mutex_unlock(&t->o->live->mu);
+    }
     /* The client first: its I/O thread writes pulled rows into batches. */
     ps_client_free(t->client);
     ps_feed_free(t->feed);

@@ -36,6 +36,7 @@ typedef struct ps_train_options {
     const volatile sig_atomic_t *stop;
     FILE *progress;              /* progress lines; NULL = none */
     const char *resume;          /* checkpoint (or directory of them) to resume from */
+    struct ps_train_live *live;  /* optional: updated as training goes (worker/live.h) */
 } ps_train_options;
 
 typedef struct ps_train_result {

@@ -20,8 +20,8 @@ import sys
 SRC = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BUILD = os.environ.get("CTRPS_BUILD_ROOT", os.path.join(SRC, "build"))
 BINARIES = {"ctrps-server": "server", "ctrps-worker": "worker", "ctrps-cli": "tools"}
-# Issue 11, item 1: "Every binary takes --metrics-listen ADDR".
-PLANNED = {"--metrics-listen"}
+# Flags the deploy files may use before the binaries have them (none now).
+PLANNED = set()
 
 spec = importlib.util.spec_from_file_location("render", os.path.join(SRC, "deploy", "k8s", "render.py"))
 render = importlib.util.module_from_spec(spec)
