@@ -21,6 +21,7 @@
 #include "keys.h"
 #include "log.h"
 #include "text.h"
+#include "version.h"
 #include "wconfig.h"
 
 static const char *prog = "ctrps-cli";
@@ -76,6 +77,7 @@ static void usage(FILE *out) {
             "  --config FILE   cluster config (INI)\n"
             "  --timeout MS    per-request deadline, reconnects included (default 10000)\n"
             "  --help          this text\n"
+            "  --version       print the version and exit\n"
             "\n"
             "Exit status: 0 on success, 1 when the cluster reports an error or is\n"
             "unreachable, 2 on bad usage. Floats print with 9 significant digits, which\n"
@@ -719,6 +721,7 @@ int main(int argc, char **argv) {
     static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
                                          {"timeout", required_argument, NULL, 't'},
                                          {"help", no_argument, NULL, 'h'},
+                                         {"version", no_argument, NULL, 'V'},
                                          {NULL, 0, NULL, 0}};
     const char *config_path = NULL;
     uint64_t timeout_ms = 10000;
@@ -736,6 +739,9 @@ int main(int argc, char **argv) {
             break;
         case 'h':
             usage(stdout);
+            return 0;
+        case 'V':
+            printf("%s %s\n", prog, ps_version());
             return 0;
         default:
             usage(stderr);

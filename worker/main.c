@@ -15,6 +15,7 @@
 #include "nn.h"
 #include "parse.h"
 #include "train.h"
+#include "version.h"
 #include "wconfig.h"
 
 void openblas_set_num_threads(int num_threads);
@@ -57,12 +58,13 @@ static void usage(FILE *out) {
             "                       the shards must have been restored from it\n"
             "  --log-level LEVEL    debug | info | warn | error (default info)\n"
             "  --help               this text\n"
+            "  --version            print the version and exit\n"
             "\n"
             "At a checkpoint barrier (ctrps-cli checkpoint) the worker pauses once its\n"
             "pushes are acknowledged, reports its input position, and continues after.\n"
             "\n"
             "Progress lines go to stderr every [worker] progress_interval_s seconds; the\n"
-            "final result is one JSON line on stdout, on every exit but --help:\n"
+            "final result is one JSON line on stdout, on every exit but --help, --version:\n"
             "  {\"examples\":..,\"examples_per_sec\":..,\"auc\":..,\"logloss\":..,\"calibration\":..,\n"
             "   \"holdout_auc\":..,\"holdout_logloss\":.., ...[,\"error\":\"message\"]}\n"
             "A shard that is unreachable or read-only is waited for, with a warning naming\n"
@@ -134,7 +136,8 @@ int main(int argc, char **argv) {
         {"num-workers", required_argument, NULL, 'n'}, {"max-examples", required_argument, NULL, 'm'},
         {"passes", required_argument, NULL, 'p'},      {"log-level", required_argument, NULL, 'v'},
         {"resume", required_argument, NULL, 'R'},
-        {"help", no_argument, NULL, 'h'},              {NULL, 0, NULL, 0}};
+        {"help", no_argument, NULL, 'h'},              {"version", no_argument, NULL, 'V'},
+        {NULL, 0, NULL, 0}};
     const char *config_path = NULL, *format = NULL;
     inputs = calloc((size_t)argc + 1, sizeof(char *));
     if (!inputs)
@@ -191,6 +194,9 @@ int main(int argc, char **argv) {
             break;
         case 'h':
             usage(stdout);
+            return 0;
+        case 'V':
+            printf("ctrps-worker %s\n", ps_version());
             return 0;
         default:
             usage(stderr);
