@@ -28,7 +28,24 @@
  * the first answer that is not READ_ONLY. Parts then wait for the outage
  * rather than their own deadline, which only bounds one attempt. Hello OK
  * during an outage does not reset the backoff: a read-only shard accepts
- * connections and refuses the resent push each time. */
+ * connections and refuses the resent push each time.
+ *
+ * Following the cluster map (common/cmap.h). Callers split keys by the
+ * client's map, read under map_lock; the I/O thread alone replaces it. A
+ * keyed part answered WRONG_SHARD does not fail: it waits on the remap list
+ *   - shard's epoch > ours: while one ClusterMap fetch (a KIND_MAP part) is
+ *     in flight to that shard; its answer installs the newer map;
+ *   - shard's epoch < ours: the shard has not heard of our map yet (a move's
+ *     cut-over installs it shard by shard); REMAP_RETRY_MS;
+ * and is then split again by the current map into parts for the new owners,
+ * carrying the same push sequence number. A part re-routed MAX_HOPS times,
+ * or refused by a shard of our own epoch (a real misconfiguration), fails
+ * with WRONG_SHARD. Connections are added as maps name more shards and never
+ * removed; a shard whose address changes is reconnected.
+ * Limit, as for READ_ONLY above: a re-routed push lands behind this client's
+ * later pushes to the new owner if any were sent meanwhile, and a shard
+ * answers a sequence number below one it applied as already applied. The
+ * worker with max_in_flight = 0 has one push on the wire at a time. */
 
 #include "client.h"
 
@@ -62,7 +79,18 @@ typedef struct frame_ref {
     char data[];
 } frame_ref;
 
-typedef enum { KIND_PULL, KIND_PUSH, KIND_LOOKUP, KIND_RAW, KIND_DENSE_PULL, KIND_DENSE_PUSH } part_kind;
+typedef enum {
+    KIND_PULL,
+    KIND_PUSH,
+    KIND_LOOKUP,
+    KIND_RAW,
+    KIND_DENSE_PULL,
+    KIND_DENSE_PUSH,
+    KIND_MAP,                    /* the client's own ClusterMap fetch: nobody waits on it */
+} part_kind;
+
+#define MAX_HOPS 8
+#define REMAP_RETRY_MS 20
 
 typedef struct part part;
 struct part {
@@ -75,6 +103,7 @@ struct part {
     uint32_t *pos;               /* owned: position of each key in the call */
     uint64_t deadline_ms;
     bool sent;                   /* written on some connection already */
+    uint8_t hops;                /* times re-routed after WRONG_SHARD */
 };
 
 struct ps_call {
@@ -90,6 +119,7 @@ struct ps_call {
     uint64_t applied, dropped;
     Ctrps__Response *raw;
     ps_dense_block *blocks;      /* dense pull: caller's, pos[] index it */
+    ps_client *client;           /* KIND_MAP */
 };
 
 typedef enum { DOWN, CONNECTING, HELLO, READY } conn_state;
@@ -147,8 +177,16 @@ struct ps_client {
     ps_client_event_fn on_event;
     void *on_event_ctx;
     uint64_t rng;                /* backoff jitter; I/O thread only */
-    shard_conn *shards;
+    /* Written by the I/O thread under map_lock; it reads them without. The
+     * connection array only grows, and covers every shard of the map. */
+    pthread_mutex_t map_lock;
+    ps_cluster_map map;
+    shard_conn **shards;
     uint32_t nshards;
+    /* Re-routing (I/O thread only). */
+    part *remap_head;            /* parts waiting for a map, linked by next */
+    bool map_fetching;
+    uint64_t remap_at_ms;        /* re-route the waiting parts then, if no fetch */
 
     uv_loop_t loop;
     uv_async_t wake;
@@ -163,6 +201,7 @@ struct ps_client {
     atomic_uint_fast64_t next_id;
 
     atomic_uint_fast64_t n_requests, n_reconnects, n_resent, n_timeouts, n_outages;
+    atomic_uint_fast64_t n_rerouted, n_map_fetches;
     pthread_mutex_t ckpt_lock;
     char ckpt_pending[64];       /* latest checkpoint barrier a shard announced */
 };
@@ -212,8 +251,18 @@ static frame_ref *encode(const Ctrps__Request *req) {
 /* Finish one part: record the error (first one wins) and wake the waiter
  * when it was the last. */
 static void part_finish(part *p, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void map_part_done(part *p, int err, const char *msg);
 static void part_finish(part *p, int err, const char *fmt, ...) {
     ps_call *call = p->call;
+    if (call->kind == KIND_MAP) {
+        char msg[512];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof(msg), fmt, ap);
+        va_end(ap);
+        map_part_done(p, err, msg);
+        return;
+    }
     pthread_mutex_lock(&call->mu);
     if (err && !call->err) {
         call->err = err;
@@ -254,8 +303,17 @@ static void list_append(shard_conn *sc, part *p) {
 
 /* ---- answers ------------------------------------------------------------------ */
 
+static void wrong_shard(shard_conn *sc, part *p, uint64_t epoch, const char *msg);
+static void install_map(ps_client *c, ps_cluster_map *m);
+
 static void apply_response(shard_conn *sc, part *p, Ctrps__Response *resp) {
     ps_call *call = p->call;
+    if (resp->status == CTRPS__STATUS__WRONG_SHARD &&
+        (call->kind == KIND_PULL || call->kind == KIND_PUSH || call->kind == KIND_LOOKUP)) {
+        wrong_shard(sc, p, resp->map_version, resp->message ? resp->message : "");
+        ctrps__response__free_unpacked(resp, NULL);
+        return;
+    }
     if (resp->status != CTRPS__STATUS__OK) {
         part_finish(p, ps_error_from_status(resp->status), "shard %u (%s): %s: %s", sc->idx,
                     sc->addr, ps_status_name(resp->status), resp->message ? resp->message : "");
@@ -331,6 +389,17 @@ static void apply_response(shard_conn *sc, part *p, Ctrps__Response *resp) {
         call->raw = resp;
         part_finish(p, 0, "%s", "");
         return;
+    case KIND_MAP: {
+        ps_cluster_map m;
+        char why[200];
+        if (resp->result_case != CTRPS__RESPONSE__RESULT_CLUSTER_MAP ||
+            ps_rpc_map_from_wire(resp->cluster_map, &m, why, sizeof(why)) < 0) {
+            err = PS_EPROTO;
+            break;
+        }
+        install_map(sc->c, &m);
+        break;
+    }
     }
     ctrps__response__free_unpacked(resp, NULL);
     if (err)
@@ -693,6 +762,291 @@ static void conn_connect(shard_conn *sc) {
     }
 }
 
+/* Point sc at HOST:PORT; the name is resolved at each connection attempt.
+ * The config and the map both hold validated addresses. */
+static int conn_set_addr(shard_conn *sc, const char *addr) {
+    char host[sizeof(sc->host)];
+    int port;
+    if (strlen(addr) >= sizeof(sc->addr) || ps_parse_hostport(addr, host, sizeof(host), &port) < 0)
+        return PS_ECONFIG;
+    snprintf(sc->addr, sizeof(sc->addr), "%s", addr);
+    memcpy(sc->host, host, sizeof(host));
+    sc->port = port;
+    return 0;
+}
+
+/* Connections up to shard n - 1, addressed by addrs (n of them). Called
+ * with map_lock held, or before the I/O thread runs. */
+static int grow_conns(ps_client *c, uint32_t n, char *const *addrs) {
+    if (n <= c->nshards)
+        return 0;
+    shard_conn **g = realloc(c->shards, n * sizeof(*g));
+    if (!g)
+        return -ENOMEM;
+    c->shards = g;
+    for (uint32_t i = c->nshards; i < n; i++) {
+        shard_conn *sc = calloc(1, sizeof(*sc));
+        if (!sc)
+            return -ENOMEM;
+        sc->c = c;
+        sc->idx = i;
+        sc->backoff_ms = BACKOFF_MIN_MS;
+        c->shards[c->nshards++] = sc;
+        if (conn_set_addr(sc, addrs[i]) < 0)
+            return PS_ECONFIG;
+    }
+    return 0;
+}
+
+static void free_conns(ps_client *c) {
+    for (uint32_t i = 0; i < c->nshards; i++)
+        free(c->shards[i]);
+    free(c->shards);
+    c->shards = NULL;
+    c->nshards = 0;
+}
+
+/* ---- following the cluster map (I/O thread) ---------------------------------------- */
+
+static void dispatch(ps_client *c, part *p) {
+    shard_conn *sc = c->shards[p->shard];
+    p->deadline_ms = uv_now(&c->loop) + c->timeout_ms;
+    list_append(sc, p);
+    if (sc->state == READY) {
+        p->sent = true;
+        send_frame(sc, p->frame);
+    } else if (sc->state == DOWN && uv_now(&c->loop) >= sc->next_attempt_ms) {
+        conn_connect(sc);
+    }
+}
+
+/* Take m if it is newer than ours: more connections, new addresses. */
+static void install_map(ps_client *c, ps_cluster_map *m) {
+    if (m->version <= c->map.version || m->buckets != c->map.buckets) {
+        ps_cluster_map_deinit(m);
+        return;
+    }
+    pthread_mutex_lock(&c->map_lock);
+    if (grow_conns(c, (uint32_t)m->nshards, m->shards) < 0) {
+        pthread_mutex_unlock(&c->map_lock);
+        ps_cluster_map_deinit(m);
+        return; /* the parts waiting for it go by the old map and hop again */
+    }
+    ps_cluster_map old = c->map;
+    c->map = *m;
+    for (uint32_t i = 0; i < m->nshards; i++) {
+        shard_conn *sc = c->shards[i];
+        if (!strcmp(sc->addr, m->shards[i]))
+            continue;
+        if (conn_set_addr(sc, m->shards[i]) < 0) {
+            client_event(c, "shard %u: the map's address '%s' is not HOST:PORT; keeping %s", i,
+                         m->shards[i], sc->addr);
+            continue;
+        }
+        if (sc->state != DOWN) {
+            conn_down(sc, "the shard moved to another address");
+            sc->next_attempt_ms = 0;
+        }
+    }
+    pthread_mutex_unlock(&c->map_lock);
+    ps_cluster_map_deinit(&old);
+}
+
+static Ctrps__Request *unpack_frame(const frame_ref *f) {
+    return ctrps__request__unpack(NULL, f->len - PS_FRAME_HEADER,
+                                  (const uint8_t *)f->data + PS_FRAME_HEADER);
+}
+
+/* Split a keyed part again by the current map: one new part per owner, each
+ * with the same table, push sequence number and client id; p is consumed. */
+static void reroute(ps_client *c, part *p) {
+    Ctrps__Request *req = unpack_frame(p->frame);
+    uint64_t *keys = NULL;
+    size_t n = 0;
+    float *grads = NULL;
+    uint32_t dim = p->call->dim;
+    if (req && req->method_case == CTRPS__REQUEST__METHOD_PULL)
+        keys = req->pull->keys, n = req->pull->n_keys;
+    else if (req && req->method_case == CTRPS__REQUEST__METHOD_PUSH)
+        keys = req->push->keys, n = req->push->n_keys, grads = req->push->grads;
+    else if (req && req->method_case == CTRPS__REQUEST__METHOD_LOOKUP)
+        keys = req->lookup->keys, n = req->lookup->n_keys;
+    uint32_t ns = (uint32_t)c->map.nshards;
+    uint32_t *owner = n == p->n ? malloc(n * sizeof(uint32_t) + 1) : NULL;
+    uint32_t *count = calloc(ns, sizeof(uint32_t));
+    part **parts = calloc(ns, sizeof(part *));
+    uint64_t *skeys = malloc(n * sizeof(uint64_t) + 1);
+    float *sgrads = grads ? malloc(n * dim * sizeof(float) + 1) : NULL;
+    int nparts = 0;
+    bool ok = owner && count && parts && skeys && (!grads || sgrads);
+    for (size_t i = 0; ok && i < n; i++) {
+        owner[i] = ps_cluster_map_key_owner(&c->map, keys[i]);
+        if (count[owner[i]]++ == 0)
+            nparts++;
+    }
+    for (uint32_t s = 0; ok && s < ns; s++) {
+        if (!count[s])
+            continue;
+        part *np = calloc(1, sizeof(*np));
+        if (!np || !(np->pos = malloc(count[s] * sizeof(uint32_t)))) {
+            free(np);
+            ok = false;
+            break;
+        }
+        parts[s] = np;
+        np->call = p->call;
+        np->shard = s;
+        np->hops = p->hops;
+        np->id = atomic_fetch_add(&c->next_id, 1);
+        for (size_t i = 0; i < n; i++) {
+            if (owner[i] != s)
+                continue;
+            if (grads)
+                memcpy(sgrads + np->n * dim, grads + i * dim, dim * sizeof(float));
+            skeys[np->n] = keys[i];
+            np->pos[np->n++] = p->pos[i];
+        }
+        req->id = np->id;
+        if (req->method_case == CTRPS__REQUEST__METHOD_PULL)
+            req->pull->keys = skeys, req->pull->n_keys = np->n;
+        else if (req->method_case == CTRPS__REQUEST__METHOD_LOOKUP)
+            req->lookup->keys = skeys, req->lookup->n_keys = np->n;
+        else {
+            req->push->keys = skeys, req->push->n_keys = np->n;
+            req->push->grads = sgrads, req->push->n_grads = np->n * dim;
+        }
+        np->frame = encode(req);
+        if (!np->frame)
+            ok = false;
+    }
+    /* Give the unpacked message its own arrays back before freeing it. */
+    if (req && req->method_case == CTRPS__REQUEST__METHOD_PULL)
+        req->pull->keys = keys, req->pull->n_keys = n;
+    else if (req && req->method_case == CTRPS__REQUEST__METHOD_LOOKUP)
+        req->lookup->keys = keys, req->lookup->n_keys = n;
+    else if (req && req->method_case == CTRPS__REQUEST__METHOD_PUSH) {
+        req->push->keys = keys, req->push->n_keys = n;
+        req->push->grads = grads, req->push->n_grads = n * dim;
+    }
+    if (req)
+        ctrps__request__free_unpacked(req, NULL);
+    free(owner);
+    free(skeys);
+    free(sgrads);
+    if (!ok || !nparts) {
+        for (uint32_t s = 0; parts && s < ns; s++)
+            if (parts[s]) {
+                free(parts[s]->frame);
+                free(parts[s]->pos);
+                free(parts[s]);
+            }
+        free(parts);
+        free(count);
+        part_finish(p, -ENOMEM, "re-routing after WRONG_SHARD: %s", ps_strerror(-ENOMEM));
+        return;
+    }
+    pthread_mutex_lock(&p->call->mu);
+    p->call->remaining += nparts - 1;
+    pthread_mutex_unlock(&p->call->mu);
+    frame_unref(p->frame);
+    free(p->pos);
+    free(p);
+    atomic_fetch_add(&c->n_rerouted, 1);
+    for (uint32_t s = 0; s < ns; s++)
+        if (parts[s])
+            dispatch(c, parts[s]);
+    free(parts);
+    free(count);
+}
+
+static void reroute_waiting(ps_client *c) {
+    part *p = c->remap_head;
+    c->remap_head = NULL;
+    while (p) {
+        part *next = p->next;
+        p->next = NULL;
+        reroute(c, p);
+        p = next;
+    }
+}
+
+static void fail_waiting(ps_client *c, int err, const char *msg) {
+    part *p = c->remap_head;
+    c->remap_head = NULL;
+    while (p) {
+        part *next = p->next;
+        p->next = NULL;
+        part_finish(p, err, "%s", msg);
+        p = next;
+    }
+}
+
+/* Ask sc for its map; the answer (or failure) comes to map_part_done(). */
+static void fetch_map(shard_conn *sc) {
+    ps_client *c = sc->c;
+    ps_call *call = call_new(KIND_MAP, 1);
+    part *p = calloc(1, sizeof(*p));
+    Ctrps__Request req = CTRPS__REQUEST__INIT;
+    Ctrps__ClusterMapRequest cm = CTRPS__CLUSTER_MAP_REQUEST__INIT;
+    req.method_case = CTRPS__REQUEST__METHOD_CLUSTER_MAP;
+    req.cluster_map = &cm;
+    if (call && p) {
+        p->id = req.id = atomic_fetch_add(&c->next_id, 1);
+        p->frame = encode(&req);
+    }
+    if (!call || !p || !p->frame) {
+        free(p);
+        if (call)
+            call_free(call);
+        fail_waiting(c, -ENOMEM, "fetching the cluster map: out of memory");
+        return;
+    }
+    call->client = c;
+    p->call = call;
+    p->shard = sc->idx;
+    c->map_fetching = true;
+    atomic_fetch_add(&c->n_map_fetches, 1);
+    dispatch(c, p);
+}
+
+static void map_part_done(part *p, int err, const char *msg) {
+    ps_client *c = p->call->client;
+    call_free(p->call);
+    frame_unref(p->frame);
+    free(p->pos);
+    free(p);
+    c->map_fetching = false;
+    if (err) {
+        char why[600];
+        snprintf(why, sizeof(why), "WRONG_SHARD, and the newer cluster map could not be fetched: %s",
+                 msg);
+        fail_waiting(c, PS_EWRONG_SHARD, why);
+        return;
+    }
+    reroute_waiting(c);
+}
+
+/* A keyed part was refused by sc for a bucket it does not own; the shard's
+ * map has this epoch. */
+static void wrong_shard(shard_conn *sc, part *p, uint64_t epoch, const char *msg) {
+    ps_client *c = sc->c;
+    if (p->hops >= MAX_HOPS || epoch == c->map.version) {
+        part_finish(p, PS_EWRONG_SHARD, "shard %u (%s): WRONG_SHARD: %s%s", sc->idx, sc->addr, msg,
+                    p->hops >= MAX_HOPS ? " (re-routed too often)" : "");
+        return;
+    }
+    p->hops++;
+    p->next = c->remap_head;
+    p->prev = NULL;
+    c->remap_head = p;
+    if (epoch > c->map.version) {
+        if (!c->map_fetching)
+            fetch_map(sc);
+    } else if (!c->map_fetching) {
+        c->remap_at_ms = uv_now(&c->loop) + REMAP_RETRY_MS;
+    }
+}
+
 /* ---- I/O thread ------------------------------------------------------------------ */
 
 static void drain_queue(ps_client *c) {
@@ -702,15 +1056,7 @@ static void drain_queue(ps_client *c) {
     pthread_mutex_unlock(&c->submit_lock);
     while (p) {
         part *next = p->next;
-        shard_conn *sc = &c->shards[p->shard];
-        p->deadline_ms = uv_now(&c->loop) + c->timeout_ms;
-        list_append(sc, p);
-        if (sc->state == READY) {
-            p->sent = true;
-            send_frame(sc, p->frame);
-        }
-        else if (sc->state == DOWN && uv_now(&c->loop) >= sc->next_attempt_ms)
-            conn_connect(sc);
+        dispatch(c, p);
         p = next;
     }
 }
@@ -731,7 +1077,7 @@ static void on_wake(uv_async_t *a) {
     pthread_mutex_unlock(&c->submit_lock);
     if (stopping) {
         for (uint32_t i = 0; i < c->nshards; i++) {
-            shard_conn *sc = &c->shards[i];
+            shard_conn *sc = c->shards[i];
             if (sc->tcp)
                 ((tcp_box *)sc->tcp)->sc = NULL;
             sc->tcp = NULL;
@@ -743,6 +1089,7 @@ static void on_wake(uv_async_t *a) {
             ps_frame_reader_deinit(&sc->rd);
             fail_all(sc, PS_ECLOSED, "client closed");
         }
+        fail_waiting(c, PS_ECLOSED, "client closed");
         uv_walk(&c->loop, close_all, NULL);
     }
 }
@@ -787,8 +1134,10 @@ static void outage_tick(shard_conn *sc, uint64_t now) {
 static void on_timer(uv_timer_t *t) {
     ps_client *c = t->data;
     uint64_t now = uv_now(&c->loop);
+    if (c->remap_head && !c->map_fetching && now >= c->remap_at_ms)
+        reroute_waiting(c);
     for (uint32_t i = 0; i < c->nshards; i++) {
-        shard_conn *sc = &c->shards[i];
+        shard_conn *sc = c->shards[i];
         if (c->outage_ms)
             outage_tick(sc, now);
         for (part *p = sc->head, *next; p && !c->outage_ms; p = next) {
@@ -842,33 +1191,23 @@ int ps_client_new(const ps_client_options *opts, ps_client **ret_client, char *e
     c->rng = c->client_id | 1;
     c->max_frame = opts->max_frame_bytes ? opts->max_frame_bytes
                                          : (uint32_t)opts->cfg->server.max_frame_bytes;
-    c->nshards = opts->cfg->nshards;
-    c->shards = calloc(c->nshards, sizeof(*c->shards));
-    if (!c->shards) {
+    if (ps_cluster_map_from_config(opts->cfg, &c->map) < 0 ||
+        grow_conns(c, opts->cfg->nshards, opts->cfg->shards) < 0) {
+        free_conns(c);
+        ps_cluster_map_deinit(&c->map);
         free(c);
         return -ENOMEM;
-    }
-    for (uint32_t i = 0; i < c->nshards; i++) {
-        shard_conn *sc = &c->shards[i];
-        sc->c = c;
-        sc->idx = i;
-        snprintf(sc->addr, sizeof(sc->addr), "%s", opts->cfg->shards[i]);
-        sc->backoff_ms = BACKOFF_MIN_MS;
-        if (ps_parse_hostport(sc->addr, sc->host, sizeof(sc->host), &sc->port) < 0) {
-            snprintf(err, errlen, "shard %u: '%s' is not HOST:PORT", i, opts->cfg->shards[i]);
-            free(c->shards);
-            free(c);
-            return PS_ECONFIG;
-        }
     }
     c->next_seq = 1;
     atomic_init(&c->next_id, HELLO_ID + 1);
     pthread_mutex_init(&c->submit_lock, NULL);
     pthread_mutex_init(&c->ckpt_lock, NULL);
+    pthread_mutex_init(&c->map_lock, NULL);
     int r = uv_loop_init(&c->loop);
     if (r < 0) {
         snprintf(err, errlen, "event loop: %s", uv_strerror(r));
-        free(c->shards);
+        free_conns(c);
+        ps_cluster_map_deinit(&c->map);
         free(c);
         return r;
     }
@@ -915,8 +1254,10 @@ void ps_client_free(ps_client *c) {
     uv_loop_close(&c->loop);
     pthread_mutex_destroy(&c->submit_lock);
     pthread_mutex_destroy(&c->ckpt_lock);
+    pthread_mutex_destroy(&c->map_lock);
     ps_auth_wipe(&c->secret);
-    free(c->shards);
+    free_conns(c);
+    ps_cluster_map_deinit(&c->map);
     free(c);
 }
 
@@ -934,6 +1275,11 @@ void ps_client_counters_get(ps_client *c, ps_client_counters *ret) {
     ret->resent = atomic_load(&c->n_resent);
     ret->timeouts = atomic_load(&c->n_timeouts);
     ret->outages = atomic_load(&c->n_outages);
+    ret->rerouted = atomic_load(&c->n_rerouted);
+    ret->map_fetches = atomic_load(&c->n_map_fetches);
+    pthread_mutex_lock(&c->map_lock);
+    ret->map_version = c->map.version;
+    pthread_mutex_unlock(&c->map_lock);
 }
 
 /* Queue parts for the I/O thread. Called with submit_lock held. */
@@ -952,8 +1298,10 @@ static int enqueue_locked(ps_client *c, part **parts, int nparts) {
     return 0;
 }
 
-/* Split keys by owning shard: per shard, the positions of its keys. */
+/* Split keys by owning shard under the client's map: per shard, the
+ * positions of its keys. */
 typedef struct split {
+    uint32_t ns;                 /* shards in the map it was made by */
     uint32_t *count;             /* per shard */
     uint32_t **pos;              /* per shard, owned until moved into a part */
     uint64_t **keys;             /* per shard */
@@ -972,21 +1320,25 @@ static void split_free(split *sp, uint32_t nshards) {
 }
 
 static int split_keys(ps_client *c, const uint64_t *keys, size_t n, split *sp) {
-    uint32_t ns = c->nshards, nb = c->cfg->buckets;
     memset(sp, 0, sizeof(*sp));
+    pthread_mutex_lock(&c->map_lock);
+    uint32_t ns = (uint32_t)c->map.nshards;
+    sp->ns = ns;
     sp->count = calloc(ns, sizeof(uint32_t));
     sp->pos = calloc(ns, sizeof(uint32_t *));
     sp->keys = calloc(ns, sizeof(uint64_t *));
     uint32_t *owner = malloc(n * sizeof(uint32_t) + 1);
     if (!sp->count || !sp->pos || !sp->keys || !owner || n > UINT32_MAX) {
+        pthread_mutex_unlock(&c->map_lock);
         free(owner);
         split_free(sp, ns);
         return -ENOMEM;
     }
     for (size_t i = 0; i < n; i++) {
-        owner[i] = ps_key_owner(keys[i], nb, ns);
+        owner[i] = ps_cluster_map_key_owner(&c->map, keys[i]);
         sp->count[owner[i]]++;
     }
+    pthread_mutex_unlock(&c->map_lock);
     for (uint32_t s = 0; s < ns; s++) {
         if (!sp->count[s])
             continue;
@@ -1021,7 +1373,7 @@ typedef struct keyed_args {
 static int start_keyed(ps_client *c, const keyed_args *a, split sp, ps_call *call,
                        ps_call **ret_call) {
     int r;
-    part **parts = calloc(c->nshards, sizeof(part *));
+    part **parts = calloc(sp.ns, sizeof(part *));
     float *gbuf = NULL;
     int nparts = 0;
     r = -ENOMEM;
@@ -1029,7 +1381,7 @@ static int start_keyed(ps_client *c, const keyed_args *a, split sp, ps_call *cal
         goto fail;
     pthread_mutex_lock(&c->submit_lock);
     uint64_t seq = a->kind == KIND_PUSH ? c->next_seq : 0;
-    for (uint32_t s = 0; s < c->nshards; s++) {
+    for (uint32_t s = 0; s < sp.ns; s++) {
         if (!sp.count[s])
             continue;
         part *p = calloc(1, sizeof(*p));
@@ -1083,6 +1435,7 @@ static int start_keyed(ps_client *c, const keyed_args *a, split sp, ps_call *cal
         case KIND_RAW:
         case KIND_DENSE_PULL:
         case KIND_DENSE_PUSH:
+        case KIND_MAP:
             break; /* not keyed: see ps_client_call_shard() and start_dense() */
         }
         p->frame = encode(&req);
@@ -1098,7 +1451,7 @@ static int start_keyed(ps_client *c, const keyed_args *a, split sp, ps_call *cal
     uv_async_send(&c->wake);
     free(gbuf);
     free(parts);
-    split_free(&sp, c->nshards);
+    split_free(&sp, sp.ns);
     *ret_call = call;
     return 0;
 fail_locked:
@@ -1112,7 +1465,7 @@ fail:
     }
     free(parts);
     free(gbuf);
-    split_free(&sp, c->nshards);
+    split_free(&sp, sp.ns);
     call_free(call);
     return r;
 }
@@ -1124,11 +1477,11 @@ static int start(ps_client *c, const keyed_args *a, const uint64_t *keys, size_t
     if (r < 0)
         return r;
     int nparts = 0; /* the call counts down one per shard involved */
-    for (uint32_t s = 0; s < c->nshards; s++)
+    for (uint32_t s = 0; s < sp.ns; s++)
         nparts += sp.count[s] > 0;
     ps_call *call = call_new(a->kind, nparts);
     if (!call) {
-        split_free(&sp, c->nshards);
+        split_free(&sp, sp.ns);
         return -ENOMEM;
     }
     call->dim = a->dim;
@@ -1137,7 +1490,7 @@ static int start(ps_client *c, const keyed_args *a, const uint64_t *keys, size_t
     call->found = found;
     call->state = state;
     if (nparts == 0) {
-        split_free(&sp, c->nshards);
+        split_free(&sp, sp.ns);
         *ret_call = call;
         return 0;
     }
@@ -1242,7 +1595,8 @@ int ps_client_lookup(ps_client *c, const char *table, uint32_t dim, uint32_t sta
 /* One part per home shard; pos[] holds the indices of that shard's blocks. */
 static int start_dense(ps_client *c, part_kind kind, ps_dense_block *blocks, size_t n, bool create,
                        ps_call **ret_call) {
-    uint32_t ns = c->nshards;
+    /* Dense blocks stay on the config's shards: the map moves buckets only. */
+    uint32_t ns = c->cfg->nshards;
     uint32_t *home = malloc((n + 1) * sizeof(uint32_t));
     uint32_t *count = calloc(ns, sizeof(uint32_t));
     part **parts = calloc(ns, sizeof(part *));
@@ -1374,8 +1728,11 @@ int ps_client_dense_push_start(ps_client *c, const ps_dense_block *grads, size_t
 static int call_shard(ps_client *c, uint32_t shard, Ctrps__Request *req,
                       Ctrps__Response__ResultCase want, Ctrps__Response **ret_resp, char *err,
                       size_t errlen) {
-    if (shard >= c->nshards) {
-        snprintf(err, errlen, "no shard %u (the cluster has %u)", shard, c->nshards);
+    pthread_mutex_lock(&c->map_lock);
+    uint32_t nconns = c->nshards;
+    pthread_mutex_unlock(&c->map_lock);
+    if (shard >= nconns) {
+        snprintf(err, errlen, "no shard %u (the cluster has %u)", shard, nconns);
         return -EINVAL;
     }
     ps_call *call = call_new(KIND_RAW, 1);
@@ -1409,8 +1766,7 @@ static int call_shard(ps_client *c, uint32_t shard, Ctrps__Request *req,
     uv_async_send(&c->wake);
     r = call_wait_keep(call, err, errlen);
     if (r == 0 && call->raw->result_case != want) {
-        snprintf(err, errlen, "shard %u (%s) answered with another result than asked for", shard,
-                 c->shards[shard].addr);
+        snprintf(err, errlen, "shard %u answered with another result than asked for", shard);
         r = PS_EPROTO;
     }
     if (r == 0) {
@@ -1443,7 +1799,7 @@ int ps_client_stats(ps_client *c, uint32_t shard, ps_shard_stats *ret_stats, cha
     for (size_t i = 0; ok && i < x->n_tables; i++) {
         const Ctrps__TableStats *t = x->tables[i];
         ps_named_table_stats *d = &s.tables[s.ntables++];
-#define COPY_STAT(name, help) d->stats.name = t->name;
+#define COPY_STAT(name, type, metric, help) d->stats.name = t->name;
         PS_TABLE_STATS_MAP(COPY_STAT)
 #undef COPY_STAT
         ok = (d->name = dup_str(t->name)) != NULL;
@@ -1495,8 +1851,8 @@ int ps_client_export_page(ps_client *c, uint32_t shard, const char *table, uint3
     size_t n = e->n_keys;
     if (e->n_values != n * e->dim || (with_state && e->n_state != n * e->state_dim)) {
         ctrps__response__free_unpacked(resp, NULL);
-        snprintf(err, errlen, "shard %u (%s): export page of %zu keys with %zu values (dim %u)",
-                 shard, c->shards[shard].addr, n, e->n_values, e->dim);
+        snprintf(err, errlen, "shard %u: export page of %zu keys with %zu values (dim %u)", shard, n,
+                 e->n_values, e->dim);
         return PS_EPROTO;
     }
     ps_export_page pg = {.n = n, .dim = e->dim, .done = e->done};
@@ -1536,47 +1892,44 @@ void ps_export_page_deinit(ps_export_page *p) {
     memset(p, 0, sizeof(*p));
 }
 
-int ps_client_cluster_map(ps_client *c, uint32_t shard, ps_cluster_map *ret_map, char *err,
-                          size_t errlen) {
+static int cluster_map_call(ps_client *c, uint32_t shard, const ps_cluster_map *install,
+                            ps_cluster_map *ret_map, char *err, size_t errlen) {
     Ctrps__Request req = CTRPS__REQUEST__INIT;
     Ctrps__ClusterMapRequest cm = CTRPS__CLUSTER_MAP_REQUEST__INIT;
+    Ctrps__ClusterMapResponse wire;
     req.method_case = CTRPS__REQUEST__METHOD_CLUSTER_MAP;
     req.cluster_map = &cm;
+    if (install) {
+        ps_rpc_map_to_wire(install, &wire);
+        cm.install = &wire;
+    }
     Ctrps__Response *resp;
     int r = call_shard(c, shard, &req, CTRPS__RESPONSE__RESULT_CLUSTER_MAP, &resp, err, errlen);
     if (r < 0)
         return r;
-    const Ctrps__ClusterMapResponse *x = resp->cluster_map;
-    if (x->n_owner != x->buckets) {
-        ctrps__response__free_unpacked(resp, NULL);
-        snprintf(err, errlen, "shard %u (%s): cluster map of %u buckets with %zu owners", shard,
-                 c->shards[shard].addr, x->buckets, x->n_owner);
-        return PS_EPROTO;
-    }
-    ps_cluster_map m = {.version = x->version, .buckets = x->buckets};
-    m.shards = calloc(x->n_shards + 1, sizeof(char *));
-    m.owner = malloc(x->n_owner * sizeof(uint32_t) + 1);
-    bool ok = m.shards && m.owner;
-    for (size_t i = 0; ok && i < x->n_shards; i++)
-        ok = (m.shards[m.nshards++] = dup_str(x->shards[i])) != NULL;
-    if (ok)
-        memcpy(m.owner, x->owner, x->n_owner * sizeof(uint32_t));
+    ps_cluster_map m;
+    char why[200];
+    r = ps_rpc_map_from_wire(resp->cluster_map, &m, why, sizeof(why));
     ctrps__response__free_unpacked(resp, NULL);
-    if (!ok) {
-        ps_cluster_map_deinit(&m);
-        snprintf(err, errlen, "%s", ps_strerror(-ENOMEM));
-        return -ENOMEM;
+    if (r < 0) {
+        snprintf(err, errlen, "shard %u: %s", shard, why);
+        return r;
     }
-    *ret_map = m;
+    if (ret_map)
+        *ret_map = m;
+    else
+        ps_cluster_map_deinit(&m);
     return 0;
 }
 
-void ps_cluster_map_deinit(ps_cluster_map *m) {
-    for (size_t i = 0; m->shards && i < m->nshards; i++)
-        free(m->shards[i]);
-    free(m->shards);
-    free(m->owner);
-    memset(m, 0, sizeof(*m));
+int ps_client_cluster_map(ps_client *c, uint32_t shard, ps_cluster_map *ret_map, char *err,
+                          size_t errlen) {
+    return cluster_map_call(c, shard, NULL, ret_map, err, errlen);
+}
+
+int ps_client_install_map(ps_client *c, uint32_t shard, const ps_cluster_map *map,
+                          ps_cluster_map *ret_map, char *err, size_t errlen) {
+    return cluster_map_call(c, shard, map, ret_map, err, errlen);
 }
 
 static Ctrps__CheckpointRequest__Phase wire_phase(ps_checkpoint_phase p) {

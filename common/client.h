@@ -10,6 +10,12 @@
  * result, so it can keep many in flight (the worker overlaps the next
  * batch's pull with the current batch's compute).
  *
+ * Routing follows the cluster map (common/cmap.h). The client starts with
+ * the config's even split; a WRONG_SHARD answer carrying a newer epoch makes
+ * it fetch that shard's map and resend the refused keys to their owners,
+ * without failing the call (pushes keep their sequence numbers). Dense
+ * blocks stay on their home shard of the config.
+ *
  * Failures. A dropped connection is re-established with exponential backoff
  * (50 ms doubling to 2 s, with jitter), and every request not yet answered
  * on it is sent again in its original order. Pushes carry the client's id
@@ -44,6 +50,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cmap.h"
 #include "config.h"
 #include "tablestats.h"
 
@@ -86,6 +93,9 @@ typedef struct ps_client_options {
 typedef struct ps_client_counters {
     uint64_t requests, reconnects, resent, timeouts;
     uint64_t outages;            /* outages begun (riding out only) */
+    uint64_t rerouted;           /* parts split again after WRONG_SHARD */
+    uint64_t map_fetches;        /* newer cluster maps asked for */
+    uint64_t map_version;        /* epoch of the map the client routes by */
 } ps_client_counters;
 
 int ps_client_new(const ps_client_options *opts, ps_client **ret_client, char *err, size_t errlen);
@@ -206,18 +216,14 @@ int ps_client_export_page(ps_client *c, uint32_t shard, const char *table, uint3
                           char *err, size_t errlen);
 void ps_export_page_deinit(ps_export_page *p);
 
-/* The bucket map as one shard holds it. */
-typedef struct ps_cluster_map {
-    uint64_t version;
-    uint32_t buckets;
-    char **shards;               /* owned, nshards "host:port", index = shard id */
-    size_t nshards;
-    uint32_t *owner;             /* owned, buckets: owner[bucket] = shard id */
-} ps_cluster_map;
-
+/* The bucket map as one shard holds it (common/cmap.h). */
 int ps_client_cluster_map(ps_client *c, uint32_t shard, ps_cluster_map *ret_map, char *err,
                           size_t errlen);
-void ps_cluster_map_deinit(ps_cluster_map *m);
+/* Have one shard store and serve `map` (borrowed for the call); it refuses
+ * a map not newer than its own unless identical. ret_map may be NULL; else
+ * it receives the map the shard holds afterwards. */
+int ps_client_install_map(ps_client *c, uint32_t shard, const ps_cluster_map *map,
+                          ps_cluster_map *ret_map, char *err, size_t errlen);
 
 /* Checkpoint barrier phases (common/checkpoint.h tells the protocol). */
 typedef enum ps_checkpoint_phase {

@@ -3,6 +3,7 @@
  * the method list, and the mapping between wire status codes and our error
  * codes. */
 
+#include "cmap.h"
 #include "ctrps.pb-c.h"
 
 #define PS_PROTOCOL_VERSION 1
@@ -32,3 +33,10 @@ typedef enum {
 Ctrps__Status ps_status_from_error(int err);
 int ps_error_from_status(Ctrps__Status status);
 const char *ps_status_name(Ctrps__Status status);
+
+/* Cluster maps on the wire. from_wire copies into *ret_map (checked with
+ * ps_cluster_map_check; err says why not). to_wire points m's fields at
+ * map's arrays: borrowed, valid while map is. */
+int ps_rpc_map_from_wire(const Ctrps__ClusterMapResponse *m, ps_cluster_map *ret_map, char *err,
+                         size_t errlen);
+void ps_rpc_map_to_wire(const ps_cluster_map *map, Ctrps__ClusterMapResponse *m);

@@ -18,6 +18,7 @@ PACKAGES=(
   podman runc mmdebstrap
   protobuf-compiler python3-protobuf python3-numpy python3-xxhash python3-pytest  # clients/python
   gnuplot-nox  # bench/soak.sh's plot
+  prometheus  # promtool check metrics, and a real Prometheus scraping a cluster (tests/metrics)
 )
 
 SUDO=""

@@ -1,6 +1,7 @@
 /* ctrps-server: one shard of a ctrps cluster. */
 #include <errno.h>
 #include <getopt.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,8 +12,10 @@
 #include "error.h"
 #include "keys.h"
 #include "log.h"
+#include "metrics.h"
 #include "net.h"
 #include "periodic.h"
+#include "promtext.h"
 #include "service.h"
 #include "shard.h"
 #include "version.h"
@@ -32,6 +35,11 @@ static void usage(FILE *out) {
             "                      the port from that entry; HOST is a name, an IPv4\n"
             "                      address or [IPv6]; port 0 picks a free one\n"
             "  --ready-file FILE   write HOST:PORT to FILE once serving (for scripts/tests)\n"
+            "  --metrics-listen HOST:PORT\n"
+            "                      serve /metrics, /healthz and /readyz there (overrides\n"
+            "                      [server] metrics_listen, which shards sharing a config\n"
+            "                      on one host cannot all use); port 0 picks a free one,\n"
+            "                      logged as \"metrics on http://HOST:PORT/metrics\"\n"
             "  --restore D         replace this shard's data with its copy in the cluster\n"
             "                      checkpoint D (or the newest one under D) before starting\n"
             "  --log-level LEVEL   debug | info | warn | error (default info)\n"
@@ -42,16 +50,48 @@ static void usage(FILE *out) {
             "Exit status: 0 after a clean stop, 1 on a runtime error, 2 on bad usage or config.\n");
 }
 
+/* What /metrics shows while the shard opens its store and replays its push
+ * log (rendered on the endpoint's thread; the count is written by the
+ * replay through on_replay). */
+typedef struct recovery {
+    uint32_t shard;
+    uint64_t started_ns;
+    _Atomic uint64_t records;
+} recovery;
+
+static void on_replay(void *ctx, uint64_t records) {
+    atomic_store_explicit(&((recovery *)ctx)->records, records, memory_order_relaxed);
+}
+
+static int render_recovery(void *ctx, ps_buf *out) {
+    recovery *rc = ctx;
+    char label[64], id[16];
+    snprintf(id, sizeof(id), "%u", rc->shard);
+    ps_prom_labels(label, sizeof(label), "shard", id, NULL);
+    ps_prom p;
+    ps_prom_init(&p, out, label);
+    ps_prom_scalar(&p, "ctrps_recovery_replayed_records_total", PS_PROM_COUNTER,
+                   "push-log records replayed at start",
+                   (double)atomic_load_explicit(&rc->records, memory_order_relaxed));
+    ps_prom_scalar(&p, "ctrps_ready", PS_PROM_GAUGE, "1 while the shard serves (what /readyz says)", 0);
+    ps_prom_scalar(&p, "ctrps_recovering", PS_PROM_GAUGE,
+                   "1 while the shard replays its push log at start", 1);
+    ps_prom_scalar(&p, "ctrps_recovery_duration_seconds", PS_PROM_GAUGE,
+                   "time the shard took to open its store and replay its push log at start",
+                   (double)(ps_prom_now_ns() - rc->started_ns) / 1e9);
+    return ps_prom_finish(&p);
+}
+
 int main(int argc, char **argv) {
     static const struct option longopts[] = {
         {"config", required_argument, NULL, 'c'},   {"shard", required_argument, NULL, 's'},
         {"data-dir", required_argument, NULL, 'd'}, {"listen", required_argument, NULL, 'l'},
         {"ready-file", required_argument, NULL, 'r'}, {"log-level", required_argument, NULL, 'v'},
         {"restore", required_argument, NULL, 'R'},   {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},
+        {"metrics-listen", required_argument, NULL, 'M'}, {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0}};
     const char *config_path = NULL, *data_dir = NULL, *listen = NULL, *ready_file = NULL;
-    const char *restore_from = NULL;
+    const char *restore_from = NULL, *metrics_listen = NULL;
     long shard_arg = -1;
     ps_log_level level = PS_LOG_INFO;
     int opt;
@@ -81,6 +121,9 @@ int main(int argc, char **argv) {
             break;
         case 'R':
             restore_from = optarg;
+            break;
+        case 'M':
+            metrics_listen = optarg;
             break;
         case 'v':
             if (ps_log_level_parse(optarg, &level) < 0) {
@@ -142,12 +185,34 @@ int main(int argc, char **argv) {
     ps_server *srv = NULL;
     ps_shard *shard = NULL;
     ps_service *svc = NULL;
-    ps_server_options so = {.host = host, .port = port, .ready_file = ready_file};
+    ps_metrics *metrics = NULL;
+    static recovery rc;
+    rc.shard = shard_id;
+    rc.started_ns = ps_prom_now_ns();
+    /* The endpoint comes first: /healthz answers (and /metrics shows the
+     * replay's progress) while a long push log is replayed. */
+    if (!metrics_listen && cfg->server.metrics_listen[0])
+        metrics_listen = cfg->server.metrics_listen;
+    if (metrics_listen) {
+        r = ps_metrics_start(metrics_listen, &metrics, err, sizeof(err));
+        if (r < 0)
+            goto out;
+        ps_metrics_set_render(metrics, render_recovery, &rc);
+        char mhost[256];
+        int mport;
+        ps_parse_hostport(metrics_listen, mhost, sizeof(mhost), &mport);
+        ps_info("metrics on http://%s:%d/metrics", mhost, ps_metrics_port(metrics));
+    }
+    ps_server_options so = {.host = host, .port = port, .ready_file = ready_file, .metrics = metrics};
     r = ps_server_new(cfg, &so, &srv, err, sizeof(err));
     if (r < 0)
         goto out;
-    ps_shard_options sho = {
-        .shard_id = shard_id, .data_dir = dir, .notify = ps_server_notify, .notify_ctx = srv};
+    ps_shard_options sho = {.shard_id = shard_id,
+                            .data_dir = dir,
+                            .notify = ps_server_notify,
+                            .notify_ctx = srv,
+                            .on_replay = on_replay,
+                            .on_replay_ctx = &rc};
     if (restore_from) {
         r = ps_barrier_restore(restore_from, shard_id, dir, err, sizeof(err));
         if (r < 0)
@@ -173,6 +238,7 @@ int main(int argc, char **argv) {
     ps_shard_counters_get(shard, &sc);
     if (sc.replayed_records)
         ps_info("replayed %llu push-log records", (unsigned long long)sc.replayed_records);
+    ps_server_set_recovery_seconds(srv, (double)(ps_prom_now_ns() - rc.started_ns) / 1e9);
     ps_auth_secret secret;
     r = ps_auth_load(cfg->server.auth_secret_file, &secret, err, sizeof(err));
     if (r < 0)
@@ -211,6 +277,7 @@ out:
         ps_error("%s", err[0] ? err : ps_strerror(r));
     ps_shard_close(shard);
     ps_server_free(srv);
+    ps_metrics_stop(metrics);
     ps_service_free(svc);
     ps_config_free(cfg);
     return status;

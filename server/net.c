@@ -12,26 +12,39 @@
 #include "frame.h"
 #include "log.h"
 #include "metrics.h"
+#include "promtext.h"
 #include "rpc.h"
 
 #define TICK_MS 10
 
+/* XX(field, type, metric, reason, help): the network layer's counters, by
+ * their Stats name and their Prometheus family (a non-empty reason is the
+ * value of that family's "reason" label). */
 #define NET_COUNTER_MAP(XX)                                                                   \
-    XX(connections_accepted)                                                                  \
-    XX(connections_open)                                                                      \
-    XX(connections_rejected)                                                                  \
-    XX(connections_closed_bad_frame)                                                          \
-    XX(connections_closed_idle)                                                               \
-    XX(connections_closed_log_error)                                                          \
-    XX(connections_closed_auth)                                                               \
-    XX(frames_too_large)                                                                      \
-    XX(reads_paused)                                                                          \
-    XX(reads_paused_inflight)                                                                 \
-    XX(bytes_in)                                                                              \
-    XX(bytes_out)
+    XX(connections_accepted, COUNTER, "ctrps_connections_accepted_total", "",                 \
+       "connections accepted")                                                                \
+    XX(connections_open, GAUGE, "ctrps_connections_open", "", "connections open now")         \
+    XX(connections_rejected, COUNTER, "ctrps_connections_rejected_total", "",                 \
+       "connections refused at accept (max_connections)")                                     \
+    XX(connections_closed_bad_frame, COUNTER, "ctrps_connections_closed_total", "bad_frame",  \
+       "connections the shard closed, by reason")                                             \
+    XX(connections_closed_idle, COUNTER, "ctrps_connections_closed_total", "idle",            \
+       "connections the shard closed, by reason")                                             \
+    XX(connections_closed_log_error, COUNTER, "ctrps_connections_closed_total", "log_error",  \
+       "connections the shard closed, by reason")                                             \
+    XX(connections_closed_auth, COUNTER, "ctrps_connections_closed_total", "auth",            \
+       "connections the shard closed, by reason")                                             \
+    XX(frames_too_large, COUNTER, "ctrps_frames_too_large_total", "",                         \
+       "frames refused for exceeding max_frame_bytes")                                        \
+    XX(reads_paused, COUNTER, "ctrps_reads_paused_total", "",                                 \
+       "times a connection's reads paused for unsent replies")                                \
+    XX(reads_paused_inflight, COUNTER, "ctrps_reads_paused_inflight_total", "",               \
+       "times a connection's reads paused for requests in flight")                            \
+    XX(bytes_in, COUNTER, "ctrps_network_received_bytes_total", "", "bytes read from clients") \
+    XX(bytes_out, COUNTER, "ctrps_network_sent_bytes_total", "", "bytes written to clients")
 
 typedef struct net_counters {
-#define NET_FIELD(name) uint64_t name;
+#define NET_FIELD(name, type, metric, reason, help) uint64_t name;
     NET_COUNTER_MAP(NET_FIELD)
 #undef NET_FIELD
 } net_counters;
@@ -60,8 +73,9 @@ struct ps_server {
     uint64_t next_conn_id;
     bool stopping;
     bool was_read_only;
-    ps_metrics *metrics;         /* NULL without [server] metrics_listen */
+    ps_metrics *metrics;         /* borrowed; NULL without a metrics listener */
     uint64_t metrics_at_ms;
+    double recovery_seconds;
     net_counters c;
     /* Peers can cause these at will: one line a second each, at most. */
     ps_log_limit limit_status[STATUS_LIMITS];   /* refused requests, by status */
@@ -429,16 +443,46 @@ static void tick(ps_server *srv) {
     }
 }
 
+/* The whole page: the service's families, then the network layer's and the
+ * shard's state, every sample labelled with the shard. */
+static void publish_metrics(ps_server *srv) {
+    char shard_label[64], labels[128];
+    char id[16];
+    snprintf(id, sizeof(id), "%u", ps_shard_id(srv->shard));
+    ps_prom_labels(shard_label, sizeof(shard_label), "shard", id, NULL);
+    ps_buf b;
+    ps_buf_init(&b);
+    ps_prom p;
+    ps_prom_init(&p, &b, shard_label);
+    int r = ps_service_metrics(srv->svc, &p);
+#define NET_METRIC(name, type, metric, reason, help)                                           \
+    ps_prom_family(&p, metric, PS_PROM_##type, help);                                          \
+    labels[0] = 0;                                                                             \
+    if (reason[0])                                                                             \
+        ps_prom_labels(labels, sizeof(labels), "reason", reason, NULL);                        \
+    ps_prom_u64(&p, labels, srv->c.name);
+    NET_COUNTER_MAP(NET_METRIC)
+#undef NET_METRIC
+    ps_prom_scalar(&p, "ctrps_ready", PS_PROM_GAUGE, "1 while the shard serves (what /readyz says)",
+                   srv->stopping ? 0 : 1);
+    ps_prom_scalar(&p, "ctrps_recovery_duration_seconds", PS_PROM_GAUGE,
+                   "time the shard took to open its store and replay its push log at start",
+                   srv->recovery_seconds);
+    ps_prom_scalar(&p, "ctrps_recovering", PS_PROM_GAUGE,
+                   "1 while the shard replays its push log at start", 0);
+    if (r == 0)
+        r = ps_prom_finish(&p);
+    if (r == 0)
+        ps_metrics_publish(srv->metrics, b.data ? b.data : "", b.len);
+    ps_buf_deinit(&b);
+}
+
 static void on_tick(uv_timer_t *t) {
     ps_server *srv = t->data;
     tick(srv);
     uint64_t now = uv_now(&srv->loop);
     if (srv->metrics && now >= srv->metrics_at_ms) {
-        ps_buf b;
-        ps_buf_init(&b);
-        if (ps_service_metrics(srv->svc, &b) == 0)
-            ps_metrics_publish(srv->metrics, b.data ? b.data : "", b.len);
-        ps_buf_deinit(&b);
+        publish_metrics(srv);
         srv->metrics_at_ms = now + 1000;
     }
 }
@@ -484,6 +528,8 @@ static void on_signal(uv_signal_t *s, int signum) {
     if (srv->stopping)
         return;
     srv->stopping = true;
+    if (srv->metrics)
+        ps_metrics_set_ready(srv->metrics, false);
     ps_info("received %s: stopping", signum == SIGTERM ? "SIGTERM" : "SIGINT");
     /* Replies already handled this turn still go out before the close. */
     on_check(&srv->commit);
@@ -499,7 +545,7 @@ static void on_signal(uv_signal_t *s, int signum) {
 static void extra_counters(void *ctx, void (*add)(void *acc, const char *name, uint64_t value),
                            void *acc) {
     ps_server *srv = ctx;
-#define NET_ADD(name) add(acc, #name, srv->c.name);
+#define NET_ADD(name, type, metric, reason, help) add(acc, #name, srv->c.name);
     NET_COUNTER_MAP(NET_ADD)
 #undef NET_ADD
 }
@@ -513,6 +559,7 @@ int ps_server_new(const ps_config *cfg, const ps_server_options *opts, ps_server
         return -ENOMEM;
     srv->cfg = cfg;
     srv->opts = *opts;
+    srv->metrics = opts->metrics;
     int r = uv_loop_init(&srv->loop);
     if (r < 0) {
         snprintf(err, errlen, "event loop: %s", uv_strerror(r));
@@ -603,28 +650,27 @@ int ps_server_listen(ps_server *srv, ps_shard *shard, ps_service *svc, char *err
     srv->sigterm.data = srv->sigint.data = srv;
     uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
     uv_signal_start(&srv->sigint, on_signal, SIGINT);
-    if (srv->cfg->server.metrics_listen[0]) {
-        r = ps_metrics_start(srv->cfg->server.metrics_listen, &srv->metrics, err, errlen);
-        if (r < 0)
-            return r;
-        char mhost[64];
-        int mport;
-        ps_parse_hostport(srv->cfg->server.metrics_listen, mhost, sizeof(mhost), &mport);
-        ps_info("metrics on http://%s:%d/metrics", mhost, ps_metrics_port(srv->metrics));
-    }
     signal(SIGPIPE, SIG_IGN);
     /* A file-size limit must fail the write (and make the store read-only),
      * not kill the shard. */
     signal(SIGXFSZ, SIG_IGN);
-    return write_ready_file(srv, err, errlen);
+    r = write_ready_file(srv, err, errlen);
+    if (r == 0 && srv->metrics) {
+        /* The full page from now on (the recovery page was rendered). */
+        publish_metrics(srv);
+        ps_metrics_set_render(srv->metrics, NULL, NULL);
+        ps_metrics_set_ready(srv->metrics, true);
+    }
+    return r;
 }
+
+void ps_server_set_recovery_seconds(ps_server *srv, double seconds) { srv->recovery_seconds = seconds; }
 
 int ps_server_run(ps_server *srv) { return uv_run(&srv->loop, UV_RUN_DEFAULT); }
 
 void ps_server_free(ps_server *srv) {
     if (!srv)
         return;
-    ps_metrics_stop(srv->metrics);
     if (srv->loop_init) {
         uv_walk(&srv->loop, close_handle, srv);
         uv_run(&srv->loop, UV_RUN_DEFAULT);

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "metrics.h"
 #include "service.h"
 #include "shard.h"
 
@@ -25,6 +26,8 @@ typedef struct ps_server_options {
     const char *host;            /* bind address */
     int port;                    /* 0 = ephemeral */
     const char *ready_file;      /* written with "host:port" once serving; may be NULL */
+    ps_metrics *metrics;         /* borrowed: the page is published here every second,
+                                  * /readyz says ready while serving; may be NULL */
 } ps_server_options;
 
 /* The loop is created here; the shard must be opened with
@@ -33,6 +36,8 @@ int ps_server_new(const ps_config *cfg, const ps_server_options *opts, ps_server
                   char *err, size_t errlen);
 /* Attach the shard and its service, bind and listen. */
 int ps_server_listen(ps_server *srv, ps_shard *shard, ps_service *svc, char *err, size_t errlen);
+/* How long opening the shard took (the ctrps_recovery_duration_seconds gauge). */
+void ps_server_set_recovery_seconds(ps_server *srv, double seconds);
 /* Serve until SIGTERM or SIGINT. */
 int ps_server_run(ps_server *srv);
 void ps_server_free(ps_server *srv);

@@ -10,6 +10,7 @@
 #include "error.h"
 #include "frame.h"
 #include "keys.h"
+#include "promtext.h"
 #include "rpc.h"
 
 #define EXPORT_PAGE_MAX 65536
@@ -31,6 +32,7 @@ struct ps_service {
     uint64_t requests[PS_METHOD_COUNT];
     uint64_t statuses[STATUS_COUNT];
     uint64_t bad_frames;
+    ps_prom_histogram latency[PS_METHOD_COUNT];  /* handling time, per method */
 };
 
 /* Everything one response borrows until it is packed. */
@@ -148,9 +150,10 @@ static int find_table(ps_service *svc, const char *name, ps_table **ret, reply *
 static int check_owned(ps_service *svc, const uint64_t *keys, size_t n, reply *rp) {
     if (ps_shard_owns_all(svc->shard, keys, n))
         return 0;
+    uint64_t epoch = ps_shard_map(svc->shard)->version;
     snprintf(rp->err, sizeof(rp->err), "keys of buckets not owned by shard %u (map version %llu)",
-             ps_shard_id(svc->shard), (unsigned long long)svc->cfg->map_version);
-    rp->resp.map_version = svc->cfg->map_version;
+             ps_shard_id(svc->shard), (unsigned long long)epoch);
+    rp->resp.map_version = epoch;
     return PS_EWRONG_SHARD;
 }
 
@@ -208,7 +211,7 @@ static int do_hello(ps_service *svc, ps_session *sess, const Ctrps__HelloRequest
     snprintf(sess->client_name, sizeof(sess->client_name), "%s", req->client_name ? req->client_name : "");
     h->protocol_version = PS_PROTOCOL_VERSION;
     h->shard_id = ps_shard_id(svc->shard);
-    h->map_version = svc->cfg->map_version;
+    h->map_version = ps_shard_map(svc->shard)->version;
     h->authenticated = true;
     h->last_push_seq = req->client_id ? ps_shard_client_seq(svc->shard, req->client_id) : 0;
     rp->resp.result_case = CTRPS__RESPONSE__RESULT_HELLO;
@@ -388,21 +391,18 @@ static int do_export(ps_service *svc, ps_session *sess, const Ctrps__ExportReque
 static int do_cluster_map(ps_service *svc, ps_session *sess, const Ctrps__ClusterMapRequest *req,
                           reply *rp) {
     (void)sess;
-    (void)req;
-    const ps_config *cfg = svc->cfg;
-    uint32_t *owner = own(rp, malloc(cfg->buckets * sizeof(uint32_t)));
-    if (!owner)
-        return -ENOMEM;
-    for (uint32_t b = 0; b < cfg->buckets; b++)
-        owner[b] = ps_bucket_owner(b, cfg->buckets, cfg->nshards);
+    if (req->install) {
+        ps_cluster_map m = {0};
+        int r = ps_rpc_map_from_wire(req->install, &m, rp->err, sizeof(rp->err));
+        if (r == 0)
+            r = ps_shard_set_map(svc->shard, &m, rp->err, sizeof(rp->err));
+        ps_cluster_map_deinit(&m);
+        if (r < 0)
+            return r;
+    }
+    /* Borrowed from the shard: the reply is packed before anything else runs. */
     Ctrps__ClusterMapResponse *m = &rp->u.cluster_map;
-    ctrps__cluster_map_response__init(m);
-    m->version = cfg->map_version;
-    m->buckets = cfg->buckets;
-    m->n_shards = cfg->nshards;
-    m->shards = cfg->shards;
-    m->n_owner = cfg->buckets;
-    m->owner = owner;
+    ps_rpc_map_to_wire(ps_shard_map(svc->shard), m);
     rp->resp.result_case = CTRPS__RESPONSE__RESULT_CLUSTER_MAP;
     rp->resp.cluster_map = m;
     return 0;
@@ -462,51 +462,93 @@ static void for_each_counter(ps_service *svc, counter_fn add, void *acc) {
     add(acc, "unauthenticated_refused", svc->unauthenticated_refused);
     ps_shard_counters sc;
     ps_shard_counters_get(svc->shard, &sc);
-#define ADD_SHARD(name, help) add(acc, #name, sc.name);
+#define ADD_SHARD(name, metric, help) add(acc, #name, sc.name);
     PS_SHARD_COUNTER_MAP(ADD_SHARD)
 #undef ADD_SHARD
     if (svc->extra)
         svc->extra(svc->extra_ctx, add, acc);
 }
 
-static void metric_line(void *acc, const char *name, uint64_t value) {
-    ps_buf *b = acc;
-    if (ps_buf_reserve(b, 128) == 0)
-        b->len += (size_t)snprintf(b->data + b->len, 128, "ctrps_%s %llu\n", name, (unsigned long long)value);
+static const char *const method_names[PS_METHOD_COUNT] = {
+#define METHOD_NAME(name, tag) #name,
+    PS_METHOD_MAP(METHOD_NAME)
+#undef METHOD_NAME
+};
+
+/* A status's label value: its enum name in lower case ("wrong_shard"). */
+static void status_label(int status, char *ret, size_t len) {
+    const char *name = ps_status_name((Ctrps__Status)status);
+    size_t i = 0;
+    for (; name[i] && i + 1 < len; i++)
+        ret[i] = (char)(name[i] >= 'A' && name[i] <= 'Z' ? name[i] - 'A' + 'a' : name[i]);
+    ret[i] = 0;
 }
 
-int ps_service_metrics(ps_service *svc, ps_buf *out) {
-    for_each_counter(svc, metric_line, out);
-    uint32_t id = ps_shard_id(svc->shard);
-    for (size_t i = 0; i < ps_shard_ntables(svc->shard); i++) {
-        ps_table *t = ps_shard_table_at(svc->shard, i);
-        ps_table_stats st;
-        ps_table_stats_get(t, &st);
-        const char *name = ps_table_config_of(t)->name;
-        const struct {
-            const char *metric;
-            uint64_t v;
-        } g[] = {
-#define STAT_GAUGE(field, help) {#field, st.field},
-            PS_TABLE_STATS_MAP(STAT_GAUGE)
-#undef STAT_GAUGE
-        };
-        for (size_t k = 0; k < sizeof(g) / sizeof(g[0]); k++) {
-            if (ps_buf_reserve(out, 256) < 0)
-                return -ENOMEM;
-            out->len += (size_t)snprintf(out->data + out->len, 256,
-                                         "ctrps_table_%s{shard=\"%u\",table=\"%s\"} %llu\n", g[k].metric,
-                                         id, name, (unsigned long long)g[k].v);
-        }
+int ps_service_metrics(ps_service *svc, ps_prom *p) {
+    char labels[256];
+    ps_prom_family(p, "ctrps_requests_total", PS_PROM_COUNTER, "requests handled, by method");
+    for (int i = 0; i < PS_METHOD_COUNT; i++) {
+        ps_prom_labels(labels, sizeof(labels), "method", method_names[i], NULL);
+        ps_prom_u64(p, labels, svc->requests[i]);
     }
-    if (ps_buf_reserve(out, 256) < 0)
+    ps_prom_family(p, "ctrps_request_duration_seconds", PS_PROM_HISTOGRAM,
+                   "time to handle a decoded request until its reply is built, by method");
+    for (int i = 0; i < PS_METHOD_COUNT; i++) {
+        ps_prom_labels(labels, sizeof(labels), "method", method_names[i], NULL);
+        ps_prom_histogram_write(p, labels, &svc->latency[i]);
+    }
+    ps_prom_family(p, "ctrps_request_errors_total", PS_PROM_COUNTER,
+                   "requests answered with an error, by status");
+    for (int i = 1; i < STATUS_COUNT; i++) {
+        if (!protobuf_c_enum_descriptor_get_value(&ctrps__status__descriptor, i))
+            continue;
+        char status[64];
+        status_label(i, status, sizeof(status));
+        ps_prom_labels(labels, sizeof(labels), "status", status, NULL);
+        ps_prom_u64(p, labels, svc->statuses[i]);
+    }
+    ps_prom_scalar(p, "ctrps_bad_frames_total", PS_PROM_COUNTER,
+                   "frames that did not decode as a request (connection closed)", (double)svc->bad_frames);
+    ps_prom_scalar(p, "ctrps_auth_failures_total", PS_PROM_COUNTER, "failed authentications",
+                   (double)svc->auth_failures);
+    ps_prom_scalar(p, "ctrps_unauthenticated_refused_total", PS_PROM_COUNTER,
+                   "requests refused before authentication", (double)svc->unauthenticated_refused);
+    ps_shard_counters sc;
+    ps_shard_counters_get(svc->shard, &sc);
+#define SHARD_METRIC(name, metric, help) \
+    ps_prom_scalar(p, metric, PS_PROM_COUNTER, help, (double)sc.name);
+    PS_SHARD_COUNTER_MAP(SHARD_METRIC)
+#undef SHARD_METRIC
+
+    /* Per table: each family over every table, families not interleaved. */
+    size_t nt = ps_shard_ntables(svc->shard);
+    ps_table_stats *st = calloc(nt + 1, sizeof(*st));
+    if (!st)
         return -ENOMEM;
-    out->len += (size_t)snprintf(out->data + out->len, 256,
-                                 "ctrps_rocksdb_bytes %llu\nctrps_read_only %d\nctrps_checkpoint_pending %d\n",
-                                 (unsigned long long)ps_shard_store_bytes(svc->shard),
-                                 ps_shard_read_only(svc->shard) ? 1 : 0,
-                                 ps_barrier_pending(svc->barrier)[0] ? 1 : 0);
-    return 0;
+    for (size_t i = 0; i < nt; i++)
+        ps_table_stats_get(ps_shard_table_at(svc->shard, i), &st[i]);
+#define TABLE_METRIC(field, type, metric, help)                                                \
+    ps_prom_family(p, metric, PS_PROM_##type, help);                                            \
+    for (size_t i = 0; i < nt; i++) {                                                          \
+        ps_prom_labels(labels, sizeof(labels), "table",                                        \
+                       ps_table_config_of(ps_shard_table_at(svc->shard, i))->name, NULL);      \
+        ps_prom_u64(p, labels, st[i].field);                                                   \
+    }
+    PS_TABLE_STATS_MAP(TABLE_METRIC)
+#undef TABLE_METRIC
+    free(st);
+
+    ps_prom_scalar(p, "ctrps_rocksdb_bytes", PS_PROM_GAUGE,
+                   "RocksDB SST files and memtables of every column family in bytes",
+                   (double)ps_shard_store_bytes(svc->shard));
+    ps_prom_scalar(p, "ctrps_rocksdb_pending_compaction_bytes", PS_PROM_GAUGE,
+                   "bytes RocksDB estimates compaction has to rewrite",
+                   (double)ps_shard_pending_compaction_bytes(svc->shard));
+    ps_prom_scalar(p, "ctrps_read_only", PS_PROM_GAUGE, "1 while the store refuses writes",
+                   ps_shard_read_only(svc->shard) ? 1 : 0);
+    ps_prom_scalar(p, "ctrps_checkpoint_pending", PS_PROM_GAUGE,
+                   "1 while a checkpoint barrier is announced", ps_barrier_pending(svc->barrier)[0] ? 1 : 0);
+    return ps_prom_finish(p);
 }
 
 static int do_stats(ps_service *svc, ps_session *sess, const Ctrps__StatsRequest *req, reply *rp) {
@@ -523,7 +565,7 @@ static int do_stats(ps_service *svc, ps_session *sess, const Ctrps__StatsRequest
         ps_table_stats_get(t, &st);
         ctrps__table_stats__init(&ts[i]);
         ts[i].name = (char *)ps_table_config_of(t)->name;
-#define COPY_STAT(name, help) ts[i].name = st.name;
+#define COPY_STAT(name, type, metric, help) ts[i].name = st.name;
         PS_TABLE_STATS_MAP(COPY_STAT)
 #undef COPY_STAT
         tsp[i] = &ts[i];
@@ -567,7 +609,7 @@ static int check_dense_name(ps_service *svc, const char *name, reply *rp) {
     if (home != ps_shard_id(svc->shard)) {
         snprintf(rp->err, sizeof(rp->err), "dense block '%.64s' lives on shard %u, not %u", name, home,
                  ps_shard_id(svc->shard));
-        rp->resp.map_version = svc->cfg->map_version;
+        rp->resp.map_version = ps_shard_map(svc->shard)->version;
         return PS_EWRONG_SHARD;
     }
     return 0;
@@ -739,11 +781,13 @@ int ps_service_handle(ps_service *svc, ps_session *sess, const char *frame, size
         r = PS_EAUTH;
         goto reply;
     }
+    uint64_t t0 = ps_prom_now_ns();
     switch (req->method_case) {
 #define DISPATCH(name, tag)                                                                    \
     case CTRPS__REQUEST__METHOD_##tag:                                                         \
         svc->requests[PS_METHOD_##tag]++;                                                      \
         r = do_##name(svc, sess, req->name, &rp);                                              \
+        ps_prom_histogram_observe(&svc->latency[PS_METHOD_##tag], ps_prom_now_ns() - t0);      \
         break;
         PS_METHOD_MAP(DISPATCH)
 #undef DISPATCH

@@ -15,6 +15,7 @@
 
 #include "auth.h"
 #include "buf.h"
+#include "promtext.h"
 #include "shard.h"
 
 typedef struct ps_service ps_service;
@@ -60,8 +61,9 @@ void ps_service_set_extra_counters(ps_service *svc, ps_service_extra_counters_fn
 int ps_service_handle(ps_service *svc, ps_session *sess, const char *frame, size_t len, ps_buf *out,
                       bool *ret_push, bool *ret_close);
 
-/* Prometheus text of every counter and per-table gauge (no row data). */
-int ps_service_metrics(ps_service *svc, ps_buf *out);
+/* Every counter, gauge and request latency histogram of the service, its
+ * shard and its tables, in Prometheus text (no row data). */
+int ps_service_metrics(ps_service *svc, ps_prom *p);
 
 /* Total requests and errors so far (for logs). */
 void ps_service_totals(const ps_service *svc, uint64_t *ret_requests, uint64_t *ret_errors);

@@ -58,9 +58,17 @@ typedef struct dense_block_record {
     uint32_t len;
 } dense_block_record;
 
+/* Exactly-once bookkeeping per pushing client. A sparse push (client, seq)
+ * is applied to the keys of each bucket b only if seq > bseq[b]: per bucket,
+ * not per shard, because a bucket range moves between shards with its
+ * bseq entries (README "Resharding"), and because a client re-routing a
+ * push after WRONG_SHARD sends a shard keys under a seq it may have used
+ * there already for other buckets. seq is the highest applied anywhere
+ * (Hello's last_push_seq; dense pushes are sequenced by it). */
 typedef struct client_entry {
     uint64_t id;                 /* 0 = empty */
     uint64_t seq;
+    uint64_t *bseq;              /* owned, cfg->buckets entries */
     bool dirty;                  /* changed since the last write-back began */
 } client_entry;
 
@@ -91,6 +99,8 @@ struct ps_shard {
     client_entry *clients;
     size_t nclients, clients_cap;
 
+    ps_cluster_map map;          /* the map served; meta "cluster_map" holds it */
+
     /* Write-back thread and its single job slot. */
     pthread_t thread;
     bool thread_started;
@@ -103,6 +113,8 @@ struct ps_shard {
     char job_err[256];
     void (*notify)(void *ctx);
     void *notify_ctx;
+    void (*on_replay)(void *ctx, uint64_t records);
+    void *on_replay_ctx;
 
     uint64_t last_flush_ms, retry_at_ms;
     bool job_failed;             /* job holds a batch to retry */
@@ -122,11 +134,97 @@ static uint64_t mono_ms(void) {
 }
 
 bool ps_shard_owns_all(const ps_shard *s, const uint64_t *keys, size_t n) {
-    uint32_t nb = s->cfg->buckets, ns = s->cfg->nshards;
     for (size_t i = 0; i < n; i++)
-        if (ps_key_owner(keys[i], nb, ns) != s->id)
+        if (ps_cluster_map_key_owner(&s->map, keys[i]) != s->id)
             return false;
     return true;
+}
+
+/* ---- the cluster map ---------------------------------------------------- */
+
+#define META_MAP "cluster_map"
+
+static int store_map(ps_shard *s, const ps_cluster_map *m, char *err, size_t errlen) {
+    char *buf;
+    size_t len;
+    int r = ps_cluster_map_encode(m, &buf, &len);
+    if (r < 0)
+        return r;
+    ps_store_batch *b = ps_store_batch_new();
+    if (!b) {
+        free(buf);
+        return -ENOMEM;
+    }
+    ps_store_batch_put(b, s->store, CF_META, META_MAP, strlen(META_MAP), buf, len);
+    r = ps_store_write_sync(s->store, b, err, errlen);
+    ps_store_batch_free(b);
+    free(buf);
+    return r;
+}
+
+/* The stored map, or the config's when none is stored or the config's
+ * epoch is higher. */
+static int load_map(ps_shard *s, char *err, size_t errlen) {
+    char *v;
+    size_t len;
+    int r = ps_store_get(s->store, CF_META, META_MAP, strlen(META_MAP), &v, &len, err, errlen);
+    if (r < 0)
+        return r;
+    ps_cluster_map stored = {0};
+    if (v) {
+        r = ps_cluster_map_decode(v, len, &stored);
+        free(v);
+        if (r < 0) {
+            snprintf(err, errlen, "%s: the stored cluster map is unreadable", s->dir);
+            return r;
+        }
+        if (stored.buckets != s->cfg->buckets) {
+            snprintf(err, errlen, "%s: the stored cluster map has %u buckets, the config %u",
+                     s->dir, stored.buckets, s->cfg->buckets);
+            ps_cluster_map_deinit(&stored);
+            return PS_ECONFIG;
+        }
+        if (stored.version >= s->cfg->map_version) {
+            s->map = stored;
+            return 0;
+        }
+        ps_cluster_map_deinit(&stored);
+    }
+    r = ps_cluster_map_from_config(s->cfg, &s->map);
+    if (r < 0)
+        return r;
+    return store_map(s, &s->map, err, errlen);
+}
+
+const ps_cluster_map *ps_shard_map(const ps_shard *s) { return &s->map; }
+
+int ps_shard_set_map(ps_shard *s, const ps_cluster_map *m, char *err, size_t errlen) {
+    int r = ps_cluster_map_check(m, err, errlen);
+    if (r < 0)
+        return r;
+    if (m->buckets != s->map.buckets) {
+        snprintf(err, errlen, "a map of %u buckets for a cluster of %u", m->buckets, s->map.buckets);
+        return PS_EPROTO;
+    }
+    if (m->version == s->map.version && ps_cluster_map_same_layout(m, &s->map))
+        return 0;
+    if (m->version <= s->map.version) {
+        snprintf(err, errlen, "map version %llu is not above the version held, %llu",
+                 (unsigned long long)m->version, (unsigned long long)s->map.version);
+        return PS_EPROTO;
+    }
+    ps_cluster_map copy;
+    r = ps_cluster_map_copy(m, &copy);
+    if (r < 0)
+        return r;
+    r = store_map(s, &copy, err, errlen);
+    if (r < 0) {
+        ps_cluster_map_deinit(&copy);
+        return r;
+    }
+    ps_cluster_map_deinit(&s->map);
+    s->map = copy;
+    return 0;
 }
 
 static int meta_get_u64(ps_shard *s, const char *key, uint64_t *ret, char *err, size_t errlen) {
@@ -171,7 +269,11 @@ static client_entry *client_slot(ps_shard *s, uint64_t id, bool insert) {
         return &s->clients[j];
     if (!insert)
         return NULL;
+    uint64_t *bseq = calloc(s->cfg->buckets, sizeof(uint64_t));
+    if (!bseq)
+        return NULL;
     s->clients[j].id = id;
+    s->clients[j].bseq = bseq;
     s->nclients++;
     return &s->clients[j];
 }
@@ -179,6 +281,38 @@ static client_entry *client_slot(ps_shard *s, uint64_t id, bool insert) {
 uint64_t ps_shard_client_seq(const ps_shard *s, uint64_t client_id) {
     client_entry *e = client_slot((ps_shard *)s, client_id, false);
     return e ? e->seq : 0;
+}
+
+/* "cseq/ID": a client's bseq array, buckets * 8 bytes (stores written
+ * before per-bucket sequencing hold only "client/ID": every bucket then
+ * starts at the client's seq, which is what that store applied). */
+static void client_key(const char *prefix, uint64_t id, char *ret, size_t *ret_len) {
+    size_t n = strlen(prefix);
+    memcpy(ret, prefix, n);
+    for (int b = 0; b < 8; b++)
+        ret[n + b] = (char)(id >> (56 - 8 * b));
+    *ret_len = n + 8;
+}
+
+static int load_bucket_seqs(ps_shard *s) {
+    for (size_t i = 0; i < s->clients_cap; i++) {
+        client_entry *e = &s->clients[i];
+        if (!e->id)
+            continue;
+        char key[16], err[256], *v;
+        size_t klen, vlen;
+        client_key("cseq/", e->id, key, &klen);
+        int r = ps_store_get(s->store, CF_META, key, klen, &v, &vlen, err, sizeof(err));
+        if (r < 0)
+            return r;
+        if (v && vlen == s->cfg->buckets * sizeof(uint64_t))
+            memcpy(e->bseq, v, vlen);
+        else
+            for (uint32_t b = 0; b < s->cfg->buckets; b++)
+                e->bseq[b] = e->seq;
+        free(v);
+    }
+    return 0;
 }
 
 static int load_clients(ps_shard *s) {
@@ -207,7 +341,7 @@ static int load_clients(ps_shard *s) {
         e->seq = seq;
     }
     ps_store_iter_free(it);
-    return r;
+    return r < 0 ? r : load_bucket_seqs(s);
 }
 
 /* ---- read-only state ------------------------------------------------------- */
@@ -312,10 +446,13 @@ static int flush_begin(ps_shard *s) {
         client_entry *e = &s->clients[i];
         if (!e->id || !e->dirty)
             continue;
-        char key[16] = "client/";
-        for (int b = 0; b < 8; b++)
-            key[7 + b] = (char)(e->id >> (56 - 8 * b));
-        ps_store_batch_put(j->batch, s->store, CF_META, key, 15, &e->seq, 8);
+        char key[16];
+        size_t klen;
+        client_key("client/", e->id, key, &klen);
+        ps_store_batch_put(j->batch, s->store, CF_META, key, klen, &e->seq, 8);
+        client_key("cseq/", e->id, key, &klen);
+        ps_store_batch_put(j->batch, s->store, CF_META, key, klen, e->bseq,
+                           s->cfg->buckets * sizeof(uint64_t));
         e->dirty = false;
     }
     ps_store_batch_put(j->batch, s->store, CF_META, "flushed_lsn", 11, &j->covered_lsn, 8);
@@ -524,7 +661,12 @@ static int apply_push(ps_shard *s, ps_table *t, const uint64_t *keys, size_t n, 
         ps_pushlog_append(s->log, iov, 4, &lsn);
     }
     if (e) {
-        e->seq = seq;
+        uint32_t nb = s->cfg->buckets;
+        for (size_t i = 0; i < n; i++) {
+            uint64_t *b = &e->bseq[ps_bucket(keys[i], nb)];
+            *b = *b > seq ? *b : seq;
+        }
+        e->seq = e->seq > seq ? e->seq : seq;
         e->dirty = true;
     }
     return 0;
@@ -539,7 +681,17 @@ int ps_shard_push(ps_shard *s, ps_table *t, const uint64_t *keys, size_t n, cons
         snprintf(err, errlen, "store is read-only: %s", s->store_error);
         return PS_EREAD_ONLY;
     }
-    if (client_id && seq <= ps_shard_client_seq(s, client_id)) {
+    /* Keys of buckets that saw this seq already are left out; none left:
+     * the whole push was applied before. */
+    client_entry *e = client_id ? client_slot(s, client_id, false) : NULL;
+    size_t fresh = n;
+    uint32_t nb = s->cfg->buckets;
+    if (e) {
+        fresh = 0;
+        for (size_t i = 0; i < n; i++)
+            fresh += seq > e->bseq[ps_bucket(keys[i], nb)];
+    }
+    if (fresh == 0 && n > 0) {
         ret->already_applied = true;
         s->c.pushes_already_applied++;
         return 0;
@@ -548,7 +700,26 @@ int ps_shard_push(ps_shard *s, ps_table *t, const uint64_t *keys, size_t n, cons
         snprintf(err, errlen, "store is read-only: %s", s->store_error);
         return PS_EREAD_ONLY;
     }
-    return apply_push(s, t, keys, n, grads, client_id, seq, ret, err, errlen);
+    if (fresh == n)
+        return apply_push(s, t, keys, n, grads, client_id, seq, ret, err, errlen);
+    uint32_t dim = ps_table_dim(t);
+    uint64_t *fk = malloc(fresh * sizeof(uint64_t));
+    float *fg = malloc(fresh * dim * sizeof(float));
+    int r = -ENOMEM;
+    if (fk && fg) {
+        size_t m = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (seq <= e->bseq[ps_bucket(keys[i], nb)])
+                continue;
+            fk[m] = keys[i];
+            memcpy(fg + m * dim, grads + i * dim, dim * sizeof(float));
+            m++;
+        }
+        r = apply_push(s, t, fk, fresh, fg, client_id, seq, ret, err, errlen);
+    }
+    free(fk);
+    free(fg);
+    return r;
 }
 
 /* Log a dense record: header, then per block its header, name and floats. */
@@ -643,7 +814,7 @@ static int apply_dense(ps_shard *s, size_t n, const char *const *names, const fl
     if (log)
         log_dense(s, REC_DENSE_PUSH, n, names, grads, lens, client_id, seq, false);
     if (e) {
-        e->seq = seq;
+        e->seq = e->seq > seq ? e->seq : seq;
         e->dirty = true;
     }
     return 0;
@@ -734,8 +905,7 @@ static int replay_dense(ps_shard *s, const char *payload, size_t len) {
     return r;
 }
 
-static int replay_record(void *ctx, uint64_t lsn, const void *payload, size_t len) {
-    ps_shard *s = ctx;
+static int replay_one(ps_shard *s, uint64_t lsn, const void *payload, size_t len) {
     push_record rec;
     if (len >= 1 && (((const uint8_t *)payload)[0] == REC_DENSE_PUSH ||
                      ((const uint8_t *)payload)[0] == REC_DENSE_CREATE)) {
@@ -788,6 +958,14 @@ static int replay_record(void *ctx, uint64_t lsn, const void *payload, size_t le
         s->c.replayed_records++;
         s->replay_covered = lsn;
     }
+    return r;
+}
+
+static int replay_record(void *ctx, uint64_t lsn, const void *payload, size_t len) {
+    ps_shard *s = ctx;
+    int r = replay_one(s, lsn, payload, len);
+    if (r == 0 && s->on_replay)
+        s->on_replay(s->on_replay_ctx, s->c.replayed_records);
     return r;
 }
 
@@ -862,6 +1040,8 @@ int ps_shard_open(const ps_config *cfg, const ps_shard_options *opts, ps_shard *
     s->id = opts->shard_id;
     s->notify = opts->notify;
     s->notify_ctx = opts->notify_ctx;
+    s->on_replay = opts->on_replay;
+    s->on_replay_ctx = opts->on_replay_ctx;
     snprintf(s->dir, sizeof(s->dir), "%s", opts->data_dir);
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
@@ -914,6 +1094,9 @@ int ps_shard_open(const ps_config *cfg, const ps_shard_options *opts, ps_shard *
     if (r < 0)
         goto fail;
     r = ps_store_write(s->store, b, err, errlen);
+    if (r < 0)
+        goto fail;
+    r = load_map(s, err, errlen);
     if (r < 0)
         goto fail;
 
@@ -1016,7 +1199,10 @@ int ps_shard_close(ps_shard *s) {
     for (size_t i = 0; i < s->ntables && s->job.dumps; i++)
         ps_table_dump_deinit(&s->job.dumps[i]);
     free(s->job.dumps);
+    for (size_t i = 0; s->clients && i < s->clients_cap; i++)
+        free(s->clients[i].bseq);
     free(s->clients);
+    ps_cluster_map_deinit(&s->map);
     ps_store_close(s->store);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);
@@ -1045,3 +1231,7 @@ void ps_shard_counters_get(const ps_shard *s, ps_shard_counters *ret) {
 }
 
 uint64_t ps_shard_store_bytes(ps_shard *s) { return ps_store_size(s->store); }
+
+uint64_t ps_shard_pending_compaction_bytes(ps_shard *s) {
+    return ps_store_pending_compaction_bytes(s->store);
+}

@@ -24,6 +24,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cmap.h"
 #include "config.h"
 #include "table.h"
 
@@ -34,6 +35,10 @@ typedef struct ps_shard_options {
     const char *data_dir;        /* this shard's own directory */
     void (*notify)(void *ctx);   /* from the write-back thread */
     void *notify_ctx;
+    /* Optional: called after each record replayed at open, with the count
+     * so far (recovery progress, for the metrics endpoint). */
+    void (*on_replay)(void *ctx, uint64_t records);
+    void *on_replay_ctx;
 } ps_shard_options;
 
 typedef struct ps_push_result {
@@ -42,18 +47,24 @@ typedef struct ps_push_result {
     bool already_applied;
 } ps_push_result;
 
+/* XX(name, metric, help): counters, by their Stats name and their
+ * Prometheus name (labelled there with shard). */
 #define PS_SHARD_COUNTER_MAP(XX)                                                              \
-    XX(flushes, "write-back batches committed")                                              \
-    XX(flushed_rows, "rows written back")                                                    \
-    XX(flush_errors, "write-back batches that failed (retried)")                             \
-    XX(make_room_flushes, "synchronous write-backs forced by a full memory tier")            \
-    XX(pushes_already_applied, "replayed pushes answered without applying")                  \
-    XX(replayed_records, "push-log records replayed at start")                               \
-    XX(pushlog_bytes, "bytes appended to the push log")                                      \
-    XX(dense_dropped_nonfinite, "dense pushes dropped for a non-finite gradient")
+    XX(flushes, "ctrps_flushes_total", "write-back batches committed")                       \
+    XX(flushed_rows, "ctrps_flushed_rows_total", "rows written back")                        \
+    XX(flush_errors, "ctrps_flush_errors_total", "write-back batches that failed (retried)") \
+    XX(make_room_flushes, "ctrps_make_room_flushes_total",                                   \
+       "synchronous write-backs forced by a full memory tier")                               \
+    XX(pushes_already_applied, "ctrps_pushes_already_applied_total",                         \
+       "replayed pushes answered without applying")                                          \
+    XX(replayed_records, "ctrps_recovery_replayed_records_total",                            \
+       "push-log records replayed at start")                                                 \
+    XX(pushlog_bytes, "ctrps_pushlog_appended_bytes_total", "bytes appended to the push log") \
+    XX(dense_dropped_nonfinite, "ctrps_dense_dropped_nonfinite_total",                       \
+       "dense pushes dropped for a non-finite gradient")
 
 typedef struct ps_shard_counters {
-#define PS_SHARD_COUNTER_FIELD(name, help) uint64_t name;
+#define PS_SHARD_COUNTER_FIELD(name, metric, help) uint64_t name;
     PS_SHARD_COUNTER_MAP(PS_SHARD_COUNTER_FIELD)
 #undef PS_SHARD_COUNTER_FIELD
 } ps_shard_counters;
@@ -77,8 +88,20 @@ ps_table *ps_shard_table(ps_shard *s, const char *name);
 size_t ps_shard_ntables(const ps_shard *s);
 ps_table *ps_shard_table_at(ps_shard *s, size_t i);
 
-/* Whether every key's bucket belongs to this shard. */
+/* Whether every key's bucket belongs to this shard under its map. */
 bool ps_shard_owns_all(const ps_shard *s, const uint64_t *keys, size_t n);
+
+/* The cluster map this shard serves (common/cmap.h): stored in its meta
+ * column family, fsynced. The first open stores the config's even split;
+ * later opens keep the stored map unless the config's map_version is
+ * higher (an operator's explicit reset). Borrowed until the next
+ * ps_shard_set_map(). */
+const ps_cluster_map *ps_shard_map(const ps_shard *s);
+/* Store (fsynced) and serve a newer map. A map of the same epoch and the
+ * same layout is accepted as already installed; an older one, one of
+ * another epoch with the same number, or one with another bucket count is
+ * refused with PS_EPROTO and a reason in err. m is copied. */
+int ps_shard_set_map(ps_shard *s, const ps_cluster_map *m, char *err, size_t errlen);
 
 /* Apply a push (all-or-nothing) and log it. client_id 0 skips sequencing;
  * otherwise a seq at or below the client's last applied one is answered as
@@ -118,3 +141,4 @@ bool ps_shard_read_only(const ps_shard *s);
 
 void ps_shard_counters_get(const ps_shard *s, ps_shard_counters *ret);
 uint64_t ps_shard_store_bytes(ps_shard *s);
+uint64_t ps_shard_pending_compaction_bytes(ps_shard *s);

@@ -358,6 +358,17 @@ int ps_store_write(ps_store *s, ps_store_batch *b, char *err, size_t errlen) {
     return take_error(rerr, err, errlen);
 }
 
+int ps_store_write_sync(ps_store *s, ps_store_batch *b, char *err, size_t errlen) {
+    rocksdb_writeoptions_t *w = rocksdb_writeoptions_create();
+    if (!w)
+        return -ENOMEM;
+    rocksdb_writeoptions_set_sync(w, 1);
+    char *rerr = NULL;
+    rocksdb_write(s->db, w, b->wb, &rerr);
+    rocksdb_writeoptions_destroy(w);
+    return take_error(rerr, err, errlen);
+}
+
 ps_store_iter *ps_store_iter_new(ps_store *s, int cf, const void *start, size_t slen) {
     ps_store_iter *it = malloc(sizeof(*it));
     if (!it)
@@ -404,6 +415,13 @@ uint64_t ps_store_size(ps_store *s) {
     uint64_t total = 0;
     for (size_t i = 0; i < s->ncf_open; i++)
         total += ps_store_cf_size(s, (int)i);
+    return total;
+}
+
+uint64_t ps_store_pending_compaction_bytes(ps_store *s) {
+    uint64_t total = 0;
+    for (size_t i = 0; i < s->ncf_open; i++)
+        total += cf_property(s, i, "rocksdb.estimate-pending-compaction-bytes");
     return total;
 }
 

@@ -89,6 +89,9 @@ void ps_store_batch_delete(ps_store_batch *b, ps_store *s, int cf, const void *k
 size_t ps_store_batch_count(const ps_store_batch *b);
 /* Apply the batch atomically (through RocksDB's WAL). */
 int ps_store_write(ps_store *s, ps_store_batch *b, char *err, size_t errlen);
+/* The same, and fsync the WAL before returning, whatever sync_writes says
+ * (rare writes that must survive a power loss: the cluster map). */
+int ps_store_write_sync(ps_store *s, ps_store_batch *b, char *err, size_t errlen);
 
 /* Ordered iteration over a column family from `start` (inclusive). */
 ps_store_iter *ps_store_iter_new(ps_store *s, int cf, const void *start, size_t slen);
@@ -102,6 +105,8 @@ void ps_store_iter_free(ps_store_iter *it);
 uint64_t ps_store_size(ps_store *s);
 /* The same for one column family. */
 uint64_t ps_store_cf_size(ps_store *s, int cf);
+/* RocksDB's estimate of the bytes compaction has yet to rewrite, all families. */
+uint64_t ps_store_pending_compaction_bytes(ps_store *s);
 /* Compact the whole column family (its memtable flushed first), so that
  * its compaction filter sees every key and the space of the keys it drops
  * (and of deleted keys) is given back. wait: run it now, on this thread

@@ -154,8 +154,9 @@ struct ps_table {
     uint64_t nfreed;
 
     uint64_t *ikeys;
-    uint32_t *islots;
+    uint32_t *islots;            /* slot + 1 per index entry; 0 = free */
     uint64_t imask;
+    uint64_t icount, imax;       /* entries in use; the size it may grow to */
 
     uint32_t gen, committed_gen, op;
     uint32_t pushed_gen;         /* generation of the last push */
@@ -214,29 +215,57 @@ static inline uint64_t index_home(const ps_table *t, uint64_t key) {
 static uint32_t index_find(const ps_table *t, uint64_t key) {
     for (uint64_t i = index_home(t, key);; i = (i + 1) & t->imask) {
         uint32_t s = t->islots[i];
-        if (s == EMPTY)
+        if (s == 0)
             return EMPTY;
         if (t->ikeys[i] == key)
-            return s;
+            return s - 1;
     }
 }
 
 static void index_insert(ps_table *t, uint64_t key, uint32_t slot) {
     uint64_t i = index_home(t, key);
-    while (t->islots[i] != EMPTY)
+    while (t->islots[i] != 0)
         i = (i + 1) & t->imask;
     t->ikeys[i] = key;
-    t->islots[i] = slot;
+    t->islots[i] = slot + 1;
+    t->icount++;
+}
+
+/* Double the index, reinserting every entry. The index starts small and
+ * grows with the rows, at most to imax (twice the tier's capacity): sized
+ * for the whole memory_mb up front, it cost a page fault per row at
+ * start-up and recovery (seconds for a restart; bench/restart.sh). */
+static int index_grow(ps_table *t) {
+    uint64_t old = t->imask + 1, size = old * 2;
+    uint64_t *keys = malloc(size * sizeof(uint64_t));
+    uint32_t *slots = calloc(size, sizeof(uint32_t));
+    if (!keys || !slots) {
+        free(keys);
+        free(slots);
+        return -ENOMEM;
+    }
+    uint64_t *okeys = t->ikeys;
+    uint32_t *oslots = t->islots;
+    t->ikeys = keys;
+    t->islots = slots;
+    t->imask = size - 1;
+    t->icount = 0;
+    for (uint64_t i = 0; i < old; i++)
+        if (oslots[i])
+            index_insert(t, okeys[i], oslots[i] - 1);
+    free(okeys);
+    free(oslots);
+    return 0;
 }
 
 static void index_remove(ps_table *t, uint64_t key) {
     uint64_t i = index_home(t, key);
-    while (t->ikeys[i] != key || t->islots[i] == EMPTY)
+    while (t->ikeys[i] != key || t->islots[i] == 0)
         i = (i + 1) & t->imask;
     /* Backward shift: pull later entries of the cluster into the hole when
      * the hole lies on their probe path. */
     uint64_t hole = i;
-    for (uint64_t j = (i + 1) & t->imask; t->islots[j] != EMPTY; j = (j + 1) & t->imask) {
+    for (uint64_t j = (i + 1) & t->imask; t->islots[j] != 0; j = (j + 1) & t->imask) {
         uint64_t home = index_home(t, t->ikeys[j]);
         bool on_path = hole <= j ? (home <= hole || home > j) : (home <= hole && home > j);
         if (on_path) {
@@ -245,7 +274,8 @@ static void index_remove(ps_table *t, uint64_t key) {
             hole = j;
         }
     }
-    t->islots[hole] = EMPTY;
+    t->islots[hole] = 0;
+    t->icount--;
 }
 
 /* ---- the ledger of live rows ------------------------------------------------- */
@@ -407,14 +437,17 @@ int ps_table_new(const ps_table_config *cfg, uint32_t nbuckets, uint64_t capacit
     t->gen = 1;
     t->ttl = cfg->ttl_s;
     t->expire_below = cfg->expire_below;
-    uint64_t isize = 16;
-    while (isize < 2 * capacity)
-        isize <<= 1;
+    uint64_t imax = 16;
+    while (imax < 2 * capacity)
+        imax <<= 1;
+    t->imax = imax;
+    uint64_t isize = imax < 1024 ? imax : 1024;
     t->imask = isize - 1;
     /* malloc, not calloc, for the slab: pages are committed on first use. */
     t->slab = malloc(capacity * t->row_size);
     t->ikeys = malloc(isize * sizeof(uint64_t));
-    t->islots = malloc(isize * sizeof(uint32_t));
+    /* calloc: 0 marks a free entry. */
+    t->islots = calloc(isize, sizeof(uint32_t));
     t->freed = malloc(capacity * sizeof(uint32_t));
     int r = lg_init(&t->lg, cfg->ttl_s, persisted_rows);
     if (r == 0)
@@ -423,7 +456,6 @@ int ps_table_new(const ps_table_config *cfg, uint32_t nbuckets, uint64_t capacit
         ps_table_free(t);
         return -ENOMEM;
     }
-    memset(t->islots, 0xff, isize * sizeof(uint32_t));
     *ret_table = t;
     return 0;
 }
@@ -604,6 +636,11 @@ static uint32_t take_slot(ps_table *t) {
 /* Take a slot and hold it, empty, for the current request: it is pinned
  * and marked free, so neither a later take nor a flush touches it. */
 static uint32_t acquire_slot(ps_table *t, char *err, size_t errlen) {
+    /* Every held slot may become an entry: keep the load at most 1/2. */
+    if ((t->icount + t->nfree + 1) * 2 > t->imask + 1 && t->imask + 1 < t->imax && index_grow(t) < 0) {
+        snprintf(err, errlen, "table %s: out of memory growing the row index", t->cfg->name);
+        return EMPTY;
+    }
     uint32_t s = take_slot(t);
     if (s == EMPTY && t->make_room && t->make_room(t->make_room_ctx) == 0)
         s = take_slot(t);

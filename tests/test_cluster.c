@@ -231,11 +231,14 @@ Test(cluster, metrics_endpoint_has_counters_and_no_row_data, .fini = teardown, .
                         "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())",
                         url, NULL};
         cr_assert_eq(ps_run(argv, &page, NULL), 0, "GET %s failed", url);
-        if (strstr(page, "ctrps_requests_pull 1\n"))
+        if (strstr(page, "ctrps_requests_total{shard=\"0\",method=\"pull\"} 1\n"))
             break;
         usleep(100000);
     }
-    cr_assert(strstr(page, "ctrps_requests_pull 1\n"), "%s", page);
+    cr_assert(strstr(page, "ctrps_requests_total{shard=\"0\",method=\"pull\"} 1\n"), "%s", page);
+    cr_assert(strstr(page, "# TYPE ctrps_requests_total counter\n"), "%s", page);
+    cr_assert(strstr(page, "ctrps_request_duration_seconds_count{shard=\"0\",method=\"pull\"} 1\n"),
+              "%s", page);
     cr_assert(strstr(page, "ctrps_table_rows{shard=\"0\",table=\"emb\"} 1\n"), "%s", page);
     cr_assert(strstr(page, "424242") == NULL, "a key in the metrics");
     cr_assert(strstr(page, value) == NULL, "a row value (%s) in the metrics", value);

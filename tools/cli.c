@@ -383,7 +383,7 @@ static int cmd_stats(ps_client *cl, const ps_config *cfg, int argc, char **argv)
             printf("%s", i ? "," : "");
             ps_json_string(stdout, x->tables[i].name);
             const char *sep = ":{";
-#define PRINT_STAT(name, help)                                                                 \
+#define PRINT_STAT(name, type, metric, help)                                                             \
     printf("%s\"" #name "\":%" PRIu64, sep, t->name);                                          \
     sep = ",";
             PS_TABLE_STATS_MAP(PRINT_STAT)

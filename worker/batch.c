@@ -7,6 +7,7 @@
 
 #include "error.h"
 #include "keys.h"
+#include "parse.h"
 
 /* ---- layout ------------------------------------------------------------------ */
 
@@ -27,6 +28,32 @@ static int32_t add_table(ps_batch_layout *L, const ps_table_config *t) {
 static bool is_can_table(const ps_model_config *m, const ps_table_config *t) {
     return ps_model_has_can(m->type) &&
            (!strcmp(t->name, m->can_ind_table) || !strcmp(t->name, m->can_feed_table));
+}
+
+/* Dense inputs exist only for Criteo integers (the parser's order: I1..I13,
+ * the dense ones). Each listed one gets one weight, keyed by its slot and a
+ * value no bucketized integer spells, so it is an ordinary FTRL coordinate,
+ * as in the PyTorch reference's LR. */
+static int lr_dense_init(ps_batch_layout *L, const ps_input_config *in, uint32_t ndense) {
+    L->ndense = ndense;
+    if (!ndense)
+        return 0;
+    L->lr_dense_key = calloc(ndense, sizeof(uint64_t));
+    L->lr_dense_on = calloc(ndense, 1);
+    if (!L->lr_dense_key || !L->lr_dense_on)
+        return -ENOMEM;
+    uint32_t k = 0;
+    for (int i = 0; i < PS_CRITEO_INTS && k < ndense; i++) {
+        if (!ps_input_integer_is_dense(in, i))
+            continue;
+        char name[8];
+        snprintf(name, sizeof(name), "I%d", i + 1);
+        uint16_t sid = ps_slot_id(name);
+        L->lr_dense_on[k] = L->lr_slot[sid];
+        L->lr_dense_key[k] = ps_fid(sid, "dense", 5);
+        k++;
+    }
+    return 0;
 }
 
 int ps_batch_layout_init(ps_batch_layout *L, const ps_config *cfg, uint32_t ndense, char *err,
@@ -51,7 +78,7 @@ int ps_batch_layout_init(ps_batch_layout *L, const ps_config *cfg, uint32_t nden
         for (size_t s = 0; s < t->nslots; s++)
             L->lr_slot[ps_slot_id(t->slots[s])] = 1;
         L->lr_bias_key = ps_fid(ps_slot_id("__bias__"), "1", 1);
-        return 0;
+        return lr_dense_init(L, &w->input, ndense);
     }
     /* Every slot of every other table is an embedding field, in config order. */
     for (uint32_t ti = 0; ti < cfg->ntables; ti++) {
@@ -108,6 +135,8 @@ void ps_batch_layout_deinit(ps_batch_layout *L) {
     free(L->tables);
     free(L->fields);
     free(L->field_of_slot);
+    free(L->lr_dense_key);
+    free(L->lr_dense_on);
     free(L->lr_slot);
     free(L->can_ind_of_slot);
     free(L->can_feed_of_slot);
@@ -195,8 +224,10 @@ int ps_batch_new(const ps_batch_layout *L, uint32_t cap, ps_batch **ret_batch) {
     b->can_feed = malloc((size_t)cap * (L->ncan_feed * L->can_max_len + 1) * sizeof(uint32_t));
     b->can_len = malloc((size_t)cap * (L->ncan_feed + 1) * sizeof(uint16_t));
     b->tables = calloc(L->ntables + 1, sizeof(ps_batch_table));
+    b->out_example = malloc(cap * sizeof(uint32_t));
+    b->id_end = malloc(cap * sizeof(uint32_t));
     if (!b->labels || !b->dense || !b->occ_off || !b->lr_off || !b->can_ind || !b->can_feed ||
-        !b->can_len || !b->tables) {
+        !b->can_len || !b->tables || !b->out_example || !b->id_end) {
         ps_batch_free(b);
         return -ENOMEM;
     }
@@ -236,6 +267,9 @@ void ps_batch_free(ps_batch *b) {
     free(b->can_ind);
     free(b->can_feed);
     free(b->can_len);
+    free(b->out_example);
+    free(b->id_end);
+    free(b->ids);
     free(b);
 }
 
@@ -246,6 +280,8 @@ void ps_batch_clear(ps_batch *b) {
     b->occ_off[0] = 0;
     b->lr_off[0] = 0;
     b->lines = b->malformed = 0;
+    b->nout = 0;
+    b->ids_len = 0;
     for (uint32_t i = 0; i < b->L->ntables; i++) {
         ps_batch_table *t = &b->tables[i];
         t->nkeys = 0;
@@ -315,37 +351,37 @@ static int add_fields(ps_batch *b, const ps_example *ex) {
     return 0;
 }
 
+static int add_lr_key(ps_batch *b, uint64_t key, float val) {
+    int64_t idx = table_key(&b->tables[b->L->lr_table], key);
+    if (idx < 0)
+        return (int)idx;
+    uint32_t cap = b->lr_cap;
+    if (push_u32(&b->lr_key, &b->nlr, &b->lr_cap, (uint32_t)idx) < 0)
+        return -ENOMEM;
+    if (b->lr_cap != cap) {
+        float *g = realloc(b->lr_val, b->lr_cap * sizeof(float));
+        if (!g)
+            return -ENOMEM;
+        b->lr_val = g;
+    }
+    b->lr_val[b->nlr - 1] = val;
+    return 0;
+}
+
 static int add_lr(ps_batch *b, const ps_example *ex) {
     const ps_batch_layout *L = b->L;
-    ps_batch_table *t = &b->tables[L->lr_table];
-    uint32_t n0 = b->nlr;
-    for (uint32_t k = 0; k <= ex->nfeatures; k++) {
-        uint64_t key;
-        float val;
-        if (k == ex->nfeatures) {
-            key = L->lr_bias_key;
-            val = 1.0f;
-        } else if (L->lr_slot[ex->features[k].slot_id]) {
-            key = ex->features[k].fid;
-            val = ex->features[k].value;
-        } else {
-            continue;
-        }
-        int64_t idx = table_key(t, key);
-        if (idx < 0)
-            return (int)idx;
-        uint32_t cap = b->lr_cap;
-        if (push_u32(&b->lr_key, &b->nlr, &b->lr_cap, (uint32_t)idx) < 0)
-            return -ENOMEM;
-        if (b->lr_cap != cap) {
-            float *g = realloc(b->lr_val, b->lr_cap * sizeof(float));
-            if (!g)
-                return -ENOMEM;
-            b->lr_val = g;
-        }
-        b->lr_val[b->nlr - 1] = val;
-    }
-    (void)n0;
+    int r = 0;
+    for (uint32_t k = 0; k < ex->nfeatures && r == 0; k++)
+        if (L->lr_slot[ex->features[k].slot_id])
+            r = add_lr_key(b, ex->features[k].fid, ex->features[k].value);
+    /* A dense input of 0 (x <= 0 or missing) has a zero gradient: skip it. */
+    for (uint32_t k = 0; k < L->ndense && k < ex->ndense && r == 0; k++)
+        if (L->lr_dense_on[k] && ex->dense[k] != 0.0f)
+            r = add_lr_key(b, L->lr_dense_key[k], ex->dense[k]);
+    if (r == 0)
+        r = add_lr_key(b, L->lr_bias_key, 1.0f);
+    if (r < 0)
+        return r;
     b->lr_off[b->n + 1] = b->nlr;
     return 0;
 }
@@ -398,5 +434,26 @@ int ps_batch_add(ps_batch *b, const ps_example *ex) {
     if (r < 0)
         return r;
     b->n++;
+    return 0;
+}
+
+int ps_batch_note_line(ps_batch *b, bool parsed, const char *id, size_t idlen) {
+    if (b->nout == b->cap)
+        return PS_ELIMIT;
+    if (b->ids_len + idlen > b->ids_cap) {
+        size_t c = b->ids_cap ? b->ids_cap : 4096;
+        while (c < b->ids_len + idlen)
+            c *= 2;
+        char *g = realloc(b->ids, c);
+        if (!g)
+            return -ENOMEM;
+        b->ids = g;
+        b->ids_cap = c;
+    }
+    if (idlen)
+        memcpy(b->ids + b->ids_len, id, idlen);
+    b->ids_len += idlen;
+    b->id_end[b->nout] = (uint32_t)b->ids_len;
+    b->out_example[b->nout++] = parsed ? b->n - 1 : PS_NO_KEY;
     return 0;
 }

@@ -52,6 +52,11 @@ typedef struct ps_batch_layout {
     int32_t lr_table;            /* table index, or -1 */
     uint64_t lr_bias_key;        /* always present in lr models */
     uint8_t *lr_slot;            /* [65536]: 1 if the slot feeds the LR */
+    /* [ndense]: the LR weight of dense input k (a Criteo integer in `integers
+     * = dense` mode whose slot the LR table lists), multiplied by the value
+     * log(1+x); lr_dense_on[k] = 0: that input is not in the LR. */
+    uint64_t *lr_dense_key;
+    uint8_t *lr_dense_on;
     int32_t can_ind_table, can_feed_table;
     uint8_t *can_ind_of_slot;    /* [65536]: induction index + 1 */
     uint8_t *can_feed_of_slot;   /* [65536]: feed index + 1 */
@@ -74,6 +79,15 @@ typedef struct ps_batch {
     uint32_t *can_feed;          /* n x ncan_feed x max_len: key index */
     uint16_t *can_len;           /* n x ncan_feed */
     ps_batch_table *tables;      /* ntables, own key lists and buffers */
+    /* Output lines (--predict, ps_batch_note_line): every input line of the
+     * batch in input order, as the index of the example it became or
+     * PS_NO_KEY for a rejected line; with an id column, line i's id is
+     * ids[id_end[i-1] .. id_end[i]) (id_end[-1] taken as 0). */
+    uint32_t nout;
+    uint32_t *out_example;       /* cap */
+    uint32_t *id_end;            /* cap */
+    char *ids;
+    size_t ids_len, ids_cap;
     /* reading state after the batch's last line */
     uint64_t lines, malformed;
     ps_reader_pos end;
@@ -91,3 +105,7 @@ void ps_batch_free(ps_batch *b);
 void ps_batch_clear(ps_batch *b);
 /* Add one labelled example. */
 int ps_batch_add(ps_batch *b, const ps_example *ex);
+/* Record an output line (--predict): the example just added (parsed) or a
+ * rejected line, with its id text (id may be NULL when idlen is 0).
+ * PS_ELIMIT once cap lines are recorded, -ENOMEM. */
+int ps_batch_note_line(ps_batch *b, bool parsed, const char *id, size_t idlen);

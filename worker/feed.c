@@ -80,9 +80,9 @@ void ps_feed_give_back(ps_feed *f, ps_batch *b) {
     pthread_mutex_unlock(&f->mu);
 }
 
-ps_batch *ps_feed_take(ps_feed *f) {
+static ps_batch *take_ready(ps_feed *f, bool wait) {
     pthread_mutex_lock(&f->mu);
-    while (f->count == 0 && !f->done)
+    while (wait && f->count == 0 && !f->done)
         pthread_cond_wait(&f->cv, &f->mu);
     ps_batch *b = NULL;
     if (f->count) {
@@ -93,6 +93,10 @@ ps_batch *ps_feed_take(ps_feed *f) {
     pthread_mutex_unlock(&f->mu);
     return b;
 }
+
+ps_batch *ps_feed_take(ps_feed *f) { return take_ready(f, true); }
+
+ps_batch *ps_feed_try_take(ps_feed *f) { return take_ready(f, false); }
 
 /* ---- the reader thread ------------------------------------------------------------------ */
 
@@ -136,12 +140,34 @@ static void seal(ps_feed *f, ps_batch *b, uint32_t pass) {
     b->input_done = done > 1 ? 1 : done;
 }
 
+/* Pass the filled batch *b on and take a free one into *b; true when none
+ * is left (the trainer quit). */
+static bool hand_over(ps_feed *f, ps_batch **b, uint32_t pass) {
+    seal(f, *b, pass);
+    put_ready(f, *b);
+    *b = take_free(f);
+    return *b == NULL;
+}
+
+/* With output_lines: record the line in its batch (its id column, if any). */
+static int note_line(ps_feed *f, ps_batch *b, bool parsed, const char *line, size_t len) {
+    if (!f->o.output_lines)
+        return 0;
+    const char *id = NULL;
+    size_t idlen = 0;
+    if (line && f->o.input->id_column &&
+        ps_input_column(f->o.input, line, len, f->o.input->id_column, &id, &idlen) < 0)
+        idlen = 0;
+    return ps_batch_note_line(b, parsed, id, idlen);
+}
+
 /* One pass over the input into batches. Returns 0 at its end, a negative
  * code on an error (message in err), or 1 when no free batch is left to
  * fill (the trainer quit). *b is the batch being filled. */
 static int read_pass(ps_feed *f, uint32_t pass, ps_batch **b, char *err, size_t errlen) {
     char reason[256];
     uint64_t max = f->o.max_examples;
+    bool out = f->o.output_lines;
     for (;;) {
         if (stop_requested(f) && !f->o.follow)
             return 0;
@@ -153,40 +179,48 @@ static int read_pass(ps_feed *f, uint32_t pass, ps_batch **b, char *err, size_t 
         int rc = ps_reader_next(f->reader, &line, &len, &file, &lineno, err, errlen);
         if (rc == 0)
             return 0;
-        if (rc == PS_EPARSE) {
-            report_bad_line(f, file, lineno, "line too long");
+        if (rc == 3) {
+            /* The input waits (follow): pass on the lines read so far, so
+             * that their predictions come out now, not with later lines. */
+            if ((*b)->nout > 0 && hand_over(f, b, pass))
+                return 1;
             continue;
         }
-        if (rc < 0)
+        int ar = 0;
+        if (rc == PS_EPARSE) {
+            report_bad_line(f, file, lineno, "line too long");
+            ar = note_line(f, *b, false, NULL, 0);
+        } else if (rc < 0) {
             return rc;
-        (*b)->lines++;
-        if (rc == 2) {
+        } else if (rc == 2) {
+            (*b)->lines++;
             if (ps_parser_header(f->parser, line, len, reason, sizeof(reason)) < 0) {
                 snprintf(err, errlen, "%s:1: bad header: %s", file, reason);
                 return PS_EPARSE;
             }
             continue;
-        }
-        if (len == 0)
-            continue; /* blank lines are not data */
-        if (ps_parser_parse(f->parser, line, len, &f->ex, reason, sizeof(reason)) < 0) {
+        } else if (len == 0 && !out) {
+            (*b)->lines++;
+            continue; /* blank lines are not data (but get an output line) */
+        } else if (ps_parser_parse(f->parser, line, len, &f->ex, reason, sizeof(reason)) < 0) {
+            (*b)->lines++;
             report_bad_line(f, file, lineno, reason);
             (*b)->malformed++;
-            continue;
+            ar = note_line(f, *b, false, line, len);
+        } else {
+            (*b)->lines++;
+            ar = ps_batch_add(*b, &f->ex);
+            if (ar == 0) {
+                atomic_fetch_add(&f->examples, 1);
+                ar = note_line(f, *b, true, line, len);
+            }
         }
-        int ar = ps_batch_add(*b, &f->ex);
         if (ar < 0) {
             snprintf(err, errlen, "batching: %s", ps_strerror(ar));
             return ar;
         }
-        atomic_fetch_add(&f->examples, 1);
-        if ((*b)->n == f->batch_size) {
-            seal(f, *b, pass);
-            put_ready(f, *b);
-            *b = take_free(f);
-            if (!*b)
-                return 1;
-        }
+        if ((out ? (*b)->nout : (*b)->n) == f->batch_size && hand_over(f, b, pass))
+            return 1;
     }
 }
 
@@ -214,7 +248,7 @@ static void *feed_main(void *arg) {
                  ps_input_format_name(f->o.input->format), (unsigned long long)bad, f->first_bad);
         status = PS_EPARSE;
     }
-    if (b && b->n > 0) {
+    if (b && (b->n > 0 || b->nout > 0)) {
         seal(f, b, reading);
         put_ready(f, b);
     } else if (b) {
@@ -251,6 +285,7 @@ int ps_feed_new(const ps_feed_options *opts, ps_feed **ret_feed, char *err, size
                             .num_workers = opts->num_workers,
                             .max_line = opts->input->max_line_bytes,
                             .headers = ps_parser_wants_header(f->parser),
+                            .report_idle = opts->output_lines,
                             .stop = opts->stop,
                             .quit = &f->reader_quit};
     r = ps_reader_new(&ro, &f->reader, err, errlen);

@@ -39,6 +39,11 @@ typedef struct ps_feed_options {
     uint64_t max_examples;       /* 0 = no limit */
     uint32_t malformed_log_per_s; /* warnings about bad lines per second */
     const volatile sig_atomic_t *stop; /* may be NULL; borrowed */
+    /* --predict: every line but a CSV header gets an output line in its
+     * batch (ps_batch_note_line), a rejected or blank one too, and a batch
+     * is handed over when it holds batch_size lines rather than examples;
+     * with input->id_column, each line's id text is kept. */
+    bool output_lines;
 } ps_feed_options;
 
 typedef struct ps_feed_counters {
@@ -65,6 +70,8 @@ int ps_feed_start(ps_feed *f, const ps_batch_layout *L, uint32_t batch_size);
  * once the thread is done and every batch was taken. The batch is borrowed
  * until ps_feed_give_back(). */
 ps_batch *ps_feed_take(ps_feed *f);
+/* The same without blocking: NULL when no batch is ready now. */
+ps_batch *ps_feed_try_take(ps_feed *f);
 void ps_feed_give_back(ps_feed *f, ps_batch *b);
 
 /* Tell the thread to quit at its next batch and join it. Returns the error

@@ -14,6 +14,7 @@
 #include "log.h"
 #include "nn.h"
 #include "parse.h"
+#include "predict.h"
 #include "train.h"
 #include "version.h"
 #include "wconfig.h"
@@ -25,6 +26,9 @@ static volatile sig_atomic_t stop_flag;
  * early exits (fail()) leave it reachable rather than leaked; main frees it
  * on its way out of a run. */
 static const char **inputs;
+/* Where the JSON result line goes: stdout, or stderr when --predict writes
+ * its lines to stdout. */
+static FILE *result_out;
 
 static void on_signal(int sig) {
     (void)sig;
@@ -34,10 +38,22 @@ static void on_signal(int sig) {
 static void usage(FILE *out) {
     fprintf(out,
             "usage: ctrps-worker --config FILE --input PATH [--input PATH ...] [options]\n"
+            "       ctrps-worker --config FILE --input PATH ... --predict OUT [options]\n"
             "\n"
             "Train the model of [model] in FILE on click logs against the cluster's shards:\n"
             "pull the rows each minibatch needs, run the dense model, push the gradients.\n"
             "Every example is scored before it is trained on (progressive validation).\n"
+            "\n"
+            "With --predict, score every input line with the trained model instead, without\n"
+            "training and without creating rows (Lookup: a key never trained scores with a\n"
+            "zero row), and write one line per input line to OUT (- for stdout; the JSON\n"
+            "result line then goes to stderr), in input order: the probability (%%.9g), or\n"
+            "nan for a line that does not parse (malformed, blank, too long; counted in\n"
+            "\"malformed\"); a CSV header line gets none. With [input] id_column = N the\n"
+            "N-th column's raw text and a tab come first. Labelled input also gets \"auc\",\n"
+            "\"logloss\" and \"calibration\" of the scores in the result line. Output is\n"
+            "flushed after every batch (--follow); with --num-workers, each worker scores\n"
+            "its share of the lines and writes its own OUT.\n"
             "\n"
             "  --config FILE        cluster, tables, [input] and [model] (INI); required\n"
             "  --input PATH         a file, a glob (quote it), a directory (its files in name\n"
@@ -46,6 +62,9 @@ static void usage(FILE *out) {
             "  --follow             keep reading appended lines and new files (tail -F) until\n"
             "                       SIGTERM, then finish the batches in flight and exit\n"
             "  --format F           criteo | csv | libsvm | slots (overrides [input] format)\n"
+            "  --predict OUT        score the input into OUT instead of training (see above)\n"
+            "  --unlabelled         the input has no label column (sets [input] labelled =\n"
+            "                       false; criteo and csv; with --predict)\n"
             "  --holdout FILE       evaluated without training at each progress report and at\n"
             "                       the end (rows read with Lookup: nothing is created)\n"
             "  --worker-index I     this worker's share of the input: lines I, I+N, ...\n"
@@ -86,7 +105,7 @@ static int fail(int status, const char *fmt, ...) {
     fprintf(stderr, "ctrps-worker: %s\n", msg);
     ps_train_result none;
     ps_train_result_init(&none);
-    ps_train_result_json(&none, msg, stdout);
+    ps_train_result_json(&none, msg, result_out ? result_out : stdout);
     return status;
 }
 
@@ -135,10 +154,12 @@ int main(int argc, char **argv) {
         {"holdout", required_argument, NULL, 'H'},     {"worker-index", required_argument, NULL, 'w'},
         {"num-workers", required_argument, NULL, 'n'}, {"max-examples", required_argument, NULL, 'm'},
         {"passes", required_argument, NULL, 'p'},      {"log-level", required_argument, NULL, 'v'},
-        {"resume", required_argument, NULL, 'R'},
-        {"help", no_argument, NULL, 'h'},              {"version", no_argument, NULL, 'V'},
-        {NULL, 0, NULL, 0}};
-    const char *config_path = NULL, *format = NULL;
+        {"resume", required_argument, NULL, 'R'},      {"predict", required_argument, NULL, 'P'},
+        {"unlabelled", no_argument, NULL, 'U'},        {"version", no_argument, NULL, 'V'},
+        {"help", no_argument, NULL, 'h'},              {NULL, 0, NULL, 0}};
+    const char *config_path = NULL, *format = NULL, *predict = NULL;
+    bool unlabelled = false;
+    result_out = stdout;
     inputs = calloc((size_t)argc + 1, sizeof(char *));
     if (!inputs)
         return fail(1, "out of memory");
@@ -167,6 +188,14 @@ int main(int argc, char **argv) {
             break;
         case 'R':
             to.resume = optarg;
+            break;
+        case 'P':
+            predict = optarg;
+            if (!strcmp(predict, "-"))
+                result_out = stderr;
+            break;
+        case 'U':
+            unlabelled = true;
             break;
         case 'w':
         case 'n':
@@ -218,6 +247,10 @@ int main(int argc, char **argv) {
     if (uses_stdin && to.passes > 1) {
         return fail(2, "--passes > 1 cannot read stdin twice");
     }
+    if (predict && (to.holdout || to.resume || to.passes > 1))
+        return fail(2, "--predict does not go with --holdout, --resume or --passes");
+    if (unlabelled && !predict)
+        return fail(2, "--unlabelled needs --predict (training needs labels)");
     ps_log_init("ctrps-worker", level);
 
     char err[1024];
@@ -227,18 +260,30 @@ int main(int argc, char **argv) {
         return fail(2, "%s", err);
     }
     ps_worker_config *w = cfg->worker;
-    if (format) {
+    if (format || unlabelled) {
         char reason[256];
-        if (ps_input_config_set(&w->input, "format", format, reason, sizeof(reason)) < 0 ||
+        if ((format && ps_input_config_set(&w->input, "format", format, reason, sizeof(reason)) < 0) ||
+            (unlabelled && ps_input_config_set(&w->input, "labelled", "false", reason, sizeof(reason)) < 0) ||
             ps_input_config_check(&w->input, reason, sizeof(reason)) < 0) {
             ps_config_free(cfg);
-            return fail(2, "--format %s: %s", format, reason);
+            return fail(2, "%s%s%s: %s", format ? "--format " : "", format ? format : "",
+                        unlabelled ? " --unlabelled" : "", reason);
+        }
+    }
+    FILE *pout = NULL;
+    if (predict) {
+        pout = strcmp(predict, "-") ? fopen(predict, "w") : stdout;
+        if (!pout) {
+            int e = errno;
+            ps_config_free(cfg);
+            return fail(1, "--predict %s: %s", predict, strerror(e));
         }
     }
     openblas_set_num_threads(1);
-    ps_info("model %s, input %s, BLAS kernels %s, worker %u of %u%s",
+    ps_info("model %s, input %s, BLAS kernels %s, worker %u of %u%s%s",
             ps_model_type_name(w->model.type), ps_input_format_name(w->input.format),
-            ps_nn_blas_core(), to.worker_index, to.num_workers, to.follow ? ", following" : "");
+            ps_nn_blas_core(), to.worker_index, to.num_workers, to.follow ? ", following" : "",
+            predict ? ", predicting" : "");
 
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
@@ -253,17 +298,26 @@ int main(int argc, char **argv) {
     to.stop = &stop_flag;
     ps_train_result res;
     err[0] = 0;
-    r = ps_train_run(&to, &res, err, sizeof(err));
+    if (predict) {
+        r = ps_predict_run(&to, pout, &res, err, sizeof(err));
+        if (pout != stdout && fclose(pout) != 0 && r == 0) {
+            snprintf(err, sizeof(err), "--predict %s: %s", predict, strerror(errno));
+            r = -EIO;
+        }
+    } else {
+        r = ps_train_run(&to, &res, err, sizeof(err));
+    }
     int status = 0;
     if (r < 0) {
         const char *msg = err[0] ? err : ps_strerror(r);
         ps_error("%s", msg);
         status = r == PS_ECONFIG ? 2 : 1;
-        ps_train_result_json(&res, msg, stdout);
+        ps_train_result_json(&res, msg, result_out);
     } else {
         if (res.malformed)
-            ps_warn("skipped %llu malformed lines", (unsigned long long)res.malformed);
-        ps_train_result_json(&res, NULL, stdout);
+            ps_warn("%s %llu malformed lines", predict ? "wrote nan for" : "skipped",
+                    (unsigned long long)res.malformed);
+        ps_train_result_json(&res, NULL, result_out);
     }
     ps_config_free(cfg);
     free(inputs);

@@ -235,7 +235,7 @@ static int can_backward(ps_model *m, ps_batch *b) {
 /* ---- the network ---------------------------------------------------------------- */
 
 static float pool_scale(const ps_batch *b, uint32_t cnt) {
-    return b->L->model->pooling == PS_POOL_MEAN ? 1.0f / (float)cnt : 1.0f;
+    return b->L->model->pooling == PS_REDUCE_MEAN ? 1.0f / (float)cnt : 1.0f;
 }
 
 int ps_model_forward(ps_model *m, ps_batch *b, float *ret_logits) {

@@ -165,6 +165,7 @@ static const ps_config_key input_keys[] = {
                   .scope = FMT(LIBSVM)),
     PS_KEY_U32("max_line_bytes", INP, max_line_bytes, 64, 1u << 30),
     PS_KEY_U32("max_slots", INP, max_slots, 1, 65535),
+    PS_KEY_U32("id_column", INP, id_column, 0, 65535),
 };
 #undef INP
 #define NINPUT_KEYS (sizeof(input_keys) / sizeof(input_keys[0]))
@@ -248,6 +249,34 @@ int ps_input_config_check(const ps_input_config *c, char *err, size_t errlen) {
                 return PS_ECONFIG;
             }
     return 0;
+}
+
+int ps_input_column(const ps_input_config *c, const char *line, size_t len, uint32_t col,
+                    const char **ret_text, size_t *ret_len) {
+    /* libsvm and slots split on runs of blanks, the others on one byte:
+     * the same columns their parsers see. */
+    bool runs = c->format == PS_INPUT_LIBSVM || c->format == PS_INPUT_SLOTS;
+    char sep = c->format == PS_INPUT_CSV ? ',' : '\t';
+    size_t i = 0;
+    for (uint32_t k = 1; col > 0; k++) {
+        if (runs)
+            while (i < len && (line[i] == ' ' || line[i] == '\t'))
+                i++;
+        size_t start = i;
+        while (i < len && (runs ? line[i] != ' ' && line[i] != '\t' : line[i] != sep))
+            i++;
+        if (k == col) {
+            if (runs && start == len)
+                break;
+            *ret_text = line + start;
+            *ret_len = i - start;
+            return 0;
+        }
+        if (i == len)
+            break;
+        i++;
+    }
+    return -ENOENT;
 }
 
 bool ps_input_integer_is_dense(const ps_input_config *c, int i) {

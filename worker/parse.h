@@ -98,6 +98,13 @@ const char *ps_integers_mode_name(ps_integers_mode m);
  *   max_line_bytes = 65536    [64, 1 GiB]; longer lines are rejected
  *   max_slots = 1024          [1, 65535]; cap on distinct slots that CSV
  *                             headers and slots-format lines may introduce
+ *   id_column = 0             [0, 65535]; 1-based column whose raw text
+ *                             `ctrps-worker --predict` writes before each
+ *                             probability (0: none); columns are split as
+ *                             the format splits them (tab, comma, runs of
+ *                             blanks). The parser still parses the whole
+ *                             line: for csv, name the column in
+ *                             ignore_columns (Avazu's id is by default)
  * A key that does not apply to the chosen format is rejected by
  * ps_input_config_check(), as config.c does for optimizer keys: a silently
  * ignored setting is a bug nobody sees. */
@@ -113,6 +120,7 @@ typedef struct ps_input_config {
     char libsvm_slot[PS_NAME_MAX];
     uint32_t max_line_bytes;
     uint32_t max_slots;
+    uint32_t id_column;
     uint32_t keys_set;           /* bit per key set explicitly (for _check) */
 } ps_input_config;
 
@@ -129,6 +137,10 @@ int ps_input_config_set(ps_input_config *c, const char *key, const char *value, 
 /* Reject combinations once the whole section was read (a key set for another
  * format). PS_ECONFIG and a reason. */
 int ps_input_config_check(const ps_input_config *c, char *err, size_t errlen);
+/* Column col (1-based) of a line as format c->format splits it: its raw
+ * bytes (borrowed from line). -ENOENT when the line has fewer columns. */
+int ps_input_column(const ps_input_config *c, const char *line, size_t len, uint32_t col,
+                    const char **ret_text, size_t *ret_len);
 /* Whether Criteo integer field i (0-based: I1 is 0) is a dense input. */
 bool ps_input_integer_is_dense(const ps_input_config *c, int i);
 

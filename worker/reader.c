@@ -291,8 +291,11 @@ int ps_reader_next(ps_reader *r, const char **ret_line, size_t *ret_len, const c
             if (r->cur >= r->nfiles) {
                 if (!r->o.follow || stopped(r))
                     return 0;
-                if (!find_new_files(r))
+                if (!find_new_files(r)) {
                     sleep_ms(r->o.poll_ms);
+                    if (r->o.report_idle)
+                        return 3;
+                }
                 continue;
             }
             int rc = open_current(r, 0, err, errlen);
@@ -362,6 +365,8 @@ int ps_reader_next(ps_reader *r, const char **ret_line, size_t *ret_len, const c
                     return 0; /* a partial last line is not a line yet */
                 sleep_ms(r->o.poll_ms);
                 r->eof = false; /* read again: the file may have grown */
+                if (r->o.report_idle)
+                    return 3;
                 continue;
             }
             last = false;

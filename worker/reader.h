@@ -33,6 +33,8 @@ typedef struct ps_reader_options {
     size_t max_line;             /* longer lines are reported, not returned; default 1 MiB */
     uint32_t poll_ms;            /* follow-mode polling interval; default 100 */
     bool headers;                /* the first line of every file is a header (CSV) */
+    bool report_idle;            /* follow mode: ps_reader_next returns 3 after each
+                                  * wait for input (a consumer can pass on what it has) */
     const volatile sig_atomic_t *stop; /* may be NULL */
     const volatile sig_atomic_t *quit; /* may be NULL; as stop, for a consumer that
                                         * gave up (not a signal handler) */
@@ -53,7 +55,9 @@ void ps_reader_free(ps_reader *r);
  * '\r' before it). Returns 1 with the line (borrowed until the next call),
  * its file name and 1-based line number; 2 for a file's header line (with
  * `headers`: every worker gets every header, and headers are not counted in
- * the shares); 0 at the end of input (or on stop in follow mode); PS_EPARSE
+ * the shares); 3 with nothing filled after a poll interval spent waiting for
+ * input (follow mode with report_idle only; call again to go on reading);
+ * 0 at the end of input (or on stop in follow mode); PS_EPARSE
  * for a line longer than max_line (skipped; the location is filled, the line
  * is not); another negative code on a read error (err is filled). */
 int ps_reader_next(ps_reader *r, const char **ret_line, size_t *ret_len, const char **ret_file,

@@ -162,3 +162,45 @@ Test(model, dcnv2_can_gradient_wrt_rows_matches_finite_differences) {
                   "[table.ci]\ndim = 14\ninit = normal\n[table.cf]\ndim = 3\n",
           0);
 }
+
+/* LR over Criteo with `integers = dense`: an integer slot the table lists
+ * is one weight times log(1+x) (here the example's dense value), as in the
+ * PyTorch reference; unlisted dense inputs and zeros add no key. */
+Test(model, lr_dense_integers_are_weights_times_value) {
+    const char *cfg_text = CLUSTER "[input]\nformat = criteo\nintegers = dense\n"
+                                   "[model]\ntype = lr\nbatch_size = 16\n"
+                                   "[table.w]\ndim = 1\nslots = user, item, hist, I1, I3\n";
+    check(cfg_text, 13);
+    ps_config *cfg = load(cfg_text);
+    ps_batch_layout L;
+    char err[512];
+    cr_assert_eq(ps_batch_layout_init(&L, cfg, 13, err, sizeof(err)), 0, "%s", err);
+    ps_model *m;
+    cr_assert_eq(ps_model_new(&L, &m, err, sizeof(err)), 0, "%s", err);
+    ps_batch *b;
+    cr_assert_eq(ps_batch_new(&L, 4, &b), 0);
+    ps_example ex;
+    ps_example_init(&ex);
+    float dense[13] = {2.0f, 5.0f, 0.0f}; /* I1 = 2 (listed), I2 = 5 (not), I3 = 0 (listed, zero) */
+    ex.dense = dense;
+    ex.ndense = 13;
+    ex.label = 1.0f;
+    cr_assert_eq(ps_batch_add(b, &ex), 0);
+    ps_batch_table *t = &b->tables[L.lr_table];
+    cr_assert_eq(t->nkeys, 2, "keys: I1's weight and the bias, got %u", t->nkeys);
+    uint64_t i1 = ps_fid(ps_slot_id("I1"), "dense", 5);
+    cr_assert_eq(t->keys[0], i1);
+    cr_assert_eq(t->keys[1], L.lr_bias_key);
+    t->values[0] = 0.5f;
+    t->values[1] = 0.25f;
+    float logit, dlogit = -0.5f;
+    cr_assert_eq(ps_model_forward(m, b, &logit), 0);
+    cr_assert_float_eq(logit, 2.0f * 0.5f + 0.25f, 1e-6);
+    cr_assert_eq(ps_model_backward(m, b, &dlogit), 0);
+    cr_assert_float_eq(t->grads[0], -1.0f, 1e-6);
+    cr_assert_float_eq(t->grads[1], -0.5f, 1e-6);
+    ps_batch_free(b);
+    ps_model_free(m);
+    ps_batch_layout_deinit(&L);
+    ps_config_free(cfg);
+}

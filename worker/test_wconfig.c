@@ -55,7 +55,8 @@ Test(wconfig, defaults) {
     cr_assert_eq(m->nmlp, 2);
     cr_expect_eq(m->mlp[0], 400);
     cr_expect_eq(m->mlp[1], 400);
-    cr_expect_eq(m->pooling, PS_POOL_MEAN);
+    cr_expect_eq(m->pooling, PS_REDUCE_MEAN);
+    cr_expect_eq(m->sparse_gradient, PS_REDUCE_MEAN);
     cr_expect_eq(m->max_in_flight, 2);
     cr_expect_eq(m->dense_refresh, 1);
     cr_expect_eq(m->seed, 1);
@@ -99,6 +100,7 @@ Test(wconfig, every_key_reaches_its_field) {
                                     "structure = parallel\n"
                                     "mlp = 7, 6 ,5,,4\n"
                                     "pooling = sum\n"
+                                    "sparse_gradient = sum\n"
                                     "max_in_flight = 0\n"
                                     "dense_refresh = 1000000\n"
                                     "seed = 18446744073709551615\n"
@@ -139,7 +141,8 @@ Test(wconfig, every_key_reaches_its_field) {
     cr_expect_eq(m->mlp[1], 6);
     cr_expect_eq(m->mlp[2], 5);
     cr_expect_eq(m->mlp[3], 4);
-    cr_expect_eq(m->pooling, PS_POOL_SUM);
+    cr_expect_eq(m->pooling, PS_REDUCE_SUM);
+    cr_expect_eq(m->sparse_gradient, PS_REDUCE_SUM);
     cr_expect_eq(m->max_in_flight, 0);
     cr_expect_eq(m->dense_refresh, 1000000);
     cr_expect_eq(m->seed, UINT64_MAX);

@@ -15,11 +15,12 @@
 #include "eval.h"
 #include "model.h"
 #include "parse.h"
+#include "predict.h"
 #include "wconfig.h"
 
 #include <xxhash.h>
 
-#define MAX_TABLES 16
+#define MAX_TABLES PS_PREDICT_MAX_TABLES
 
 static double now_s(void) {
     struct timespec ts;
@@ -44,6 +45,31 @@ static void log_outage(void *ctx, const ps_client_outage *o) {
 static void log_client_event(void *ctx, const char *msg) {
     (void)ctx;
     ps_debug("%s", msg);
+}
+
+void ps_train_feed_options(const ps_train_options *o, ps_feed_options *ret) {
+    const ps_worker_config *w = ps_worker_config_of(o->cfg);
+    *ret = (ps_feed_options){.input = &w->input,
+                             .inputs = o->inputs,
+                             .ninputs = o->ninputs,
+                             .follow = o->follow,
+                             .worker_index = o->worker_index,
+                             .num_workers = o->num_workers,
+                             .passes = o->passes,
+                             .max_examples = o->max_examples,
+                             .malformed_log_per_s = w->malformed_log_per_s,
+                             .stop = o->stop};
+}
+
+int ps_train_client_new(const ps_train_options *o, ps_client **ret_client, char *err, size_t errlen) {
+    const ps_worker_config *w = ps_worker_config_of(o->cfg);
+    ps_client_options co = {.cfg = o->cfg,
+                            .name = "ctrps-worker",
+                            .timeout_ms = w->timeout_ms,
+                            .outage_timeout_ms = (uint64_t)w->outage_timeout_s * 1000,
+                            .on_outage = log_outage,
+                            .on_event = log_client_event};
+    return ps_client_new(&co, ret_client, err, errlen);
 }
 
 /* ---- training ------------------------------------------------------------------------ */
@@ -222,6 +248,17 @@ static int start_pushes(trainer *t, ps_batch *b) {
     return 0;
 }
 
+/* sparse_gradient = sum: the rows get B times the mean-loss gradient (the
+ * per-example gradients summed), the dense blocks keep the mean. */
+static void scale_sparse_grads(ps_batch *b, float k) {
+    for (uint32_t ti = 0; ti < b->L->ntables; ti++) {
+        ps_batch_table *bt = &b->tables[ti];
+        size_t n = (size_t)bt->nkeys * bt->dim;
+        for (size_t i = 0; i < n; i++)
+            bt->grads[i] *= k;
+    }
+}
+
 static int compute(trainer *t, ps_batch *b) {
     int r = ps_model_forward(t->model, b, t->logits);
     if (r < 0) {
@@ -238,9 +275,13 @@ static int compute(trainer *t, ps_batch *b) {
     if (t->nblocks)
         ps_nn_params_zero_grad(t->params);
     r = ps_model_backward(t->model, b, t->dlogits);
-    if (r < 0)
+    if (r < 0) {
         snprintf(t->err, sizeof(t->err), "backward: %s", ps_strerror(r));
-    return r;
+        return r;
+    }
+    if (t->w->model.sparse_gradient == PS_REDUCE_SUM)
+        scale_sparse_grads(b, (float)b->n);
+    return 0;
 }
 
 /* ---- checkpoint barrier ------------------------------------------------------------- */
@@ -323,26 +364,9 @@ static int holdout_eval(trainer *t, holdout *h, double *ret_auc, double *ret_log
     int r = 0;
     for (size_t k = 0; k < h->n && r == 0; k++) {
         ps_batch *b = h->batches[k];
-        ps_call *calls[MAX_TABLES];
-        int n = 0;
-        uint8_t *found[MAX_TABLES] = {0};
-        for (uint32_t i = 0; i < t->L->ntables && r == 0; i++) {
-            ps_batch_table *bt = &b->tables[i];
-            if (bt->nkeys == 0)
-                continue;
-            found[i] = malloc(bt->nkeys);
-            if (!found[i]) {
-                r = -ENOMEM;
-                break;
-            }
-            r = ps_client_lookup_start(t->client, bt->cfg->name, bt->dim, 0, bt->keys, bt->nkeys,
-                                       found[i], bt->values, NULL, &calls[n]);
-            if (r == 0)
-                n++;
-        }
-        int w = wait_calls(t, calls, n);
-        for (uint32_t i = 0; i < MAX_TABLES; i++)
-            free(found[i]);
+        ps_predict_lookup l;
+        r = ps_predict_lookup_start(t->client, b, &l);
+        int w = ps_predict_lookup_wait(&l, t->err, sizeof(t->err));
         if (r == 0)
             r = w;
         if (r == 0)
@@ -528,16 +552,8 @@ static int trainer_open(trainer *t, const ps_train_options *o, char *err, size_t
     if ((r = ps_eval_new(&t->total)) < 0 || (r = ps_eval_new(&t->window)) < 0 ||
         (o->holdout && (r = ps_eval_new(&t->hold)) < 0))
         return r;
-    ps_feed_options fo = {.input = &w->input,
-                          .inputs = o->inputs,
-                          .ninputs = o->ninputs,
-                          .follow = o->follow,
-                          .worker_index = o->worker_index,
-                          .num_workers = o->num_workers,
-                          .passes = o->passes,
-                          .max_examples = o->max_examples,
-                          .malformed_log_per_s = w->malformed_log_per_s,
-                          .stop = o->stop};
+    ps_feed_options fo;
+    ps_train_feed_options(o, &fo);
     r = ps_feed_new(&fo, &t->feed, err, errlen);
     if (r < 0)
         return r;
@@ -566,13 +582,7 @@ static int trainer_open(trainer *t, const ps_train_options *o, char *err, size_t
     r = holdout_read(o, w, t->L, &t->h, err, errlen);
     if (r < 0)
         return r;
-    ps_client_options co = {.cfg = o->cfg,
-                            .name = "ctrps-worker",
-                            .timeout_ms = w->timeout_ms,
-                            .outage_timeout_ms = (uint64_t)w->outage_timeout_s * 1000,
-                            .on_outage = log_outage,
-                            .on_event = log_client_event};
-    r = ps_client_new(&co, &t->client, err, errlen);
+    r = ps_train_client_new(o, &t->client, err, errlen);
     if (r < 0)
         return r;
     r = dense_setup(t);
@@ -657,16 +667,7 @@ static int trainer_loop(trainer *t, ps_train_result *ret) {
 
 /* The final dense model, then the holdout scored with it. */
 static int holdout_final(trainer *t, ps_train_result *ret, char *err, size_t errlen) {
-    int r = 0;
-    if (t->nblocks) {
-        ps_dense_block *live = calloc(t->nblocks, sizeof(ps_dense_block));
-        for (size_t i = 0; live && i < t->nblocks; i++) {
-            const ps_nn_param *pp = ps_nn_params_at(t->params, i);
-            live[i] = (ps_dense_block){pp->name, pp->value, pp->len};
-        }
-        r = live ? ps_client_dense_pull(t->client, live, t->nblocks, false, t->err, sizeof(t->err)) : -ENOMEM;
-        free(live);
-    }
+    int r = ps_predict_load_dense(t->client, t->model, t->err, sizeof(t->err));
     if (r == 0)
         r = holdout_eval(t, &t->h, &ret->holdout_auc, &ret->holdout_logloss);
     if (r < 0)
@@ -767,6 +768,8 @@ static void json_string(FILE *out, const char *s) {
 
 void ps_train_result_json(const ps_train_result *r, const char *error, FILE *out) {
     fprintf(out, "{\"examples\":%llu,", (unsigned long long)r->examples);
+    if (r->predicted)
+        fprintf(out, "\"lines\":%llu,", (unsigned long long)r->lines);
     json_num(out, "examples_per_sec", r->examples_per_sec, true);
     json_num(out, "auc", r->auc, true);
     json_num(out, "logloss", r->logloss, true);

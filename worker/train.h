@@ -19,7 +19,9 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "client.h"
 #include "config.h"
+#include "feed.h"
 #include "reader.h"
 
 typedef struct ps_train_options {
@@ -46,7 +48,15 @@ typedef struct ps_train_result {
     double mean_staleness;
     uint64_t reconnects;
     uint64_t checkpoints;        /* barriers this worker paused at */
+    bool predicted;              /* a --predict run (predict.h): lines is set */
+    uint64_t lines;              /* output lines written */
 } ps_train_result;
+
+/* What a run of o reads (for --predict too, predict.h): the feed's options. */
+void ps_train_feed_options(const ps_train_options *o, ps_feed_options *ret);
+/* The run's client, which logs each shard outage as it begins, while it
+ * lasts and when it ends. Caller frees with ps_client_free(). */
+int ps_train_client_new(const ps_train_options *o, ps_client **ret_client, char *err, size_t errlen);
 
 /* Nothing done: counters 0, metrics NaN. */
 void ps_train_result_init(ps_train_result *r);
@@ -56,5 +66,6 @@ void ps_train_result_init(ps_train_result *r);
 int ps_train_run(const ps_train_options *o, ps_train_result *ret, char *err, size_t errlen);
 
 /* The final line: one JSON object (NaN as null), with "error": error last
- * when error is not NULL (what was done before it still counts). */
+ * when error is not NULL (what was done before it still counts); a
+ * prediction run adds "lines". */
 void ps_train_result_json(const ps_train_result *r, const char *error, FILE *out);

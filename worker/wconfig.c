@@ -41,7 +41,8 @@ static ps_worker_config *get(ps_config *cfg) {
     m->structure = PS_DCN_STACKED;
     m->mlp[0] = m->mlp[1] = 400;
     m->nmlp = 2;
-    m->pooling = PS_POOL_MEAN;
+    m->pooling = PS_REDUCE_MEAN;
+    m->sparse_gradient = PS_REDUCE_MEAN;
     m->max_in_flight = 2;
     m->dense_refresh = 1;
     m->seed = 1;
@@ -59,7 +60,7 @@ static bool owns(const char *section) {
     return !strcmp(section, "input") || !strcmp(section, "model") || !strcmp(section, "worker");
 }
 
-static const char *const pooling_names[] = {[PS_POOL_MEAN] = "mean", [PS_POOL_SUM] = "sum"};
+static const char *const reduction_names[] = {[PS_REDUCE_MEAN] = "mean", [PS_REDUCE_SUM] = "sum"};
 
 /* can_dims = d0, d1, ..., dK: K + 1 sizes into the unit's size_t dims and
  * its layer count K. */
@@ -99,7 +100,8 @@ static const ps_config_key model_keys[] = {
     PS_KEY_BOOL("cross_use_c", MDL, cross_use_c),
     PS_KEY_ENUM("structure", MDL, structure, ps_dcn_structure_names),
     PS_KEY_U32S("mlp", MDL, mlp, nmlp, 1, 65536),
-    PS_KEY_ENUM("pooling", MDL, pooling, pooling_names),
+    PS_KEY_ENUM("pooling", MDL, pooling, reduction_names),
+    PS_KEY_ENUM("sparse_gradient", MDL, sparse_gradient, reduction_names),
     PS_KEY_U32("max_in_flight", MDL, max_in_flight, 0, 64),
     PS_KEY_U32("dense_refresh", MDL, dense_refresh, 1, 1000000),
     PS_KEY_U64("seed", MDL, seed, 0, UINT64_MAX),

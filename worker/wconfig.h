@@ -14,6 +14,10 @@
  *   structure = stacked       stacked | parallel
  *   mlp = 400, 400            deep tower sizes; may be empty ("mlp =")
  *   pooling = mean            mean | sum, for slots with several values
+ *   sparse_gradient = mean    mean: the gradient of the batch's mean logloss;
+ *                             sum: the per-example gradients summed (B times
+ *                             mean), so FTRL's alpha, beta, lambda1, lambda2
+ *                             mean what they mean in KDD'13 at any batch size
  *   max_in_flight = 2         batches whose pushes may be unacknowledged when
  *                             the next pull is sent; 0 = synchronous
  *   dense_refresh = 1         batches between DensePulls of the dense model
@@ -54,7 +58,7 @@ typedef enum {
 #undef PS_MODEL_TYPE_ENUM
 } ps_model_type;
 #define PS_MODEL_TYPE_COUNT (0 PS_MODEL_TYPE_MAP(PS_ENUM_ONE))
-typedef enum { PS_POOL_MEAN, PS_POOL_SUM } ps_pooling;
+typedef enum { PS_REDUCE_MEAN, PS_REDUCE_SUM } ps_reduction;
 
 #define PS_MODEL_MAX_MLP 8
 #define PS_MODEL_MAX_CAN_SLOTS 8
@@ -68,7 +72,8 @@ typedef struct ps_model_config {
     ps_dcn_structure structure;
     uint32_t mlp[PS_MODEL_MAX_MLP];
     uint32_t nmlp;
-    ps_pooling pooling;
+    ps_reduction pooling;
+    ps_reduction sparse_gradient;
     uint32_t max_in_flight;
     uint32_t dense_refresh;
     uint64_t seed;

@@ -270,6 +270,7 @@ class InputConfig:
         "libsvm_slot": lambda v: _check_name(v, "libsvm_slot"),
         "max_line_bytes": lambda v: _u32(v, 64, 1 << 30),
         "max_slots": lambda v: _u32(v, 1, 65535),
+        "id_column": lambda v: _u32(v, 0, 65535),
     }
     SCOPE = {"integers": ("criteo",), "dense_integers": ("criteo",),
              "bucketize_integers": ("criteo",), "label_column": ("csv",),
@@ -286,6 +287,7 @@ class InputConfig:
         self.libsvm_slot = "f"
         self.max_line_bytes = 65536
         self.max_slots = 1024
+        self.id_column = 0          # read by ctrps-worker --predict only
         self.keys_set = set()
 
     def set(self, key, value):
@@ -355,6 +357,7 @@ _MODEL_KEYS = {
     "structure": lambda v: _choice(v, ("stacked", "parallel")),
     "mlp": lambda v: [_u32(x, 1, 65536) for x in parse_names(v, MAX_MLP)],
     "pooling": lambda v: _choice(v, ("mean", "sum")),
+    "sparse_gradient": lambda v: _choice(v, ("mean", "sum")),
     "max_in_flight": lambda v: _u32(v, 0, 64),
     "dense_refresh": lambda v: _u32(v, 1, 1000000),
     "seed": _seed,
@@ -388,6 +391,7 @@ class ModelConfig:
         self.structure = "stacked"
         self.mlp = [400, 400]
         self.pooling = "mean"
+        self.sparse_gradient = "mean"
         self.max_in_flight = 2
         self.dense_refresh = 1
         self.seed = 1

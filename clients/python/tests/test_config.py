@@ -44,7 +44,7 @@ def test_ini_syntax_like_inih():
 @pytest.mark.parametrize("text, error", [
     ("[model]\ntype = fm\n", r"\[model\] key 'type': expected lr, dcnv2, can or dcnv2\+can"),
     ("[model]\nid_column = 1\n", r"\[model\] key 'id_column': unknown key"),
-    ("[input]\nid_column = id\n", r"\[input\] key 'id_column': unknown key"),
+    ("[input]\nid_column = id\n", r"\[input\] key 'id_column': expected an integer in \[0, 65535\]"),
     ("[model]\nmlp = 400, 0\n", r"expected an integer in \[1, 65536\], got '0'"),
     ("[table.t]\ndim = 0\n", r"expected an integer in \[1, 4096\]"),
     ("[table.t]\nslots = a\n", r"\[table.t\] key 'dim': required"),
@@ -69,6 +69,7 @@ INPUT_VALUES = [
     ("ignore_columns", ",a"), ("ignore_columns", " a , b "), ("libsvm_slot", "f:1"),
     ("max_line_bytes", "63"), ("max_line_bytes", "64"), ("max_line_bytes", "1e3"),
     ("max_slots", "65535"), ("max_slots", "65536"), ("id_column", "id"),
+    ("id_column", "3"), ("id_column", "0"), ("id_column", "65536"),
 ]
 
 

@@ -252,7 +252,12 @@ def test_matches_worker_predict_per_line(data, module_cluster_factory, tmp_path,
     """python3 -m ctrps.predict on `ctrps-cli export-model` output reproduces
     `ctrps-worker --predict` within 1e-5 on every line."""
     kind, body = MODELS[name]
-    train, hold = data[kind]
+    train, clean = data[kind]
+    # Lines either side rejects keep their place: "nan" on both sides.
+    lines = open(clean, "rb").read().splitlines(keepends=True)
+    hold = str(tmp_path / "holdout")
+    with open(hold, "wb") as f:
+        f.write(b"".join(lines[:3] + [b"not a line\n", b"\n"] + lines[3:] + [b"1\tx\n"]))
     c = module_cluster_factory(body, nshards=2)
     worker = bin_path("worker/ctrps-worker")
     run([worker, "--config", c.config, "--input", train, "--log-level", "warn"])
@@ -266,5 +271,6 @@ def test_matches_worker_predict_per_line(data, module_cluster_factory, tmp_path,
                     "--output", str(got)], env=env, check=True, capture_output=True)
     w = np.array([float(x.split()[-1]) for x in want.read_text().splitlines()])
     g = np.array([float(x) for x in got.read_text().splitlines()])
-    assert len(w) == len(g) == len(open(hold, "rb").read().splitlines())
+    assert len(w) == len(g) == len(lines) + 3
+    assert np.isnan(w[[3, 4, -1]]).all() and np.isfinite(np.delete(w, [3, 4, len(w) - 1])).all()
     np.testing.assert_allclose(g, w, rtol=0, atol=1e-5)

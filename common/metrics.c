@@ -5,6 +5,7 @@
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,7 +19,44 @@ struct ps_metrics {
     pthread_mutex_t mu;
     char *text;                  /* owned */
     size_t len;
+    ps_metrics_render_fn render; /* under mu */
+    void *render_ctx;
+    atomic_bool ready;
 };
+
+static struct MHD_Response *fixed(const char *text) {
+    return MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_PERSISTENT);
+}
+
+/* The /metrics page: rendered now (under mu, so that set_render() never
+ * races a render in progress), or the text last published. */
+static struct MHD_Response *metrics_page(ps_metrics *m, unsigned *ret_code) {
+    struct MHD_Response *resp = NULL;
+    pthread_mutex_lock(&m->mu);
+    if (m->render) {
+        ps_buf b;
+        ps_buf_init(&b);
+        if (m->render(m->render_ctx, &b) == 0) {
+            size_t len;
+            char *text = ps_buf_take(&b, &len);
+            resp = MHD_create_response_from_buffer(len, text ? text : (char *)"",
+                                                   text ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
+            if (!resp)
+                free(text);
+            *ret_code = MHD_HTTP_OK;
+        } else {
+            resp = fixed("metrics unavailable\n");
+            *ret_code = MHD_HTTP_INTERNAL_SERVER_ERROR;
+        }
+        ps_buf_deinit(&b);
+    } else {
+        resp = MHD_create_response_from_buffer(m->len, m->text ? m->text : (char *)"",
+                                               MHD_RESPMEM_MUST_COPY);
+        *ret_code = MHD_HTTP_OK;
+    }
+    pthread_mutex_unlock(&m->mu);
+    return resp;
+}
 
 static enum MHD_Result serve(void *cls, struct MHD_Connection *conn, const char *url,
                              const char *method, const char *version, const char *upload,
@@ -29,17 +67,19 @@ static enum MHD_Result serve(void *cls, struct MHD_Connection *conn, const char 
     (void)upload_len;
     (void)state;
     struct MHD_Response *resp;
-    unsigned code;
-    if (strcmp(method, "GET") != 0 || strcmp(url, "/metrics") != 0) {
-        static const char nf[] = "only GET /metrics is served here\n";
-        resp = MHD_create_response_from_buffer(sizeof(nf) - 1, (void *)nf, MHD_RESPMEM_PERSISTENT);
-        code = MHD_HTTP_NOT_FOUND;
+    unsigned code = MHD_HTTP_OK;
+    bool get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
+    if (get && strcmp(url, "/metrics") == 0) {
+        resp = metrics_page(m, &code);
+    } else if (get && strcmp(url, "/healthz") == 0) {
+        resp = fixed("ok\n");
+    } else if (get && strcmp(url, "/readyz") == 0) {
+        bool ready = atomic_load(&m->ready);
+        resp = fixed(ready ? "ready\n" : "not ready\n");
+        code = ready ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE;
     } else {
-        pthread_mutex_lock(&m->mu);
-        resp = MHD_create_response_from_buffer(m->len, m->text ? m->text : (char *)"",
-                                               MHD_RESPMEM_MUST_COPY);
-        pthread_mutex_unlock(&m->mu);
-        code = MHD_HTTP_OK;
+        resp = fixed("served here: GET /metrics, /healthz, /readyz\n");
+        code = MHD_HTTP_NOT_FOUND;
     }
     if (!resp)
         return MHD_NO;
@@ -94,6 +134,15 @@ void ps_metrics_publish(ps_metrics *m, const char *text, size_t len) {
     m->len = len;
     pthread_mutex_unlock(&m->mu);
 }
+
+void ps_metrics_set_render(ps_metrics *m, ps_metrics_render_fn fn, void *ctx) {
+    pthread_mutex_lock(&m->mu);
+    m->render = fn;
+    m->render_ctx = ctx;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void ps_metrics_set_ready(ps_metrics *m, bool ready) { atomic_store(&m->ready, ready); }
 
 void ps_metrics_stop(ps_metrics *m) {
     if (!m)

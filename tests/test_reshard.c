@@ -1,0 +1,262 @@
+/* Resharding through the real binaries (README "Resharding").
+ *
+ * Map epochs: every shard stores the cluster map it serves and survives a
+ * kill -9 with it; a client routing by an older map is answered WRONG_SHARD
+ * with the shard's epoch, fetches the newer map and resends the refused
+ * keys to their owners without failing the call; and the state reached
+ * equals the state of the same pushes on a cluster that never changed its
+ * map (nothing lost, nothing applied twice). */
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "client.h"
+#include "harness.h"
+#include "keys.h"
+#include "optim_layout.h"
+
+#define BUCKETS 64
+#define MOVED_LO 0
+#define MOVED_HI 16              /* buckets [MOVED_LO, MOVED_HI) go from shard 0 to 1 */
+#define NKEYS 600
+#define DIM 4
+
+static const char *body =
+    "buckets = 64\n"
+    "[server]\ndurability = sync\nflush_interval_ms = 50\n"
+    "[table.emb]\ndim = 4\noptimizer = ftrl\nalpha = 0.05\nbeta = 1.0\nlambda1 = 0.001\n"
+    "init = normal\ninit_std = 0.01\nslots = C1\n";
+
+static ps_cluster cl, ref;
+
+static void teardown(void) {
+    cr_expect_eq(ps_cluster_destroy(&cl), 0, "a shard reported a problem");
+    cr_expect_eq(ps_cluster_destroy(&ref), 0, "a reference shard reported a problem");
+}
+
+static ps_client *client_of(ps_cluster *c) {
+    ps_client_options o = {.cfg = c->cfg, .name = "test_reshard", .timeout_ms = 20000};
+    ps_client *cli;
+    char err[256];
+    cr_assert_eq(ps_client_new(&o, &cli, err, sizeof(err)), 0, "%s", err);
+    return cli;
+}
+
+static uint64_t keys[NKEYS];
+
+static void make_keys(void) {
+    for (size_t i = 0; i < NKEYS; i++)
+        keys[i] = ps_fid(ps_slot_id("C1"), (char *)&i, sizeof(i));
+}
+
+/* The same gradients on every call with the same round. */
+static void push_round(ps_client *c, int round) {
+    static float grads[NKEYS * DIM];
+    for (size_t i = 0; i < NKEYS * DIM; i++)
+        grads[i] = (float)((double)(ps_mix64(i * 131 + (uint64_t)round) >> 11) / 9007199254740992.0 - 0.5);
+    char err[512];
+    uint64_t applied, dropped;
+    int rc = ps_client_push(c, "emb", DIM, keys, NKEYS, grads, &applied, &dropped, err, sizeof(err));
+    cr_assert_eq(rc, 0, "push round %d: %s", round, err);
+    cr_assert_eq(applied, NKEYS, "round %d", round);
+}
+
+/* Values and optimizer state of every key, found or not. */
+static void read_all(ps_client *c, float *values, float *state, uint32_t width) {
+    static uint8_t found[NKEYS];
+    char err[512];
+    int rc = ps_client_lookup(c, "emb", DIM, width, keys, NKEYS, found, values, state, err, sizeof(err));
+    cr_assert_eq(rc, 0, "lookup: %s", err);
+    for (size_t i = 0; i < NKEYS; i++)
+        cr_assert(found[i], "key %zu not found", i);
+}
+
+/* The map that moves [MOVED_LO, MOVED_HI) to shard 1, at `version`. */
+static void moved_map(uint64_t version, ps_cluster_map *ret) {
+    cr_assert_eq(ps_cluster_map_from_config(cl.cfg, ret), 0);
+    ret->version = version;
+    for (uint32_t b = MOVED_LO; b < MOVED_HI; b++)
+        ret->owner[b] = 1;
+}
+
+static void install(ps_client *admin, int shard, const ps_cluster_map *m) {
+    char err[512];
+    ps_cluster_map held;
+    cr_assert_eq(ps_client_install_map(admin, (uint32_t)shard, m, &held, err, sizeof(err)), 0,
+                 "install on shard %d: %s", shard, err);
+    cr_assert_eq(held.version, m->version);
+    ps_cluster_map_deinit(&held);
+}
+
+/* Which buckets a shard's rows are in: bit b set when some row of bucket b
+ * is stored there. */
+static uint64_t buckets_on(ps_client *c, uint32_t shard) {
+    ps_export_cursor cur = {0};
+    uint64_t mask = 0;
+    for (;;) {
+        ps_export_page page;
+        char err[512];
+        cr_assert_eq(ps_client_export_page(c, shard, "emb", 0, false, &cur, &page, err, sizeof(err)), 0,
+                     "export: %s", err);
+        for (size_t i = 0; i < page.n; i++)
+            mask |= UINT64_C(1) << ps_bucket(page.keys[i], BUCKETS);
+        bool done = page.done;
+        ps_export_page_deinit(&page);
+        if (done)
+            return mask;
+    }
+}
+
+Test(reshard, a_client_follows_a_newer_map_and_applies_each_push_once, .fini = teardown,
+     .timeout = 240) {
+    make_keys();
+    cr_assert_eq(ps_cluster_start(&cl, 2, body), 0);
+    cr_assert_eq(ps_cluster_start(&ref, 2, body), 0);
+    ps_client *admin = client_of(&cl);
+
+    ps_cluster_map m1;
+    char err[512];
+    cr_assert_eq(ps_client_cluster_map(admin, 0, &m1, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(m1.version, 1, "the first map is the config's even split at map_version");
+    for (uint32_t b = 0; b < BUCKETS; b++)
+        cr_assert_eq(m1.owner[b], ps_bucket_owner(b, BUCKETS, 2));
+    ps_cluster_map_deinit(&m1);
+
+    /* Epoch 2 moves buckets 0-15 to shard 1 (still empty: this test is about
+     * routing, rows move with `ctrps-cli move`). Target first, then source,
+     * as a move's cut-over does. */
+    ps_cluster_map m2;
+    moved_map(2, &m2);
+    install(admin, 1, &m2);
+    install(admin, 0, &m2);
+    install(admin, 0, &m2); /* the same map again: accepted */
+    ps_cluster_map older;
+    moved_map(1, &older);
+    cr_assert_neq(ps_client_install_map(admin, 0, &older, NULL, err, sizeof(err)), 0,
+                  "an older epoch must be refused");
+    cr_assert(strstr(err, "not above"), "%s", err);
+    ps_cluster_map_deinit(&older);
+
+    /* A client that knows only the config's map (epoch 1) and one on a
+     * cluster that never moved: the same pushes end in the same state. */
+    ps_client *c = client_of(&cl), *r = client_of(&ref);
+    for (int round = 0; round < 3; round++) {
+        push_round(c, round);
+        push_round(r, round);
+    }
+    ps_client_counters cc;
+    ps_client_counters_get(c, &cc);
+    cr_assert_eq(cc.map_version, 2, "the client took the newer map");
+    cr_assert_geq(cc.rerouted, 1, "a WRONG_SHARD part was re-routed");
+    cr_assert_geq(cc.map_fetches, 1);
+    cr_assert_lt(cc.map_fetches, 3, "one fetch serves every later call");
+
+    static float v1[NKEYS * DIM], v2[NKEYS * DIM], s1[NKEYS * 64], s2[NKEYS * 64];
+    uint32_t width = ps_optim_state_width(&cl.cfg->tables[0].opt, DIM);
+    cr_assert_leq(width, 64);
+    read_all(c, v1, s1, width);
+    read_all(r, v2, s2, width);
+    cr_assert_eq(memcmp(v1, v2, sizeof(v1)), 0, "weights differ from the unmoved cluster's");
+    cr_assert_eq(memcmp(s1, s2, NKEYS * width * sizeof(float)), 0,
+                 "optimizer state differs from the unmoved cluster's");
+
+    uint64_t moved = ((UINT64_C(1) << MOVED_HI) - 1) & ~((UINT64_C(1) << MOVED_LO) - 1);
+    cr_assert_eq(buckets_on(c, 0) & moved, 0, "shard 0 stores rows of buckets it gave away");
+    cr_assert_eq(buckets_on(c, 1) & moved, moved, "shard 1 stores the moved buckets' rows");
+
+    /* kill -9: the map survives, and a fresh client (epoch 1 again) gets
+     * there too. */
+    ps_client_free(c);
+    cr_assert_eq(ps_cluster_restart(&cl, 0, SIGKILL), 0);
+    ps_client *fresh = client_of(&cl);
+    ps_cluster_map back;
+    cr_assert_eq(ps_client_cluster_map(fresh, 0, &back, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(back.version, 2);
+    cr_assert(ps_cluster_map_same_layout(&back, &m2), "shard 0 lost its map in the restart");
+    ps_cluster_map_deinit(&back);
+    push_round(fresh, 3);
+    push_round(r, 3);
+    read_all(fresh, v1, s1, width);
+    read_all(r, v2, s2, width);
+    cr_assert_eq(memcmp(v1, v2, sizeof(v1)), 0, "after the restart: weights differ");
+
+    ps_cluster_map_deinit(&m2);
+    ps_client_free(fresh);
+    ps_client_free(r);
+    ps_client_free(admin);
+}
+
+/* A shard keeps push sequence numbers per bucket: a seq it applied for one
+ * bucket is still new for another bucket (a re-routed part carries the seq
+ * of the call it came from), and a resend to the same bucket is answered
+ * as already applied. */
+static Ctrps__Response *raw_push(int fd, uint64_t client_id, uint64_t seq, uint64_t key) {
+    Ctrps__Request req = CTRPS__REQUEST__INIT;
+    Ctrps__PushRequest p = CTRPS__PUSH_REQUEST__INIT;
+    float g[DIM] = {0.5f, 0.5f, 0.5f, 0.5f};
+    req.id = seq;
+    req.method_case = CTRPS__REQUEST__METHOD_PUSH;
+    req.push = &p;
+    p.table = "emb";
+    p.n_keys = 1;
+    p.keys = &key;
+    p.n_grads = DIM;
+    p.grads = g;
+    p.client_id = client_id;
+    p.seq = seq;
+    ps_raw_send(fd, &req);
+    Ctrps__Response *r = ps_raw_recv(fd);
+    cr_assert_not_null(r);
+    cr_assert_eq(r->status, CTRPS__STATUS__OK, "%s", r->message);
+    return r;
+}
+
+Test(reshard, sequence_numbers_are_kept_per_bucket, .fini = teardown, .timeout = 60) {
+    make_keys();
+    cr_assert_eq(ps_cluster_start(&cl, 1, body), 0);
+    uint64_t a = 0, b = 0;
+    for (size_t i = 0; i < NKEYS && !b; i++) {
+        if (!a)
+            a = keys[i];
+        else if (ps_bucket(keys[i], BUCKETS) != ps_bucket(a, BUCKETS))
+            b = keys[i];
+    }
+    int fd = ps_raw_connect(cl.ports[0]);
+    Ctrps__Request req = CTRPS__REQUEST__INIT;
+    Ctrps__HelloRequest h = CTRPS__HELLO_REQUEST__INIT;
+    req.method_case = CTRPS__REQUEST__METHOD_HELLO;
+    req.hello = &h;
+    h.protocol_version = 1;
+    h.client_id = 77;
+    ps_raw_send(fd, &req);
+    Ctrps__Response *r = ps_raw_recv(fd);
+    cr_assert_eq(r->status, CTRPS__STATUS__OK);
+    ctrps__response__free_unpacked(r, NULL);
+
+    r = raw_push(fd, 77, 9, a);
+    cr_assert_not(r->push->already_applied);
+    ctrps__response__free_unpacked(r, NULL);
+    r = raw_push(fd, 77, 9, b);
+    cr_assert_not(r->push->already_applied, "seq 9 is new for the other bucket");
+    cr_assert_eq(r->push->applied, 1);
+    ctrps__response__free_unpacked(r, NULL);
+    r = raw_push(fd, 77, 9, a);
+    cr_assert(r->push->already_applied, "a resend to the same bucket");
+    ctrps__response__free_unpacked(r, NULL);
+    r = raw_push(fd, 77, 8, b);
+    cr_assert(r->push->already_applied, "an older seq for a bucket that saw a newer one");
+    ctrps__response__free_unpacked(r, NULL);
+    /* ... and after kill -9 (write-back or push-log replay). */
+    cr_assert_eq(ps_cluster_restart(&cl, 0, SIGKILL), 0);
+    fd = ps_raw_connect(cl.ports[0]);
+    ps_raw_send(fd, &req);
+    r = ps_raw_recv(fd);
+    cr_assert_eq(r->status, CTRPS__STATUS__OK);
+    cr_assert_eq(r->hello->last_push_seq, 9);
+    ctrps__response__free_unpacked(r, NULL);
+    r = raw_push(fd, 77, 9, b);
+    cr_assert(r->push->already_applied);
+    ctrps__response__free_unpacked(r, NULL);
+}
