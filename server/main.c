@@ -18,6 +18,7 @@
 #include "promtext.h"
 #include "service.h"
 #include "shard.h"
+#include "version.h"
 
 static void usage(FILE *out) {
     fprintf(out,
@@ -43,6 +44,7 @@ static void usage(FILE *out) {
             "                      checkpoint D (or the newest one under D) before starting\n"
             "  --log-level LEVEL   debug | info | warn | error (default info)\n"
             "  --help              this text\n"
+            "  --version           print the version and exit\n"
             "\n"
             "SIGTERM or SIGINT stops the shard after writing every row back to RocksDB.\n"
             "Exit status: 0 after a clean stop, 1 on a runtime error, 2 on bad usage or config.\n");
@@ -86,7 +88,7 @@ int main(int argc, char **argv) {
         {"data-dir", required_argument, NULL, 'd'}, {"listen", required_argument, NULL, 'l'},
         {"ready-file", required_argument, NULL, 'r'}, {"log-level", required_argument, NULL, 'v'},
         {"restore", required_argument, NULL, 'R'},   {"help", no_argument, NULL, 'h'},
-        {"metrics-listen", required_argument, NULL, 'M'},
+        {"metrics-listen", required_argument, NULL, 'M'}, {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0}};
     const char *config_path = NULL, *data_dir = NULL, *listen = NULL, *ready_file = NULL;
     const char *restore_from = NULL, *metrics_listen = NULL;
@@ -131,6 +133,9 @@ int main(int argc, char **argv) {
             break;
         case 'h':
             usage(stdout);
+            return 0;
+        case 'V':
+            printf("ctrps-server %s\n", ps_version());
             return 0;
         default:
             usage(stderr);

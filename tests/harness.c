@@ -134,6 +134,7 @@ int ps_cluster_start_shard(ps_cluster *c, int i) {
     int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
     char *argv[] = {(char *)ps_test_bin("server/ctrps-server"), "--config", c->config, "--shard",
                     shard, "--listen", listen, "--ready-file", ready, "--data-dir", data,
+                    "--log-level", (char *)(c->log_level ? c->log_level : "info"),
                     c->restore ? "--restore" : NULL, (char *)c->restore, NULL};
     pid_t pid = spawn(argv, fd, fd);
     if (fd >= 0)

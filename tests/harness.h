@@ -36,6 +36,7 @@ typedef struct ps_cluster {
     int ports[PS_TEST_MAX_SHARDS];
     ps_config *cfg;              /* parsed config (client side) */
     const char *restore;         /* if set, shards start with --restore <it> */
+    const char *log_level;       /* if set, shards (re)started from now on get --log-level <it> */
 } ps_cluster;
 
 /* Path of a built binary ("server/ctrps-server"), from CTRPS_BUILD_ROOT. */

@@ -18,6 +18,7 @@
 #include "ctrps.pb-c.h"
 #include "error.h"
 #include "harness.h"
+#include "log.h"
 #include "rpc.h"
 
 static ps_cluster cl;
@@ -200,4 +201,90 @@ Test(auth, methods_before_hello_learn_nothing) {
     /* Meanwhile authenticated clients are served. */
     char err[512];
     cr_assert_eq(pull_with(cl.cfg, err, sizeof(err)), 0, "%s", err);
+}
+
+/* ---- what the shard logs ------------------------------------------------------------ */
+
+static char *shard0_log(void) {
+    char path[300];
+    ps_cluster_path(&cl, "shard-0.log", path, sizeof(path));
+    return ps_read_file(path);
+}
+
+/* Count the lines holding needle; add up the "(N more like it suppressed)"
+ * counts they carry. */
+static int count_lines(const char *text, const char *needle, uint64_t *ret_suppressed) {
+    int n = 0;
+    uint64_t suppressed = 0;
+    for (const char *p = text; p && *p;) {
+        const char *eol = strchr(p, '\n');
+        size_t len = eol ? (size_t)(eol - p) : strlen(p);
+        char line[2048];
+        snprintf(line, sizeof(line), "%.*s", (int)len, p);
+        if (strstr(line, needle)) {
+            n++;
+            char *m = strstr(line, " more like it suppressed)");
+            char *open = m;
+            while (open && open > line && *open != '(')
+                open--;
+            if (open && *open == '(')
+                suppressed += strtoull(open + 1, NULL, 10);
+        }
+        p = eol ? eol + 1 : p + len;
+    }
+    *ret_suppressed = suppressed;
+    return n;
+}
+
+/* A replayed answer with no challenge outstanding: refused and closed. */
+static void one_failed_auth(void) {
+    static const uint8_t cn[PS_AUTH_NONCE] = {4, 5, 6};
+    static const uint8_t mac[PS_AUTH_MAC] = {7};
+    int fd = ps_raw_connect(cl.ports[0]);
+    Ctrps__Response *r = hello(fd, 5, cn, mac);
+    cr_assert(r && r->status == CTRPS__STATUS__UNAUTHENTICATED);
+    ctrps__response__free_unpacked(r, NULL);
+    ps_raw_assert_closed(fd);
+    close(fd);
+}
+
+/* A failed authentication is logged with the peer's address; a flood of
+ * them gives about one line a second, and the lines account for every
+ * failure: logged ones plus the suppressed counts they report. */
+Test(auth, failed_authentications_are_logged_at_a_limited_rate) {
+    enum { FLOOD = 60 };
+    for (int i = 0; i < FLOOD; i++)
+        one_failed_auth();
+    /* Past the limiter's second: the next line reports what it held back. */
+    usleep((PS_LOG_LIMIT_MS + 200) * 1000);
+    one_failed_auth();
+    char *log = shard0_log();
+    uint64_t suppressed;
+    int lines = count_lines(log, "authentication failed", &suppressed);
+    cr_assert_geq(lines, 2, "failed authentications were not logged:\n%s", log);
+    cr_assert_lt(lines, FLOOD / 2, "%d lines for %d failures: not rate-limited:\n%s", lines, FLOOD + 1, log);
+    cr_assert_eq((uint64_t)lines + suppressed, (uint64_t)FLOOD + 1,
+                 "%d lines + %llu suppressed != %d failures:\n%s", lines, (unsigned long long)suppressed,
+                 FLOOD + 1, log);
+    cr_assert(strstr(log, "from 127.0.0.1:"), "the log does not name the peer:\n%s", log);
+    free(log);
+}
+
+/* Requests refused before authentication are logged too. */
+Test(auth, refused_requests_are_logged) {
+    int fd = ps_raw_connect(cl.ports[0]);
+    Ctrps__Request req = CTRPS__REQUEST__INIT;
+    Ctrps__StatsRequest st = CTRPS__STATS_REQUEST__INIT;
+    req.method_case = CTRPS__REQUEST__METHOD_STATS;
+    req.stats = &st;
+    ps_raw_send(fd, &req);
+    Ctrps__Response *r = ps_raw_recv(fd);
+    cr_assert(r && r->status == CTRPS__STATUS__UNAUTHENTICATED);
+    ctrps__response__free_unpacked(r, NULL);
+    close(fd);
+    /* The reply leaves after the line is written (same loop turn). */
+    char *log = shard0_log();
+    cr_assert(log && strstr(log, "request refused: UNAUTHENTICATED: authenticate with Hello first"),
+              "no line for the refused request:\n%s", log);
+    free(log);
 }

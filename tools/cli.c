@@ -22,6 +22,7 @@
 #include "log.h"
 #include "move.h"
 #include "text.h"
+#include "version.h"
 #include "wconfig.h"
 
 static const char *prog = "ctrps-cli";
@@ -85,6 +86,7 @@ static void usage(FILE *out) {
             "  --config FILE   cluster config (INI)\n"
             "  --timeout MS    per-request deadline, reconnects included (default 10000)\n"
             "  --help          this text\n"
+            "  --version       print the version and exit\n"
             "\n"
             "Exit status: 0 on success, 1 when the cluster reports an error or is\n"
             "unreachable, 2 on bad usage. Floats print with 9 significant digits, which\n"
@@ -840,6 +842,7 @@ int main(int argc, char **argv) {
     static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
                                          {"timeout", required_argument, NULL, 't'},
                                          {"help", no_argument, NULL, 'h'},
+                                         {"version", no_argument, NULL, 'V'},
                                          {NULL, 0, NULL, 0}};
     const char *config_path = NULL;
     uint64_t timeout_ms = 10000;
@@ -857,6 +860,9 @@ int main(int argc, char **argv) {
             break;
         case 'h':
             usage(stdout);
+            return 0;
+        case 'V':
+            printf("%s %s\n", prog, ps_version());
             return 0;
         default:
             usage(stderr);

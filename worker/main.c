@@ -20,6 +20,7 @@
 #include "parse.h"
 #include "predict.h"
 #include "train.h"
+#include "version.h"
 #include "wconfig.h"
 
 void openblas_set_num_threads(int num_threads);
@@ -94,13 +95,15 @@ static void usage(FILE *out) {
             "                       free one, logged as \"metrics on http://HOST:PORT/metrics\"\n"
             "  --log-level LEVEL    debug | info | warn | error (default info)\n"
             "  --help               this text\n"
+            "  --version            print the version and exit\n"
             "\n"
             "At a checkpoint barrier (ctrps-cli checkpoint) the worker pauses once its\n"
             "pushes are acknowledged, reports its input position, and continues after\n"
             "(a --predict run pushes nothing and goes on).\n"
             "\n"
             "Training writes progress lines to stderr every [worker] progress_interval_s\n"
-            "seconds; the final result is one JSON line on stdout, on every exit but --help:\n"
+            "seconds; the final result is one JSON line on stdout, on every exit but\n"
+            "--help and --version:\n"
             "  {\"examples\":..,\"examples_per_sec\":..,\"auc\":..,\"logloss\":..,\"calibration\":..,\n"
             "   \"holdout_auc\":..,\"holdout_logloss\":.., ...[,\"error\":\"message\"]}\n"
             "(--predict adds \"lines\", the output lines written, after \"examples\").\n"
@@ -174,6 +177,7 @@ int main(int argc, char **argv) {
         {"passes", required_argument, NULL, 'p'},      {"log-level", required_argument, NULL, 'v'},
         {"resume", required_argument, NULL, 'R'},      {"predict", required_argument, NULL, 'P'},
         {"unlabelled", no_argument, NULL, 'U'},        {"metrics-listen", required_argument, NULL, 'M'},
+        {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},              {NULL, 0, NULL, 0}};
     const char *config_path = NULL, *format = NULL, *predict = NULL, *metrics_listen = NULL;
     bool unlabelled = false;
@@ -244,6 +248,9 @@ int main(int argc, char **argv) {
             break;
         case 'h':
             usage(stdout);
+            return 0;
+        case 'V':
+            printf("ctrps-worker %s\n", ps_version());
             return 0;
         default:
             usage(stderr);

@@ -86,6 +86,9 @@ class _Conn:
         self.index = index
         self.address = address
         host, _, port = address.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]  # "[::1]:7101": an IPv6 literal, as in the C client
+        # A name is resolved again at every (re)connection, by create_connection.
         self.host, self.port = host, int(port)
         self.sock = None
         self.buf = bytearray()
