@@ -358,17 +358,6 @@ int ps_store_write(ps_store *s, ps_store_batch *b, char *err, size_t errlen) {
     return take_error(rerr, err, errlen);
 }
 
-int ps_store_switch_memtable(ps_store *s, int cf, char *err, size_t errlen) {
-    rocksdb_flushoptions_t *fo = rocksdb_flushoptions_create();
-    if (!fo)
-        return -ENOMEM;
-    rocksdb_flushoptions_set_wait(fo, 0);
-    char *rerr = NULL;
-    rocksdb_flush_cf(s->db, fo, s->cfs[cf], &rerr);
-    rocksdb_flushoptions_destroy(fo);
-    return take_error(rerr, err, errlen);
-}
-
 ps_store_iter *ps_store_iter_new(ps_store *s, int cf, const void *start, size_t slen) {
     ps_store_iter *it = malloc(sizeof(*it));
     if (!it)
@@ -467,6 +456,17 @@ int ps_store_compact(ps_store *s, int cf, bool wait, char *err, size_t errlen) {
     }
     pthread_mutex_unlock(&s->mu);
     return r;
+}
+
+int ps_store_switch_memtable(ps_store *s, int cf, char *err, size_t errlen) {
+    rocksdb_flushoptions_t *fo = rocksdb_flushoptions_create();
+    if (!fo)
+        return -ENOMEM;
+    rocksdb_flushoptions_set_wait(fo, 0);
+    char *rerr = NULL;
+    rocksdb_flush_cf(s->db, fo, s->cfs[cf], &rerr);
+    rocksdb_flushoptions_destroy(fo);
+    return take_error(rerr, err, errlen);
 }
 
 int ps_store_checkpoint(ps_store *s, const char *dir, char *err, size_t errlen) {
