@@ -38,6 +38,8 @@ typedef struct opts {
     const char *durability;
     uint32_t batch, inflight, runs;
     double seconds;
+    uint64_t requests;           /* > 0: each repetition sends exactly this many requests */
+    const char *ops;             /* phases to run: a subset of "pull,push,lookup" */
     const char *dir;
     const char *server;
     bool keep;
@@ -201,7 +203,7 @@ static double drive(ps_client *c, const opts *o, op_kind op, uint64_t **pool, co
         }
         if (stop)
             break;
-        stop = now_s() >= end;
+        stop = o->requests ? next >= o->requests : now_s() >= end;
     }
     double rate = (double)rows / (now_s() - start);
     for (uint32_t i = 0; i < o->inflight; i++) {
@@ -383,6 +385,9 @@ static void usage(FILE *f) {
             "  --inflight K      requests in flight (default 8)\n"
             "  --runs R          repetitions per measurement; the median is reported (default 5)\n"
             "  --seconds T       length of one repetition (default 2)\n"
+            "  --requests N      each repetition sends exactly N requests instead (for\n"
+            "                    instruction counts under callgrind: the same work every run)\n"
+            "  --ops LIST        phases to run, of pull,push,lookup (default all three)\n"
             "  --dir DIR         work directory (default /tmp/ctrps-bench); wiped first\n"
             "  --server PATH     ctrps-server binary (default build/server/ctrps-server)\n");
 }
@@ -396,6 +401,7 @@ int main(int argc, char **argv) {
         {"batch", required_argument, 0, 'b'},    {"inflight", required_argument, 0, 'i'},
         {"runs", required_argument, 0, 'r'},     {"seconds", required_argument, 0, 's'},
         {"dir", required_argument, 0, 'D'},      {"server", required_argument, 0, 'S'},
+        {"requests", required_argument, 0, 'n'}, {"ops", required_argument, 0, 'o'},
         {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -410,6 +416,8 @@ int main(int argc, char **argv) {
         case 's': o.seconds = atof(optarg); break;
         case 'D': o.dir = optarg; break;
         case 'S': o.server = optarg; break;
+        case 'n': o.requests = strtoull(optarg, NULL, 10); break;
+        case 'o': o.ops = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -484,10 +492,13 @@ int main(int argc, char **argv) {
            "inflight=%u runs=%u seconds=%.1f\n",
            o.keys, mem, o.zipf, o.durability, o.batch, o.inflight, o.runs, o.seconds);
     printf("load_rows_per_sec %.0f\n", (double)o.keys / load_s);
-    double rates[3];
+    double rates[3] = {0, 0, 0};
     for (int op = 0; op < 3; op++) {
+        if (o.ops && !strstr(o.ops, op_names[op]))
+            continue;
         double v[16];
-        drive(cl, &o, (op_kind)op, pool, grads, 1.0); /* warm-up */
+        if (!o.requests)
+            drive(cl, &o, (op_kind)op, pool, grads, 1.0); /* warm-up */
         for (uint32_t r = 0; r < o.runs; r++)
             v[r] = drive(cl, &o, (op_kind)op, pool, grads, o.seconds);
         rates[op] = median(v, o.runs);

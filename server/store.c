@@ -481,6 +481,17 @@ int ps_store_compact(ps_store *s, int cf, bool wait, char *err, size_t errlen) {
     return r;
 }
 
+int ps_store_switch_memtable(ps_store *s, int cf, char *err, size_t errlen) {
+    rocksdb_flushoptions_t *fo = rocksdb_flushoptions_create();
+    if (!fo)
+        return -ENOMEM;
+    rocksdb_flushoptions_set_wait(fo, 0);
+    char *rerr = NULL;
+    rocksdb_flush_cf(s->db, fo, s->cfs[cf], &rerr);
+    rocksdb_flushoptions_destroy(fo);
+    return take_error(rerr, err, errlen);
+}
+
 int ps_store_checkpoint(ps_store *s, const char *dir, char *err, size_t errlen) {
     char *rerr = NULL;
     rocksdb_checkpoint_t *cp = rocksdb_checkpoint_object_create(s->db, &rerr);

@@ -117,6 +117,13 @@ uint64_t ps_store_pending_compaction_bytes(ps_store *s);
  * runs it soon and this returns at once (a family asked for twice before
  * its turn is compacted once). */
 int ps_store_compact(ps_store *s, int cf, bool wait, char *err, size_t errlen);
+/* Start a new memtable for the column family (its current one, if not
+ * empty, is flushed in the background; returns without waiting for that).
+ * For a large batch of sorted keys written next: RocksDB's skiplist insert
+ * is O(1) for a key after every key in the memtable, but a full search from
+ * the top level for a key that lands between older entries (bench/README.md
+ * "Write-back"). */
+int ps_store_switch_memtable(ps_store *s, int cf, char *err, size_t errlen);
 
 /* Consistent, hard-linked copy of the whole database into `dir` (which must
  * not exist). */

@@ -73,6 +73,7 @@
 #include "admit.h"
 #include "error.h"
 #include "keys.h"
+#include "keysort.h"
 #include "optim.h"
 
 #define ROW_PERSISTED 0x1        /* RocksDB holds a version of this row */
@@ -680,10 +681,6 @@ static row *new_row(ps_table *t, uint64_t key, uint16_t bucket, char *err, size_
     return s == EMPTY ? NULL : place_row(t, s, key, bucket);
 }
 
-static int cmp_miss(const void *a, const void *b) {
-    return memcmp(((const miss *)a)->skey.b, ((const miss *)b)->skey.b, PS_STORE_KEY_LEN);
-}
-
 typedef struct load_ctx {
     ps_table *t;
     miss *misses;
@@ -794,14 +791,21 @@ static int resolve(ps_table *t, const uint64_t *keys, size_t n, const uint8_t *m
     t->st.memory_misses += nmiss;
 
     /* Sorted, de-duplicated keys for one MultiGet. */
-    qsort(t->misses, nmiss, sizeof(miss), cmp_miss);
     miss *uniq = malloc(nmiss * sizeof(miss));
     row **found = calloc(nmiss, sizeof(row *));
     size_t *slot_of = malloc(nmiss * sizeof(size_t));
-    if (!uniq || !found || !slot_of) {
+    uint32_t *order = malloc(nmiss * sizeof(uint32_t));
+    if (!uniq || !found || !slot_of || !order ||
+        ps_keysort(t->misses, nmiss, sizeof(miss), order) < 0) {
+        free(order);
         r = -ENOMEM;
         goto out;
     }
+    /* uniq[] holds the sorted misses for a moment. */
+    for (size_t i = 0; i < nmiss; i++)
+        uniq[i] = t->misses[order[i]];
+    memcpy(t->misses, uniq, nmiss * sizeof(miss));
+    free(order);
     size_t nuniq = 0;
     for (size_t i = 0; i < nmiss; i++) {
         if (i == 0 || memcmp(t->misses[i].skey.b, t->misses[i - 1].skey.b, PS_STORE_KEY_LEN) != 0)
@@ -1271,25 +1275,19 @@ size_t ps_table_dump_dirty(ps_table *t, ps_table_dump *d, uint32_t *ret_gen) {
     return d->n;
 }
 
-static int cmp_rec_key(const void *a, const void *b) {
-    return memcmp(*(const char *const *)a, *(const char *const *)b, PS_STORE_KEY_LEN);
-}
-
 void ps_table_dump_put(ps_table_dump *d, ps_store_batch *b) {
     if (d->n == 0)
         return;
-    const char **order = malloc(d->n * sizeof(char *));
-    if (!order)
-        abort();
-    for (size_t i = 0; i < d->n; i++)
-        order[i] = d->recs + i * d->rec_size;
-    qsort(order, d->n, sizeof(char *), cmp_rec_key);
+    uint32_t *order = malloc(d->n * sizeof(uint32_t));
+    if (!order || ps_keysort(d->recs, d->n, d->rec_size, order) < 0)
+        abort(); /* as in dump_dirty: the rows cannot be forgotten */
     for (size_t i = 0; i < d->n; i++) {
-        const char *value = order[i] + DUMP_KEY_SPACE;
+        const char *rec = d->recs + order[i] * d->rec_size;
+        const char *value = rec + DUMP_KEY_SPACE;
         if (((const value_header *)value)->version == VALUE_DELETE)
-            ps_store_batch_delete(b, d->store, d->cf, order[i], PS_STORE_KEY_LEN);
+            ps_store_batch_delete(b, d->store, d->cf, rec, PS_STORE_KEY_LEN);
         else
-            ps_store_batch_put(b, d->store, d->cf, order[i], PS_STORE_KEY_LEN, value, d->value_len);
+            ps_store_batch_put(b, d->store, d->cf, rec, PS_STORE_KEY_LEN, value, d->value_len);
     }
     free(order);
 }
