@@ -100,7 +100,7 @@ run() {
     "$BUILD/worker/ctrps-worker" --config "$d/c.ini" --input - >"$d/result.json" 2>"$d/worker.log" &
   wpid=$!
   pids+=($wpid)
-  echo "t_s,examples,worker_rss_kb,shard0_rss_kb,shard1_rss_kb,rocksdb_bytes,rows,admitted,rejected,expired,interval_examples_per_sec,window_auc,load1,cpu_s" > "$csv"
+  echo "t_s,examples,worker_rss_kb,shard0_rss_kb,shard1_rss_kb,rocksdb_bytes,rows,admitted,rejected,expired,interval_examples_per_sec,window_auc,load1,cpu_s,worker_cpu_s,shard0_cpu_s,shard1_cpu_s" > "$csv"
   local wrss=0 wcpu=0
   sample() {
     local t st="$d/stats.json" r
@@ -110,7 +110,7 @@ run() {
     [ ! -e "/proc/$wpid/stat" ] || wcpu=$(cpu_s "$wpid")
     t=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
     "$BUILD/tools/ctrps-cli" --config "$d/c.ini" stats > "$st" 2>/dev/null || true
-    echo "$t,$(prog "$d/worker.log" examples),$wrss,$(rss_kb "${spids[0]}"),$(rss_kb "${spids[1]}"),$(jsum "$st" rocksdb_bytes),$(jsum "$st" rows),$(jsum "$st" admitted),$(jsum "$st" rejected),$(jsum "$st" expired),$(prog "$d/worker.log" interval_examples_per_sec),$(prog "$d/worker.log" window_auc),$(cut -d' ' -f1 /proc/loadavg),$(awk -v a="$wcpu" -v b="$(cpu_s "${spids[0]}")" -v c="$(cpu_s "${spids[1]}")" 'BEGIN {printf "%.2f", a + b + c}')" >> "$csv"
+    echo "$t,$(prog "$d/worker.log" examples),$wrss,$(rss_kb "${spids[0]}"),$(rss_kb "${spids[1]}"),$(jsum "$st" rocksdb_bytes),$(jsum "$st" rows),$(jsum "$st" admitted),$(jsum "$st" rejected),$(jsum "$st" expired),$(prog "$d/worker.log" interval_examples_per_sec),$(prog "$d/worker.log" window_auc),$(cut -d' ' -f1 /proc/loadavg),$(awk -v a="$wcpu" -v b="$(cpu_s "${spids[0]}")" -v c="$(cpu_s "${spids[1]}")" 'BEGIN {printf "%.2f,%.2f,%.2f,%.2f", a + b + c, a, b, c}')" >> "$csv"
   }
   local last_line=""
   while kill -0 "$wpid" 2>/dev/null; do
