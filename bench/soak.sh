@@ -100,7 +100,7 @@ run() {
     "$BUILD/worker/ctrps-worker" --config "$d/c.ini" --input - >"$d/result.json" 2>"$d/worker.log" &
   wpid=$!
   pids+=($wpid)
-  echo "t_s,examples,worker_rss_kb,shard0_rss_kb,shard1_rss_kb,rocksdb_bytes,rows,admitted,rejected,expired,interval_examples_per_sec,window_auc,load1,cpu_s" > "$csv"
+  echo "t_s,examples,worker_rss_kb,shard0_rss_kb,shard1_rss_kb,rocksdb_bytes,rows,admitted,rejected,expired,interval_examples_per_sec,window_auc,load1,cpu_s,worker_cpu_s,shard0_cpu_s,shard1_cpu_s" > "$csv"
   local wrss=0 wcpu=0
   sample() {
     local t st="$d/stats.json" r
@@ -110,7 +110,7 @@ run() {
     [ ! -e "/proc/$wpid/stat" ] || wcpu=$(cpu_s "$wpid")
     t=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
     "$BUILD/tools/ctrps-cli" --config "$d/c.ini" stats > "$st" 2>/dev/null || true
-    echo "$t,$(prog "$d/worker.log" examples),$wrss,$(rss_kb "${spids[0]}"),$(rss_kb "${spids[1]}"),$(jsum "$st" rocksdb_bytes),$(jsum "$st" rows),$(jsum "$st" admitted),$(jsum "$st" rejected),$(jsum "$st" expired),$(prog "$d/worker.log" interval_examples_per_sec),$(prog "$d/worker.log" window_auc),$(cut -d' ' -f1 /proc/loadavg),$(awk -v a="$wcpu" -v b="$(cpu_s "${spids[0]}")" -v c="$(cpu_s "${spids[1]}")" 'BEGIN {printf "%.2f", a + b + c}')" >> "$csv"
+    echo "$t,$(prog "$d/worker.log" examples),$wrss,$(rss_kb "${spids[0]}"),$(rss_kb "${spids[1]}"),$(jsum "$st" rocksdb_bytes),$(jsum "$st" rows),$(jsum "$st" admitted),$(jsum "$st" rejected),$(jsum "$st" expired),$(prog "$d/worker.log" interval_examples_per_sec),$(prog "$d/worker.log" window_auc),$(cut -d' ' -f1 /proc/loadavg),$(awk -v a="$wcpu" -v b="$(cpu_s "${spids[0]}")" -v c="$(cpu_s "${spids[1]}")" 'BEGIN {printf "%.2f,%.2f,%.2f,%.2f", a + b + c, a, b, c}')" >> "$csv"
   }
   local last_line=""
   while kill -0 "$wpid" 2>/dev/null; do
@@ -151,7 +151,8 @@ done
 # the cost of an example whatever the load.
 summary() {
   awk -F, 'NR > 1 && $2 != "" { n++; t[n] = $1; ex[n] = $2; w[n] = $3; s[n] = $4 + $5; rb[n] = $6;
-                        rows[n] = $7; eps[n] = $11; auc[n] = $12; ld[n] = $13; cpu[n] = $14 }
+                        rows[n] = $7; eps[n] = $11; auc[n] = $12; ld[n] = $13; cpu[n] = $14
+                        wc[n] = $15; sc[n] = $16 + $17; split_cpu = NF >= 17 }
     # examples per CPU-second from the sample before the window to its last
     function per_cpu(lo, hi,    i, a, b) {
       a = 0; b = 0
@@ -162,6 +163,17 @@ summary() {
       if (b <= a) b = a + 1
       return a ? (ex[b] - ex[a]) / (cpu[b] - cpu[a] + 1e-9) : ex[b] / (cpu[b] + 1e-9)
     }
+    # CPU microseconds per example of the process(es) in c[], same windows
+    function us_per_ex(lo, hi, c,    i, a, b, e0, c0) {
+      a = 0; b = 0
+      for (i = 1; i <= n; i++) {
+        if (ex[i] < lo * ex[n]) a = i
+        if (ex[i] <= hi * ex[n]) b = i
+      }
+      if (b <= a) b = a + 1
+      e0 = a ? ex[a] : 0; c0 = a ? c[a] : 0
+      return split_cpu && ex[b] > e0 ? sprintf("%.2f", (c[b] - c0) * 1e6 / (ex[b] - e0)) : "-"
+    }
     function win(lo, hi, v,    i, k, sum) {
       for (i = 1; i <= n; i++) if (ex[i] >= lo * ex[n] && ex[i] <= hi * ex[n]) { sum += v[i]; k++ }
       return k ? sum / k : v[lo < 0.5 ? 1 : n]
@@ -171,16 +183,17 @@ summary() {
       sq = win(0.2, 0.3, s); se = win(0.9, 1, s); bq = win(0.2, 0.3, rb); be = win(0.9, 1, rb)
       fa = win(0, 0.1, eps); la = win(0.9, 1, eps); fc = per_cpu(0, 0.1); lc = per_cpu(0.9, 1)
       wmax = 0; for (i = 1; i <= n; i++) { if (w[i] > wmax) wmax = w[i]; ls += ld[i] }
-      printf "%d|%.0f|%.1f|%.1f|%.2f|%.1f|%.1f|%.2f|%.0f|%.0f|%.0f|%.0f|%.2f|%.0f|%.0f|%.2f|%.4f|%.1f|%.1f|%.1f|%.1f\n",
+      printf "%d|%.0f|%.1f|%.1f|%.2f|%.1f|%.1f|%.2f|%.0f|%.0f|%.0f|%.0f|%.2f|%.0f|%.0f|%.2f|%.4f|%.1f|%.1f|%.1f|%.1f|%.1f|%.1f|%s|%s|%s|%s\n",
         ex[n], t[n], sq / 1024, se / 1024, se / sq, bq / 1048576, be / 1048576, bq ? be / bq : 0,
         win(0.2, 0.3, rows), win(0.9, 1, rows), fa, la, fa ? la / fa : 0, fc, lc, fc ? lc / fc : 0,
         win(0.9, 1, auc),
-        w[1] / 1024, wmax / 1024, (wmax - w[1]) / 1024, ls / n
+        w[1] / 1024, wmax / 1024, (wmax - w[1]) / 1024, ls / n, win(0, 0.1, ld), win(0.9, 1, ld),
+        us_per_ex(0, 0.1, wc), us_per_ex(0.9, 1, wc), us_per_ex(0, 0.1, sc), us_per_ex(0.9, 1, sc)
     }' "$1"
 }
 {
-  echo "| run | examples | seconds | shard RSS MB (2 shards) at 1/4 | at end | end / quarter | RocksDB MB at 1/4 | at end | end / quarter | rows at 1/4 | rows at end | examples/s first tenth | last tenth | last / first | examples per CPU-second first tenth | last tenth | last / first | window AUC, last tenth | worker RSS MB first | max | growth | mean load |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+  echo "| run | examples | seconds | shard RSS MB (2 shards) at 1/4 | at end | end / quarter | RocksDB MB at 1/4 | at end | end / quarter | rows at 1/4 | rows at end | examples/s first tenth | last tenth | last / first | examples per CPU-second first tenth | last tenth | last / first | window AUC, last tenth | worker RSS MB first | max | growth | mean load | load first tenth | last tenth | worker CPU us/example first tenth | last tenth | shards CPU us/example first tenth | last tenth |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
   for m in $MODES; do
     echo "| $m |$(summary "$WORK/soak-$m.csv")|"
   done

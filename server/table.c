@@ -59,7 +59,21 @@
  *    bucket, and a bucket whose rows are all past ttl_s leaves the count
  *    (and adds to `expired`). So compactions need not report what they drop,
  *    and the count is exact up to one bucket width. The ring is saved with
- *    each write-back. */
+ *    each write-back.
+ *  - Reading the store. A key missing from memory is looked for in RocksDB
+ *    only while RocksDB may hold a live row of it: a row that was there when
+ *    the table was opened, or one that CLOCK evicted while live. Every other
+ *    stored row is a dead one (the sweep frees a row only once each stored
+ *    version of it is expired, a ROW_DEAD one only once its delete is
+ *    committed), and a dead row reads as absent. So disk_live_until is the
+ *    clock at which all those rows are dead: last_seen + ttl_s of the latest
+ *    live eviction, the clock of the last write-back + ttl_s for a store
+ *    opened with rows (ps_table_load_state), never without ttl_s. On a
+ *    stream whose live rows fit in memory, which admission and expiry are
+ *    for, the keys never admitted or long expired (most misses) then cost no
+ *    MultiGet: on the soak's drifting stream those reads grew with RocksDB
+ *    (memtables, L0 files) and made the shard's cost per example rise over
+ *    the run (bench/README.md). */
 
 #include "table.h"
 
@@ -187,6 +201,9 @@ struct ps_table {
     ledger lg;
     uint64_t sweep_hand;
     uint64_t last_sweep_ms, last_compact_ms;
+    /* The clock from which RocksDB holds no live row that memory lacks
+     * (design note: "Reading the store"); UINT64_MAX: unknown, always read. */
+    uint64_t disk_live_until;
 
     /* Per-request scratch, grown on demand and kept. */
     row **rows;
@@ -438,6 +455,7 @@ int ps_table_new(const ps_table_config *cfg, uint32_t nbuckets, uint64_t capacit
     t->gen = 1;
     t->ttl = cfg->ttl_s;
     t->expire_below = cfg->expire_below;
+    t->disk_live_until = UINT64_MAX;
     uint64_t imax = 16;
     while (imax < 2 * capacity)
         imax <<= 1;
@@ -627,6 +645,10 @@ static uint32_t take_slot(ps_table *t) {
             r->flags &= (uint16_t)~ROW_REF;
             continue;
         }
+        /* A live row now only in RocksDB: misses read the store until it is dead. */
+        uint64_t until = t->ttl ? (uint64_t)r->last_seen + t->ttl : UINT64_MAX;
+        if (until > t->disk_live_until)
+            t->disk_live_until = until;
         index_remove(t, r->key);
         t->st.evictions++;
         return s;
@@ -788,7 +810,10 @@ static int resolve(ps_table *t, const uint64_t *keys, size_t n, const uint8_t *m
     }
     if (nmiss == 0)
         return 0;
-    t->st.memory_misses += nmiss;
+    /* No live row of a missing key can be in RocksDB: all read as absent. */
+    bool read_store = t->now < t->disk_live_until;
+    if (read_store)
+        t->st.memory_misses += nmiss;
 
     /* Sorted, de-duplicated keys for one MultiGet. */
     miss *uniq = malloc(nmiss * sizeof(miss));
@@ -820,7 +845,7 @@ static int resolve(ps_table *t, const uint64_t *keys, size_t n, const uint8_t *m
     for (size_t i = 0; i < nuniq; i++)
         skeys[i] = uniq[i].skey;
     load_ctx lc = {.t = t, .misses = uniq, .errbuf = err, .errlen = errlen, .found = found};
-    r = ps_store_multiget(t->store, t->cf, skeys, nuniq, on_found, &lc, err, errlen);
+    r = read_store ? ps_store_multiget(t->store, t->cf, skeys, nuniq, on_found, &lc, err, errlen) : 0;
     free(skeys);
     if (r == 0)
         r = lc.err;
@@ -1470,8 +1495,22 @@ static int load_admit(ps_table *t, int meta_cf, char *err, size_t errlen) {
     return r;
 }
 
+/* Whether the table's column family holds any row, dead or alive. */
+static bool store_has_rows(ps_table *t) {
+    ps_store_iter *it = ps_store_iter_new(t->store, t->cf, NULL, 0);
+    bool any = !it || ps_store_iter_valid(it);
+    ps_store_iter_free(it);
+    return any;
+}
+
 int ps_table_load_state(ps_table *t, int meta_cf, char *err, size_t errlen) {
     int r = load_ledger(t, meta_cf, err, errlen);
+    /* Rows stored by a write-back have last_seen <= the clock it saved with
+     * the ledger (t->now here): dead ttl_s after it (design note). */
+    if (r == 0 && !store_has_rows(t))
+        t->disk_live_until = 0;
+    else if (r == 0 && t->ttl && t->now)
+        t->disk_live_until = (uint64_t)t->now + t->ttl;
     if (r == 0 && t->admit)
         r = load_admit(t, meta_cf, err, errlen);
     return r;

@@ -1236,3 +1236,102 @@ Test(table, an_idle_table_lets_the_filter_reach_its_clock) {
     cr_assert(!stored(b), "an idle table keeps expired rows on disk");
     ps_table_free(t);
 }
+
+/* ---- reading the store only when it may hold a live row memory lacks ----------------- */
+
+/* The fixture's store with a meta column family (1) beside the table's (0). */
+static void reopen_store_with_meta(void) {
+    static const char *const names[] = {"t.test", "t.meta"};
+    ps_store_close(store);
+    char err[512] = "";
+    cr_assert_eq(ps_store_open(dir, names, 2, NULL, &store, err, sizeof(err)), 0, "%s", err);
+}
+
+/* A table as the shard opens it: its saved state loaded. */
+static ps_table *open_table(const ps_table_config *cfg, uint64_t capacity) {
+    ps_table *t = new_table(cfg, capacity, 0);
+    char err[512] = "";
+    cr_assert_eq(ps_table_load_state(t, 1, err, sizeof(err)), 0, "%s", err);
+    return t;
+}
+
+/* A write-back as the shard does it: the rows and the table's state. */
+static void flush_with_state(ps_table *t) {
+    ps_store_batch *b = ps_store_batch_new();
+    uint32_t gen;
+    ps_table_collect(t, b, &gen);
+    ps_table_save_state(t, b, 1);
+    char err[512] = "";
+    cr_assert_eq(ps_store_write(store, b, err, sizeof(err)), 0, "%s", err);
+    ps_table_committed(t, gen);
+    ps_store_batch_free(b);
+}
+
+static void pull_new_keys(ps_table *t, uint64_t first, size_t n) {
+    char err[512] = "";
+    for (size_t i = 0; i < n; i++) {
+        uint64_t key = first + i;
+        float w[4];
+        cr_assert_eq(ps_table_pull(t, &key, 1, w, err, sizeof(err)), 0, "%s", err);
+        if (i % 8 == 7)
+            flush_with_state(t); /* the created rows, so they may be evicted */
+    }
+}
+
+Test(table, misses_read_the_store_only_while_it_may_hold_live_rows) {
+    reopen_store_with_meta();
+    ps_table_config cfg = table_cfg(PS_OPT_FTRL, 4, PS_INIT_NORMAL);
+    cfg.ttl_s = 50;
+    ps_table *t = open_table(&cfg, 16);
+    ps_table_set_clock(t, T0);
+    /* An empty store: new keys cost no read. */
+    pull_new_keys(t, 1000, 8);
+    cr_assert_eq(stats(t).memory_misses, 0, "nothing stored: no key is looked for in RocksDB");
+
+    /* A pushed row, written back, then evicted while live. */
+    uint64_t key = 7;
+    float g[4], want[12];
+    grad_of(4, key, 0, g);
+    init_state(&cfg, key, want);
+    cr_assert_eq(push1(t, key, g), 1);
+    ps_optim_apply(&cfg.opt, 4, want, g);
+    flush_with_state(t);
+    pull_new_keys(t, 2000, 32);
+    cr_assert_gt(stats(t).evictions, 0);
+    expect_state(t, key, want); /* read back from RocksDB, not taken as new */
+    cr_assert_gt(stats(t).memory_misses, 0, "after a live eviction misses read the store");
+
+    /* ttl_s after the last evicted row's push, every stored row is dead. */
+    ps_table_set_clock(t, T0 + 50);
+    flush_with_state(t);
+    uint64_t misses = stats(t).memory_misses;
+    pull_new_keys(t, 4000, 4);
+    cr_assert_eq(stats(t).memory_misses, misses, "no stored row is alive: no read");
+
+    /* Reopened on a store with rows: they may be alive for ttl_s after the
+     * clock of the last write-back. */
+    ps_table_set_clock(t, T0 + 60);
+    cr_assert_eq(push1(t, key, g), 1);
+    init_state(&cfg, key, want); /* it had expired: it starts again */
+    ps_optim_apply(&cfg.opt, 4, want, g);
+    flush_with_state(t);
+    ps_table_free(t);
+    t = open_table(&cfg, 16);
+    ps_table_set_clock(t, T0 + 109);
+    expect_state(t, key, want);
+    cr_assert_gt(stats(t).memory_misses, 0);
+    ps_table_free(t);
+    t = open_table(&cfg, 16);
+    ps_table_set_clock(t, T0 + 110);
+    cr_assert(!found1(t, key), "dead ttl_s after its push");
+    cr_assert_eq(stats(t).memory_misses, 0);
+    ps_table_free(t);
+
+    /* Without ttl_s a stored row lives forever: a reopened table reads. */
+    cfg.ttl_s = 0;
+    t = open_table(&cfg, 16);
+    ps_table_set_clock(t, T0 + 1000);
+    expect_state(t, key, want);
+    cr_assert_gt(stats(t).memory_misses, 0);
+    ps_table_free(t);
+}
