@@ -173,6 +173,7 @@ static const ps_config_key input_keys[] = {
     PS_KEY_CUSTOM("dense_integers", INP, dense_integers, set_integer_fields, .scope = FMT(CRITEO)),
     PS_KEY_CUSTOM("bucketize_integers", INP, bucketize_integers, set_integer_fields,
                   .scope = FMT(CRITEO)),
+    PS_KEY_BOOL("empty_categories_as_value", INP, empty_categories_as_value, .scope = FMT(CRITEO)),
     PS_KEY_BOOL("labelled", INP, labelled),
     PS_KEY_STRING("label_column", INP, label_column, .check = check_key_value, .scope = FMT(CSV)),
     PS_KEY_STRINGS("ignore_columns", INP, ignore_columns, nignore_columns,
@@ -365,6 +366,7 @@ struct ps_parser {
     ps_input_format format;
     ps_integers_mode integers;
     bool labelled;
+    bool empty_categories_as_value;
     uint32_t max_line_bytes, max_slots;
 
     slot_info *slots;            /* owned */
@@ -455,6 +457,7 @@ int ps_parser_new(const ps_input_config *c, ps_parser **ret_parser, char *err, s
     p->format = c->format;
     p->integers = c->integers;
     p->labelled = c->labelled;
+    p->empty_categories_as_value = c->empty_categories_as_value;
     p->max_line_bytes = c->max_line_bytes;
     p->max_slots = c->max_slots;
     r = -ENOMEM;
@@ -767,7 +770,9 @@ static int parse_criteo(ps_parser *p, const char *s, size_t n, ps_example *ex, c
     }
     for (int i = 0; i < PS_CRITEO_CATS; i++) {
         NEXT_FIELD();
-        if (fe > f)
+        /* An empty field as a value: the empty string, which no present
+         * value spells; missingness is informative on Criteo. */
+        if (fe > f || p->empty_categories_as_value)
             add_feature(ex, p, p->cat_slot[i], f, (size_t)(fe - f), 1.0f);
         SKIP_FIELD();
     }

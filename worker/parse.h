@@ -14,7 +14,8 @@
  * Formats:
  *   criteo  label, I1..I13, C1..C26, tab-separated (40 fields; 39 with
  *           `labelled = false`, the layout of Criteo's unlabelled test file).
- *           Empty fields are missing and produce nothing. The integers are
+ *           Empty fields are missing and produce nothing (an empty C field
+ *           is the value "" with `empty_categories_as_value`). The integers are
  *           either bucketized (`integers = bucketize`, the default: slot In
  *           gets the token "b", b = floor(ln(x)^2) for x > 2, else x itself;
  *           negative x keep their own token "-1") or dense
@@ -90,6 +91,11 @@ const char *ps_integers_mode_name(ps_integers_mode m);
  *   bucketize_integers =      I fields bucketized whatever `integers` says
  *                             (comma lists of I1..I13, criteo only; so each
  *                             integer slot can be either)
+ *   empty_categories_as_value = false
+ *                             true: an empty C field is the value "" of its
+ *                             slot (one key per field, as the PyTorch
+ *                             reference hashes it); false: missing, nothing
+ *                             (criteo only)
  *   labelled = true           false: no label column, label = NAN
  *                                                     (criteo and csv only)
  *   label_column = click      (csv only)
@@ -117,6 +123,7 @@ typedef struct ps_input_config {
     ps_integers_mode integers;
     uint16_t dense_integers;     /* bit i: I(i+1) listed in dense_integers */
     uint16_t bucketize_integers; /* bit i: I(i+1) listed in bucketize_integers */
+    bool empty_categories_as_value;
     bool labelled;
     char label_column[PS_NAME_MAX];
     char **ignore_columns;       /* owned: each string and the array */

@@ -188,7 +188,8 @@ Test(input_config, rejects_bad_keys_and_values) {
 
 Test(input_config, unknown_key_lists_the_known_ones) {
     static const char *const known[] = {"format", "integers", "dense_integers",
-                                        "bucketize_integers", "labelled", "label_column",
+                                        "bucketize_integers", "empty_categories_as_value",
+                                        "labelled", "label_column",
                                         "ignore_columns", "libsvm_slot", "max_line_bytes",
                                         "max_slots"};
     ps_input_config c;
@@ -212,6 +213,7 @@ Test(input_config, rejects_keys_of_other_formats) {
         {"format", "criteo", "label_column", "y", "'label_column' does not apply"},
         {"format", "slots", "ignore_columns", "id", "'ignore_columns' does not apply"},
         {"format", "csv", "libsvm_slot", "g", "'libsvm_slot' does not apply"},
+        {"format", "csv", "empty_categories_as_value", "true", "'empty_categories_as_value' does not"},
         {"format", "slots", "labelled", "false", "labelled = false applies only"},
         {"format", "libsvm", "labelled", "false", "labelled = false applies only"},
         {"format", "csv", "ignore_columns", "id, click", "also in ignore_columns"},
@@ -387,6 +389,25 @@ Test(criteo, dense_integers) {
     cr_expect_eq(ex.dense[5], 0.0f, "negative maps to 0");
     cr_expect_eq(find(p, &ex, "C1", 0)->fid, fid("C1", "68fd1e64"));
     cr_expect_eq(find(p, &ex, "C1", 0)->slot, 0);
+    ps_example_deinit(&ex);
+    ps_parser_free(p);
+}
+
+/* empty_categories_as_value: an empty C field is the value "" of its slot
+ * (C22 and C26 are empty in CATS); empty integers still produce nothing. */
+Test(criteo, empty_categories_as_value) {
+    static const char *const kv[] = {"empty_categories_as_value", "true", NULL};
+    ps_parser *p = make_parser(kv);
+    ps_example ex;
+    ps_example_init(&ex);
+    cr_assert_eq(parse(p, criteo_line("1", INTS, CATS), &ex), 0, "%s", err);
+    cr_expect_eq(ex.nfeatures, 37, "11 integers + 26 categories, got %u", ex.nfeatures);
+    cr_assert_not_null(find(p, &ex, "C22", 0));
+    cr_expect_eq(find(p, &ex, "C22", 0)->fid, fid("C22", ""));
+    cr_expect_eq(find(p, &ex, "C26", 0)->fid, fid("C26", ""));
+    cr_expect_neq(fid("C22", ""), fid("C26", ""));
+    cr_expect_eq(find(p, &ex, "C1", 0)->fid, fid("C1", "68fd1e64"));
+    cr_expect_null(find(p, &ex, "I7", 0));
     ps_example_deinit(&ex);
     ps_parser_free(p);
 }
