@@ -20,29 +20,8 @@ BUILD=$(cd "${BUILD:-build}" && pwd)
 rm -rf "$WORK"
 mkdir -p "$WORK"
 
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-field() { grep -o "\"$1\":[^,}]*" | cut -d: -f2; }
-
-pids=()
-stop_shards() {
-  [ ${#pids[@]} -gt 0 ] && { kill "${pids[@]}" 2>/dev/null; wait "${pids[@]}" 2>/dev/null || true; }
-  pids=()
-}
+. bench/lib.sh
 trap stop_shards EXIT
-
-# start_shards CONFIG DIR: two fresh shards; writes DIR/c.ini with their ports.
-start_shards() {
-  local cfg=$1 d=$2
-  for i in 0 1; do
-    "$BUILD/server/ctrps-server" --config "$cfg" --shard $i --listen 127.0.0.1:0 \
-      --ready-file "$d/ready$i" --data-dir "$d" 2>"$d/shard$i.log" &
-    pids+=($!)
-  done
-  for i in 0 1; do
-    for _ in $(seq 600); do [ -s "$d/ready$i" ] && break; sleep 0.05; done
-  done
-  sed "s/^shards = .*/shards = $(cat "$d/ready0"), $(cat "$d/ready1")/" "$cfg" > "$d/c.ini"
-}
 
 echo "# predict_bench rows=$ROWS runs=$RUNS $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores"
 "$BUILD/tools/ctrps-cli" gen --rows "$ROWS" --seed 1 --format criteo --out "$WORK/gen.tsv"

@@ -35,26 +35,16 @@ BUILD=$(cd "${BUILD:-build}" && pwd)
 rm -rf "$WORK"
 mkdir -p "$WORK"
 
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-field() { grep -o "\"$1\":[^,}]*" | cut -d: -f2; }
+. bench/lib.sh
 
 # run CONFIG [worker args...]: fresh shards, one worker; prints its JSON line.
 run() {
   local cfg=$1; shift
-  local d pids=()
+  local d
   d=$(mktemp -d "$WORK/run.XXXX")
-  for i in 0 1; do
-    "$BUILD/server/ctrps-server" --config "$cfg" --shard $i --listen 127.0.0.1:0 \
-      --ready-file "$d/ready$i" --data-dir "$d" 2>"$d/shard$i.log" &
-    pids+=($!)
-  done
-  for i in 0 1; do
-    for _ in $(seq 600); do [ -s "$d/ready$i" ] && break; sleep 0.05; done
-  done
-  sed "s/^shards = .*/shards = $(cat "$d/ready0"), $(cat "$d/ready1")/" "$cfg" > "$d/c.ini"
+  start_shards "$cfg" "$d"
   "$BUILD/worker/ctrps-worker" --config "$d/c.ini" "$@" 2>"$d/worker.log"
-  kill "${pids[@]}"
-  wait "${pids[@]}" 2>/dev/null || true
+  stop_shards
   rm -rf "$d"
 }
 

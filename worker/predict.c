@@ -176,34 +176,47 @@ static int score(predictor *p, ps_batch *b, ps_predict_lookup *l, ps_train_resul
     return r;
 }
 
-/* Every batch the feed hands over, in order. The next batch's lookups go
- * out while the current one computes when it is ready by then; it is not
- * waited for, so that a followed stream's last lines are scored while the
- * input waits rather than when more arrive. */
+/* Batches whose lookups may be in flight at once. The feed circulates five:
+ * three here leave the reader two to parse ahead into. */
+#define PREDICT_DEPTH 3
+
+/* Every batch the feed hands over, in order. Lookups go out for up to
+ * PREDICT_DEPTH ready batches while the oldest computes, so round trips
+ * overlap (LR's forward pass is far shorter than one); a batch that is not
+ * ready is not waited for while others are, so that a followed stream's
+ * last lines are scored while the input waits rather than when more
+ * arrive. */
 static int predictor_loop(predictor *p, ps_train_result *ret) {
-    ps_predict_lookup lcur = {0}, lnext = {0};
-    char ignored[256];
+    struct {
+        ps_batch *b;
+        ps_predict_lookup l;
+    } q[PREDICT_DEPTH];
+    size_t head = 0, n = 0;
     int r = 0;
-    ps_batch *cur = ps_feed_take(p->feed);
-    if (cur)
-        r = ps_predict_lookup_start(p->client, cur, &lcur);
-    while (cur && r == 0) {
-        ps_batch *nxt = ps_feed_try_take(p->feed);
-        if (nxt && (r = ps_predict_lookup_start(p->client, nxt, &lnext)) < 0)
+    for (;;) {
+        ps_batch *b = n ? ps_feed_try_take(p->feed) : ps_feed_take(p->feed);
+        while (b) {
+            size_t k = (head + n++) % PREDICT_DEPTH;
+            q[k].b = b;
+            if ((r = ps_predict_lookup_start(p->client, b, &q[k].l)) < 0)
+                goto out;
+            b = n < PREDICT_DEPTH ? ps_feed_try_take(p->feed) : NULL;
+        }
+        if (n == 0)
             break;
-        r = score(p, cur, &lcur, ret);
-        ps_feed_give_back(p->feed, cur);
-        cur = nxt;
-        if (r == 0 && !cur && (cur = ps_feed_take(p->feed)))
-            r = ps_predict_lookup_start(p->client, cur, &lnext);
-        lcur = lnext;
-        lnext.ncalls = 0; /* its calls are lcur's now */
+        r = score(p, q[head].b, &q[head].l, ret);
+        ps_feed_give_back(p->feed, q[head].b);
+        head = (head + 1) % PREDICT_DEPTH;
+        n--;
+        if (r < 0)
+            break;
     }
+out:
     if (r < 0 && !p->err[0])
         snprintf(p->err, sizeof(p->err), "%s", ps_strerror(r));
     /* After an error, no reply may land in a batch being freed. */
-    ps_predict_lookup_wait(&lcur, ignored, sizeof(ignored));
-    ps_predict_lookup_wait(&lnext, ignored, sizeof(ignored));
+    for (char ignored[256]; n > 0; n--, head = (head + 1) % PREDICT_DEPTH)
+        ps_predict_lookup_wait(&q[head].l, ignored, sizeof(ignored));
     return r;
 }
 

@@ -191,7 +191,7 @@ Test(input_config, unknown_key_lists_the_known_ones) {
                                         "bucketize_integers", "empty_categories_as_value",
                                         "labelled", "label_column",
                                         "ignore_columns", "libsvm_slot", "max_line_bytes",
-                                        "max_slots"};
+                                        "max_slots", "id_column"};
     ps_input_config c;
     ps_input_config_init(&c);
     cr_assert_eq(ps_input_config_set(&c, "path", "x.tsv", err, sizeof(err)), PS_ECONFIG);
@@ -205,6 +205,40 @@ Test(input_config, unknown_key_lists_the_known_ones) {
         cr_expect(!strstr(err, "unknown key"), "%s: %s", known[i], err);
     }
     ps_input_config_deinit(&c);
+}
+
+/* The id column of --predict: split as each format's parser splits. */
+Test(input_config, column_of_a_line) {
+    static const struct {
+        const char *format, *line;
+        uint32_t col;
+        const char *want; /* NULL: no such column */
+    } cases[] = {
+        {"criteo", "1\t\t3\tx y", 1, "1"},   {"criteo", "1\t\t3\tx y", 2, ""},
+        {"criteo", "1\t\t3\tx y", 4, "x y"}, {"criteo", "1\t\t3\tx y", 5, NULL},
+        {"criteo", "", 1, ""},                {"csv", "id9,1,,a b", 1, "id9"},
+        {"csv", "id9,1,,a b", 3, ""},         {"csv", "id9,1,,a b", 4, "a b"},
+        {"slots", "  1 \t u:a  i:b ", 1, "1"}, {"slots", "  1 \t u:a  i:b ", 3, "i:b"},
+        {"slots", "  1 \t u:a  i:b ", 4, NULL}, {"libsvm", "+1 3:0.5", 2, "3:0.5"},
+        {"slots", "", 1, NULL},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
+        ps_input_config c;
+        ps_input_config_init(&c);
+        cr_assert_eq(ps_input_config_set(&c, "format", cases[i].format, err, sizeof(err)), 0);
+        const char *text = "unchanged";
+        size_t len = 9;
+        int r = ps_input_column(&c, cases[i].line, strlen(cases[i].line), cases[i].col, &text, &len);
+        if (cases[i].want) {
+            cr_expect_eq(r, 0, "case %zu", i);
+            cr_expect(len == strlen(cases[i].want) && !strncmp(text, cases[i].want, len),
+                      "case %zu: '%.*s'", i, (int)len, text);
+        } else {
+            cr_expect_eq(r, -ENOENT, "case %zu", i);
+            cr_expect_eq(len, 9, "case %zu: output written on failure", i);
+        }
+        ps_input_config_deinit(&c);
+    }
 }
 
 Test(input_config, rejects_keys_of_other_formats) {
