@@ -27,7 +27,7 @@ BUILD=$(cd "${BUILD:-build}" && pwd)
 rm -rf "$WORK"
 mkdir -p "$WORK"
 
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+. bench/lib.sh
 range() { sort -g | awk 'NR==1{lo=$1} {hi=$1} END {printf "%s..%s", lo, hi}'; }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
