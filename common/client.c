@@ -58,10 +58,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
 #include <uv.h>
 
 #include "addr.h"
 #include "auth.h"
+#include "client_rpc.h"
 #include "ctrps.pb-c.h"
 #include "error.h"
 #include "frame.h"
@@ -104,6 +106,8 @@ struct part {
     uint64_t deadline_ms;
     bool sent;                   /* written on some connection already */
     uint8_t hops;                /* times re-routed after WRONG_SHARD */
+    uint64_t epoch;              /* of the map its keys were routed by */
+    uint32_t moving_waits;       /* times answered MOVING */
 };
 
 struct ps_call {
@@ -197,11 +201,12 @@ struct ps_client {
     pthread_mutex_t submit_lock;
     part *queue_head, *queue_tail;
     bool stopping;
+    ps_cluster_map offered;      /* ps_client_offer_map(): installed by the I/O thread */
     uint64_t next_seq;
     atomic_uint_fast64_t next_id;
 
     atomic_uint_fast64_t n_requests, n_reconnects, n_resent, n_timeouts, n_outages;
-    atomic_uint_fast64_t n_rerouted, n_map_fetches;
+    atomic_uint_fast64_t n_rerouted, n_map_fetches, n_moving_waits;
     pthread_mutex_t ckpt_lock;
     char ckpt_pending[64];       /* latest checkpoint barrier a shard announced */
 };
@@ -304,13 +309,19 @@ static void list_append(shard_conn *sc, part *p) {
 /* ---- answers ------------------------------------------------------------------ */
 
 static void wrong_shard(shard_conn *sc, part *p, uint64_t epoch, const char *msg);
+static void moving(shard_conn *sc, part *p, const char *msg);
 static void install_map(ps_client *c, ps_cluster_map *m);
 
 static void apply_response(shard_conn *sc, part *p, Ctrps__Response *resp) {
     ps_call *call = p->call;
-    if (resp->status == CTRPS__STATUS__WRONG_SHARD &&
-        (call->kind == KIND_PULL || call->kind == KIND_PUSH || call->kind == KIND_LOOKUP)) {
+    bool keyed = call->kind == KIND_PULL || call->kind == KIND_PUSH || call->kind == KIND_LOOKUP;
+    if (keyed && resp->status == CTRPS__STATUS__WRONG_SHARD) {
         wrong_shard(sc, p, resp->map_version, resp->message ? resp->message : "");
+        ctrps__response__free_unpacked(resp, NULL);
+        return;
+    }
+    if (keyed && resp->status == CTRPS__STATUS__MOVING) {
+        moving(sc, p, resp->message ? resp->message : "");
         ctrps__response__free_unpacked(resp, NULL);
         return;
     }
@@ -897,6 +908,7 @@ static void reroute(ps_client *c, part *p) {
         np->call = p->call;
         np->shard = s;
         np->hops = p->hops;
+        np->epoch = c->map.version;
         np->id = atomic_fetch_add(&c->next_id, 1);
         for (size_t i = 0; i < n; i++) {
             if (owner[i] != s)
@@ -1030,12 +1042,19 @@ static void map_part_done(part *p, int err, const char *msg) {
  * map has this epoch. */
 static void wrong_shard(shard_conn *sc, part *p, uint64_t epoch, const char *msg) {
     ps_client *c = sc->c;
-    if (p->hops >= MAX_HOPS || epoch == c->map.version) {
+    /* Same epoch everywhere and still refused: the configs disagree. */
+    bool settled = epoch == c->map.version && p->epoch == c->map.version;
+    if (p->hops >= MAX_HOPS || settled) {
         part_finish(p, PS_EWRONG_SHARD, "shard %u (%s): WRONG_SHARD: %s%s", sc->idx, sc->addr, msg,
                     p->hops >= MAX_HOPS ? " (re-routed too often)" : "");
         return;
     }
     p->hops++;
+    if (epoch <= c->map.version && p->epoch < c->map.version && !c->map_fetching) {
+        /* Routed by a map older than the one taken since: go by the new one. */
+        reroute(c, p);
+        return;
+    }
     p->next = c->remap_head;
     p->prev = NULL;
     c->remap_head = p;
@@ -1045,6 +1064,25 @@ static void wrong_shard(shard_conn *sc, part *p, uint64_t epoch, const char *msg
     } else if (!c->map_fetching) {
         c->remap_at_ms = uv_now(&c->loop) + REMAP_RETRY_MS;
     }
+}
+
+/* The part's buckets are moving: it waits (a pause, not a failure) and
+ * goes again by the map of that moment, up to the longer of timeout_ms and
+ * outage_timeout_ms. */
+static void moving(shard_conn *sc, part *p, const char *msg) {
+    ps_client *c = sc->c;
+    uint64_t limit = c->outage_ms > c->timeout_ms ? c->outage_ms : c->timeout_ms;
+    if ((uint64_t)++p->moving_waits * REMAP_RETRY_MS > limit) {
+        part_finish(p, PS_EMOVING, "shard %u (%s): MOVING for %llu ms: %s", sc->idx, sc->addr,
+                    (unsigned long long)limit, msg);
+        return;
+    }
+    atomic_fetch_add(&c->n_moving_waits, 1);
+    p->next = c->remap_head;
+    p->prev = NULL;
+    c->remap_head = p;
+    if (!c->map_fetching)
+        c->remap_at_ms = uv_now(&c->loop) + REMAP_RETRY_MS;
 }
 
 /* ---- I/O thread ------------------------------------------------------------------ */
@@ -1071,6 +1109,12 @@ static void close_all(uv_handle_t *h, void *arg) {
 
 static void on_wake(uv_async_t *a) {
     ps_client *c = a->data;
+    pthread_mutex_lock(&c->submit_lock);
+    ps_cluster_map offered = c->offered;
+    memset(&c->offered, 0, sizeof(c->offered));
+    pthread_mutex_unlock(&c->submit_lock);
+    if (offered.owner)
+        install_map(c, &offered);
     drain_queue(c);
     pthread_mutex_lock(&c->submit_lock);
     bool stopping = c->stopping;
@@ -1258,10 +1302,37 @@ void ps_client_free(ps_client *c) {
     ps_auth_wipe(&c->secret);
     free_conns(c);
     ps_cluster_map_deinit(&c->map);
+    ps_cluster_map_deinit(&c->offered);
     free(c);
 }
 
 uint64_t ps_client_id(const ps_client *c) { return c->client_id; }
+
+int ps_client_offer_map(ps_client *c, const ps_cluster_map *m) {
+    ps_cluster_map copy;
+    int r = ps_cluster_map_copy(m, &copy);
+    if (r < 0)
+        return r;
+    pthread_mutex_lock(&c->submit_lock);
+    ps_cluster_map_deinit(&c->offered);
+    c->offered = copy;
+    pthread_mutex_unlock(&c->submit_lock);
+    uv_async_send(&c->wake);
+    /* The I/O thread takes it at its next wakeup: wait for that. */
+    for (int i = 0; i < 5000; i++) {
+        pthread_mutex_lock(&c->map_lock);
+        bool took = c->map.version >= m->version;
+        pthread_mutex_unlock(&c->map_lock);
+        pthread_mutex_lock(&c->submit_lock);
+        bool pending = c->offered.owner != NULL;
+        pthread_mutex_unlock(&c->submit_lock);
+        if (took || !pending)
+            return 0;
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    return PS_ETIMEOUT;
+}
 
 void ps_client_checkpoint_pending(ps_client *c, char *ret, size_t len) {
     pthread_mutex_lock(&c->ckpt_lock);
@@ -1277,6 +1348,7 @@ void ps_client_counters_get(ps_client *c, ps_client_counters *ret) {
     ret->outages = atomic_load(&c->n_outages);
     ret->rerouted = atomic_load(&c->n_rerouted);
     ret->map_fetches = atomic_load(&c->n_map_fetches);
+    ret->moving_waits = atomic_load(&c->n_moving_waits);
     pthread_mutex_lock(&c->map_lock);
     ret->map_version = c->map.version;
     pthread_mutex_unlock(&c->map_lock);
@@ -1302,6 +1374,7 @@ static int enqueue_locked(ps_client *c, part **parts, int nparts) {
  * positions of its keys. */
 typedef struct split {
     uint32_t ns;                 /* shards in the map it was made by */
+    uint64_t epoch;              /* that map's */
     uint32_t *count;             /* per shard */
     uint32_t **pos;              /* per shard, owned until moved into a part */
     uint64_t **keys;             /* per shard */
@@ -1324,6 +1397,7 @@ static int split_keys(ps_client *c, const uint64_t *keys, size_t n, split *sp) {
     pthread_mutex_lock(&c->map_lock);
     uint32_t ns = (uint32_t)c->map.nshards;
     sp->ns = ns;
+    sp->epoch = c->map.version;
     sp->count = calloc(ns, sizeof(uint32_t));
     sp->pos = calloc(ns, sizeof(uint32_t *));
     sp->keys = calloc(ns, sizeof(uint64_t *));
@@ -1390,6 +1464,7 @@ static int start_keyed(ps_client *c, const keyed_args *a, split sp, ps_call *cal
         parts[nparts++] = p;
         p->call = call;
         p->shard = s;
+        p->epoch = sp.epoch;
         p->n = sp.count[s];
         p->pos = sp.pos[s];
         sp.pos[s] = NULL;
@@ -1722,12 +1797,14 @@ int ps_client_dense_push_start(ps_client *c, const ps_dense_block *grads, size_t
 
 /* ---- calls to one shard -------------------------------------------------------- */
 
+#define call_shard ps_client_call_raw
+
 /* Send one request to one shard and wait for its answer, which must hold
  * `want`. The request's id is set here; *ret_resp is the caller's, freed
  * with ctrps__response__free_unpacked(). */
-static int call_shard(ps_client *c, uint32_t shard, Ctrps__Request *req,
-                      Ctrps__Response__ResultCase want, Ctrps__Response **ret_resp, char *err,
-                      size_t errlen) {
+int ps_client_call_raw(ps_client *c, uint32_t shard, Ctrps__Request *req,
+                       Ctrps__Response__ResultCase want, Ctrps__Response **ret_resp, char *err,
+                       size_t errlen) {
     pthread_mutex_lock(&c->map_lock);
     uint32_t nconns = c->nshards;
     pthread_mutex_unlock(&c->map_lock);

@@ -95,6 +95,7 @@ typedef struct ps_client_counters {
     uint64_t outages;            /* outages begun (riding out only) */
     uint64_t rerouted;           /* parts split again after WRONG_SHARD */
     uint64_t map_fetches;        /* newer cluster maps asked for */
+    uint64_t moving_waits;       /* parts paused because their buckets were moving */
     uint64_t map_version;        /* epoch of the map the client routes by */
 } ps_client_counters;
 
@@ -219,6 +220,10 @@ void ps_export_page_deinit(ps_export_page *p);
 /* The bucket map as one shard holds it (common/cmap.h). */
 int ps_client_cluster_map(ps_client *c, uint32_t shard, ps_cluster_map *ret_map, char *err,
                           size_t errlen);
+/* Route by m (copied) from now on if it is newer than the client's map:
+ * its shards get connections. Returns once the client took it. */
+int ps_client_offer_map(ps_client *c, const ps_cluster_map *m);
+
 /* Have one shard store and serve `map` (borrowed for the call); it refuses
  * a map not newer than its own unless identical. ret_map may be NULL; else
  * it receives the map the shard holds afterwards. */

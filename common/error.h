@@ -19,7 +19,8 @@
     XX(AUTH, "authentication failed")                                         \
     XX(NOT_FOUND, "not found")                                                \
     XX(NONFINITE, "non-finite value")                                                \
-    XX(CLOSED, "closed")
+    XX(CLOSED, "closed")                                                      \
+    XX(MOVING, "bucket range is moving")
 
 enum {
     PS_ERR_BASE = -30000,

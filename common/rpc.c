@@ -31,6 +31,8 @@ Ctrps__Status ps_status_from_error(int err) {
         return CTRPS__STATUS__UNAVAILABLE;
     case PS_ENOT_FOUND:
         return CTRPS__STATUS__NOT_FOUND;
+    case PS_EMOVING:
+        return CTRPS__STATUS__MOVING;
     default:
         return CTRPS__STATUS__INTERNAL;
     }
@@ -58,6 +60,8 @@ int ps_error_from_status(Ctrps__Status status) {
         return PS_EUNAVAILABLE;
     case CTRPS__STATUS__NOT_FOUND:
         return PS_ENOT_FOUND;
+    case CTRPS__STATUS__MOVING:
+        return PS_EMOVING;
     default:
         return PS_EREMOTE;
     }

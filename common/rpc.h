@@ -20,7 +20,8 @@
     XX(export, EXPORT)                                                                        \
     XX(dense_pull, DENSE_PULL)                                                                \
     XX(dense_push, DENSE_PUSH)                                                                \
-    XX(checkpoint, CHECKPOINT)
+    XX(checkpoint, CHECKPOINT)                                                                \
+    XX(move, MOVE)
 
 typedef enum {
 #define PS_METHOD_ENUM(name, tag) PS_METHOD_##tag,

@@ -10,6 +10,7 @@ PACKAGES=(
   libopenblas0-openmp libopenblas-openmp-dev
   libxxhash-dev libinih-dev libmicrohttpd-dev libsodium-dev
   libclang-rt-14-dev
+  librdkafka-dev  # the worker's kafka:// input
   # tests/deploy: systemd-analyze and systemd-sysusers (systemd units), the
   # Kubernetes API types and YAML for Debian's python3 (manifests); podman,
   # run as root, with runc (crun refuses hybrid cgroup hierarchies), and

@@ -49,6 +49,7 @@ typedef struct reply {
         Ctrps__DensePullResponse dense_pull;
         Ctrps__DensePushResponse dense_push;
         Ctrps__CheckpointResponse checkpoint;
+        Ctrps__MoveResponse move;
     } u;
     void **owned;                /* owned, and each entry too: freed after packing */
     size_t nowned, owned_cap;
@@ -157,6 +158,16 @@ static int check_owned(ps_service *svc, const uint64_t *keys, size_t n, reply *r
     return PS_EWRONG_SHARD;
 }
 
+/* Pulls (which create rows) and pushes of a range being moved wait until
+ * the move is over: the client retries MOVING. */
+static int check_not_moving(ps_service *svc, const uint64_t *keys, size_t n, reply *rp) {
+    uint32_t lo, hi;
+    if (!ps_shard_touches_frozen(svc->shard, keys, n) || !ps_shard_frozen(svc->shard, &lo, &hi))
+        return 0;
+    snprintf(rp->err, sizeof(rp->err), "buckets %u-%u are moving to another shard", lo, hi - 1);
+    return PS_EMOVING;
+}
+
 /* Table, key count and ownership: the checks every keyed method shares. */
 static int check_keyed(ps_service *svc, const char *table, const uint64_t *keys, size_t n,
                        ps_table **ret, reply *rp) {
@@ -223,6 +234,8 @@ static int do_pull(ps_service *svc, ps_session *sess, const Ctrps__PullRequest *
     (void)sess;
     ps_table *t;
     int r = check_keyed(svc, req->table, req->keys, req->n_keys, &t, rp);
+    if (r == 0)
+        r = check_not_moving(svc, req->keys, req->n_keys, rp);
     if (r < 0)
         return r;
     uint32_t dim = ps_table_dim(t);
@@ -246,6 +259,8 @@ static int do_push(ps_service *svc, ps_session *sess, const Ctrps__PushRequest *
     (void)sess;
     ps_table *t;
     int r = check_keyed(svc, req->table, req->keys, req->n_keys, &t, rp);
+    if (r == 0)
+        r = check_not_moving(svc, req->keys, req->n_keys, rp);
     if (r < 0)
         return r;
     uint32_t dim = ps_table_dim(t);
@@ -753,6 +768,168 @@ static int do_checkpoint(ps_service *svc, ps_session *sess, const Ctrps__Checkpo
     c->reports = rptr;
     rp->resp.result_case = CTRPS__RESPONSE__RESULT_CHECKPOINT;
     rp->resp.checkpoint = c;
+    return 0;
+}
+
+/* ---- moving a bucket range --------------------------------------------------- */
+
+#define MOVE_PAGE_MAX 65536
+
+typedef struct move_page {
+    reply *rp;
+    uint64_t *keys;
+    ProtobufCBinaryData *values;
+    size_t n;
+} move_page;
+
+static int move_row(void *ctx, uint64_t fid, const void *value, size_t len) {
+    move_page *pg = ctx;
+    void *copy = own(pg->rp, malloc(len + 1));
+    if (!copy)
+        return -ENOMEM;
+    memcpy(copy, value, len);
+    pg->keys[pg->n] = fid;
+    pg->values[pg->n].data = copy;
+    pg->values[pg->n].len = len;
+    pg->n++;
+    return 0;
+}
+
+/* The clients' sequence numbers for the range, into the reply. */
+static int move_seqs_out(ps_service *svc, uint32_t lo, uint32_t hi, Ctrps__MoveResponse *m,
+                         reply *rp) {
+    uint64_t *ids, *seqs;
+    size_t n;
+    int r = ps_shard_move_seqs(svc->shard, lo, hi, &ids, &seqs, &n);
+    if (r < 0)
+        return r;
+    own(rp, ids);
+    if (!own(rp, seqs))
+        return -ENOMEM;
+    Ctrps__ClientSeqs *cs = own(rp, calloc(n + 1, sizeof(*cs)));
+    Ctrps__ClientSeqs **csp = own(rp, calloc(n + 1, sizeof(*csp)));
+    if (!cs || !csp)
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        ctrps__client_seqs__init(&cs[i]);
+        cs[i].client_id = ids[i];
+        cs[i].n_seq = hi - lo;
+        cs[i].seq = seqs + i * (hi - lo);
+        csp[i] = &cs[i];
+    }
+    m->n_seqs = n;
+    m->seqs = csp;
+    return 0;
+}
+
+static int move_import(ps_service *svc, const Ctrps__MoveRequest *req, reply *rp) {
+    int r = 0;
+    const Ctrps__MoveRows *rows = req->rows;
+    if (rows && rows->n_keys) {
+        ps_table *t;
+        if (rows->n_values != rows->n_keys) {
+            snprintf(rp->err, sizeof(rp->err), "%zu row values for %zu keys", rows->n_values,
+                     rows->n_keys);
+            return PS_EPROTO;
+        }
+        r = find_table(svc, rows->table, &t, rp);
+        if (r < 0)
+            return r;
+        const void **vals = own(rp, malloc(rows->n_keys * sizeof(void *)));
+        size_t *lens = own(rp, malloc(rows->n_keys * sizeof(size_t)));
+        if (!vals || !lens)
+            return -ENOMEM;
+        for (size_t i = 0; i < rows->n_keys; i++) {
+            vals[i] = rows->values[i].data;
+            lens[i] = rows->values[i].len;
+        }
+        r = ps_shard_adopt_rows(svc->shard, t, rows->keys, vals, lens, rows->n_keys, rp->err,
+                                sizeof(rp->err));
+        if (r < 0)
+            return r;
+    }
+    if (req->n_seqs) {
+        uint32_t w = req->bucket_hi > req->bucket_lo ? req->bucket_hi - req->bucket_lo : 0;
+        uint64_t *ids = own(rp, malloc(req->n_seqs * sizeof(uint64_t)));
+        uint64_t *seqs = own(rp, malloc(req->n_seqs * w * sizeof(uint64_t) + 1));
+        if (!ids || !seqs)
+            return -ENOMEM;
+        for (size_t i = 0; i < req->n_seqs; i++) {
+            if (req->seqs[i]->n_seq != w) {
+                snprintf(rp->err, sizeof(rp->err), "%zu sequence numbers for %u buckets",
+                         req->seqs[i]->n_seq, w);
+                return PS_EPROTO;
+            }
+            ids[i] = req->seqs[i]->client_id;
+            memcpy(seqs + i * w, req->seqs[i]->seq, w * sizeof(uint64_t));
+        }
+        r = ps_shard_adopt_seqs(svc->shard, req->bucket_lo, req->bucket_hi, ids, seqs, req->n_seqs,
+                                rp->err, sizeof(rp->err));
+    }
+    return r;
+}
+
+static int do_move(ps_service *svc, ps_session *sess, const Ctrps__MoveRequest *req, reply *rp) {
+    (void)sess;
+    Ctrps__MoveResponse *m = &rp->u.move;
+    ctrps__move_response__init(m);
+    uint32_t lo = req->bucket_lo, hi = req->bucket_hi;
+    int r = 0;
+    switch (req->phase) {
+    case CTRPS__MOVE_REQUEST__PHASE__FREEZE:
+        r = ps_shard_freeze(svc->shard, lo, hi, rp->err, sizeof(rp->err));
+        break;
+    case CTRPS__MOVE_REQUEST__PHASE__THAW:
+        r = ps_shard_thaw(svc->shard, rp->err, sizeof(rp->err));
+        break;
+    case CTRPS__MOVE_REQUEST__PHASE__DROP:
+        r = ps_shard_drop(svc->shard, lo, hi, &m->rows_dropped, rp->err, sizeof(rp->err));
+        break;
+    case CTRPS__MOVE_REQUEST__PHASE__IMPORT:
+        r = move_import(svc, req, rp);
+        break;
+    case CTRPS__MOVE_REQUEST__PHASE__EXPORT: {
+        size_t limit = req->limit && req->limit < MOVE_PAGE_MAX ? req->limit : MOVE_PAGE_MAX;
+        uint8_t *after = own(rp, malloc(PS_STORE_KEY_LEN));
+        Ctrps__MoveRows *rows = own(rp, malloc(sizeof(*rows)));
+        move_page pg = {.rp = rp};
+        pg.keys = own(rp, malloc(limit * sizeof(uint64_t)));
+        pg.values = own(rp, malloc(limit * sizeof(*pg.values)));
+        if (!after || !rows || !pg.keys || !pg.values)
+            return -ENOMEM;
+        size_t alen = req->after.len == PS_STORE_KEY_LEN ? PS_STORE_KEY_LEN : 0;
+        if (alen)
+            memcpy(after, req->after.data, alen);
+        uint32_t ti = req->table_index;
+        bool done = false;
+        r = ps_shard_move_export(svc->shard, lo, hi, &ti, after, &alen, limit, move_row, &pg, &done,
+                                 rp->err, sizeof(rp->err));
+        if (r < 0)
+            return r;
+        ctrps__move_rows__init(rows);
+        if (pg.n) /* a page holds rows of one table: the cursor's, or the one it just left */
+            rows->table = (char *)ps_table_config_of(ps_shard_table_at(svc->shard, alen ? ti : ti - 1))->name;
+        rows->n_keys = rows->n_values = pg.n;
+        rows->keys = pg.keys;
+        rows->values = pg.values;
+        m->rows = rows;
+        m->table_index = ti;
+        m->after.data = after;
+        m->after.len = alen;
+        m->done = done;
+        if (done)
+            r = move_seqs_out(svc, lo, hi, m, rp);
+        break;
+    }
+    case CTRPS__MOVE_REQUEST__PHASE__STATUS:
+    default:
+        break;
+    }
+    if (r < 0)
+        return r;
+    m->frozen = ps_shard_frozen(svc->shard, &m->frozen_lo, &m->frozen_hi);
+    rp->resp.result_case = CTRPS__RESPONSE__RESULT_MOVE;
+    rp->resp.move = m;
     return 0;
 }
 

@@ -100,6 +100,8 @@ struct ps_shard {
     size_t nclients, clients_cap;
 
     ps_cluster_map map;          /* the map served; meta "cluster_map" holds it */
+    bool frozen;                 /* a range is moving away: meta "move" holds it */
+    uint32_t frozen_lo, frozen_hi;
 
     /* Write-back thread and its single job slot. */
     pthread_t thread;
@@ -197,6 +199,257 @@ static int load_map(ps_shard *s, char *err, size_t errlen) {
 }
 
 const ps_cluster_map *ps_shard_map(const ps_shard *s) { return &s->map; }
+
+/* ---- moving a range ------------------------------------------------------- */
+
+static client_entry *client_slot(ps_shard *s, uint64_t id, bool insert);
+
+#define META_MOVE "move"
+
+static int meta_write_sync(ps_shard *s, const char *key, const void *v, size_t len, char *err,
+                           size_t errlen) {
+    ps_store_batch *b = ps_store_batch_new();
+    if (!b)
+        return -ENOMEM;
+    if (v)
+        ps_store_batch_put(b, s->store, CF_META, key, strlen(key), v, len);
+    else
+        ps_store_batch_delete(b, s->store, CF_META, key, strlen(key));
+    int r = ps_store_write_sync(s->store, b, err, errlen);
+    ps_store_batch_free(b);
+    return r;
+}
+
+int ps_shard_freeze(ps_shard *s, uint32_t lo, uint32_t hi, char *err, size_t errlen) {
+    if (lo >= hi || hi > s->map.buckets) {
+        snprintf(err, errlen, "bucket range %u-%u is not within 0-%u", lo, hi, s->map.buckets);
+        return PS_EPROTO;
+    }
+    if (s->frozen) {
+        if (s->frozen_lo == lo && s->frozen_hi == hi)
+            return 0;
+        snprintf(err, errlen, "buckets %u-%u are moving already", s->frozen_lo, s->frozen_hi - 1);
+        return PS_EPROTO;
+    }
+    for (uint32_t b = lo; b < hi; b++)
+        if (s->map.owner[b] != s->id) {
+            snprintf(err, errlen, "bucket %u is not owned by shard %u", b, s->id);
+            return PS_EWRONG_SHARD;
+        }
+    uint32_t v[2] = {lo, hi};
+    int r = meta_write_sync(s, META_MOVE, v, sizeof(v), err, errlen);
+    if (r < 0)
+        return r;
+    s->frozen = true;
+    s->frozen_lo = lo;
+    s->frozen_hi = hi;
+    return 0;
+}
+
+int ps_shard_thaw(ps_shard *s, char *err, size_t errlen) {
+    if (!s->frozen)
+        return 0;
+    int r = meta_write_sync(s, META_MOVE, NULL, 0, err, errlen);
+    if (r == 0)
+        s->frozen = false;
+    return r;
+}
+
+bool ps_shard_frozen(const ps_shard *s, uint32_t *ret_lo, uint32_t *ret_hi) {
+    if (s->frozen) {
+        *ret_lo = s->frozen_lo;
+        *ret_hi = s->frozen_hi;
+    }
+    return s->frozen;
+}
+
+bool ps_shard_touches_frozen(const ps_shard *s, const uint64_t *keys, size_t n) {
+    if (!s->frozen)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t b = ps_bucket(keys[i], s->map.buckets);
+        if (b >= s->frozen_lo && b < s->frozen_hi)
+            return true;
+    }
+    return false;
+}
+
+int ps_shard_move_export(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t *table_index,
+                         uint8_t *after, size_t *alen, size_t limit, ps_shard_move_row_fn fn,
+                         void *ctx, bool *ret_done, char *err, size_t errlen) {
+    if (!s->frozen || s->frozen_lo != lo || s->frozen_hi != hi) {
+        snprintf(err, errlen, "export of buckets %u-%u, which are not frozen here", lo, hi - 1);
+        return PS_EPROTO;
+    }
+    int r;
+    if (*table_index == 0 && *alen == 0 && (r = ps_shard_flush_sync(s, err, errlen)) < 0)
+        return r;
+    size_t count = 0;
+    while (*table_index < s->ntables && count < limit) {
+        ps_table *t = s->tables[*table_index];
+        ps_store_key start;
+        ps_store_key_encode((uint16_t)lo, 0, &start);
+        bool resume = *alen == PS_STORE_KEY_LEN;
+        ps_store_iter *it = ps_store_iter_new(s->store, ps_table_cf(t), resume ? after : start.b,
+                                              PS_STORE_KEY_LEN);
+        if (!it)
+            return -ENOMEM;
+        bool table_done = true;
+        r = 0;
+        for (; ps_store_iter_valid(it); ps_store_iter_next(it)) {
+            size_t klen, vlen;
+            const uint8_t *k = ps_store_iter_key(it, &klen);
+            const void *v = ps_store_iter_value(it, &vlen);
+            if (klen != PS_STORE_KEY_LEN || ((uint32_t)k[0] << 8 | k[1]) >= hi)
+                break;
+            if (resume && !memcmp(k, after, PS_STORE_KEY_LEN))
+                continue;
+            if (count == limit) {
+                table_done = false;
+                break;
+            }
+            r = fn(ctx, ps_store_key_fid(k), v, vlen);
+            if (r < 0)
+                break;
+            memcpy(after, k, PS_STORE_KEY_LEN);
+            *alen = PS_STORE_KEY_LEN;
+            count++;
+        }
+        ps_store_iter_free(it);
+        if (r < 0)
+            return r;
+        if (!table_done)
+            break;
+        (*table_index)++;
+        *alen = 0;
+        if (count)
+            break; /* one table per page */
+    }
+    *ret_done = *table_index >= s->ntables;
+    return 0;
+}
+
+int ps_shard_move_seqs(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t **ret_ids,
+                       uint64_t **ret_seqs, size_t *ret_n) {
+    size_t w = hi - lo;
+    uint64_t *ids = malloc((s->nclients + 1) * sizeof(uint64_t));
+    uint64_t *seqs = malloc((s->nclients * w + 1) * sizeof(uint64_t));
+    if (!ids || !seqs) {
+        free(ids);
+        free(seqs);
+        return -ENOMEM;
+    }
+    size_t n = 0;
+    for (size_t i = 0; i < s->clients_cap; i++) {
+        client_entry *e = &s->clients[i];
+        if (!e->id)
+            continue;
+        ids[n] = e->id;
+        memcpy(seqs + n * w, e->bseq + lo, w * sizeof(uint64_t));
+        n++;
+    }
+    *ret_ids = ids;
+    *ret_seqs = seqs;
+    *ret_n = n;
+    return 0;
+}
+
+int ps_shard_adopt_rows(ps_shard *s, ps_table *t, const uint64_t *keys, const void *const *values,
+                        const size_t *lens, size_t n, char *err, size_t errlen) {
+    for (size_t i = 0; i < n; i++)
+        if (s->map.owner[ps_bucket(keys[i], s->map.buckets)] == s->id) {
+            snprintf(err, errlen, "adopting a row of bucket %u, which shard %u owns already",
+                     ps_bucket(keys[i], s->map.buckets), s->id);
+            return PS_EPROTO;
+        }
+    ps_store_batch *b = ps_store_batch_new();
+    if (!b)
+        return -ENOMEM;
+    int r = ps_table_adopt(t, keys, values, lens, n, b, err, errlen);
+    if (r == 0)
+        r = ps_store_write_sync(s->store, b, err, errlen);
+    ps_store_batch_free(b);
+    return r;
+}
+
+int ps_shard_adopt_seqs(ps_shard *s, uint32_t lo, uint32_t hi, const uint64_t *ids,
+                        const uint64_t *seqs, size_t n, char *err, size_t errlen) {
+    if (lo >= hi || hi > s->map.buckets) {
+        snprintf(err, errlen, "bucket range %u-%u is not within 0-%u", lo, hi, s->map.buckets);
+        return PS_EPROTO;
+    }
+    size_t w = hi - lo;
+    for (size_t i = 0; i < n; i++) {
+        client_entry *e = client_slot(s, ids[i], true);
+        if (!e)
+            return -ENOMEM;
+        for (size_t b = 0; b < w; b++) {
+            uint64_t q = seqs[i * w + b];
+            e->bseq[lo + b] = q;
+            e->seq = e->seq > q ? e->seq : q;
+        }
+        e->dirty = true;
+    }
+    /* Durable before the map may name this shard the owner. */
+    return ps_shard_flush_sync(s, err, errlen);
+}
+
+int ps_shard_drop(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t *ret_rows, char *err,
+                  size_t errlen) {
+    for (uint32_t b = lo; b < hi && b < s->map.buckets; b++)
+        if (s->map.owner[b] == s->id) {
+            snprintf(err, errlen, "bucket %u is still owned by shard %u: install the new map first",
+                     b, s->id);
+            return PS_EPROTO;
+        }
+    int r = ps_shard_flush_sync(s, err, errlen);
+    if (r < 0)
+        return r;
+    ps_store_batch *batch = ps_store_batch_new();
+    if (!batch)
+        return -ENOMEM;
+    uint64_t total = 0;
+    for (size_t i = 0; i < s->ntables && r == 0; i++) {
+        uint64_t n = 0;
+        r = ps_table_forget_range(s->tables[i], lo, hi, batch, &n, err, errlen);
+        total += n;
+    }
+    if (r == 0)
+        r = ps_store_write_sync(s->store, batch, err, errlen);
+    ps_store_batch_free(batch);
+    if (r == 0 && s->frozen && s->frozen_lo == lo && s->frozen_hi == hi)
+        r = ps_shard_thaw(s, err, errlen);
+    /* The live counts changed: the next write-back saves them. */
+    if (r == 0)
+        r = ps_shard_flush_sync(s, err, errlen);
+    if (r == 0 && ret_rows)
+        *ret_rows = total;
+    return r;
+}
+
+/* A frozen range found at open: the move either committed (the map gives
+ * the range away: finish it) or not (stay frozen for ctrps-cli move to
+ * resume or roll back). */
+static int load_move(ps_shard *s, char *err, size_t errlen) {
+    char *v;
+    size_t len;
+    int r = ps_store_get(s->store, CF_META, META_MOVE, strlen(META_MOVE), &v, &len, err, errlen);
+    if (r < 0 || !v)
+        return r;
+    uint32_t range[2] = {0, 0};
+    if (len == sizeof(range))
+        memcpy(range, v, sizeof(range));
+    free(v);
+    if (range[0] >= range[1] || range[1] > s->map.buckets)
+        return meta_write_sync(s, META_MOVE, NULL, 0, err, errlen);
+    s->frozen = true;
+    s->frozen_lo = range[0];
+    s->frozen_hi = range[1];
+    for (uint32_t b = range[0]; b < range[1]; b++)
+        if (s->map.owner[b] == s->id)
+            return 0;
+    return ps_shard_drop(s, range[0], range[1], NULL, err, errlen);
+}
 
 int ps_shard_set_map(ps_shard *s, const ps_cluster_map *m, char *err, size_t errlen) {
     int r = ps_cluster_map_check(m, err, errlen);
@@ -1150,6 +1403,9 @@ int ps_shard_open(const ps_config *cfg, const ps_shard_options *opts, ps_shard *
         goto fail;
     for (size_t i = 0; i < cfg->ntables; i++)
         ps_table_set_clock(s->tables[i], (uint32_t)time(NULL));
+    r = load_move(s, err, errlen);
+    if (r < 0)
+        goto fail;
     ps_store_batch_free(b);
     free(filters);
     for (size_t i = 0; i < cfg->ntables; i++)

@@ -103,6 +103,43 @@ const ps_cluster_map *ps_shard_map(const ps_shard *s);
  * refused with PS_EPROTO and a reason in err. m is copied. */
 int ps_shard_set_map(ps_shard *s, const ps_cluster_map *m, char *err, size_t errlen);
 
+/* Moving a bucket range to another shard (README "Resharding"; the phases
+ * are in proto/ctrps.proto, MoveRequest). One range at a time is frozen;
+ * the frozen range is stored durably (meta "move", fsynced), so a restart
+ * keeps it frozen, and an open that finds its map no longer gives it the
+ * frozen range finishes the move by dropping it.
+ *   freeze(): from now on ps_shard_touches_frozen() is true for its keys
+ *     (the service answers MOVING: clients pause); the same range again is
+ *     accepted, another one refused.
+ *   move_export(): one page of stored rows of the range, table by table
+ *     (everything is written back first, on the first page).
+ *   adopt_rows() / adopt_seqs(): the target side; written with fsync.
+ *   drop(): delete the range's rows, then thaw.
+ *   thaw(): forget the frozen range (rollback before the map changed). */
+int ps_shard_freeze(ps_shard *s, uint32_t lo, uint32_t hi, char *err, size_t errlen);
+int ps_shard_thaw(ps_shard *s, char *err, size_t errlen);
+bool ps_shard_frozen(const ps_shard *s, uint32_t *ret_lo, uint32_t *ret_hi);
+bool ps_shard_touches_frozen(const ps_shard *s, const uint64_t *keys, size_t n);
+/* Called per row with the fid and the stored value (borrowed). */
+typedef int (*ps_shard_move_row_fn)(void *ctx, uint64_t fid, const void *value, size_t len);
+/* Rows of [lo, hi) of table *table_index after store key `after` (alen 0:
+ * from the start), at most limit, as the frozen range; *table_index and
+ * after (PS_STORE_KEY_LEN bytes) move past the page; *ret_done when none
+ * are left in any table. */
+int ps_shard_move_export(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t *table_index,
+                         uint8_t *after, size_t *alen, size_t limit, ps_shard_move_row_fn fn,
+                         void *ctx, bool *ret_done, char *err, size_t errlen);
+/* Every client's sequence numbers for buckets [lo, hi): *ret_ids (n) and
+ * *ret_seqs (n * (hi - lo)), malloc'ed, the caller frees both. */
+int ps_shard_move_seqs(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t **ret_ids,
+                       uint64_t **ret_seqs, size_t *ret_n);
+int ps_shard_adopt_rows(ps_shard *s, ps_table *t, const uint64_t *keys, const void *const *values,
+                        const size_t *lens, size_t n, char *err, size_t errlen);
+int ps_shard_adopt_seqs(ps_shard *s, uint32_t lo, uint32_t hi, const uint64_t *ids,
+                        const uint64_t *seqs, size_t n, char *err, size_t errlen);
+int ps_shard_drop(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t *ret_rows, char *err,
+                  size_t errlen);
+
 /* Apply a push (all-or-nothing) and log it. client_id 0 skips sequencing;
  * otherwise a seq at or below the client's last applied one is answered as
  * already applied. The acknowledgement may leave only after

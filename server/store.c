@@ -346,6 +346,11 @@ void ps_store_batch_put(ps_store_batch *b, ps_store *s, int cf, const void *key,
     rocksdb_writebatch_put_cf(b->wb, s->cfs[cf], key, klen, value, vlen);
 }
 
+void ps_store_batch_delete_range(ps_store_batch *b, ps_store *s, int cf, const void *start,
+                                 size_t slen, const void *end, size_t elen) {
+    rocksdb_writebatch_delete_range_cf(b->wb, s->cfs[cf], start, slen, end, elen);
+}
+
 void ps_store_batch_delete(ps_store_batch *b, ps_store *s, int cf, const void *key, size_t klen) {
     rocksdb_writebatch_delete_cf(b->wb, s->cfs[cf], key, klen);
 }

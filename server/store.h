@@ -86,6 +86,9 @@ void ps_store_batch_free(ps_store_batch *b);
 void ps_store_batch_put(ps_store_batch *b, ps_store *s, int cf, const void *key, size_t klen,
                         const void *value, size_t vlen);
 void ps_store_batch_delete(ps_store_batch *b, ps_store *s, int cf, const void *key, size_t klen);
+/* Delete every key in [start, end) (RocksDB DeleteRange: one tombstone). */
+void ps_store_batch_delete_range(ps_store_batch *b, ps_store *s, int cf, const void *start,
+                                 size_t slen, const void *end, size_t elen);
 size_t ps_store_batch_count(const ps_store_batch *b);
 /* Apply the batch atomically (through RocksDB's WAL). */
 int ps_store_write(ps_store *s, ps_store_batch *b, char *err, size_t errlen);

@@ -1133,6 +1133,91 @@ int ps_table_export(ps_table *t, const ps_store_key *after, size_t limit, ps_tab
     return r;
 }
 
+int ps_table_adopt(ps_table *t, const uint64_t *keys, const void *const *values,
+                   const size_t *lens, size_t n, ps_store_batch *b, char *err, size_t errlen) {
+    size_t want = sizeof(value_header) + t->width * sizeof(float);
+    for (size_t i = 0; i < n; i++) {
+        if (lens[i] != want) {
+            snprintf(err, errlen, "adopted row of %zu bytes; this table stores %zu", lens[i], want);
+            return PS_EPROTO;
+        }
+        if (index_find(t, keys[i]) != EMPTY) {
+            snprintf(err, errlen, "adopted key %016llx has a row in memory here",
+                     (unsigned long long)keys[i]);
+            return PS_EPROTO;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        ps_store_key sk;
+        ps_store_key_encode((uint16_t)ps_bucket(keys[i], t->nbuckets), keys[i], &sk);
+        char *have;
+        size_t hlen;
+        int r = ps_store_get(t->store, t->cf, sk.b, PS_STORE_KEY_LEN, &have, &hlen, err, errlen);
+        if (r < 0)
+            return r;
+        value_header h;
+        memcpy(&h, values[i], sizeof(h));
+        if (!have) /* a copy resumed after an interruption counts each row once */
+            lg_add(&t->lg, h.last_seen);
+        free(have);
+        ps_store_batch_put(b, t->store, t->cf, sk.b, PS_STORE_KEY_LEN, values[i], lens[i]);
+    }
+    return 0;
+}
+
+int ps_table_forget_range(ps_table *t, uint32_t lo, uint32_t hi, ps_store_batch *b,
+                          uint64_t *ret_rows, char *err, size_t errlen) {
+    for (uint64_t s = 0; s < t->used; s++) {
+        row *r = slot_row(t, (uint32_t)s);
+        if (!(r->flags & ROW_FREE) && r->bucket >= lo && r->bucket < hi && is_dirty(t, r)) {
+            snprintf(err, errlen, "a row of bucket %u is not written back", r->bucket);
+            return PS_EPROTO;
+        }
+    }
+    for (uint64_t s = 0; s < t->used; s++) {
+        row *r = slot_row(t, (uint32_t)s);
+        if ((r->flags & ROW_FREE) || r->bucket < lo || r->bucket >= hi)
+            continue;
+        release_row(t, r);
+        r->flags = ROW_FREE;
+        t->nfree++;
+        if (t->nfreed < t->capacity)
+            t->freed[t->nfreed++] = (uint32_t)s;
+    }
+    ps_store_key start;
+    ps_store_key_encode((uint16_t)lo, 0, &start);
+    uint8_t end[PS_STORE_KEY_LEN + 1];
+    size_t elen = 2;
+    if (hi < 65536) {
+        end[0] = (uint8_t)(hi >> 8);
+        end[1] = (uint8_t)hi;
+    } else { /* past every key */
+        memset(end, 0xff, sizeof(end));
+        elen = sizeof(end);
+    }
+    ps_store_iter *it = ps_store_iter_new(t->store, t->cf, start.b, PS_STORE_KEY_LEN);
+    if (!it)
+        return -ENOMEM;
+    uint64_t n = 0;
+    for (; ps_store_iter_valid(it); ps_store_iter_next(it)) {
+        size_t klen, vlen;
+        const uint8_t *k = ps_store_iter_key(it, &klen);
+        const char *v = ps_store_iter_value(it, &vlen);
+        if (klen != PS_STORE_KEY_LEN || ((uint32_t)k[0] << 8 | k[1]) >= hi)
+            break;
+        if (vlen >= sizeof(value_header)) {
+            value_header h;
+            memcpy(&h, v, sizeof(h));
+            lg_sub(&t->lg, h.last_seen);
+        }
+        n++;
+    }
+    ps_store_iter_free(it);
+    ps_store_batch_delete_range(b, t->store, t->cf, start.b, PS_STORE_KEY_LEN, end, elen);
+    *ret_rows = n;
+    return 0;
+}
+
 size_t ps_table_dirty_count(const ps_table *t) { return t->ndirty; }
 uint64_t ps_table_capacity(const ps_table *t) { return t->capacity; }
 

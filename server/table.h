@@ -93,6 +93,20 @@ typedef void (*ps_table_row_fn)(void *ctx, uint64_t key, const float *state);
 int ps_table_export(ps_table *t, const ps_store_key *after, size_t limit, ps_table_row_fn fn,
                     void *ctx, ps_store_key *ret_last, size_t *ret_count, bool *ret_done);
 
+/* Moving bucket ranges between shards (README "Resharding"); the shard has
+ * written every row back first, so memory and store agree.
+ * adopt(): stored row values copied from another shard's store, put into b;
+ * keys not stored here yet join the live count. A value of another width,
+ * or a key with a row in memory (this shard must not own its bucket), is
+ * refused before anything changes.
+ * forget_range(): every row of buckets [lo, hi) leaves memory (they must be
+ * clean) and the live count, and b deletes the range from the store;
+ * *ret_rows says how many were stored. */
+int ps_table_adopt(ps_table *t, const uint64_t *keys, const void *const *values,
+                   const size_t *lens, size_t n, ps_store_batch *b, char *err, size_t errlen);
+int ps_table_forget_range(ps_table *t, uint32_t lo, uint32_t hi, ps_store_batch *b,
+                          uint64_t *ret_rows, char *err, size_t errlen);
+
 /* Write-back. dump_dirty() copies every row dirtied since the previous
  * dump into d (on the loop thread: a memcpy per row) and returns the flush
  * generation they belong to; dump_put() sorts them by store key and adds

@@ -330,6 +330,33 @@ int ps_run(char *const argv[], char **ret_out, char **ret_err) {
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
+pid_t ps_start_worker(ps_cluster *c, const char *data, char *log, size_t loglen) {
+    ps_cluster_path(c, "worker.log", log, loglen);
+    char *argv[] = {(char *)ps_test_bin("worker/ctrps-worker"), "--config", c->config, "--input",
+                    (char *)data, "--log-level", "warn", NULL};
+    pid_t pid = fork();
+    if (pid == 0) {
+        int null = open("/dev/null", O_WRONLY);
+        int err = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        dup2(null, 1);
+        dup2(err, 2);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+void ps_wait_worker(pid_t pid, const char *log) {
+    int status;
+    waitpid(pid, &status, 0);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        char *text = ps_read_file(log);
+        fprintf(stderr, "worker log:\n%s\n", text ? text : "");
+        free(text);
+    }
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "worker failed (status %d)", status);
+}
+
 int ps_run_cli(ps_cluster *c, char **ret_out, ...) {
     char *argv[64];
     int n = 0;

@@ -74,6 +74,13 @@ int ps_run(char *const argv[], char **ret_out, char **ret_err);
  * reads its stdout. Returns its pid, or -1. Wait for it with waitpid(). */
 pid_t ps_spawn_stdout(char *const argv[], int *ret_fd);
 
+/* Start ctrps-worker on the cluster's config and `data` (stdout to
+ * /dev/null, stderr to the cluster file worker.log, whose path goes to
+ * log); returns its pid. ps_wait_worker() reaps it and asserts it exited 0,
+ * printing its log when not. */
+pid_t ps_start_worker(ps_cluster *c, const char *data, char *log, size_t loglen);
+void ps_wait_worker(pid_t pid, const char *log);
+
 /* Path of a file in the cluster directory. */
 void ps_cluster_path(const ps_cluster *c, const char *name, char *out, size_t outlen);
 /* Write text to a file; returns 0 or -errno. */

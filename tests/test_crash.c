@@ -83,29 +83,10 @@ static const disturbance random_kills = {kill_random_shards, 3, NULL};
 
 static char *train_and_export(const char *data, const disturbance *d) {
     char log[300];
-    ps_cluster_path(&cl, "worker.log", log, sizeof(log));
-    char *argv[] = {(char *)ps_test_bin("worker/ctrps-worker"), "--config", cl.config, "--input",
-                    (char *)data, "--log-level", "warn", NULL};
-    pid_t pid = fork();
-    if (pid == 0) {
-        int null = open("/dev/null", O_WRONLY);
-        int err = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        dup2(null, 1);
-        dup2(err, 2);
-        execv(argv[0], argv);
-        _exit(127);
-    }
+    pid_t pid = ps_start_worker(&cl, data, log, sizeof(log));
     int strikes = d ? d->run(&pid) : 0;
-    if (pid) {
-        int status;
-        waitpid(pid, &status, 0);
-        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-            char *text = ps_read_file(log);
-            fprintf(stderr, "worker log:\n%s\n", text ? text : "");
-            free(text);
-        }
-        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "worker failed (status %d)", status);
-    }
+    if (pid)
+        ps_wait_worker(pid, log);
     if (d) {
         cr_assert_geq(strikes, d->min_strikes,
                       "the worker finished before the shards were disturbed: make the input larger");

@@ -338,6 +338,11 @@ Test(predict, follow_writes_each_batch_as_lines_arrive, .fini = teardown, .timeo
     pid_t pid = ps_spawn_stdout(argv, &fd);
     cr_assert_gt(pid, 0);
     cr_assert(wait_lines(out, 300), "%zu of 300 lines scored", count_lines(out));
+    /* A predicting worker pushes nothing: a checkpoint does not wait for it. */
+    char ck[300], *ckout = NULL;
+    path_of("ckpt", ck);
+    cr_assert_eq(ps_run_cli(&cl, &ckout, "checkpoint", "--dir", ck, "--wait", "20", NULL), 0, "%s", ckout);
+    free(ckout);
     sh("tail -n +301 %s >> %s", hp, live);
     cr_assert(wait_lines(out, 1000), "%zu of 1000 lines scored", count_lines(out));
     kill(pid, SIGTERM);

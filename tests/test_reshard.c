@@ -7,10 +7,13 @@
  * equals the state of the same pushes on a cluster that never changed its
  * map (nothing lost, nothing applied twice). */
 #include <criterion/criterion.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "client.h"
 #include "harness.h"
@@ -259,4 +262,144 @@ Test(reshard, sequence_numbers_are_kept_per_bucket, .fini = teardown, .timeout =
     r = raw_push(fd, 77, 9, b);
     cr_assert(r->push->already_applied);
     ctrps__response__free_unpacked(r, NULL);
+}
+
+/* ---- online moves while a worker trains --------------------------------------- */
+
+#define LR_BODY                                                                                    \
+    "buckets = 128\n"                                                                              \
+    "[server]\ndurability = sync\nflush_interval_ms = 300\n"                                       \
+    "[input]\nformat = criteo\nintegers = bucketize\n"                                             \
+    "[model]\ntype = lr\nbatch_size = 64\nmax_in_flight = 0\n"                                     \
+    "[worker]\ntimeout_ms = 60000\n"                                                               \
+    "[table.wide]\ndim = 1\noptimizer = ftrl\nalpha = 0.05\nbeta = 0.001\nlambda1 = 0.0001\n"       \
+    "slots = I1, I2, I3, I4, I5, I6, I7, I8, I9, I10, I11, I12, I13\n"                             \
+    "slots = C1, C2, C3, C4, C5, C6, C7, C8, C9, C10, C11, C12, C13\n"                             \
+    "slots = C14, C15, C16, C17, C18, C19, C20, C21, C22, C23, C24, C25, C26\n"
+
+#ifdef PS_TEST_UNDER_ASAN
+#define MOVE_ROWS "8000"
+#else
+#define MOVE_ROWS "30000"
+#endif
+
+/* Three shards listed, two in use: the map of epoch 2 splits the buckets
+ * evenly over shards 0 and 1 and gives shard 2 none, as a cluster of two
+ * that a third machine is about to join. */
+static void start_two_of_three(void) {
+    cr_assert_eq(ps_cluster_start(&cl, 3, LR_BODY), 0);
+    ps_client *admin = client_of(&cl);
+    ps_cluster_map m;
+    cr_assert_eq(ps_cluster_map_from_config(cl.cfg, &m), 0);
+    m.version = 2;
+    for (uint32_t b = 0; b < m.buckets; b++)
+        m.owner[b] = ps_bucket_owner(b, m.buckets, 2);
+    for (int i = 0; i < 3; i++)
+        install(admin, i, &m);
+    ps_cluster_map_deinit(&m);
+    ps_client_free(admin);
+}
+
+static void write_two_shard_config(char *path, size_t len) {
+    ps_cluster_path(&cl, "two.ini", path, len);
+    char text[12000];
+    snprintf(text, sizeof(text), "[cluster]\nshards = 127.0.0.1:%d, 127.0.0.1:%d\n%s", cl.ports[0],
+             cl.ports[1], cl.body);
+    cr_assert_eq(ps_write_file(path, text), 0);
+}
+
+/* Run `ctrps-cli [--config cfg] --timeout 60000 reshard`, with shard
+ * `kill_shard` (if >= 0) killed with SIGKILL and restarted while it runs. */
+static void reshard(const char *cfg, int kill_shard, unsigned *seed) {
+    char *argv[] = {(char *)ps_test_bin("tools/ctrps-cli"), "--config", (char *)cfg, "--timeout",
+                    "60000", "reshard", NULL};
+    if (kill_shard < 0) {
+        char *out = NULL, *err = NULL;
+        int rc = ps_run(argv, &out, &err);
+        cr_assert_eq(rc, 0, "reshard failed: %s", err ? err : "");
+        cr_assert(out && strstr(out, "map version"), "%s", out ? out : "");
+        cr_log_info("reshard: %s", out);
+        free(out);
+        free(err);
+        return;
+    }
+    int fd;
+    pid_t pid = ps_spawn_stdout(argv, &fd);
+    cr_assert_gt(pid, 0);
+    usleep(20000 + (useconds_t)(rand_r(seed) % 150000));
+    cr_assert_eq(ps_cluster_restart(&cl, kill_shard, SIGKILL), 0);
+    int status;
+    waitpid(pid, &status, 0);
+    close(fd);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "reshard with a kill failed (status %d)",
+              status);
+}
+
+/* Train on data while the cluster goes 2 -> 3 -> 2 shards (or not, with
+ * grow = false); the exported state at the end. */
+static char *train_while_resharding(const char *data, bool grow, int kill_shard) {
+    start_two_of_three();
+    char log[300], two[300];
+    write_two_shard_config(two, sizeof(two));
+    pid_t w = ps_start_worker(&cl, data, log, sizeof(log));
+    unsigned seed = 7;
+    if (grow) {
+        usleep(300000);
+        reshard(cl.config, kill_shard, &seed); /* 2 -> 3 */
+        int status;
+        cr_assert_eq(waitpid(w, &status, WNOHANG), 0,
+                     "the worker finished before the cluster grew: make the input larger");
+        reshard(two, kill_shard, &seed);       /* 3 -> 2 */
+    }
+    ps_wait_worker(w, log);
+    char *out = NULL;
+    cr_assert_eq(ps_run_cli(&cl, &out, "export", "--table", "wide", "--state", NULL), 0);
+    if (grow) {
+        char *st = NULL;
+        cr_assert_eq(ps_run_cli(&cl, &st, "stats", NULL), 0);
+        /* Shard 2 gave every row back, and had some: it pulled rows. */
+        const char *s2 = strstr(st, "\"shard\":2,");
+        cr_assert(s2 && strstr(s2, "\"rows\":0,"), "shard 2 kept rows after 3 -> 2: %s", st);
+        const char *pulled = strstr(s2, "\"pulled_rows\":");
+        cr_assert(pulled && strtoull(pulled + 14, NULL, 10) > 0, "shard 2 never served: %s", s2);
+        free(st);
+    }
+    cr_assert_eq(ps_cluster_destroy(&cl), 0);
+    memset(&cl, 0, sizeof(cl));
+    return out;
+}
+
+static void moved_matches_unmoved(int kill_shard) {
+    char data[] = "/tmp/ctrps-reshard-XXXXXX";
+    int fd = mkstemp(data);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    char *argv[] = {(char *)ps_test_bin("tools/ctrps-cli"), "gen", "--rows", MOVE_ROWS, "--seed",
+                    "21", "--format", "criteo", "--out", data, NULL};
+    cr_assert_eq(ps_run(argv, NULL, NULL), 0);
+    char *clean = train_while_resharding(data, false, -1);
+    char *moved = train_while_resharding(data, true, kill_shard);
+    size_t lines = 0;
+    for (const char *p = clean; *p; p++)
+        lines += *p == '\n';
+    cr_assert_gt(lines, 1000, "too little state to compare");
+    cr_assert_str_eq(moved, clean, "the state after 2 -> 3 -> 2 differs from the unmoved run");
+    free(clean);
+    free(moved);
+    unlink(data);
+    char truth[600];
+    snprintf(truth, sizeof(truth), "%s.truth.json", data);
+    unlink(truth);
+}
+
+Test(reshard, training_through_2_3_2_shards_ends_in_the_unmoved_state, .fini = teardown,
+     .timeout = 600) {
+    moved_matches_unmoved(-1);
+}
+
+/* The source of the moves (shard 0 gives buckets to shard 2, then takes
+ * them back) is killed with SIGKILL while ctrps-cli reshard runs. */
+Test(reshard, a_source_killed_during_the_moves_still_ends_in_the_unmoved_state, .fini = teardown,
+     .timeout = 600) {
+    moved_matches_unmoved(0);
 }

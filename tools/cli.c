@@ -20,6 +20,7 @@
 #include "gen.h"
 #include "keys.h"
 #include "log.h"
+#include "move.h"
 #include "text.h"
 #include "version.h"
 #include "wconfig.h"
@@ -46,6 +47,14 @@ static void usage(FILE *out) {
             "  export --table T [--state]\n"
             "      every row: fid<TAB>field<TAB>v1 ... vd, field w (and with --state\n"
             "      z and n for FTRL, acc for AdaGrad), in store order per shard\n"
+            "  move --buckets A-B --to N | move --abort N\n"
+            "      move buckets A..B (inclusive) to shard N of the config's list: the\n"
+            "      range pauses, its rows and push sequence numbers are copied, the\n"
+            "      cluster map's epoch flips; progress (rows, rows/s) on stderr.\n"
+            "      --abort N thaws a move shard N froze that never reached its map flip\n"
+            "  reshard\n"
+            "      with --config NEW.ini listing the new set of shards (same buckets):\n"
+            "      move the cluster to an even split over them, range by range\n"
             "  stats\n"
             "      one JSON object per shard: rows per table, requests, errors,\n"
             "      dropped non-finite rows, RocksDB bytes, counters\n"
@@ -717,6 +726,118 @@ static int cmd_gen(int argc, char **argv) {
     return 0;
 }
 
+/* ---- resharding ---------------------------------------------------------------- */
+
+static void move_progress(void *ctx, const ps_move_progress *p) {
+    (void)ctx;
+    double rate = p->elapsed_s > 0 ? (double)p->rows / p->elapsed_s : 0;
+    if (p->done)
+        printf("moved buckets %u-%u from shard %u to shard %u: %llu rows in %.2f s (%.0f rows/s)\n",
+               p->lo, p->hi - 1, p->from, p->to, (unsigned long long)p->rows, p->elapsed_s, rate);
+    else
+        fprintf(stderr, "%s: moving buckets %u-%u from shard %u to shard %u: %llu rows copied (%.0f rows/s)\n",
+                prog, p->lo, p->hi - 1, p->from, p->to, (unsigned long long)p->rows, rate);
+    fflush(stdout);
+}
+
+/* The shard list of the next maps: the config's when it lists more shards
+ * than the map (shards are joining), else the map's. */
+static char *const *move_shards(const ps_config *cfg, const ps_cluster_map *cur, size_t *ret_n) {
+    if (cfg->nshards > cur->nshards) {
+        *ret_n = cfg->nshards;
+        return cfg->shards;
+    }
+    *ret_n = cur->nshards;
+    return cur->shards;
+}
+
+static int cmd_move(ps_client *cl, const ps_config *cfg, int argc, char **argv) {
+    static const struct option opts[] = {{"buckets", required_argument, NULL, 'b'},
+                                         {"to", required_argument, NULL, 't'},
+                                         {"abort", required_argument, NULL, 'a'},
+                                         {NULL, 0, NULL, 0}};
+    uint64_t lo = 0, hi = 0, to = UINT64_MAX, abort_from = UINT64_MAX;
+    bool have_range = false;
+    int opt;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        char *dash;
+        switch (opt) {
+        case 'b':
+            dash = strchr(optarg, '-');
+            if (!dash)
+                return fail(2, "move: --buckets A-B, got '%s'", optarg);
+            *dash = '\0';
+            if (ps_parse_u64(optarg, &lo) < 0 || ps_parse_u64(dash + 1, &hi) < 0 || hi < lo)
+                return fail(2, "move: --buckets A-B with A <= B");
+            have_range = true;
+            break;
+        case 't':
+            if (ps_parse_u64(optarg, &to) < 0)
+                return fail(2, "move: --to N: not a number: '%s'", optarg);
+            break;
+        case 'a':
+            if (ps_parse_u64(optarg, &abort_from) < 0)
+                return fail(2, "move: --abort N: not a number: '%s'", optarg);
+            break;
+        default:
+            return 2;
+        }
+    }
+    char err[1024];
+    if (abort_from != UINT64_MAX) {
+        if (ps_move_abort(cl, (uint32_t)abort_from, err, sizeof(err)) < 0)
+            return fail(1, "move --abort: %s", err);
+        printf("shard %llu: the moving range is thawed\n", (unsigned long long)abort_from);
+        return 0;
+    }
+    if (!have_range || to == UINT64_MAX)
+        return fail(2, "move: --buckets A-B and --to N are required");
+    ps_cluster_map cur;
+    if (ps_move_current_map(cl, cfg->nshards, &cur, err, sizeof(err)) < 0)
+        return fail(1, "move: %s", err);
+    size_t ns;
+    char *const *shards = move_shards(cfg, &cur, &ns);
+    int code = 0;
+    if (to >= ns || hi >= cur.buckets)
+        code = fail(2, "move: shard %llu or bucket %llu is not in the cluster (%zu shards, %u buckets)",
+                    (unsigned long long)to, (unsigned long long)hi, ns, cur.buckets);
+    else if (ps_move_buckets(cl, &cur, (uint32_t)lo, (uint32_t)hi + 1, (uint32_t)to, shards, ns,
+                             move_progress, NULL, err, sizeof(err)) < 0)
+        code = fail(1, "move: %s", err);
+    else
+        printf("map version %llu\n", (unsigned long long)cur.version);
+    ps_cluster_map_deinit(&cur);
+    return code;
+}
+
+static int cmd_reshard(ps_client *cl, const ps_config *cfg) {
+    char err[1024];
+    ps_cluster_map cur;
+    /* Ask every shard the new config lists that the map may know. */
+    if (ps_move_current_map(cl, cfg->nshards, &cur, err, sizeof(err)) < 0)
+        return fail(1, "reshard: %s", err);
+    size_t ns;
+    char *const *shards = move_shards(cfg, &cur, &ns);
+    /* shards may point into cur, which the moves replace: keep a copy. */
+    ps_cluster_map list;
+    int code = 0;
+    if (ps_cluster_map_copy(&cur, &list) < 0) {
+        ps_cluster_map_deinit(&cur);
+        return fail(1, "reshard: out of memory");
+    }
+    if (shards == cur.shards)
+        shards = list.shards;
+    if (ps_move_reshard(cl, &cur, shards, ns, cfg->nshards, move_progress, NULL, err, sizeof(err)) < 0)
+        code = fail(1, "reshard: %s", err);
+    else
+        printf("map version %llu: %u buckets evenly over %u shards\n", (unsigned long long)cur.version,
+               cur.buckets, cfg->nshards);
+    ps_cluster_map_deinit(&list);
+    ps_cluster_map_deinit(&cur);
+    return code;
+}
+
 int main(int argc, char **argv) {
     static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
                                          {"timeout", required_argument, NULL, 't'},
@@ -769,7 +890,8 @@ int main(int argc, char **argv) {
         if (code != 0)
             return code;
     } else if (strcmp(cmd, "lookup") && strcmp(cmd, "pull") && strcmp(cmd, "push") &&
-               strcmp(cmd, "export") && strcmp(cmd, "stats")) {
+               strcmp(cmd, "export") && strcmp(cmd, "stats") && strcmp(cmd, "move") &&
+               strcmp(cmd, "reshard")) {
         return fail(2, "unknown command '%s' (see --help)", cmd);
     }
     if (!config_path)
@@ -805,6 +927,10 @@ int main(int argc, char **argv) {
         code = cmd_checkpoint(cl, cfg, &ca);
     else if (model)
         code = cmd_export_model(cl, cfg, &ma);
+    else if (!strcmp(cmd, "move"))
+        code = cmd_move(cl, cfg, cargc, cargv);
+    else if (!strcmp(cmd, "reshard"))
+        code = cmd_reshard(cl, cfg);
     else
         code = cmd_stats(cl, cfg, cargc, cargv);
     if (fflush(stdout) != 0 && code == 0)

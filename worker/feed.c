@@ -287,7 +287,10 @@ int ps_feed_new(const ps_feed_options *opts, ps_feed **ret_feed, char *err, size
                             .headers = ps_parser_wants_header(f->parser),
                             .report_idle = opts->output_lines,
                             .stop = opts->stop,
-                            .quit = &f->reader_quit};
+                            .quit = &f->reader_quit,
+                            .kafka_group = opts->input->kafka_group,
+                            .kafka_properties = (const char *const *)opts->input->kafka_properties,
+                            .nkafka_properties = opts->input->nkafka_properties};
     r = ps_reader_new(&ro, &f->reader, err, errlen);
     if (r < 0)
         goto fail;
@@ -303,6 +306,12 @@ uint32_t ps_feed_ndense(const ps_feed *f) { return ps_parser_ndense(f->parser); 
 int ps_feed_seek(ps_feed *f, const ps_reader_pos *pos, char *err, size_t errlen) {
     return ps_reader_seek(f->reader, pos, err, errlen);
 }
+
+int ps_feed_commit(ps_feed *f, const ps_reader_pos *pos, bool sync, char *err, size_t errlen) {
+    return ps_reader_commit(f->reader, pos, sync, err, errlen);
+}
+
+bool ps_feed_is_kafka(const ps_feed *f) { return ps_reader_is_kafka(f->reader); }
 
 int ps_feed_start(ps_feed *f, const ps_batch_layout *L, uint32_t batch_size) {
     f->batch_size = batch_size;

@@ -62,6 +62,12 @@ uint32_t ps_feed_ndense(const ps_feed *f);
 /* Before ps_feed_start: continue reading at a position (ps_reader_seek). */
 int ps_feed_seek(ps_feed *f, const ps_reader_pos *pos, char *err, size_t errlen);
 
+/* Everything up to pos (a batch's end) is trained and its pushes are
+ * acknowledged: ps_reader_commit() (Kafka offsets; nothing for files).
+ * From the training thread, while the reader thread runs. */
+int ps_feed_commit(ps_feed *f, const ps_reader_pos *pos, bool sync, char *err, size_t errlen);
+bool ps_feed_is_kafka(const ps_feed *f);
+
 /* Allocate the batches (of batch_size examples, laid out by L, which must
  * outlive the feed) and start the reader thread. */
 int ps_feed_start(ps_feed *f, const ps_batch_layout *L, uint32_t batch_size);

@@ -11,6 +11,7 @@
 
 #include "config.h"
 #include "error.h"
+#include "kafka.h"
 #include "log.h"
 #include "nn.h"
 #include "parse.h"
@@ -59,6 +60,16 @@ static void usage(FILE *out) {
             "  --input PATH         a file, a glob (quote it), a directory (its files in name\n"
             "                       order) or - for stdin; repeat for more; extra arguments\n"
             "                       after the options are inputs too\n"
+            "  --input kafka://HOST:PORT[,HOST:PORT...]/TOPIC\n"
+            "                       a Kafka topic instead (the only input): one message is one\n"
+            "                       line; worker I of N reads partitions I, I+N, ...; without\n"
+            "                       --follow it reads up to the end the topic had at start.\n"
+            "                       It starts at --resume's position, else at the offsets\n"
+            "                       committed for [input] kafka_group (default ctrps), else at\n"
+            "                       the earliest; offsets are committed only once the shards\n"
+            "                       acknowledged the pushes of every message before them.\n"
+            "                       [input] kafka_properties = key=value, ... passes librdkafka\n"
+            "                       consumer properties\n"
             "  --follow             keep reading appended lines and new files (tail -F) until\n"
             "                       SIGTERM, then finish the batches in flight and exit\n"
             "  --format F           criteo | csv | libsvm | slots (overrides [input] format)\n"
@@ -80,12 +91,15 @@ static void usage(FILE *out) {
             "  --version            print the version and exit\n"
             "\n"
             "At a checkpoint barrier (ctrps-cli checkpoint) the worker pauses once its\n"
-            "pushes are acknowledged, reports its input position, and continues after.\n"
+            "pushes are acknowledged, reports its input position, and continues after\n"
+            "(a --predict run pushes nothing and goes on).\n"
             "\n"
-            "Progress lines go to stderr every [worker] progress_interval_s seconds; the\n"
-            "final result is one JSON line on stdout, on every exit but --help, --version:\n"
+            "Training writes progress lines to stderr every [worker] progress_interval_s\n"
+            "seconds; the final result is one JSON line on stdout, on every exit but --help\n"
+            "and --version:\n"
             "  {\"examples\":..,\"examples_per_sec\":..,\"auc\":..,\"logloss\":..,\"calibration\":..,\n"
             "   \"holdout_auc\":..,\"holdout_logloss\":.., ...[,\"error\":\"message\"]}\n"
+            "(--predict adds \"lines\", the output lines written, after \"examples\").\n"
             "A shard that is unreachable or read-only is waited for, with a warning naming\n"
             "it every few seconds, up to [worker] outage_timeout_s (default 600).\n"
             "Exit status: 0 on success, 1 on a runtime error (a shard unavailable past\n"
@@ -241,9 +255,11 @@ int main(int argc, char **argv) {
         return fail(2, "--worker-index %u must be below --num-workers %u", to.worker_index,
                     to.num_workers);
     }
-    bool uses_stdin = false;
-    for (size_t i = 0; i < ninputs; i++)
+    bool uses_stdin = false, uses_kafka = false;
+    for (size_t i = 0; i < ninputs; i++) {
         uses_stdin |= !strcmp(inputs[i], "-");
+        uses_kafka |= ps_kafka_is_url(inputs[i]);
+    }
     if (uses_stdin && to.passes > 1) {
         return fail(2, "--passes > 1 cannot read stdin twice");
     }
@@ -251,6 +267,16 @@ int main(int argc, char **argv) {
         return fail(2, "--predict does not go with --holdout, --resume or --passes");
     if (unlabelled && !predict)
         return fail(2, "--unlabelled needs --predict (training needs labels)");
+    if (uses_kafka) {
+        char why[512];
+        if (ninputs > 1)
+            return fail(2, "--input kafka://...: a Kafka topic must be the only input");
+        if (ps_kafka_check_url(inputs[0], why, sizeof(why)) < 0)
+            return fail(2, "--input %s", why);
+        if (to.passes > 1)
+            return fail(2, "--passes > 1 cannot read a Kafka topic twice (a pass is the topic up to "
+                           "its end at start; run again for another)");
+    }
     ps_log_init("ctrps-worker", level);
 
     char err[1024];

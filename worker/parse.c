@@ -120,6 +120,22 @@ static int check_column(const ps_config_key *k, const char *s, size_t len, char 
     return check_name(s, len, "column name", err, errlen);
 }
 
+/* key=value, both non-empty, no blanks (librdkafka checks the rest when
+ * the consumer is made). */
+static int check_kafka_property(const ps_config_key *k, const char *s, size_t len, char *err,
+                                size_t errlen) {
+    (void)k;
+    const char *eq = memchr(s, '=', len);
+    bool blank = false;
+    for (size_t i = 0; i < len; i++)
+        blank |= s[i] == ' ' || s[i] == '\t';
+    if (!eq || eq == s || eq == s + len - 1 || blank) {
+        snprintf(err, errlen, "kafka property '%.*s': expected key=value", (int)len, s);
+        return PS_ECONFIG;
+    }
+    return 0;
+}
+
 /* dense_integers, bucketize_integers: a list of I1..I13 (separated by
  * commas, spaces or tabs) into the bit set at the key's field. */
 static int set_integer_fields(const ps_config_key *k, void *obj, const char *value, char *err,
@@ -166,6 +182,9 @@ static const ps_config_key input_keys[] = {
     PS_KEY_U32("max_line_bytes", INP, max_line_bytes, 64, 1u << 30),
     PS_KEY_U32("max_slots", INP, max_slots, 1, 65535),
     PS_KEY_U32("id_column", INP, id_column, 0, 65535),
+    PS_KEY_STRING("kafka_group", INP, kafka_group, .check = check_key_value),
+    PS_KEY_STRINGS("kafka_properties", INP, kafka_properties, nkafka_properties,
+                   .check = check_kafka_property),
 };
 #undef INP
 #define NINPUT_KEYS (sizeof(input_keys) / sizeof(input_keys[0]))
@@ -183,6 +202,7 @@ int ps_input_config_init(ps_input_config *c) {
      * newlines) than a real example, and the reader's buffer is this size. */
     c->max_line_bytes = 64u << 10;
     c->max_slots = 1024;
+    strcpy(c->kafka_group, "ctrps");
     c->ignore_columns = malloc(sizeof(char *));
     if (!c->ignore_columns || !(c->ignore_columns[0] = strdup("id"))) {
         free(c->ignore_columns);

@@ -105,6 +105,10 @@ const char *ps_integers_mode_name(ps_integers_mode m);
  *                             blanks). The parser still parses the whole
  *                             line: for csv, name the column in
  *                             ignore_columns (Avazu's id is by default)
+ *   kafka_group = ctrps       group.id under which a kafka:// input's
+ *                             offsets are committed (worker/kafka.h)
+ *   kafka_properties =        comma list of key=value librdkafka consumer
+ *                             properties (security.protocol=ssl, ...)
  * A key that does not apply to the chosen format is rejected by
  * ps_input_config_check(), as config.c does for optimizer keys: a silently
  * ignored setting is a bug nobody sees. */
@@ -121,6 +125,9 @@ typedef struct ps_input_config {
     uint32_t max_line_bytes;
     uint32_t max_slots;
     uint32_t id_column;
+    char kafka_group[PS_NAME_MAX];
+    char **kafka_properties;     /* owned: each string and the array */
+    size_t nkafka_properties;
     uint32_t keys_set;           /* bit per key set explicitly (for _check) */
 } ps_input_config;
 

@@ -120,7 +120,9 @@ static int predictor_open(predictor *p, const ps_train_options *o, FILE *out, ch
     p->logits = malloc(w->model.batch_size * sizeof(float));
     if (!p->logits)
         return -ENOMEM;
-    if ((r = ps_train_client_new(o, &p->client, err, errlen)) < 0)
+    /* Not "ctrps-worker": it pushes nothing, so a checkpoint barrier must
+     * not wait for it to report. */
+    if ((r = ps_train_client_new(o, "ctrps-predict", &p->client, err, errlen)) < 0)
         return r;
     if ((r = ps_predict_load_dense(p->client, p->model, p->err, sizeof(p->err))) < 0) {
         snprintf(err, errlen, "dense model (train before predicting): %s", p->err);

@@ -40,6 +40,7 @@ struct ps_reader {
     char *header;                /* a resumed file's header, returned first */
     size_t header_len;
     bool header_pending;
+    ps_kafka *kafka;             /* a kafka:// input instead of files */
 };
 
 static bool is_glob(const char *s) { return strpbrk(s, "*?[") != NULL; }
@@ -169,6 +170,32 @@ int ps_reader_new(const ps_reader_options *opts, ps_reader **ret_reader, char *e
         return -EINVAL;
     }
     for (size_t i = 0; i < opts->ninputs; i++) {
+        if (ps_kafka_is_url(opts->inputs[i]) && opts->ninputs > 1) {
+            snprintf(err, errlen, "%s: a kafka:// input must be the only input", opts->inputs[i]);
+            ps_reader_free(r);
+            return PS_ECONFIG;
+        }
+    }
+    if (ps_kafka_is_url(opts->inputs[0])) {
+        ps_kafka_options ko = {.url = opts->inputs[0],
+                               .group = opts->kafka_group ? opts->kafka_group : "ctrps",
+                               .properties = opts->kafka_properties,
+                               .nproperties = opts->nkafka_properties,
+                               .worker_index = r->o.worker_index,
+                               .num_workers = r->o.num_workers,
+                               .follow = opts->follow,
+                               .max_line = r->o.max_line,
+                               .stop = opts->stop,
+                               .quit = opts->quit};
+        int rc = ps_kafka_new(&ko, &r->kafka, err, errlen);
+        if (rc < 0) {
+            ps_reader_free(r);
+            return rc;
+        }
+        *ret_reader = r;
+        return 0;
+    }
+    for (size_t i = 0; i < opts->ninputs; i++) {
         size_t added;
         int rc = expand(r, i, &added);
         const char *in = opts->inputs[i];
@@ -194,10 +221,17 @@ void ps_reader_free(ps_reader *r) {
     free(r->files);
     free(r->buf);
     free(r->header);
+    ps_kafka_free(r->kafka);
     free(r);
 }
 
-bool ps_reader_seekable(const ps_reader *r) { return !have_file(r, "-"); }
+bool ps_reader_seekable(const ps_reader *r) { return !r->kafka && !have_file(r, "-"); }
+
+bool ps_reader_is_kafka(const ps_reader *r) { return r->kafka != NULL; }
+
+int ps_reader_commit(ps_reader *r, const ps_reader_pos *pos, bool sync, char *err, size_t errlen) {
+    return r->kafka && pos->kafka.n ? ps_kafka_commit(r->kafka, &pos->kafka, sync, err, errlen) : 0;
+}
 
 static void close_current(ps_reader *r) {
     if (r->fd > 0)
@@ -278,6 +312,12 @@ static bool is_header(const ps_reader *r) { return r->o.headers && r->lineno == 
 
 int ps_reader_next(ps_reader *r, const char **ret_line, size_t *ret_len, const char **ret_file,
                    uint64_t *ret_lineno, char *err, size_t errlen) {
+    if (r->kafka) {
+        int rc = ps_kafka_next(r->kafka, ret_line, ret_len, ret_file, ret_lineno, err, errlen);
+        if (rc == 1)
+            r->lines++;
+        return rc;
+    }
     if (r->header_pending) {
         r->header_pending = false;
         *ret_line = r->header;
@@ -410,6 +450,9 @@ int ps_reader_rewind(ps_reader *r) {
 }
 
 void ps_reader_position(const ps_reader *r, ps_reader_pos *ret) {
+    memset(ret, 0, sizeof(*ret));
+    if (r->kafka)
+        ps_kafka_position(r->kafka, &ret->kafka);
     ret->file = (uint32_t)r->cur;
     ret->offset = r->fd >= 0 ? r->offset : 0;
     ret->lines = r->lines;
@@ -417,6 +460,8 @@ void ps_reader_position(const ps_reader *r, ps_reader_pos *ret) {
 
 int ps_reader_progress(const ps_reader *r, const ps_reader_pos *pos, uint64_t *ret_done,
                        uint64_t *ret_total) {
+    if (r->kafka)
+        return ps_kafka_progress(r->kafka, &pos->kafka, ret_done, ret_total);
     if (r->o.follow || !ps_reader_seekable(r))
         return -ESPIPE;
     uint64_t total = r->nfiles ? r->files[r->nfiles - 1].before + r->files[r->nfiles - 1].size : 0;
@@ -431,6 +476,15 @@ int ps_reader_progress(const ps_reader *r, const ps_reader_pos *pos, uint64_t *r
 }
 
 int ps_reader_seek(ps_reader *r, const ps_reader_pos *pos, char *err, size_t errlen) {
+    if (r->kafka || pos->kafka.n) {
+        if (!r->kafka || !pos->kafka.n) {
+            snprintf(err, errlen, "the position is of %s input than this reader's",
+                     r->kafka ? "a file" : "a kafka");
+            return PS_ECONFIG;
+        }
+        r->lines = pos->lines;
+        return ps_kafka_seek(r->kafka, &pos->kafka, err, errlen);
+    }
     close_current(r);
     r->lines = pos->lines;
     if (!ps_reader_seekable(r)) {

@@ -16,12 +16,18 @@
  *
  * Position: (input index, file index, byte offset, line count) identifies
  * where reading stands; a reader can be started again from it (checkpoints).
- * For stdin, which cannot seek, the line count is the position. */
+ * For stdin, which cannot seek, the line count is the position.
+ *
+ * Kafka: a single input kafka://BROKERS/TOPIC reads the topic's messages as
+ * lines through kafka.h (sharded by partition, not by line; read once, like
+ * stdin; the position is the offsets of this worker's partitions). */
 
 #include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "kafka.h"
 
 typedef struct ps_reader ps_reader;
 
@@ -38,12 +44,16 @@ typedef struct ps_reader_options {
     const volatile sig_atomic_t *stop; /* may be NULL */
     const volatile sig_atomic_t *quit; /* may be NULL; as stop, for a consumer that
                                         * gave up (not a signal handler) */
+    const char *kafka_group;     /* kafka:// only: group.id for committed offsets */
+    const char *const *kafka_properties; /* kafka:// only: extra "key=value" */
+    size_t nkafka_properties;
 } ps_reader_options;
 
 typedef struct ps_reader_pos {
     uint32_t file;               /* index into the expanded file list */
     uint64_t offset;             /* byte offset of the next unread line */
     uint64_t lines;              /* lines consumed in total (all workers' shares) */
+    ps_kafka_pos kafka;          /* a kafka:// input's offsets (kafka.n > 0) */
 } ps_reader_pos;
 
 /* Expand the inputs (an input that matches nothing is an error, except in
@@ -76,3 +86,11 @@ int ps_reader_progress(const ps_reader *r, const ps_reader_pos *pos, uint64_t *r
                        uint64_t *ret_total);
 /* Resume at a position taken from an earlier reader over the same inputs. */
 int ps_reader_seek(ps_reader *r, const ps_reader_pos *pos, char *err, size_t errlen);
+
+/* Record that everything before pos is trained and acknowledged: for a
+ * kafka:// input, commit its offsets for the group (asynchronous ones at a
+ * bounded rate; sync waits for the broker). Nothing for files and stdin.
+ * Safe from another thread than the reading one. */
+int ps_reader_commit(ps_reader *r, const ps_reader_pos *pos, bool sync, char *err, size_t errlen);
+/* Is the input a kafka:// source? */
+bool ps_reader_is_kafka(const ps_reader *r);

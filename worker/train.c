@@ -61,10 +61,11 @@ void ps_train_feed_options(const ps_train_options *o, ps_feed_options *ret) {
                              .stop = o->stop};
 }
 
-int ps_train_client_new(const ps_train_options *o, ps_client **ret_client, char *err, size_t errlen) {
+int ps_train_client_new(const ps_train_options *o, const char *name, ps_client **ret_client,
+                        char *err, size_t errlen) {
     const ps_worker_config *w = ps_worker_config_of(o->cfg);
     ps_client_options co = {.cfg = o->cfg,
-                            .name = "ctrps-worker",
+                            .name = name,
                             .timeout_ms = w->timeout_ms,
                             .outage_timeout_ms = (uint64_t)w->outage_timeout_s * 1000,
                             .on_outage = log_outage,
@@ -83,6 +84,7 @@ typedef struct fetch {
 typedef struct pushes {
     ps_call *calls[MAX_TABLES + 1];
     int ncalls;
+    ps_reader_pos end;           /* where the input stands after the batch */
 } pushes;
 
 /* Holdout rows, parsed and batched once at the start. */
@@ -127,6 +129,8 @@ typedef struct trainer {
     char worker_name[64];
     uint64_t inputs_hash;
     char handled_ckpt[64];       /* the last barrier this worker reported at */
+    ps_reader_pos acked;         /* the end of the last batch whose pushes are acknowledged */
+    bool has_acked;
     uint64_t checkpoints;
     char err[1024];
 } trainer;
@@ -192,9 +196,20 @@ static pushes *pop_oldest_push(trainer *t) {
     return p;
 }
 
+/* Once a batch's pushes are acknowledged, the input before its end is
+ * trained for good: a Kafka input commits that offset (at a bounded rate;
+ * the last one synchronously at the end of the run). */
 static int wait_oldest_push(trainer *t) {
     pushes *p = pop_oldest_push(t);
-    return wait_calls(t, p->calls, p->ncalls);
+    int r = wait_calls(t, p->calls, p->ncalls);
+    if (r == 0) {
+        t->acked = p->end;
+        t->has_acked = true;
+        char msg[512];
+        if (ps_feed_commit(t->feed, &t->acked, false, msg, sizeof(msg)) < 0)
+            ps_warn("%s", msg);
+    }
+    return r;
 }
 
 /* After an error: wait out every call still in flight, whatever it returns
@@ -228,6 +243,7 @@ static int bound_inflight(trainer *t, size_t allowed) {
 static int start_pushes(trainer *t, ps_batch *b) {
     pushes *p = &t->inflight[(t->in_head + t->nin) % t->in_cap];
     p->ncalls = 0;
+    p->end = b->end;
     for (uint32_t i = 0; i < t->L->ntables; i++) {
         ps_batch_table *bt = &b->tables[i];
         if (bt->nkeys == 0)
@@ -294,7 +310,17 @@ static int barrier(trainer *t, const char *id, const ps_reader_pos *end) {
     if (r < 0)
         return r;
     char pos[256];
-    ps_checkpoint_format_position(pos, sizeof(pos), end->file, end->offset, end->lines, t->inputs_hash);
+    if (end->kafka.n) {
+        /* 256: what the coordinator keeps of a position (server/barrier.h). */
+        if (ps_kafka_format_position(pos, sizeof(pos), &end->kafka, t->inputs_hash) < 0) {
+            snprintf(t->err, sizeof(t->err), "checkpoint %s: the Kafka position of %u partitions "
+                     "does not fit a manifest line", id, end->kafka.n);
+            return PS_ELIMIT;
+        }
+    } else {
+        ps_checkpoint_format_position(pos, sizeof(pos), end->file, end->offset, end->lines,
+                                      t->inputs_hash);
+    }
     r = ps_checkpoint_report(t->client, id, t->worker_name, pos, t->err, sizeof(t->err));
     snprintf(t->handled_ckpt, sizeof(t->handled_ckpt), "%s", id);
     if (r < 0) {
@@ -309,7 +335,11 @@ static int barrier(trainer *t, const char *id, const ps_reader_pos *end) {
     return ps_checkpoint_wait_end(t->client, id, t->err, sizeof(t->err));
 }
 
+/* What a checkpoint's position must have been read from: the input
+ * arguments, or a Kafka topic (its brokers may move). */
 static uint64_t hash_inputs(const ps_train_options *o) {
+    if (o->ninputs == 1 && ps_kafka_is_url(o->inputs[0]))
+        return ps_kafka_topic_hash(o->inputs[0]);
     XXH64_state_t *st = XXH64_createState();
     XXH64_reset(st, 0);
     for (size_t i = 0; i < o->ninputs; i++)
@@ -330,8 +360,10 @@ static int resume_position(const ps_train_options *o, const char *worker, uint64
     if (r < 0)
         return r;
     ps_reader_pos p;
+    memset(&p, 0, sizeof(p));
     uint64_t h;
-    if (ps_checkpoint_parse_position(pos, &p.file, &p.offset, &p.lines, &h) < 0) {
+    if (ps_kafka_is_position(pos) ? ps_kafka_parse_position(pos, &p.kafka, &h) < 0
+                                  : ps_checkpoint_parse_position(pos, &p.file, &p.offset, &p.lines, &h) < 0) {
         snprintf(err, errlen, "%s: [%s] position '%s' is malformed", dir, section, pos);
         return PS_EPARSE;
     }
@@ -582,7 +614,7 @@ static int trainer_open(trainer *t, const ps_train_options *o, char *err, size_t
     r = holdout_read(o, w, t->L, &t->h, err, errlen);
     if (r < 0)
         return r;
-    r = ps_train_client_new(o, &t->client, err, errlen);
+    r = ps_train_client_new(o, "ctrps-worker", &t->client, err, errlen);
     if (r < 0)
         return r;
     r = dense_setup(t);
@@ -683,6 +715,12 @@ static int holdout_final(trainer *t, ps_train_result *ret, char *err, size_t err
 static int trainer_finish(trainer *t, int r, ps_train_result *ret, char *err, size_t errlen) {
     if (r < 0 && !err[0])
         snprintf(err, errlen, "%s", t->err[0] ? t->err : ps_strerror(r));
+    if (t->has_acked) {
+        /* What is acknowledged stays trained, on an error too. */
+        char msg[512];
+        if (ps_feed_commit(t->feed, &t->acked, true, msg, sizeof(msg)) < 0)
+            ps_warn("%s", msg);
+    }
     char msg[1024];
     int fr = ps_feed_stop(t->feed, msg, sizeof(msg));
     if (r == 0 && fr < 0) {

@@ -55,8 +55,11 @@ typedef struct ps_train_result {
 /* What a run of o reads (for --predict too, predict.h): the feed's options. */
 void ps_train_feed_options(const ps_train_options *o, ps_feed_options *ret);
 /* The run's client, which logs each shard outage as it begins, while it
- * lasts and when it ends. Caller frees with ps_client_free(). */
-int ps_train_client_new(const ps_train_options *o, ps_client **ret_client, char *err, size_t errlen);
+ * lasts and when it ends. The shards wait for every client named
+ * "ctrps-worker..." at a checkpoint barrier: a client that never pushes
+ * takes another name. Caller frees with ps_client_free(). */
+int ps_train_client_new(const ps_train_options *o, const char *name, ps_client **ret_client,
+                        char *err, size_t errlen);
 
 /* Nothing done: counters 0, metrics NaN. */
 void ps_train_result_init(ps_train_result *r);

@@ -271,6 +271,10 @@ class InputConfig:
         "max_line_bytes": lambda v: _u32(v, 64, 1 << 30),
         "max_slots": lambda v: _u32(v, 1, 65535),
         "id_column": lambda v: _u32(v, 0, 65535),
+        # A Kafka input's consumer settings (worker/kafka.h): they do not
+        # change how lines parse, so they are kept as text.
+        "kafka_group": str,
+        "kafka_properties": lambda v: [x.strip() for x in v.split(",") if x.strip()],
     }
     SCOPE = {"integers": ("criteo",), "dense_integers": ("criteo",),
              "bucketize_integers": ("criteo",), "label_column": ("csv",),
@@ -288,6 +292,8 @@ class InputConfig:
         self.max_line_bytes = 65536
         self.max_slots = 1024
         self.id_column = 0          # read by ctrps-worker --predict only
+        self.kafka_group = "ctrps"
+        self.kafka_properties = []
         self.keys_set = set()
 
     def set(self, key, value):

@@ -79,6 +79,26 @@ def dense_value(x):
     return np.float32(0.0) if x <= 0 else np.float32(math.log1p(x))
 
 
+def column(line, fmt, col, max_line_bytes=None):
+    """Column col (1-based) of an input line as worker/parse.c
+    ps_input_column splits it for format fmt (criteo: tabs, csv: commas,
+    libsvm and slots: runs of blanks): its raw bytes; b"" when the line has
+    fewer columns (or is longer than max_line_bytes: the worker never sees
+    its text)."""
+    s = line.encode() if isinstance(line, str) else bytes(line)
+    if s.endswith(b"\n"):
+        s = s[:-1]
+    if s.endswith(b"\r"):
+        s = s[:-1]
+    if max_line_bytes is not None and len(s) > max_line_bytes:
+        return b""
+    if fmt in ("libsvm", "slots"):
+        cols = [t for t in re.split(rb"[ \t]+", s) if t]
+    else:
+        cols = s.split(b"," if fmt == "csv" else b"\t")
+    return cols[col - 1] if 0 < col <= len(cols) else b""
+
+
 class Parser:
     """One parser per input stream, like ps_parser: the slot list only grows
     (csv headers and slots-format lines add slots the first time they name

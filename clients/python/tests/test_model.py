@@ -258,6 +258,11 @@ def test_matches_worker_predict_per_line(data, module_cluster_factory, tmp_path,
     hold = str(tmp_path / "holdout")
     with open(hold, "wb") as f:
         f.write(b"".join(lines[:3] + [b"not a line\n", b"\n"] + lines[3:] + [b"1\tx\n"]))
+    # Each output line starts with an id column: C1, or a slots line's first feature.
+    col = 15 if kind == "criteo" else 2
+    idcol = f"id_column = {col}\n"
+    body = body.replace("[input]\n", "[input]\n" + idcol) if "[input]\n" in body \
+        else body + "[input]\n" + idcol
     c = module_cluster_factory(body, nshards=2)
     worker = bin_path("worker/ctrps-worker")
     run([worker, "--config", c.config, "--input", train, "--log-level", "warn"])
@@ -269,8 +274,12 @@ def test_matches_worker_predict_per_line(data, module_cluster_factory, tmp_path,
     env = dict(os.environ, PYTHONPATH=PKG_ROOT)
     subprocess.run([sys.executable, "-m", "ctrps.predict", "--model", str(export), "--input", hold,
                     "--output", str(got)], env=env, check=True, capture_output=True)
-    w = np.array([float(x.split()[-1]) for x in want.read_text().splitlines()])
-    g = np.array([float(x) for x in got.read_text().splitlines()])
+    wl, gl = want.read_bytes().splitlines(), got.read_bytes().splitlines()
+    assert [x.rsplit(b"\t", 1)[0] for x in gl] == [x.rsplit(b"\t", 1)[0] for x in wl]
+    sep = b"\t" if kind == "criteo" else None
+    assert [x.rsplit(b"\t", 1)[0] for x in wl[:3]] == [x.split(sep)[col - 1] for x in lines[:3]]
+    w = np.array([float(x.rsplit(b"\t", 1)[-1]) for x in wl])
+    g = np.array([float(x.rsplit(b"\t", 1)[-1]) for x in gl])
     assert len(w) == len(g) == len(lines) + 3
     assert np.isnan(w[[3, 4, -1]]).all() and np.isfinite(np.delete(w, [3, 4, len(w) - 1])).all()
     np.testing.assert_allclose(g, w, rtol=0, atol=1e-5)

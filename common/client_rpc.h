@@ -1,0 +1,13 @@
+#pragma once
+/* For modules of the RPC client library only (common/move.c): one raw
+ * request to one shard through a ps_client. */
+
+#include "client.h"
+#include "ctrps.pb-c.h"
+
+/* Send req (its id is set here) to shard and wait for the answer, which
+ * must be OK and hold `want`; *ret_resp is the caller's, freed with
+ * ctrps__response__free_unpacked(). */
+int ps_client_call_raw(ps_client *c, uint32_t shard, Ctrps__Request *req,
+                       Ctrps__Response__ResultCase want, Ctrps__Response **ret_resp, char *err,
+                       size_t errlen);

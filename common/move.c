@@ -1,0 +1,241 @@
+#include "move.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "client_rpc.h"
+#include "error.h"
+#include "rpc.h"
+
+#define PAGE_ROWS 4096
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int move_call(ps_client *c, uint32_t shard, Ctrps__MoveRequest *m, Ctrps__Response **ret,
+                     char *err, size_t errlen) {
+    Ctrps__Request req = CTRPS__REQUEST__INIT;
+    req.method_case = CTRPS__REQUEST__METHOD_MOVE;
+    req.move = m;
+    Ctrps__Response *resp;
+    int r = ps_client_call_raw(c, shard, &req, CTRPS__RESPONSE__RESULT_MOVE, &resp, err, errlen);
+    if (r < 0)
+        return r;
+    if (ret)
+        *ret = resp;
+    else
+        ctrps__response__free_unpacked(resp, NULL);
+    return 0;
+}
+
+static int simple_phase(ps_client *c, uint32_t shard, Ctrps__MoveRequest__Phase phase, uint32_t lo,
+                        uint32_t hi, char *err, size_t errlen) {
+    Ctrps__MoveRequest m = CTRPS__MOVE_REQUEST__INIT;
+    m.phase = phase;
+    m.bucket_lo = lo;
+    m.bucket_hi = hi;
+    return move_call(c, shard, &m, NULL, err, errlen);
+}
+
+int ps_move_current_map(ps_client *c, uint32_t nshards, ps_cluster_map *ret_map, char *err,
+                        size_t errlen) {
+    ps_cluster_map best = {0};
+    for (uint32_t i = 0; i < nshards; i++) {
+        ps_cluster_map m;
+        int r = ps_client_cluster_map(c, i, &m, err, errlen);
+        if (r < 0) {
+            ps_cluster_map_deinit(&best);
+            return r;
+        }
+        if (!best.owner || m.version > best.version) {
+            ps_cluster_map_deinit(&best);
+            best = m;
+        } else {
+            ps_cluster_map_deinit(&m);
+        }
+    }
+    if (!best.owner) {
+        snprintf(err, errlen, "no shard to ask for the cluster map");
+        return -EINVAL;
+    }
+    /* Calls to shards the map lists beyond the config's need connections. */
+    int r = ps_client_offer_map(c, &best);
+    if (r < 0) {
+        snprintf(err, errlen, "taking the cluster map: %s", ps_strerror(r));
+        ps_cluster_map_deinit(&best);
+        return r;
+    }
+    *ret_map = best;
+    return 0;
+}
+
+/* Copy the frozen range's rows, then the sequence numbers, from -> to. */
+static int copy_range(ps_client *c, uint32_t lo, uint32_t hi, uint32_t from, uint32_t to,
+                      ps_move_progress *pr, ps_move_progress_fn fn, void *ctx, char *err,
+                      size_t errlen) {
+    Ctrps__MoveRequest ex = CTRPS__MOVE_REQUEST__INIT;
+    ex.phase = CTRPS__MOVE_REQUEST__PHASE__EXPORT;
+    ex.bucket_lo = lo;
+    ex.bucket_hi = hi;
+    ex.limit = PAGE_ROWS;
+    uint8_t after[16];
+    double t0 = now_s();
+    for (;;) {
+        Ctrps__Response *resp;
+        int r = move_call(c, from, &ex, &resp, err, errlen);
+        if (r < 0)
+            return r;
+        const Ctrps__MoveResponse *m = resp->move;
+        Ctrps__MoveRequest im = CTRPS__MOVE_REQUEST__INIT;
+        im.phase = CTRPS__MOVE_REQUEST__PHASE__IMPORT;
+        im.bucket_lo = lo;
+        im.bucket_hi = hi;
+        im.rows = m->rows;
+        if (m->done) {
+            im.n_seqs = m->n_seqs;
+            im.seqs = m->seqs;
+        }
+        if ((m->rows && m->rows->n_keys) || im.n_seqs || m->done)
+            r = move_call(c, to, &im, NULL, err, errlen);
+        bool done = m->done;
+        pr->rows += m->rows ? m->rows->n_keys : 0;
+        ex.table_index = m->table_index;
+        ex.after.len = m->after.len <= sizeof(after) ? m->after.len : 0;
+        memcpy(after, m->after.data, ex.after.len);
+        ex.after.data = after;
+        ctrps__response__free_unpacked(resp, NULL);
+        if (r < 0)
+            return r;
+        pr->elapsed_s = now_s() - t0;
+        if (fn && !done)
+            fn(ctx, pr);
+        if (done)
+            return 0;
+    }
+}
+
+int ps_move_range(ps_client *c, ps_cluster_map *cur, uint32_t lo, uint32_t hi, uint32_t to,
+                  char *const *shards, size_t nshards, ps_move_progress_fn fn, void *ctx,
+                  char *err, size_t errlen) {
+    if (lo >= hi || hi > cur->buckets || to >= nshards || nshards < cur->nshards) {
+        snprintf(err, errlen, "cannot move buckets %u-%u to shard %u of %zu", lo, hi - 1, to, nshards);
+        return -EINVAL;
+    }
+    uint32_t from = cur->owner[lo];
+    for (uint32_t b = lo; b < hi; b++)
+        if (cur->owner[b] != from) {
+            snprintf(err, errlen, "buckets %u-%u have more than one owner", lo, hi - 1);
+            return -EINVAL;
+        }
+    if (from == to)
+        return 0;
+    int r;
+    if (nshards > cur->nshards) {
+        /* Join: every shard learns the longer list, owners unchanged, before
+         * a new shard adopts rows (it refuses rows of buckets its map gives
+         * it, and a new shard's first map is its config's even split). */
+        ps_cluster_map join;
+        r = ps_cluster_map_even(cur->version + 1, cur->buckets, shards, nshards, &join);
+        if (r < 0)
+            return r;
+        memcpy(join.owner, cur->owner, cur->buckets * sizeof(uint32_t));
+        for (uint32_t i = 0; r == 0 && i < nshards; i++)
+            r = ps_client_install_map(c, i, &join, NULL, err, errlen);
+        if (r < 0) {
+            ps_cluster_map_deinit(&join);
+            return r;
+        }
+        ps_cluster_map_deinit(cur);
+        *cur = join;
+    }
+    ps_move_progress pr = {.lo = lo, .hi = hi, .from = from, .to = to};
+    r = simple_phase(c, from, CTRPS__MOVE_REQUEST__PHASE__FREEZE, lo, hi, err, errlen);
+    if (r == 0)
+        r = copy_range(c, lo, hi, from, to, &pr, fn, ctx, err, errlen);
+    if (r < 0)
+        return r;
+    ps_cluster_map next;
+    r = ps_cluster_map_even(cur->version + 1, cur->buckets, shards, nshards, &next);
+    if (r < 0)
+        return r;
+    memcpy(next.owner, cur->owner, cur->buckets * sizeof(uint32_t));
+    for (uint32_t b = lo; b < hi; b++)
+        next.owner[b] = to;
+    /* Target first: once the source takes the map, clients go to it. */
+    r = ps_client_install_map(c, to, &next, NULL, err, errlen);
+    if (r == 0)
+        r = ps_client_install_map(c, from, &next, NULL, err, errlen);
+    for (uint32_t i = 0; r == 0 && i < nshards; i++)
+        if (i != to && i != from)
+            r = ps_client_install_map(c, i, &next, NULL, err, errlen);
+    if (r == 0)
+        r = simple_phase(c, from, CTRPS__MOVE_REQUEST__PHASE__DROP, lo, hi, err, errlen);
+    if (r < 0) {
+        ps_cluster_map_deinit(&next);
+        return r;
+    }
+    ps_cluster_map_deinit(cur);
+    *cur = next;
+    pr.done = true;
+    if (fn)
+        fn(ctx, &pr);
+    return 0;
+}
+
+int ps_move_buckets(ps_client *c, ps_cluster_map *cur, uint32_t lo, uint32_t hi, uint32_t to,
+                    char *const *shards, size_t nshards, ps_move_progress_fn fn, void *ctx,
+                    char *err, size_t errlen) {
+    if (lo >= hi || hi > cur->buckets) {
+        snprintf(err, errlen, "buckets %u-%u: not within 0-%u", lo, hi - 1, cur->buckets - 1);
+        return -EINVAL;
+    }
+    uint32_t b = lo;
+    while (b < hi) {
+        uint32_t e = b + 1;
+        while (e < hi && cur->owner[e] == cur->owner[b])
+            e++;
+        int r = ps_move_range(c, cur, b, e, to, shards, nshards, fn, ctx, err, errlen);
+        if (r < 0)
+            return r;
+        b = e;
+    }
+    return 0;
+}
+
+int ps_move_reshard(ps_client *c, ps_cluster_map *cur, char *const *shards, size_t nshards,
+                    uint32_t ntarget, ps_move_progress_fn fn, void *ctx, char *err, size_t errlen) {
+    for (size_t i = 0; i < nshards && i < cur->nshards; i++)
+        if (strcmp(shards[i], cur->shards[i])) {
+            snprintf(err, errlen, "shard %zu is %s in the map but %s in the new config", i,
+                     cur->shards[i], shards[i]);
+            return -EINVAL;
+        }
+    if (!ntarget || ntarget > nshards) {
+        snprintf(err, errlen, "no shards to spread the buckets over");
+        return -EINVAL;
+    }
+    uint32_t nb = cur->buckets;
+    uint32_t b = 0;
+    while (b < nb) {
+        uint32_t want = ps_bucket_owner(b, nb, ntarget), e = b + 1;
+        while (e < nb && cur->owner[e] == cur->owner[b] && ps_bucket_owner(e, nb, ntarget) == want)
+            e++;
+        if (cur->owner[b] != want) {
+            int r = ps_move_range(c, cur, b, e, want, shards, nshards, fn, ctx, err, errlen);
+            if (r < 0)
+                return r;
+        }
+        b = e;
+    }
+    return 0;
+}
+
+int ps_move_abort(ps_client *c, uint32_t from, char *err, size_t errlen) {
+    return simple_phase(c, from, CTRPS__MOVE_REQUEST__PHASE__THAW, 0, 0, err, errlen);
+}
