@@ -262,6 +262,27 @@ Test(reshard, sequence_numbers_are_kept_per_bucket, .fini = teardown, .timeout =
     r = raw_push(fd, 77, 9, b);
     cr_assert(r->push->already_applied);
     ctrps__response__free_unpacked(r, NULL);
+
+    /* A move phase naming buckets outside the cluster is refused, and
+     * deletes nothing (bucket numbers are 16 bits in the store key). */
+    Ctrps__Request mreq = CTRPS__REQUEST__INIT;
+    Ctrps__MoveRequest mv = CTRPS__MOVE_REQUEST__INIT;
+    mreq.method_case = CTRPS__REQUEST__METHOD_MOVE;
+    mreq.move = &mv;
+    Ctrps__MoveRequest__Phase phases[] = {CTRPS__MOVE_REQUEST__PHASE__DROP,
+                                          CTRPS__MOVE_REQUEST__PHASE__FREEZE};
+    for (int i = 0; i < 2; i++) {
+        mv.phase = phases[i];
+        mv.bucket_lo = 65536 + 10;
+        mv.bucket_hi = 65536 + 100;
+        ps_raw_send(fd, &mreq);
+        r = ps_raw_recv(fd);
+        cr_assert_eq(r->status, CTRPS__STATUS__BAD_REQUEST, "phase %d: %s", phases[i], r->message);
+        ctrps__response__free_unpacked(r, NULL);
+    }
+    r = raw_push(fd, 77, 9, b);
+    cr_assert(r->push->already_applied, "the row and its sequence numbers are still there");
+    ctrps__response__free_unpacked(r, NULL);
 }
 
 /* ---- online moves while a worker trains --------------------------------------- */
