@@ -396,7 +396,11 @@ int ps_shard_adopt_seqs(ps_shard *s, uint32_t lo, uint32_t hi, const uint64_t *i
 
 int ps_shard_drop(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t *ret_rows, char *err,
                   size_t errlen) {
-    for (uint32_t b = lo; b < hi && b < s->map.buckets; b++)
+    if (lo >= hi || hi > s->map.buckets) {
+        snprintf(err, errlen, "bucket range %u-%u is not within 0-%u", lo, hi, s->map.buckets);
+        return PS_EPROTO;
+    }
+    for (uint32_t b = lo; b < hi; b++)
         if (s->map.owner[b] == s->id) {
             snprintf(err, errlen, "bucket %u is still owned by shard %u: install the new map first",
                      b, s->id);
