@@ -271,13 +271,15 @@ class InputConfig:
         "max_line_bytes": lambda v: _u32(v, 64, 1 << 30),
         "max_slots": lambda v: _u32(v, 1, 65535),
         "id_column": lambda v: _u32(v, 0, 65535),
+        "empty_categories_as_value": _bool,
         # A Kafka input's consumer settings (worker/kafka.h): they do not
         # change how lines parse, so they are kept as text.
         "kafka_group": str,
         "kafka_properties": lambda v: [x.strip() for x in v.split(",") if x.strip()],
     }
     SCOPE = {"integers": ("criteo",), "dense_integers": ("criteo",),
-             "bucketize_integers": ("criteo",), "label_column": ("csv",),
+             "bucketize_integers": ("criteo",), "empty_categories_as_value": ("criteo",),
+             "label_column": ("csv",),
              "ignore_columns": ("csv",), "libsvm_slot": ("libsvm",)}
 
     def __init__(self):
@@ -292,6 +294,7 @@ class InputConfig:
         self.max_line_bytes = 65536
         self.max_slots = 1024
         self.id_column = 0          # read by ctrps-worker --predict only
+        self.empty_categories_as_value = False
         self.kafka_group = "ctrps"
         self.kafka_properties = []
         self.keys_set = set()

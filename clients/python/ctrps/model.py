@@ -92,6 +92,14 @@ class Layout:
             self.lr_table = t.name
             self.lr_slots = {_keys.slot_id(s) for s in t.slots}
             self.lr_bias_key = _keys.fid(LR_BIAS_SLOT, "1")
+            # worker/batch.c lr_dense_init: each dense integer the table
+            # lists is one weight, keyed (its slot, "dense"), times the value.
+            self.lr_dense_keys = []
+            if cfg.input.format == "criteo":
+                for i in range(13):
+                    if cfg.input.integer_is_dense(i):
+                        sid = _keys.slot_id("I%d" % (i + 1))
+                        self.lr_dense_keys.append(_keys.fid_of(sid, "dense") if sid in self.lr_slots else None)
             return
         self.lr_table = None
         can_tables = {m.can_ind_table, m.can_feed_table} if m.has_can else set()
@@ -269,6 +277,11 @@ class Model:
             for f, v, sid in ex.features:
                 if sid in L.lr_slots:
                     rows.append(f)
+                    vals.append(v)
+            # A dense input of 0 has a zero gradient: the worker skips it.
+            for key, v in zip(L.lr_dense_keys, ex.dense):
+                if key is not None and v != 0:
+                    rows.append(key)
                     vals.append(v)
             rows.append(L.lr_bias_key)
             vals.append(1.0)

@@ -111,6 +111,7 @@ class Parser:
         self.labelled = c.labelled
         self.max_line_bytes = c.max_line_bytes
         self.max_slots = c.max_slots
+        self.empty_categories_as_value = c.empty_categories_as_value
         self.slots = []              # [(name bytes, slot id)]
         self._by_id = {}             # slot id -> index
         self._by_name = {}           # name bytes -> index
@@ -274,7 +275,8 @@ class Parser:
         k += CRITEO_INTS
         for i in range(CRITEO_CATS):
             f = fields[k + i]
-            if f:
+            # empty_categories_as_value: an empty field is the value "".
+            if f or self.empty_categories_as_value:
                 feats.append(self._feature(self._cat_slot[i], f))
         return Example(label, feats, dense)
 

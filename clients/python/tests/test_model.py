@@ -36,6 +36,13 @@ CAN_TABLES = "[table.can_ind]\ndim = {ind}\noptimizer = adagrad\nlr = 0.05\ninit
 MODELS = {
     "lr-criteo": ("criteo", COMMON + "[model]\ntype = lr\nbatch_size = 128\nmax_in_flight = 0\n"
                   "[table.wide]\ndim = 1\noptimizer = ftrl\nalpha = 0.1\n" + CRITEO_SLOTS),
+    # LR with dense integers log(1+x) (one weight each) and empty
+    # categoricals as a value, as deploy/criteo-lr-dense.ini.
+    "lr-dense-criteo": ("criteo", COMMON + "[input]\nintegers = dense\nbucketize_integers = I3\n"
+                        "empty_categories_as_value = true\n[model]\ntype = lr\nbatch_size = 128\n"
+                        "max_in_flight = 0\nsparse_gradient = sum\n[table.wide]\ndim = 1\n"
+                        "optimizer = ftrl\nalpha = 0.1\nbeta = 1\nlambda1 = 0.5\nlambda2 = 1\n"
+                        + CRITEO_SLOTS),
     "dcnv2-criteo": ("criteo", COMMON + "[model]\ntype = dcnv2\nbatch_size = 128\nmax_in_flight = 0\n"
                      "cross_layers = 2\nmlp = 16, 8\ndense_lr = 0.01\n" + EMB + CRITEO_SLOTS),
     "dcnv2-dense-moe-parallel": (
@@ -246,7 +253,7 @@ def c_side_predicts():
 
 @pytest.mark.skipif(not c_side_predicts(), reason="ctrps-worker --predict / ctrps-cli export-model "
                     "not in this build yet")
-@pytest.mark.parametrize("name", ["lr-criteo", "dcnv2-criteo", "dcnv2-dense-moe-parallel",
+@pytest.mark.parametrize("name", ["lr-criteo", "lr-dense-criteo", "dcnv2-criteo", "dcnv2-dense-moe-parallel",
                                   "can-slots", "dcnv2+can-slots"])
 def test_matches_worker_predict_per_line(data, module_cluster_factory, tmp_path, name):
     """python3 -m ctrps.predict on `ctrps-cli export-model` output reproduces
