@@ -107,7 +107,8 @@ static int copy_range(ps_client *c, uint32_t lo, uint32_t hi, uint32_t from, uin
         pr->rows += m->rows ? m->rows->n_keys : 0;
         ex.table_index = m->table_index;
         ex.after.len = m->after.len <= sizeof(after) ? m->after.len : 0;
-        memcpy(after, m->after.data, ex.after.len);
+        if (ex.after.len) /* an empty cursor may come with no data at all */
+            memcpy(after, m->after.data, ex.after.len);
         ex.after.data = after;
         ctrps__response__free_unpacked(resp, NULL);
         if (r < 0)
