@@ -356,6 +356,17 @@ static void reshard(const char *cfg, int kill_shard, unsigned *seed) {
               status);
 }
 
+/* Rows shard 2 has served (its pulled_rows in ctrps-cli stats). */
+static unsigned long long shard2_pulled(void) {
+    char *st = NULL;
+    cr_assert_eq(ps_run_cli(&cl, &st, "stats", NULL), 0);
+    const char *s2 = strstr(st, "\"shard\":2,");
+    const char *pulled = s2 ? strstr(s2, "\"pulled_rows\":") : NULL;
+    unsigned long long n = pulled ? strtoull(pulled + 14, NULL, 10) : 0;
+    free(st);
+    return n;
+}
+
 /* Train on data while the cluster goes 2 -> 3 -> 2 shards (or not, with
  * grow = false); the exported state at the end. */
 static char *train_while_resharding(const char *data, bool grow, int kill_shard) {
@@ -370,6 +381,14 @@ static char *train_while_resharding(const char *data, bool grow, int kill_shard)
         int status;
         cr_assert_eq(waitpid(w, &status, WNOHANG), 0,
                      "the worker finished before the cluster grew: make the input larger");
+        /* The worker follows the new map and trains on shard 2 before the
+         * cluster shrinks again (under the sanitizers its next batch can
+         * take longer than the reshard's start). */
+        while (shard2_pulled() == 0) {
+            cr_assert_eq(waitpid(w, &status, WNOHANG), 0,
+                         "the worker finished without training on shard 2: make the input larger");
+            usleep(50000);
+        }
         reshard(two, kill_shard, &seed);       /* 3 -> 2 */
     }
     ps_wait_worker(w, log);
