@@ -76,8 +76,8 @@ for r in $(seq "$RUNS"); do
     > /dev/null 2>&1 &
   wpid=$!
   sleep "$LOG_S"
-  kill -9 "$pid"; wait "$pid" 2>/dev/null || true
-  kill -9 "$wpid"; wait "$wpid" 2>/dev/null || true
+  kill -9 "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
+  kill -9 "$wpid" 2>/dev/null || true; wait "$wpid" 2>/dev/null || true
   logbytes=$(find "$d" -name '*.log' -path '*pushlog*' -printf '%s\n' | awk '{s+=$1} END {print s+0}')
   echo "$logbytes" | awk '{printf "%.1f\n", $1 / 1048576}' >> "$WORK/logmb"
   PORT=$PORT start "$d" > "$WORK/t"
