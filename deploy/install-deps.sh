@@ -20,6 +20,7 @@ PACKAGES=(
   protobuf-compiler python3-protobuf python3-numpy python3-xxhash python3-pytest  # clients/python
   gnuplot-nox  # bench/soak.sh's plot
   prometheus  # promtool check metrics, and a real Prometheus scraping a cluster (tests/metrics)
+  iproute2 util-linux  # tests/multihost.sh: ip netns, veth pairs, unshare
 )
 
 SUDO=""
