@@ -1188,6 +1188,11 @@ int ps_table_adopt(ps_table *t, const uint64_t *keys, const void *const *values,
         memcpy(&h, values[i], sizeof(h));
         if (!have) /* a copy resumed after an interruption counts each row once */
             lg_add(&t->lg, h.last_seen);
+        /* A live row only RocksDB holds: misses read the store again (a
+         * shard that opened empty had stopped reading it). */
+        uint64_t until = t->ttl ? (uint64_t)h.last_seen + t->ttl : UINT64_MAX;
+        if (until > t->disk_live_until)
+            t->disk_live_until = until;
         free(have);
         ps_store_batch_put(b, t->store, t->cf, sk.b, PS_STORE_KEY_LEN, values[i], lens[i]);
     }
@@ -1207,6 +1212,10 @@ int ps_table_forget_range(ps_table *t, uint32_t lo, uint32_t hi, ps_store_batch 
         row *r = slot_row(t, (uint32_t)s);
         if ((r->flags & ROW_FREE) || r->bucket < lo || r->bucket >= hi)
             continue;
+        /* A row RocksDB holds leaves the live count in the walk below; one
+         * that only memory holds (created by a pull, never pushed) here. */
+        if (!(r->flags & ROW_PERSISTED))
+            uncount_row(t, r);
         release_row(t, r);
         r->flags = ROW_FREE;
         t->nfree++;

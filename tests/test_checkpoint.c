@@ -26,13 +26,14 @@ static const char *body = "buckets = 128\n"
  * took. */
 static const char *admit_keys = "admit_after = 2\nadmit_probability = 0.8\nadmit_bloom_bits = 65536\n";
 
-/* Rows of generated input: the checkpoint comes 0.4 s into the run, so the
- * run must last longer; under the sanitizers it is about 5x slower, and a
- * smaller input still does. */
+/* Rows of generated input: the checkpoint is taken once the worker has
+ * pushed, and the run must outlast it by far (an LR worker trains 40,000
+ * rows in 0.3 s on a quiet machine); under the sanitizers it is about 5x
+ * slower, and a smaller input still does. */
 #ifdef PS_TEST_UNDER_ASAN
-#define CK_ROWS "15000"
+#define CK_ROWS "60000"
 #else
-#define CK_ROWS "40000"
+#define CK_ROWS "200000"
 #endif
 
 static ps_cluster cl;
@@ -62,6 +63,17 @@ static char *run_worker(const char *resume) {
     cr_assert_eq(ps_run(argv, &out, &err), 0, "worker failed: %s", err);
     free(err);
     return out;
+}
+
+/* Rows pushed so far, over every shard (ctrps-cli stats). */
+static unsigned long long pushed_rows(void) {
+    char *st = NULL;
+    cr_assert_eq(ps_run_cli(&cl, &st, "stats", NULL), 0);
+    unsigned long long n = 0;
+    for (const char *p = st; (p = strstr(p, "\"pushed_rows\":")); p++)
+        n += strtoull(p + 14, NULL, 10);
+    free(st);
+    return n;
 }
 
 static char *export_state(void) {
@@ -99,7 +111,11 @@ static void resumed_matches_uninterrupted(const char *cfg_body) {
         _exit(127);
     }
     close(outp[1]);
-    usleep(400000);
+    /* The worker is training: it has pushed. */
+    while (pushed_rows() == 0) {
+        cr_assert_eq(waitpid(pid, NULL, WNOHANG), 0, "the worker ended before it pushed");
+        usleep(20000);
+    }
     char *ckpt = NULL;
     cr_assert_eq(ps_run_cli(&cl, &ckpt, "checkpoint", "--dir", ckroot, "--wait", "60", NULL), 0);
     ckpt[strcspn(ckpt, "\n")] = '\0';
