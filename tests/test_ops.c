@@ -55,8 +55,19 @@ Test(ops, debug_logging_shows_connections_map_and_write_back, .fini = teardown, 
                             "2", "--grad", "0.5,0.5", "--fid", "3", "--grad", "0.5,0.5", NULL),
                  0);
     free(out);
-    /* A write-back comes within flush_interval_ms; stopping the shard writes
-     * back too, and waits for its lines. */
+    /* A write-back comes within flush_interval_ms (the one at a stop logs
+     * no debug line): wait for shard 0's, by its counter. */
+    for (;;) {
+        char *st = NULL;
+        cr_assert_eq(ps_run_cli(&cl, &st, "stats", NULL), 0);
+        const char *s0 = strstr(st, "\"shard\":0,");
+        const char *f = s0 ? strstr(s0, "\"flushed_rows\":") : NULL;
+        bool flushed = f && strtoull(f + 15, NULL, 10) > 0;
+        free(st);
+        if (flushed)
+            break;
+        usleep(20000);
+    }
     cr_assert_eq(ps_cluster_stop_shard(&cl, 0, SIGTERM), 0);
     char path[300];
     ps_cluster_path(&cl, "shard-0.log", path, sizeof(path));
