@@ -16,6 +16,20 @@
 
 #define PS_TEST_MAX_SHARDS 8
 
+/* The LR cluster the crash and resharding tests
+ * train: one dim-1 FTRL table over the 39 Criteo slots, one worker pushing
+ * synchronously (max_in_flight = 0) so the order of updates is fixed. */
+#define PS_TEST_LR_BODY(durability, flush_ms)                                                      \
+    "buckets = 128\n"                                                                              \
+    "[server]\ndurability = " durability "\nflush_interval_ms = " flush_ms "\n"                    \
+    "[input]\nformat = criteo\nintegers = bucketize\n"                                             \
+    "[model]\ntype = lr\nbatch_size = 64\nmax_in_flight = 0\n"                                     \
+    "[worker]\ntimeout_ms = 60000\n"                                                               \
+    "[table.wide]\ndim = 1\noptimizer = ftrl\nalpha = 0.05\nbeta = 0.001\nlambda1 = 0.0001\n"       \
+    "slots = I1, I2, I3, I4, I5, I6, I7, I8, I9, I10, I11, I12, I13\n"                             \
+    "slots = C1, C2, C3, C4, C5, C6, C7, C8, C9, C10, C11, C12, C13\n"                             \
+    "slots = C14, C15, C16, C17, C18, C19, C20, C21, C22, C23, C24, C25, C26\n"
+
 /* PS_TEST_UNDER_ASAN is defined in the sanitizer build, where the daemons
  * run several times slower: tests that size their work by rows use fewer. */
 #if defined(__SANITIZE_ADDRESS__)

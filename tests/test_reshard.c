@@ -287,21 +287,12 @@ Test(reshard, sequence_numbers_are_kept_per_bucket, .fini = teardown, .timeout =
 
 /* ---- online moves while a worker trains --------------------------------------- */
 
-#define LR_BODY                                                                                    \
-    "buckets = 128\n"                                                                              \
-    "[server]\ndurability = sync\nflush_interval_ms = 300\n"                                       \
-    "[input]\nformat = criteo\nintegers = bucketize\n"                                             \
-    "[model]\ntype = lr\nbatch_size = 64\nmax_in_flight = 0\n"                                     \
-    "[worker]\ntimeout_ms = 60000\n"                                                               \
-    "[table.wide]\ndim = 1\noptimizer = ftrl\nalpha = 0.05\nbeta = 0.001\nlambda1 = 0.0001\n"       \
-    "slots = I1, I2, I3, I4, I5, I6, I7, I8, I9, I10, I11, I12, I13\n"                             \
-    "slots = C1, C2, C3, C4, C5, C6, C7, C8, C9, C10, C11, C12, C13\n"                             \
-    "slots = C14, C15, C16, C17, C18, C19, C20, C21, C22, C23, C24, C25, C26\n"
+#define LR_BODY PS_TEST_LR_BODY("sync", "300")
 
 #ifdef PS_TEST_UNDER_ASAN
 #define MOVE_ROWS "8000"
 #else
-#define MOVE_ROWS "30000"
+#define MOVE_ROWS "100000"
 #endif
 
 /* Three shards listed, two in use: the map of epoch 2 splits the buckets
