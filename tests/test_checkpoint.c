@@ -196,7 +196,7 @@ Test(checkpoint, periodic_checkpoints_with_retention) {
      * the real ports only from now on: restart the shards on them. */
     for (int i = 0; i < 2; i++)
         cr_assert_eq(ps_cluster_restart(&cl, i, SIGTERM), 0);
-    /* Poll until a third checkpoint has been taken and the oldest pruned. */
+    /* Poll until a third checkpoint has been taken and the older ones pruned. */
     char *list = NULL;
     int n = 0;
     for (int i = 0; i < 100; i++) {
@@ -213,7 +213,9 @@ Test(checkpoint, periodic_checkpoints_with_retention) {
         for (char *p = log; p && (p = strstr(p, " taken")); p++)
             taken++;
         free(log);
-        if (taken >= 3)
+        /* "taken" is logged before the prune: a list between the two shows
+         * one more. */
+        if (taken >= 3 && n == 2)
             break;
         usleep(100000);
     }

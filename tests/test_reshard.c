@@ -8,6 +8,7 @@
  * map (nothing lost, nothing applied twice). */
 #include <criterion/criterion.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -290,10 +291,107 @@ Test(reshard, sequence_numbers_are_kept_per_bucket, .fini = teardown, .timeout =
 #define LR_BODY PS_TEST_LR_BODY("sync", "300")
 
 #ifdef PS_TEST_UNDER_ASAN
-#define MOVE_ROWS "8000"
+#define MOVE_ROWS "6000"
 #else
-#define MOVE_ROWS "100000"
+#define MOVE_ROWS "45000"
 #endif
+
+/* The worker reads its input from a pipe that a thread fills a third at a
+ * time: the second third only once the cluster has grown, the last once it
+ * has shrunk again, so the worker cannot finish before the moves however
+ * fast the machine is. A batch holds batch_size lines whatever the pipe
+ * delivers at once, so the run trains as it would from the file. */
+typedef struct feeder {
+    pthread_t thread;
+    int fd;                      /* the pipe's write end */
+    char *text;
+    size_t len, cut[2];          /* line boundaries at a third and at two thirds */
+    int opened;                  /* gates open: 0, 1 or 2 */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+} feeder;
+
+static bool write_all(int fd, const char *p, size_t n) {
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0)
+            return false; /* the worker is gone: its exit status tells */
+        p += w, n -= (size_t)w;
+    }
+    return true;
+}
+
+static void *feed(void *arg) {
+    feeder *f = arg;
+    size_t from = 0;
+    for (int gate = 0; gate <= 2; gate++) {
+        pthread_mutex_lock(&f->mu);
+        while (f->opened < gate)
+            pthread_cond_wait(&f->cv, &f->mu);
+        pthread_mutex_unlock(&f->mu);
+        size_t to = gate < 2 ? f->cut[gate] : f->len;
+        if (!write_all(f->fd, f->text + from, to - from))
+            break;
+        from = to;
+    }
+    close(f->fd);
+    return NULL;
+}
+
+static void feeder_open(feeder *f, int gates) {
+    pthread_mutex_lock(&f->mu);
+    f->opened = gates;
+    pthread_cond_broadcast(&f->cv);
+    pthread_mutex_unlock(&f->mu);
+}
+
+/* The end of the line that holds offset `at`. */
+static size_t line_end(const char *text, size_t len, size_t at) {
+    const char *nl = memchr(text + at, '\n', len - at);
+    return nl ? (size_t)(nl - text) + 1 : len;
+}
+
+/* Start a worker on the cluster reading `data` through a feeder, with the
+ * gates `opened` already open. */
+static pid_t start_fed_worker(const char *data, feeder *f, int opened, char *log, size_t loglen) {
+    memset(f, 0, sizeof(*f));
+    f->text = ps_read_file_len(data, &f->len);
+    cr_assert(f->text && f->len > 0);
+    f->cut[0] = line_end(f->text, f->len, f->len / 3);
+    f->cut[1] = line_end(f->text, f->len, 2 * f->len / 3);
+    f->opened = opened;
+    pthread_mutex_init(&f->mu, NULL);
+    pthread_cond_init(&f->cv, NULL);
+    int fds[2];
+    cr_assert_eq(pipe2(fds, O_CLOEXEC), 0); /* shards restarted later must not hold the write end */
+    ps_cluster_path(&cl, "worker.log", log, loglen);
+    char *argv[] = {(char *)ps_test_bin("worker/ctrps-worker"), "--config", cl.config, "--input", "-",
+                    "--log-level", "warn", NULL};
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        int null = open("/dev/null", O_WRONLY);
+        int err = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        dup2(fds[0], 0);
+        dup2(null, 1);
+        dup2(err, 2);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    close(fds[0]);
+    f->fd = fds[1];
+    signal(SIGPIPE, SIG_IGN);
+    cr_assert_eq(pthread_create(&f->thread, NULL, feed, f), 0);
+    return pid;
+}
+
+static void feeder_join(feeder *f) {
+    feeder_open(f, 2);
+    pthread_join(f->thread, NULL);
+    pthread_mutex_destroy(&f->mu);
+    pthread_cond_destroy(&f->cv);
+    free(f->text);
+}
 
 /* Three shards listed, two in use: the map of epoch 2 splits the buckets
  * evenly over shards 0 and 1 and gives shard 2 none, as a cluster of two
@@ -347,15 +445,34 @@ static void reshard(const char *cfg, int kill_shard, unsigned *seed) {
               status);
 }
 
-/* Rows shard 2 has served (its pulled_rows in ctrps-cli stats). */
-static unsigned long long shard2_pulled(void) {
+/* A counter of one shard, or summed over all with shard < 0, from
+ * ctrps-cli stats. */
+static unsigned long long stat_of(int shard, const char *name) {
     char *st = NULL;
     cr_assert_eq(ps_run_cli(&cl, &st, "stats", NULL), 0);
-    const char *s2 = strstr(st, "\"shard\":2,");
-    const char *pulled = s2 ? strstr(s2, "\"pulled_rows\":") : NULL;
-    unsigned long long n = pulled ? strtoull(pulled + 14, NULL, 10) : 0;
+    char key[64], at[32];
+    snprintf(key, sizeof(key), "\"%s\":", name);
+    snprintf(at, sizeof(at), "\"shard\":%d,", shard);
+    const char *p = shard < 0 ? st : strstr(st, at);
+    unsigned long long n = 0;
+    while (p && (p = strstr(p, key))) {
+        p += strlen(key);
+        n += strtoull(p, NULL, 10);
+        if (shard >= 0)
+            break;
+    }
     free(st);
     return n;
+}
+
+/* Poll `shard`'s counter `name` until it is above zero, while the worker runs. */
+static void wait_stat(pid_t w, int shard, const char *name, const char *why) {
+    for (int i = 0; stat_of(shard, name) == 0; i++) {
+        int status;
+        cr_assert_eq(waitpid(w, &status, WNOHANG), 0, "the worker ended (status %d) %s", status, why);
+        cr_assert_lt(i, 2400, "no %s after 120 s %s", name, why);
+        usleep(50000);
+    }
 }
 
 /* Train on data while the cluster goes 2 -> 3 -> 2 shards (or not, with
@@ -364,24 +481,17 @@ static char *train_while_resharding(const char *data, bool grow, int kill_shard)
     start_two_of_three();
     char log[300], two[300];
     write_two_shard_config(two, sizeof(two));
-    pid_t w = ps_start_worker(&cl, data, log, sizeof(log));
+    feeder f;
+    pid_t w = start_fed_worker(data, &f, grow ? 0 : 2, log, sizeof(log));
     unsigned seed = 7;
     if (grow) {
-        usleep(300000);
-        reshard(cl.config, kill_shard, &seed); /* 2 -> 3 */
-        int status;
-        cr_assert_eq(waitpid(w, &status, WNOHANG), 0,
-                     "the worker finished before the cluster grew: make the input larger");
-        /* The worker follows the new map and trains on shard 2 before the
-         * cluster shrinks again (under the sanitizers its next batch can
-         * take longer than the reshard's start). */
-        while (shard2_pulled() == 0) {
-            cr_assert_eq(waitpid(w, &status, WNOHANG), 0,
-                         "the worker finished without training on shard 2: make the input larger");
-            usleep(50000);
-        }
+        wait_stat(w, -1, "pushed_rows", "before its first push");
+        reshard(cl.config, kill_shard, &seed); /* 2 -> 3, while the worker trains on the first third */
+        feeder_open(&f, 1);
+        wait_stat(w, 2, "pulled_rows", "without training on shard 2");
         reshard(two, kill_shard, &seed);       /* 3 -> 2 */
     }
+    feeder_join(&f);
     ps_wait_worker(w, log);
     char *out = NULL;
     cr_assert_eq(ps_run_cli(&cl, &out, "export", "--table", "wide", "--state", NULL), 0);
