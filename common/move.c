@@ -1,6 +1,7 @@
 #include "move.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,50 +76,145 @@ int ps_move_current_map(ps_client *c, uint32_t nshards, ps_cluster_map *ret_map,
     return 0;
 }
 
-/* Copy the frozen range's rows, then the sequence numbers, from -> to. */
-static int copy_range(ps_client *c, uint32_t lo, uint32_t hi, uint32_t from, uint32_t to,
-                      ps_move_progress *pr, ps_move_progress_fn fn, void *ctx, char *err,
-                      size_t errlen) {
+/* One pass of EXPORT (the range's stored rows) or CHANGED (a catch-up
+ * round: rows changed since the previous one) from -> to, page by page,
+ * each page imported before the next is asked for; the sequence numbers
+ * come with the last page when the range is frozen. *ret_lost: the source
+ * no longer tracks the range as `tid` (it restarted): the copy must begin
+ * again. *ret_pending: CHANGED's count of changes already recorded for the
+ * next round. */
+static int copy_pass(ps_client *c, Ctrps__MoveRequest__Phase phase, uint32_t lo, uint32_t hi,
+                     uint64_t tid, ps_move_progress *pr, ps_move_progress_fn fn, void *ctx,
+                     uint64_t *ret_pending, bool *ret_lost, char *err, size_t errlen) {
     Ctrps__MoveRequest ex = CTRPS__MOVE_REQUEST__INIT;
-    ex.phase = CTRPS__MOVE_REQUEST__PHASE__EXPORT;
+    ex.phase = phase;
     ex.bucket_lo = lo;
     ex.bucket_hi = hi;
     ex.limit = PAGE_ROWS;
     uint8_t after[16];
-    double t0 = now_s();
+    *ret_lost = false;
     for (;;) {
         Ctrps__Response *resp;
-        int r = move_call(c, from, &ex, &resp, err, errlen);
-        if (r < 0)
-            return r;
+        int r = move_call(c, pr->from, &ex, &resp, err, errlen);
+        if (r < 0) {
+            /* Refused because the source forgot the copy (a restart)? */
+            Ctrps__MoveRequest st = CTRPS__MOVE_REQUEST__INIT;
+            char serr[256];
+            if (move_call(c, pr->from, &st, &resp, serr, sizeof(serr)) == 0) {
+                *ret_lost = resp->move->track_id != tid;
+                ctrps__response__free_unpacked(resp, NULL);
+            }
+            return *ret_lost ? 0 : r;
+        }
         const Ctrps__MoveResponse *m = resp->move;
+        if (m->track_id != tid) {
+            ctrps__response__free_unpacked(resp, NULL);
+            *ret_lost = true;
+            return 0;
+        }
         Ctrps__MoveRequest im = CTRPS__MOVE_REQUEST__INIT;
         im.phase = CTRPS__MOVE_REQUEST__PHASE__IMPORT;
         im.bucket_lo = lo;
         im.bucket_hi = hi;
         im.rows = m->rows;
-        if (m->done) {
-            im.n_seqs = m->n_seqs;
-            im.seqs = m->seqs;
-        }
-        if ((m->rows && m->rows->n_keys) || im.n_seqs || m->done)
-            r = move_call(c, to, &im, NULL, err, errlen);
+        im.n_seqs = m->n_seqs;
+        im.seqs = m->seqs;
+        if ((m->rows && m->rows->n_keys) || im.n_seqs)
+            r = move_call(c, pr->to, &im, NULL, err, errlen);
         bool done = m->done;
         pr->rows += m->rows ? m->rows->n_keys : 0;
         ex.table_index = m->table_index;
+        ex.offset = m->offset;
         ex.after.len = m->after.len <= sizeof(after) ? m->after.len : 0;
         if (ex.after.len) /* an empty cursor may come with no data at all */
             memcpy(after, m->after.data, ex.after.len);
         ex.after.data = after;
+        if (ret_pending)
+            *ret_pending = m->pending;
         ctrps__response__free_unpacked(resp, NULL);
         if (r < 0)
             return r;
-        pr->elapsed_s = now_s() - t0;
+        pr->elapsed_s = now_s() - pr->t0;
         if (fn && !done)
             fn(ctx, pr);
         if (done)
             return 0;
     }
+}
+
+/* A failpoint for the tests: with CTRPS_TEST_MOVE_STOP=cutover in its
+ * environment the mover stops itself (SIGSTOP) once the range is frozen,
+ * before the last changes are copied, so that a test can kill and restart
+ * shards inside the cut-over and then let it go on (SIGCONT). */
+static void test_stop(const char *at) {
+    const char *v = getenv("CTRPS_TEST_MOVE_STOP");
+    if (v && !strcmp(v, at))
+        raise(SIGSTOP);
+}
+
+/* Catch-up rounds end once one leaves this few changes for the next: the
+ * last round, with the range frozen, sends about as many. */
+#define CATCHUP_SMALL 2048
+#define CATCHUP_ROUNDS 8
+#define COPY_ATTEMPTS 8
+
+/* Copy [lo, hi) from -> to while it is served, catch up, freeze it and
+ * send the last changes with the sequence numbers. On success the range is
+ * frozen on the source and the target holds all of it; *ret_frozen_at is
+ * when the freeze began. */
+static int copy_range(ps_client *c, uint32_t lo, uint32_t hi, ps_move_progress *pr,
+                      ps_move_progress_fn fn, void *ctx, double *ret_frozen_at, char *err,
+                      size_t errlen) {
+    for (int attempt = 0; attempt < COPY_ATTEMPTS; attempt++) {
+        Ctrps__MoveRequest tr = CTRPS__MOVE_REQUEST__INIT;
+        tr.phase = CTRPS__MOVE_REQUEST__PHASE__TRACK;
+        tr.bucket_lo = lo;
+        tr.bucket_hi = hi;
+        Ctrps__Response *resp;
+        int r = move_call(c, pr->from, &tr, &resp, err, errlen);
+        if (r < 0)
+            return r;
+        uint64_t tid = resp->move->track_id;
+        pr->estimated_rows = resp->move->estimated_rows;
+        ctrps__response__free_unpacked(resp, NULL);
+        /* Rows an interrupted copy left on the target go first. */
+        r = simple_phase(c, pr->to, CTRPS__MOVE_REQUEST__PHASE__DROP, lo, hi, err, errlen);
+        if (r < 0)
+            return r;
+        pr->rows = 0;
+        pr->rounds = 0;
+        pr->t0 = now_s();
+        bool lost;
+        uint64_t pending = 0;
+        r = copy_pass(c, CTRPS__MOVE_REQUEST__PHASE__EXPORT, lo, hi, tid, pr, fn, ctx, NULL, &lost,
+                      err, errlen);
+        while (r == 0 && !lost && pr->rounds < CATCHUP_ROUNDS) {
+            pr->rounds++;
+            r = copy_pass(c, CTRPS__MOVE_REQUEST__PHASE__CHANGED, lo, hi, tid, pr, fn, ctx, &pending,
+                          &lost, err, errlen);
+            if (pending <= CATCHUP_SMALL)
+                break;
+        }
+        double frozen_at = now_s();
+        if (r == 0 && !lost)
+            r = simple_phase(c, pr->from, CTRPS__MOVE_REQUEST__PHASE__FREEZE, lo, hi, err, errlen);
+        if (r == 0 && !lost) {
+            if (attempt == 0)
+                test_stop("cutover");
+            r = copy_pass(c, CTRPS__MOVE_REQUEST__PHASE__CHANGED, lo, hi, tid, pr, fn, ctx, &pending,
+                          &lost, err, errlen);
+        }
+        if (r < 0)
+            return r;
+        if (!lost) {
+            *ret_frozen_at = frozen_at;
+            return 0;
+        }
+        pr->restarts++;
+    }
+    snprintf(err, errlen, "shard %u lost the copy of buckets %u-%u %d times", pr->from, lo, hi - 1,
+             COPY_ATTEMPTS);
+    return -EAGAIN;
 }
 
 int ps_move_range(ps_client *c, ps_cluster_map *cur, uint32_t lo, uint32_t hi, uint32_t to,
@@ -156,9 +252,8 @@ int ps_move_range(ps_client *c, ps_cluster_map *cur, uint32_t lo, uint32_t hi, u
         *cur = join;
     }
     ps_move_progress pr = {.lo = lo, .hi = hi, .from = from, .to = to};
-    r = simple_phase(c, from, CTRPS__MOVE_REQUEST__PHASE__FREEZE, lo, hi, err, errlen);
-    if (r == 0)
-        r = copy_range(c, lo, hi, from, to, &pr, fn, ctx, err, errlen);
+    double frozen_at;
+    r = copy_range(c, lo, hi, &pr, fn, ctx, &frozen_at, err, errlen);
     if (r < 0)
         return r;
     ps_cluster_map next;
@@ -172,6 +267,7 @@ int ps_move_range(ps_client *c, ps_cluster_map *cur, uint32_t lo, uint32_t hi, u
     r = ps_client_install_map(c, to, &next, NULL, err, errlen);
     if (r == 0)
         r = ps_client_install_map(c, from, &next, NULL, err, errlen);
+    pr.pause_s = now_s() - frozen_at;
     for (uint32_t i = 0; r == 0 && i < nshards; i++)
         if (i != to && i != from)
             r = ps_client_install_map(c, i, &next, NULL, err, errlen);
@@ -183,6 +279,7 @@ int ps_move_range(ps_client *c, ps_cluster_map *cur, uint32_t lo, uint32_t hi, u
     }
     ps_cluster_map_deinit(cur);
     *cur = next;
+    pr.elapsed_s = now_s() - pr.t0;
     pr.done = true;
     if (fn)
         fn(ctx, &pr);

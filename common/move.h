@@ -4,18 +4,24 @@
  *
  * A move of [lo, hi) from its owner S to shard T, the phases of
  * proto/ctrps.proto's MoveRequest:
- *   1. S freezes the range (durably): its pulls and pushes answer MOVING,
- *      and clients pause them;
- *   2. pages of S's stored rows of the range are copied into T's store,
- *      then every client's push sequence numbers for those buckets;
- *   3. the map of the next epoch, giving the range to T, is installed on
- *      T, then S (the commit point), then every other shard;
- *   4. S drops the range and thaws.
- * Interrupted before 3 (a kill of S or T, or of the mover), the move is
- * resumed by running it again (every phase can be repeated) or rolled back
- * by ps_move_abort(); after 3, S finishes step 4 by itself when it
- * restarts. Limit: the range stays paused during the copy (no catch-up of
- * pushes applied during a copy): the pause lasts as long as the copy. */
+ *   1. S starts recording the fids pushes change in the range (TRACK); T
+ *      drops what an earlier, interrupted copy left;
+ *   2. pages of S's stored rows of the range are copied into T's store
+ *      while S goes on serving the range;
+ *   3. catch-up rounds: the rows changed since the previous round, as they
+ *      are now, until a round leaves few changes behind (or after 8);
+ *   4. S freezes the range (durably): its pulls and pushes answer MOVING,
+ *      and clients pause them; the last changes are copied, then every
+ *      client's push sequence numbers for those buckets;
+ *   5. the map of the next epoch, giving the range to T, is installed on
+ *      T, then S (the commit point: the pause ends), then every other shard;
+ *   6. S drops the range and thaws.
+ * A restart of S before 5 loses its record of changes: the copy begins
+ * again (with the range still frozen if it was). T's store holds every
+ * page durably, and every call can be repeated, so a restart of T or of
+ * the mover is ridden out or resumed by running the move again; or the
+ * move is rolled back by ps_move_abort(). After 5, S finishes step 6 by
+ * itself when it restarts. */
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -26,8 +32,12 @@
 
 typedef struct ps_move_progress {
     uint32_t lo, hi, from, to;
-    uint64_t rows;               /* copied so far */
-    double elapsed_s;
+    uint64_t rows;               /* copied so far, catch-up rounds included */
+    uint64_t estimated_rows;     /* the source's estimate of the range's rows */
+    uint32_t rounds;             /* catch-up rounds so far */
+    uint32_t restarts;           /* copies begun again after the source restarted */
+    double t0, elapsed_s;        /* the copy's start (monotonic s) and its time so far */
+    double pause_s;              /* when done: freeze to the new map on the source */
     bool done;
 } ps_move_progress;
 

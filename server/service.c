@@ -888,7 +888,12 @@ static int do_move(ps_service *svc, ps_session *sess, const Ctrps__MoveRequest *
     case CTRPS__MOVE_REQUEST__PHASE__IMPORT:
         r = move_import(svc, req, rp);
         break;
-    case CTRPS__MOVE_REQUEST__PHASE__EXPORT: {
+    case CTRPS__MOVE_REQUEST__PHASE__TRACK:
+        r = ps_shard_track(svc->shard, lo, hi, &m->track_id, &m->estimated_rows, rp->err,
+                           sizeof(rp->err));
+        break;
+    case CTRPS__MOVE_REQUEST__PHASE__EXPORT:
+    case CTRPS__MOVE_REQUEST__PHASE__CHANGED: {
         size_t limit = req->limit && req->limit < MOVE_PAGE_MAX ? req->limit : MOVE_PAGE_MAX;
         uint8_t *after = own(rp, malloc(PS_STORE_KEY_LEN));
         Ctrps__MoveRows *rows = own(rp, malloc(sizeof(*rows)));
@@ -897,27 +902,39 @@ static int do_move(ps_service *svc, ps_session *sess, const Ctrps__MoveRequest *
         pg.values = own(rp, malloc(limit * sizeof(*pg.values)));
         if (!after || !rows || !pg.keys || !pg.values)
             return -ENOMEM;
-        size_t alen = req->after.len == PS_STORE_KEY_LEN ? PS_STORE_KEY_LEN : 0;
-        if (alen)
-            memcpy(after, req->after.data, alen);
         uint32_t ti = req->table_index;
-        bool done = false;
-        r = ps_shard_move_export(svc->shard, lo, hi, &ti, after, &alen, limit, move_row, &pg, &done,
-                                 rp->err, sizeof(rp->err));
+        bool done = false, in_table; /* a page holds rows of one table: the cursor's, or the one it left */
+        if (req->phase == CTRPS__MOVE_REQUEST__PHASE__EXPORT) {
+            size_t alen = req->after.len == PS_STORE_KEY_LEN ? PS_STORE_KEY_LEN : 0;
+            if (alen)
+                memcpy(after, req->after.data, alen);
+            r = ps_shard_move_export(svc->shard, lo, hi, &ti, after, &alen, limit, move_row, &pg,
+                                     &done, rp->err, sizeof(rp->err));
+            m->after.data = after;
+            m->after.len = alen;
+            in_table = alen > 0;
+        } else {
+            uint64_t off = req->offset;
+            r = ps_shard_move_changed(svc->shard, lo, hi, &ti, &off, limit, move_row, &pg, &done,
+                                      &m->pending, rp->err, sizeof(rp->err));
+            m->offset = off;
+            in_table = off > 0;
+        }
         if (r < 0)
             return r;
         ctrps__move_rows__init(rows);
-        if (pg.n) /* a page holds rows of one table: the cursor's, or the one it just left */
-            rows->table = (char *)ps_table_config_of(ps_shard_table_at(svc->shard, alen ? ti : ti - 1))->name;
+        if (pg.n)
+            rows->table = (char *)ps_table_config_of(ps_shard_table_at(svc->shard, in_table ? ti : ti - 1))->name;
         rows->n_keys = rows->n_values = pg.n;
         rows->keys = pg.keys;
         rows->values = pg.values;
         m->rows = rows;
         m->table_index = ti;
-        m->after.data = after;
-        m->after.len = alen;
         m->done = done;
-        if (done)
+        /* The clients' sequence numbers hold still only while the range is
+         * frozen: they go with the last page of a copy made then. */
+        uint32_t flo, fhi;
+        if (done && ps_shard_frozen(svc->shard, &flo, &fhi) && flo == lo && fhi == hi)
             r = move_seqs_out(svc, lo, hi, m, rp);
         break;
     }
@@ -928,6 +945,7 @@ static int do_move(ps_service *svc, ps_session *sess, const Ctrps__MoveRequest *
     if (r < 0)
         return r;
     m->frozen = ps_shard_frozen(svc->shard, &m->frozen_lo, &m->frozen_hi);
+    m->track_id = ps_shard_track_id(svc->shard);
     rp->resp.result_case = CTRPS__RESPONSE__RESULT_MOVE;
     rp->resp.move = m;
     return 0;

@@ -13,6 +13,7 @@
 #include "error.h"
 #include "fsutil.h"
 #include "keys.h"
+#include "keyset.h"
 #include "pushlog.h"
 #include "store.h"
 
@@ -102,6 +103,14 @@ struct ps_shard {
     ps_cluster_map map;          /* the map served; meta "cluster_map" holds it */
     bool frozen;                 /* a range is moving away: meta "move" holds it */
     uint32_t frozen_lo, frozen_hi;
+    /* A range being copied away (ps_shard_track()): the fids pushes changed
+     * since the current catch-up round began, per table, and the round
+     * being sent (taken from them, sorted). */
+    uint64_t track_id;           /* 0: none */
+    uint32_t track_lo, track_hi;
+    ps_keyset *tracked;
+    uint64_t **round;
+    size_t *round_n;
 
     /* Write-back thread and its single job slot. */
     pthread_t thread;
@@ -220,15 +229,106 @@ static int meta_write_sync(ps_shard *s, const char *key, const void *v, size_t l
     return r;
 }
 
-int ps_shard_freeze(ps_shard *s, uint32_t lo, uint32_t hi, char *err, size_t errlen) {
+static void track_end(ps_shard *s) {
+    for (size_t i = 0; s->tracked && i < s->ntables; i++) {
+        ps_keyset_clear(&s->tracked[i]);
+        free(s->round[i]);
+        s->round[i] = NULL;
+        s->round_n[i] = 0;
+    }
+    s->track_id = 0;
+}
+
+static bool in_range(uint32_t b, uint32_t lo, uint32_t hi) { return b >= lo && b < hi; }
+
+/* The moving range's keys of a push just applied, for the next catch-up
+ * round. Without memory for them the tracking ends: the copy starts again
+ * rather than miss a change. */
+static void track_push(ps_shard *s, const ps_table *t, const uint64_t *keys, size_t n) {
+    if (!s->track_id || s->replaying)
+        return;
+    size_t ti = 0;
+    while (ti < s->ntables && s->tables[ti] != t)
+        ti++;
+    for (size_t i = 0; i < n && ti < s->ntables; i++)
+        if (in_range(ps_bucket(keys[i], s->map.buckets), s->track_lo, s->track_hi) &&
+            ps_keyset_add(&s->tracked[ti], keys[i]) < 0) {
+            track_end(s);
+            return;
+        }
+}
+
+uint64_t ps_shard_track_id(const ps_shard *s) { return s->track_id; }
+
+static int check_range(const ps_shard *s, uint32_t lo, uint32_t hi, char *err, size_t errlen) {
     if (lo >= hi || hi > s->map.buckets) {
         snprintf(err, errlen, "bucket range %u-%u is not within 0-%u", lo, hi, s->map.buckets);
         return PS_EPROTO;
     }
+    return 0;
+}
+
+int ps_shard_track(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t *ret_id, uint64_t *ret_rows,
+                   char *err, size_t errlen) {
+    int r = check_range(s, lo, hi, err, errlen);
+    if (r < 0)
+        return r;
+    if (s->frozen && (s->frozen_lo != lo || s->frozen_hi != hi)) {
+        snprintf(err, errlen, "buckets %u-%u are moving already", s->frozen_lo, s->frozen_hi - 1);
+        return PS_EPROTO;
+    }
+    if (s->track_id && (s->track_lo != lo || s->track_hi != hi)) {
+        snprintf(err, errlen, "buckets %u-%u are being copied already (ctrps-cli move --abort)",
+                 s->track_lo, s->track_hi - 1);
+        return PS_EPROTO;
+    }
+    uint32_t owned = 0;
+    for (uint32_t b = 0; b < s->map.buckets; b++)
+        owned += s->map.owner[b] == s->id;
+    for (uint32_t b = lo; b < hi; b++)
+        if (s->map.owner[b] != s->id) {
+            snprintf(err, errlen, "bucket %u is not owned by shard %u", b, s->id);
+            return PS_EWRONG_SHARD;
+        }
+    if (!s->tracked) {
+        s->tracked = calloc(s->ntables, sizeof(*s->tracked));
+        s->round = calloc(s->ntables, sizeof(*s->round));
+        s->round_n = calloc(s->ntables, sizeof(*s->round_n));
+        if (!s->tracked || !s->round || !s->round_n)
+            return -ENOMEM;
+    }
+    track_end(s); /* a copy begun again records from now */
+    static uint64_t count;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t id = ((uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec) ^ (++count << 48);
+    s->track_id = id ? id : 1;
+    s->track_lo = lo;
+    s->track_hi = hi;
+    s->c.moves_started++;
+    uint64_t rows = 0;
+    for (size_t i = 0; i < s->ntables; i++) {
+        ps_table_stats st;
+        ps_table_stats_get(s->tables[i], &st);
+        rows += st.rows;
+    }
+    *ret_id = s->track_id;
+    *ret_rows = owned ? rows * (hi - lo) / owned : 0; /* fids spread evenly over buckets */
+    return 0;
+}
+
+int ps_shard_freeze(ps_shard *s, uint32_t lo, uint32_t hi, char *err, size_t errlen) {
+    int rc = check_range(s, lo, hi, err, errlen);
+    if (rc < 0)
+        return rc;
     if (s->frozen) {
         if (s->frozen_lo == lo && s->frozen_hi == hi)
             return 0;
         snprintf(err, errlen, "buckets %u-%u are moving already", s->frozen_lo, s->frozen_hi - 1);
+        return PS_EPROTO;
+    }
+    if (s->track_id && (s->track_lo != lo || s->track_hi != hi)) {
+        snprintf(err, errlen, "buckets %u-%u are being copied already", s->track_lo, s->track_hi - 1);
         return PS_EPROTO;
     }
     for (uint32_t b = lo; b < hi; b++)
@@ -247,6 +347,7 @@ int ps_shard_freeze(ps_shard *s, uint32_t lo, uint32_t hi, char *err, size_t err
 }
 
 int ps_shard_thaw(ps_shard *s, char *err, size_t errlen) {
+    track_end(s);
     if (!s->frozen)
         return 0;
     int r = meta_write_sync(s, META_MOVE, NULL, 0, err, errlen);
@@ -277,8 +378,10 @@ bool ps_shard_touches_frozen(const ps_shard *s, const uint64_t *keys, size_t n) 
 int ps_shard_move_export(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t *table_index,
                          uint8_t *after, size_t *alen, size_t limit, ps_shard_move_row_fn fn,
                          void *ctx, bool *ret_done, char *err, size_t errlen) {
-    if (!s->frozen || s->frozen_lo != lo || s->frozen_hi != hi) {
-        snprintf(err, errlen, "export of buckets %u-%u, which are not frozen here", lo, hi - 1);
+    bool frozen = s->frozen && s->frozen_lo == lo && s->frozen_hi == hi;
+    bool tracked = s->track_id && s->track_lo == lo && s->track_hi == hi;
+    if (!frozen && !tracked) {
+        snprintf(err, errlen, "export of buckets %u-%u, which are not moving from here", lo, hi - 1);
         return PS_EPROTO;
     }
     int r;
@@ -311,6 +414,7 @@ int ps_shard_move_export(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t *table_
             r = fn(ctx, ps_store_key_fid(k), v, vlen);
             if (r < 0)
                 break;
+            s->c.move_rows_sent++;
             memcpy(after, k, PS_STORE_KEY_LEN);
             *alen = PS_STORE_KEY_LEN;
             count++;
@@ -326,6 +430,72 @@ int ps_shard_move_export(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t *table_
             break; /* one table per page */
     }
     *ret_done = *table_index >= s->ntables;
+    return 0;
+}
+
+/* A catch-up round begins: what was recorded becomes the round, sorted. */
+static int round_take(ps_shard *s) {
+    for (size_t i = 0; i < s->ntables; i++) {
+        free(s->round[i]);
+        s->round[i] = NULL;
+        s->round_n[i] = 0;
+        int64_t n = ps_keyset_take_sorted(&s->tracked[i], &s->round[i]);
+        if (n < 0)
+            return (int)n;
+        s->round_n[i] = (size_t)n;
+    }
+    return 0;
+}
+
+int ps_shard_move_changed(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t *table_index,
+                          uint64_t *offset, size_t limit, ps_shard_move_row_fn fn, void *ctx,
+                          bool *ret_done, uint64_t *ret_pending, char *err, size_t errlen) {
+    if (!s->track_id || s->track_lo != lo || s->track_hi != hi) {
+        snprintf(err, errlen, "no changes of buckets %u-%u are recorded here", lo, hi - 1);
+        return PS_EPROTO;
+    }
+    int r;
+    if (*table_index == 0 && *offset == 0 && (r = round_take(s)) < 0)
+        return r;
+    size_t count = 0;
+    char *value = NULL;
+    r = 0;
+    while (*table_index < s->ntables && count < limit) {
+        ps_table *t = s->tables[*table_index];
+        const uint64_t *keys = s->round[*table_index];
+        size_t n = s->round_n[*table_index];
+        free(value);
+        value = malloc(ps_table_value_len(t));
+        if (!value)
+            return -ENOMEM;
+        while (*offset < n && count < limit && r == 0) {
+            bool found;
+            uint64_t fid = keys[*offset];
+            r = ps_table_row_value(t, fid, value, &found, err, errlen);
+            if (r == 0)
+                r = fn(ctx, fid, value, found ? ps_table_value_len(t) : 0);
+            if (r == 0) {
+                (*offset)++;
+                count++;
+                s->c.move_rows_sent++;
+                s->c.move_rows_caught_up++;
+            }
+        }
+        if (r < 0 || *offset < n)
+            break;
+        (*table_index)++;
+        *offset = 0;
+        if (count)
+            break; /* one table per page */
+    }
+    free(value);
+    if (r < 0)
+        return r;
+    *ret_done = *table_index >= s->ntables;
+    uint64_t pending = 0;
+    for (size_t i = 0; i < s->ntables; i++)
+        pending += ps_keyset_size(&s->tracked[i]);
+    *ret_pending = pending;
     return 0;
 }
 
@@ -369,15 +539,16 @@ int ps_shard_adopt_rows(ps_shard *s, ps_table *t, const uint64_t *keys, const vo
     if (r == 0)
         r = ps_store_write_sync(s->store, b, err, errlen);
     ps_store_batch_free(b);
+    if (r == 0)
+        s->c.move_rows_received += n;
     return r;
 }
 
 int ps_shard_adopt_seqs(ps_shard *s, uint32_t lo, uint32_t hi, const uint64_t *ids,
                         const uint64_t *seqs, size_t n, char *err, size_t errlen) {
-    if (lo >= hi || hi > s->map.buckets) {
-        snprintf(err, errlen, "bucket range %u-%u is not within 0-%u", lo, hi, s->map.buckets);
-        return PS_EPROTO;
-    }
+    int rc = check_range(s, lo, hi, err, errlen);
+    if (rc < 0)
+        return rc;
     size_t w = hi - lo;
     for (size_t i = 0; i < n; i++) {
         client_entry *e = client_slot(s, ids[i], true);
@@ -396,10 +567,9 @@ int ps_shard_adopt_seqs(ps_shard *s, uint32_t lo, uint32_t hi, const uint64_t *i
 
 int ps_shard_drop(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t *ret_rows, char *err,
                   size_t errlen) {
-    if (lo >= hi || hi > s->map.buckets) {
-        snprintf(err, errlen, "bucket range %u-%u is not within 0-%u", lo, hi, s->map.buckets);
-        return PS_EPROTO;
-    }
+    int rc = check_range(s, lo, hi, err, errlen);
+    if (rc < 0)
+        return rc;
     for (uint32_t b = lo; b < hi; b++)
         if (s->map.owner[b] == s->id) {
             snprintf(err, errlen, "bucket %u is still owned by shard %u: install the new map first",
@@ -421,8 +591,12 @@ int ps_shard_drop(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t *ret_rows, cha
     if (r == 0)
         r = ps_store_write_sync(s->store, batch, err, errlen);
     ps_store_batch_free(batch);
-    if (r == 0 && s->frozen && s->frozen_lo == lo && s->frozen_hi == hi)
+    if (r == 0 && s->frozen && s->frozen_lo == lo && s->frozen_hi == hi) {
         r = ps_shard_thaw(s, err, errlen);
+        s->c.moves_dropped += r == 0;
+    }
+    if (r == 0 && s->track_id && s->track_lo == lo && s->track_hi == hi)
+        track_end(s);
     /* The live counts changed: the next write-back saves them. */
     if (r == 0)
         r = ps_shard_flush_sync(s, err, errlen);
@@ -923,6 +1097,7 @@ static int apply_push(ps_shard *s, ps_table *t, const uint64_t *keys, size_t n, 
     int r = ps_table_push(t, keys, n, grads, &ret->applied, &ret->dropped_nonfinite, err, errlen);
     if (r < 0)
         return r;
+    track_push(s, t, keys, n);
     ret->rejected = (uint32_t)n - ret->applied - ret->dropped_nonfinite;
     if (log) {
         uint64_t lsn;
@@ -1474,6 +1649,10 @@ int ps_shard_close(ps_shard *s) {
     for (size_t i = 0; i < s->ntables && s->job.dumps; i++)
         ps_table_dump_deinit(&s->job.dumps[i]);
     free(s->job.dumps);
+    track_end(s);
+    free(s->tracked);
+    free(s->round);
+    free(s->round_n);
     for (size_t i = 0; s->clients && i < s->clients_cap; i++)
         free(s->clients[i].bseq);
     free(s->clients);

@@ -61,7 +61,16 @@ typedef struct ps_push_result {
        "push-log records replayed at start")                                                 \
     XX(pushlog_bytes, "ctrps_pushlog_appended_bytes_total", "bytes appended to the push log") \
     XX(dense_dropped_nonfinite, "ctrps_dense_dropped_nonfinite_total",                       \
-       "dense pushes dropped for a non-finite gradient")
+       "dense pushes dropped for a non-finite gradient")                                      \
+    XX(moves_started, "ctrps_moves_started_total",                                           \
+       "copies of a bucket range to another shard begun here (as the source)")                \
+    XX(moves_dropped, "ctrps_moves_dropped_total",                                           \
+       "bucket ranges handed to another shard and deleted here")                              \
+    XX(move_rows_sent, "ctrps_move_rows_sent_total",                                         \
+       "rows sent to another shard by a move, catch-up rounds included")                       \
+    XX(move_rows_caught_up, "ctrps_move_rows_caught_up_total",                               \
+       "rows a move sent again because a push changed them during the copy")                  \
+    XX(move_rows_received, "ctrps_move_rows_received_total", "rows received from another shard by a move")
 
 typedef struct ps_shard_counters {
 #define PS_SHARD_COUNTER_FIELD(name, metric, help) uint64_t name;
@@ -104,18 +113,33 @@ const ps_cluster_map *ps_shard_map(const ps_shard *s);
 int ps_shard_set_map(ps_shard *s, const ps_cluster_map *m, char *err, size_t errlen);
 
 /* Moving a bucket range to another shard (README "Resharding"; the phases
- * are in proto/ctrps.proto, MoveRequest). One range at a time is frozen;
- * the frozen range is stored durably (meta "move", fsynced), so a restart
- * keeps it frozen, and an open that finds its map no longer gives it the
- * frozen range finishes the move by dropping it.
+ * are in proto/ctrps.proto, MoveRequest). One range at a time moves.
+ *   track(): the copy begins while the range is still served: from now on
+ *     the fids that pushes change in it are recorded, per table, until
+ *     drop() or thaw(). In memory only: a restart forgets them, and the
+ *     copy starts again. *ret_id names this tracking (never 0; a new one
+ *     at every track()); ps_shard_track_id() is 0 when none runs (or the
+ *     record was lost for want of memory). *ret_rows estimates the rows of
+ *     the range, for progress.
  *   freeze(): from now on ps_shard_touches_frozen() is true for its keys
  *     (the service answers MOVING: clients pause); the same range again is
- *     accepted, another one refused.
- *   move_export(): one page of stored rows of the range, table by table
- *     (everything is written back first, on the first page).
+ *     accepted, another one refused. The frozen range is stored durably
+ *     (meta "move", fsynced), so a restart keeps it frozen, and an open
+ *     that finds its map no longer gives it the frozen range finishes the
+ *     move by dropping it.
+ *   move_export(): one page of stored rows of the tracked or frozen range,
+ *     table by table (everything is written back first, on the first page).
+ *   move_changed(): one page of the rows pushes changed since the previous
+ *     round (a round begins at cursor 0, 0: the recorded fids are taken),
+ *     as they are now; a row no longer alive comes with length 0. Their
+ *     current values, read from memory or the store. *ret_pending: fids
+ *     recorded since the round began (the next round's size).
  *   adopt_rows() / adopt_seqs(): the target side; written with fsync.
  *   drop(): delete the range's rows, then thaw.
  *   thaw(): forget the frozen range (rollback before the map changed). */
+int ps_shard_track(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t *ret_id, uint64_t *ret_rows,
+                   char *err, size_t errlen);
+uint64_t ps_shard_track_id(const ps_shard *s);
 int ps_shard_freeze(ps_shard *s, uint32_t lo, uint32_t hi, char *err, size_t errlen);
 int ps_shard_thaw(ps_shard *s, char *err, size_t errlen);
 bool ps_shard_frozen(const ps_shard *s, uint32_t *ret_lo, uint32_t *ret_hi);
@@ -123,12 +147,15 @@ bool ps_shard_touches_frozen(const ps_shard *s, const uint64_t *keys, size_t n);
 /* Called per row with the fid and the stored value (borrowed). */
 typedef int (*ps_shard_move_row_fn)(void *ctx, uint64_t fid, const void *value, size_t len);
 /* Rows of [lo, hi) of table *table_index after store key `after` (alen 0:
- * from the start), at most limit, as the frozen range; *table_index and
+ * from the start), at most limit, the range tracked or frozen; *table_index and
  * after (PS_STORE_KEY_LEN bytes) move past the page; *ret_done when none
  * are left in any table. */
 int ps_shard_move_export(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t *table_index,
                          uint8_t *after, size_t *alen, size_t limit, ps_shard_move_row_fn fn,
                          void *ctx, bool *ret_done, char *err, size_t errlen);
+int ps_shard_move_changed(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t *table_index,
+                          uint64_t *offset, size_t limit, ps_shard_move_row_fn fn, void *ctx,
+                          bool *ret_done, uint64_t *ret_pending, char *err, size_t errlen);
 /* Every client's sequence numbers for buckets [lo, hi): *ret_ids (n) and
  * *ret_seqs (n * (hi - lo)), malloc'ed, the caller frees both. */
 int ps_shard_move_seqs(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t **ret_ids,

@@ -1162,11 +1162,49 @@ int ps_table_export(ps_table *t, const ps_store_key *after, size_t limit, ps_tab
     return r;
 }
 
+size_t ps_table_value_len(const ps_table *t) { return sizeof(value_header) + t->width * sizeof(float); }
+
+int ps_table_row_value(ps_table *t, uint64_t key, void *value, bool *ret_found, char *err,
+                       size_t errlen) {
+    uint32_t s = index_find(t, key);
+    if (s != EMPTY) {
+        const row *r = slot_row(t, s);
+        *ret_found = !row_dead(t, r);
+        if (*ret_found) {
+            value_header h = {.version = VALUE_VERSION,
+                              .width = t->width,
+                              .updates = r->updates,
+                              .last_seen = r->last_seen};
+            memcpy(value, &h, sizeof(h));
+            memcpy((char *)value + sizeof(h), r->state, t->width * sizeof(float));
+        }
+        return 0;
+    }
+    ps_store_key sk;
+    ps_store_key_encode((uint16_t)ps_bucket(key, t->nbuckets), key, &sk);
+    char *have;
+    size_t len;
+    int r = ps_store_get(t->store, t->cf, sk.b, PS_STORE_KEY_LEN, &have, &len, err, errlen);
+    if (r < 0)
+        return r;
+    *ret_found = false;
+    if (have && len == ps_table_value_len(t)) {
+        value_header h;
+        memcpy(&h, have, sizeof(h));
+        if (!t->ttl || (uint64_t)h.last_seen + t->ttl > t->now) {
+            memcpy(value, have, len);
+            *ret_found = true;
+        }
+    }
+    free(have);
+    return 0;
+}
+
 int ps_table_adopt(ps_table *t, const uint64_t *keys, const void *const *values,
                    const size_t *lens, size_t n, ps_store_batch *b, char *err, size_t errlen) {
-    size_t want = sizeof(value_header) + t->width * sizeof(float);
+    size_t want = ps_table_value_len(t);
     for (size_t i = 0; i < n; i++) {
-        if (lens[i] != want) {
+        if (lens[i] != want && lens[i] != 0) {
             snprintf(err, errlen, "adopted row of %zu bytes; this table stores %zu", lens[i], want);
             return PS_EPROTO;
         }
@@ -1184,16 +1222,26 @@ int ps_table_adopt(ps_table *t, const uint64_t *keys, const void *const *values,
         int r = ps_store_get(t->store, t->cf, sk.b, PS_STORE_KEY_LEN, &have, &hlen, err, errlen);
         if (r < 0)
             return r;
+        /* A row copied again (a later catch-up round, or a copy resumed
+         * after an interruption) replaces its earlier copy in the count. */
+        if (have && hlen >= sizeof(value_header)) {
+            value_header old;
+            memcpy(&old, have, sizeof(old));
+            lg_sub(&t->lg, old.last_seen);
+        }
+        free(have);
+        if (lens[i] == 0) {
+            ps_store_batch_delete(b, t->store, t->cf, sk.b, PS_STORE_KEY_LEN);
+            continue;
+        }
         value_header h;
         memcpy(&h, values[i], sizeof(h));
-        if (!have) /* a copy resumed after an interruption counts each row once */
-            lg_add(&t->lg, h.last_seen);
+        lg_add(&t->lg, h.last_seen);
         /* A live row only RocksDB holds: misses read the store again (a
          * shard that opened empty had stopped reading it). */
         uint64_t until = t->ttl ? (uint64_t)h.last_seen + t->ttl : UINT64_MAX;
         if (until > t->disk_live_until)
             t->disk_live_until = until;
-        free(have);
         ps_store_batch_put(b, t->store, t->cf, sk.b, PS_STORE_KEY_LEN, values[i], lens[i]);
     }
     return 0;

@@ -93,15 +93,21 @@ typedef void (*ps_table_row_fn)(void *ctx, uint64_t key, const float *state);
 int ps_table_export(ps_table *t, const ps_store_key *after, size_t limit, ps_table_row_fn fn,
                     void *ctx, ps_store_key *ret_last, size_t *ret_count, bool *ret_done);
 
-/* Moving bucket ranges between shards (README "Resharding"); the shard has
- * written every row back first, so memory and store agree.
+/* Moving bucket ranges between shards (README "Resharding").
+ * row_value(): the row of `key` as the store holds it once written back
+ * (memory first, then RocksDB) into value (ps_table_value_len() bytes);
+ * *ret_found is false for a key without a live row.
  * adopt(): stored row values copied from another shard's store, put into b;
- * keys not stored here yet join the live count. A value of another width,
- * or a key with a row in memory (this shard must not own its bucket), is
- * refused before anything changes.
+ * keys not stored here yet join the live count. A value of length 0 is a
+ * row the source no longer has: its copy here, if any, is deleted. A value
+ * of another width, or a key with a row in memory (this shard must not own
+ * its bucket), is refused before anything changes.
  * forget_range(): every row of buckets [lo, hi) leaves memory (they must be
  * clean) and the live count, and b deletes the range from the store;
  * *ret_rows says how many were stored. */
+size_t ps_table_value_len(const ps_table *t);
+int ps_table_row_value(ps_table *t, uint64_t key, void *value, bool *ret_found, char *err,
+                       size_t errlen);
 int ps_table_adopt(ps_table *t, const uint64_t *keys, const void *const *values,
                    const size_t *lens, size_t n, ps_store_batch *b, char *err, size_t errlen);
 int ps_table_forget_range(ps_table *t, uint32_t lo, uint32_t hi, ps_store_batch *b,

@@ -829,3 +829,108 @@ Test(shard, admission_and_expiry_decide_the_same_after_kill9_and_replay) {
 Test(shard, admission_and_expiry_replay_through_a_full_memory_tier) {
     lifecycle_replay((cfg_opts){.emb_memory_rows = 16}, true);
 }
+
+/* ---- moving a range: the record of changed rows --------------------------------- */
+
+typedef struct changed_rows {
+    uint64_t fid[NEMB];
+    float w[NEMB][DIM];
+    size_t len[NEMB];
+    size_t n;
+} changed_rows;
+
+static int collect_changed(void *ctx, uint64_t fid, const void *value, size_t len) {
+    changed_rows *c = ctx;
+    cr_assert_lt(c->n, NEMB);
+    c->fid[c->n] = fid;
+    c->len[c->n] = len;
+    if (len) /* the stored value: a 16-byte header, then the state, weights first */
+        memcpy(c->w[c->n], (const char *)value + 16, sizeof(c->w[0]));
+    c->n++;
+    return 0;
+}
+
+/* One whole catch-up round; returns the changes recorded meanwhile. */
+static uint64_t changed_round(ps_shard *s, uint32_t lo, uint32_t hi, changed_rows *out) {
+    uint32_t ti = 0;
+    uint64_t off = 0, pending = 0;
+    bool done = false;
+    char err[512] = "";
+    memset(out, 0, sizeof(*out));
+    while (!done)
+        cr_assert_eq(ps_shard_move_changed(s, lo, hi, &ti, &off, 5, collect_changed, out, &done,
+                                           &pending, err, sizeof(err)),
+                     0, "%s", err);
+    return pending;
+}
+
+/* A range being copied away: a catch-up round brings exactly the rows that
+ * pushes changed in it since the previous round, once each, as they are
+ * now; the record ends with thaw(), and only one range is copied at once. */
+Test(shard, a_copied_range_records_the_rows_pushes_change) {
+    make_keys();
+    ps_config *cfg = load_config((cfg_opts){0});
+    ps_shard *s = open_shard(cfg, 0);
+    ps_table *emb = ps_shard_table(s, "emb");
+    char err[512] = "";
+    uint64_t tid = 0, est = 0;
+    uint32_t lo = 0, hi = 16; /* of the buckets 0-31 shard 0 owns */
+    cr_assert_eq(ps_shard_track(s, 32, 40, &tid, &est, err, sizeof(err)), PS_EWRONG_SHARD);
+    cr_assert_eq(ps_shard_track(s, lo, hi, &tid, &est, err, sizeof(err)), 0, "%s", err);
+    cr_assert_neq(tid, 0);
+    cr_assert_eq(ps_shard_track_id(s), tid);
+    uint64_t other;
+    cr_assert_eq(ps_shard_track(s, 16, 20, &other, &est, err, sizeof(err)), PS_EPROTO,
+                 "a second range is refused while one is copied");
+    cr_assert_eq(ps_shard_freeze(s, 16, 20, err, sizeof(err)), PS_EPROTO);
+
+    /* Every key pushed twice: each comes once, with its latest value. */
+    float g[NEMB * DIM];
+    for (size_t i = 0; i < NEMB * DIM; i++)
+        g[i] = 0.01f * (float)(i % 7) - 0.02f;
+    ps_push_result res;
+    for (int k = 0; k < 2; k++)
+        cr_assert_eq(ps_shard_push(s, emb, emb_key, NEMB, g, 0, 0, &res, err, sizeof(err)), 0, "%s",
+                     err);
+    size_t inside = 0;
+    for (size_t i = 0; i < NEMB; i++)
+        inside += ps_bucket(emb_key[i], 64) < hi;
+    cr_assert_gt(inside, 0);
+    cr_assert_lt(inside, NEMB, "some keys must lie outside the range");
+    changed_rows c;
+    cr_assert_eq(changed_round(s, lo, hi, &c), 0);
+    cr_assert_eq(c.n, inside);
+    for (size_t j = 0; j < c.n; j++) {
+        cr_assert_lt(ps_bucket(c.fid[j], 64), hi);
+        cr_assert_eq(c.len[j], 16 + 3 * DIM * sizeof(float), "FTRL stores w, z, n");
+        uint8_t found;
+        float w[DIM];
+        cr_assert_eq(ps_table_lookup(emb, &c.fid[j], 1, &found, w, NULL, err, sizeof(err)), 0);
+        cr_assert(found);
+        cr_assert_arr_eq(w, c.w[j], sizeof(w));
+    }
+    /* Nothing new: an empty round. One key pushed during it: the next
+     * round's only row. */
+    cr_assert_eq(changed_round(s, lo, hi, &c), 0);
+    cr_assert_eq(c.n, 0);
+    uint64_t key = c.fid[0];
+    for (size_t i = 0; i < NEMB; i++)
+        if (ps_bucket(emb_key[i], 64) < hi)
+            key = emb_key[i];
+    cr_assert_eq(ps_shard_push(s, emb, &key, 1, g, 0, 0, &res, err, sizeof(err)), 0);
+    cr_assert_eq(changed_round(s, lo, hi, &c), 0);
+    cr_assert_eq(c.n, 1);
+    cr_assert_eq(c.fid[0], key);
+
+    cr_assert_eq(ps_shard_thaw(s, err, sizeof(err)), 0);
+    cr_assert_eq(ps_shard_track_id(s), 0);
+    uint32_t ti = 0;
+    uint64_t off = 0, pending;
+    bool done;
+    cr_assert_eq(ps_shard_move_changed(s, lo, hi, &ti, &off, 5, collect_changed, &c, &done, &pending,
+                                       err, sizeof(err)),
+                 PS_EPROTO, "no record after thaw");
+    cr_assert_eq(counters(s).moves_started, 1);
+    cr_assert_eq(ps_shard_close(s), 0);
+    ps_config_free(cfg);
+}

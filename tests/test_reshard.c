@@ -418,12 +418,18 @@ static void write_two_shard_config(char *path, size_t len) {
     cr_assert_eq(ps_write_file(path, text), 0);
 }
 
-/* Run `ctrps-cli [--config cfg] --timeout 60000 reshard`, with shard
- * `kill_shard` (if >= 0) killed with SIGKILL and restarted while it runs. */
-static void reshard(const char *cfg, int kill_shard, unsigned *seed) {
+/* How a run is disturbed while ctrps-cli reshard moves ranges. */
+typedef enum {
+    CALM,
+    KILL_ANY_TIME,               /* shard 0 killed at a random moment of each reshard */
+    KILL_IN_CUTOVER,             /* in each move's cut-over: 2 -> 3 the source, 3 -> 2 the target */
+} disturbance;
+
+/* Run `ctrps-cli [--config cfg] --timeout 60000 reshard`, disturbed. */
+static void reshard(const char *cfg, disturbance how, unsigned *seed) {
     char *argv[] = {(char *)ps_test_bin("tools/ctrps-cli"), "--config", (char *)cfg, "--timeout",
                     "60000", "reshard", NULL};
-    if (kill_shard < 0) {
+    if (how == CALM) {
         char *out = NULL, *err = NULL;
         int rc = ps_run(argv, &out, &err);
         cr_assert_eq(rc, 0, "reshard failed: %s", err ? err : "");
@@ -434,12 +440,26 @@ static void reshard(const char *cfg, int kill_shard, unsigned *seed) {
         return;
     }
     int fd;
+    if (how == KILL_IN_CUTOVER)
+        setenv("CTRPS_TEST_MOVE_STOP", "cutover", 1); /* common/move.c: the mover stops there */
     pid_t pid = ps_spawn_stdout(argv, &fd);
+    unsetenv("CTRPS_TEST_MOVE_STOP");
     cr_assert_gt(pid, 0);
-    usleep(20000 + (useconds_t)(rand_r(seed) % 150000));
-    cr_assert_eq(ps_cluster_restart(&cl, kill_shard, SIGKILL), 0);
-    int status;
-    waitpid(pid, &status, 0);
+    int status, stops = 0;
+    if (how == KILL_ANY_TIME) {
+        usleep(20000 + (useconds_t)(rand_r(seed) % 150000));
+        cr_assert_eq(ps_cluster_restart(&cl, 0, SIGKILL), 0);
+        waitpid(pid, &status, 0);
+    } else {
+        /* Both reshards move two ranges: 2 -> 3 moves 0 -> 1 then 1 -> 2,
+         * 3 -> 2 moves 1 -> 0 then 2 -> 1. Killing shard 0, then shard 1,
+         * kills the sources of the first and the targets of the second. */
+        while (waitpid(pid, &status, WUNTRACED) == pid && WIFSTOPPED(status)) {
+            cr_assert_eq(ps_cluster_restart(&cl, stops++ % 2, SIGKILL), 0);
+            kill(pid, SIGCONT);
+        }
+        cr_assert_eq(stops, 2, "the mover stopped in %d cut-overs, not 2", stops);
+    }
     close(fd);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "reshard with a kill failed (status %d)",
               status);
@@ -477,7 +497,7 @@ static void wait_stat(pid_t w, int shard, const char *name, const char *why) {
 
 /* Train on data while the cluster goes 2 -> 3 -> 2 shards (or not, with
  * grow = false); the exported state at the end. */
-static char *train_while_resharding(const char *data, bool grow, int kill_shard) {
+static char *train_while_resharding(const char *data, bool grow, disturbance how) {
     start_two_of_three();
     char log[300], two[300];
     write_two_shard_config(two, sizeof(two));
@@ -486,10 +506,10 @@ static char *train_while_resharding(const char *data, bool grow, int kill_shard)
     unsigned seed = 7;
     if (grow) {
         wait_stat(w, -1, "pushed_rows", "before its first push");
-        reshard(cl.config, kill_shard, &seed); /* 2 -> 3, while the worker trains on the first third */
+        reshard(cl.config, how, &seed); /* 2 -> 3, while the worker trains on the first third */
         feeder_open(&f, 1);
         wait_stat(w, 2, "pulled_rows", "without training on shard 2");
-        reshard(two, kill_shard, &seed);       /* 3 -> 2 */
+        reshard(two, how, &seed);       /* 3 -> 2 */
     }
     feeder_join(&f);
     ps_wait_worker(w, log);
@@ -510,10 +530,11 @@ static char *train_while_resharding(const char *data, bool grow, int kill_shard)
     return out;
 }
 
-/* One unmoved run, then the same input through 2 -> 3 -> 2 shards, then
- * again with the source of the moves (shard 0 gives buckets to shard 1,
- * then takes them back) killed with SIGKILL at a random moment while each
- * ctrps-cli reshard runs: all three end in the same state. */
+/* One unmoved run, then the same input through 2 -> 3 -> 2 shards: calm;
+ * with shard 0 (the source of the first move, then the target of the
+ * third) killed with SIGKILL at a random moment of each ctrps-cli reshard;
+ * and with a source, then a target, killed inside each move's cut-over
+ * (the range frozen, the map not flipped yet). All end in the same state. */
 Test(reshard, training_through_2_3_2_shards_ends_in_the_unmoved_state, .fini = teardown,
      .timeout = 600) {
     char data[] = "/tmp/ctrps-reshard-XXXXXX";
@@ -523,19 +544,23 @@ Test(reshard, training_through_2_3_2_shards_ends_in_the_unmoved_state, .fini = t
     char *argv[] = {(char *)ps_test_bin("tools/ctrps-cli"), "gen", "--rows", MOVE_ROWS, "--seed",
                     "21", "--format", "criteo", "--out", data, NULL};
     cr_assert_eq(ps_run(argv, NULL, NULL), 0);
-    char *clean = train_while_resharding(data, false, -1);
+    char *clean = train_while_resharding(data, false, CALM);
     size_t lines = 0;
     for (const char *p = clean; *p; p++)
         lines += *p == '\n';
     cr_assert_gt(lines, 1000, "too little state to compare");
-    char *moved = train_while_resharding(data, true, -1);
+    char *moved = train_while_resharding(data, true, CALM);
     cr_assert_str_eq(moved, clean, "the state after 2 -> 3 -> 2 differs from the unmoved run");
-    char *killed = train_while_resharding(data, true, 0);
+    char *killed = train_while_resharding(data, true, KILL_ANY_TIME);
     cr_assert_str_eq(killed, clean,
-                     "the state after 2 -> 3 -> 2 with the source killed differs from the unmoved run");
+                     "the state after 2 -> 3 -> 2 with shard 0 killed differs from the unmoved run");
+    char *cut = train_while_resharding(data, true, KILL_IN_CUTOVER);
+    cr_assert_str_eq(cut, clean,
+                     "the state after 2 -> 3 -> 2 with kills in the cut-overs differs from the unmoved run");
     free(clean);
     free(moved);
     free(killed);
+    free(cut);
     unlink(data);
     char truth[600];
     snprintf(truth, sizeof(truth), "%s.truth.json", data);

@@ -48,10 +48,12 @@ static void usage(FILE *out) {
             "      every row: fid<TAB>field<TAB>v1 ... vd, field w (and with --state\n"
             "      z and n for FTRL, acc for AdaGrad), in store order per shard\n"
             "  move --buckets A-B --to N | move --abort N\n"
-            "      move buckets A..B (inclusive) to shard N of the config's list: the\n"
-            "      range pauses, its rows and push sequence numbers are copied, the\n"
-            "      cluster map's epoch flips; progress (rows, rows/s) on stderr.\n"
-            "      --abort N thaws a move shard N froze that never reached its map flip\n"
+            "      move buckets A..B (inclusive) to shard N of the config's list: its\n"
+            "      rows are copied while it is served, then the rows pushes changed\n"
+            "      meanwhile; then the range pauses briefly for the last changes and the\n"
+            "      push sequence numbers, and the cluster map's epoch flips. Progress\n"
+            "      (rows, rows/s, ETA) on stderr; the pause is printed at the end.\n"
+            "      --abort N gives up a move from shard N that never reached its map flip\n"
             "  reshard\n"
             "      with --config NEW.ini listing the new set of shards (same buckets):\n"
             "      move the cluster to an even split over them, range by range\n"
@@ -731,13 +733,25 @@ static int cmd_gen(int argc, char **argv) {
 static void move_progress(void *ctx, const ps_move_progress *p) {
     (void)ctx;
     double rate = p->elapsed_s > 0 ? (double)p->rows / p->elapsed_s : 0;
-    if (p->done)
-        printf("moved buckets %u-%u from shard %u to shard %u: %llu rows in %.2f s (%.0f rows/s)\n",
-               p->lo, p->hi - 1, p->from, p->to, (unsigned long long)p->rows, p->elapsed_s, rate);
-    else
-        fprintf(stderr, "%s: moving buckets %u-%u from shard %u to shard %u: %llu rows copied (%.0f rows/s)\n",
-                prog, p->lo, p->hi - 1, p->from, p->to, (unsigned long long)p->rows, rate);
-    fflush(stdout);
+    if (p->done) {
+        printf("moved buckets %u-%u from shard %u to shard %u: %llu rows in %.2f s (%.0f rows/s), "
+               "%u catch-up rounds, pause %.1f ms\n",
+               p->lo, p->hi - 1, p->from, p->to, (unsigned long long)p->rows, p->elapsed_s, rate,
+               p->rounds, p->pause_s * 1e3);
+        fflush(stdout);
+        return;
+    }
+    char eta[64] = "";
+    if (!p->rounds && rate > 0 && p->estimated_rows > p->rows)
+        snprintf(eta, sizeof(eta), ", ETA %.0f s", (double)(p->estimated_rows - p->rows) / rate);
+    char round[32] = "";
+    if (p->rounds)
+        snprintf(round, sizeof(round), ", catch-up round %u", p->rounds);
+    fprintf(stderr,
+            "%s: moving buckets %u-%u from shard %u to shard %u: %llu of ~%llu rows copied "
+            "(%.0f rows/s%s%s)\n",
+            prog, p->lo, p->hi - 1, p->from, p->to, (unsigned long long)p->rows,
+            (unsigned long long)p->estimated_rows, rate, eta, round);
 }
 
 /* The shard list of the next maps: the config's when it lists more shards
