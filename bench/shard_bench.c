@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "benchutil.h"
 #include "client.h"
 #include "config.h"
 #include "keys.h"
@@ -44,12 +45,6 @@ typedef struct opts {
     const char *server;
     bool keep;
 } opts;
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* ---- Zipf sampling by rejection-inversion (Hormann & Derflinger, 1996) --- */
 
@@ -97,11 +92,6 @@ static uint64_t zipf_next(zipf *z) {
         if (k - x <= z->threshold || u >= z_h(z, k + 0.5) - pow(k, -z->s))
             return (uint64_t)k - 1;
     }
-}
-
-/* Rank -> fid: scattered, so popularity does not follow key order. */
-static uint64_t rank_fid(uint64_t rank) {
-    return ((uint64_t)ps_slot_id("C1") << PS_FID_VALUE_BITS) | (ps_mix64(rank + 1) & PS_FID_VALUE_MASK);
 }
 
 /* ---- the shard process ------------------------------------------------------ */
@@ -175,7 +165,7 @@ static double drive(ps_client *c, const opts *o, op_kind op, uint64_t **pool, co
     }
     char err[512];
     uint64_t rows = 0, next = 0;
-    double start = now_s(), end = start + seconds;
+    double start = bench_now_s(), end = start + seconds;
     bool stop = false;
     for (;;) {
         for (uint32_t i = 0; i < o->inflight; i++) {
@@ -203,9 +193,9 @@ static double drive(ps_client *c, const opts *o, op_kind op, uint64_t **pool, co
         }
         if (stop)
             break;
-        stop = o->requests ? next >= o->requests : now_s() >= end;
+        stop = o->requests ? next >= o->requests : bench_now_s() >= end;
     }
-    double rate = (double)rows / (now_s() - start);
+    double rate = (double)rows / (bench_now_s() - start);
     for (uint32_t i = 0; i < o->inflight; i++) {
         free(slots[i].values);
         free(slots[i].found);
@@ -214,7 +204,7 @@ static double drive(ps_client *c, const opts *o, op_kind op, uint64_t **pool, co
     return rate;
 }
 
-/* Pull fresh keys rank_fid(*next), *next + 1, ... (shuffled within each
+/* Pull fresh keys bench_rank_fid(*next), *next + 1, ... (shuffled within each
  * request so they are not in key order), `inflight` requests at a time. */
 static double drive_cold(ps_client *c, const opts *o, uint64_t *next, uint64_t limit, double seconds,
                          uint64_t *ret_pulled) {
@@ -226,7 +216,7 @@ static double drive_cold(ps_client *c, const opts *o, uint64_t *next, uint64_t l
     }
     char err[512];
     uint64_t rows = 0;
-    double start = now_s(), end = start + seconds;
+    double start = bench_now_s(), end = start + seconds;
     bool stop = false;
     for (;;) {
         for (uint32_t i = 0; i < o->inflight; i++) {
@@ -242,16 +232,16 @@ static double drive_cold(ps_client *c, const opts *o, uint64_t *next, uint64_t l
             if (stop || *next + o->batch > limit)
                 continue;
             for (uint32_t k = 0; k < o->batch; k++)
-                keys[i][k] = rank_fid(*next + (uint64_t)((k * 2654435761u) % o->batch));
+                keys[i][k] = bench_rank_fid(*next + (uint64_t)((k * 2654435761u) % o->batch));
             *next += o->batch;
             if (ps_client_pull_start(c, "emb", DIM, keys[i], o->batch, s->values, &s->call) < 0)
                 exit(1);
         }
         if (stop)
             break;
-        stop = now_s() >= end || *next + o->batch > limit;
+        stop = bench_now_s() >= end || *next + o->batch > limit;
     }
-    double rate = (double)rows / (now_s() - start);
+    double rate = (double)rows / (bench_now_s() - start);
     for (uint32_t i = 0; i < o->inflight; i++) {
         free(slots[i].values);
         free(keys[i]);
@@ -270,16 +260,6 @@ static uint64_t server_misses(ps_client *c) {
     uint64_t m = st.ntables ? st.tables[0].stats.memory_misses : 0;
     ps_shard_stats_deinit(&st);
     return m;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, uint32_t n) {
-    qsort(v, n, sizeof(double), cmp_double);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 /* ---- raw RocksDB ------------------------------------------------------------------------- */
@@ -309,8 +289,8 @@ static void raw_rocksdb(const opts *o, uint64_t **pool, uint32_t nbuckets, uint6
     char *val = calloc(1, vlen);
     for (uint32_t run = 0; run < o->runs; run++) {
         uint64_t rows = 0, found = 0, next = 0;
-        double start = now_s();
-        while (now_s() - start < o->seconds) {
+        double start = bench_now_s();
+        while (bench_now_s() - start < o->seconds) {
             uint64_t *k = pool[next++ % POOL];
             for (uint32_t i = 0; i < o->batch; i++)
                 ps_store_key_encode((uint16_t)ps_bucket(k[i], nbuckets), k[i], &keys[i]);
@@ -322,13 +302,13 @@ static void raw_rocksdb(const opts *o, uint64_t **pool, uint32_t nbuckets, uint6
             }
             rows += o->batch;
         }
-        gets[run] = (double)rows / (now_s() - start);
+        gets[run] = (double)rows / (bench_now_s() - start);
         if (found * 10 < rows * 9)
             fprintf(stderr, "shard_bench: only %" PRIu64 " of %" PRIu64 " keys found in RocksDB\n",
                     found, rows);
         rows = 0;
-        start = now_s();
-        while (now_s() - start < o->seconds) {
+        start = bench_now_s();
+        while (bench_now_s() - start < o->seconds) {
             uint64_t *k = pool[next++ % POOL];
             ps_store_batch *b = ps_store_batch_new();
             for (uint32_t i = 0; i < o->batch; i++) {
@@ -342,10 +322,10 @@ static void raw_rocksdb(const opts *o, uint64_t **pool, uint32_t nbuckets, uint6
             ps_store_batch_free(b);
             rows += o->batch;
         }
-        puts[run] = (double)rows / (now_s() - start);
+        puts[run] = (double)rows / (bench_now_s() - start);
     }
-    *ret_get = median(gets, o->runs);
-    *ret_put = median(puts, o->runs);
+    *ret_get = bench_median(gets, o->runs);
+    *ret_put = bench_median(puts, o->runs);
     /* The cold range, keys never read in this process: the same work a cold
      * pull asks of RocksDB. */
     *ret_cold = 0;
@@ -353,10 +333,10 @@ static void raw_rocksdb(const opts *o, uint64_t **pool, uint32_t nbuckets, uint6
     double colds[16];
     for (uint32_t run = 0; cold_hi > cold_lo && run < o->runs; run++) {
         uint64_t rows = 0, found = 0;
-        double start = now_s();
-        while (now_s() - start < o->seconds && next + o->batch <= cold_hi) {
+        double start = bench_now_s();
+        while (bench_now_s() - start < o->seconds && next + o->batch <= cold_hi) {
             for (uint32_t i = 0; i < o->batch; i++) {
-                uint64_t k = rank_fid(next + (uint64_t)((i * 2654435761u) % o->batch));
+                uint64_t k = bench_rank_fid(next + (uint64_t)((i * 2654435761u) % o->batch));
                 ps_store_key_encode((uint16_t)ps_bucket(k, nbuckets), k, &keys[i]);
             }
             next += o->batch;
@@ -365,10 +345,10 @@ static void raw_rocksdb(const opts *o, uint64_t **pool, uint32_t nbuckets, uint6
                 exit(1);
             rows += o->batch;
         }
-        colds[run] = (double)rows / (now_s() - start);
+        colds[run] = (double)rows / (bench_now_s() - start);
     }
     if (cold_hi > cold_lo)
-        *ret_cold = median(colds, o->runs);
+        *ret_cold = bench_median(colds, o->runs);
     free(keys);
     free(val);
     ps_store_close(st);
@@ -461,19 +441,19 @@ int main(int argc, char **argv) {
     }
 
     /* Create every row once (Pull creates), in key order of rank. */
-    double t0 = now_s();
+    double t0 = bench_now_s();
     uint64_t *keys = malloc((size_t)o.batch * sizeof(uint64_t));
     float *values = malloc((size_t)o.batch * DIM * sizeof(float));
     for (uint64_t base = 0; base < o.keys; base += o.batch) {
         uint32_t n = (uint32_t)(o.keys - base < o.batch ? o.keys - base : o.batch);
         for (uint32_t i = 0; i < n; i++)
-            keys[i] = rank_fid(base + i);
+            keys[i] = bench_rank_fid(base + i);
         if (ps_client_pull(cl, "emb", DIM, keys, n, values, err, sizeof(err)) < 0) {
             fprintf(stderr, "load: %s\n", err);
             return 1;
         }
     }
-    double load_s = now_s() - t0;
+    double load_s = bench_now_s() - t0;
 
     /* Request pool: POOL requests of batch keys drawn from the distribution. */
     zipf z;
@@ -482,7 +462,7 @@ int main(int argc, char **argv) {
     for (int p = 0; p < POOL; p++) {
         pool[p] = malloc((size_t)o.batch * sizeof(uint64_t));
         for (uint32_t i = 0; i < o.batch; i++)
-            pool[p][i] = rank_fid(zipf_next(&z));
+            pool[p][i] = bench_rank_fid(zipf_next(&z));
     }
     float *grads = malloc((size_t)o.batch * DIM * sizeof(float));
     for (size_t i = 0; i < (size_t)o.batch * DIM; i++)
@@ -501,7 +481,7 @@ int main(int argc, char **argv) {
             drive(cl, &o, (op_kind)op, pool, grads, 1.0); /* warm-up */
         for (uint32_t r = 0; r < o.runs; r++)
             v[r] = drive(cl, &o, (op_kind)op, pool, grads, o.seconds);
-        rates[op] = median(v, o.runs);
+        rates[op] = bench_median(v, o.runs);
         printf("%s_rows_per_sec %.0f\n", op_names[op], rates[op]);
         fflush(stdout);
     }
@@ -517,7 +497,7 @@ int main(int argc, char **argv) {
         for (uint32_t r = 0; r < o.runs; r++) {
             v[r] = drive_cold(cl, &o, &cold_next, cold_lo + (cold_hi - cold_lo) / 2, o.seconds, &pulled);
         }
-        cold_rate = median(v, o.runs);
+        cold_rate = bench_median(v, o.runs);
         cold_miss_frac = pulled ? (double)(server_misses(cl) - misses0) / (double)pulled : 0;
         printf("cold_pull_rows_per_sec %.0f\n", cold_rate);
         printf("cold_pull_memory_miss_fraction %.3f\n", cold_miss_frac);

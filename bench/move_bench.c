@@ -1,0 +1,609 @@
+/* Resharding benchmark: a move of a bucket range between two shards while a
+ * client trains on every key (README "Resharding", common/move.h).
+ *
+ * Starts two ctrps-server processes on loopback (ports picked first and
+ * written into the config: moved maps carry the config's addresses),
+ * creates --rows dim-16 FTRL rows by Push (pushed rows are stored and so
+ * moved; rows only a pull created live in memory only), picks the bucket
+ * range of shard 0 that holds --move-rows of them, then, while a load thread
+ * with its own client pulls and pushes batches of random keys over all rows,
+ * moves the range with ps_move_range() --runs times, back and forth. Prints
+ * per run: rows moved, seconds and rows/s of the copy, catch-up rounds, the
+ * mover's pause (freeze to the source's new map), the longest request the
+ * load saw during the move (the pause as a client sees it), pull and push
+ * rows/s before, during and after the move, and the shards' CPU seconds;
+ * then the medians. Last, with the shards stopped, it iterates the moved
+ * range on the final owner's RocksDB with ps_store_iter (what EXPORT does
+ * without the copy) and prints the ratio of the copy's rate to that. */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "benchutil.h"
+#include "client.h"
+#include "cmap.h"
+#include "config.h"
+#include "keys.h"
+#include "move.h"
+#include "store.h"
+
+#define DIM 16
+#define NSHARDS 2
+
+typedef struct opts {
+    uint64_t rows, move_rows;
+    uint32_t buckets, batch, runs;
+    double seconds;              /* load before and after each move */
+    bool load;
+    const char *dir, *server, *durability;
+} opts;
+
+static double vmin(const double *v, uint32_t n) {
+    double m = v[0];
+    for (uint32_t i = 1; i < n; i++)
+        m = v[i] < m ? v[i] : m;
+    return m;
+}
+
+static double vmax(const double *v, uint32_t n) {
+    double m = v[0];
+    for (uint32_t i = 1; i < n; i++)
+        m = v[i] > m ? v[i] : m;
+    return m;
+}
+
+/* ---- the shard processes ------------------------------------------------------- */
+
+static pid_t pids[NSHARDS];
+
+static void stop_shards(void) {
+    for (int i = 0; i < NSHARDS; i++)
+        if (pids[i] > 0)
+            kill(pids[i], SIGTERM);
+    for (int i = 0; i < NSHARDS; i++)
+        if (pids[i] > 0) {
+            int status;
+            waitpid(pids[i], &status, 0);
+            pids[i] = 0;
+        }
+}
+
+static int free_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a);
+    int port = -1;
+    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    close(fd);
+    return port;
+}
+
+static int start_shard(const opts *o, const char *config, int i, int port) {
+    char ready[1200], log[1200], shard[16], listen[64];
+    snprintf(ready, sizeof(ready), "%s/ready-%d", o->dir, i);
+    snprintf(log, sizeof(log), "%s/shard-%d.log", o->dir, i);
+    snprintf(shard, sizeof(shard), "%d", i);
+    snprintf(listen, sizeof(listen), "127.0.0.1:%d", port);
+    unlink(ready);
+    pid_t parent = getpid();
+    pids[i] = fork();
+    if (pids[i] == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
+        FILE *f = freopen(log, "a", stderr);
+        (void)f;
+        execl(o->server, o->server, "--config", config, "--shard", shard, "--listen", listen,
+              "--ready-file", ready, "--data-dir", o->dir, (char *)NULL);
+        _exit(127);
+    }
+    for (int t = 0; t < 120000; t++) {
+        if (access(ready, F_OK) == 0)
+            return 0;
+        int status;
+        if (waitpid(pids[i], &status, WNOHANG) == pids[i]) {
+            pids[i] = 0;
+            fprintf(stderr, "move_bench: shard %d exited; see %s\n", i, log);
+            return -1;
+        }
+        usleep(1000);
+    }
+    fprintf(stderr, "move_bench: shard %d not ready; see %s\n", i, log);
+    return -1;
+}
+
+/* CPU seconds (user + system) a process has used, from /proc. */
+static double cpu_s(pid_t pid) {
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    unsigned long long ut = 0, st = 0;
+    /* after "pid (comm)": state ppid pgrp session tty tpgid flags minflt
+     * cminflt majflt cmajflt utime stime */
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+        return 0;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static double rusage_s(const struct rusage *r) {
+    return (double)(r->ru_utime.tv_sec + r->ru_stime.tv_sec) +
+           (double)(r->ru_utime.tv_usec + r->ru_stime.tv_usec) * 1e-6;
+}
+
+/* CPU seconds of this process: the mover and the load thread. */
+static double self_cpu_s(void) {
+    struct rusage r;
+    getrusage(RUSAGE_SELF, &r);
+    return rusage_s(&r);
+}
+
+/* ---- the training load ------------------------------------------------------------ */
+
+enum { PH_BEFORE, PH_DURING, PH_AFTER, PH_IDLE, PH_STOP };
+
+typedef struct phase_stats {
+    uint64_t pull_rows, push_rows, requests;
+    double max_pull_s, max_push_s;
+    double *lat;                 /* every request's latency, for percentiles */
+    size_t nlat, cap;
+} phase_stats;
+
+typedef struct load {
+    const opts *o;
+    const ps_config *cfg;
+    atomic_int phase;
+    pthread_mutex_t mu;          /* guards st while the load thread writes it */
+    phase_stats st[PH_IDLE];
+    int failed;
+    char err[512];
+} load;
+
+static void record(load *l, int ph, bool push, double lat, uint32_t rows) {
+    if (ph >= PH_IDLE)
+        return;
+    pthread_mutex_lock(&l->mu);
+    phase_stats *s = &l->st[ph];
+    if (push) {
+        s->push_rows += rows;
+        s->max_push_s = lat > s->max_push_s ? lat : s->max_push_s;
+    } else {
+        s->pull_rows += rows;
+        s->max_pull_s = lat > s->max_pull_s ? lat : s->max_pull_s;
+    }
+    s->requests++;
+    if (s->nlat == s->cap) {
+        size_t cap = s->cap ? 2 * s->cap : 4096;
+        double *p = realloc(s->lat, cap * sizeof(double));
+        if (p) {
+            s->lat = p;
+            s->cap = cap;
+        }
+    }
+    if (s->nlat < s->cap)
+        s->lat[s->nlat++] = lat;
+    pthread_mutex_unlock(&l->mu);
+}
+
+/* One pull and one push of `batch` random keys at a time, each waited for:
+ * a worker with max_in_flight = 0. Each request counts in the phase it
+ * began in. */
+static void *load_main(void *arg) {
+    load *l = arg;
+    const opts *o = l->o;
+    ps_client *c;
+    ps_client_options co = {.cfg = l->cfg, .name = "move_bench_load", .timeout_ms = 600000};
+    if (ps_client_new(&co, &c, l->err, sizeof(l->err)) < 0) {
+        l->failed = 1;
+        return NULL;
+    }
+    uint64_t *keys = malloc(o->batch * sizeof(uint64_t));
+    float *vals = malloc((size_t)o->batch * DIM * sizeof(float));
+    float *grads = malloc((size_t)o->batch * DIM * sizeof(float));
+    uint64_t state = 777;
+    int ph;
+    while ((ph = atomic_load(&l->phase)) != PH_STOP) {
+        if (ph == PH_IDLE) {
+            usleep(1000);
+            continue;
+        }
+        for (uint32_t i = 0; i < o->batch; i++)
+            keys[i] = bench_rank_fid(ps_mix64(++state) % o->rows);
+        double t = bench_now_s();
+        if (ps_client_pull(c, "emb", DIM, keys, o->batch, vals, l->err, sizeof(l->err)) < 0) {
+            l->failed = 1;
+            break;
+        }
+        record(l, ph, false, bench_now_s() - t, o->batch);
+        for (size_t i = 0; i < (size_t)o->batch * DIM; i++)
+            grads[i] = 0.01f * (vals[i] > 0 ? 1.0f : -1.0f);
+        ph = atomic_load(&l->phase);
+        t = bench_now_s();
+        if (ps_client_push(c, "emb", DIM, keys, o->batch, grads, NULL, NULL, l->err,
+                           sizeof(l->err)) < 0) {
+            l->failed = 1;
+            break;
+        }
+        record(l, ph, true, bench_now_s() - t, o->batch);
+    }
+    free(keys);
+    free(vals);
+    free(grads);
+    ps_client_free(c);
+    return NULL;
+}
+
+static double percentile(phase_stats *s, double q) {
+    if (!s->nlat)
+        return 0;
+    qsort(s->lat, s->nlat, sizeof(double), bench_cmp_double);
+    size_t i = (size_t)(q * (double)(s->nlat - 1) + 0.5);
+    return s->lat[i];
+}
+
+/* ---- the move ---------------------------------------------------------------------- */
+
+typedef struct move_watch {
+    uint64_t export_rows;        /* the last progress report of the first pass */
+    double export_s;
+    ps_move_progress last;
+} move_watch;
+
+static void on_progress(void *ctx, const ps_move_progress *p) {
+    move_watch *w = ctx;
+    if (!p->rounds && !p->done) {
+        w->export_rows = p->rows;
+        w->export_s = p->elapsed_s;
+    }
+    w->last = *p;
+}
+
+typedef struct run_result {
+    double rows, copy_s, copy_rate, export_rate, rounds, pause_ms, client_pause_ms;
+    double pull[3], push[3], p99_ms[3], src_cpu, dst_cpu, self_cpu;
+} run_result;
+
+/* "name median (min-max)" of one field of every run. */
+static void summary(const char *name, int prec, const run_result *res, uint32_t n, size_t off) {
+    double v[BENCH_MAX_RUNS] = {0};
+    for (uint32_t i = 0; i < n; i++)
+        memcpy(&v[i], (const char *)&res[i] + off, sizeof(double));
+    printf("%s %.*f (%.*f-%.*f)\n", name, prec, bench_median(v, n), prec, vmin(v, n), prec, vmax(v, n));
+}
+
+/* ---- raw RocksDB -------------------------------------------------------------------------- */
+
+static volatile uint64_t raw_sink;
+
+/* Iterate [lo, hi) of the table on a stopped shard's database: rows/s and
+ * CPU seconds, each touching its value as EXPORT's copy does. */
+static int raw_iterate(const opts *o, int shard, uint32_t lo, uint32_t hi, uint64_t *ret_rows,
+                       double *ret_s, double *ret_cpu) {
+    char db[1200], err[512];
+    snprintf(db, sizeof(db), "%s/shard-%d/db", o->dir, shard);
+    const char *cfs[] = {"meta", "dense", "t.emb"};
+    ps_store *st;
+    ps_store_options so = {0};
+    if (ps_store_open(db, cfs, 3, &so, &st, err, sizeof(err)) < 0) {
+        fprintf(stderr, "move_bench: raw open: %s\n", err);
+        return -1;
+    }
+    ps_store_key start;
+    ps_store_key_encode((uint16_t)lo, 0, &start);
+    char *copy = malloc(4096);
+    double c0 = self_cpu_s(), t0 = bench_now_s();
+    ps_store_iter *it = ps_store_iter_new(st, 2, start.b, PS_STORE_KEY_LEN);
+    uint64_t n = 0, sum = 0;
+    for (; ps_store_iter_valid(it); ps_store_iter_next(it)) {
+        size_t klen, vlen;
+        const uint8_t *k = ps_store_iter_key(it, &klen);
+        if (klen != PS_STORE_KEY_LEN || ((uint32_t)k[0] << 8 | k[1]) >= hi)
+            break;
+        const void *v = ps_store_iter_value(it, &vlen);
+        memcpy(copy, v, vlen < 4096 ? vlen : 4096);
+        sum += (uint8_t)copy[vlen / 2];
+        n++;
+    }
+    ps_store_iter_free(it);
+    *ret_s = bench_now_s() - t0;
+    *ret_cpu = self_cpu_s() - c0;
+    raw_sink += sum; /* the copies are not optimised away */
+    *ret_rows = n;
+    free(copy);
+    ps_store_close(st);
+    return 0;
+}
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: move_bench [options]\n"
+            "  --rows N          rows created by Push over both shards (default 2100000)\n"
+            "  --move-rows M     the moved range: shard 0's first buckets holding at least M\n"
+            "                    rows (default 1000000)\n"
+            "  --buckets B       [cluster] buckets (default 1024)\n"
+            "  --batch K         keys per pull and push of the load (default 4096)\n"
+            "  --runs R          moves, back and forth; medians are reported (default 3)\n"
+            "  --seconds T       load measured before and after each move (default 3)\n"
+            "  --no-load         move with no client load\n"
+            "  --durability D    sync | interval=MS (default sync)\n"
+            "  --dir DIR         work directory (default /tmp/ctrps-move-bench); wiped first\n"
+            "  --server PATH     ctrps-server binary (default build/server/ctrps-server)\n");
+}
+
+int main(int argc, char **argv) {
+    opts o = {.rows = 2100000, .move_rows = 1000000, .buckets = 1024, .batch = 4096, .runs = 3,
+              .seconds = 3, .load = true, .dir = "/tmp/ctrps-move-bench",
+              .server = "build/server/ctrps-server", .durability = "sync"};
+    static const struct option lo[] = {
+        {"rows", required_argument, 0, 'n'},    {"move-rows", required_argument, 0, 'm'},
+        {"buckets", required_argument, 0, 'B'}, {"batch", required_argument, 0, 'b'},
+        {"runs", required_argument, 0, 'r'},    {"seconds", required_argument, 0, 's'},
+        {"no-load", no_argument, 0, 'L'},       {"durability", required_argument, 0, 'd'},
+        {"dir", required_argument, 0, 'D'},     {"server", required_argument, 0, 'S'},
+        {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
+    int c;
+    while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        switch (c) {
+        case 'n': o.rows = strtoull(optarg, NULL, 10); break;
+        case 'm': o.move_rows = strtoull(optarg, NULL, 10); break;
+        case 'B': o.buckets = (uint32_t)atoi(optarg); break;
+        case 'b': o.batch = (uint32_t)atoi(optarg); break;
+        case 'r': o.runs = (uint32_t)atoi(optarg); break;
+        case 's': o.seconds = atof(optarg); break;
+        case 'L': o.load = false; break;
+        case 'd': o.durability = optarg; break;
+        case 'D': o.dir = optarg; break;
+        case 'S': o.server = optarg; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (o.runs < 1 || o.runs > BENCH_MAX_RUNS || o.batch < 1 || o.rows < o.batch || o.buckets < 2 ||
+        o.buckets > 65536) {
+        usage(stderr);
+        return 2;
+    }
+    char cmd[1300];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s' && mkdir -p '%s'", o.dir, o.dir);
+    if (system(cmd) != 0)
+        return 1;
+
+    /* The moved range: shard 0's buckets from its first on, until they hold
+     * move_rows of the rows. */
+    uint64_t *per_bucket = calloc(o.buckets, sizeof(uint64_t));
+    for (uint64_t i = 0; i < o.rows; i++)
+        per_bucket[ps_bucket(bench_rank_fid(i), o.buckets)]++;
+    uint32_t rlo = 0, rhi = 0;
+    uint64_t range_rows = 0;
+    while (rhi < o.buckets && ps_bucket_owner(rhi, o.buckets, NSHARDS) == 0 && range_rows < o.move_rows)
+        range_rows += per_bucket[rhi++];
+    free(per_bucket);
+    if (range_rows < o.move_rows)
+        fprintf(stderr, "move_bench: shard 0 holds only %" PRIu64 " rows; moving all of them\n",
+                range_rows);
+
+    int ports[NSHARDS];
+    for (int i = 0; i < NSHARDS; i++)
+        if ((ports[i] = free_port()) <= 0)
+            return 1;
+    uint64_t mem = (o.rows * 320 >> 20) + 64; /* either shard may hold every row */
+    char config[1200];
+    snprintf(config, sizeof(config), "%s/bench.ini", o.dir);
+    FILE *f = fopen(config, "w");
+    fprintf(f,
+            "[cluster]\nshards = 127.0.0.1:%d, 127.0.0.1:%d\nbuckets = %u\n"
+            "[server]\ndurability = %s\nmemory_mb = %" PRIu64 "\n"
+            "[table.emb]\ndim = %d\noptimizer = ftrl\ninit = normal\nslots = C1\n",
+            ports[0], ports[1], o.buckets, o.durability, mem, DIM);
+    fclose(f);
+    atexit(stop_shards);
+    for (int i = 0; i < NSHARDS; i++)
+        if (start_shard(&o, config, i, ports[i]) < 0)
+            return 1;
+
+    ps_config *cfg;
+    char err[1024];
+    if (ps_config_load(config, NULL, &cfg, err, sizeof(err)) < 0) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    ps_client *cl;
+    ps_client_options co = {.cfg = cfg, .name = "move_bench", .timeout_ms = 600000};
+    if (ps_client_new(&co, &cl, err, sizeof(err)) < 0) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+
+    /* Every row is created by a Push, in rank order. */
+    double t0 = bench_now_s();
+    uint64_t *keys = malloc((size_t)o.batch * sizeof(uint64_t));
+    float *grads = malloc((size_t)o.batch * DIM * sizeof(float));
+    for (size_t i = 0; i < (size_t)o.batch * DIM; i++)
+        grads[i] = (float)((double)(i % 97) / 97.0 - 0.5) * 0.01f;
+    for (uint64_t base = 0; base < o.rows; base += o.batch) {
+        uint32_t n = (uint32_t)(o.rows - base < o.batch ? o.rows - base : o.batch);
+        for (uint32_t i = 0; i < n; i++)
+            keys[i] = bench_rank_fid(base + i);
+        if (ps_client_push(cl, "emb", DIM, keys, n, grads, NULL, NULL, err, sizeof(err)) < 0) {
+            fprintf(stderr, "move_bench: load: %s\n", err);
+            return 1;
+        }
+    }
+    double load_s = bench_now_s() - t0;
+    free(keys);
+    free(grads);
+
+    double la[3] = {0, 0, 0};
+    getloadavg(la, 3);
+    printf("# move_bench rows=%" PRIu64 " buckets=%u range=%u-%u range_rows=%" PRIu64
+           " batch=%u runs=%u seconds=%.1f load=%s durability=%s loadavg=%.2f,%.2f,%.2f\n",
+           o.rows, o.buckets, rlo, rhi - 1, range_rows, o.batch, o.runs, o.seconds,
+           o.load ? "pull+push" : "none", o.durability, la[0], la[1], la[2]);
+    printf("create_rows_per_sec %.0f\n", (double)o.rows / load_s);
+    fflush(stdout);
+
+    load ld = {.o = &o, .cfg = cfg, .phase = PH_IDLE};
+    pthread_mutex_init(&ld.mu, NULL);
+    pthread_t th;
+    if (o.load && pthread_create(&th, NULL, load_main, &ld) != 0)
+        return 1;
+
+    ps_cluster_map cur;
+    if (ps_move_current_map(cl, NSHARDS, &cur, err, sizeof(err)) < 0) {
+        fprintf(stderr, "move_bench: %s\n", err);
+        return 1;
+    }
+    ps_cluster_map list; /* the moves replace cur, whose addresses ps_move_range reads */
+    if (ps_cluster_map_copy(&cur, &list) < 0)
+        return 1;
+    run_result res[BENCH_MAX_RUNS];
+    memset(res, 0, sizeof(res));
+    uint32_t to = 1;
+    for (uint32_t run = 0; run < o.runs; run++, to ^= 1) {
+        run_result *rr = &res[run];
+        pthread_mutex_lock(&ld.mu);
+        memset(ld.st, 0, sizeof(ld.st));
+        pthread_mutex_unlock(&ld.mu);
+        double ph_s[3];
+        atomic_store(&ld.phase, PH_BEFORE);
+        double p0 = bench_now_s();
+        if (o.load)
+            usleep((useconds_t)(o.seconds * 1e6));
+        double p1 = bench_now_s();
+        double c0[NSHARDS];
+        for (int i = 0; i < NSHARDS; i++)
+            c0[i] = cpu_s(pids[i]);
+        double s0 = self_cpu_s();
+        atomic_store(&ld.phase, PH_DURING);
+        move_watch w = {0};
+        int r = ps_move_range(cl, &cur, rlo, rhi, to, list.shards, list.nshards, on_progress, &w, err,
+                              sizeof(err));
+        double p2 = bench_now_s();
+        atomic_store(&ld.phase, PH_AFTER);
+        if (r < 0) {
+            fprintf(stderr, "move_bench: move: %s\n", err);
+            return 1;
+        }
+        rr->self_cpu = self_cpu_s() - s0;
+        rr->src_cpu = cpu_s(pids[to ^ 1]) - c0[to ^ 1];
+        rr->dst_cpu = cpu_s(pids[to]) - c0[to];
+        if (o.load)
+            usleep((useconds_t)(o.seconds * 1e6));
+        double p3 = bench_now_s();
+        atomic_store(&ld.phase, PH_IDLE);
+        usleep(200000); /* the request in flight ends in the old phase */
+        if (ld.failed) {
+            fprintf(stderr, "move_bench: load: %s\n", ld.err);
+            return 1;
+        }
+        ph_s[0] = p1 - p0;
+        ph_s[1] = p2 - p1;
+        ph_s[2] = p3 - p2;
+        rr->rows = (double)w.last.rows;
+        rr->copy_s = w.last.elapsed_s;
+        rr->copy_rate = w.last.elapsed_s > 0 ? (double)w.last.rows / w.last.elapsed_s : 0;
+        rr->export_rate = w.export_s > 0 ? (double)w.export_rows / w.export_s : 0;
+        rr->rounds = w.last.rounds;
+        rr->pause_ms = w.last.pause_s * 1e3;
+        pthread_mutex_lock(&ld.mu);
+        phase_stats *d = &ld.st[PH_DURING];
+        rr->client_pause_ms = (d->max_pull_s > d->max_push_s ? d->max_pull_s : d->max_push_s) * 1e3;
+        for (int p = 0; p < 3; p++) {
+            rr->pull[p] = ph_s[p] > 0 ? (double)ld.st[p].pull_rows / ph_s[p] : 0;
+            rr->push[p] = ph_s[p] > 0 ? (double)ld.st[p].push_rows / ph_s[p] : 0;
+            rr->p99_ms[p] = percentile(&ld.st[p], 0.99) * 1e3;
+            free(ld.st[p].lat);
+            ld.st[p].lat = NULL;
+            ld.st[p].nlat = ld.st[p].cap = 0;
+        }
+        pthread_mutex_unlock(&ld.mu);
+        getloadavg(la, 3);
+        printf("run %u: moved buckets %u-%u from shard %u to shard %u: %.0f rows in %.2f s "
+               "(%.0f rows/s; first pass %.0f rows/s), %.0f catch-up rounds, pause %.1f ms, "
+               "longest request during the move %.1f ms; pull rows/s before/during/after "
+               "%.0f/%.0f/%.0f, push %.0f/%.0f/%.0f, p99 request ms %.1f/%.1f/%.1f; "
+               "CPU s source %.2f target %.2f mover+load %.2f; loadavg %.2f\n",
+               run, rlo, rhi - 1, to ^ 1, to, rr->rows, rr->copy_s, rr->copy_rate, rr->export_rate,
+               rr->rounds, rr->pause_ms, rr->client_pause_ms, rr->pull[0], rr->pull[1], rr->pull[2],
+               rr->push[0], rr->push[1], rr->push[2], rr->p99_ms[0], rr->p99_ms[1], rr->p99_ms[2],
+               rr->src_cpu, rr->dst_cpu, rr->self_cpu, la[0]);
+        fflush(stdout);
+    }
+    atomic_store(&ld.phase, PH_STOP);
+    if (o.load)
+        pthread_join(th, NULL);
+    uint32_t owner = cur.owner[rlo];
+    ps_cluster_map_deinit(&cur);
+    ps_cluster_map_deinit(&list);
+    ps_client_free(cl);
+    stop_shards();
+
+    const char *ph[3] = {"before", "during", "after"};
+    summary("moved_rows", 0, res, o.runs, offsetof(run_result, rows));
+    summary("copy_s", 2, res, o.runs, offsetof(run_result, copy_s));
+    summary("copy_rows_per_sec", 0, res, o.runs, offsetof(run_result, copy_rate));
+    summary("first_pass_rows_per_sec", 0, res, o.runs, offsetof(run_result, export_rate));
+    summary("catchup_rounds", 0, res, o.runs, offsetof(run_result, rounds));
+    summary("pause_ms", 1, res, o.runs, offsetof(run_result, pause_ms));
+    if (o.load) {
+        summary("longest_request_during_move_ms", 1, res, o.runs,
+                offsetof(run_result, client_pause_ms));
+        for (int p = 0; p < 3; p++) {
+            char name[64];
+            snprintf(name, sizeof(name), "pull_rows_per_sec_%s", ph[p]);
+            summary(name, 0, res, o.runs, offsetof(run_result, pull) + p * sizeof(double));
+            snprintf(name, sizeof(name), "push_rows_per_sec_%s", ph[p]);
+            summary(name, 0, res, o.runs, offsetof(run_result, push) + p * sizeof(double));
+            snprintf(name, sizeof(name), "p99_request_ms_%s", ph[p]);
+            summary(name, 1, res, o.runs, offsetof(run_result, p99_ms) + p * sizeof(double));
+        }
+    }
+    summary("source_cpu_s", 2, res, o.runs, offsetof(run_result, src_cpu));
+    summary("target_cpu_s", 2, res, o.runs, offsetof(run_result, dst_cpu));
+    summary("mover_and_load_cpu_s", 2, res, o.runs, offsetof(run_result, self_cpu));
+
+    /* Raw iteration of the moved range where it is now, as often. */
+    double raw_rate[BENCH_MAX_RUNS], raw_cpu[BENCH_MAX_RUNS];
+    uint64_t raw_rows = 0;
+    for (uint32_t i = 0; i < o.runs; i++) {
+        double s;
+        if (raw_iterate(&o, (int)owner, rlo, rhi, &raw_rows, &s, &raw_cpu[i]) < 0)
+            return 1;
+        raw_rate[i] = s > 0 ? (double)raw_rows / s : 0;
+    }
+    printf("raw_iter_rows %" PRIu64 "\n", raw_rows);
+    printf("raw_iter_rows_per_sec %.0f (%.0f-%.0f)\n", bench_median(raw_rate, o.runs), vmin(raw_rate, o.runs),
+           vmax(raw_rate, o.runs));
+    printf("raw_iter_cpu_s %.3f\n", bench_median(raw_cpu, o.runs));
+    double copy[BENCH_MAX_RUNS];
+    for (uint32_t i = 0; i < o.runs; i++)
+        copy[i] = res[i].copy_rate;
+    printf("ratio_copy_to_raw_iter %.2f\n", bench_median(copy, o.runs) / bench_median(raw_rate, o.runs));
+    getloadavg(la, 3);
+    printf("loadavg_end %.2f,%.2f,%.2f\n", la[0], la[1], la[2]);
+    ps_config_free(cfg);
+    return 0;
+}
