@@ -48,6 +48,7 @@ typedef struct opts {
     uint64_t rows, move_rows;
     uint32_t buckets, batch, runs;
     double seconds;              /* load before and after each move */
+    double load_rate;            /* pushed rows/s the load keeps to; 0: as fast as it can */
     bool load;
     const char *dir, *server, *durability;
 } opts;
@@ -161,6 +162,30 @@ static double self_cpu_s(void) {
     return rusage_s(&r);
 }
 
+/* Wait until both shards have written back every row the creation pushed,
+ * so that the first move's CPU and time are the move's. */
+static int wait_written_back(ps_client *c) {
+    char err[512];
+    for (int t = 0; t < 600; t++) {
+        uint64_t dirty = 0;
+        for (uint32_t i = 0; i < NSHARDS; i++) {
+            ps_shard_stats st;
+            if (ps_client_stats(c, i, &st, err, sizeof(err)) < 0) {
+                fprintf(stderr, "move_bench: stats: %s\n", err);
+                return -1;
+            }
+            for (size_t k = 0; k < st.ntables; k++)
+                dirty += st.tables[k].stats.dirty_rows;
+            ps_shard_stats_deinit(&st);
+        }
+        if (!dirty)
+            return 0;
+        usleep(200000);
+    }
+    fprintf(stderr, "move_bench: rows still not written back after 120 s\n");
+    return -1;
+}
+
 /* ---- the training load ------------------------------------------------------------ */
 
 enum { PH_BEFORE, PH_DURING, PH_AFTER, PH_IDLE, PH_STOP };
@@ -223,12 +248,25 @@ static void *load_main(void *arg) {
     uint64_t *keys = malloc(o->batch * sizeof(uint64_t));
     float *vals = malloc((size_t)o->batch * DIM * sizeof(float));
     float *grads = malloc((size_t)o->batch * DIM * sizeof(float));
-    uint64_t state = 777;
+    uint64_t state = 777, paced = 0;
+    double pace_t0 = bench_now_s();
     int ph;
     while ((ph = atomic_load(&l->phase)) != PH_STOP) {
         if (ph == PH_IDLE) {
             usleep(1000);
+            pace_t0 = bench_now_s();
+            paced = 0;
             continue;
+        }
+        if (o->load_rate > 0) {
+            double due = pace_t0 + (double)paced / o->load_rate - bench_now_s();
+            if (due > 0)
+                usleep((useconds_t)(due * 1e6));
+            if (due < -0.5) { /* fell behind (a pause): no burst to catch up */
+                pace_t0 = bench_now_s();
+                paced = 0;
+            }
+            paced += o->batch;
         }
         for (uint32_t i = 0; i < o->batch; i++)
             keys[i] = bench_rank_fid(ps_mix64(++state) % o->rows);
@@ -348,6 +386,8 @@ static void usage(FILE *f) {
             "  --runs R          moves, back and forth; medians are reported (default 3)\n"
             "  --seconds T       load measured before and after each move (default 3)\n"
             "  --no-load         move with no client load\n"
+            "  --load-rate R     the load pushes at most R rows/s (and pulls as many);\n"
+            "                    default 0: as fast as one request at a time goes\n"
             "  --durability D    sync | interval=MS (default sync)\n"
             "  --dir DIR         work directory (default /tmp/ctrps-move-bench); wiped first\n"
             "  --server PATH     ctrps-server binary (default build/server/ctrps-server)\n");
@@ -363,7 +403,8 @@ int main(int argc, char **argv) {
         {"runs", required_argument, 0, 'r'},    {"seconds", required_argument, 0, 's'},
         {"no-load", no_argument, 0, 'L'},       {"durability", required_argument, 0, 'd'},
         {"dir", required_argument, 0, 'D'},     {"server", required_argument, 0, 'S'},
-        {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
+        {"load-rate", required_argument, 0, 'R'}, {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (c) {
@@ -374,6 +415,7 @@ int main(int argc, char **argv) {
         case 'r': o.runs = (uint32_t)atoi(optarg); break;
         case 's': o.seconds = atof(optarg); break;
         case 'L': o.load = false; break;
+        case 'R': o.load_rate = atof(optarg); break;
         case 'd': o.durability = optarg; break;
         case 'D': o.dir = optarg; break;
         case 'S': o.server = optarg; break;
@@ -455,13 +497,15 @@ int main(int argc, char **argv) {
     double load_s = bench_now_s() - t0;
     free(keys);
     free(grads);
+    if (wait_written_back(cl) < 0)
+        return 1;
 
     double la[3] = {0, 0, 0};
     getloadavg(la, 3);
     printf("# move_bench rows=%" PRIu64 " buckets=%u range=%u-%u range_rows=%" PRIu64
-           " batch=%u runs=%u seconds=%.1f load=%s durability=%s loadavg=%.2f,%.2f,%.2f\n",
+           " batch=%u runs=%u seconds=%.1f load=%s load_rate=%.0f durability=%s loadavg=%.2f,%.2f,%.2f\n",
            o.rows, o.buckets, rlo, rhi - 1, range_rows, o.batch, o.runs, o.seconds,
-           o.load ? "pull+push" : "none", o.durability, la[0], la[1], la[2]);
+           o.load ? "pull+push" : "none", o.load_rate, o.durability, la[0], la[1], la[2]);
     printf("create_rows_per_sec %.0f\n", (double)o.rows / load_s);
     fflush(stdout);
 

@@ -1,6 +1,7 @@
 #include "move.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -76,11 +77,64 @@ int ps_move_current_map(ps_client *c, uint32_t nshards, ps_cluster_map *ret_map,
     return 0;
 }
 
+/* The import of one page into the target, on a thread of its own so that
+ * the source reads the next page meanwhile. One import at a time, in page
+ * order: a row copied by two pages lands as the later one has it. */
+typedef struct import_job {
+    ps_client *c;
+    uint32_t to, lo, hi;
+    Ctrps__Response *resp;       /* the EXPORT or CHANGED answer whose rows go; owned */
+    pthread_t thread;
+    bool threaded;
+    int r;
+    char err[256];
+} import_job;
+
+static void *import_main(void *arg) {
+    import_job *j = arg;
+    const Ctrps__MoveResponse *m = j->resp->move;
+    Ctrps__MoveRequest im = CTRPS__MOVE_REQUEST__INIT;
+    im.phase = CTRPS__MOVE_REQUEST__PHASE__IMPORT;
+    im.bucket_lo = j->lo;
+    im.bucket_hi = j->hi;
+    im.rows = m->rows;
+    im.n_seqs = m->n_seqs;
+    im.seqs = m->seqs;
+    j->r = 0;
+    if ((m->rows && m->rows->n_keys) || im.n_seqs)
+        j->r = move_call(j->c, j->to, &im, NULL, j->err, sizeof(j->err));
+    return NULL;
+}
+
+static void import_start(import_job *j, Ctrps__Response *resp) {
+    j->resp = resp;
+    j->threaded = pthread_create(&j->thread, NULL, import_main, j) == 0;
+    if (!j->threaded) /* no thread to spare: import it now */
+        import_main(j);
+}
+
+/* Wait for the page in flight, if any; its rows count once imported. */
+static int import_finish(import_job *j, ps_move_progress *pr, char *err, size_t errlen) {
+    if (!j->resp)
+        return 0;
+    if (j->threaded)
+        pthread_join(j->thread, NULL);
+    const Ctrps__MoveRows *rows = j->resp->move->rows;
+    int r = j->r;
+    if (r < 0)
+        snprintf(err, errlen, "%s", j->err);
+    else
+        pr->rows += rows ? rows->n_keys : 0;
+    ctrps__response__free_unpacked(j->resp, NULL);
+    j->resp = NULL;
+    return r;
+}
+
 /* One pass of EXPORT (the range's stored rows) or CHANGED (a catch-up
  * round: rows changed since the previous one) from -> to, page by page,
- * each page imported before the next is asked for; the sequence numbers
- * come with the last page when the range is frozen. *ret_lost: the source
- * no longer tracks the range as `tid` (it restarted): the copy must begin
+ * each page imported while the next is read; the sequence numbers come
+ * with the last page when the range is frozen. *ret_lost: the source no
+ * longer tracks the range as `tid` (it restarted): the copy must begin
  * again. *ret_pending: CHANGED's count of changes already recorded for the
  * next round. */
 static int copy_pass(ps_client *c, Ctrps__MoveRequest__Phase phase, uint32_t lo, uint32_t hi,
@@ -92,10 +146,14 @@ static int copy_pass(ps_client *c, Ctrps__MoveRequest__Phase phase, uint32_t lo,
     ex.bucket_hi = hi;
     ex.limit = PAGE_ROWS;
     uint8_t after[16];
+    import_job job = {.c = c, .to = pr->to, .lo = lo, .hi = hi};
     *ret_lost = false;
     for (;;) {
         Ctrps__Response *resp;
         int r = move_call(c, pr->from, &ex, &resp, err, errlen);
+        char ierr[256];
+        bool imported = job.resp != NULL;
+        int ir = import_finish(&job, pr, ierr, sizeof(ierr));
         if (r < 0) {
             /* Refused because the source forgot the copy (a restart)? */
             Ctrps__MoveRequest st = CTRPS__MOVE_REQUEST__INIT;
@@ -106,23 +164,21 @@ static int copy_pass(ps_client *c, Ctrps__MoveRequest__Phase phase, uint32_t lo,
             }
             return *ret_lost ? 0 : r;
         }
+        if (ir < 0) {
+            ctrps__response__free_unpacked(resp, NULL);
+            snprintf(err, errlen, "%s", ierr);
+            return ir;
+        }
+        pr->elapsed_s = now_s() - pr->t0;
+        if (fn && imported) /* the page before this one is in */
+            fn(ctx, pr);
         const Ctrps__MoveResponse *m = resp->move;
         if (m->track_id != tid) {
             ctrps__response__free_unpacked(resp, NULL);
             *ret_lost = true;
             return 0;
         }
-        Ctrps__MoveRequest im = CTRPS__MOVE_REQUEST__INIT;
-        im.phase = CTRPS__MOVE_REQUEST__PHASE__IMPORT;
-        im.bucket_lo = lo;
-        im.bucket_hi = hi;
-        im.rows = m->rows;
-        im.n_seqs = m->n_seqs;
-        im.seqs = m->seqs;
-        if ((m->rows && m->rows->n_keys) || im.n_seqs)
-            r = move_call(c, pr->to, &im, NULL, err, errlen);
         bool done = m->done;
-        pr->rows += m->rows ? m->rows->n_keys : 0;
         ex.table_index = m->table_index;
         ex.offset = m->offset;
         ex.after.len = m->after.len <= sizeof(after) ? m->after.len : 0;
@@ -131,14 +187,12 @@ static int copy_pass(ps_client *c, Ctrps__MoveRequest__Phase phase, uint32_t lo,
         ex.after.data = after;
         if (ret_pending)
             *ret_pending = m->pending;
-        ctrps__response__free_unpacked(resp, NULL);
-        if (r < 0)
+        import_start(&job, resp);
+        if (done) {
+            r = import_finish(&job, pr, err, errlen);
+            pr->elapsed_s = now_s() - pr->t0;
             return r;
-        pr->elapsed_s = now_s() - pr->t0;
-        if (fn && !done)
-            fn(ctx, pr);
-        if (done)
-            return 0;
+        }
     }
 }
 

@@ -895,6 +895,14 @@ static int do_move(ps_service *svc, ps_session *sess, const Ctrps__MoveRequest *
     case CTRPS__MOVE_REQUEST__PHASE__EXPORT:
     case CTRPS__MOVE_REQUEST__PHASE__CHANGED: {
         size_t limit = req->limit && req->limit < MOVE_PAGE_MAX ? req->limit : MOVE_PAGE_MAX;
+        /* A page, and the IMPORT that carries it on, stays within half a frame. */
+        size_t widest = 0;
+        for (size_t i = 0; i < ps_shard_ntables(svc->shard); i++) {
+            size_t w = ps_table_value_len(ps_shard_table_at(svc->shard, i));
+            widest = w > widest ? w : widest;
+        }
+        size_t fit = (size_t)(svc->cfg->server.max_frame_bytes / 2) / (widest + 32);
+        limit = fit < limit ? (fit ? fit : 1) : limit;
         uint8_t *after = own(rp, malloc(PS_STORE_KEY_LEN));
         Ctrps__MoveRows *rows = own(rp, malloc(sizeof(*rows)));
         move_page pg = {.rp = rp};

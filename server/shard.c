@@ -111,6 +111,13 @@ struct ps_shard {
     ps_keyset *tracked;
     uint64_t **round;
     size_t *round_n;
+    /* The target side: a range this process dropped (before a copy into it),
+     * and per table the highest store key adopted into it since, so that
+     * rows above it are known not to be stored here (ps_shard_adopt_rows()).
+     * A restart forgets it: adoption then looks every row up. */
+    uint32_t fresh_lo, fresh_hi; /* empty: none */
+    uint8_t (*fresh_top)[PS_STORE_KEY_LEN];
+    bool *fresh_any;             /* per table: fresh_top is set */
 
     /* Write-back thread and its single job slot. */
     pthread_t thread;
@@ -524,6 +531,51 @@ int ps_shard_move_seqs(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t **ret_ids
     return 0;
 }
 
+/* [lo, hi) holds no rows now: adoption into it may skip its lookups
+ * (without memory for the marks, it looks every row up). */
+static void fresh_begin(ps_shard *s, uint32_t lo, uint32_t hi) {
+    if (!s->fresh_top) {
+        s->fresh_top = calloc(s->ntables, sizeof(*s->fresh_top));
+        s->fresh_any = calloc(s->ntables, sizeof(*s->fresh_any));
+        if (!s->fresh_top || !s->fresh_any) {
+            free(s->fresh_top);
+            free(s->fresh_any);
+            s->fresh_top = NULL;
+            s->fresh_any = NULL;
+            return;
+        }
+    }
+    memset(s->fresh_any, 0, s->ntables * sizeof(*s->fresh_any));
+    s->fresh_lo = lo;
+    s->fresh_hi = hi;
+}
+
+/* Whether none of keys (of table ti) can be stored here: all in the range
+ * dropped last and above every key adopted into it since. Moves the mark
+ * past them either way. */
+static bool adopt_fresh(ps_shard *s, size_t ti, const uint64_t *keys, size_t n) {
+    if (!s->fresh_top || ti >= s->ntables || !n)
+        return false;
+    bool fresh = true;
+    uint8_t lo[PS_STORE_KEY_LEN], hi[PS_STORE_KEY_LEN];
+    for (size_t i = 0; i < n; i++) {
+        uint32_t b = ps_bucket(keys[i], s->map.buckets);
+        fresh = fresh && in_range(b, s->fresh_lo, s->fresh_hi);
+        ps_store_key k;
+        ps_store_key_encode((uint16_t)b, keys[i], &k);
+        if (i == 0 || memcmp(k.b, lo, PS_STORE_KEY_LEN) < 0)
+            memcpy(lo, k.b, PS_STORE_KEY_LEN);
+        if (i == 0 || memcmp(k.b, hi, PS_STORE_KEY_LEN) > 0)
+            memcpy(hi, k.b, PS_STORE_KEY_LEN);
+    }
+    uint8_t *top = s->fresh_top[ti];
+    fresh = fresh && (!s->fresh_any[ti] || memcmp(lo, top, PS_STORE_KEY_LEN) > 0);
+    if (!s->fresh_any[ti] || memcmp(hi, top, PS_STORE_KEY_LEN) > 0)
+        memcpy(top, hi, PS_STORE_KEY_LEN);
+    s->fresh_any[ti] = true;
+    return fresh;
+}
+
 int ps_shard_adopt_rows(ps_shard *s, ps_table *t, const uint64_t *keys, const void *const *values,
                         const size_t *lens, size_t n, char *err, size_t errlen) {
     for (size_t i = 0; i < n; i++)
@@ -532,10 +584,16 @@ int ps_shard_adopt_rows(ps_shard *s, ps_table *t, const uint64_t *keys, const vo
                      ps_bucket(keys[i], s->map.buckets), s->id);
             return PS_EPROTO;
         }
+    size_t ti = 0;
+    while (ti < s->ntables && s->tables[ti] != t)
+        ti++;
+    /* A copy's first pass (rows in store order into a range just dropped)
+     * need not look for earlier copies of its rows. */
+    bool fresh = adopt_fresh(s, ti, keys, n);
     ps_store_batch *b = ps_store_batch_new();
     if (!b)
         return -ENOMEM;
-    int r = ps_table_adopt(t, keys, values, lens, n, b, err, errlen);
+    int r = ps_table_adopt(t, keys, values, lens, n, fresh, b, err, errlen);
     if (r == 0)
         r = ps_store_write_sync(s->store, b, err, errlen);
     ps_store_batch_free(b);
@@ -597,6 +655,8 @@ int ps_shard_drop(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t *ret_rows, cha
     }
     if (r == 0 && s->track_id && s->track_lo == lo && s->track_hi == hi)
         track_end(s);
+    if (r == 0)
+        fresh_begin(s, lo, hi);
     /* The live counts changed: the next write-back saves them. */
     if (r == 0)
         r = ps_shard_flush_sync(s, err, errlen);
@@ -1653,6 +1713,8 @@ int ps_shard_close(ps_shard *s) {
     free(s->tracked);
     free(s->round);
     free(s->round_n);
+    free(s->fresh_top);
+    free(s->fresh_any);
     for (size_t i = 0; s->clients && i < s->clients_cap; i++)
         free(s->clients[i].bseq);
     free(s->clients);

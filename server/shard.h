@@ -134,7 +134,9 @@ int ps_shard_set_map(ps_shard *s, const ps_cluster_map *m, char *err, size_t err
  *     as they are now; a row no longer alive comes with length 0. Their
  *     current values, read from memory or the store. *ret_pending: fids
  *     recorded since the round began (the next round's size).
- *   adopt_rows() / adopt_seqs(): the target side; written with fsync.
+ *   adopt_rows() / adopt_seqs(): the target side; written with fsync. Rows
+ *     of the range dropped last here, above every key adopted into it
+ *     since (a first pass, in store order), are not looked up first.
  *   drop(): delete the range's rows, then thaw.
  *   thaw(): forget the frozen range (rollback before the map changed). */
 int ps_shard_track(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t *ret_id, uint64_t *ret_rows,

@@ -1201,7 +1201,8 @@ int ps_table_row_value(ps_table *t, uint64_t key, void *value, bool *ret_found, 
 }
 
 int ps_table_adopt(ps_table *t, const uint64_t *keys, const void *const *values,
-                   const size_t *lens, size_t n, ps_store_batch *b, char *err, size_t errlen) {
+                   const size_t *lens, size_t n, bool fresh, ps_store_batch *b, char *err,
+                   size_t errlen) {
     size_t want = ps_table_value_len(t);
     for (size_t i = 0; i < n; i++) {
         if (lens[i] != want && lens[i] != 0) {
@@ -1217,9 +1218,11 @@ int ps_table_adopt(ps_table *t, const uint64_t *keys, const void *const *values,
     for (size_t i = 0; i < n; i++) {
         ps_store_key sk;
         ps_store_key_encode((uint16_t)ps_bucket(keys[i], t->nbuckets), keys[i], &sk);
-        char *have;
-        size_t hlen;
-        int r = ps_store_get(t->store, t->cf, sk.b, PS_STORE_KEY_LEN, &have, &hlen, err, errlen);
+        char *have = NULL;
+        size_t hlen = 0;
+        int r = 0;
+        if (!fresh)
+            r = ps_store_get(t->store, t->cf, sk.b, PS_STORE_KEY_LEN, &have, &hlen, err, errlen);
         if (r < 0)
             return r;
         /* A row copied again (a later catch-up round, or a copy resumed

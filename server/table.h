@@ -98,7 +98,8 @@ int ps_table_export(ps_table *t, const ps_store_key *after, size_t limit, ps_tab
  * (memory first, then RocksDB) into value (ps_table_value_len() bytes);
  * *ret_found is false for a key without a live row.
  * adopt(): stored row values copied from another shard's store, put into b;
- * keys not stored here yet join the live count. A value of length 0 is a
+ * keys not stored here yet join the live count (with `fresh`, the caller
+ * knows none is: no lookups). A value of length 0 is a
  * row the source no longer has: its copy here, if any, is deleted. A value
  * of another width, or a key with a row in memory (this shard must not own
  * its bucket), is refused before anything changes.
@@ -109,7 +110,8 @@ size_t ps_table_value_len(const ps_table *t);
 int ps_table_row_value(ps_table *t, uint64_t key, void *value, bool *ret_found, char *err,
                        size_t errlen);
 int ps_table_adopt(ps_table *t, const uint64_t *keys, const void *const *values,
-                   const size_t *lens, size_t n, ps_store_batch *b, char *err, size_t errlen);
+                   const size_t *lens, size_t n, bool fresh, ps_store_batch *b, char *err,
+                   size_t errlen);
 int ps_table_forget_range(ps_table *t, uint32_t lo, uint32_t hi, ps_store_batch *b,
                           uint64_t *ret_rows, char *err, size_t errlen);
 
