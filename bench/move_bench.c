@@ -193,6 +193,7 @@ enum { PH_BEFORE, PH_DURING, PH_AFTER, PH_IDLE, PH_STOP };
 typedef struct phase_stats {
     uint64_t pull_rows, push_rows, requests;
     double max_pull_s, max_push_s;
+    double max_at;               /* when the longest request began (monotonic s) */
     double *lat;                 /* every request's latency, for percentiles */
     size_t nlat, cap;
 } phase_stats;
@@ -207,11 +208,13 @@ typedef struct load {
     char err[512];
 } load;
 
-static void record(load *l, int ph, bool push, double lat, uint32_t rows) {
+static void record(load *l, int ph, bool push, double t0, double lat, uint32_t rows) {
     if (ph >= PH_IDLE)
         return;
     pthread_mutex_lock(&l->mu);
     phase_stats *s = &l->st[ph];
+    if (lat > s->max_pull_s && lat > s->max_push_s)
+        s->max_at = t0;
     if (push) {
         s->push_rows += rows;
         s->max_push_s = lat > s->max_push_s ? lat : s->max_push_s;
@@ -275,7 +278,7 @@ static void *load_main(void *arg) {
             l->failed = 1;
             break;
         }
-        record(l, ph, false, bench_now_s() - t, o->batch);
+        record(l, ph, false, t, bench_now_s() - t, o->batch);
         for (size_t i = 0; i < (size_t)o->batch * DIM; i++)
             grads[i] = 0.01f * (vals[i] > 0 ? 1.0f : -1.0f);
         ph = atomic_load(&l->phase);
@@ -285,7 +288,7 @@ static void *load_main(void *arg) {
             l->failed = 1;
             break;
         }
-        record(l, ph, true, bench_now_s() - t, o->batch);
+        record(l, ph, true, t, bench_now_s() - t, o->batch);
     }
     free(keys);
     free(vals);
@@ -320,7 +323,7 @@ static void on_progress(void *ctx, const ps_move_progress *p) {
 }
 
 typedef struct run_result {
-    double rows, copy_s, copy_rate, export_rate, rounds, pause_ms, client_pause_ms;
+    double rows, copy_s, copy_rate, export_rate, rounds, pause_ms, client_pause_ms, client_pause_at;
     double pull[3], push[3], p99_ms[3], src_cpu, dst_cpu, self_cpu;
 } run_result;
 
@@ -575,6 +578,7 @@ int main(int argc, char **argv) {
         pthread_mutex_lock(&ld.mu);
         phase_stats *d = &ld.st[PH_DURING];
         rr->client_pause_ms = (d->max_pull_s > d->max_push_s ? d->max_pull_s : d->max_push_s) * 1e3;
+        rr->client_pause_at = d->max_at - p1;
         for (int p = 0; p < 3; p++) {
             rr->pull[p] = ph_s[p] > 0 ? (double)ld.st[p].pull_rows / ph_s[p] : 0;
             rr->push[p] = ph_s[p] > 0 ? (double)ld.st[p].push_rows / ph_s[p] : 0;
@@ -587,11 +591,11 @@ int main(int argc, char **argv) {
         getloadavg(la, 3);
         printf("run %u: moved buckets %u-%u from shard %u to shard %u: %.0f rows in %.2f s "
                "(%.0f rows/s; first pass %.0f rows/s), %.0f catch-up rounds, pause %.1f ms, "
-               "longest request during the move %.1f ms; pull rows/s before/during/after "
+               "longest request during the move %.1f ms (began %.2f s into it); pull rows/s before/during/after "
                "%.0f/%.0f/%.0f, push %.0f/%.0f/%.0f, p99 request ms %.1f/%.1f/%.1f; "
                "CPU s source %.2f target %.2f mover+load %.2f; loadavg %.2f\n",
                run, rlo, rhi - 1, to ^ 1, to, rr->rows, rr->copy_s, rr->copy_rate, rr->export_rate,
-               rr->rounds, rr->pause_ms, rr->client_pause_ms, rr->pull[0], rr->pull[1], rr->pull[2],
+               rr->rounds, rr->pause_ms, rr->client_pause_ms, rr->client_pause_at, rr->pull[0], rr->pull[1], rr->pull[2],
                rr->push[0], rr->push[1], rr->push[2], rr->p99_ms[0], rr->p99_ms[1], rr->p99_ms[2],
                rr->src_cpu, rr->dst_cpu, rr->self_cpu, la[0]);
         fflush(stdout);

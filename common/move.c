@@ -187,7 +187,12 @@ static int copy_pass(ps_client *c, Ctrps__MoveRequest__Phase phase, uint32_t lo,
         ex.after.data = after;
         if (ret_pending)
             *ret_pending = m->pending;
+        /* An empty first page: the source is still writing back. */
+        bool wait = !done && !ex.table_index && !ex.after.len && !(m->rows && m->rows->n_keys) &&
+                    phase == CTRPS__MOVE_REQUEST__PHASE__EXPORT;
         import_start(&job, resp);
+        if (wait)
+            nanosleep(&(struct timespec){.tv_nsec = 10 * 1000 * 1000}, NULL);
         if (done) {
             r = import_finish(&job, pr, err, errlen);
             pr->elapsed_s = now_s() - pr->t0;

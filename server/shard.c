@@ -116,6 +116,9 @@ struct ps_shard {
      * rows above it are known not to be stored here (ps_shard_adopt_rows()).
      * A restart forgets it: adoption then looks every row up. */
     uint32_t fresh_lo, fresh_hi; /* empty: none */
+    /* Write-backs begun, and ended well; the one the tracked range's export
+     * waits for (the first begun after track(): rows dirty before it). */
+    uint64_t wb_begun, wb_done, track_wb;
     uint8_t (*fresh_top)[PS_STORE_KEY_LEN];
     bool *fresh_any;             /* per table: fresh_top is set */
 
@@ -312,6 +315,7 @@ int ps_shard_track(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t *ret_id, uint
     s->track_id = id ? id : 1;
     s->track_lo = lo;
     s->track_hi = hi;
+    s->track_wb = s->wb_begun + 1;
     s->c.moves_started++;
     uint64_t rows = 0;
     for (size_t i = 0; i < s->ntables; i++) {
@@ -382,6 +386,38 @@ bool ps_shard_touches_frozen(const ps_shard *s, const uint64_t *keys, size_t n) 
     return false;
 }
 
+static void flush_end(ps_shard *s, uint64_t now_ms);
+static int flush_begin(ps_shard *s);
+static size_t total_dirty(const ps_shard *s);
+
+/* Whether the store holds every row of the tracked range as of track()
+ * (changes since are recorded): a write-back begun after it has ended, or
+ * nothing is dirty. Starts that write-back if none runs, on the write-back
+ * thread: the loop goes on serving meanwhile. */
+static int export_ready(ps_shard *s, bool *ret_ready, char *err, size_t errlen) {
+    pthread_mutex_lock(&s->mu);
+    flush_state st = s->state;
+    pthread_mutex_unlock(&s->mu);
+    if (st == FLUSH_DONE)
+        flush_end(s, mono_ms());
+    if (s->job_failed) {
+        snprintf(err, errlen, "write-back failed: %s", s->store_error);
+        return PS_EREAD_ONLY;
+    }
+    *ret_ready = s->wb_done >= s->track_wb;
+    if (*ret_ready || st == FLUSH_PENDING)
+        return 0;
+    if (total_dirty(s) == 0) { /* every row is in the store */
+        s->track_wb = s->wb_done;
+        *ret_ready = true;
+        return 0;
+    }
+    int r = flush_begin(s);
+    if (r < 0)
+        snprintf(err, errlen, "write-back: %s", ps_strerror(r));
+    return r;
+}
+
 int ps_shard_move_export(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t *table_index,
                          uint8_t *after, size_t *alen, size_t limit, ps_shard_move_row_fn fn,
                          void *ctx, bool *ret_done, char *err, size_t errlen) {
@@ -392,8 +428,16 @@ int ps_shard_move_export(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t *table_
         return PS_EPROTO;
     }
     int r;
-    if (*table_index == 0 && *alen == 0 && (r = ps_shard_flush_sync(s, err, errlen)) < 0)
-        return r;
+    if (*table_index == 0 && *alen == 0) {
+        bool ready = true;
+        r = tracked ? export_ready(s, &ready, err, errlen) : ps_shard_flush_sync(s, err, errlen);
+        if (r < 0)
+            return r;
+        if (!ready) {
+            *ret_done = false;
+            return 0;
+        }
+    }
     size_t count = 0;
     while (*table_index < s->ntables && count < limit) {
         ps_table *t = s->tables[*table_index];
@@ -962,6 +1006,7 @@ static int flush_begin(ps_shard *s) {
         e->dirty = false;
     }
     ps_store_batch_put(j->batch, s->store, CF_META, "flushed_lsn", 11, &j->covered_lsn, 8);
+    s->wb_begun++;
     submit(s);
     return 0;
 }
@@ -991,6 +1036,7 @@ static void flush_end(ps_shard *s, uint64_t now_ms) {
     if (s->log)
         ps_pushlog_drop_covered(s->log, j->covered_lsn);
     s->c.flushes++;
+    s->wb_done = s->wb_begun; /* one job at a time */
     s->c.flushed_rows += j->rows;
     ps_store_batch_free(j->batch);
     j->batch = NULL;

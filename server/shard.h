@@ -128,7 +128,10 @@ int ps_shard_set_map(ps_shard *s, const ps_cluster_map *m, char *err, size_t err
  *     that finds its map no longer gives it the frozen range finishes the
  *     move by dropping it.
  *   move_export(): one page of stored rows of the tracked or frozen range,
- *     table by table (everything is written back first, on the first page).
+ *     table by table. The first page of a tracked range comes back empty
+ *     and not done until a write-back begun after track() has ended (it is
+ *     started if none runs, and the loop goes on serving); of a range only
+ *     frozen, everything is written back first.
  *   move_changed(): one page of the rows pushes changed since the previous
  *     round (a round begins at cursor 0, 0: the recorded fids are taken),
  *     as they are now; a row no longer alive comes with length 0. Their
