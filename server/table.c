@@ -1200,6 +1200,18 @@ int ps_table_row_value(ps_table *t, uint64_t key, void *value, bool *ret_found, 
     return 0;
 }
 
+static int cmp_store_key(const void *a, const void *b) { return memcmp(a, b, PS_STORE_KEY_LEN); }
+
+/* A row stored here before its copy is adopted again leaves the count. */
+static void adopt_uncount(void *ctx, size_t i, const void *value, size_t len) {
+    (void)i;
+    if (len >= sizeof(value_header)) {
+        value_header old;
+        memcpy(&old, value, sizeof(old));
+        lg_sub(&((ps_table *)ctx)->lg, old.last_seen);
+    }
+}
+
 int ps_table_adopt(ps_table *t, const uint64_t *keys, const void *const *values,
                    const size_t *lens, size_t n, bool fresh, ps_store_batch *b, char *err,
                    size_t errlen) {
@@ -1215,24 +1227,24 @@ int ps_table_adopt(ps_table *t, const uint64_t *keys, const void *const *values,
             return PS_EPROTO;
         }
     }
+    if (!fresh && n) {
+        /* A row copied again (a later catch-up round, or a copy resumed
+         * after an interruption) replaces its earlier copy in the count:
+         * one MultiGet of the page, in key order. */
+        ps_store_key *sk = malloc(n * sizeof(*sk));
+        if (!sk)
+            return -ENOMEM;
+        for (size_t i = 0; i < n; i++)
+            ps_store_key_encode((uint16_t)ps_bucket(keys[i], t->nbuckets), keys[i], &sk[i]);
+        qsort(sk, n, sizeof(*sk), cmp_store_key);
+        int r = ps_store_multiget(t->store, t->cf, sk, n, adopt_uncount, t, err, errlen);
+        free(sk);
+        if (r < 0)
+            return r;
+    }
     for (size_t i = 0; i < n; i++) {
         ps_store_key sk;
         ps_store_key_encode((uint16_t)ps_bucket(keys[i], t->nbuckets), keys[i], &sk);
-        char *have = NULL;
-        size_t hlen = 0;
-        int r = 0;
-        if (!fresh)
-            r = ps_store_get(t->store, t->cf, sk.b, PS_STORE_KEY_LEN, &have, &hlen, err, errlen);
-        if (r < 0)
-            return r;
-        /* A row copied again (a later catch-up round, or a copy resumed
-         * after an interruption) replaces its earlier copy in the count. */
-        if (have && hlen >= sizeof(value_header)) {
-            value_header old;
-            memcpy(&old, have, sizeof(old));
-            lg_sub(&t->lg, old.last_seen);
-        }
-        free(have);
         if (lens[i] == 0) {
             ps_store_batch_delete(b, t->store, t->cf, sk.b, PS_STORE_KEY_LEN);
             continue;
