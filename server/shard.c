@@ -667,6 +667,18 @@ int ps_shard_adopt_seqs(ps_shard *s, uint32_t lo, uint32_t hi, const uint64_t *i
     return ps_shard_flush_sync(s, err, errlen);
 }
 
+static uint64_t memory_rows(const ps_shard *s) {
+    uint64_t n = 0;
+    for (size_t i = 0; i < s->ntables; i++) {
+        ps_table_stats st;
+        ps_table_stats_get(s->tables[i], &st);
+        n += st.rows_in_memory;
+    }
+    return n;
+}
+
+static void wait_flush(ps_shard *s);
+
 int ps_shard_drop(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t *ret_rows, char *err,
                   size_t errlen) {
     int rc = check_range(s, lo, hi, err, errlen);
@@ -678,16 +690,26 @@ int ps_shard_drop(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t *ret_rows, cha
                      b, s->id);
             return PS_EPROTO;
         }
-    int r = ps_shard_flush_sync(s, err, errlen);
+    /* A write-back under way (or failed, to be retried) may hold rows of
+     * the range: it goes first, or it would write them back after the
+     * delete. Rows of the range still dirty are written back only if some
+     * are (a target's range has none: its own rows need not wait). */
+    wait_flush(s);
+    int r = s->job_failed ? ps_shard_flush_sync(s, err, errlen) : 0;
     if (r < 0)
         return r;
     ps_store_batch *batch = ps_store_batch_new();
     if (!batch)
         return -ENOMEM;
-    uint64_t total = 0;
+    uint64_t total = 0, in_memory = memory_rows(s);
     for (size_t i = 0; i < s->ntables && r == 0; i++) {
         uint64_t n = 0;
         r = ps_table_forget_range(s->tables[i], lo, hi, batch, &n, err, errlen);
+        if (r == PS_EPROTO) { /* dirty rows in the range */
+            r = ps_shard_flush_sync(s, err, errlen);
+            if (r == 0)
+                r = ps_table_forget_range(s->tables[i], lo, hi, batch, &n, err, errlen);
+        }
         total += n;
     }
     if (r == 0)
@@ -701,8 +723,8 @@ int ps_shard_drop(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t *ret_rows, cha
         track_end(s);
     if (r == 0)
         fresh_begin(s, lo, hi);
-    /* The live counts changed: the next write-back saves them. */
-    if (r == 0)
+    /* The live counts changed (if any row went): write-back saves them. */
+    if (r == 0 && (total || memory_rows(s) != in_memory))
         r = ps_shard_flush_sync(s, err, errlen);
     if (r == 0 && ret_rows)
         *ret_rows = total;
