@@ -578,7 +578,7 @@ int main(int argc, char **argv) {
         pthread_mutex_lock(&ld.mu);
         phase_stats *d = &ld.st[PH_DURING];
         rr->client_pause_ms = (d->max_pull_s > d->max_push_s ? d->max_pull_s : d->max_push_s) * 1e3;
-        rr->client_pause_at = d->max_at - p1;
+        rr->client_pause_at = d->requests ? d->max_at - p1 : 0;
         for (int p = 0; p < 3; p++) {
             rr->pull[p] = ph_s[p] > 0 ? (double)ld.st[p].pull_rows / ph_s[p] : 0;
             rr->push[p] = ph_s[p] > 0 ? (double)ld.st[p].push_rows / ph_s[p] : 0;
