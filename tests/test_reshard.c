@@ -77,6 +77,18 @@ static void read_all(ps_client *c, float *values, float *state, uint32_t width) 
         cr_assert(found[i], "key %zu not found", i);
 }
 
+/* Both clusters hold the same weights and optimizer state for every key. */
+static void expect_same(ps_client *c, ps_client *r, const char *when) {
+    static float v1[NKEYS * DIM], v2[NKEYS * DIM], s1[NKEYS * 64], s2[NKEYS * 64];
+    uint32_t width = ps_optim_state_width(&cl.cfg->tables[0].opt, DIM);
+    cr_assert_leq(width, 64);
+    read_all(c, v1, s1, width);
+    read_all(r, v2, s2, width);
+    cr_assert_eq(memcmp(v1, v2, sizeof(v1)), 0, "%s: weights differ from the unmoved cluster's", when);
+    cr_assert_eq(memcmp(s1, s2, NKEYS * width * sizeof(float)), 0,
+                 "%s: optimizer state differs from the unmoved cluster's", when);
+}
+
 /* The map that moves [MOVED_LO, MOVED_HI) to shard 1, at `version`. */
 static void moved_map(uint64_t version, ps_cluster_map *ret) {
     cr_assert_eq(ps_cluster_map_from_config(cl.cfg, ret), 0);
@@ -157,14 +169,7 @@ Test(reshard, a_client_follows_a_newer_map_and_applies_each_push_once, .fini = t
     cr_assert_geq(cc.map_fetches, 1);
     cr_assert_lt(cc.map_fetches, 3, "one fetch serves every later call");
 
-    static float v1[NKEYS * DIM], v2[NKEYS * DIM], s1[NKEYS * 64], s2[NKEYS * 64];
-    uint32_t width = ps_optim_state_width(&cl.cfg->tables[0].opt, DIM);
-    cr_assert_leq(width, 64);
-    read_all(c, v1, s1, width);
-    read_all(r, v2, s2, width);
-    cr_assert_eq(memcmp(v1, v2, sizeof(v1)), 0, "weights differ from the unmoved cluster's");
-    cr_assert_eq(memcmp(s1, s2, NKEYS * width * sizeof(float)), 0,
-                 "optimizer state differs from the unmoved cluster's");
+    expect_same(c, r, "after the move");
 
     uint64_t moved = ((UINT64_C(1) << MOVED_HI) - 1) & ~((UINT64_C(1) << MOVED_LO) - 1);
     cr_assert_eq(buckets_on(c, 0) & moved, 0, "shard 0 stores rows of buckets it gave away");
@@ -182,9 +187,7 @@ Test(reshard, a_client_follows_a_newer_map_and_applies_each_push_once, .fini = t
     ps_cluster_map_deinit(&back);
     push_round(fresh, 3);
     push_round(r, 3);
-    read_all(fresh, v1, s1, width);
-    read_all(r, v2, s2, width);
-    cr_assert_eq(memcmp(v1, v2, sizeof(v1)), 0, "after the restart: weights differ");
+    expect_same(fresh, r, "after the restart");
 
     ps_cluster_map_deinit(&m2);
     ps_client_free(fresh);
@@ -236,8 +239,7 @@ Test(reshard, checkpoints_before_and_after_a_move_restore, .fini = teardown, .ti
         install(c, i, &m);
     ps_cluster_map_deinit(&m);
     uint32_t width = ps_optim_state_width(&cl.cfg->tables[0].opt, DIM);
-    static float va[NKEYS * DIM], sa[NKEYS * 64], v1[NKEYS * DIM], s1[NKEYS * 64],
-        v2[NKEYS * DIM], s2[NKEYS * 64];
+    static float va[NKEYS * DIM], sa[NKEYS * 64], v1[NKEYS * DIM], s1[NKEYS * 64];
     cr_assert_leq(width, 64);
 
     push_round(c, 0);
@@ -262,11 +264,7 @@ Test(reshard, checkpoints_before_and_after_a_move_restore, .fini = teardown, .ti
     cr_assert_eq(buckets_on(c, 0) & moved, 0, "shard 0 holds moved buckets after the restore");
     push_round(c, 3);
     push_round(r, 3);
-    read_all(c, v1, s1, width);
-    read_all(r, v2, s2, width);
-    cr_assert_eq(memcmp(v1, v2, sizeof(v1)), 0, "restored after the move: weights differ");
-    cr_assert_eq(memcmp(s1, s2, NKEYS * width * sizeof(float)), 0,
-                 "restored after the move: optimizer state differs");
+    expect_same(c, r, "restored after the move");
     ps_client_free(c);
 
     /* Before the move: the first map and the rows of that moment, for a
