@@ -563,6 +563,16 @@ int ps_service_metrics(ps_service *svc, ps_prom *p) {
                    ps_shard_read_only(svc->shard) ? 1 : 0);
     ps_prom_scalar(p, "ctrps_checkpoint_pending", PS_PROM_GAUGE,
                    "1 while a checkpoint barrier is announced", ps_barrier_pending(svc->barrier)[0] ? 1 : 0);
+    uint32_t flo, fhi;
+    ps_prom_scalar(p, "ctrps_move_copying", PS_PROM_GAUGE,
+                   "1 while a bucket range is being copied from this shard to another",
+                   ps_shard_track_id(svc->shard) ? 1 : 0);
+    ps_prom_scalar(p, "ctrps_move_frozen", PS_PROM_GAUGE,
+                   "1 while a moving range is frozen here (its pulls and pushes wait)",
+                   ps_shard_frozen(svc->shard, &flo, &fhi) ? 1 : 0);
+    ps_prom_scalar(p, "ctrps_move_pending_changes", PS_PROM_GAUGE,
+                   "rows pushes changed in the range being copied, for its next catch-up round",
+                   (double)ps_shard_track_pending(svc->shard));
     return ps_prom_finish(p);
 }
 

@@ -260,6 +260,13 @@ static void track_push(ps_shard *s, const ps_table *t, const uint64_t *keys, siz
 
 uint64_t ps_shard_track_id(const ps_shard *s) { return s->track_id; }
 
+uint64_t ps_shard_track_pending(const ps_shard *s) {
+    uint64_t n = 0;
+    for (size_t i = 0; s->track_id && i < s->ntables; i++)
+        n += ps_keyset_size(&s->tracked[i]);
+    return n;
+}
+
 static int check_range(const ps_shard *s, uint32_t lo, uint32_t hi, char *err, size_t errlen) {
     if (lo >= hi || hi > s->map.buckets) {
         snprintf(err, errlen, "bucket range %u-%u is not within 0-%u", lo, hi, s->map.buckets);
@@ -492,10 +499,7 @@ int ps_shard_move_changed(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t *table
     if (r < 0)
         return r;
     *ret_done = *table_index >= s->ntables;
-    uint64_t pending = 0;
-    for (size_t i = 0; i < s->ntables; i++)
-        pending += ps_keyset_size(&s->tracked[i]);
-    *ret_pending = pending;
+    *ret_pending = ps_shard_track_pending(s);
     return 0;
 }
 

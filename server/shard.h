@@ -140,6 +140,8 @@ int ps_shard_set_map(ps_shard *s, const ps_cluster_map *m, char *err, size_t err
 int ps_shard_track(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t *ret_id, uint64_t *ret_rows,
                    char *err, size_t errlen);
 uint64_t ps_shard_track_id(const ps_shard *s);
+/* Changes recorded for the next catch-up round (0 without a copy). */
+uint64_t ps_shard_track_pending(const ps_shard *s);
 int ps_shard_freeze(ps_shard *s, uint32_t lo, uint32_t hi, char *err, size_t errlen);
 int ps_shard_thaw(ps_shard *s, char *err, size_t errlen);
 bool ps_shard_frozen(const ps_shard *s, uint32_t *ret_lo, uint32_t *ret_hi);
