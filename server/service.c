@@ -925,8 +925,8 @@ static int do_move(ps_service *svc, ps_session *sess, const Ctrps__MoveRequest *
             in_table = alen > 0;
         } else {
             uint64_t off = req->offset;
-            r = ps_shard_move_changed(svc->shard, lo, hi, &ti, &off, limit, move_row, &pg, &done,
-                                      &m->pending, rp->err, sizeof(rp->err));
+            r = ps_shard_move_changed(svc->shard, lo, hi, req->round, &ti, &off, limit, move_row,
+                                      &pg, &done, &m->pending, rp->err, sizeof(rp->err));
             m->offset = off;
             in_table = off > 0;
         }

@@ -109,6 +109,7 @@ struct ps_shard {
     uint64_t track_id;           /* 0: none */
     uint32_t track_lo, track_hi;
     ps_keyset *tracked;
+    uint32_t round_no;           /* the catch-up round taken last; 0: none yet */
     uint64_t **round;
     size_t *round_n;
 
@@ -237,6 +238,7 @@ static void track_end(ps_shard *s) {
         s->round_n[i] = 0;
     }
     s->track_id = 0;
+    s->round_no = 0;
 }
 
 static bool in_range(uint32_t b, uint32_t lo, uint32_t hi) { return b >= lo && b < hi; }
@@ -454,16 +456,24 @@ static int round_take(ps_shard *s) {
     return 0;
 }
 
-int ps_shard_move_changed(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t *table_index,
-                          uint64_t *offset, size_t limit, ps_shard_move_row_fn fn, void *ctx,
-                          bool *ret_done, uint64_t *ret_pending, char *err, size_t errlen) {
+int ps_shard_move_changed(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t round,
+                          uint32_t *table_index, uint64_t *offset, size_t limit,
+                          ps_shard_move_row_fn fn, void *ctx, bool *ret_done, uint64_t *ret_pending,
+                          char *err, size_t errlen) {
     if (!s->track_id || s->track_lo != lo || s->track_hi != hi) {
         snprintf(err, errlen, "no changes of buckets %u-%u are recorded here", lo, hi - 1);
         return PS_EPROTO;
     }
     int r;
-    if (*table_index == 0 && *offset == 0 && (r = round_take(s)) < 0)
-        return r;
+    if (round == s->round_no + 1 && *table_index == 0 && *offset == 0) {
+        if ((r = round_take(s)) < 0)
+            return r;
+        s->round_no = round;
+    } else if (round != s->round_no || round == 0 || *table_index > s->ntables) {
+        snprintf(err, errlen, "catch-up round %u of buckets %u-%u: the current one is %u", round, lo,
+                 hi - 1, s->round_no);
+        return PS_EPROTO;
+    }
     size_t count = 0;
     char *value = NULL;
     r = 0;

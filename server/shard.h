@@ -129,11 +129,12 @@ int ps_shard_set_map(ps_shard *s, const ps_cluster_map *m, char *err, size_t err
  *     move by dropping it.
  *   move_export(): one page of stored rows of the tracked or frozen range,
  *     table by table (everything is written back first, on the first page).
- *   move_changed(): one page of the rows pushes changed since the previous
- *     round (a round begins at cursor 0, 0: the recorded fids are taken),
- *     as they are now; a row no longer alive comes with length 0. Their
- *     current values, read from memory or the store. *ret_pending: fids
- *     recorded since the round began (the next round's size).
+ *   move_changed(): one page of catch-up round `round` (from 1): the rows
+ *     pushes changed since the previous round, as they are now (read from
+ *     memory or the store); a row no longer alive comes with length 0. The
+ *     round after the current one begins at cursor 0, 0 (the recorded fids
+ *     are taken); the current one can be paged again (a resent request).
+ *     *ret_pending: fids recorded since the round began.
  *   adopt_rows() / adopt_seqs(): the target side; written with fsync.
  *   drop(): delete the range's rows, then thaw.
  *   thaw(): forget the frozen range (rollback before the map changed). */
@@ -155,8 +156,8 @@ typedef int (*ps_shard_move_row_fn)(void *ctx, uint64_t fid, const void *value, 
 int ps_shard_move_export(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t *table_index,
                          uint8_t *after, size_t *alen, size_t limit, ps_shard_move_row_fn fn,
                          void *ctx, bool *ret_done, char *err, size_t errlen);
-int ps_shard_move_changed(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t *table_index,
-                          uint64_t *offset, size_t limit, ps_shard_move_row_fn fn, void *ctx,
+int ps_shard_move_changed(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t round,
+                          uint32_t *table_index, uint64_t *offset, size_t limit, ps_shard_move_row_fn fn, void *ctx,
                           bool *ret_done, uint64_t *ret_pending, char *err, size_t errlen);
 /* Every client's sequence numbers for buckets [lo, hi): *ret_ids (n) and
  * *ret_seqs (n * (hi - lo)), malloc'ed, the caller frees both. */
