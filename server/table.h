@@ -112,8 +112,9 @@ int ps_table_forget_range(ps_table *t, uint32_t lo, uint32_t hi, ps_store_batch 
  * generation they belong to; dump_put() sorts them by store key and adds
  * them to a batch as blind puts (on any thread: RocksDB inserts sorted keys
  * into its memtable far faster than random ones, measured in
- * bench/README.md); committed(gen) marks them clean once the batch reached
- * RocksDB. collect() is dump + put in one call. */
+ * bench/README.md) and frees the copy (d->n stays, for the caller);
+ * committed(gen) marks them clean once the batch reached RocksDB. collect()
+ * is dump + put in one call. */
 typedef struct ps_table_dump {
     ps_store *store;
     int cf;
