@@ -1353,7 +1353,8 @@ void ps_table_dump_put(ps_table_dump *d, ps_store_batch *b) {
      * copies them a third time, into a memtable. Kept for the next dump, it
      * was a whole dirty set's worth (216 bytes a row) resident for good, and
      * at the peak of every write-back beside the batch and the memtable
-     * (bench/README.md "Memory per row"). The next dump allocates afresh. */
+     * (bench/README.md "Memory per row"). dump_prepare() makes the next
+     * one's room once the batch is written and freed. */
     dump_release(d);
 }
 
