@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -120,6 +121,7 @@ struct ps_shard {
     pthread_cond_t cv;
     flush_state state;
     bool stop;
+    atomic_bool closing;         /* the last write-back: no next dump to prepare */
     flush_job job;
     int job_result;
     char job_err[256];
@@ -846,6 +848,16 @@ static void *flush_thread(void *arg) {
                 (void)ps_store_switch_memtable(s->store, s->job.dumps[i].cf, err, sizeof(err));
         err[0] = '\0';
         int r = ps_store_write(s->store, b, err, sizeof(err));
+        if (r == 0) {
+            /* Written (a failed batch stays, for the retry): free it here,
+             * before the next dumps are faulted in, so that the two are
+             * never resident together (table.h). */
+            ps_store_batch_free(b);
+            s->job.batch = NULL;
+            if (!s->closing)
+                for (size_t i = 0; i < s->ntables; i++)
+                    ps_table_dump_prepare(&s->job.dumps[i]);
+        }
         pthread_mutex_lock(&s->mu);
         s->job_result = r;
         snprintf(s->job_err, sizeof(s->job_err), "%s", err);
@@ -1645,6 +1657,7 @@ int ps_shard_close(ps_shard *s) {
         char err[256];
         if (s->log)
             ps_shard_commit(s);
+        s->closing = true;
         r = ps_shard_flush_sync(s, err, sizeof(err));
         pthread_mutex_lock(&s->mu);
         s->stop = true;

@@ -382,6 +382,42 @@ void ps_store_batch_delete(ps_store_batch *b, ps_store *s, int cf, const void *k
 
 size_t ps_store_batch_count(const ps_store_batch *b) { return (size_t)rocksdb_writebatch_count(b->wb); }
 
+static size_t varint_len(uint64_t v) {
+    size_t n = 1;
+    for (; v >= 128; v >>= 7)
+        n++;
+    return n;
+}
+
+/* The C API has no reserve. A WriteBatch is a std::string that a put
+ * appends to; a rollback to a save point shrinks the string, which keeps
+ * its capacity. So: one put of a value as large as the room wanted (from
+ * calloc: pages the kernel maps to its zero page, never resident), then a
+ * rollback. */
+int ps_store_batch_reserve(ps_store_batch *b, ps_store *s, int cf, size_t n, size_t klen,
+                           size_t vlen) {
+    /* A put in a batch: type byte, column family id (not for the default
+     * family), then the key and the value, each after its varint length. */
+    uint32_t id = rocksdb_column_family_handle_get_id(s->cfs[cf]);
+    size_t one = 1 + (id ? varint_len(id) : 0) + varint_len(klen) + klen + varint_len(vlen) + vlen;
+    if (n == 0 || one > (UINT32_MAX - 64) / n)
+        return n == 0 ? 0 : -ENOMEM; /* a value of a put is < 4 GiB */
+    size_t room = n * one;
+    char *zeros = calloc(1, room);
+    if (!zeros)
+        return -ENOMEM;
+    rocksdb_writebatch_set_save_point(b->wb);
+    rocksdb_writebatch_put(b->wb, "", 0, zeros, room);
+    free(zeros);
+    char *rerr = NULL;
+    rocksdb_writebatch_rollback_to_save_point(b->wb, &rerr);
+    if (rerr) { /* cannot happen: the save point was just set */
+        rocksdb_free(rerr);
+        abort();
+    }
+    return 0;
+}
+
 int ps_store_write(ps_store *s, ps_store_batch *b, char *err, size_t errlen) {
     char *rerr = NULL;
     rocksdb_write(s->db, s->wopts, b->wb, &rerr);

@@ -4,7 +4,8 @@
  * to replay (every memtable is in an SST file and the write-ahead log is
  * empty: a clean restart spent most of its time replaying it), with every
  * row still there after the reopen; and a read-only open of a closed store
- * reads it without writing. */
+ * reads it without writing; room reserved in a batch changes nothing it
+ * writes. */
 
 #include <criterion/criterion.h>
 #include <dirent.h>
@@ -121,5 +122,36 @@ Test(store, read_only_open_reads_a_closed_store) {
     ps_store_close(s); /* must not try to flush a read-only database */
     s = open_store(false);
     check_rows(s);
+    ps_store_close(s);
+}
+
+/* Room made in a batch holding entries already keeps them (and its count),
+ * and the puts that fill the room all reach the store. */
+Test(store, reserve_keeps_the_batch_and_its_puts) {
+    ps_store *s = open_store(false);
+    ps_store_batch *b = ps_store_batch_new();
+    cr_assert_not_null(b);
+    ps_store_batch_put(b, s, 0, "flushed_lsn", 11, &(uint64_t){42}, 8);
+    cr_assert_eq(ps_store_batch_reserve(b, s, 1, NROWS, PS_STORE_KEY_LEN, 64), 0);
+    cr_assert_eq(ps_store_batch_count(b), 1);
+    for (uint64_t i = 0; i < NROWS; i++) {
+        ps_store_key k;
+        ps_store_key_encode((uint16_t)(i % 7), i, &k);
+        uint64_t v[8] = {i, i * 3, ~i};
+        ps_store_batch_put(b, s, 1, k.b, PS_STORE_KEY_LEN, v, sizeof(v));
+    }
+    cr_assert_eq(ps_store_batch_count(b), NROWS + 1);
+    char err[512] = "";
+    cr_assert_eq(ps_store_write(s, b, err, sizeof(err)), 0, "%s", err);
+    ps_store_batch_free(b);
+    check_rows(s);
+    char *v = NULL;
+    size_t len = 0;
+    cr_assert_eq(ps_store_get(s, 0, "flushed_lsn", 11, &v, &len, err, sizeof(err)), 0, "%s", err);
+    cr_assert(v && len == 8 && !memcmp(v, &(uint64_t){42}, 8));
+    free(v);
+    /* The reservation's own put left nothing behind. */
+    cr_assert_eq(ps_store_get(s, 0, "", 0, &v, &len, err, sizeof(err)), 0, "%s", err);
+    cr_assert_null(v);
     ps_store_close(s);
 }
