@@ -23,6 +23,7 @@
 # deploy/criteo-lr-dense.ini; DCN-V2: deploy/criteo-dcnv2-ref.ini). Medians
 # over SEEDS for every side with randomness (torch's FTRL LR has none).
 # Prints one line per dataset, model and side, then a Markdown table.
+# QUALITY_SETS="real gen" and QUALITY_MODELS="lr dcnv2" choose what runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-speed}
@@ -67,11 +68,13 @@ if [ "$MODE" = quality ]; then
   table+=$'\n|---|---|---|---|---|---|---|'
   for set in $sets; do
     sname=${set%%:*}; file=${set#*:}
+    case " ${QUALITY_SETS:-real gen} " in *" $sname "*) ;; *) continue ;; esac
     n=$(wc -l < "$file"); ntrain=$((n * 9 / 10))   # torch: int(N * 0.9)
     head -n "$ntrain" "$file" > "$WORK/$sname.train"
     tail -n +"$((ntrain + 1))" "$file" > "$WORK/$sname.hold"
     for m in lr:"$LR_CFG" dcnv2:"$DCN_CFG"; do
       name=${m%%:*}; cfg=${m#*:}
+      case " ${QUALITY_MODELS:-lr dcnv2} " in *" $name "*) ;; *) continue ;; esac
       : > "$WORK/$sname-$name.torch"; : > "$WORK/$sname-$name.ctrps"
       for s in $SEEDS; do
         if [ "$name" = dcnv2 ] || [ "$s" = "${SEEDS%% *}" ]; then

@@ -138,10 +138,11 @@ static int import_finish(import_job *j, ps_move_progress *pr, char *err, size_t 
  * again. *ret_pending: CHANGED's count of changes already recorded for the
  * next round. */
 static int copy_pass(ps_client *c, Ctrps__MoveRequest__Phase phase, uint32_t lo, uint32_t hi,
-                     uint64_t tid, ps_move_progress *pr, ps_move_progress_fn fn, void *ctx,
-                     uint64_t *ret_pending, bool *ret_lost, char *err, size_t errlen) {
+                     uint64_t tid, uint32_t round, ps_move_progress *pr, ps_move_progress_fn fn,
+                     void *ctx, uint64_t *ret_pending, bool *ret_lost, char *err, size_t errlen) {
     Ctrps__MoveRequest ex = CTRPS__MOVE_REQUEST__INIT;
     ex.phase = phase;
+    ex.round = round;
     ex.bucket_lo = lo;
     ex.bucket_hi = hi;
     ex.limit = PAGE_ROWS;
@@ -245,12 +246,12 @@ static int copy_range(ps_client *c, uint32_t lo, uint32_t hi, ps_move_progress *
         pr->t0 = now_s();
         bool lost;
         uint64_t pending = 0;
-        r = copy_pass(c, CTRPS__MOVE_REQUEST__PHASE__EXPORT, lo, hi, tid, pr, fn, ctx, NULL, &lost,
-                      err, errlen);
+        r = copy_pass(c, CTRPS__MOVE_REQUEST__PHASE__EXPORT, lo, hi, tid, 0, pr, fn, ctx, NULL,
+                      &lost, err, errlen);
         while (r == 0 && !lost && pr->rounds < CATCHUP_ROUNDS) {
             pr->rounds++;
-            r = copy_pass(c, CTRPS__MOVE_REQUEST__PHASE__CHANGED, lo, hi, tid, pr, fn, ctx, &pending,
-                          &lost, err, errlen);
+            r = copy_pass(c, CTRPS__MOVE_REQUEST__PHASE__CHANGED, lo, hi, tid, pr->rounds, pr, fn,
+                          ctx, &pending, &lost, err, errlen);
             if (pending <= CATCHUP_SMALL)
                 break;
         }
@@ -260,8 +261,8 @@ static int copy_range(ps_client *c, uint32_t lo, uint32_t hi, ps_move_progress *
         if (r == 0 && !lost) {
             if (attempt == 0)
                 test_stop("cutover");
-            r = copy_pass(c, CTRPS__MOVE_REQUEST__PHASE__CHANGED, lo, hi, tid, pr, fn, ctx, &pending,
-                          &lost, err, errlen);
+            r = copy_pass(c, CTRPS__MOVE_REQUEST__PHASE__CHANGED, lo, hi, tid, pr->rounds + 1, pr,
+                          fn, ctx, &pending, &lost, err, errlen);
         }
         if (r < 0)
             return r;

@@ -563,6 +563,16 @@ int ps_service_metrics(ps_service *svc, ps_prom *p) {
                    ps_shard_read_only(svc->shard) ? 1 : 0);
     ps_prom_scalar(p, "ctrps_checkpoint_pending", PS_PROM_GAUGE,
                    "1 while a checkpoint barrier is announced", ps_barrier_pending(svc->barrier)[0] ? 1 : 0);
+    uint32_t flo, fhi;
+    ps_prom_scalar(p, "ctrps_move_copying", PS_PROM_GAUGE,
+                   "1 while a bucket range is being copied from this shard to another",
+                   ps_shard_track_id(svc->shard) ? 1 : 0);
+    ps_prom_scalar(p, "ctrps_move_frozen", PS_PROM_GAUGE,
+                   "1 while a moving range is frozen here (its pulls and pushes wait)",
+                   ps_shard_frozen(svc->shard, &flo, &fhi) ? 1 : 0);
+    ps_prom_scalar(p, "ctrps_move_pending_changes", PS_PROM_GAUGE,
+                   "rows pushes changed in the range being copied, for its next catch-up round",
+                   (double)ps_shard_track_pending(svc->shard));
     return ps_prom_finish(p);
 }
 
@@ -923,8 +933,8 @@ static int do_move(ps_service *svc, ps_session *sess, const Ctrps__MoveRequest *
             in_table = alen > 0;
         } else {
             uint64_t off = req->offset;
-            r = ps_shard_move_changed(svc->shard, lo, hi, &ti, &off, limit, move_row, &pg, &done,
-                                      &m->pending, rp->err, sizeof(rp->err));
+            r = ps_shard_move_changed(svc->shard, lo, hi, req->round, &ti, &off, limit, move_row,
+                                      &pg, &done, &m->pending, rp->err, sizeof(rp->err));
             m->offset = off;
             in_table = off > 0;
         }

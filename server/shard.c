@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -109,6 +110,7 @@ struct ps_shard {
     uint64_t track_id;           /* 0: none */
     uint32_t track_lo, track_hi;
     ps_keyset *tracked;
+    uint32_t round_no;           /* the catch-up round taken last; 0: none yet */
     uint64_t **round;
     size_t *round_n;
     /* The target side: a range this process dropped (before a copy into it),
@@ -129,6 +131,7 @@ struct ps_shard {
     pthread_cond_t cv;
     flush_state state;
     bool stop;
+    atomic_bool closing;         /* the last write-back: no next dump to prepare */
     flush_job job;
     int job_result;
     char job_err[256];
@@ -247,6 +250,7 @@ static void track_end(ps_shard *s) {
         s->round_n[i] = 0;
     }
     s->track_id = 0;
+    s->round_no = 0;
 }
 
 static bool in_range(uint32_t b, uint32_t lo, uint32_t hi) { return b >= lo && b < hi; }
@@ -269,6 +273,13 @@ static void track_push(ps_shard *s, const ps_table *t, const uint64_t *keys, siz
 }
 
 uint64_t ps_shard_track_id(const ps_shard *s) { return s->track_id; }
+
+uint64_t ps_shard_track_pending(const ps_shard *s) {
+    uint64_t n = 0;
+    for (size_t i = 0; s->track_id && i < s->ntables; i++)
+        n += ps_keyset_size(&s->tracked[i]);
+    return n;
+}
 
 static int check_range(const ps_shard *s, uint32_t lo, uint32_t hi, char *err, size_t errlen) {
     if (lo >= hi || hi > s->map.buckets) {
@@ -498,16 +509,24 @@ static int round_take(ps_shard *s) {
     return 0;
 }
 
-int ps_shard_move_changed(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t *table_index,
-                          uint64_t *offset, size_t limit, ps_shard_move_row_fn fn, void *ctx,
-                          bool *ret_done, uint64_t *ret_pending, char *err, size_t errlen) {
+int ps_shard_move_changed(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t round,
+                          uint32_t *table_index, uint64_t *offset, size_t limit,
+                          ps_shard_move_row_fn fn, void *ctx, bool *ret_done, uint64_t *ret_pending,
+                          char *err, size_t errlen) {
     if (!s->track_id || s->track_lo != lo || s->track_hi != hi) {
         snprintf(err, errlen, "no changes of buckets %u-%u are recorded here", lo, hi - 1);
         return PS_EPROTO;
     }
     int r;
-    if (*table_index == 0 && *offset == 0 && (r = round_take(s)) < 0)
-        return r;
+    if (round == s->round_no + 1 && *table_index == 0 && *offset == 0) {
+        if ((r = round_take(s)) < 0)
+            return r;
+        s->round_no = round;
+    } else if (round != s->round_no || round == 0 || *table_index > s->ntables) {
+        snprintf(err, errlen, "catch-up round %u of buckets %u-%u: the current one is %u", round, lo,
+                 hi - 1, s->round_no);
+        return PS_EPROTO;
+    }
     size_t count = 0;
     char *value = NULL;
     r = 0;
@@ -543,10 +562,7 @@ int ps_shard_move_changed(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t *table
     if (r < 0)
         return r;
     *ret_done = *table_index >= s->ntables;
-    uint64_t pending = 0;
-    for (size_t i = 0; i < s->ntables; i++)
-        pending += ps_keyset_size(&s->tracked[i]);
-    *ret_pending = pending;
+    *ret_pending = ps_shard_track_pending(s);
     return 0;
 }
 
@@ -958,6 +974,16 @@ static void *flush_thread(void *arg) {
                 (void)ps_store_switch_memtable(s->store, s->job.dumps[i].cf, err, sizeof(err));
         err[0] = '\0';
         int r = ps_store_write(s->store, b, err, sizeof(err));
+        if (r == 0) {
+            /* Written (a failed batch stays, for the retry): free it here,
+             * before the next dumps are faulted in, so that the two are
+             * never resident together (table.h). */
+            ps_store_batch_free(b);
+            s->job.batch = NULL;
+            if (!s->closing)
+                for (size_t i = 0; i < s->ntables; i++)
+                    ps_table_dump_prepare(&s->job.dumps[i]);
+        }
         pthread_mutex_lock(&s->mu);
         s->job_result = r;
         snprintf(s->job_err, sizeof(s->job_err), "%s", err);
@@ -1759,6 +1785,7 @@ int ps_shard_close(ps_shard *s) {
         char err[256];
         if (s->log)
             ps_shard_commit(s);
+        s->closing = true;
         r = ps_shard_flush_sync(s, err, sizeof(err));
         pthread_mutex_lock(&s->mu);
         s->stop = true;

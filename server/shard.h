@@ -132,11 +132,12 @@ int ps_shard_set_map(ps_shard *s, const ps_cluster_map *m, char *err, size_t err
  *     and not done until a write-back begun after track() has ended (it is
  *     started if none runs, and the loop goes on serving); of a range only
  *     frozen, everything is written back first.
- *   move_changed(): one page of the rows pushes changed since the previous
- *     round (a round begins at cursor 0, 0: the recorded fids are taken),
- *     as they are now; a row no longer alive comes with length 0. Their
- *     current values, read from memory or the store. *ret_pending: fids
- *     recorded since the round began (the next round's size).
+ *   move_changed(): one page of catch-up round `round` (from 1): the rows
+ *     pushes changed since the previous round, as they are now (read from
+ *     memory or the store); a row no longer alive comes with length 0. The
+ *     round after the current one begins at cursor 0, 0 (the recorded fids
+ *     are taken); the current one can be paged again (a resent request).
+ *     *ret_pending: fids recorded since the round began.
  *   adopt_rows() / adopt_seqs(): the target side; written with fsync. Rows
  *     of the range dropped last here, above every key adopted into it
  *     since (a first pass, in store order), are not looked up first.
@@ -145,6 +146,8 @@ int ps_shard_set_map(ps_shard *s, const ps_cluster_map *m, char *err, size_t err
 int ps_shard_track(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t *ret_id, uint64_t *ret_rows,
                    char *err, size_t errlen);
 uint64_t ps_shard_track_id(const ps_shard *s);
+/* Changes recorded for the next catch-up round (0 without a copy). */
+uint64_t ps_shard_track_pending(const ps_shard *s);
 int ps_shard_freeze(ps_shard *s, uint32_t lo, uint32_t hi, char *err, size_t errlen);
 int ps_shard_thaw(ps_shard *s, char *err, size_t errlen);
 bool ps_shard_frozen(const ps_shard *s, uint32_t *ret_lo, uint32_t *ret_hi);
@@ -158,8 +161,8 @@ typedef int (*ps_shard_move_row_fn)(void *ctx, uint64_t fid, const void *value, 
 int ps_shard_move_export(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t *table_index,
                          uint8_t *after, size_t *alen, size_t limit, ps_shard_move_row_fn fn,
                          void *ctx, bool *ret_done, char *err, size_t errlen);
-int ps_shard_move_changed(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t *table_index,
-                          uint64_t *offset, size_t limit, ps_shard_move_row_fn fn, void *ctx,
+int ps_shard_move_changed(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t round,
+                          uint32_t *table_index, uint64_t *offset, size_t limit, ps_shard_move_row_fn fn, void *ctx,
                           bool *ret_done, uint64_t *ret_pending, char *err, size_t errlen);
 /* Every client's sequence numbers for buckets [lo, hi): *ret_ids (n) and
  * *ret_seqs (n * (hi - lo)), malloc'ed, the caller frees both. */

@@ -90,6 +90,15 @@ void ps_store_batch_delete(ps_store_batch *b, ps_store *s, int cf, const void *k
 void ps_store_batch_delete_range(ps_store_batch *b, ps_store *s, int cf, const void *start,
                                  size_t slen, const void *end, size_t elen);
 size_t ps_store_batch_count(const ps_store_batch *b);
+/* Make room in b for n more puts of klen-byte keys and vlen-byte values
+ * into cf, so that they append without the batch regrowing. A batch grows
+ * by doubling, copying itself each time: a write-back of 1M rows held a
+ * dead 2/3 copy of itself at its last doubling, beside the dump it was
+ * built from (bench/README.md "Memory per row"). Costs a memcpy of the
+ * room (its pages are touched now, not as the puts come). Returns 0, or
+ * -ENOMEM (b unchanged; puts still work, growing as before). */
+int ps_store_batch_reserve(ps_store_batch *b, ps_store *s, int cf, size_t n, size_t klen,
+                           size_t vlen);
 /* Apply the batch atomically (through RocksDB's WAL). */
 int ps_store_write(ps_store *s, ps_store_batch *b, char *err, size_t errlen);
 /* The same, and fsync the WAL before returning, whatever sync_writes says

@@ -120,8 +120,13 @@ int ps_table_forget_range(ps_table *t, uint32_t lo, uint32_t hi, ps_store_batch 
  * generation they belong to; dump_put() sorts them by store key and adds
  * them to a batch as blind puts (on any thread: RocksDB inserts sorted keys
  * into its memtable far faster than random ones, measured in
- * bench/README.md); committed(gen) marks them clean once the batch reached
- * RocksDB. collect() is dump + put in one call. */
+ * bench/README.md) and frees the copy (d->n stays, for the caller), so
+ * that it is not resident beside the batch while RocksDB copies that into
+ * a memtable; dump_prepare() then allocates the next dump's room (as many
+ * rows as this one) and faults it in, on the write-back thread once the
+ * batch is written, so that the loop thread's dump_dirty() finds it ready.
+ * committed(gen) marks them clean once the batch reached RocksDB.
+ * collect() is dump + put in one call. */
 typedef struct ps_table_dump {
     ps_store *store;
     int cf;
@@ -134,6 +139,7 @@ size_t ps_table_dirty_count(const ps_table *t);
 uint64_t ps_table_capacity(const ps_table *t);
 size_t ps_table_dump_dirty(ps_table *t, ps_table_dump *d, uint32_t *ret_gen);
 void ps_table_dump_put(ps_table_dump *d, ps_store_batch *b);
+void ps_table_dump_prepare(ps_table_dump *d);
 void ps_table_dump_deinit(ps_table_dump *d);
 size_t ps_table_collect(ps_table *t, ps_store_batch *b, uint32_t *ret_gen);
 void ps_table_committed(ps_table *t, uint32_t gen);

@@ -850,16 +850,24 @@ static int collect_changed(void *ctx, uint64_t fid, const void *value, size_t le
     return 0;
 }
 
-/* One whole catch-up round; returns the changes recorded meanwhile. */
-static uint64_t changed_round(ps_shard *s, uint32_t lo, uint32_t hi, changed_rows *out) {
+/* One whole catch-up round, its first page asked twice (a resent request
+ * pages the same round again); returns the changes recorded meanwhile. */
+static uint64_t changed_round(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t round,
+                              changed_rows *out) {
     uint32_t ti = 0;
     uint64_t off = 0, pending = 0;
     bool done = false;
     char err[512] = "";
-    memset(out, 0, sizeof(*out));
+    for (int k = 0; k < 2; k++) {
+        memset(out, 0, sizeof(*out));
+        ti = 0, off = 0;
+        cr_assert_eq(ps_shard_move_changed(s, lo, hi, round, &ti, &off, 5, collect_changed, out,
+                                           &done, &pending, err, sizeof(err)),
+                     0, "%s", err);
+    }
     while (!done)
-        cr_assert_eq(ps_shard_move_changed(s, lo, hi, &ti, &off, 5, collect_changed, out, &done,
-                                           &pending, err, sizeof(err)),
+        cr_assert_eq(ps_shard_move_changed(s, lo, hi, round, &ti, &off, 5, collect_changed, out,
+                                           &done, &pending, err, sizeof(err)),
                      0, "%s", err);
     return pending;
 }
@@ -898,7 +906,7 @@ Test(shard, a_copied_range_records_the_rows_pushes_change) {
     cr_assert_gt(inside, 0);
     cr_assert_lt(inside, NEMB, "some keys must lie outside the range");
     changed_rows c;
-    cr_assert_eq(changed_round(s, lo, hi, &c), 0);
+    cr_assert_eq(changed_round(s, lo, hi, 1, &c), 0);
     cr_assert_eq(c.n, inside);
     for (size_t j = 0; j < c.n; j++) {
         cr_assert_lt(ps_bucket(c.fid[j], 64), hi);
@@ -911,24 +919,27 @@ Test(shard, a_copied_range_records_the_rows_pushes_change) {
     }
     /* Nothing new: an empty round. One key pushed during it: the next
      * round's only row. */
-    cr_assert_eq(changed_round(s, lo, hi, &c), 0);
+    cr_assert_eq(changed_round(s, lo, hi, 2, &c), 0);
     cr_assert_eq(c.n, 0);
     uint64_t key = c.fid[0];
     for (size_t i = 0; i < NEMB; i++)
         if (ps_bucket(emb_key[i], 64) < hi)
             key = emb_key[i];
     cr_assert_eq(ps_shard_push(s, emb, &key, 1, g, 0, 0, &res, err, sizeof(err)), 0);
-    cr_assert_eq(changed_round(s, lo, hi, &c), 0);
+    cr_assert_eq(changed_round(s, lo, hi, 3, &c), 0);
     cr_assert_eq(c.n, 1);
     cr_assert_eq(c.fid[0], key);
 
-    cr_assert_eq(ps_shard_thaw(s, err, sizeof(err)), 0);
-    cr_assert_eq(ps_shard_track_id(s), 0);
     uint32_t ti = 0;
     uint64_t off = 0, pending;
     bool done;
-    cr_assert_eq(ps_shard_move_changed(s, lo, hi, &ti, &off, 5, collect_changed, &c, &done, &pending,
-                                       err, sizeof(err)),
+    cr_assert_eq(ps_shard_move_changed(s, lo, hi, 5, &ti, &off, 5, collect_changed, &c, &done,
+                                       &pending, err, sizeof(err)),
+                 PS_EPROTO, "a round skipped");
+    cr_assert_eq(ps_shard_thaw(s, err, sizeof(err)), 0);
+    cr_assert_eq(ps_shard_track_id(s), 0);
+    cr_assert_eq(ps_shard_move_changed(s, lo, hi, 4, &ti, &off, 5, collect_changed, &c, &done,
+                                       &pending, err, sizeof(err)),
                  PS_EPROTO, "no record after thaw");
     cr_assert_eq(counters(s).moves_started, 1);
     cr_assert_eq(ps_shard_close(s), 0);

@@ -782,6 +782,52 @@ Test(table, collect_and_committed_track_dirty_rows) {
     ps_table_free(t);
 }
 
+/* The shard's write-back: one dump reused, its copy of the rows given back
+ * once they are in the batch (beside entries the batch held already), and
+ * every dirty row reaching the store, write-back after write-back. */
+Test(table, dump_put_writes_every_dirty_row_and_frees_the_copy) {
+    ps_table_config cfg = table_cfg(PS_OPT_FTRL, 16, PS_INIT_NORMAL);
+    ps_table *t = new_table(&cfg, 1024, 0);
+    enum { N = 300 };
+    uint64_t keys[N];
+    float g[N * 16];
+    for (uint64_t i = 0; i < N; i++) {
+        keys[i] = i * 2654435761u + 7;
+        grad_of(16, keys[i], 0, g + i * 16);
+    }
+    ps_table_dump d = {0};
+    char err[512] = "";
+    for (uint32_t round = 0; round < 2; round++) {
+        size_t n = round == 0 ? N : N / 2; /* the second round dirties half */
+        uint32_t applied, dropped, gen;
+        cr_assert_eq(ps_table_push(t, keys, n, g, &applied, &dropped, err, sizeof(err)), 0, "%s", err);
+        ps_store_batch *b = ps_store_batch_new();
+        ps_store_batch_put(b, store, 0, "other", 5, "x", 1);
+        cr_assert_eq(ps_table_dump_dirty(t, &d, &gen), n);
+        ps_table_dump_put(&d, b);
+        cr_assert_null(d.recs, "the rows' copy is given back once in the batch");
+        cr_assert_eq(d.n, n, "...and the count stays for the caller");
+        cr_assert_eq(ps_store_batch_count(b), n + 1);
+        cr_assert_eq(ps_store_write(store, b, err, sizeof(err)), 0, "%s", err);
+        ps_store_batch_free(b);
+        ps_table_committed(t, gen);
+    }
+    ps_table_dump_deinit(&d);
+    cr_assert_eq(stats(t).dirty_rows, 0);
+
+    /* A table with nothing in memory reads every row back from the store. */
+    ps_table *fresh = new_table(&cfg, 1024, N);
+    for (size_t i = 0; i < N; i++) {
+        uint8_t found = 0;
+        float w[16], state[MAXW];
+        lookup_state(t, keys[i], &found, w, state);
+        cr_assert_eq(found, 1);
+        expect_state(fresh, keys[i], state);
+    }
+    ps_table_free(fresh);
+    ps_table_free(t);
+}
+
 Test(table, row_bytes_and_accessors) {
     ps_table_config cfg = table_cfg(PS_OPT_FTRL, 16, PS_INIT_ZERO);
     ps_table *t = new_table(&cfg, 100, 0);

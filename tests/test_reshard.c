@@ -77,6 +77,18 @@ static void read_all(ps_client *c, float *values, float *state, uint32_t width) 
         cr_assert(found[i], "key %zu not found", i);
 }
 
+/* Both clusters hold the same weights and optimizer state for every key. */
+static void expect_same(ps_client *c, ps_client *r, const char *when) {
+    static float v1[NKEYS * DIM], v2[NKEYS * DIM], s1[NKEYS * 64], s2[NKEYS * 64];
+    uint32_t width = ps_optim_state_width(&cl.cfg->tables[0].opt, DIM);
+    cr_assert_leq(width, 64);
+    read_all(c, v1, s1, width);
+    read_all(r, v2, s2, width);
+    cr_assert_eq(memcmp(v1, v2, sizeof(v1)), 0, "%s: weights differ from the unmoved cluster's", when);
+    cr_assert_eq(memcmp(s1, s2, NKEYS * width * sizeof(float)), 0,
+                 "%s: optimizer state differs from the unmoved cluster's", when);
+}
+
 /* The map that moves [MOVED_LO, MOVED_HI) to shard 1, at `version`. */
 static void moved_map(uint64_t version, ps_cluster_map *ret) {
     cr_assert_eq(ps_cluster_map_from_config(cl.cfg, ret), 0);
@@ -157,14 +169,7 @@ Test(reshard, a_client_follows_a_newer_map_and_applies_each_push_once, .fini = t
     cr_assert_geq(cc.map_fetches, 1);
     cr_assert_lt(cc.map_fetches, 3, "one fetch serves every later call");
 
-    static float v1[NKEYS * DIM], v2[NKEYS * DIM], s1[NKEYS * 64], s2[NKEYS * 64];
-    uint32_t width = ps_optim_state_width(&cl.cfg->tables[0].opt, DIM);
-    cr_assert_leq(width, 64);
-    read_all(c, v1, s1, width);
-    read_all(r, v2, s2, width);
-    cr_assert_eq(memcmp(v1, v2, sizeof(v1)), 0, "weights differ from the unmoved cluster's");
-    cr_assert_eq(memcmp(s1, s2, NKEYS * width * sizeof(float)), 0,
-                 "optimizer state differs from the unmoved cluster's");
+    expect_same(c, r, "after the move");
 
     uint64_t moved = ((UINT64_C(1) << MOVED_HI) - 1) & ~((UINT64_C(1) << MOVED_LO) - 1);
     cr_assert_eq(buckets_on(c, 0) & moved, 0, "shard 0 stores rows of buckets it gave away");
@@ -182,14 +187,103 @@ Test(reshard, a_client_follows_a_newer_map_and_applies_each_push_once, .fini = t
     ps_cluster_map_deinit(&back);
     push_round(fresh, 3);
     push_round(r, 3);
-    read_all(fresh, v1, s1, width);
-    read_all(r, v2, s2, width);
-    cr_assert_eq(memcmp(v1, v2, sizeof(v1)), 0, "after the restart: weights differ");
+    expect_same(fresh, r, "after the restart");
 
     ps_cluster_map_deinit(&m2);
     ps_client_free(fresh);
     ps_client_free(r);
     ps_client_free(admin);
+}
+
+/* The map held by `shard`, its version. */
+static uint64_t map_version_of(ps_client *c, uint32_t shard) {
+    ps_cluster_map m;
+    char err[512];
+    cr_assert_eq(ps_client_cluster_map(c, shard, &m, err, sizeof(err)), 0, "%s", err);
+    uint64_t v = m.version;
+    ps_cluster_map_deinit(&m);
+    return v;
+}
+
+/* Restart every shard of cl from checkpoint `ckpt`, on its own port. */
+static void restore_all(const char *ckpt) {
+    cl.restore = ckpt;
+    for (int i = 0; i < cl.nshards; i++)
+        cr_assert_eq(ps_cluster_restart(&cl, i, SIGTERM), 0);
+    cl.restore = NULL;
+}
+
+static char *take_checkpoint(const char *root) {
+    char *out = NULL;
+    cr_assert_eq(ps_run_cli(&cl, &out, "checkpoint", "--dir", root, NULL), 0);
+    out[strcspn(out, "\n")] = '\0';
+    return out;
+}
+
+/* Checkpoints taken before and after a move (ctrps-cli move) restore to
+ * working clusters: each with the map and the rows of its moment, serving
+ * pulls and pushes, and equal to a cluster that never moved. */
+Test(reshard, checkpoints_before_and_after_a_move_restore, .fini = teardown, .timeout = 240) {
+    make_keys();
+    cr_assert_eq(ps_cluster_start(&cl, 2, body), 0);
+    cr_assert_eq(ps_cluster_start(&ref, 2, body), 0);
+    char root[300];
+    ps_cluster_path(&cl, "ckpt", root, sizeof(root));
+    ps_client *c = client_of(&cl), *r = client_of(&ref);
+    /* The shards' first map lists the addresses of the config they started
+     * from, before their ports were known: epoch 2 lists the real ones. */
+    ps_cluster_map m;
+    cr_assert_eq(ps_cluster_map_from_config(cl.cfg, &m), 0);
+    m.version = 2;
+    for (int i = 0; i < 2; i++)
+        install(c, i, &m);
+    ps_cluster_map_deinit(&m);
+    uint32_t width = ps_optim_state_width(&cl.cfg->tables[0].opt, DIM);
+    static float va[NKEYS * DIM], sa[NKEYS * 64], v1[NKEYS * DIM], s1[NKEYS * 64];
+    cr_assert_leq(width, 64);
+
+    push_round(c, 0);
+    push_round(r, 0);
+    read_all(c, va, sa, width);
+    char *before = take_checkpoint(root);
+    char *out = NULL;
+    cr_assert_eq(ps_run_cli(&cl, &out, "move", "--buckets", "0-15", "--to", "1", NULL), 0);
+    free(out);
+    push_round(c, 1);
+    push_round(r, 1);
+    sleep(1); /* checkpoint names sort by time, to the second */
+    char *after = take_checkpoint(root);
+    push_round(c, 2); /* after the checkpoint: gone with the restore */
+
+    /* After the move: the moved map, rows where it puts them, and the same
+     * next push as the unmoved cluster. */
+    restore_all(after);
+    cr_assert_eq(map_version_of(c, 0), 3);
+    cr_assert_eq(map_version_of(c, 1), 3);
+    uint64_t moved = (UINT64_C(1) << 16) - 1;
+    cr_assert_eq(buckets_on(c, 0) & moved, 0, "shard 0 holds moved buckets after the restore");
+    push_round(c, 3);
+    push_round(r, 3);
+    expect_same(c, r, "restored after the move");
+    ps_client_free(c);
+
+    /* Before the move: the first map and the rows of that moment, for a
+     * fresh client (one holding the newer map would be sent back and forth:
+     * workers restart from the checkpoint with it). */
+    restore_all(before);
+    ps_client *fresh = client_of(&cl);
+    cr_assert_eq(map_version_of(fresh, 0), 2);
+    cr_assert_eq(map_version_of(fresh, 1), 2);
+    cr_assert_eq(buckets_on(fresh, 0) & moved, moved, "shard 0 lacks its buckets after the restore");
+    read_all(fresh, v1, s1, width);
+    cr_assert_eq(memcmp(v1, va, sizeof(v1)), 0, "restored before the move: weights differ");
+    cr_assert_eq(memcmp(s1, sa, NKEYS * width * sizeof(float)), 0,
+                 "restored before the move: optimizer state differs");
+    push_round(fresh, 4);
+    free(before);
+    free(after);
+    ps_client_free(fresh);
+    ps_client_free(r);
 }
 
 /* A shard keeps push sequence numbers per bucket: a seq it applied for one

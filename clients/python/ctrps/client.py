@@ -16,6 +16,14 @@ Connection states per shard, as common/client.c moves them:
 Pushes carry this client's id and a sequence number, one per call and
 increasing, the same on every shard a call touches, so a push resent after
 a reconnect is applied once (the shard answers already_applied).
+
+Keys go to the owners of their buckets under the cluster map (README
+"Resharding"), at first the config's even split. A part answered
+WRONG_SHARD by a shard with a newer map (its epoch in map_version) makes
+the client fetch that map and resend the part's keys to their new owners,
+with the same push seq; a shard with an older map, or one answering MOVING
+(its range is in a move's cut-over), is asked again after 20 ms, until the
+call's deadline.
 """
 
 import errno
@@ -39,6 +47,7 @@ SECRET_MAX = 4096
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
 HELLO_ID = 0
+RETRY_S = 0.02                   # WRONG_SHARD from an older map, MOVING: ask again after
 
 
 class CtrpsError(Exception):
@@ -125,6 +134,10 @@ class Client:
         self._secret = load_secret(path) if path else b""
         self._max_frame = self.config.max_frame_bytes
         self._conns = [_Conn(i, a) for i, a in enumerate(self.config.shards)]
+        nb = self.config.buckets
+        self._map_version = self.config.map_version
+        self._owner = np.array([_keys.bucket_owner(b, nb, self.nshards) for b in range(nb)],
+                               dtype=np.uint32)
         self._next_id = HELLO_ID + 1
         self._next_seq = 1
 
@@ -157,8 +170,13 @@ class Client:
         return np.array([_keys.fid_of(sid, v) for v in values], dtype=np.uint64)
 
     def shard_of(self, keys):
-        """Owning shard of each key (bucket routing of common/keys.h)."""
-        return _keys.key_owner_array(keys, self.config.buckets, self.nshards)
+        """Owning shard of each key under the cluster map this client holds."""
+        return self._owner[_keys.bucket_array(self._keys(keys), self.config.buckets)]
+
+    @property
+    def map_version(self):
+        """The epoch of the cluster map this client routes by."""
+        return self._map_version
 
     # ---- keyed calls ---------------------------------------------------------------
 
@@ -223,20 +241,23 @@ class Client:
         grads = grads.reshape(len(keys), t.dim)
         totals = [0, 0]
         reqs = []
+        seq = [0]
 
         def build(part, pos=None):
+            # A part re-routed after WRONG_SHARD keeps the call's seq.
             req = self._pb.Request(push=self._pb.PushRequest(
-                table=table, keys=part, grads=grads[pos].ravel().tolist(), client_id=self.client_id))
+                table=table, keys=part, grads=grads[pos].ravel().tolist(), client_id=self.client_id,
+                seq=seq[0]))
             reqs.append(req)
             return req
 
         def sequence():
             # After every shard involved said Hello: a reused client id
             # continues after the last seq the shards applied.
-            seq = self._next_seq
+            seq[0] = self._next_seq
             self._next_seq += 1
             for req in reqs:
-                req.push.seq = seq
+                req.push.seq = seq[0]
 
         def take(conn, pos, resp):
             if resp.WhichOneof("result") != "push":
@@ -305,7 +326,9 @@ class Client:
         created yet is an error (NOT_FOUND)."""
         by_home = {}
         for n in names:
-            by_home.setdefault(_keys.dense_home(n, self.nshards), []).append(n)
+            # Dense blocks live on their home among the config's shards,
+            # whatever the map lists since.
+            by_home.setdefault(_keys.dense_home(n, len(self.config.shards)), []).append(n)
         out = {}
         for home, group in sorted(by_home.items()):
             resp = self._call_one(self._conns[home],
@@ -346,27 +369,70 @@ class Client:
                           f"dim {t.dim})", conn.index, conn.address)
 
     def _keyed(self, keys, build, take, pass_pos=False, prepare=None):
-        owner = self.shard_of(keys)
-        parts = []
-        for s in range(self.nshards):
-            pos = np.flatnonzero(owner == s)
-            if len(pos):
+        deadline = time.monotonic() + self.timeout
+        todo = np.arange(len(keys))
+        while len(todo):
+            owner = self.shard_of(keys[todo])
+            parts = []
+            for s in np.unique(owner):
+                pos = todo[owner == s]
                 req = build(keys[pos].tolist(), pos) if pass_pos else build(keys[pos].tolist())
                 parts.append((self._conns[s], pos, req))
-        self._call_many([(c, r) for c, _, r in parts],
-                        lambda i, resp: take(parts[i][0], parts[i][1], resp), prepare)
+            again = []
+
+            def refused(i, resp):
+                """WRONG_SHARD or MOVING: the part goes again (re-routed)."""
+                status = self._pb.Status.Name(resp.status)
+                if status == "WRONG_SHARD" and resp.map_version > self._map_version:
+                    self._take_map(parts[i][0])
+                elif status not in ("WRONG_SHARD", "MOVING"):
+                    return False
+                again.append(parts[i][1])
+                return True
+
+            self._call_many([(c, r) for c, _, r in parts],
+                            lambda i, resp: take(parts[i][0], parts[i][1], resp), prepare, refused,
+                            deadline)
+            prepare = None
+            todo = np.concatenate(again) if again else todo[:0]
+            if len(todo):
+                if time.monotonic() >= deadline:
+                    raise CtrpsError("UNAVAILABLE", f"keys still moving or re-routed after "
+                                     f"{self.timeout:g} s")
+                time.sleep(RETRY_S)
+
+    def _take_map(self, conn):
+        """Route by the newer map `conn`'s shard holds; shards it lists
+        beyond the config (grown clusters) get connections."""
+        resp = self._call_one(conn, self._pb.Request(cluster_map=self._pb.ClusterMapRequest()))
+        m = resp.cluster_map
+        if m.buckets != self.config.buckets or len(m.owner) != m.buckets or not m.shards:
+            raise CtrpsError("BAD_REQUEST", f"cluster map of {m.buckets} buckets; the config has "
+                             f"{self.config.buckets}", conn.index, conn.address)
+        if m.version <= self._map_version:
+            return
+        for i, address in enumerate(m.shards):
+            if i == len(self._conns):
+                self._conns.append(_Conn(i, address))
+            elif self._conns[i].address != address:
+                self._conns[i].close()
+                self._conns[i] = _Conn(i, address)
+        self._owner = np.asarray(m.owner, dtype=np.uint32)
+        self._map_version = m.version
 
     def _call_one(self, conn, req):
         box = []
         self._call_many([(conn, req)], lambda i, resp: box.append(resp))
         return box[0]
 
-    def _call_many(self, calls, on_answer, prepare=None):
+    def _call_many(self, calls, on_answer, prepare=None, refused=None, deadline=None):
         """Send each (conn, request), then collect every answer, resending
         on a new connection after an error, until the deadline. prepare()
         runs once every shard involved is connected, before anything is
-        sent."""
-        deadline = time.monotonic() + self.timeout
+        sent. An error status raises CtrpsError unless refused(i, resp)
+        takes it (returns True)."""
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout
         for conn in dict((id(c), c) for c, _ in calls).values():
             while True:
                 try:
@@ -402,6 +468,8 @@ class Client:
                     unsent.update(j for j in pending if pending[j][0] is conn)
                     continue
                 del pending[i]
+                if resp.status != 0 and refused and refused(i, resp):
+                    continue
                 if resp.status != 0:
                     raise CtrpsError(self._pb.Status.Name(resp.status), resp.message, conn.index,
                                      conn.address)

@@ -442,7 +442,7 @@ class ModelConfig:
 
 class Config:
     """A loaded config. Attributes: path, shards (list of "host:port"),
-    buckets, auth_secret_file, max_frame_bytes, tables (dict name ->
+    buckets, map_version, auth_secret_file, max_frame_bytes, tables (dict name ->
     TableConfig in file order), input (InputConfig), model (ModelConfig),
     sections (dict section -> dict key -> raw value text, repeated keys
     joined with ", ")."""
@@ -451,6 +451,7 @@ class Config:
         self.path = None
         self.shards = []
         self.buckets = 1024
+        self.map_version = 1
         self.auth_secret_file = ""
         self.max_frame_bytes = 64 << 20
         self.tables = {}
@@ -524,6 +525,11 @@ def _set(cfg, section, key, value):
                 cfg.shards.append(s)
         elif key == "buckets":
             cfg.buckets = _u32(value, 1, 65536)
+        elif key == "map_version":
+            v = parse_u64(value)
+            if v is None or not 1 <= v <= 10**18:
+                raise ValueError(f"'{value}' is not a map version (1 to 10^18)")
+            cfg.map_version = v
     elif section == "server":
         if key == "auth_secret_file":
             cfg.auth_secret_file = value

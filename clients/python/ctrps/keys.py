@@ -86,9 +86,15 @@ def mix64_array(keys):
     return x
 
 
+def bucket_array(keys, nbuckets):
+    """Bucket of every key (uint64 array) as an int64 array."""
+    return (mix64_array(keys) % np.uint64(nbuckets)).astype(np.int64)
+
+
 def key_owner_array(keys, nbuckets, nshards):
-    """Owning shard of every key (uint64 array) as an int64 array."""
-    b = mix64_array(keys) % np.uint64(nbuckets)
+    """Owning shard of every key (uint64 array) under the even split, as an
+    int64 array."""
+    b = bucket_array(keys, nbuckets).astype(np.uint64)
     return ((b * np.uint64(nshards)) // np.uint64(nbuckets)).astype(np.int64)
 
 

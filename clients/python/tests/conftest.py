@@ -118,6 +118,12 @@ class Cluster:
         """Another client config for the same shards (e.g. another secret)."""
         return self._write_config(os.path.join(self.dir, name), secret_file)
 
+    def set_body(self, body):
+        """Rewrite the config with another body (the shard list stays): shards
+        started from now on read it."""
+        self.body = body
+        self._write_config()
+
     def start_shard(self, i):
         """Start shard i (again: on the port it had, so clients reconnect)."""
         self._spawn(i)

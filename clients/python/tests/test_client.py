@@ -1,7 +1,7 @@
 """The Python client against real shards: values pushed from Python read
 back bit-exact with ctrps-cli and the other way, the HMAC handshake (a wrong
 or missing secret is refused), stats, paged export, exactly-once pushes and
-reconnection."""
+reconnection, and routing that follows the cluster map through a move."""
 
 import signal
 
@@ -231,3 +231,38 @@ def test_reconnects_after_a_shard_restart(cluster):
         found, after = c.lookup("emb", keys)
         assert found.all() and same_bits(after, before)
         assert c.push("emb", keys, g) == (64, 0)
+
+
+def test_follows_the_map_through_a_move(cluster_factory):
+    """Buckets move to the other shard under a client routing by the older
+    map: it fetches the new map, re-routes with the same push seq, and ends
+    in the state of a cluster that never moved."""
+    moved, ref = cluster_factory("map_version = 1\n" + BODY), cluster_factory(BODY)
+    # The shards' first map lists the addresses they started with, before
+    # their ports were known: an operator's reset (a higher map_version in
+    # the config) makes them list the real ones.
+    moved.set_body("map_version = 2\n" + BODY)
+    for i in range(2):
+        assert moved.stop_shard(i) == 0
+        moved.start_shard(i)
+    with ctrps.Client(moved.config) as c, ctrps.Client(ref.config) as r:
+        assert c.map_version == 2
+        keys = c.fids("C2", [f"m{i}" for i in range(400)])
+        g = np.linspace(-1, 1, 400 * 4, dtype=np.float32).reshape(400, 4)
+        for cl in (c, r):
+            assert cl.push("emb", keys, g) == (400, 0)
+        out = moved.cli("move", "--buckets", "0-255", "--to", "1").stdout.decode()
+        assert "map version 3" in out, out
+        # Shard 0 no longer owns buckets 0-255: pushes to them are refused
+        # WRONG_SHARD and follow the new map.
+        assert (c.shard_of(keys) == 0).any()
+        for cl in (c, r):
+            assert cl.push("emb", keys, 2 * g) == (400, 0)
+        assert c.map_version == 3
+        assert (c.shard_of(keys) == 0).sum() < (r.shard_of(keys) == 0).sum()
+        f1, v1, s1 = c.lookup("emb", keys, with_state=True)
+        f2, v2, s2 = r.lookup("emb", keys, with_state=True)
+        assert f1.all() and f2.all()
+        assert same_bits(v1, v2) and same_bits(s1, s2)
+        stats = c.stats()
+        assert stats[1]["counters"]["move_rows_received"] > 0
