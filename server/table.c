@@ -977,7 +977,8 @@ enum { DEC_SKIP, DEC_APPLY, DEC_REJECT };
  * staged in the filter; *ret_rejected counts the refused occurrences. */
 static int decide(ps_table *t, const uint64_t *keys, size_t n, uint32_t *ret_rejected) {
     uint32_t rejected = 0;
-    memset(t->want, 0, t->nabsent);
+    if (t->nabsent) /* an empty push has no scratch at all */
+        memset(t->want, 0, t->nabsent);
     if (t->admit)
         ps_admit_begin(t->admit);
     for (size_t i = 0; i < n; i++) {

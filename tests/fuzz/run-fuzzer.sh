@@ -30,8 +30,10 @@ work=$(cd "$work" && pwd)
 
 # -timeout: one input taking 10 s is a hang. The outer timeout only guards
 # against a fuzzer that never stops (a hang at exit, which -timeout misses).
+# -error_exitcode: libFuzzer's default, 77, is what meson reads as a
+# skipped test; a crash must fail.
 timeout --kill-after=30 $((seconds + 300)) "$fuzzer" \
-  -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 \
+  -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -error_exitcode=1 \
   -print_final_stats=1 -artifact_prefix="$work/artifacts/" \
   "$@" "$work/corpus"
 status=$?
@@ -43,6 +45,6 @@ if [ "$status" -ne 0 ] || [ -n "$found" ]; then
     echo "run-fuzzer: reproducer: $f" >&2
     echo "run-fuzzer: replay with: $fuzzer $f" >&2
   done
-  [ "$status" -ne 0 ] || status=1
+  [ "$status" -ne 0 ] && [ "$status" -ne 77 ] || status=1
 fi
 exit "$status"
