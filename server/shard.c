@@ -255,15 +255,21 @@ static void track_end(ps_shard *s) {
 
 static bool in_range(uint32_t b, uint32_t lo, uint32_t hi) { return b >= lo && b < hi; }
 
+/* t's position in the shard's tables (ntables if it is not one). */
+static size_t table_index(const ps_shard *s, const ps_table *t) {
+    size_t ti = 0;
+    while (ti < s->ntables && s->tables[ti] != t)
+        ti++;
+    return ti;
+}
+
 /* The moving range's keys of a push just applied, for the next catch-up
  * round. Without memory for them the tracking ends: the copy starts again
  * rather than miss a change. */
 static void track_push(ps_shard *s, const ps_table *t, const uint64_t *keys, size_t n) {
     if (!s->track_id || s->replaying)
         return;
-    size_t ti = 0;
-    while (ti < s->ntables && s->tables[ti] != t)
-        ti++;
+    size_t ti = table_index(s, t);
     for (size_t i = 0; i < n && ti < s->ntables; i++)
         if (in_range(ps_bucket(keys[i], s->map.buckets), s->track_lo, s->track_hi) &&
             ps_keyset_add(&s->tracked[ti], keys[i]) < 0) {
@@ -644,9 +650,7 @@ int ps_shard_adopt_rows(ps_shard *s, ps_table *t, const uint64_t *keys, const vo
                      ps_bucket(keys[i], s->map.buckets), s->id);
             return PS_EPROTO;
         }
-    size_t ti = 0;
-    while (ti < s->ntables && s->tables[ti] != t)
-        ti++;
+    size_t ti = table_index(s, t);
     /* A copy's first pass (rows in store order into a range just dropped)
      * need not look for earlier copies of its rows. */
     bool fresh = adopt_fresh(s, ti, keys, n);
