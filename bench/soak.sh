@@ -145,10 +145,24 @@ done
 # in a sawtooth (SST files pile up between the compactions that drop expired
 # rows, every ttl_s), so "at a quarter" is the mean of the samples between
 # 20% and 30% of the stream and "at the end" the mean over the last tenth;
-# the rates and the window AUC likewise over the first and the last tenth.
+# the window AUC likewise over the first and the last tenth, and the rates
+# over those tenths from all the worker's progress lines (tenth_rates).
 # The machine is shared, so examples/s moves with other processes' load:
 # examples per CPU-second of the worker and both shards (cpu_s) measures
 # the cost of an example whatever the load.
+# Examples/s over the first and the last tenth of the stream from every
+# progress line of the worker's log ($2), time-weighted: each line's interval
+# lasted (its examples - the previous line's) / interval_examples_per_sec, and
+# a tenth's rate is its examples over the sum of its intervals' durations.
+# Prints "first|last|last/first".
+tenth_rates() {
+  grep '^.*progress ' "$1" | sed -n 's/.* examples=\([0-9]*\) .* interval_examples_per_sec=\([0-9.]*\).*/\1 \2/p' |
+    awk -v total="$2" '{ d = $1 - prev; prev = $1; if ($2 <= 0) next
+        w = ($1 <= 0.1 * total) ? 1 : ($1 > 0.9 * total) ? 2 : 0
+        if (w) { ex[w] += d; t[w] += d / $2 } }
+      END { f = t[1] ? ex[1] / t[1] : 0; l = t[2] ? ex[2] / t[2] : 0
+            printf "%.0f|%.0f|%.2f", f, l, f ? l / f : 0 }'
+}
 summary() {
   awk -F, 'NR > 1 && $2 != "" { n++; t[n] = $1; ex[n] = $2; w[n] = $3; s[n] = $4 + $5; rb[n] = $6;
                         rows[n] = $7; eps[n] = $11; auc[n] = $12; ld[n] = $13; cpu[n] = $14
@@ -181,7 +195,7 @@ summary() {
     END {
       if (n < 2) { print "| too few samples |"; exit }
       sq = win(0.2, 0.3, s); se = win(0.9, 1, s); bq = win(0.2, 0.3, rb); be = win(0.9, 1, rb)
-      fa = win(0, 0.1, eps); la = win(0.9, 1, eps); fc = per_cpu(0, 0.1); lc = per_cpu(0.9, 1)
+      fa = win(0, 0.1, eps); la = win(0.9, 1, eps); split(rates, r, "|"); if (r[1] > 0) { fa = r[1]; la = r[2] } fc = per_cpu(0, 0.1); lc = per_cpu(0.9, 1)
       wmax = 0; for (i = 1; i <= n; i++) { if (w[i] > wmax) wmax = w[i]; ls += ld[i] }
       printf "%d|%.0f|%.1f|%.1f|%.2f|%.1f|%.1f|%.2f|%.0f|%.0f|%.0f|%.0f|%.2f|%.0f|%.0f|%.2f|%.4f|%.1f|%.1f|%.1f|%.1f|%.1f|%.1f|%s|%s|%s|%s\n",
         ex[n], t[n], sq / 1024, se / 1024, se / sq, bq / 1048576, be / 1048576, bq ? be / bq : 0,
@@ -189,13 +203,13 @@ summary() {
         win(0.9, 1, auc),
         w[1] / 1024, wmax / 1024, (wmax - w[1]) / 1024, ls / n, win(0, 0.1, ld), win(0.9, 1, ld),
         us_per_ex(0, 0.1, wc), us_per_ex(0.9, 1, wc), us_per_ex(0, 0.1, sc), us_per_ex(0.9, 1, sc)
-    }' "$1"
+    }' rates="$(tenth_rates "$2" "$SOAK_ROWS")" "$1"
 }
 {
   echo "| run | examples | seconds | shard RSS MB (2 shards) at 1/4 | at end | end / quarter | RocksDB MB at 1/4 | at end | end / quarter | rows at 1/4 | rows at end | examples/s first tenth | last tenth | last / first | examples per CPU-second first tenth | last tenth | last / first | window AUC, last tenth | worker RSS MB first | max | growth | mean load | load first tenth | last tenth | worker CPU us/example first tenth | last tenth | shards CPU us/example first tenth | last tenth |"
   echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
   for m in $MODES; do
-    echo "| $m |$(summary "$WORK/soak-$m.csv")|"
+    echo "| $m |$(summary "$WORK/soak-$m.csv" "$WORK/$m/worker.log")|"
   done
 } > "$WORK/summary.md"
 cat "$WORK/summary.md"

@@ -7,15 +7,17 @@
 # trained embeddings with ctrps-cli, prints where the data and logs are, and
 # stops every process it started.
 #
-# Options (environment): ROWS (default 300000), CONFIG (default
-# deploy/criteo-dcnv2.ini), RUN_DIR (default run/local-<time>).
+# Options (environment): ROWS (default 200000), CONFIG (default
+# deploy/criteo-dcnv2-dense.ini: the DCN-V2 of the speed and quality
+# benchmarks, batch 512, integers as dense inputs), RUN_DIR (default
+# run/local-<time>).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
 ROWS=${ROWS:-200000}
 HOLDOUT=$((ROWS / 10))
-CONFIG=${CONFIG:-deploy/criteo-dcnv2.ini}
+CONFIG=${CONFIG:-deploy/criteo-dcnv2-dense.ini}
 RUN_DIR=${RUN_DIR:-run/local-$(date +%Y%m%d-%H%M%S)}
 
 ./deploy/install-deps.sh
