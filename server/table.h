@@ -114,6 +114,15 @@ int ps_table_adopt(ps_table *t, const uint64_t *keys, const void *const *values,
                    size_t errlen);
 int ps_table_forget_range(ps_table *t, uint32_t lo, uint32_t hi, ps_store_batch *b,
                           uint64_t *ret_rows, char *err, size_t errlen);
+/* Adoption in two steps, for rows that reach the store by another way than
+ * b (an ingested file, built from a copy's first pass into a range just
+ * dropped): adopt_check() refuses what adopt() refuses; value_last_seen()
+ * reads a stored value's clock; count_adopted() counts those rows live
+ * once they are stored (no lookups: none was stored here before). */
+int ps_table_adopt_check(const ps_table *t, const uint64_t *keys, const size_t *lens, size_t n,
+                         char *err, size_t errlen);
+uint32_t ps_table_value_last_seen(const void *value);
+void ps_table_count_adopted(ps_table *t, const uint32_t *last_seen, size_t n);
 
 /* Write-back. dump_dirty() copies every row dirtied since the previous
  * dump into d (on the loop thread: a memcpy per row) and returns the flush
