@@ -189,7 +189,7 @@ static int copy_pass(ps_client *c, Ctrps__MoveRequest__Phase phase, uint32_t lo,
             snprintf(err, errlen, "%s", ierr);
             return *ret_lost ? 0 : ir;
         }
-        if (stage && imported && !pr->restarts && !stopped) {
+        if (stage && pr->rows && !pr->restarts && !stopped) {
             stopped = true;
             test_stop("staged");
         }
@@ -219,6 +219,8 @@ static int copy_pass(ps_client *c, Ctrps__MoveRequest__Phase phase, uint32_t lo,
             nanosleep(&(struct timespec){.tv_nsec = 10 * 1000 * 1000}, NULL);
         if (done) {
             r = import_finish(&job, pr, err, errlen);
+            if (r == 0 && stage && pr->rows && !pr->restarts && !stopped)
+                test_stop("staged");
             if (r == 0 && stage) {
                 Ctrps__MoveRequest in = CTRPS__MOVE_REQUEST__INIT;
                 in.phase = CTRPS__MOVE_REQUEST__PHASE__INGEST;

@@ -743,6 +743,11 @@ static void stage_end(ps_shard *s) {
         free(st->seen);
         memset(st, 0, sizeof(*st));
     }
+    if (s->stage_id) {
+        char dir[PS_PATH_MAX + 16];
+        stage_path(s, dir, sizeof(dir));
+        rmdir(dir); /* when empty: another process's files stay for its open */
+    }
     s->stage_id = 0;
 }
 
