@@ -106,6 +106,17 @@ static void install(ps_client *admin, int shard, const ps_cluster_map *m) {
     ps_cluster_map_deinit(&held);
 }
 
+/* The shards' first map lists the addresses of the config they started
+ * from, before their ports were known: epoch 2 lists the real ones. */
+static void install_real_addresses(ps_client *c) {
+    ps_cluster_map m;
+    cr_assert_eq(ps_cluster_map_from_config(cl.cfg, &m), 0);
+    m.version = 2;
+    for (int i = 0; i < 2; i++)
+        install(c, i, &m);
+    ps_cluster_map_deinit(&m);
+}
+
 /* Which buckets a shard's rows are in: bit b set when some row of bucket b
  * is stored there. */
 static uint64_t buckets_on(ps_client *c, uint32_t shard) {
@@ -230,14 +241,7 @@ Test(reshard, checkpoints_before_and_after_a_move_restore, .fini = teardown, .ti
     char root[300];
     ps_cluster_path(&cl, "ckpt", root, sizeof(root));
     ps_client *c = client_of(&cl), *r = client_of(&ref);
-    /* The shards' first map lists the addresses of the config they started
-     * from, before their ports were known: epoch 2 lists the real ones. */
-    ps_cluster_map m;
-    cr_assert_eq(ps_cluster_map_from_config(cl.cfg, &m), 0);
-    m.version = 2;
-    for (int i = 0; i < 2; i++)
-        install(c, i, &m);
-    ps_cluster_map_deinit(&m);
+    install_real_addresses(c);
     uint32_t width = ps_optim_state_width(&cl.cfg->tables[0].opt, DIM);
     static float va[NKEYS * DIM], sa[NKEYS * 64], v1[NKEYS * DIM], s1[NKEYS * 64];
     cr_assert_leq(width, 64);
@@ -390,14 +394,7 @@ Test(reshard, a_target_killed_in_the_first_pass_has_the_copy_begun_again, .fini 
     cr_assert_eq(ps_cluster_start(&cl, 2, body), 0);
     cr_assert_eq(ps_cluster_start(&ref, 2, body), 0);
     ps_client *c = client_of(&cl), *r = client_of(&ref);
-    /* The shards' first map lists the addresses of the config they started
-     * from, before their ports were known: epoch 2 lists the real ones. */
-    ps_cluster_map m;
-    cr_assert_eq(ps_cluster_map_from_config(cl.cfg, &m), 0);
-    m.version = 2;
-    for (int i = 0; i < 2; i++)
-        install(c, i, &m);
-    ps_cluster_map_deinit(&m);
+    install_real_addresses(c);
     for (int round = 0; round < 3; round++) {
         push_round(c, round);
         push_round(r, round);
