@@ -1337,7 +1337,10 @@ int ps_table_forget_range(ps_table *t, uint32_t lo, uint32_t hi, ps_store_batch 
         n++;
     }
     ps_store_iter_free(it);
-    ps_store_batch_delete_range(b, t->store, t->cf, start.b, PS_STORE_KEY_LEN, end, elen);
+    /* No tombstone over a range that holds nothing (a move's target, as a
+     * rule): a file ingested into it then needs no memtable flush first. */
+    if (n)
+        ps_store_batch_delete_range(b, t->store, t->cf, start.b, PS_STORE_KEY_LEN, end, elen);
     *ret_rows = n;
     return 0;
 }
