@@ -104,7 +104,8 @@ int ps_table_export(ps_table *t, const ps_store_key *after, size_t limit, ps_tab
  * of another width, or a key with a row in memory (this shard must not own
  * its bucket), is refused before anything changes.
  * forget_range(): every row of buckets [lo, hi) leaves memory (they must be
- * clean) and the live count, and b deletes the range from the store;
+ * clean) and the live count, and b deletes the range from the store (when
+ * it holds any);
  * *ret_rows says how many were stored. */
 size_t ps_table_value_len(const ps_table *t);
 int ps_table_row_value(ps_table *t, uint64_t key, void *value, bool *ret_found, char *err,
