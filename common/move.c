@@ -83,6 +83,7 @@ int ps_move_current_map(ps_client *c, uint32_t nshards, ps_cluster_map *ret_map,
 typedef struct import_job {
     ps_client *c;
     uint32_t to, lo, hi;
+    uint64_t stage;              /* the first pass: staged on the target under this id */
     Ctrps__Response *resp;       /* the EXPORT or CHANGED answer whose rows go; owned */
     pthread_t thread;
     bool threaded;
@@ -100,6 +101,7 @@ static void *import_main(void *arg) {
     im.rows = m->rows;
     im.n_seqs = m->n_seqs;
     im.seqs = m->seqs;
+    im.stage = j->stage;
     j->r = 0;
     if ((m->rows && m->rows->n_keys) || im.n_seqs)
         j->r = move_call(j->c, j->to, &im, NULL, j->err, sizeof(j->err));
@@ -130,16 +132,31 @@ static int import_finish(import_job *j, ps_move_progress *pr, char *err, size_t 
     return r;
 }
 
+/* A failpoint for the tests: with CTRPS_TEST_MOVE_STOP=<at> in its
+ * environment the mover stops itself (SIGSTOP) there, so that a test can
+ * kill and restart shards and then let it go on (SIGCONT): "cutover" once
+ * the range is frozen, before the last changes are copied; "staged" once
+ * the first page of the first pass is in the target's staging file (each
+ * in a move's first copy attempt only). */
+static void test_stop(const char *at) {
+    const char *v = getenv("CTRPS_TEST_MOVE_STOP");
+    if (v && !strcmp(v, at))
+        raise(SIGSTOP);
+}
+
 /* One pass of EXPORT (the range's stored rows) or CHANGED (a catch-up
  * round: rows changed since the previous one) from -> to, page by page,
  * each page imported while the next is read; the sequence numbers come
- * with the last page when the range is frozen. *ret_lost: the source no
- * longer tracks the range as `tid` (it restarted): the copy must begin
- * again. *ret_pending: CHANGED's count of changes already recorded for the
- * next round. */
+ * with the last page when the range is frozen. The first pass (stage =
+ * tid) is staged on the target and ingested at its end. *ret_lost: the
+ * source no longer tracks the range as `tid`, or the target no longer
+ * knows the staged pass (either restarted): the copy must begin again.
+ * *ret_pending: CHANGED's count of changes already recorded for the next
+ * round. */
 static int copy_pass(ps_client *c, Ctrps__MoveRequest__Phase phase, uint32_t lo, uint32_t hi,
                      uint64_t tid, uint32_t round, ps_move_progress *pr, ps_move_progress_fn fn,
-                     void *ctx, uint64_t *ret_pending, bool *ret_lost, char *err, size_t errlen) {
+                     uint64_t stage, void *ctx, uint64_t *ret_pending, bool *ret_lost, char *err,
+                     size_t errlen) {
     Ctrps__MoveRequest ex = CTRPS__MOVE_REQUEST__INIT;
     ex.phase = phase;
     ex.round = round;
@@ -147,8 +164,9 @@ static int copy_pass(ps_client *c, Ctrps__MoveRequest__Phase phase, uint32_t lo,
     ex.bucket_hi = hi;
     ex.limit = PAGE_ROWS;
     uint8_t after[16];
-    import_job job = {.c = c, .to = pr->to, .lo = lo, .hi = hi};
+    import_job job = {.c = c, .to = pr->to, .lo = lo, .hi = hi, .stage = stage};
     *ret_lost = false;
+    bool stopped = false;
     for (;;) {
         Ctrps__Response *resp;
         int r = move_call(c, pr->from, &ex, &resp, err, errlen);
@@ -167,8 +185,13 @@ static int copy_pass(ps_client *c, Ctrps__MoveRequest__Phase phase, uint32_t lo,
         }
         if (ir < 0) {
             ctrps__response__free_unpacked(resp, NULL);
+            *ret_lost = stage && ir == PS_ENOT_FOUND;
             snprintf(err, errlen, "%s", ierr);
-            return ir;
+            return *ret_lost ? 0 : ir;
+        }
+        if (stage && pr->rows && !pr->restarts && !stopped) {
+            stopped = true;
+            test_stop("staged");
         }
         pr->elapsed_s = now_s() - pr->t0;
         if (fn && imported) /* the page before this one is in */
@@ -196,20 +219,19 @@ static int copy_pass(ps_client *c, Ctrps__MoveRequest__Phase phase, uint32_t lo,
             nanosleep(&(struct timespec){.tv_nsec = 10 * 1000 * 1000}, NULL);
         if (done) {
             r = import_finish(&job, pr, err, errlen);
+            if (r == 0 && stage && pr->rows && !pr->restarts && !stopped)
+                test_stop("staged");
+            if (r == 0 && stage) {
+                Ctrps__MoveRequest in = CTRPS__MOVE_REQUEST__INIT;
+                in.phase = CTRPS__MOVE_REQUEST__PHASE__INGEST;
+                in.stage = stage;
+                r = move_call(c, pr->to, &in, NULL, err, errlen);
+            }
             pr->elapsed_s = now_s() - pr->t0;
-            return r;
+            *ret_lost = stage && r == PS_ENOT_FOUND;
+            return *ret_lost ? 0 : r;
         }
     }
-}
-
-/* A failpoint for the tests: with CTRPS_TEST_MOVE_STOP=cutover in its
- * environment the mover stops itself (SIGSTOP) once the range is frozen,
- * before the last changes are copied, so that a test can kill and restart
- * shards inside the cut-over and then let it go on (SIGCONT). */
-static void test_stop(const char *at) {
-    const char *v = getenv("CTRPS_TEST_MOVE_STOP");
-    if (v && !strcmp(v, at))
-        raise(SIGSTOP);
 }
 
 /* Catch-up rounds end once one leaves this few changes for the next: the
@@ -237,8 +259,14 @@ static int copy_range(ps_client *c, uint32_t lo, uint32_t hi, ps_move_progress *
         uint64_t tid = resp->move->track_id;
         pr->estimated_rows = resp->move->estimated_rows;
         ctrps__response__free_unpacked(resp, NULL);
-        /* Rows an interrupted copy left on the target go first. */
-        r = simple_phase(c, pr->to, CTRPS__MOVE_REQUEST__PHASE__DROP, lo, hi, err, errlen);
+        /* Rows an interrupted copy left on the target go first; the first
+         * pass is staged there under the tracking's id. */
+        Ctrps__MoveRequest dr = CTRPS__MOVE_REQUEST__INIT;
+        dr.phase = CTRPS__MOVE_REQUEST__PHASE__DROP;
+        dr.bucket_lo = lo;
+        dr.bucket_hi = hi;
+        dr.stage = tid;
+        r = move_call(c, pr->to, &dr, NULL, err, errlen);
         if (r < 0)
             return r;
         pr->rows = 0;
@@ -246,12 +274,12 @@ static int copy_range(ps_client *c, uint32_t lo, uint32_t hi, ps_move_progress *
         pr->t0 = now_s();
         bool lost;
         uint64_t pending = 0;
-        r = copy_pass(c, CTRPS__MOVE_REQUEST__PHASE__EXPORT, lo, hi, tid, 0, pr, fn, ctx, NULL,
-                      &lost, err, errlen);
+        r = copy_pass(c, CTRPS__MOVE_REQUEST__PHASE__EXPORT, lo, hi, tid, 0, pr, fn, tid, ctx,
+                      NULL, &lost, err, errlen);
         while (r == 0 && !lost && pr->rounds < CATCHUP_ROUNDS) {
             pr->rounds++;
             r = copy_pass(c, CTRPS__MOVE_REQUEST__PHASE__CHANGED, lo, hi, tid, pr->rounds, pr, fn,
-                          ctx, &pending, &lost, err, errlen);
+                          0, ctx, &pending, &lost, err, errlen);
             if (pending <= CATCHUP_SMALL)
                 break;
         }
@@ -262,7 +290,7 @@ static int copy_range(ps_client *c, uint32_t lo, uint32_t hi, ps_move_progress *
             if (attempt == 0)
                 test_stop("cutover");
             r = copy_pass(c, CTRPS__MOVE_REQUEST__PHASE__CHANGED, lo, hi, tid, pr->rounds + 1, pr,
-                          fn, ctx, &pending, &lost, err, errlen);
+                          fn, 0, ctx, &pending, &lost, err, errlen);
         }
         if (r < 0)
             return r;
@@ -272,8 +300,8 @@ static int copy_range(ps_client *c, uint32_t lo, uint32_t hi, ps_move_progress *
         }
         pr->restarts++;
     }
-    snprintf(err, errlen, "shard %u lost the copy of buckets %u-%u %d times", pr->from, lo, hi - 1,
-             COPY_ATTEMPTS);
+    snprintf(err, errlen, "shard %u or %u lost the copy of buckets %u-%u %d times", pr->from,
+             pr->to, lo, hi - 1, COPY_ATTEMPTS);
     return -EAGAIN;
 }
 

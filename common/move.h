@@ -17,10 +17,13 @@
  *      T, then S (the commit point: the pause ends), then every other shard;
  *   6. S drops the range and thaws.
  * A restart of S before 5 loses its record of changes: the copy begins
- * again (with the range still frozen if it was). T's store holds every
- * page durably, and every call can be repeated, so a restart of T or of
- * the mover is ridden out or resumed by running the move again; or the
- * move is rolled back by ps_move_abort(). After 5, S finishes step 6 by
+ * again (with the range still frozen if it was). T stages the first pass
+ * (step 2) in SST files and ingests them when the pass ends: a restart of
+ * T before that loses them, and the copy begins again too. What T
+ * acknowledged after the ingest is durable, and every call can be
+ * repeated, so a later restart of T or of the mover is ridden out or
+ * resumed by running the move again; or the move is rolled back by
+ * ps_move_abort(). After 5, S finishes step 6 by
  * itself when it restarts. */
 
 #include <stdbool.h>
@@ -35,7 +38,7 @@ typedef struct ps_move_progress {
     uint64_t rows;               /* copied so far, catch-up rounds included */
     uint64_t estimated_rows;     /* the source's estimate of the range's rows */
     uint32_t rounds;             /* catch-up rounds so far */
-    uint32_t restarts;           /* copies begun again after the source restarted */
+    uint32_t restarts;           /* copies begun again after the source or the target restarted */
     double t0, elapsed_s;        /* the copy's start (monotonic s) and its time so far */
     double pause_s;              /* when done: freeze to the new map on the source */
     bool done;

@@ -853,8 +853,10 @@ static int move_import(ps_service *svc, const Ctrps__MoveRequest *req, reply *rp
             vals[i] = rows->values[i].data;
             lens[i] = rows->values[i].len;
         }
-        r = ps_shard_adopt_rows(svc->shard, t, rows->keys, vals, lens, rows->n_keys, rp->err,
-                                sizeof(rp->err));
+        r = req->stage ? ps_shard_stage_rows(svc->shard, req->stage, t, rows->keys, vals, lens,
+                                             rows->n_keys, rp->err, sizeof(rp->err))
+                       : ps_shard_adopt_rows(svc->shard, t, rows->keys, vals, lens, rows->n_keys,
+                                             rp->err, sizeof(rp->err));
         if (r < 0)
             return r;
     }
@@ -894,6 +896,11 @@ static int do_move(ps_service *svc, ps_session *sess, const Ctrps__MoveRequest *
         break;
     case CTRPS__MOVE_REQUEST__PHASE__DROP:
         r = ps_shard_drop(svc->shard, lo, hi, &m->rows_dropped, rp->err, sizeof(rp->err));
+        if (r == 0 && req->stage)
+            r = ps_shard_stage_begin(svc->shard, lo, hi, req->stage, rp->err, sizeof(rp->err));
+        break;
+    case CTRPS__MOVE_REQUEST__PHASE__INGEST:
+        r = ps_shard_stage_ingest(svc->shard, req->stage, rp->err, sizeof(rp->err));
         break;
     case CTRPS__MOVE_REQUEST__PHASE__IMPORT:
         r = move_import(svc, req, rp);

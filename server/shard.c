@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "dense.h"
 #include "error.h"
@@ -59,6 +60,17 @@ typedef struct dense_block_record {
     uint16_t pad;
     uint32_t len;
 } dense_block_record;
+
+/* One table's staged rows: its file, the last key put (keys go strictly
+ * ascending: a page sent again is skipped), and the clocks of the live rows,
+ * which join the live count at the ingest. */
+typedef struct stage_table {
+    ps_store_sst *w;             /* NULL: no rows yet */
+    char path[PS_PATH_MAX + 64];
+    uint8_t last[PS_STORE_KEY_LEN];
+    uint32_t *seen;
+    size_t n, cap;
+} stage_table;
 
 /* Exactly-once bookkeeping per pushing client. A sparse push (client, seq)
  * is applied to the keys of each bucket b only if seq > bseq[b]: per bucket,
@@ -123,6 +135,13 @@ struct ps_shard {
     uint64_t wb_begun, wb_done, track_wb;
     uint8_t (*fresh_top)[PS_STORE_KEY_LEN];
     bool *fresh_any;             /* per table: fresh_top is set */
+    /* The target side of a copy's first pass loaded in bulk
+     * (ps_shard_stage_begin()): one SST file per table under
+     * <dir>/staging, ingested when the pass ends. Not durable: a restart
+     * forgets the copy, and the mover begins it again. */
+    uint64_t stage_id;           /* 0: none */
+    uint32_t stage_lo, stage_hi;
+    struct stage_table *stage;   /* per table */
 
     /* Write-back thread and its single job slot. */
     pthread_t thread;
@@ -642,14 +661,30 @@ static bool adopt_fresh(ps_shard *s, size_t ti, const uint64_t *keys, size_t n) 
     return fresh;
 }
 
-int ps_shard_adopt_rows(ps_shard *s, ps_table *t, const uint64_t *keys, const void *const *values,
-                        const size_t *lens, size_t n, char *err, size_t errlen) {
+static int check_not_owned(const ps_shard *s, const uint64_t *keys, size_t n, char *err,
+                           size_t errlen) {
     for (size_t i = 0; i < n; i++)
         if (s->map.owner[ps_bucket(keys[i], s->map.buckets)] == s->id) {
             snprintf(err, errlen, "adopting a row of bucket %u, which shard %u owns already",
                      ps_bucket(keys[i], s->map.buckets), s->id);
             return PS_EPROTO;
         }
+    return 0;
+}
+
+static void stage_end(ps_shard *s);
+static bool stage_overlaps(const ps_shard *s, uint32_t lo, uint32_t hi);
+
+int ps_shard_adopt_rows(ps_shard *s, ps_table *t, const uint64_t *keys, const void *const *values,
+                        const size_t *lens, size_t n, char *err, size_t errlen) {
+    int rc = check_not_owned(s, keys, n, err, errlen);
+    if (rc < 0)
+        return rc;
+    /* A staged file ingested later would hide these rows: the staged copy
+     * is given up (the mover, told so, begins it again). */
+    for (size_t i = 0; i < n && s->stage_id; i++)
+        if (stage_overlaps(s, ps_bucket(keys[i], s->map.buckets), ps_bucket(keys[i], s->map.buckets) + 1))
+            stage_end(s);
     size_t ti = table_index(s, t);
     /* A copy's first pass (rows in store order into a range just dropped)
      * need not look for earlier copies of its rows. */
@@ -685,6 +720,157 @@ int ps_shard_adopt_seqs(ps_shard *s, uint32_t lo, uint32_t hi, const uint64_t *i
     }
     /* Durable before the map may name this shard the owner. */
     return ps_shard_flush_sync(s, err, errlen);
+}
+
+/* ---- a first pass loaded in bulk (the target side) ---- */
+
+static bool stage_overlaps(const ps_shard *s, uint32_t lo, uint32_t hi) {
+    return s->stage_id && lo < s->stage_hi && s->stage_lo < hi;
+}
+
+static void stage_path(const ps_shard *s, char *ret, size_t len) {
+    snprintf(ret, len, "%s/staging", s->dir);
+}
+
+/* Forget the staged copy, if any, and remove its files. */
+static void stage_end(ps_shard *s) {
+    for (size_t i = 0; s->stage && i < s->ntables; i++) {
+        stage_table *st = &s->stage[i];
+        if (st->w) {
+            ps_store_sst_free(st->w);
+            unlink(st->path); /* gone already once ingested (moved into db/) */
+        }
+        free(st->seen);
+        memset(st, 0, sizeof(*st));
+    }
+    if (s->stage_id) {
+        char dir[PS_PATH_MAX + 16];
+        stage_path(s, dir, sizeof(dir));
+        rmdir(dir); /* when empty: another process's files stay for its open */
+    }
+    s->stage_id = 0;
+}
+
+int ps_shard_stage_begin(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t id, char *err,
+                         size_t errlen) {
+    int r = check_range(s, lo, hi, err, errlen);
+    if (r < 0)
+        return r;
+    if (!id) {
+        snprintf(err, errlen, "a staged copy needs an id");
+        return PS_EPROTO;
+    }
+    stage_end(s);
+    if (!s->stage && !(s->stage = calloc(s->ntables, sizeof(*s->stage))))
+        return -ENOMEM;
+    char dir[PS_PATH_MAX + 16];
+    stage_path(s, dir, sizeof(dir));
+    r = ps_mkdir_p(dir);
+    if (r < 0) {
+        snprintf(err, errlen, "%s: %s", dir, ps_strerror(r));
+        return r;
+    }
+    s->stage_id = id;
+    s->stage_lo = lo;
+    s->stage_hi = hi;
+    return 0;
+}
+
+static int stage_known(const ps_shard *s, uint64_t id, char *err, size_t errlen) {
+    if (id && id == s->stage_id)
+        return 0;
+    snprintf(err, errlen, "no staged copy %016llx here (this shard restarted, or dropped it)",
+             (unsigned long long)id);
+    return PS_ENOT_FOUND;
+}
+
+/* Put one page into the table's staging file; keys at or below the last
+ * one put are a page sent again, already in. */
+static int stage_put(ps_shard *s, size_t ti, const uint64_t *keys, const void *const *values,
+                     const size_t *lens, size_t n, char *err, size_t errlen) {
+    stage_table *st = &s->stage[ti];
+    if (!st->w) {
+        char dir[PS_PATH_MAX + 16];
+        stage_path(s, dir, sizeof(dir));
+        snprintf(st->path, sizeof(st->path), "%s/%016llx.%zu.sst", dir,
+                 (unsigned long long)s->stage_id, ti);
+        int r = ps_store_sst_open(s->store, ps_table_cf(s->tables[ti]), st->path, &st->w, err,
+                                  errlen);
+        if (r < 0)
+            return r;
+    }
+    if (st->n + n > st->cap) {
+        size_t cap = st->cap ? st->cap : 4096;
+        while (cap < st->n + n)
+            cap *= 2;
+        uint32_t *seen = realloc(st->seen, cap * sizeof(*seen));
+        if (!seen)
+            return -ENOMEM;
+        st->seen = seen;
+        st->cap = cap;
+    }
+    for (size_t i = 0; i < n; i++) {
+        ps_store_key k;
+        ps_store_key_encode((uint16_t)ps_bucket(keys[i], s->map.buckets), keys[i], &k);
+        if (ps_store_sst_count(st->w) && memcmp(k.b, st->last, PS_STORE_KEY_LEN) <= 0)
+            continue;
+        int r = ps_store_sst_put(st->w, k.b, PS_STORE_KEY_LEN, values[i], lens[i], err, errlen);
+        if (r < 0)
+            return r;
+        memcpy(st->last, k.b, PS_STORE_KEY_LEN);
+        if (lens[i])
+            st->seen[st->n++] = ps_table_value_last_seen(values[i]);
+    }
+    return 0;
+}
+
+int ps_shard_stage_rows(ps_shard *s, uint64_t id, ps_table *t, const uint64_t *keys,
+                        const void *const *values, const size_t *lens, size_t n, char *err,
+                        size_t errlen) {
+    int r = stage_known(s, id, err, errlen);
+    if (r == 0)
+        r = check_not_owned(s, keys, n, err, errlen);
+    for (size_t i = 0; r == 0 && i < n; i++) {
+        uint32_t b = ps_bucket(keys[i], s->map.buckets);
+        if (!in_range(b, s->stage_lo, s->stage_hi)) {
+            snprintf(err, errlen, "a staged row of bucket %u, outside the copy's %u-%u", b,
+                     s->stage_lo, s->stage_hi - 1);
+            r = PS_EPROTO;
+        }
+    }
+    size_t ti = table_index(s, t);
+    if (r == 0 && ti >= s->ntables)
+        r = PS_EUNKNOWN_TABLE;
+    if (r == 0)
+        r = ps_table_adopt_check(t, keys, lens, n, err, errlen);
+    if (r < 0)
+        return r;
+    /* The rows move the fresh marks as adopted rows do: catch-up pages
+     * below them look their rows up once the file is in. */
+    adopt_fresh(s, ti, keys, n);
+    r = stage_put(s, ti, keys, values, lens, n, err, errlen);
+    if (r < 0) { /* the file is unusable: the copy begins again */
+        stage_end(s);
+        return r;
+    }
+    s->c.move_rows_received += n;
+    return 0;
+}
+
+int ps_shard_stage_ingest(ps_shard *s, uint64_t id, char *err, size_t errlen) {
+    int r = stage_known(s, id, err, errlen);
+    for (size_t i = 0; r == 0 && i < s->ntables; i++) {
+        stage_table *st = &s->stage[i];
+        if (!st->w)
+            continue;
+        r = ps_store_sst_ingest(st->w, err, errlen);
+        if (r == 0) /* in the store: its live rows count */
+            ps_table_count_adopted(s->tables[i], st->seen, st->n);
+    }
+    /* Done, or failed (a table's file may be in): either way the staged
+     * copy is over; a failed one is begun again after a drop. */
+    stage_end(s);
+    return r;
 }
 
 static uint64_t memory_rows(const ps_shard *s) {
@@ -741,6 +927,8 @@ int ps_shard_drop(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t *ret_rows, cha
     }
     if (r == 0 && s->track_id && s->track_lo == lo && s->track_hi == hi)
         track_end(s);
+    if (r == 0 && stage_overlaps(s, lo, hi))
+        stage_end(s);
     if (r == 0)
         fresh_begin(s, lo, hi);
     /* The live counts changed (if any row went): write-back saves them. */
@@ -1661,6 +1849,15 @@ int ps_shard_open(const ps_config *cfg, const ps_shard_options *opts, ps_shard *
         snprintf(err, errlen, "%s: %s", s->dir, ps_strerror(r));
         goto fail;
     }
+    /* Staging files of a copy this process no longer knows (a crash):
+     * never ingested, never needed again. */
+    char stage_dir[PS_PATH_MAX + 16];
+    stage_path(s, stage_dir, sizeof(stage_dir));
+    r = ps_rm_tree(stage_dir);
+    if (r < 0 && r != -ENOENT) {
+        snprintf(err, errlen, "%s: %s", stage_dir, ps_strerror(r));
+        goto fail;
+    }
     s->ntables = cfg->ntables;
     size_t ncf = CF_TABLE0 + cfg->ntables;
     cfs = calloc(ncf, sizeof(char *));
@@ -1814,6 +2011,8 @@ int ps_shard_close(ps_shard *s) {
     free(s->round_n);
     free(s->fresh_top);
     free(s->fresh_any);
+    stage_end(s);
+    free(s->stage);
     for (size_t i = 0; s->clients && i < s->clients_cap; i++)
         free(s->clients[i].bseq);
     free(s->clients);

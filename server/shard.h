@@ -138,7 +138,8 @@ int ps_shard_set_map(ps_shard *s, const ps_cluster_map *m, char *err, size_t err
  *     round after the current one begins at cursor 0, 0 (the recorded fids
  *     are taken); the current one can be paged again (a resent request).
  *     *ret_pending: fids recorded since the round began.
- *   adopt_rows() / adopt_seqs(): the target side; written with fsync. Rows
+ *   adopt_rows() / adopt_seqs(): the target side; written with fsync (the
+ *     first pass can be staged and ingested instead: stage_begin() below). Rows
  *     of the range dropped last here, above every key adopted into it
  *     since (a first pass, in store order), are not looked up first.
  *   drop(): delete the range's rows, then thaw.
@@ -174,6 +175,23 @@ int ps_shard_adopt_seqs(ps_shard *s, uint32_t lo, uint32_t hi, const uint64_t *i
                         const uint64_t *seqs, size_t n, char *err, size_t errlen);
 int ps_shard_drop(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t *ret_rows, char *err,
                   size_t errlen);
+/* A copy's first pass loaded in bulk (the target side): stage_begin(),
+ * after drop() of [lo, hi), names the copy `id` (the source's track id);
+ * stage_rows() takes its pages of rows (in store order, per table) into
+ * SST files under <data dir>/staging, not durable and not visible;
+ * stage_ingest() ingests them into the store (durable on return) and counts
+ * the rows. Catch-up pages go through adopt_rows() after the ingest (the
+ * ingested file would hide rows written before it). A copy this shard does
+ * not know (never begun, or lost to a restart, a drop() or a plain
+ * adopt_rows() of the range) is answered PS_ENOT_FOUND: the mover begins the
+ * copy again. Staging files go at the ingest, at a drop of the range, at
+ * close, and at open after a crash; never into a checkpoint (not under db/). */
+int ps_shard_stage_begin(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t id, char *err,
+                         size_t errlen);
+int ps_shard_stage_rows(ps_shard *s, uint64_t id, ps_table *t, const uint64_t *keys,
+                        const void *const *values, const size_t *lens, size_t n, char *err,
+                        size_t errlen);
+int ps_shard_stage_ingest(ps_shard *s, uint64_t id, char *err, size_t errlen);
 
 /* Apply a push (all-or-nothing) and log it. client_id 0 skips sequencing;
  * otherwise a seq at or below the client's last applied one is answered as

@@ -564,3 +564,90 @@ int ps_store_checkpoint(ps_store *s, const char *dir, char *err, size_t errlen) 
     rocksdb_checkpoint_object_destroy(cp);
     return take_error(rerr, err, errlen);
 }
+
+struct ps_store_sst {
+    ps_store *s;
+    int cf;
+    rocksdb_envoptions_t *env;
+    rocksdb_sstfilewriter_t *w;
+    char *path;
+    uint64_t n;
+    bool finished;
+};
+
+int ps_store_sst_open(ps_store *s, int cf, const char *path, ps_store_sst **ret_sst, char *err,
+                      size_t errlen) {
+    ps_store_sst *w = calloc(1, sizeof(*w));
+    if (!w)
+        return -ENOMEM;
+    w->s = s;
+    w->cf = cf;
+    w->path = strdup(path);
+    w->env = rocksdb_envoptions_create();
+    /* The family's own options: the file's table format is the family's. */
+    const rocksdb_options_t *o = (size_t)cf < s->ncf_options && s->cf_options[cf]
+                                     ? s->cf_options[cf]
+                                     : s->options;
+    w->w = w->env ? rocksdb_sstfilewriter_create(w->env, o) : NULL;
+    if (!w->path || !w->w) {
+        ps_store_sst_free(w);
+        return -ENOMEM;
+    }
+    char *rerr = NULL;
+    rocksdb_sstfilewriter_open(w->w, path, &rerr);
+    int r = take_error(rerr, err, errlen);
+    if (r < 0) {
+        ps_store_sst_free(w);
+        return r;
+    }
+    *ret_sst = w;
+    return 0;
+}
+
+int ps_store_sst_put(ps_store_sst *w, const void *key, size_t klen, const void *value, size_t vlen,
+                     char *err, size_t errlen) {
+    char *rerr = NULL;
+    if (vlen)
+        rocksdb_sstfilewriter_put(w->w, key, klen, value, vlen, &rerr);
+    else
+        rocksdb_sstfilewriter_delete(w->w, key, klen, &rerr);
+    int r = take_error(rerr, err, errlen);
+    w->n += r == 0;
+    return r;
+}
+
+uint64_t ps_store_sst_count(const ps_store_sst *w) { return w->n; }
+
+int ps_store_sst_ingest(ps_store_sst *w, char *err, size_t errlen) {
+    if (!w->n || w->finished)
+        return 0;
+    char *rerr = NULL;
+    rocksdb_sstfilewriter_finish(w->w, &rerr);
+    int r = take_error(rerr, err, errlen);
+    if (r < 0)
+        return r;
+    w->finished = true;
+    rocksdb_ingestexternalfileoptions_t *io = rocksdb_ingestexternalfileoptions_create();
+    if (!io)
+        return -ENOMEM;
+    rocksdb_ingestexternalfileoptions_set_move_files(io, 1);
+    /* Rows written since the file began (none, by the caller's protocol)
+     * would be overwritten: the file takes a sequence number above them. */
+    rocksdb_ingestexternalfileoptions_set_allow_global_seqno(io, 1);
+    rocksdb_ingestexternalfileoptions_set_allow_blocking_flush(io, 1);
+    const char *files[1] = {w->path};
+    rocksdb_ingest_external_file_cf(w->s->db, w->s->cfs[w->cf], files, 1, io, &rerr);
+    rocksdb_ingestexternalfileoptions_destroy(io);
+    return take_error(rerr, err, errlen);
+}
+
+void ps_store_sst_free(ps_store_sst *w) {
+    if (!w)
+        return;
+    if (w->w)
+        rocksdb_sstfilewriter_destroy(w->w);
+    if (w->env)
+        rocksdb_envoptions_destroy(w->env);
+    free(w->path);
+    free(w);
+}

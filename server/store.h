@@ -137,3 +137,22 @@ int ps_store_switch_memtable(ps_store *s, int cf, char *err, size_t errlen);
 /* Consistent, hard-linked copy of the whole database into `dir` (which must
  * not exist). */
 int ps_store_checkpoint(ps_store *s, const char *dir, char *err, size_t errlen);
+
+/* A sorted file of one column family's rows built outside the database and
+ * then ingested whole (RocksDB SstFileWriter, IngestExternalFile): a bulk
+ * load that skips the WAL and the memtables. Keys must come strictly
+ * ascending. Nothing in it is durable or visible before ps_store_sst_ingest(). */
+typedef struct ps_store_sst ps_store_sst;
+int ps_store_sst_open(ps_store *s, int cf, const char *path, ps_store_sst **ret_sst, char *err,
+                      size_t errlen);
+/* vlen 0: a deletion of the key. */
+int ps_store_sst_put(ps_store_sst *w, const void *key, size_t klen, const void *value, size_t vlen,
+                     char *err, size_t errlen);
+uint64_t ps_store_sst_count(const ps_store_sst *w);
+/* Finish the file (fsync'ed) and ingest it into its column family, moved
+ * (hard-linked) into the database: durable on return, and newer than
+ * every version of its keys written before (a memtable holding any of
+ * them is flushed first). A file with no rows is not ingested. */
+int ps_store_sst_ingest(ps_store_sst *w, char *err, size_t errlen);
+/* Free the writer; the file stays where it is (the caller removes it). */
+void ps_store_sst_free(ps_store_sst *w);

@@ -1213,9 +1213,8 @@ static void adopt_uncount(void *ctx, size_t i, const void *value, size_t len) {
     }
 }
 
-int ps_table_adopt(ps_table *t, const uint64_t *keys, const void *const *values,
-                   const size_t *lens, size_t n, bool fresh, ps_store_batch *b, char *err,
-                   size_t errlen) {
+int ps_table_adopt_check(const ps_table *t, const uint64_t *keys, const size_t *lens, size_t n,
+                         char *err, size_t errlen) {
     size_t want = ps_table_value_len(t);
     for (size_t i = 0; i < n; i++) {
         if (lens[i] != want && lens[i] != 0) {
@@ -1228,6 +1227,36 @@ int ps_table_adopt(ps_table *t, const uint64_t *keys, const void *const *values,
             return PS_EPROTO;
         }
     }
+    return 0;
+}
+
+uint32_t ps_table_value_last_seen(const void *value) {
+    value_header h;
+    memcpy(&h, value, sizeof(h));
+    return h.last_seen;
+}
+
+/* An adopted live row, stored: counted, and, as only RocksDB holds it,
+ * misses read the store again (a shard that opened empty had stopped
+ * reading it). */
+static void count_adopted(ps_table *t, uint32_t last_seen) {
+    lg_add(&t->lg, last_seen);
+    uint64_t until = t->ttl ? (uint64_t)last_seen + t->ttl : UINT64_MAX;
+    if (until > t->disk_live_until)
+        t->disk_live_until = until;
+}
+
+void ps_table_count_adopted(ps_table *t, const uint32_t *last_seen, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        count_adopted(t, last_seen[i]);
+}
+
+int ps_table_adopt(ps_table *t, const uint64_t *keys, const void *const *values,
+                   const size_t *lens, size_t n, bool fresh, ps_store_batch *b, char *err,
+                   size_t errlen) {
+    int rc = ps_table_adopt_check(t, keys, lens, n, err, errlen);
+    if (rc < 0)
+        return rc;
     if (!fresh && n) {
         /* A row copied again (a later catch-up round, or a copy resumed
          * after an interruption) replaces its earlier copy in the count:
@@ -1250,14 +1279,7 @@ int ps_table_adopt(ps_table *t, const uint64_t *keys, const void *const *values,
             ps_store_batch_delete(b, t->store, t->cf, sk.b, PS_STORE_KEY_LEN);
             continue;
         }
-        value_header h;
-        memcpy(&h, values[i], sizeof(h));
-        lg_add(&t->lg, h.last_seen);
-        /* A live row only RocksDB holds: misses read the store again (a
-         * shard that opened empty had stopped reading it). */
-        uint64_t until = t->ttl ? (uint64_t)h.last_seen + t->ttl : UINT64_MAX;
-        if (until > t->disk_live_until)
-            t->disk_live_until = until;
+        count_adopted(t, ps_table_value_last_seen(values[i]));
         ps_store_batch_put(b, t->store, t->cf, sk.b, PS_STORE_KEY_LEN, values[i], lens[i]);
     }
     return 0;
@@ -1315,7 +1337,10 @@ int ps_table_forget_range(ps_table *t, uint32_t lo, uint32_t hi, ps_store_batch 
         n++;
     }
     ps_store_iter_free(it);
-    ps_store_batch_delete_range(b, t->store, t->cf, start.b, PS_STORE_KEY_LEN, end, elen);
+    /* No tombstone over a range that holds nothing (a move's target, as a
+     * rule): a file ingested into it then needs no memtable flush first. */
+    if (n)
+        ps_store_batch_delete_range(b, t->store, t->cf, start.b, PS_STORE_KEY_LEN, end, elen);
     *ret_rows = n;
     return 0;
 }

@@ -104,7 +104,8 @@ int ps_table_export(ps_table *t, const ps_store_key *after, size_t limit, ps_tab
  * of another width, or a key with a row in memory (this shard must not own
  * its bucket), is refused before anything changes.
  * forget_range(): every row of buckets [lo, hi) leaves memory (they must be
- * clean) and the live count, and b deletes the range from the store;
+ * clean) and the live count, and b deletes the range from the store (when
+ * it holds any);
  * *ret_rows says how many were stored. */
 size_t ps_table_value_len(const ps_table *t);
 int ps_table_row_value(ps_table *t, uint64_t key, void *value, bool *ret_found, char *err,
@@ -114,6 +115,15 @@ int ps_table_adopt(ps_table *t, const uint64_t *keys, const void *const *values,
                    size_t errlen);
 int ps_table_forget_range(ps_table *t, uint32_t lo, uint32_t hi, ps_store_batch *b,
                           uint64_t *ret_rows, char *err, size_t errlen);
+/* Adoption in two steps, for rows that reach the store by another way than
+ * b (an ingested file, built from a copy's first pass into a range just
+ * dropped): adopt_check() refuses what adopt() refuses; value_last_seen()
+ * reads a stored value's clock; count_adopted() counts those rows live
+ * once they are stored (no lookups: none was stored here before). */
+int ps_table_adopt_check(const ps_table *t, const uint64_t *keys, const size_t *lens, size_t n,
+                         char *err, size_t errlen);
+uint32_t ps_table_value_last_seen(const void *value);
+void ps_table_count_adopted(ps_table *t, const uint32_t *last_seen, size_t n);
 
 /* Write-back. dump_dirty() copies every row dirtied since the previous
  * dump into d (on the loop thread: a memcpy per row) and returns the flush

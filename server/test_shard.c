@@ -11,6 +11,7 @@
  * layout. */
 
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -943,5 +944,190 @@ Test(shard, a_copied_range_records_the_rows_pushes_change) {
                  PS_EPROTO, "no record after thaw");
     cr_assert_eq(counters(s).moves_started, 1);
     cr_assert_eq(ps_shard_close(s), 0);
+    ps_config_free(cfg);
+}
+
+/* The rows of one export pass of [lo, hi), table emb only (keys and their
+ * stored values, copied). */
+typedef struct exported {
+    size_t n;
+    uint64_t fid[NEMB];
+    char value[NEMB][64];
+    size_t len[NEMB];
+} exported;
+
+static int collect_export(void *ctx, uint64_t fid, const void *value, size_t len) {
+    exported *e = ctx;
+    cr_assert_lt(e->n, NEMB);
+    cr_assert_leq(len, sizeof(e->value[0]));
+    e->fid[e->n] = fid;
+    memcpy(e->value[e->n], value, len);
+    e->len[e->n] = len;
+    e->n++;
+    return 0;
+}
+
+static size_t files_in(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d)
+        return 0;
+    size_t n = 0;
+    for (struct dirent *de; (de = readdir(d));)
+        n += de->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+static uint64_t rows_of(ps_table *t) {
+    ps_table_stats st;
+    ps_table_stats_get(t, &st);
+    return st.rows;
+}
+
+/* The target of a move stages the first pass in an SST file and ingests it
+ * at its end: nothing shows before, every row reads back and counts once
+ * after (a catch-up page over an ingested row replaces it in the count); a
+ * page sent again is not staged twice; a copy the target does not know
+ * (another id, ended by a drop, or lost with a restart) is answered
+ * PS_ENOT_FOUND; staging files go at the ingest, the drop, close and open. */
+Test(shard, a_staged_first_pass_is_ingested_readable_and_counted_once) {
+    make_keys();
+    ps_config *cfg = load_config((cfg_opts){0});
+    char err[512] = "";
+    /* Shard 0 (buckets 0-31): rows pushed, then exported as a move does. */
+    ps_shard *src = open_shard(cfg, 0);
+    ps_table *emb = ps_shard_table(src, "emb");
+    float g[NEMB * DIM];
+    for (size_t i = 0; i < NEMB * DIM; i++)
+        g[i] = 0.01f * (float)(i % 5) - 0.02f;
+    ps_push_result res;
+    cr_assert_eq(ps_shard_push(src, emb, emb_key, NEMB, g, 0, 0, &res, err, sizeof(err)), 0, "%s",
+                 err);
+    uint64_t tid, est;
+    cr_assert_eq(ps_shard_track(src, 0, 32, &tid, &est, err, sizeof(err)), 0, "%s", err);
+    exported ex = {0};
+    uint32_t ti = 0;
+    uint8_t after[PS_STORE_KEY_LEN];
+    size_t alen = 0;
+    bool done = false;
+    /* Only emb has rows; the first page is empty until a write-back ends. */
+    for (int i = 0; !done && i < 5000; i++) {
+        cr_assert_eq(ps_shard_move_export(src, 0, 32, &ti, after, &alen, NEMB, collect_export, &ex,
+                                          &done, err, sizeof(err)),
+                     0, "%s", err);
+        if (!ex.n)
+            usleep(1000);
+    }
+    cr_assert(done);
+    cr_assert_eq(ex.n, NEMB);
+    cr_assert_eq(ps_shard_close(src), 0);
+
+    /* Shard 1 (buckets 32-63) takes them, in its own directory. */
+    snprintf(datadir, sizeof(datadir), "%s/shard1", root);
+    char staging[PS_PATH_MAX + 32];
+    snprintf(staging, sizeof(staging), "%s/staging", datadir);
+    ps_shard *dst = open_shard(cfg, 1);
+    ps_table *demb = ps_shard_table(dst, "emb");
+    const void *vals[NEMB];
+    for (size_t i = 0; i < NEMB; i++)
+        vals[i] = ex.value[i];
+    size_t half = NEMB / 2;
+    cr_assert_eq(ps_shard_drop(dst, 0, 32, NULL, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(ps_shard_stage_rows(dst, 77, demb, ex.fid, vals, ex.len, half, err, sizeof(err)),
+                 PS_ENOT_FOUND, "no copy staged yet");
+    cr_assert_eq(ps_shard_stage_begin(dst, 0, 32, 77, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(ps_shard_stage_rows(dst, 78, demb, ex.fid, vals, ex.len, half, err, sizeof(err)),
+                 PS_ENOT_FOUND, "another copy's id");
+    for (int k = 0; k < 2; k++) /* the first page, then sent again */
+        cr_assert_eq(ps_shard_stage_rows(dst, 77, demb, ex.fid, vals, ex.len, half, err,
+                                         sizeof(err)),
+                     0, "%s", err);
+    cr_assert_eq(ps_shard_stage_rows(dst, 77, demb, ex.fid + half, vals + half, ex.len + half,
+                                     NEMB - half, err, sizeof(err)),
+                 0, "%s", err);
+    cr_assert_eq(files_in(staging), 1, "one staging file for the one table with rows");
+    cr_assert_eq(rows_of(demb), 0, "staged rows are not counted before the ingest");
+    char stored[64];
+    for (size_t i = 0; i < NEMB; i++) {
+        bool there = true;
+        cr_assert_eq(ps_table_row_value(demb, ex.fid[i], stored, &there, err, sizeof(err)), 0);
+        cr_assert(!there, "a staged row read before the ingest");
+    }
+    cr_assert_eq(ps_shard_stage_ingest(dst, 77, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(files_in(staging), 0, "the staging file is moved into the store");
+    cr_assert_eq(rows_of(demb), NEMB);
+    ps_table_stats st;
+    ps_table_stats_get(demb, &st);
+    cr_assert_gt(st.rocksdb_bytes, 0);
+    cr_assert_eq(counters(dst).move_rows_received, NEMB + half);
+    cr_assert_eq(ps_shard_stage_ingest(dst, 77, err, sizeof(err)), PS_ENOT_FOUND,
+                 "the staged copy is over");
+    /* A catch-up page over an ingested row: replaced, counted once. */
+    char newer[64];
+    memcpy(newer, ex.value[3], ex.len[3]);
+    float bumped = 42.0f;
+    memcpy(newer + 16, &bumped, sizeof(bumped));
+    memcpy(ex.value[3], newer, ex.len[3]);
+    const void *nv = newer;
+    cr_assert_eq(ps_shard_adopt_rows(dst, demb, &ex.fid[3], &nv, &ex.len[3], 1, err, sizeof(err)),
+                 0, "%s", err);
+    cr_assert_eq(rows_of(demb), NEMB);
+    /* Lookups read them (a shard that opened empty reads the store again). */
+    uint8_t found[NEMB];
+    float w[NEMB * DIM];
+    cr_assert_eq(ps_table_lookup(demb, ex.fid, NEMB, found, w, NULL, err, sizeof(err)), 0);
+    for (size_t i = 0; i < NEMB; i++) {
+        cr_assert(found[i], "row %zu not found after the ingest", i);
+        cr_assert_arr_eq(w + i * DIM, ex.value[i] + 16, DIM * sizeof(float));
+    }
+    cr_assert_eq(w[3 * DIM], 42.0f);
+
+    /* A drop ends a staged copy and removes its file. */
+    cr_assert_eq(ps_shard_drop(dst, 0, 32, NULL, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(rows_of(demb), 0);
+    cr_assert_eq(ps_shard_stage_begin(dst, 0, 32, 79, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(ps_shard_stage_rows(dst, 79, demb, ex.fid, vals, ex.len, half, err, sizeof(err)),
+                 0, "%s", err);
+    cr_assert_eq(files_in(staging), 1);
+    cr_assert_eq(ps_shard_drop(dst, 0, 32, NULL, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(files_in(staging), 0);
+    cr_assert_eq(ps_shard_stage_ingest(dst, 79, err, sizeof(err)), PS_ENOT_FOUND);
+    /* A plain adoption into the staged range ends it too (the file would
+     * hide the adopted rows). */
+    cr_assert_eq(ps_shard_stage_begin(dst, 0, 32, 80, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(ps_shard_stage_rows(dst, 80, demb, ex.fid, vals, ex.len, half, err, sizeof(err)),
+                 0, "%s", err);
+    cr_assert_eq(ps_shard_adopt_rows(dst, demb, &ex.fid[half], &vals[half], &ex.len[half], 1, err,
+                                     sizeof(err)),
+                 0, "%s", err);
+    cr_assert_eq(ps_shard_stage_ingest(dst, 80, err, sizeof(err)), PS_ENOT_FOUND);
+    cr_assert_eq(files_in(staging), 0);
+
+    /* Lost to a crash: the process dies with a staging file, which the next
+     * open removes, and the copy is unknown there. */
+    cr_assert_eq(ps_shard_drop(dst, 0, 32, NULL, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(ps_shard_stage_begin(dst, 0, 32, 81, err, sizeof(err)), 0, "%s", err);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        char e[512];
+        int r = ps_shard_stage_rows(dst, 81, demb, ex.fid, vals, ex.len, NEMB, e, sizeof(e));
+        _exit(r == 0 && files_in(staging) == 1 ? 0 : 1);
+    }
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the child did not stage its rows");
+    cr_assert_eq(files_in(staging), 1, "the crashed child's staging file");
+    cr_assert_eq(ps_shard_close(dst), 0);
+    /* A clean close removes only its own staged copy: the child's file stays. */
+    cr_assert_eq(files_in(staging), 1);
+    dst = open_shard(cfg, 1);
+    cr_assert_eq(files_in(staging), 0, "open removes a crashed copy's staging files");
+    demb = ps_shard_table(dst, "emb");
+    cr_assert_eq(rows_of(demb), 0);
+    cr_assert_eq(ps_shard_stage_rows(dst, 81, demb, ex.fid, vals, ex.len, half, err, sizeof(err)),
+                 PS_ENOT_FOUND);
+    cr_assert_eq(ps_shard_stage_ingest(dst, 81, err, sizeof(err)), PS_ENOT_FOUND);
+    cr_assert_eq(ps_shard_close(dst), 0);
     ps_config_free(cfg);
 }

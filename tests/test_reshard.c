@@ -106,6 +106,17 @@ static void install(ps_client *admin, int shard, const ps_cluster_map *m) {
     ps_cluster_map_deinit(&held);
 }
 
+/* The shards' first map lists the addresses of the config they started
+ * from, before their ports were known: epoch 2 lists the real ones. */
+static void install_real_addresses(ps_client *c) {
+    ps_cluster_map m;
+    cr_assert_eq(ps_cluster_map_from_config(cl.cfg, &m), 0);
+    m.version = 2;
+    for (int i = 0; i < 2; i++)
+        install(c, i, &m);
+    ps_cluster_map_deinit(&m);
+}
+
 /* Which buckets a shard's rows are in: bit b set when some row of bucket b
  * is stored there. */
 static uint64_t buckets_on(ps_client *c, uint32_t shard) {
@@ -230,14 +241,7 @@ Test(reshard, checkpoints_before_and_after_a_move_restore, .fini = teardown, .ti
     char root[300];
     ps_cluster_path(&cl, "ckpt", root, sizeof(root));
     ps_client *c = client_of(&cl), *r = client_of(&ref);
-    /* The shards' first map lists the addresses of the config they started
-     * from, before their ports were known: epoch 2 lists the real ones. */
-    ps_cluster_map m;
-    cr_assert_eq(ps_cluster_map_from_config(cl.cfg, &m), 0);
-    m.version = 2;
-    for (int i = 0; i < 2; i++)
-        install(c, i, &m);
-    ps_cluster_map_deinit(&m);
+    install_real_addresses(c);
     uint32_t width = ps_optim_state_width(&cl.cfg->tables[0].opt, DIM);
     static float va[NKEYS * DIM], sa[NKEYS * 64], v1[NKEYS * DIM], s1[NKEYS * 64];
     cr_assert_leq(width, 64);
@@ -378,6 +382,71 @@ Test(reshard, sequence_numbers_are_kept_per_bucket, .fini = teardown, .timeout =
     r = raw_push(fd, 77, 9, b);
     cr_assert(r->push->already_applied, "the row and its sequence numbers are still there");
     ctrps__response__free_unpacked(r, NULL);
+}
+
+/* The target stages a copy's first pass and ingests it at the end: killed
+ * (SIGKILL) with the pass staged, it has lost it, and the mover begins the
+ * copy again (the target's restart leaves no staging file); the moved
+ * state equals an unmoved cluster's. */
+Test(reshard, a_target_killed_in_the_first_pass_has_the_copy_begun_again, .fini = teardown,
+     .timeout = 120) {
+    make_keys();
+    cr_assert_eq(ps_cluster_start(&cl, 2, body), 0);
+    cr_assert_eq(ps_cluster_start(&ref, 2, body), 0);
+    ps_client *c = client_of(&cl), *r = client_of(&ref);
+    install_real_addresses(c);
+    for (int round = 0; round < 3; round++) {
+        push_round(c, round);
+        push_round(r, round);
+    }
+    char *argv[] = {(char *)ps_test_bin("tools/ctrps-cli"), "--config", cl.config, "--timeout",
+                    "60000", "move", "--buckets", "0-15", "--to", "1", NULL};
+    setenv("CTRPS_TEST_MOVE_STOP", "staged", 1); /* common/move.c: the mover stops there */
+    int fd;
+    pid_t pid = ps_spawn_stdout(argv, &fd);
+    unsetenv("CTRPS_TEST_MOVE_STOP");
+    cr_assert_gt(pid, 0);
+    int status;
+    cr_assert_eq(waitpid(pid, &status, WUNTRACED), pid);
+    cr_assert(WIFSTOPPED(status), "the mover did not stop with the first pass staged (status %d)",
+              status);
+    char staging[400];
+    snprintf(staging, sizeof(staging), "%s/data/shard-1/staging", cl.dir);
+    cr_assert_eq(access(staging, F_OK), 0, "no staging directory on the target");
+    cr_assert_eq(ps_cluster_restart(&cl, 1, SIGKILL), 0);
+    cr_assert_neq(access(staging, F_OK), 0, "the restarted target kept its staging files");
+    kill(pid, SIGCONT);
+    char out[4096];
+    size_t len = 0;
+    ssize_t n;
+    while (len < sizeof(out) - 1 && (n = read(fd, out + len, sizeof(out) - 1 - len)) > 0)
+        len += (size_t)n;
+    out[len] = 0;
+    close(fd);
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the move failed: %s", out);
+    cr_assert(strstr(out, "copy begun again 1 times"), "%s", out);
+    cr_assert_neq(access(staging, F_OK), 0, "a staging file left after the ingest");
+
+    uint64_t moved = ((UINT64_C(1) << MOVED_HI) - 1) & ~((UINT64_C(1) << MOVED_LO) - 1);
+    ps_client *fresh = client_of(&cl);
+    cr_assert_eq(buckets_on(fresh, 0) & moved, 0, "shard 0 stores rows of buckets it gave away");
+    cr_assert_eq(buckets_on(fresh, 1) & moved, moved, "shard 1 stores the moved buckets' rows");
+    expect_same(fresh, r, "after the move");
+    push_round(fresh, 3);
+    push_round(r, 3);
+    expect_same(fresh, r, "after a push to the moved rows");
+    /* Every row counted once on each shard. */
+    char *st = NULL;
+    cr_assert_eq(ps_run_cli(&cl, &st, "stats", NULL), 0);
+    unsigned long long rows = 0;
+    for (const char *p = st; (p = strstr(p, "\"rows\":"));)
+        rows += strtoull(p += 7, NULL, 10);
+    cr_assert_eq(rows, NKEYS, "rows counted over the shards: %s", st);
+    free(st);
+    ps_client_free(fresh);
+    ps_client_free(c);
+    ps_client_free(r);
 }
 
 /* ---- online moves while a worker trains --------------------------------------- */
