@@ -285,6 +285,12 @@ static uint32_t index_find(const ps_table *t, uint64_t key) {
     }
 }
 
+static inline void prefetch_entry(const ps_table *t, uint64_t key) {
+    uint64_t h = index_home(t, key);
+    __builtin_prefetch(&t->ikeys[h], 1);
+    __builtin_prefetch(&t->islots[h], 1);
+}
+
 static void index_insert(ps_table *t, uint64_t key, uint32_t slot) {
     uint64_t i = index_home(t, key);
     while (t->islots[i] != 0)
@@ -313,9 +319,15 @@ static int index_grow(ps_table *t) {
     t->islots = slots;
     t->imask = size - 1;
     t->icount = 0;
-    for (uint64_t i = 0; i < old; i++)
+    /* The old entries are read in order, but land at random in the new
+     * index: fetch their entries a few ahead, as create_absent does. */
+    enum { AHEAD = 8 };
+    for (uint64_t i = 0; i < old; i++) {
+        if (i + AHEAD < old && oslots[i + AHEAD])
+            prefetch_entry(t, okeys[i + AHEAD]);
         if (oslots[i])
             index_insert(t, okeys[i], oslots[i] - 1);
+    }
     free(okeys);
     free(oslots);
     return 0;
@@ -952,7 +964,13 @@ static int create_absent(ps_table *t, size_t n, const uint8_t *want, bool by_pul
             return PS_ELIMIT;
         }
     }
+    /* Each insert lands at a random index entry, a cache miss in an index
+     * of millions: fetch a few keys' entries ahead (15% of the shard's time
+     * creating rows before; bench/README.md "Row creation"). */
+    enum { AHEAD = 8 };
     for (size_t a = 0, k = 0; a < t->nabsent; a++) {
+        if (a + AHEAD < t->nabsent)
+            prefetch_entry(t, ps_store_key_fid(t->absent[a + AHEAD].skey.b));
         if (want && !want[a])
             continue;
         const uint8_t *sk = t->absent[a].skey.b;
