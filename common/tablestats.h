@@ -11,8 +11,10 @@
  * or GAUGE (PS_PROM_<type>, common/promtext.h) and metric its Prometheus
  * name, labelled there with shard and table. */
 #define PS_TABLE_STATS_MAP(XX)                                                                \
-    XX(rows, GAUGE, "ctrps_table_rows", "rows stored (RocksDB or created in memory)")         \
-    XX(rows_in_memory, GAUGE, "ctrps_table_memory_rows", "rows held in the memory tier")      \
+    XX(rows, GAUGE, "ctrps_table_rows",                                                       \
+       "rows pushes made (stored, or awaiting write-back); a pull makes none")                \
+    XX(rows_in_memory, GAUGE, "ctrps_table_memory_rows",                                      \
+       "memory tier slots in use: rows, and the init rule's rows of keys only pulled")        \
     XX(dirty_rows, GAUGE, "ctrps_table_dirty_rows", "rows in memory awaiting write-back")     \
     XX(capacity, GAUGE, "ctrps_table_memory_capacity_rows", "rows the memory tier can hold")  \
     XX(pulled_rows, COUNTER, "ctrps_table_pulled_rows_total", "rows read by Pull")            \

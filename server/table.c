@@ -12,7 +12,25 @@
  * dirty list once. collect() writes the list, and bumps gen; committed(g)
  * advances committed_gen. A row is dirty iff row->gen > committed_gen, and
  * rows loaded from RocksDB have gen 0. So "clean" always means "RocksDB holds
- * this exact state", which is what makes eviction of clean rows safe.
+ * this exact state" (or, for a ROW_INIT row, below, "the init rule gives this
+ * exact state"), which is what makes eviction of clean rows safe.
+ *
+ * What a pull leaves in memory (ROW_INIT). A pull of a key without a row (no
+ * admission filter) places the init rule's row in a slot, so that the push
+ * that usually follows finds it, and so that later pulls copy it instead of
+ * drawing 16 normals again. That row is not a row of the table yet: it is
+ * clean without being stored, uncounted in `rows`, not found by Lookup, not
+ * exported or moved; the first push applied to it makes it a row (counted,
+ * dirty, `admitted`), exactly as a push creates the row of a key no pull
+ * cached. Eviction just drops it (no disk_live_until: no store holds it),
+ * and a later pull recreates the identical row, since the init rule is a
+ * pure function of the table's config and the fid (optim.c). So a pull
+ * writes nothing to RocksDB, and a restart, an eviction or a crash changes
+ * nothing any client can observe: the table is what the pushes made it,
+ * with or without pulls in between (as with admission: "Pull creates no
+ * row, Lookup does not find it"). Writing these rows back was ~70% of the
+ * instructions of creating rows by pulls (bench/README.md "Row creation").
+ * A dead row stays dead when pulled, reading as new.
  *
  * Eviction is CLOCK over the slots: a row touched since the hand last passed
  * gets a second chance; dirty rows are skipped; rows touched by the current
@@ -83,6 +101,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "admit.h"
 #include "error.h"
@@ -95,6 +114,7 @@
 #define ROW_FREE 0x4             /* slot holds no row (given back by a failed request) */
 #define ROW_DEAD 0x8             /* killed by expire_below; its delete awaits write-back */
 #define ROW_BORN 0x10            /* dead, and admitted again by the current push */
+#define ROW_INIT 0x20            /* cached by a pull: the init rule's row, not a row yet */
 
 #define EMPTY UINT32_MAX
 #define NOT_ABSENT UINT32_MAX    /* absent_of[] of a key that has a row */
@@ -157,6 +177,7 @@ struct ps_table {
 
     size_t row_size;
     char *slab;
+    size_t slab_len;             /* bytes mapped */
     uint64_t capacity, used, nfree;
     uint64_t hand;
     /* Slots the sweep freed, taken before never-used ones so that the
@@ -221,6 +242,30 @@ struct ps_table {
     ps_table_stats st;
 };
 
+#define HUGE_PAGE ((size_t)2 << 20)
+
+/* The slab: anonymous memory the OS commits on first use, asked for in
+ * transparent huge pages (MADV_HUGEPAGE; Debian's THP mode is "madvise").
+ * Rows are taken in slot order, so the slab fills from its start and a
+ * 2 MiB page is ~9,000 rows: with 4 KiB pages, creating rows paid a page
+ * fault every 18 rows, ~0.3 s per 1M rows on this VM (bench/README.md "Row
+ * creation"). Mapped 2 MiB-aligned so that the kernel can use huge pages
+ * from the first byte; where it cannot, it is 4 KiB pages as before. */
+static char *slab_map(size_t bytes, size_t *ret_len) {
+    size_t len = (bytes + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1);
+    char *p = mmap(NULL, len + HUGE_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    size_t head = (HUGE_PAGE - ((uintptr_t)p & (HUGE_PAGE - 1))) & (HUGE_PAGE - 1);
+    if (head)
+        munmap(p, head);
+    if (HUGE_PAGE - head)
+        munmap(p + head + len, HUGE_PAGE - head);
+    (void)madvise(p + head, len, MADV_HUGEPAGE); /* a hint: without it, small pages */
+    *ret_len = len;
+    return p + head;
+}
+
 static inline row *slot_row(const ps_table *t, uint32_t slot) {
     return (row *)(t->slab + (size_t)slot * t->row_size);
 }
@@ -238,6 +283,12 @@ static uint32_t index_find(const ps_table *t, uint64_t key) {
         if (t->ikeys[i] == key)
             return s - 1;
     }
+}
+
+static inline void prefetch_entry(const ps_table *t, uint64_t key) {
+    uint64_t h = index_home(t, key);
+    __builtin_prefetch(&t->ikeys[h], 1);
+    __builtin_prefetch(&t->islots[h], 1);
 }
 
 static void index_insert(ps_table *t, uint64_t key, uint32_t slot) {
@@ -268,9 +319,15 @@ static int index_grow(ps_table *t) {
     t->islots = slots;
     t->imask = size - 1;
     t->icount = 0;
-    for (uint64_t i = 0; i < old; i++)
+    /* The old entries are read in order, but land at random in the new
+     * index: fetch their entries a few ahead, as create_absent does. */
+    enum { AHEAD = 8 };
+    for (uint64_t i = 0; i < old; i++) {
+        if (i + AHEAD < old && oslots[i + AHEAD])
+            prefetch_entry(t, okeys[i + AHEAD]);
         if (oslots[i])
             index_insert(t, okeys[i], oslots[i] - 1);
+    }
     free(okeys);
     free(oslots);
     return 0;
@@ -462,8 +519,7 @@ int ps_table_new(const ps_table_config *cfg, uint32_t nbuckets, uint64_t capacit
     t->imax = imax;
     uint64_t isize = imax < 1024 ? imax : 1024;
     t->imask = isize - 1;
-    /* malloc, not calloc, for the slab: pages are committed on first use. */
-    t->slab = malloc(capacity * t->row_size);
+    t->slab = slab_map(capacity * t->row_size, &t->slab_len);
     t->ikeys = malloc(isize * sizeof(uint64_t));
     /* calloc: 0 marks a free entry. */
     t->islots = calloc(isize, sizeof(uint32_t));
@@ -482,7 +538,8 @@ int ps_table_new(const ps_table_config *cfg, uint32_t nbuckets, uint64_t capacit
 void ps_table_free(ps_table *t) {
     if (!t)
         return;
-    free(t->slab);
+    if (t->slab)
+        munmap(t->slab, t->slab_len);
     free(t->ikeys);
     free(t->islots);
     free(t->freed);
@@ -645,9 +702,10 @@ static uint32_t take_slot(ps_table *t) {
             r->flags &= (uint16_t)~ROW_REF;
             continue;
         }
-        /* A live row now only in RocksDB: misses read the store until it is dead. */
+        /* A live row now only in RocksDB: misses read the store until it is
+         * dead. A ROW_INIT row is in no store: it just goes. */
         uint64_t until = t->ttl ? (uint64_t)r->last_seen + t->ttl : UINT64_MAX;
-        if (until > t->disk_live_until)
+        if (!(r->flags & ROW_INIT) && until > t->disk_live_until)
             t->disk_live_until = until;
         index_remove(t, r->key);
         t->st.evictions++;
@@ -751,13 +809,16 @@ static void init_row(ps_table *t, row *r) {
     ps_optim_init_row(&t->cfg->opt, t->dim, t->w_init, r->state);
 }
 
-/* A dead row starts again from the init rule, as a row just created. */
+/* A dead row starts again from the init rule, as a row just created; a
+ * ROW_INIT row, uncounted and holding the init rule's state, becomes one. */
 static void rebirth(ps_table *t, row *r) {
-    uncount_row(t, r);
-    r->flags &= (uint16_t)~(ROW_DEAD | ROW_BORN);
+    if (!(r->flags & ROW_INIT)) {
+        uncount_row(t, r);
+        init_row(t, r);
+    }
+    r->flags &= (uint16_t)~(ROW_DEAD | ROW_BORN | ROW_INIT);
     r->updates = 0;
     r->last_seen = t->now;
-    init_row(t, r);
     mark_dirty(t, r);
     count_row(t, r);
 }
@@ -878,8 +939,8 @@ out:
  * every slot before creating any: if the tier cannot hold them all, the
  * request fails with nothing created (and no row of it written back by a
  * make_room flush in between). Returns the number created in *ret_created. */
-static int create_absent(ps_table *t, size_t n, const uint8_t *want, size_t *ret_created,
-                         char *err, size_t errlen) {
+static int create_absent(ps_table *t, size_t n, const uint8_t *want, bool by_pull,
+                         size_t *ret_created, char *err, size_t errlen) {
     size_t ncreate = 0;
     for (size_t a = 0; a < t->nabsent; a++)
         ncreate += !want || want[a];
@@ -903,14 +964,25 @@ static int create_absent(ps_table *t, size_t n, const uint8_t *want, size_t *ret
             return PS_ELIMIT;
         }
     }
+    /* Each insert lands at a random index entry, a cache miss in an index
+     * of millions: fetch a few keys' entries ahead (15% of the shard's time
+     * creating rows before; bench/README.md "Row creation"). */
+    enum { AHEAD = 8 };
     for (size_t a = 0, k = 0; a < t->nabsent; a++) {
+        if (a + AHEAD < t->nabsent)
+            prefetch_entry(t, ps_store_key_fid(t->absent[a + AHEAD].skey.b));
         if (want && !want[a])
             continue;
         const uint8_t *sk = t->absent[a].skey.b;
         row *rw = place_row(t, slots[k++], ps_store_key_fid(sk), (uint16_t)((sk[0] << 8) | sk[1]));
         init_row(t, rw);
-        mark_dirty(t, rw);
-        count_row(t, rw);
+        if (by_pull) {
+            /* Clean without a stored version, uncounted: design note. */
+            rw->flags |= ROW_INIT;
+        } else {
+            mark_dirty(t, rw);
+            count_row(t, rw);
+        }
         t->absent_row[a] = rw;
     }
     free(slots);
@@ -927,16 +999,15 @@ int ps_table_pull(ps_table *t, const uint64_t *keys, size_t n, float *ret_values
     if (r < 0)
         return r;
     if (!t->admit) {
-        /* Every key is admitted: a pull makes its row exist, as a push
-         * would. (Not while read-only: nothing new could be written back;
-         * the dead then just read as new.) */
+        /* Every key is admitted, so the push that usually follows a pull
+         * will create the row: keep the init rule's row in memory for it
+         * now (ROW_INIT, design note), computed once. A pull creates no row;
+         * a dead row stays dead and reads as new. (Not while read-only, as
+         * before ROW_INIT: new keys are refused.) */
         size_t created;
-        r = create_absent(t, n, NULL, &created, err, errlen);
+        r = create_absent(t, n, NULL, true, &created, err, errlen);
         if (r < 0)
             return r;
-        for (size_t i = 0; i < n && !t->read_only; i++)
-            if (row_dead(t, t->rows[i]))
-                rebirth(t, t->rows[i]);
     }
     /* resolve() touched each row's first line; the weights run past it. */
     enum { AHEAD = 8 };
@@ -987,7 +1058,8 @@ static int decide(ps_table *t, const uint64_t *keys, size_t n, uint32_t *ret_rej
             continue;
         }
         row *rw = t->rows[i];
-        bool in_table = rw ? !row_dead(t, rw) || (rw->flags & ROW_BORN) : t->want[t->absent_of[i]];
+        bool in_table = rw ? (!row_dead(t, rw) && !(rw->flags & ROW_INIT)) || (rw->flags & ROW_BORN)
+                           : t->want[t->absent_of[i]];
         bool ok = true;
         if (!in_table && t->admit) {
             int r = ps_admit_decide(t->admit, keys[i], &ok);
@@ -1026,7 +1098,7 @@ int ps_table_push(ps_table *t, const uint64_t *keys, size_t n, const float *grad
     size_t created = 0;
     r = decide(t, keys, n, &rejected);
     if (r == 0)
-        r = create_absent(t, n, t->want, &created, err, errlen);
+        r = create_absent(t, n, t->want, false, &created, err, errlen);
     if (r < 0) {
         for (size_t i = 0; i < n; i++)
             if (t->rows[i])
@@ -1095,7 +1167,7 @@ int ps_table_lookup(ps_table *t, const uint64_t *keys, size_t n, uint8_t *ret_fo
         return r;
     for (size_t i = 0; i < n; i++) {
         row *rw = t->rows[i];
-        bool live = rw && !row_dead(t, rw);
+        bool live = rw && !row_dead(t, rw) && !(rw->flags & ROW_INIT);
         ret_found[i] = live;
         if (live) {
             memcpy(ret_values + i * t->dim, rw->state, t->dim * sizeof(float));
@@ -1137,7 +1209,8 @@ int ps_table_export(ps_table *t, const ps_store_key *after, size_t limit, ps_tab
         uint32_t s = index_find(t, key);
         value_header h;
         memcpy(&h, v, sizeof(h));
-        if (s != EMPTY) {
+        /* A ROW_INIT row is no row: the stored version decides (a dead one). */
+        if (s != EMPTY && !(slot_row(t, s)->flags & ROW_INIT)) {
             if (!row_dead(t, slot_row(t, s)))
                 fn(ctx, key, slot_row(t, s)->state);
         } else if (!t->ttl || (uint64_t)h.last_seen + t->ttl > t->now) {
@@ -1168,7 +1241,7 @@ size_t ps_table_value_len(const ps_table *t) { return sizeof(value_header) + t->
 int ps_table_row_value(ps_table *t, uint64_t key, void *value, bool *ret_found, char *err,
                        size_t errlen) {
     uint32_t s = index_find(t, key);
-    if (s != EMPTY) {
+    if (s != EMPTY && !(slot_row(t, s)->flags & ROW_INIT)) {
         const row *r = slot_row(t, s);
         *ret_found = !row_dead(t, r);
         if (*ret_found) {
@@ -1299,8 +1372,9 @@ int ps_table_forget_range(ps_table *t, uint32_t lo, uint32_t hi, ps_store_batch 
         if ((r->flags & ROW_FREE) || r->bucket < lo || r->bucket >= hi)
             continue;
         /* A row RocksDB holds leaves the live count in the walk below; one
-         * that only memory holds (created by a pull, never pushed) here. */
-        if (!(r->flags & ROW_PERSISTED))
+         * that only memory holds (not written back yet) here; a ROW_INIT
+         * row was never counted. */
+        if (!(r->flags & (ROW_PERSISTED | ROW_INIT)))
             uncount_row(t, r);
         release_row(t, r);
         r->flags = ROW_FREE;

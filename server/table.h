@@ -4,11 +4,15 @@
  * RocksDB column family that durably holds every row.
  *
  * Rows are created from the table's init rule by Push (once admission lets
- * the key in, server/admit.h) and, when the table admits every key, by Pull;
- * read with one MultiGet per request when they are not in memory, and
+ * the key in, server/admit.h); Pull reads a key without a row as the init
+ * rule and creates no row (when the table admits every key it keeps that
+ * init row in memory for the push that follows, never written back or
+ * counted: table.c); rows are read with one MultiGet per request when they
+ * are not in memory, and
  * updated in memory by the optimizer. Dirty rows reach RocksDB only through
  * ps_table_collect(), which the shard calls to build a write-back batch. A
- * clean row can be dropped at any time (it is in RocksDB); a dirty row only
+ * clean row can be dropped at any time (it is in RocksDB, or is the init
+ * rule's row of a key only pulled); a dirty row only
  * after the batch that holds it was committed.
  *
  * Rows die (DESIGN.md "Feature lifecycle") when not pushed for ttl_s seconds

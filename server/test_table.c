@@ -1,8 +1,10 @@
 /* Tests for one table's memory tier in front of its RocksDB column family
  * (server/table.h), against a real store in a temporary directory.
  *
- * What a user depends on: Pull gives a new row its deterministic initial
- * weights and Lookup never creates one; Push applies exactly one optimizer
+ * What a user depends on: Pull reads a key without a row as its deterministic
+ * initial weights, creating no row (Lookup does not find it, nothing is
+ * written back, `rows` does not count it) until a push does, and Lookup
+ * never creates one; Push applies exactly one optimizer
  * step per occurrence of a key, in order, skipping non-finite gradients
  * without creating rows for them; a bounded memory tier loses nothing,
  * whatever the eviction and write-back order (every row reads back bit for
@@ -131,6 +133,21 @@ static void expect_state(ps_table *t, uint64_t key, const float *want) {
               (unsigned long long)key);
 }
 
+static uint32_t push1(ps_table *t, uint64_t key, const float *g) {
+    uint32_t applied = 99, dropped = 99;
+    char err[512] = "";
+    cr_assert_eq(ps_table_push(t, &key, 1, g, &applied, &dropped, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(dropped, 0);
+    return applied;
+}
+
+static bool found1(ps_table *t, uint64_t key) {
+    uint8_t found = 7;
+    float w[16];
+    lookup_state(t, key, &found, w, NULL);
+    return found;
+}
+
 static ps_table_stats stats(const ps_table *t) {
     ps_table_stats s;
     ps_table_stats_get(t, &s);
@@ -139,7 +156,7 @@ static ps_table_stats stats(const ps_table *t) {
 
 /* ---- pull / lookup ------------------------------------------------------------------ */
 
-Test(table, pull_creates_rows_from_the_init_rule) {
+Test(table, pull_reads_the_init_rule_and_creates_no_row) {
     ps_table_config cfg = table_cfg(PS_OPT_FTRL, 8, PS_INIT_NORMAL);
     ps_table *t = new_table(&cfg, 1024, 0);
     uint64_t keys[50];
@@ -150,25 +167,48 @@ Test(table, pull_creates_rows_from_the_init_rule) {
     cr_assert_eq(ps_table_pull(t, keys, 50, values, err, sizeof(err)), 0, "%s", err);
     int nonzero = 0;
     for (size_t i = 0; i < 50; i++) {
-        float w[8], state[24];
+        float w[8];
         ps_optim_init_weights(&cfg, keys[i], w);
         cr_assert(!memcmp(values + i * 8, w, sizeof(w)), "row %zu: not ps_optim_init_weights", i);
         nonzero += w[0] != 0;
-        init_state(&cfg, keys[i], state);
-        expect_state(t, keys[i], state);
+        cr_assert(!found1(t, keys[i]), "key %zu: a pull created a row Lookup finds", i);
     }
     cr_assert_gt(nonzero, 40, "normal init gave zeros: the test would prove nothing");
 
-    /* A second pull returns the same rows and creates none. */
+    /* A second pull returns the same weights (from the rows the first one
+     * left in memory). Nothing is a row yet, nothing awaits write-back. */
     float again[50 * 8];
     cr_assert_eq(ps_table_pull(t, keys, 50, again, err, sizeof(err)), 0);
     cr_assert(!memcmp(values, again, sizeof(values)));
     ps_table_stats s = stats(t);
+    cr_assert_eq(s.rows, 0, "a pull creates no row");
+    cr_assert_eq(s.rows_in_memory, 50, "the pulled keys' init rows are kept in memory");
+    cr_assert_eq(s.dirty_rows, 0, "nothing to write back");
+    cr_assert_eq(s.pulled_rows, 100);
+    cr_assert_eq(s.admitted, 0);
+    cr_assert_eq(ps_table_dirty_count(t), 0);
+    cr_assert_eq(flush(t), 0, "a pull wrote rows back");
+
+    /* The first push makes each a row, starting from the init rule's full
+     * state (w, z and n: the kept row is exactly the init rule's). */
+    float grads[50 * 8];
+    for (size_t i = 0; i < 50; i++)
+        grad_of(8, keys[i], 0, grads + i * 8);
+    uint32_t applied, dropped;
+    cr_assert_eq(ps_table_push(t, keys, 50, grads, &applied, &dropped, err, sizeof(err)), 0, "%s",
+                 err);
+    cr_assert_eq(applied, 50);
+    for (size_t i = 0; i < 50; i++) {
+        float state[24];
+        init_state(&cfg, keys[i], state);
+        ps_optim_apply(&cfg.opt, 8, state, grads + i * 8);
+        expect_state(t, keys[i], state);
+    }
+    s = stats(t);
     cr_assert_eq(s.rows, 50);
     cr_assert_eq(s.rows_in_memory, 50);
-    cr_assert_eq(s.dirty_rows, 50, "new rows await write-back");
-    cr_assert_eq(s.pulled_rows, 100);
-    cr_assert_eq(ps_table_dirty_count(t), 50);
+    cr_assert_eq(s.dirty_rows, 50, "pushed rows await write-back");
+    cr_assert_eq(s.admitted, 50, "the push created the rows");
     ps_table_free(t);
 }
 
@@ -185,6 +225,10 @@ Test(table, zero_init_pulls_zeros) {
     float state[8];
     init_state(&cfg, 2, state);
     cr_assert_eq(state[4], 0.1f, "acc starts at initial_accumulator_value");
+    /* The pulled row becomes a row from that state at its first push. */
+    float g[4] = {0.5f, -0.25f, 1, 0};
+    ps_optim_apply(&cfg.opt, 4, state, g);
+    cr_assert_eq(push1(t, 2, g), 1);
     expect_state(t, 2, state);
     ps_table_free(t);
 }
@@ -214,11 +258,20 @@ Test(table, lookup_never_creates) {
     cr_assert_eq(s.dirty_rows, 0);
     cr_assert_eq(s.looked_up_rows, 10);
 
-    /* Pull every other key; lookup finds exactly those, with their weights. */
+    /* Pull every other key: no row either. Push them: lookup finds
+     * exactly those, with the weights a pull then reads. */
     uint64_t pulled[5];
     for (size_t i = 0; i < 5; i++)
         pulled[i] = keys[2 * i];
-    float pw[20];
+    float pw[20], g[20];
+    cr_assert_eq(ps_table_pull(t, pulled, 5, pw, err, sizeof(err)), 0);
+    cr_assert_eq(ps_table_lookup(t, keys, 10, found, w, NULL, err, sizeof(err)), 0);
+    for (size_t i = 0; i < 10; i++)
+        cr_assert_eq(found[i], 0, "key %zu: found after a pull", i);
+    for (size_t i = 0; i < 5; i++)
+        grad_of(4, pulled[i], 0, g + i * 4);
+    uint32_t applied, dropped;
+    cr_assert_eq(ps_table_push(t, pulled, 5, g, &applied, &dropped, err, sizeof(err)), 0, "%s", err);
     cr_assert_eq(ps_table_pull(t, pulled, 5, pw, err, sizeof(err)), 0);
     cr_assert_eq(ps_table_lookup(t, keys, 10, found, w, NULL, err, sizeof(err)), 0,
                  "ret_state may be NULL");
@@ -318,11 +371,14 @@ Test(table, nonfinite_rows_are_dropped_and_not_created) {
     char err[512] = "";
     float w[4];
     uint64_t existing = 7;
-    cr_assert_eq(ps_table_pull(t, &existing, 1, w, err, sizeof(err)), 0);
+    float g7[4];
+    grad_of(4, existing, 100, g7);
+    cr_assert_eq(push1(t, existing, g7), 1);
 
     float model_a[12], model_7[12], before_7[12];
     init_state(&cfg, 10, model_a);
     init_state(&cfg, 7, model_7);
+    ps_optim_apply(&cfg.opt, 4, model_7, g7);
     memcpy(before_7, model_7, sizeof(before_7));
 
     /* a: finite; b: NaN; c: +Inf in its last element; 7: -Inf (exists);
@@ -354,7 +410,7 @@ Test(table, nonfinite_rows_are_dropped_and_not_created) {
     ps_table_stats s = stats(t);
     cr_assert_eq(s.rows, 2);
     cr_assert_eq(s.dropped_nonfinite, 4);
-    cr_assert_eq(s.pushed_rows, 2);
+    cr_assert_eq(s.pushed_rows, 3, "key 7's first push, then key 10's two");
     ps_table_free(t);
 }
 
@@ -530,6 +586,9 @@ Test(table, dirty_rows_are_never_evicted) {
     /* Once written back, they can go. */
     flush(t);
     cr_assert_eq(ps_table_pull(t, &key, 1, w, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(stats(t).rows, 16, "the pull created no row");
+    cr_assert_eq(stats(t).evictions, 1, "one clean row made room for the pulled key");
+    cr_assert_eq(push1(t, key, g), 1);
     cr_assert_eq(stats(t).rows, 17);
     ps_table_free(t);
 }
@@ -684,7 +743,7 @@ Test(table, export_walks_store_order_with_memory_overriding) {
     cr_assert_eq(ps_table_push(t, keys, 10, grads, &applied, &dropped, err, sizeof(err)), 0);
     uint64_t mem_only = 424242;
     float w[4];
-    cr_assert_eq(ps_table_pull(t, &mem_only, 1, w, err, sizeof(err)), 0);
+    cr_assert_eq(push1(t, mem_only, grads), 1);
 
     exported all = {0};
     ps_store_key last;
@@ -728,11 +787,16 @@ Test(table, export_walks_store_order_with_memory_overriding) {
     cr_assert(!memcmp(paged.keys, all.keys, sizeof(uint64_t) * N));
     cr_assert(!memcmp(paged.state, all.state, sizeof(float) * 12 * N));
 
-    /* After a flush the memory-only row is exported too. */
+    /* After a flush the memory-only row is exported too; a key only
+     * pulled is no row, and never exported. */
+    uint64_t pulled_only = 434343;
+    cr_assert_eq(ps_table_pull(t, &pulled_only, 1, w, err, sizeof(err)), 0);
     flush(t);
     exported again = {0};
     cr_assert_eq(ps_table_export(t, NULL, 1000, on_row, &again, &last, &count, &done), 0);
     cr_assert_eq(again.n, N + 1);
+    for (size_t i = 0; i < again.n; i++)
+        cr_assert_neq(again.keys[i], pulled_only, "a key only pulled was exported");
     ps_table_free(t);
 }
 
@@ -841,21 +905,6 @@ Test(table, row_bytes_and_accessors) {
 }
 
 /* ---- feature lifecycle: admission ------------------------------------------------------- */
-
-static uint32_t push1(ps_table *t, uint64_t key, const float *g) {
-    uint32_t applied = 99, dropped = 99;
-    char err[512] = "";
-    cr_assert_eq(ps_table_push(t, &key, 1, g, &applied, &dropped, err, sizeof(err)), 0, "%s", err);
-    cr_assert_eq(dropped, 0);
-    return applied;
-}
-
-static bool found1(ps_table *t, uint64_t key) {
-    uint8_t found = 7;
-    float w[16];
-    lookup_state(t, key, &found, w, NULL);
-    return found;
-}
 
 Test(table, unadmitted_keys_read_as_the_init_rule_and_store_nothing) {
     ps_table_config cfg = table_cfg(PS_OPT_FTRL, 4, PS_INIT_NORMAL);
@@ -991,11 +1040,12 @@ Test(table, expired_keys_read_as_new) {
     cr_assert_eq(s.rows, 0);
     cr_assert_eq(s.expired, 1);
 
-    /* Pull reads the init rule (and, as every key is admitted, re-creates
-     * the row); a push starts from the init rule, not from the old state. */
+    /* Pull reads the init rule, creating no row (nor reviving the dead
+     * one); a push starts from the init rule, not from the old state. */
     cr_assert_eq(ps_table_pull(t, &key, 1, w, err, sizeof(err)), 0);
     cr_assert(!memcmp(w, init, sizeof(w)), "an expired key must read as new");
-    expect_state(t, key, init);
+    cr_assert(!found1(t, key), "a pull revived an expired row");
+    cr_assert_eq(stats(t).rows, 0);
     grad_of(4, key, 1, g);
     cr_assert_eq(push1(t, key, g), 1);
     memcpy(want, init, sizeof(want));
@@ -1379,5 +1429,85 @@ Test(table, misses_read_the_store_only_while_it_may_hold_live_rows) {
     ps_table_set_clock(t, T0 + 1000);
     expect_state(t, key, want);
     cr_assert_gt(stats(t).memory_misses, 0);
+    ps_table_free(t);
+}
+
+/* ---- what a pull leaves in memory (ROW_INIT) ------------------------------------------- */
+
+/* A key only pulled is no row: nothing is written back or counted, the move
+ * export does not see it, an eviction drops it without making later misses
+ * read the store, and a pull after the eviction or a restart reads the
+ * identical weights. A push makes it a row, which both then keep. */
+Test(table, a_pulled_only_row_is_not_written_back_and_comes_back_identical) {
+    reopen_store_with_meta();
+    ps_table_config cfg = table_cfg(PS_OPT_FTRL, 4, PS_INIT_NORMAL);
+    cfg.ttl_s = 1000;
+    ps_table *t = open_table(&cfg, 16);
+    ps_table_set_clock(t, T0);
+    enum { N = 12 };
+    uint64_t keys[N];
+    float first[N * 4], again[N * 4];
+    for (size_t i = 0; i < N; i++)
+        keys[i] = ps_fid(5, (const char *)&i, sizeof(i));
+    char err[512] = "";
+    cr_assert_eq(ps_table_pull(t, keys, N, first, err, sizeof(err)), 0, "%s", err);
+    ps_table_stats s = stats(t);
+    cr_assert_eq(s.rows, 0);
+    cr_assert_eq(s.rows_in_memory, N);
+    cr_assert_eq(s.dirty_rows, 0);
+    flush_with_state(t);
+    for (size_t i = 0; i < N; i++)
+        cr_assert(!stored(keys[i]), "key %zu: a pulled-only row was written back", i);
+    cr_assert_eq(ps_table_persisted_rows(t), 0);
+    char value[256];
+    bool found = true;
+    cr_assert_lt(ps_table_value_len(t), sizeof(value));
+    cr_assert_eq(ps_table_row_value(t, keys[3], value, &found, err, sizeof(err)), 0, "%s", err);
+    cr_assert(!found, "a move would copy a pulled-only row");
+
+    /* Pushes of 16 other keys take every slot: the pulled rows go. */
+    uint64_t other[16];
+    float g[16 * 4];
+    for (size_t i = 0; i < 16; i++) {
+        other[i] = 9000 + i;
+        grad_of(4, other[i], 0, g + i * 4);
+    }
+    uint32_t applied, dropped;
+    cr_assert_eq(ps_table_push(t, other, 16, g, &applied, &dropped, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(applied, 16);
+    s = stats(t);
+    cr_assert_eq(s.evictions, N);
+    cr_assert_eq(s.rows, 16);
+    flush_with_state(t);
+    uint64_t misses = stats(t).memory_misses;
+    cr_assert_eq(ps_table_pull(t, keys, 8, again, err, sizeof(err)), 0, "%s", err);
+    cr_assert(!memcmp(again, first, 8 * 4 * sizeof(float)), "the recreated rows differ");
+    cr_assert_eq(stats(t).memory_misses, misses,
+                 "evicting pulled-only rows made misses look in the store");
+    cr_assert_eq(stats(t).rows, 16);
+
+    /* A push makes one of them a row, from the init rule's state. */
+    float model[12];
+    init_state(&cfg, keys[0], model);
+    ps_optim_apply(&cfg.opt, 4, model, g);
+    cr_assert_eq(push1(t, keys[0], g), 1);
+    expect_state(t, keys[0], model);
+    cr_assert_eq(stats(t).rows, 17);
+    flush_with_state(t);
+    cr_assert(stored(keys[0]));
+
+    /* A restart keeps the count and the pushed row; the others read the
+     * same weights again and are still no rows. */
+    ps_table_free(t);
+    t = open_table(&cfg, 16);
+    ps_table_set_clock(t, T0 + 1);
+    cr_assert_eq(stats(t).rows, 17, "the count changed across the restart");
+    cr_assert_eq(ps_table_pull(t, keys + 1, N - 1, again, err, sizeof(err)), 0, "%s", err);
+    cr_assert(!memcmp(again, first + 4, (N - 1) * 4 * sizeof(float)),
+              "the rows recreated after a restart differ");
+    expect_state(t, keys[0], model);
+    for (size_t i = 1; i < N; i++)
+        cr_assert(!found1(t, keys[i]), "key %zu", i);
+    cr_assert_eq(stats(t).rows, 17);
     ps_table_free(t);
 }

@@ -83,6 +83,14 @@ TestSuite(auth, .init = setup, .fini = teardown, .timeout = 60);
 Test(auth, right_secret_is_served) {
     char err[512];
     cr_assert_eq(pull_with(cl.cfg, err, sizeof(err)), 0, "%s", err);
+    /* A pull makes no row: a push does, for the CLI's lookup to find. */
+    ps_client *c;
+    ps_client_options co = {.cfg = cl.cfg, .name = "auth-test", .timeout_ms = 5000};
+    cr_assert_eq(ps_client_new(&co, &c, err, sizeof(err)), 0, "%s", err);
+    uint64_t key = 7;
+    float g[4] = {0.5f, -0.5f, 0.25f, 1};
+    cr_assert_eq(ps_client_push(c, "emb", 4, &key, 1, g, NULL, NULL, err, sizeof(err)), 0, "%s", err);
+    ps_client_free(c);
     char *out;
     cr_assert_eq(ps_run_cli(&cl, &out, "lookup", "--table", "emb", "--fid", "7", NULL), 0);
     cr_assert(strstr(out, "7\tfound\t"), "%s", out);

@@ -151,9 +151,12 @@ Test(lifecycle, expired_rows_read_as_new_and_leave_the_disk) {
                 (unsigned long long)peak, (unsigned long long)bytes);
 
     /* An expired key reads as new: Lookup does not find it, Pull serves the
-     * init rule (and, every key being admitted, makes the row again). */
+     * init rule (and makes no row: a pull never does), a push makes the row
+     * again. */
     cr_assert(!found("emb", keys[7]));
     expect_init_rule("emb", keys[7]);
+    cr_assert(!found("emb", keys[7]), "a pull made a row");
+    cr_assert_eq(push("emb", keys + 7, 1), 1);
     cr_assert(found("emb", keys[7]));
     free(keys);
 }

@@ -157,13 +157,15 @@ def test_stats_lookup_pull(cluster):
         found, values = c.lookup("wide", keys)
         assert not found.any() and not values.any()
         assert sum(s["tables"]["wide"]["rows"] for s in c.stats()) == 0
-        pulled = c.pull("wide", keys[:10])                      # creates rows (init zero)
+        pulled = c.pull("wide", keys[:10])                      # init zero; a pull makes no row
         assert pulled.shape == (10, 1) and not pulled.any()
-        assert c.push("wide", keys[10:], np.ones((30, 1), np.float32)) == (30, 0)
+        assert sum(s["tables"]["wide"]["rows"] for s in c.stats()) == 0
+        assert not c.lookup("wide", keys[:10])[0].any()
+        assert c.push("wide", keys, np.ones((40, 1), np.float32)) == (40, 0)
         stats = c.stats()
         assert [s["shard"] for s in stats] == [0, 1]
         assert sum(s["tables"]["wide"]["rows"] for s in stats) == 40
-        assert sum(s["tables"]["wide"]["pushed_rows"] for s in stats) == 30
+        assert sum(s["tables"]["wide"]["pushed_rows"] for s in stats) == 40
         found, _ = c.lookup("wide", keys)
         assert found.all()
         owners = c.shard_of(keys)
