@@ -272,6 +272,16 @@ pid_t ps_spawn_stdout(char *const argv[], int *ret_fd) {
     return pid;
 }
 
+size_t ps_read_fd(int fd, char *buf, size_t cap) {
+    size_t len = 0;
+    ssize_t n;
+    while (len < cap - 1 && (n = read(fd, buf + len, cap - 1 - len)) > 0)
+        len += (size_t)n;
+    buf[len] = '\0';
+    close(fd);
+    return len;
+}
+
 int ps_run(char *const argv[], char **ret_out, char **ret_err) {
     int out[2], err[2];
     if (pipe(out) < 0 || pipe(err) < 0)

@@ -87,6 +87,9 @@ int ps_run(char *const argv[], char **ret_out, char **ret_err);
 /* Start argv in the background (it dies with the test process); *ret_fd
  * reads its stdout. Returns its pid, or -1. Wait for it with waitpid(). */
 pid_t ps_spawn_stdout(char *const argv[], int *ret_fd);
+/* Read fd until end of file or until buf (cap bytes) is full, NUL-terminate
+ * what was read and close fd; returns the length read. */
+size_t ps_read_fd(int fd, char *buf, size_t cap);
 
 /* Start ctrps-worker on the cluster's config and `data` (stdout to
  * /dev/null, stderr to the cluster file worker.log, whose path goes to

@@ -268,12 +268,7 @@ Test(kafka, workers_of_a_group_share_the_partitions) {
     pid_t pids[2] = {w0, w1};
     for (int i = 0; i < 2; i++) {
         char json[4096];
-        size_t len = 0;
-        ssize_t n;
-        while (len < sizeof(json) - 1 && (n = read(fds[i], json + len, sizeof(json) - 1 - len)) > 0)
-            len += (size_t)n;
-        json[len] = '\0';
-        close(fds[i]);
+        ps_read_fd(fds[i], json, sizeof(json));
         int status;
         waitpid(pids[i], &status, 0);
         cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "worker %d: %s", i, json);
@@ -330,12 +325,7 @@ Test(kafka, follow_commits_while_running_and_stops_on_sigterm) {
     cr_assert_eq(got, want, "committed %lld while following", got);
     kill(pid, SIGTERM);
     char json[4096];
-    size_t len = 0;
-    ssize_t n;
-    while (len < sizeof(json) - 1 && (n = read(fd, json + len, sizeof(json) - 1 - len)) > 0)
-        len += (size_t)n;
-    json[len] = '\0';
-    close(fd);
+    ps_read_fd(fd, json, sizeof(json));
     int status;
     waitpid(pid, &status, 0);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s", json);

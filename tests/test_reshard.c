@@ -417,12 +417,7 @@ Test(reshard, a_target_killed_in_the_first_pass_has_the_copy_begun_again, .fini 
     cr_assert_neq(access(staging, F_OK), 0, "the restarted target kept its staging files");
     kill(pid, SIGCONT);
     char out[4096];
-    size_t len = 0;
-    ssize_t n;
-    while (len < sizeof(out) - 1 && (n = read(fd, out + len, sizeof(out) - 1 - len)) > 0)
-        len += (size_t)n;
-    out[len] = 0;
-    close(fd);
+    ps_read_fd(fd, out, sizeof(out));
     cr_assert_eq(waitpid(pid, &status, 0), pid);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the move failed: %s", out);
     cr_assert(strstr(out, "copy begun again 1 times"), "%s", out);
