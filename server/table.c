@@ -480,6 +480,18 @@ static inline bool row_dead(const ps_table *t, const row *r) {
     return (r->flags & ROW_DEAD) || (t->ttl && (uint64_t)r->last_seen + t->ttl <= t->now);
 }
 
+/* A row that reads as present: not dead, and not a pull's ROW_INIT cache. */
+static inline bool row_live(const ps_table *t, const row *r) {
+    return !row_dead(t, r) && !(r->flags & ROW_INIT);
+}
+
+/* The row of key in memory, NULL when there is none or only a pull's
+ * ROW_INIT cache (which is no row: what the store holds decides). */
+static row *memory_row(const ps_table *t, uint64_t key) {
+    uint32_t s = index_find(t, key);
+    return s != EMPTY && !(slot_row(t, s)->flags & ROW_INIT) ? slot_row(t, s) : NULL;
+}
+
 /* A row enters or leaves the live count (a ROW_DEAD row left it already). */
 static void count_row(ps_table *t, const row *r) { lg_add(&t->lg, r->last_seen); }
 static void uncount_row(ps_table *t, const row *r) {
@@ -1058,8 +1070,7 @@ static int decide(ps_table *t, const uint64_t *keys, size_t n, uint32_t *ret_rej
             continue;
         }
         row *rw = t->rows[i];
-        bool in_table = rw ? (!row_dead(t, rw) && !(rw->flags & ROW_INIT)) || (rw->flags & ROW_BORN)
-                           : t->want[t->absent_of[i]];
+        bool in_table = rw ? row_live(t, rw) || (rw->flags & ROW_BORN) : t->want[t->absent_of[i]];
         bool ok = true;
         if (!in_table && t->admit) {
             int r = ps_admit_decide(t->admit, keys[i], &ok);
@@ -1167,7 +1178,7 @@ int ps_table_lookup(ps_table *t, const uint64_t *keys, size_t n, uint8_t *ret_fo
         return r;
     for (size_t i = 0; i < n; i++) {
         row *rw = t->rows[i];
-        bool live = rw && !row_dead(t, rw) && !(rw->flags & ROW_INIT);
+        bool live = rw && row_live(t, rw);
         ret_found[i] = live;
         if (live) {
             memcpy(ret_values + i * t->dim, rw->state, t->dim * sizeof(float));
@@ -1206,13 +1217,12 @@ int ps_table_export(ps_table *t, const ps_store_key *after, size_t limit, ps_tab
             break;
         }
         uint64_t key = ps_store_key_fid(k);
-        uint32_t s = index_find(t, key);
+        const row *mr = memory_row(t, key);
         value_header h;
         memcpy(&h, v, sizeof(h));
-        /* A ROW_INIT row is no row: the stored version decides (a dead one). */
-        if (s != EMPTY && !(slot_row(t, s)->flags & ROW_INIT)) {
-            if (!row_dead(t, slot_row(t, s)))
-                fn(ctx, key, slot_row(t, s)->state);
+        if (mr) {
+            if (!row_dead(t, mr))
+                fn(ctx, key, mr->state);
         } else if (!t->ttl || (uint64_t)h.last_seen + t->ttl > t->now) {
             /* The iterator's bytes may be unaligned for floats: copy. */
             float buf[256];
@@ -1240,17 +1250,16 @@ size_t ps_table_value_len(const ps_table *t) { return sizeof(value_header) + t->
 
 int ps_table_row_value(ps_table *t, uint64_t key, void *value, bool *ret_found, char *err,
                        size_t errlen) {
-    uint32_t s = index_find(t, key);
-    if (s != EMPTY && !(slot_row(t, s)->flags & ROW_INIT)) {
-        const row *r = slot_row(t, s);
-        *ret_found = !row_dead(t, r);
+    const row *mr = memory_row(t, key);
+    if (mr) {
+        *ret_found = !row_dead(t, mr);
         if (*ret_found) {
             value_header h = {.version = VALUE_VERSION,
                               .width = t->width,
-                              .updates = r->updates,
-                              .last_seen = r->last_seen};
+                              .updates = mr->updates,
+                              .last_seen = mr->last_seen};
             memcpy(value, &h, sizeof(h));
-            memcpy((char *)value + sizeof(h), r->state, t->width * sizeof(float));
+            memcpy((char *)value + sizeof(h), mr->state, t->width * sizeof(float));
         }
         return 0;
     }
