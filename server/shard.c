@@ -682,9 +682,11 @@ int ps_shard_adopt_rows(ps_shard *s, ps_table *t, const uint64_t *keys, const vo
         return rc;
     /* A staged file ingested later would hide these rows: the staged copy
      * is given up (the mover, told so, begins it again). */
-    for (size_t i = 0; i < n && s->stage_id; i++)
-        if (stage_overlaps(s, ps_bucket(keys[i], s->map.buckets), ps_bucket(keys[i], s->map.buckets) + 1))
+    for (size_t i = 0; i < n && s->stage_id; i++) {
+        uint32_t b = ps_bucket(keys[i], s->map.buckets);
+        if (stage_overlaps(s, b, b + 1))
             stage_end(s);
+    }
     size_t ti = table_index(s, t);
     /* A copy's first pass (rows in store order into a range just dropped)
      * need not look for earlier copies of its rows. */
