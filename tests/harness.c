@@ -282,6 +282,16 @@ size_t ps_read_fd(int fd, char *buf, size_t cap) {
     return len;
 }
 
+bool ps_write_all(int fd, const char *p, size_t n) {
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0)
+            return false;
+        p += w, n -= (size_t)w;
+    }
+    return true;
+}
+
 int ps_run(char *const argv[], char **ret_out, char **ret_err) {
     int out[2], err[2];
     if (pipe(out) < 0 || pipe(err) < 0)

@@ -90,6 +90,9 @@ pid_t ps_spawn_stdout(char *const argv[], int *ret_fd);
 /* Read fd until end of file or until buf (cap bytes) is full, NUL-terminate
  * what was read and close fd; returns the length read. */
 size_t ps_read_fd(int fd, char *buf, size_t cap);
+/* Write all n bytes to fd; false when a write fails (e.g. the reader is
+ * gone: its exit status tells why). */
+bool ps_write_all(int fd, const char *p, size_t n);
 
 /* Start ctrps-worker on the cluster's config and `data` (stdout to
  * /dev/null, stderr to the cluster file worker.log, whose path goes to

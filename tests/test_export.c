@@ -5,7 +5,9 @@
  * headers and the manifest's sizes and sha256s hold; bad arguments fail
  * with exit 2 and a message. */
 #include <criterion/criterion.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "client.h"
 #include "harness.h"
 
 static const char *body = "buckets = 64\n"
@@ -203,23 +206,66 @@ Test(export, live_export_equals_its_checkpoint_and_a_shardless_export) {
     snprintf(nostate, sizeof(nostate), "%s/no-state", tmp);
     snprintf(root, sizeof(root), "%s/ckpts", tmp);
 
-    char *wargv[] = {(char *)ps_test_bin("worker/ctrps-worker"), "--config", cl.config, "--input",
-                     data, "--log-level", "warn", NULL};
-    int wout;
-    pid_t pid = ps_spawn_stdout(wargv, &wout);
-    cr_assert(pid > 0);
-    usleep(500000);
-    char *out = NULL, *err = NULL;
-    int rc = cli(&out, &err, "--dir", live, "--state", "--checkpoint-dir", root, "--wait", "120");
-    cr_assert_eq(rc, 0, "export-model failed: %s", err);
-    free(err);
+    /* The worker reads its input from a pipe: the first half, then the
+     * rest only once the export's checkpoint barrier is up, so the worker
+     * is still training when the barrier comes however fast the machine. */
+    size_t len;
+    text = ps_read_file_len(data, &len);
+    cr_assert(text && len > 0);
+    const char *nl = memchr(text + len / 2, '\n', len - len / 2);
+    size_t half = nl ? (size_t)(nl - text) + 1 : len;
+    int in[2], wo[2];
+    cr_assert_eq(pipe2(in, O_CLOEXEC), 0);
+    cr_assert_eq(pipe2(wo, O_CLOEXEC), 0);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        dup2(in[0], 0);
+        dup2(wo[1], 1);
+        execl(ps_test_bin("worker/ctrps-worker"), "ctrps-worker", "--config", cl.config, "--input",
+              "-", "--log-level", "warn", (char *)NULL);
+        _exit(127);
+    }
+    close(in[0]);
+    close(wo[1]);
+    signal(SIGPIPE, SIG_IGN);
+    cr_assert(ps_write_all(in[1], text, half), "the worker stopped reading");
+    char *xargv[] = {(char *)ps_test_bin("tools/ctrps-cli"), "--config", config, "export-model",
+                     "--dir", live, "--state", "--checkpoint-dir", root, "--wait", "120", NULL};
+    int xout;
+    pid_t xpid = ps_spawn_stdout(xargv, &xout);
+    cr_assert_gt(xpid, 0);
+    ps_client_options co = {.cfg = cl.cfg, .name = "test_export", .timeout_ms = 20000};
+    ps_client *c;
+    char cerr[256];
+    cr_assert_eq(ps_client_new(&co, &c, cerr, sizeof(cerr)), 0, "%s", cerr);
+    bool up = false;
+    for (int i = 0; i < 2400 && !up; i++) {
+        ps_checkpoint_reply rep;
+        ps_checkpoint_request st = {.phase = PS_CHECKPOINT_STATUS};
+        cr_assert_eq(ps_client_checkpoint(c, 0, &st, &rep, cerr, sizeof(cerr)), 0, "%s", cerr);
+        up = rep.pending[0] != '\0';
+        ps_checkpoint_reply_deinit(&rep);
+        if (!up)
+            usleep(50000);
+    }
+    ps_client_free(c);
+    cr_assert(up, "the export's checkpoint barrier never came up");
+    cr_assert(ps_write_all(in[1], text + half, len - half), "the worker stopped reading");
+    close(in[1]);
+    free(text);
     int status;
-    waitpid(pid, &status, 0);
-    char json[4096] = "";
-    ssize_t n = read(wout, json, sizeof(json) - 1);
-    json[n > 0 ? n : 0] = '\0';
-    close(wout);
-    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    enum { OUT_CAP = 1 << 16 };
+    char *out = malloc(OUT_CAP);
+    cr_assert_not_null(out);
+    ps_read_fd(xout, out, OUT_CAP);
+    cr_assert_eq(waitpid(xpid, &status, 0), xpid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "export-model failed: %s", out);
+    char *err = NULL;
+    char json[4096];
+    ps_read_fd(wo[0], json, sizeof(json));
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s", json);
     cr_assert(strstr(json, "\"checkpoints\":1"), "the worker never reached the barrier: %s", json);
     cr_assert(strstr(json, "\"examples\":30000"), "%s", json);
     /* stdout: D<TAB>the checkpoint read */

@@ -469,16 +469,6 @@ typedef struct feeder {
     pthread_cond_t cv;
 } feeder;
 
-static bool write_all(int fd, const char *p, size_t n) {
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0)
-            return false; /* the worker is gone: its exit status tells */
-        p += w, n -= (size_t)w;
-    }
-    return true;
-}
-
 static void *feed(void *arg) {
     feeder *f = arg;
     size_t from = 0;
@@ -488,7 +478,7 @@ static void *feed(void *arg) {
             pthread_cond_wait(&f->cv, &f->mu);
         pthread_mutex_unlock(&f->mu);
         size_t to = gate < 2 ? f->cut[gate] : f->len;
-        if (!write_all(f->fd, f->text + from, to - from))
+        if (!ps_write_all(f->fd, f->text + from, to - from))
             break;
         from = to;
     }
