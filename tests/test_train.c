@@ -2,6 +2,7 @@
  * training on generated data. */
 #include <criterion/criterion.h>
 #include <criterion/logging.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <math.h>
 #include <signal.h>
@@ -147,6 +148,80 @@ Test(train, dcnv2_learns_on_generated_data, .fini = teardown, .timeout = 600) {
     cr_assert_gt(json_field(out, "auc"), auc, "a second pass should start from the trained model");
     free(out);
     free(err);
+}
+
+/* Train DCN-V2 on data with compute_threads = ct on a fresh cluster, then
+ * export the model (with its optimizer state) to dir; the worker's JSON
+ * result line in *ret_out. */
+static void train_and_export(int ct, const char *data, const char *dir, char **ret_out) {
+    char body[2048];
+    snprintf(body, sizeof(body), "%s[worker]\ncompute_threads = %d\n", body_dcn, ct);
+    cr_assert_eq(ps_cluster_start(&cl, 2, body), 0);
+    char *err;
+    int rc = worker(ret_out, &err, "--input", data, NULL);
+    cr_assert_eq(rc, 0, "worker (compute_threads = %d) failed: %s", ct, err);
+    free(err);
+    char *out;
+    rc = ps_run_cli(&cl, &out, "export-model", "--dir", dir, "--state", NULL);
+    cr_assert_eq(rc, 0, "export-model: %s", out);
+    free(out);
+    cr_assert_eq(ps_cluster_destroy(&cl), 0, "a shard reported a problem");
+}
+
+/* Two compute threads compute two batches at once but send the same calls
+ * in the same order as one: the same model, bit for bit, and the same
+ * progressive metrics. */
+Test(train, two_compute_threads_train_the_same_model_as_one, .timeout = 600) {
+    char tmp[] = "/tmp/ctrps-ct-XXXXXX", data[300], one[300], two[300];
+    cr_assert_not_null(mkdtemp(tmp));
+    snprintf(data, sizeof(data), "%s/data.tsv", tmp);
+    snprintf(one, sizeof(one), "%s/one", tmp);
+    snprintf(two, sizeof(two), "%s/two", tmp);
+    char *argv[] = {(char *)ps_test_bin("tools/ctrps-cli"), "gen", "--rows", "30000", "--seed", "5",
+                    "--format", "criteo", "--out", data, NULL};
+    cr_assert_eq(ps_run(argv, NULL, NULL), 0, "gen failed");
+    char *out1, *out2;
+    train_and_export(1, data, one, &out1);
+    train_and_export(2, data, two, &out2);
+    const char *keys[] = {"auc", "logloss", "calibration", "examples"};
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        const char *a = value_of(out1, "\"", keys[i], "\":"), *b = value_of(out2, "\"", keys[i], "\":");
+        cr_assert(a && b, "no %s in %s or %s", keys[i], out1, out2);
+        size_t la = strcspn(a, ",}"), lb = strcspn(b, ",}");
+        cr_assert(la == lb && !memcmp(a, b, la), "%s: %.*s with one compute thread, %.*s with two",
+                  keys[i], (int)la, a, (int)lb, b);
+    }
+    /* Every array of the export: the embeddings, their optimizer state and
+     * each dense block. */
+    DIR *d = opendir(one);
+    cr_assert_not_null(d);
+    int arrays = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        size_t n = strlen(e->d_name);
+        if (n < 4 || strcmp(e->d_name + n - 4, ".npy"))
+            continue;
+        char pa[600], pb[600];
+        snprintf(pa, sizeof(pa), "%s/%s", one, e->d_name);
+        snprintf(pb, sizeof(pb), "%s/%s", two, e->d_name);
+        size_t na, nb;
+        char *fa = ps_read_file_len(pa, &na), *fb = ps_read_file_len(pb, &nb);
+        cr_assert(fa && fb, "%s missing from one of the exports", e->d_name);
+        cr_assert(na == nb && !memcmp(fa, fb, na), "%s differs between one and two compute threads",
+                  e->d_name);
+        free(fa);
+        free(fb);
+        arrays++;
+    }
+    closedir(d);
+    /* emb fids, weights and state; W and b of 2 cross layers and 2 MLP
+     * layers; the output layer. */
+    cr_assert_geq(arrays, 10, "only %d arrays exported", arrays);
+    free(out1);
+    free(out2);
+    char cmd[400];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", tmp);
+    cr_assert_eq(system(cmd), 0);
 }
 
 Test(train, malformed_lines_are_counted_and_named, .fini = teardown, .timeout = 120) {

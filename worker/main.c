@@ -23,8 +23,6 @@
 #include "version.h"
 #include "wconfig.h"
 
-void openblas_set_num_threads(int num_threads);
-
 static volatile sig_atomic_t stop_flag;
 /* The --input arguments (pointers into argv). File-static so that the
  * early exits (fail()) leave it reachable rather than leaked; main frees it
@@ -316,7 +314,7 @@ int main(int argc, char **argv) {
             return fail(1, "--predict %s: %s", predict, strerror(e));
         }
     }
-    openblas_set_num_threads(1);
+    ps_nn_blas_one_thread();
     ps_info("model %s, input %s, BLAS kernels %s, worker %u of %u%s%s",
             ps_model_type_name(w->model.type), ps_input_format_name(w->input.format),
             ps_nn_blas_core(), to.worker_index, to.num_workers, to.follow ? ", following" : "",

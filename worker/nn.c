@@ -486,6 +486,10 @@ const char *ps_nn_blas_core(void) {
     return name ? name : "unknown";
 }
 
+void openblas_set_num_threads(int num_threads);
+
+void ps_nn_blas_one_thread(void) { openblas_set_num_threads(1); }
+
 /* ---- Loss --------------------------------------------------------------- */
 
 int ps_nn_logloss(const float *logits, const float *labels, size_t n,

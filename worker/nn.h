@@ -197,6 +197,13 @@ int ps_nn_mlp_backward(ps_nn_mlp *m, const float *dY, float *ret_dX,
  * it has to be set before the process starts. */
 const char *ps_nn_blas_core(void);
 
+/* BLAS calls made by the calling thread run on that thread alone. Every
+ * thread that calls BLAS must say so itself: with the OpenMP build of
+ * OpenBLAS the thread count is a per-thread setting, and a thread that
+ * never set it gets a team of one thread per core for every sgemm, which
+ * on this 2-core machine made a compute thread's batch 3.5x slower. */
+void ps_nn_blas_one_thread(void);
+
 /* ---- Loss --------------------------------------------------------------- */
 
 /* Mean logloss over n logits (stable form, ALGORITHMS.md §6), computed in

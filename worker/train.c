@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -15,6 +16,7 @@
 #include "log.h"
 #include "eval.h"
 #include "model.h"
+#include "nn.h"
 #include "parse.h"
 #include "predict.h"
 #include "wconfig.h"
@@ -81,8 +83,33 @@ int ps_train_client_new(const ps_train_options *o, const char *name, ps_client *
 typedef struct fetch {
     ps_call *calls[MAX_TABLES + 1];
     int ncalls;
-    bool dense;                  /* a dense pull into the staging copy is part of it */
+    int dense;                   /* -1, or the staging copy a dense pull of it lands in */
 } fetch;
+
+typedef struct trainer trainer;
+
+/* What computing one batch writes: the model's activations and dense
+ * gradients, the dense parameters it computes with, the logits. With [worker] compute_threads = 2 there
+ * are two slots, each with a thread of its own, and batch k computes in
+ * slot k % 2 (see trainer_loop); with one, slot 0 computes on the loop's
+ * thread. */
+typedef struct slot {
+    trainer *t;
+    ps_model *model;
+    ps_nn_params *params;
+    ps_dense_block *push_blocks; /* from the gradients */
+    float *logits, *dlogits;
+    uint64_t dense_gen;          /* the dense pull its parameters hold (trainer.dense_gen) */
+    /* the compute thread: the loop hands it a batch in job and waits until
+     * job is NULL again */
+    bool threaded, quit;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    ps_batch *job;
+    int result;
+    char err[512];
+} slot;
 
 typedef struct pushes {
     ps_call *calls[MAX_TABLES + 1];
@@ -100,7 +127,7 @@ typedef struct holdout {
 /* One run: opened by trainer_open(), trained by trainer_loop(), its result
  * taken by trainer_finish() (which stops the feed), freed by
  * trainer_close(), which accepts a trainer that failed to open half way. */
-typedef struct trainer {
+struct trainer {
     const ps_train_options *o;
     const ps_worker_config *w;
     ps_batch_layout layout;
@@ -115,13 +142,15 @@ typedef struct trainer {
     bool marked;                 /* a batch was trained: mark_* hold */
     double mark_time, mark_done; /* when the first batch was trained, and its input_done */
     ps_client *client;
-    ps_model *model;
-    ps_nn_params *params;
-    size_t nblocks;
-    ps_dense_block *pull_blocks; /* into staging */
-    ps_dense_block *push_blocks; /* from grads */
-    float *staging;
-    float *logits, *dlogits, *probs;
+    slot slots[2];
+    uint32_t nslots;
+    size_t nblocks;              /* dense blocks (0 for LR) */
+    uint64_t dense_gen;          /* dense pulls landed, in batch order */
+    slot *dense_newest;          /* the slot holding the newest of them */
+    /* Batch k's dense pull lands in staging[k % 2]: batch k+1's may land
+     * while batch k's is copied into its slot. */
+    float *staging[2];
+    ps_dense_block *pull_blocks[2];
     pushes *inflight;            /* ring of outstanding pushes */
     size_t nin, in_head, in_cap;
     uint64_t batches_started;
@@ -136,11 +165,11 @@ typedef struct trainer {
     bool has_acked;
     uint64_t checkpoints;
     char err[1024];
-} trainer;
+};
 
-static int start_fetch(trainer *t, ps_batch *b, fetch *f) {
+static int start_fetch(trainer *t, ps_batch *b, uint64_t k, fetch *f) {
     f->ncalls = 0;
-    f->dense = false;
+    f->dense = -1;
     for (uint32_t i = 0; i < t->L->ntables; i++) {
         ps_batch_table *bt = &b->tables[i];
         if (bt->nkeys == 0)
@@ -155,11 +184,11 @@ static int start_fetch(trainer *t, ps_batch *b, fetch *f) {
         /* Into the staging copy: the current batch may still be computing
          * with the live parameters. */
         ps_call *c;
-        int r = ps_client_dense_pull_start(t->client, t->pull_blocks, t->nblocks, &c);
+        int r = ps_client_dense_pull_start(t->client, t->pull_blocks[k % 2], t->nblocks, &c);
         if (r < 0)
             return r;
         f->calls[f->ncalls++] = c;
-        f->dense = true;
+        f->dense = (int)(k % 2);
     }
     t->batches_started++;
     return 0;
@@ -178,18 +207,35 @@ static int wait_calls(trainer *t, ps_call **calls, int n) {
     return first;
 }
 
-static int finish_fetch(trainer *t, fetch *f) {
+/* Copy the dense parameters from a flat array into a slot's model. */
+static void load_dense(trainer *t, slot *s, const float *src) {
+    for (size_t i = 0; i < t->nblocks; i++) {
+        const ps_nn_param *p = ps_nn_params_at(s->params, i);
+        memcpy(p->value, src, p->len * sizeof(float));
+        src += p->len;
+    }
+}
+
+/* Wait for a batch's pulls; then the slot computes with the newest dense
+ * parameters pulled so far, in batch order: its own pull's, or another
+ * slot's (which that slot only reads while it computes). */
+static int finish_fetch(trainer *t, slot *s, fetch *f) {
     int r = wait_calls(t, f->calls, f->ncalls);
     f->ncalls = 0; /* waited, so freed, even on an error */
-    if (r == 0 && f->dense) {
-        const float *src = t->staging;
-        for (size_t i = 0; i < t->nblocks; i++) {
-            const ps_nn_param *p = ps_nn_params_at(t->params, i);
-            memcpy(p->value, src, p->len * sizeof(float));
-            src += p->len;
-        }
+    if (r < 0 || !t->nblocks)
+        return r;
+    if (f->dense >= 0) {
+        load_dense(t, s, t->staging[f->dense]);
+        s->dense_gen = ++t->dense_gen;
+        t->dense_newest = s;
+    } else if (s->dense_gen != t->dense_gen) {
+        const slot *from = t->dense_newest;
+        for (size_t i = 0; i < t->nblocks; i++)
+            memcpy(ps_nn_params_at(s->params, i)->value, ps_nn_params_at(from->params, i)->value,
+                   ps_nn_params_at(s->params, i)->len * sizeof(float));
+        s->dense_gen = t->dense_gen;
     }
-    return r;
+    return 0;
 }
 
 static pushes *pop_oldest_push(trainer *t) {
@@ -215,24 +261,6 @@ static int wait_oldest_push(trainer *t) {
     return r;
 }
 
-/* After an error: wait out every call still in flight, whatever it returns
- * (a dead shard's calls end at their deadline), so that the client is left
- * none and no reply lands in a batch that is being freed. t->err keeps the
- * first error. */
-static void abandon_calls(trainer *t, fetch *const *fetches, int nfetches) {
-    char ignored[256];
-    for (int k = 0; k < nfetches; k++) {
-        for (int i = 0; i < fetches[k]->ncalls; i++)
-            ps_call_wait(fetches[k]->calls[i], ignored, sizeof(ignored));
-        fetches[k]->ncalls = 0;
-    }
-    while (t->nin) {
-        pushes *p = pop_oldest_push(t);
-        for (int i = 0; i < p->ncalls; i++)
-            ps_call_wait(p->calls[i], ignored, sizeof(ignored));
-    }
-}
-
 /* Wait until at most `allowed` pushes are unacknowledged. */
 static int bound_inflight(trainer *t, size_t allowed) {
     while (t->nin > allowed) {
@@ -243,7 +271,7 @@ static int bound_inflight(trainer *t, size_t allowed) {
     return 0;
 }
 
-static int start_pushes(trainer *t, ps_batch *b) {
+static int start_pushes(trainer *t, ps_batch *b, slot *s) {
     pushes *p = &t->inflight[(t->in_head + t->nin) % t->in_cap];
     p->ncalls = 0;
     p->end = b->end;
@@ -258,7 +286,7 @@ static int start_pushes(trainer *t, ps_batch *b) {
         p->ncalls++;
     }
     if (t->nblocks) {
-        int r = ps_client_dense_push_start(t->client, t->push_blocks, t->nblocks, &p->calls[p->ncalls]);
+        int r = ps_client_dense_push_start(t->client, s->push_blocks, t->nblocks, &p->calls[p->ncalls]);
         if (r < 0)
             return r;
         p->ncalls++;
@@ -278,29 +306,83 @@ static void scale_sparse_grads(ps_batch *b, float k) {
     }
 }
 
-static int compute(trainer *t, ps_batch *b) {
-    int r = ps_model_forward(t->model, b, t->logits);
+/* Forward and backward of one batch in slot s: its logits, the gradients
+ * of its rows (in the batch) and of the dense blocks (in the slot). Touches
+ * nothing else of the trainer, so two slots compute at once. */
+static int compute(slot *s, ps_batch *b) {
+    int r = ps_model_forward(s->model, b, s->logits);
     if (r < 0) {
-        snprintf(t->err, sizeof(t->err), "forward: %s", ps_strerror(r));
+        snprintf(s->err, sizeof(s->err), "forward: %s", ps_strerror(r));
         return r;
     }
-    /* Progressive validation: every example is scored before it trains. */
-    for (uint32_t i = 0; i < b->n; i++) {
-        double z = t->logits[i], p = ps_sigmoid(z);
-        ps_eval_add(t->total, z, b->labels[i]);
-        ps_eval_add(t->window, z, b->labels[i]);
-        t->dlogits[i] = (float)((p - b->labels[i]) / b->n);
-    }
-    if (t->nblocks)
-        ps_nn_params_zero_grad(t->params);
-    r = ps_model_backward(t->model, b, t->dlogits);
+    for (uint32_t i = 0; i < b->n; i++)
+        s->dlogits[i] = (float)((ps_sigmoid(s->logits[i]) - b->labels[i]) / b->n);
+    if (s->t->nblocks)
+        ps_nn_params_zero_grad(s->params);
+    r = ps_model_backward(s->model, b, s->dlogits);
     if (r < 0) {
-        snprintf(t->err, sizeof(t->err), "backward: %s", ps_strerror(r));
+        snprintf(s->err, sizeof(s->err), "backward: %s", ps_strerror(r));
         return r;
     }
-    if (t->w->model.sparse_gradient == PS_REDUCE_SUM)
+    if (s->t->w->model.sparse_gradient == PS_REDUCE_SUM)
         scale_sparse_grads(b, (float)b->n);
     return 0;
+}
+
+/* Progressive validation: every example is scored before it trains (its
+ * push), in batch order. */
+static void score(trainer *t, const slot *s, const ps_batch *b) {
+    for (uint32_t i = 0; i < b->n; i++) {
+        ps_eval_add(t->total, s->logits[i], b->labels[i]);
+        ps_eval_add(t->window, s->logits[i], b->labels[i]);
+    }
+}
+
+static void *compute_main(void *arg) {
+    slot *s = arg;
+    ps_nn_blas_one_thread();
+    pthread_mutex_lock(&s->mu);
+    for (;;) {
+        while (!s->job && !s->quit)
+            pthread_cond_wait(&s->cv, &s->mu);
+        if (!s->job)
+            break;
+        ps_batch *b = s->job;
+        pthread_mutex_unlock(&s->mu);
+        int r = compute(s, b);
+        pthread_mutex_lock(&s->mu);
+        s->result = r;
+        s->job = NULL;
+        pthread_cond_broadcast(&s->cv);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+/* Start computing b in s: on its thread, or here and now. */
+static void compute_start(slot *s, ps_batch *b) {
+    if (!s->threaded) {
+        s->result = compute(s, b);
+        return;
+    }
+    pthread_mutex_lock(&s->mu);
+    s->job = b;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* Wait until s computes nothing; the result of its last batch, whose
+ * error message goes to t->err. */
+static int compute_wait(trainer *t, slot *s) {
+    if (s->threaded) {
+        pthread_mutex_lock(&s->mu);
+        while (s->job)
+            pthread_cond_wait(&s->cv, &s->mu);
+        pthread_mutex_unlock(&s->mu);
+    }
+    if (s->result < 0)
+        snprintf(t->err, sizeof(t->err), "%s", s->err);
+    return s->result;
 }
 
 /* ---- checkpoint barrier ------------------------------------------------------------- */
@@ -393,7 +475,7 @@ static void holdout_free(holdout *h) {
 /* Score the holdout with the current model, reading rows with Lookup so the
  * evaluation creates and changes nothing (a key never trained scores with a
  * zero row). */
-static int holdout_eval(trainer *t, holdout *h, double *ret_auc, double *ret_logloss) {
+static int holdout_eval(trainer *t, slot *s, holdout *h, double *ret_auc, double *ret_logloss) {
     ps_eval *e = t->hold;
     ps_eval_reset(e);
     int r = 0;
@@ -405,9 +487,9 @@ static int holdout_eval(trainer *t, holdout *h, double *ret_auc, double *ret_log
         if (r == 0)
             r = w;
         if (r == 0)
-            r = ps_model_forward(t->model, b, t->logits);
+            r = ps_model_forward(s->model, b, s->logits);
         for (uint32_t i = 0; r == 0 && i < b->n; i++)
-            ps_eval_add(e, t->logits[i], b->labels[i]);
+            ps_eval_add(e, s->logits[i], b->labels[i]);
     }
     *ret_auc = ps_eval_auc(e);
     *ret_logloss = ps_eval_logloss(e);
@@ -450,7 +532,8 @@ static void note_position(trainer *t, const ps_batch *b) {
 }
 
 /* One progress line (README "Progress lines"); it ends the window. */
-static void progress_line(trainer *t, FILE *out, uint64_t examples, double tnow) {
+/* s: a slot that computes nothing, for the holdout. */
+static void progress_line(trainer *t, slot *s, FILE *out, uint64_t examples, double tnow) {
     holdout *h = &t->h;
     ps_feed_counters fc;
     ps_feed_counters_get(t->feed, &fc);
@@ -461,7 +544,7 @@ static void progress_line(trainer *t, FILE *out, uint64_t examples, double tnow)
     char hold[128] = "", eta[48] = "", when[32];
     if (h->n) {
         double ha, hl;
-        if (holdout_eval(t, h, &ha, &hl) == 0)
+        if (holdout_eval(t, s, h, &ha, &hl) == 0)
             snprintf(hold, sizeof(hold), " holdout_auc=%.4f holdout_logloss=%.4f", ha, hl);
     }
     /* Time per share of the input since the first batch, times the share
@@ -560,31 +643,93 @@ static int holdout_read(const ps_train_options *o, const ps_worker_config *w, co
     return r;
 }
 
+/* A slot's model and buffers, and its thread when there are two slots. */
+static int slot_open(trainer *t, slot *s, bool threaded, char *err, size_t errlen) {
+    s->t = t;
+    s->dense_gen = UINT64_MAX; /* holds no pull yet */
+    int r = ps_model_new(t->L, &s->model, err, errlen);
+    if (r < 0)
+        return r;
+    size_t B = t->w->model.batch_size;
+    s->logits = malloc(B * sizeof(float));
+    s->dlogits = malloc(B * sizeof(float));
+    if (!s->logits || !s->dlogits)
+        return -ENOMEM;
+    s->params = ps_model_params(s->model);
+    t->nblocks = ps_nn_params_count(s->params);
+    if (t->nblocks) {
+        s->push_blocks = calloc(t->nblocks, sizeof(ps_dense_block));
+        if (!s->push_blocks)
+            return -ENOMEM;
+        for (size_t i = 0; i < t->nblocks; i++) {
+            const ps_nn_param *p = ps_nn_params_at(s->params, i);
+            s->push_blocks[i] = (ps_dense_block){p->name, p->grad, p->len};
+        }
+    }
+    if (!threaded)
+        return 0;
+    if (pthread_mutex_init(&s->mu, NULL) != 0)
+        return -ENOMEM;
+    if (pthread_cond_init(&s->cv, NULL) != 0) {
+        pthread_mutex_destroy(&s->mu);
+        return -ENOMEM;
+    }
+    r = pthread_create(&s->thread, NULL, compute_main, s);
+    if (r != 0) {
+        pthread_cond_destroy(&s->cv);
+        pthread_mutex_destroy(&s->mu);
+        snprintf(err, errlen, "compute thread: %s", strerror(r));
+        return -r;
+    }
+    s->threaded = true;
+    return 0;
+}
+
+static void slot_close(slot *s) {
+    if (s->threaded) {
+        pthread_mutex_lock(&s->mu);
+        s->quit = true;
+        pthread_cond_broadcast(&s->cv);
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(s->thread, NULL);
+        pthread_cond_destroy(&s->cv);
+        pthread_mutex_destroy(&s->mu);
+    }
+    ps_model_free(s->model);
+    free(s->logits);
+    free(s->dlogits);
+    free(s->push_blocks);
+}
+
+/* The dense model's starting point, into slot 0: the first worker creates
+ * it on the shards from its initial values; every later one reads what is
+ * there. Slot 1 copies it before its first batch (finish_fetch). */
 static int dense_setup(trainer *t) {
-    t->params = ps_model_params(t->model);
-    t->nblocks = ps_nn_params_count(t->params);
+    slot *s = &t->slots[0];
+    t->dense_newest = s;
+    s->dense_gen = t->dense_gen = 0;
     if (!t->nblocks)
         return 0;
-    size_t total = ps_nn_params_total(t->params);
-    t->staging = malloc(total * sizeof(float));
-    t->pull_blocks = calloc(t->nblocks, sizeof(ps_dense_block));
-    t->push_blocks = calloc(t->nblocks, sizeof(ps_dense_block));
-    if (!t->staging || !t->pull_blocks || !t->push_blocks)
-        return -ENOMEM;
-    ps_model_init_params(t->model, t->w->model.seed);
-    float *s = t->staging;
+    for (int k = 0; k < 2; k++) {
+        t->staging[k] = malloc(ps_nn_params_total(s->params) * sizeof(float));
+        t->pull_blocks[k] = calloc(t->nblocks, sizeof(ps_dense_block));
+        if (!t->staging[k] || !t->pull_blocks[k])
+            return -ENOMEM;
+        float *at = t->staging[k];
+        for (size_t i = 0; i < t->nblocks; i++) {
+            const ps_nn_param *p = ps_nn_params_at(s->params, i);
+            t->pull_blocks[k][i] = (ps_dense_block){p->name, at, p->len};
+            at += p->len;
+        }
+    }
+    ps_model_init_params(s->model, t->w->model.seed);
     ps_dense_block *live = calloc(t->nblocks, sizeof(ps_dense_block));
     if (!live)
         return -ENOMEM;
     for (size_t i = 0; i < t->nblocks; i++) {
-        const ps_nn_param *p = ps_nn_params_at(t->params, i);
-        t->pull_blocks[i] = (ps_dense_block){p->name, s, p->len};
-        t->push_blocks[i] = (ps_dense_block){p->name, p->grad, p->len};
+        const ps_nn_param *p = ps_nn_params_at(s->params, i);
         live[i] = (ps_dense_block){p->name, p->value, p->len};
-        s += p->len;
     }
-    /* The first worker creates the dense model from its initial values;
-     * every later one reads what is there. */
     int r = ps_client_dense_pull(t->client, live, t->nblocks, true, t->err, sizeof(t->err));
     free(live);
     return r;
@@ -624,15 +769,16 @@ static int trainer_open(trainer *t, const ps_train_options *o, char *err, size_t
                  MAX_TABLES);
         return PS_ECONFIG;
     }
-    r = ps_model_new(t->L, &t->model, err, errlen);
-    if (r < 0)
-        return r;
+    /* Two batches compute at once only when the next batch's pull may be
+     * sent before this one's push is acknowledged. */
+    t->nslots = w->compute_threads >= 2 && w->model.max_in_flight >= 1 ? 2 : 1;
+    for (uint32_t i = 0; i < t->nslots; i++)
+        if ((r = slot_open(t, &t->slots[i], t->nslots > 1, err, errlen)) < 0)
+            return r;
     size_t B = w->model.batch_size;
-    t->logits = malloc(B * sizeof(float));
-    t->dlogits = malloc(B * sizeof(float));
     t->in_cap = w->model.max_in_flight + 2;
     t->inflight = calloc(t->in_cap, sizeof(pushes));
-    if (!t->logits || !t->dlogits || !t->inflight)
+    if (!t->inflight)
         return -ENOMEM;
     r = holdout_read(o, w, t->L, &t->h, err, errlen);
     if (r < 0)
@@ -657,79 +803,146 @@ static int trainer_open(trainer *t, const ps_train_options *o, char *err, size_t
     return 0;
 }
 
+/* A batch on its way through the loop: taken from the feed, its pull sent
+ * (fetched), then computing in its slot (computing). */
+typedef struct stage {
+    ps_batch *b;                 /* NULL: the input has ended */
+    uint64_t k;                  /* its number */
+    slot *s;
+    fetch f;
+    bool fetched, computing;
+} stage;
+
+static void stage_take(trainer *t, stage *st, uint64_t k) {
+    st->b = ps_feed_take(t->feed);
+    st->k = k;
+    st->s = &t->slots[k % t->nslots];
+    st->f.ncalls = 0;
+    st->fetched = st->computing = false;
+}
+
+/* Send st's pull once at most `allowed` pushes are unacknowledged. Its
+ * staleness: the pushes it will not see, `unsent` of them not sent yet. */
+static int stage_fetch(trainer *t, stage *st, size_t allowed, size_t unsent) {
+    int r = bound_inflight(t, allowed);
+    if (r < 0)
+        return r;
+    t->staleness_sum += (double)(t->nin + unsent);
+    t->staleness_n++;
+    st->fetched = true;
+    return start_fetch(t, st->b, st->k, &st->f);
+}
+
+static int stage_compute(trainer *t, stage *st) {
+    int r = finish_fetch(t, st->s, &st->f);
+    if (r < 0)
+        return r;
+    compute_start(st->s, st->b);
+    st->computing = true;
+    return 0;
+}
+
+/* After an error: let the slots finish what they compute (their batches
+ * go back to the feed after this), then wait out every call still in
+ * flight, whatever it returns (a dead shard's calls end at their
+ * deadline), so that the client is left none and no reply lands in a batch
+ * that is being freed. t->err keeps the first error. */
+static void abandon(trainer *t, stage *q, int nq) {
+    char ignored[256];
+    for (int k = 0; k < nq; k++) {
+        if (q[k].computing && q[k].s->threaded) {
+            pthread_mutex_lock(&q[k].s->mu);
+            while (q[k].s->job)
+                pthread_cond_wait(&q[k].s->cv, &q[k].s->mu);
+            pthread_mutex_unlock(&q[k].s->mu);
+        }
+        for (int i = 0; i < q[k].f.ncalls; i++)
+            ps_call_wait(q[k].f.calls[i], ignored, sizeof(ignored));
+        q[k].f.ncalls = 0;
+    }
+    while (t->nin) {
+        pushes *p = pop_oldest_push(t);
+        for (int i = 0; i < p->ncalls; i++)
+            ps_call_wait(p->calls[i], ignored, sizeof(ignored));
+    }
+}
+
 /* Train on every batch the feed hands over, until it has no more or a call
- * fails: the next batch's pull is sent before the current one computes (as
- * max_in_flight allows), a pending checkpoint barrier is served between
- * batches, and a progress line is written every progress_interval_s. */
+ * fails. The order of the calls is fixed, whatever the number of slots:
+ * batch k+1's pull is sent right after batch k-1's push (with
+ * max_in_flight >= 1; after that push is acknowledged with 0), so it sees
+ * every push but its predecessor's. With two slots batch k+1 computes while
+ * batch k does: it starts once its pull is back, and k's push waits for k's
+ * compute. The pushes, the pulls and what each batch computes are then the
+ * same as with one slot, bit for bit; only the time differs. Between
+ * batches a pending checkpoint barrier is served and a progress line is
+ * written every progress_interval_s. */
 static int trainer_loop(trainer *t, ps_train_result *ret) {
     const ps_train_options *o = t->o;
     uint32_t mif = t->w->model.max_in_flight;
-    fetch fcur = {0}, fnext = {0};
+    bool overlap = t->nslots > 1;
+    stage q[3] = {{0}};
     int r = 0;
-    ps_batch *cur = ps_feed_take(t->feed);
-    if (cur) {
-        t->staleness_n++; /* nothing is unacknowledged before the first pull */
-        r = start_fetch(t, cur, &fcur);
+    uint64_t k = 0;
+    stage_take(t, &q[0], 0);
+    if (q[0].b) {
+        r = stage_fetch(t, &q[0], t->in_cap, 0); /* nothing is unacknowledged yet */
+        stage_take(t, &q[1], 1);
+        if (r == 0 && q[1].b && mif >= 1)
+            r = stage_fetch(t, &q[1], mif - 1, 1);
     }
-    while (cur && r == 0) {
-        ps_batch *nxt = ps_feed_take(t->feed);
-        bool prefetched = false;
-        if (nxt && mif >= 1) {
-            /* The current batch's push is not even sent: it counts. */
-            if ((r = bound_inflight(t, mif - 1)) < 0)
-                break;
-            t->staleness_sum += (double)(t->nin + 1);
-            t->staleness_n++;
-            if ((r = start_fetch(t, nxt, &fnext)) < 0)
-                break;
-            prefetched = true;
-        }
-        if ((r = finish_fetch(t, &fcur)) < 0)
+    while (r == 0 && q[k % 3].b) {
+        stage *cur = &q[k % 3], *nxt = &q[(k + 1) % 3], *after = &q[(k + 2) % 3];
+        if (!cur->computing && (r = stage_compute(t, cur)) < 0)
             break;
-        if ((r = compute(t, cur)) < 0)
+        if (overlap && nxt->b && nxt->fetched && (r = stage_compute(t, nxt)) < 0)
             break;
-        if ((r = start_pushes(t, cur)) < 0)
+        r = compute_wait(t, cur->s);
+        cur->computing = false;
+        if (r < 0)
+            break;
+        score(t, cur->s, cur->b);
+        if ((r = start_pushes(t, cur->b, cur->s)) < 0)
             break;
         ret->batches++;
-        ret->examples += cur->n;
-        note_position(t, cur);
-        ps_reader_pos trained_to = cur->end;
-        ps_feed_give_back(t->feed, cur);
+        ret->examples += cur->b->n;
+        note_position(t, cur->b);
+        ps_reader_pos trained_to = cur->b->end;
+        ps_feed_give_back(t->feed, cur->b);
+        cur->b = NULL;
         char pending[64];
         ps_client_checkpoint_pending(t->client, pending, sizeof(pending));
         if (pending[0] && strcmp(pending, t->handled_ckpt) && (r = barrier(t, pending, &trained_to)) < 0)
             break;
-        if (nxt && !prefetched) {
-            if ((r = bound_inflight(t, mif)) < 0)
-                break;
-            t->staleness_sum += (double)t->nin;
-            t->staleness_n++;
-            if ((r = start_fetch(t, nxt, &fnext)) < 0)
+        if (nxt->b && !nxt->fetched && (r = stage_fetch(t, nxt, mif, 0)) < 0)
+            break;
+        if (nxt->b) {
+            stage_take(t, after, k + 2);
+            if (after->b && mif >= 1 && (r = stage_fetch(t, after, mif - 1, 1)) < 0)
                 break;
         }
         if (t->nin == t->in_cap && (r = wait_oldest_push(t)) < 0)
             break;
-        cur = nxt;
-        fcur = fnext;
-        fnext.ncalls = 0; /* its calls are fcur's now */
         double tnow = now_s();
         if (o->progress && tnow - t->last_report >= t->w->progress_interval_s)
-            progress_line(t, o->progress, ret->examples, tnow);
+            progress_line(t, cur->s, o->progress, ret->examples, tnow);
+        k++;
     }
     if (r == 0)
         r = bound_inflight(t, 0);
     if (r < 0)
-        abandon_calls(t, (fetch *const[]){&fcur, &fnext}, 2);
+        abandon(t, q, 3);
     if (r == 0 && o->progress && ret->examples)
-        progress_line(t, o->progress, ret->examples, now_s());
+        progress_line(t, &t->slots[0], o->progress, ret->examples, now_s());
     return r;
 }
 
 /* The final dense model, then the holdout scored with it. */
 static int holdout_final(trainer *t, ps_train_result *ret, char *err, size_t errlen) {
-    int r = ps_predict_load_dense(t->client, t->model, t->err, sizeof(t->err));
+    slot *s = &t->slots[0];
+    int r = ps_predict_load_dense(t->client, s->model, t->err, sizeof(t->err));
     if (r == 0)
-        r = holdout_eval(t, &t->h, &ret->holdout_auc, &ret->holdout_logloss);
+        r = holdout_eval(t, s, &t->h, &ret->holdout_auc, &ret->holdout_logloss);
     if (r < 0)
         snprintf(err, errlen, "holdout: %s", t->err[0] ? t->err : ps_strerror(r));
     ret->has_holdout = true;
@@ -785,13 +998,13 @@ static void trainer_close(trainer *t) {
     ps_client_free(t->client);
     ps_feed_free(t->feed);
     holdout_free(&t->h);
-    ps_model_free(t->model);
-    free(t->logits);
-    free(t->dlogits);
+    for (uint32_t i = 0; i < t->nslots; i++)
+        slot_close(&t->slots[i]);
+    for (int k = 0; k < 2; k++) {
+        free(t->staging[k]);
+        free(t->pull_blocks[k]);
+    }
     free(t->inflight);
-    free(t->staging);
-    free(t->pull_blocks);
-    free(t->push_blocks);
     ps_eval_free(t->total);
     ps_eval_free(t->window);
     ps_eval_free(t->hold);

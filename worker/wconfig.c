@@ -51,6 +51,7 @@ static ps_worker_config *get(ps_config *cfg) {
     w->timeout_ms = 60000;
     w->outage_timeout_s = 600;
     w->malformed_log_per_s = 5;
+    w->compute_threads = 2;
     cfg->worker = w;
     cfg->worker_free = worker_free;
     return w;
@@ -126,6 +127,7 @@ static const ps_config_key worker_keys[] = {
     PS_KEY_U32("timeout_ms", WRK, timeout_ms, 1, 86400000),
     PS_KEY_U32("outage_timeout_s", WRK, outage_timeout_s, 0, 604800),
     PS_KEY_U32("malformed_log_per_s", WRK, malformed_log_per_s, 0, 1000000),
+    PS_KEY_U32("compute_threads", WRK, compute_threads, 1, 2),
 };
 #undef WRK
 

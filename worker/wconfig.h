@@ -33,7 +33,9 @@
  *
  * [worker] keys: progress_interval_s = 5, timeout_ms = 60000,
  *   outage_timeout_s = 600, malformed_log_per_s = 5 (messages about bad
- *   lines, per second). timeout_ms bounds one attempt of a request; a
+ *   lines, per second), compute_threads = 2 (batches computed at once, 1 or
+ *   2; 2 needs max_in_flight >= 1 and changes no result, only the time:
+ *   worker/train.c, trainer_loop). timeout_ms bounds one attempt of a request; a
  *   shard that misses it, is unreachable or answers READ_ONLY is retried
  *   with backoff for up to outage_timeout_s (0 = fail at timeout_ms). */
 
@@ -93,6 +95,7 @@ typedef struct ps_worker_config {
     uint32_t timeout_ms;
     uint32_t outage_timeout_s;
     uint32_t malformed_log_per_s;
+    uint32_t compute_threads;
 } ps_worker_config;
 
 /* Pass to ps_config_load(); after loading, cfg->worker is a
