@@ -35,7 +35,19 @@
 
 static ps_cluster cl;
 
-static void teardown(void) { cr_expect_eq(ps_cluster_destroy(&cl), 0, "a shard reported a problem"); }
+/* The worker of the test running now, 0 once reaped: an assertion that
+ * fails while it trains leaves it to teardown, which must not leave it
+ * retrying against shards that are gone. */
+static pid_t worker_pid;
+
+static void teardown(void) {
+    if (worker_pid > 0) {
+        kill(worker_pid, SIGKILL);
+        waitpid(worker_pid, NULL, 0);
+        worker_pid = 0;
+    }
+    cr_expect_eq(ps_cluster_destroy(&cl), 0, "a shard reported a problem");
+}
 
 /* Reaps the worker if it has exited (asserting it succeeded); false then. */
 static bool worker_running(pid_t *worker) {
@@ -74,10 +86,13 @@ static const disturbance random_kills = {kill_random_shards, 3, NULL};
 
 static char *train_and_export(const char *data, const disturbance *d) {
     char log[300];
-    pid_t pid = ps_start_worker(&cl, data, log, sizeof(log));
-    int strikes = d ? d->run(&pid) : 0;
-    if (pid)
+    worker_pid = ps_start_worker(&cl, data, log, sizeof(log));
+    int strikes = d ? d->run(&worker_pid) : 0;
+    if (worker_pid) {
+        pid_t pid = worker_pid;
+        worker_pid = 0; /* reaped by the wait, whatever it asserts */
         ps_wait_worker(pid, log);
+    }
     if (d) {
         cr_assert_geq(strikes, d->min_strikes,
                       "the worker finished before the shards were disturbed: make the input larger");
