@@ -252,14 +252,28 @@ static double drive_cold(ps_client *c, const opts *o, uint64_t *next, uint64_t l
     return rate;
 }
 
-static uint64_t server_misses(ps_client *c) {
+static ps_table_stats server_table_stats(ps_client *c) {
     ps_shard_stats st;
+    ps_table_stats t = {0};
     char err[512];
     if (ps_client_stats(c, 0, &st, err, sizeof(err)) < 0)
-        return 0;
-    uint64_t m = st.ntables ? st.tables[0].stats.memory_misses : 0;
+        return t;
+    if (st.ntables)
+        t = st.tables[0].stats;
     ps_shard_stats_deinit(&st);
-    return m;
+    return t;
+}
+
+static uint64_t server_misses(ps_client *c) { return server_table_stats(c).memory_misses; }
+
+/* Wait (up to 10 minutes) until the shard has written back every dirty
+ * row, so that the write-back of the load does not run under the
+ * measurements; the seconds waited. */
+static double wait_written_back(ps_client *c) {
+    double t0 = bench_now_s();
+    while (server_table_stats(c).dirty_rows > 0 && bench_now_s() - t0 < 600)
+        usleep(100000);
+    return bench_now_s() - t0;
 }
 
 /* ---- raw RocksDB ------------------------------------------------------------------------- */
@@ -483,6 +497,7 @@ int main(int argc, char **argv) {
     }
     double persist_s = bench_now_s() - t0;
     free(load_grads);
+    double settle_s = wait_written_back(cl);
 
     /* Request pool: POOL requests of batch keys drawn from the distribution. */
     zipf z;
@@ -502,6 +517,7 @@ int main(int argc, char **argv) {
            o.keys, mem, o.zipf, o.durability, o.batch, o.inflight, o.runs, o.seconds);
     printf("load_rows_per_sec %.0f\n", (double)o.keys / load_s);
     printf("persist_rows_per_sec %.0f\n", (double)o.keys / persist_s);
+    printf("persist_written_back_after_s %.1f\n", settle_s);
     double rates[3] = {0, 0, 0};
     for (int op = 0; op < 3; op++) {
         if (o.ops && !strstr(o.ops, op_names[op]))
