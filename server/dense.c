@@ -5,6 +5,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "error.h"
 
@@ -161,6 +164,36 @@ int ps_dense_check(ps_dense *d, const char *name, const float *g, size_t len) {
     return 0;
 }
 
+#if defined(__SSE2__)
+/* Four elements at a time: the moments in float, the step in double (two
+ * packed square roots and divisions per half), the same operations in the
+ * same order as the scalar loop below, so the results are bit-identical
+ * (server/test_dense.c compares them with the formula). The scalar loop
+ * with its double square root and division per element was 23-37% of a
+ * shard's time while it served a DCN-V2 worker (2026-12-06). Returns how
+ * many elements it did. */
+static size_t adam_sse2(block *b, const float *g, size_t len, float b1, float b2, double lr_t,
+                        double eps_t) {
+    const __m128 vb1 = _mm_set1_ps(b1), vb2 = _mm_set1_ps(b2);
+    const __m128 c1 = _mm_set1_ps(1 - b1), c2 = _mm_set1_ps(1 - b2);
+    const __m128d lr = _mm_set1_pd(lr_t), eps = _mm_set1_pd(eps_t);
+    size_t i = 0;
+    for (; i + 4 <= len; i += 4) {
+        __m128 gi = _mm_loadu_ps(g + i);
+        __m128 m = _mm_add_ps(_mm_mul_ps(vb1, _mm_loadu_ps(b->m + i)), _mm_mul_ps(c1, gi));
+        __m128 v = _mm_add_ps(_mm_mul_ps(vb2, _mm_loadu_ps(b->v + i)), _mm_mul_ps(_mm_mul_ps(c2, gi), gi));
+        _mm_storeu_ps(b->m + i, m);
+        _mm_storeu_ps(b->v + i, v);
+        __m128d lo = _mm_div_pd(_mm_mul_pd(lr, _mm_cvtps_pd(m)), _mm_add_pd(_mm_sqrt_pd(_mm_cvtps_pd(v)), eps));
+        __m128d hi = _mm_div_pd(_mm_mul_pd(lr, _mm_cvtps_pd(_mm_movehl_ps(m, m))),
+                                _mm_add_pd(_mm_sqrt_pd(_mm_cvtps_pd(_mm_movehl_ps(v, v))), eps));
+        __m128 step = _mm_movelh_ps(_mm_cvtpd_ps(lo), _mm_cvtpd_ps(hi));
+        _mm_storeu_ps(b->w + i, _mm_sub_ps(_mm_loadu_ps(b->w + i), step));
+    }
+    return i;
+}
+#endif
+
 void ps_dense_apply(ps_dense *d, const char *name, const float *g, size_t len) {
     block *b = find(d, name);
     const ps_dense_config *c = &d->cfg;
@@ -169,7 +202,11 @@ void ps_dense_apply(ps_dense *d, const char *name, const float *g, size_t len) {
     double c1 = 1 - pow(c->beta1, (double)b->step), c2 = 1 - pow(c->beta2, (double)b->step);
     double lr_t = c->lr * sqrt(c2) / c1, eps_t = c->eps * sqrt(c2);
     float b1 = (float)c->beta1, b2 = (float)c->beta2;
-    for (size_t i = 0; i < len; i++) {
+    size_t i = 0;
+#if defined(__SSE2__)
+    i = adam_sse2(b, g, len, b1, b2, lr_t, eps_t);
+#endif
+    for (; i < len; i++) {
         float gi = g[i];
         float m = b1 * b->m[i] + (1 - b1) * gi;
         float v = b2 * b->v[i] + (1 - b2) * gi * gi;
