@@ -422,6 +422,26 @@ int ps_move_reshard(ps_client *c, ps_cluster_map *cur, char *const *shards, size
     return 0;
 }
 
-int ps_move_abort(ps_client *c, uint32_t from, char *err, size_t errlen) {
-    return simple_phase(c, from, CTRPS__MOVE_REQUEST__PHASE__THAW, 0, 0, err, errlen);
+int ps_move_abort(ps_client *c, uint32_t from, uint32_t *ret_unstaged, char *err, size_t errlen) {
+    *ret_unstaged = 0;
+    int r = simple_phase(c, from, CTRPS__MOVE_REQUEST__PHASE__THAW, 0, 0, err, errlen);
+    if (r < 0)
+        return r;
+    /* The target of the move given up is not known here: every other
+     * shard forgets a staged copy it holds. */
+    uint32_t nshards;
+    ps_client_shards_ready(c, &nshards);
+    for (uint32_t i = 0; i < nshards; i++) {
+        if (i == from)
+            continue;
+        Ctrps__MoveRequest m = CTRPS__MOVE_REQUEST__INIT;
+        m.phase = CTRPS__MOVE_REQUEST__PHASE__UNSTAGE;
+        Ctrps__Response *resp;
+        r = move_call(c, i, &m, &resp, err, errlen);
+        if (r < 0)
+            return r;
+        *ret_unstaged += resp->move->done;
+        ctrps__response__free_unpacked(resp, NULL);
+    }
+    return 0;
 }

@@ -71,5 +71,6 @@ int ps_move_reshard(ps_client *c, ps_cluster_map *cur, char *const *shards, size
                     uint32_t ntarget, ps_move_progress_fn fn, void *ctx, char *err, size_t errlen);
 
 /* Give up a move that did not reach its map change: thaw the range on
- * shard `from`. */
-int ps_move_abort(ps_client *c, uint32_t from, char *err, size_t errlen);
+ * shard `from`, then have every other shard forget a staged first pass
+ * (how many had one: *ret_unstaged). */
+int ps_move_abort(ps_client *c, uint32_t from, uint32_t *ret_unstaged, char *err, size_t errlen);

@@ -894,6 +894,9 @@ static int do_move(ps_service *svc, ps_session *sess, const Ctrps__MoveRequest *
     case CTRPS__MOVE_REQUEST__PHASE__THAW:
         r = ps_shard_thaw(svc->shard, rp->err, sizeof(rp->err));
         break;
+    case CTRPS__MOVE_REQUEST__PHASE__UNSTAGE:
+        m->done = ps_shard_stage_forget(svc->shard);
+        break;
     case CTRPS__MOVE_REQUEST__PHASE__DROP:
         r = ps_shard_drop(svc->shard, lo, hi, &m->rows_dropped, rp->err, sizeof(rp->err));
         if (r == 0 && req->stage)

@@ -753,6 +753,12 @@ static void stage_end(ps_shard *s) {
     s->stage_id = 0;
 }
 
+bool ps_shard_stage_forget(ps_shard *s) {
+    bool had = s->stage_id != 0;
+    stage_end(s);
+    return had;
+}
+
 int ps_shard_stage_begin(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t id, char *err,
                          size_t errlen) {
     int r = check_range(s, lo, hi, err, errlen);

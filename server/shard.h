@@ -185,13 +185,16 @@ int ps_shard_drop(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t *ret_rows, cha
  * not know (never begun, or lost to a restart, a drop() or a plain
  * adopt_rows() of the range) is answered PS_ENOT_FOUND: the mover begins the
  * copy again. Staging files go at the ingest, at a drop of the range, at
- * close, and at open after a crash; never into a checkpoint (not under db/). */
+ * stage_forget() (a move given up), at close, and at open after a crash;
+ * never into a checkpoint (not under db/). */
 int ps_shard_stage_begin(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t id, char *err,
                          size_t errlen);
 int ps_shard_stage_rows(ps_shard *s, uint64_t id, ps_table *t, const uint64_t *keys,
                         const void *const *values, const size_t *lens, size_t n, char *err,
                         size_t errlen);
 int ps_shard_stage_ingest(ps_shard *s, uint64_t id, char *err, size_t errlen);
+/* Forget the staged copy, if any, and remove its files; whether there was one. */
+bool ps_shard_stage_forget(ps_shard *s);
 
 /* Apply a push (all-or-nothing) and log it. client_id 0 skips sequencing;
  * otherwise a seq at or below the client's last applied one is answered as

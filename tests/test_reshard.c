@@ -444,6 +444,62 @@ Test(reshard, a_target_killed_in_the_first_pass_has_the_copy_begun_again, .fini 
     ps_client_free(r);
 }
 
+/* A mover killed with the first pass staged, then `move --abort`: the
+ * source is thawed, the target has removed its staging files, nothing
+ * moved, and the same move run again completes, equal to an unmoved
+ * cluster. */
+Test(reshard, move_abort_removes_the_targets_staged_copy, .fini = teardown, .timeout = 120) {
+    make_keys();
+    cr_assert_eq(ps_cluster_start(&cl, 2, body), 0);
+    cr_assert_eq(ps_cluster_start(&ref, 2, body), 0);
+    ps_client *c = client_of(&cl), *r = client_of(&ref);
+    install_real_addresses(c);
+    for (int round = 0; round < 3; round++) {
+        push_round(c, round);
+        push_round(r, round);
+    }
+    char *argv[] = {(char *)ps_test_bin("tools/ctrps-cli"), "--config", cl.config, "--timeout",
+                    "60000", "move", "--buckets", "0-15", "--to", "1", NULL};
+    setenv("CTRPS_TEST_MOVE_STOP", "staged", 1); /* common/move.c: the mover stops there */
+    int fd;
+    pid_t pid = ps_spawn_stdout(argv, &fd);
+    unsetenv("CTRPS_TEST_MOVE_STOP");
+    cr_assert_gt(pid, 0);
+    int status;
+    cr_assert_eq(waitpid(pid, &status, WUNTRACED), pid);
+    cr_assert(WIFSTOPPED(status), "the mover did not stop with the first pass staged (status %d)",
+              status);
+    kill(pid, SIGKILL);
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    close(fd);
+    char staging[400];
+    snprintf(staging, sizeof(staging), "%s/data/shard-1/staging", cl.dir);
+    cr_assert_eq(access(staging, F_OK), 0, "no staging directory on the target");
+
+    char *out = NULL;
+    cr_assert_eq(ps_run_cli(&cl, &out, "move", "--abort", "0", NULL), 0, "%s", out);
+    cr_assert(strstr(out, "staged copies removed: 1"), "%s", out);
+    free(out);
+    cr_assert_neq(access(staging, F_OK), 0, "the target kept its staging files after the abort");
+    uint64_t moved = ((UINT64_C(1) << MOVED_HI) - 1) & ~((UINT64_C(1) << MOVED_LO) - 1);
+    cr_assert_eq(buckets_on(c, 1) & moved, 0, "rows of an aborted move are visible on the target");
+    push_round(c, 3);
+    push_round(r, 3);
+    expect_same(c, r, "after the abort");
+
+    out = NULL;
+    cr_assert_eq(ps_run_cli(&cl, &out, "--timeout", "60000", "move", "--buckets", "0-15", "--to", "1",
+                            NULL),
+                 0, "the move after the abort failed: %s", out);
+    free(out);
+    ps_client *fresh = client_of(&cl);
+    cr_assert_eq(buckets_on(fresh, 1) & moved, moved, "shard 1 stores the moved buckets' rows");
+    expect_same(fresh, r, "after the move that followed the abort");
+    ps_client_free(fresh);
+    ps_client_free(c);
+    ps_client_free(r);
+}
+
 /* ---- online moves while a worker trains --------------------------------------- */
 
 #define LR_BODY PS_TEST_LR_BODY("sync", "300")

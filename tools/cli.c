@@ -53,7 +53,8 @@ static void usage(FILE *out) {
             "      meanwhile; then the range pauses briefly for the last changes and the\n"
             "      push sequence numbers, and the cluster map's epoch flips. Progress\n"
             "      (rows, rows/s, ETA) on stderr; the pause is printed at the end.\n"
-            "      --abort N gives up a move from shard N that never reached its map flip\n"
+            "      --abort N gives up a move from shard N that never reached its map flip:\n"
+            "      the range is thawed there and any staged copy elsewhere removed\n"
             "  reshard\n"
             "      with --config NEW.ini listing the new set of shards (same buckets):\n"
             "      move the cluster to an even split over them, range by range\n"
@@ -800,9 +801,11 @@ static int cmd_move(ps_client *cl, const ps_config *cfg, int argc, char **argv) 
     }
     char err[1024];
     if (abort_from != UINT64_MAX) {
-        if (ps_move_abort(cl, (uint32_t)abort_from, err, sizeof(err)) < 0)
+        uint32_t unstaged;
+        if (ps_move_abort(cl, (uint32_t)abort_from, &unstaged, err, sizeof(err)) < 0)
             return fail(1, "move --abort: %s", err);
-        printf("shard %llu: the moving range is thawed\n", (unsigned long long)abort_from);
+        printf("shard %llu: the moving range is thawed; staged copies removed: %u\n",
+               (unsigned long long)abort_from, unstaged);
         return 0;
     }
     if (!have_range || to == UINT64_MAX)
