@@ -384,12 +384,10 @@ Test(reshard, sequence_numbers_are_kept_per_bucket, .fini = teardown, .timeout =
     ctrps__response__free_unpacked(r, NULL);
 }
 
-/* The target stages a copy's first pass and ingests it at the end: killed
- * (SIGKILL) with the pass staged, it has lost it, and the mover begins the
- * copy again (the target's restart leaves no staging file); the moved
- * state equals an unmoved cluster's. */
-Test(reshard, a_target_killed_in_the_first_pass_has_the_copy_begun_again, .fini = teardown,
-     .timeout = 120) {
+/* Both clusters with the same three rounds of pushes; then `move
+ * --buckets 0-15 --to 1` on cl, stopped (SIGSTOP by the failpoint) once its
+ * first pass is staged on the target. Its pid; its stdout in *ret_fd. */
+static pid_t start_move_stopped_when_staged(ps_client **ret_c, ps_client **ret_r, int *ret_fd) {
     make_keys();
     cr_assert_eq(ps_cluster_start(&cl, 2, body), 0);
     cr_assert_eq(ps_cluster_start(&ref, 2, body), 0);
@@ -402,14 +400,27 @@ Test(reshard, a_target_killed_in_the_first_pass_has_the_copy_begun_again, .fini 
     char *argv[] = {(char *)ps_test_bin("tools/ctrps-cli"), "--config", cl.config, "--timeout",
                     "60000", "move", "--buckets", "0-15", "--to", "1", NULL};
     setenv("CTRPS_TEST_MOVE_STOP", "staged", 1); /* common/move.c: the mover stops there */
-    int fd;
-    pid_t pid = ps_spawn_stdout(argv, &fd);
+    pid_t pid = ps_spawn_stdout(argv, ret_fd);
     unsetenv("CTRPS_TEST_MOVE_STOP");
     cr_assert_gt(pid, 0);
     int status;
     cr_assert_eq(waitpid(pid, &status, WUNTRACED), pid);
     cr_assert(WIFSTOPPED(status), "the mover did not stop with the first pass staged (status %d)",
               status);
+    *ret_c = c;
+    *ret_r = r;
+    return pid;
+}
+
+/* The target stages a copy's first pass and ingests it at the end: killed
+ * (SIGKILL) with the pass staged, it has lost it, and the mover begins the
+ * copy again (the target's restart leaves no staging file); the moved
+ * state equals an unmoved cluster's. */
+Test(reshard, a_target_killed_in_the_first_pass_has_the_copy_begun_again, .fini = teardown,
+     .timeout = 120) {
+    ps_client *c, *r;
+    int fd, status;
+    pid_t pid = start_move_stopped_when_staged(&c, &r, &fd);
     char staging[400];
     snprintf(staging, sizeof(staging), "%s/data/shard-1/staging", cl.dir);
     cr_assert_eq(access(staging, F_OK), 0, "no staging directory on the target");
@@ -449,26 +460,9 @@ Test(reshard, a_target_killed_in_the_first_pass_has_the_copy_begun_again, .fini 
  * moved, and the same move run again completes, equal to an unmoved
  * cluster. */
 Test(reshard, move_abort_removes_the_targets_staged_copy, .fini = teardown, .timeout = 120) {
-    make_keys();
-    cr_assert_eq(ps_cluster_start(&cl, 2, body), 0);
-    cr_assert_eq(ps_cluster_start(&ref, 2, body), 0);
-    ps_client *c = client_of(&cl), *r = client_of(&ref);
-    install_real_addresses(c);
-    for (int round = 0; round < 3; round++) {
-        push_round(c, round);
-        push_round(r, round);
-    }
-    char *argv[] = {(char *)ps_test_bin("tools/ctrps-cli"), "--config", cl.config, "--timeout",
-                    "60000", "move", "--buckets", "0-15", "--to", "1", NULL};
-    setenv("CTRPS_TEST_MOVE_STOP", "staged", 1); /* common/move.c: the mover stops there */
-    int fd;
-    pid_t pid = ps_spawn_stdout(argv, &fd);
-    unsetenv("CTRPS_TEST_MOVE_STOP");
-    cr_assert_gt(pid, 0);
-    int status;
-    cr_assert_eq(waitpid(pid, &status, WUNTRACED), pid);
-    cr_assert(WIFSTOPPED(status), "the mover did not stop with the first pass staged (status %d)",
-              status);
+    ps_client *c, *r;
+    int fd, status;
+    pid_t pid = start_move_stopped_when_staged(&c, &r, &fd);
     kill(pid, SIGKILL);
     cr_assert_eq(waitpid(pid, &status, 0), pid);
     close(fd);
