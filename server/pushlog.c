@@ -477,7 +477,8 @@ static int reap(ps_pushlog *log) {
     size_t tail = log->wlen - log->wwritten;
     int r = reserve(log, tail);
     if (r < 0)
-        return r; /* the tail is lost to the file: the log cannot go on */
+        return r; /* the tail is lost: replay then stops at the gap in lsns
+                   * with an error rather than skip it (see open) */
     memmove(log->buf + tail, log->buf, log->len);
     memcpy(log->buf, log->wbuf + log->wwritten, tail);
     log->len += tail;

@@ -7,7 +7,10 @@
  * the shard runs one write-back thread of its own which writes batches to
  * RocksDB (and, with fsync = everysec, syncs the push log once a second).
  * When a batch is done that thread calls the `notify` callback, after which
- * the owner calls ps_shard_tick() on its loop thread.
+ * the owner calls ps_shard_tick() on its loop thread. With durability = sync
+ * the owner may also start the push log's writer thread
+ * (ps_shard_log_writer_start), which writes each turn's records while the
+ * loop goes on.
  *
  * Write-back cycle (DESIGN.md "The shard"):
  *   idle --begin (interval or dirty-row count)--> writing --write done--> idle
