@@ -466,8 +466,10 @@ static void *writer_thread(void *arg) {
 /* Take the result of the finished write. On an error its unwritten tail
  * goes back in front of the buffer, for the next commit to retry. */
 static int reap(ps_pushlog *log) {
+    pthread_mutex_lock(&log->mu); /* the writer reads them in its wait */
     log->busy = false;
     log->done = false;
+    pthread_mutex_unlock(&log->mu);
     log->bytes += log->wwritten;
     if (log->wresult == 0) {
         log->durable_lsn = log->wlast_lsn;
