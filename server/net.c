@@ -63,13 +63,17 @@ struct ps_server {
     uv_timer_t idle;
     uv_check_t commit;
     uv_async_t wake;
+    uv_async_t log_wake;         /* the push log's writer finished a write */
     uv_signal_t sigterm, sigint;
-    uv_mutex_t wake_lock;        /* orders notify against closing `wake` */
+    uv_mutex_t wake_lock;        /* orders notify against closing the asyncs */
     bool wake_open;
     ps_shard *shard;
     ps_service *svc;
     conn *conns;                 /* every open connection */
-    conn *pending;               /* connections with replies this turn */
+    conn *pending;               /* connections with replies in out */
+    conn *held;                  /* connections with replies in held */
+    bool log_waiting;            /* held replies await a log write */
+    uint64_t held_lsn;           /* ... of every record up to this one */
     uint64_t next_conn_id;
     bool stopping;
     bool was_read_only;
@@ -90,16 +94,21 @@ struct conn {
     ps_frame_reader rd;
     ps_session sess;
     char peer[PS_ADDR_STRLEN];   /* the client's address, for logs */
-    ps_buf out;                  /* replies of this turn */
+    ps_buf out;                  /* replies not yet handed to a log write */
     bool out_has_push_ack;
+    uint32_t out_replies;        /* replies in out */
     bool in_pending;
-    conn *next_pending;
+    conn *prev_pending, *next_pending;
+    ps_buf held;                 /* replies awaiting the log write in flight */
+    bool held_has_push_ack;
+    uint32_t held_replies;
+    bool in_held;
+    conn *prev_held, *next_held;
     conn *prev, *next;
     size_t write_bytes;          /* handed to uv_write, not yet done */
     bool reading, closing;
     bool close_after_write;      /* the last reply refused it: close once sent */
     uint32_t inflight;           /* requests handled whose replies are not yet written */
-    uint32_t out_replies;        /* replies in out */
     bool warned_inflight, warned_bytes;
     uint64_t id;                 /* for log lines */
     bool session_open;           /* sess is in the service's list */
@@ -122,7 +131,56 @@ static void on_closed(uv_handle_t *h) {
         ps_service_session_deinit(c->srv->svc, &c->sess);
     ps_frame_reader_deinit(&c->rd);
     ps_buf_deinit(&c->out);
+    ps_buf_deinit(&c->held);
     free(c);
+}
+
+/* The pending and held lists outlive a loop turn while a log write is in
+ * flight, and a connection may close meanwhile: it leaves them at once. */
+static void add_pending(conn *c) {
+    if (c->in_pending)
+        return;
+    c->in_pending = true;
+    c->prev_pending = NULL;
+    c->next_pending = c->srv->pending;
+    if (c->next_pending)
+        c->next_pending->prev_pending = c;
+    c->srv->pending = c;
+}
+
+static void remove_pending(conn *c) {
+    if (!c->in_pending)
+        return;
+    if (c->prev_pending)
+        c->prev_pending->next_pending = c->next_pending;
+    else
+        c->srv->pending = c->next_pending;
+    if (c->next_pending)
+        c->next_pending->prev_pending = c->prev_pending;
+    c->in_pending = false;
+    c->prev_pending = c->next_pending = NULL;
+}
+
+static void add_held(conn *c) {
+    c->in_held = true;
+    c->prev_held = NULL;
+    c->next_held = c->srv->held;
+    if (c->next_held)
+        c->next_held->prev_held = c;
+    c->srv->held = c;
+}
+
+static void remove_held(conn *c) {
+    if (!c->in_held)
+        return;
+    if (c->prev_held)
+        c->prev_held->next_held = c->next_held;
+    else
+        c->srv->held = c->next_held;
+    if (c->next_held)
+        c->next_held->prev_held = c->prev_held;
+    c->in_held = false;
+    c->prev_held = c->next_held = NULL;
 }
 
 static void conn_close(conn *c) {
@@ -139,7 +197,8 @@ static void conn_close(conn *c) {
     srv->c.connections_open--;
     ps_debug("connection %llu from %s: closed (%llu open)", (unsigned long long)c->id, c->peer,
              (unsigned long long)srv->c.connections_open);
-    /* Leave the pending list to the check phase, which skips closing ones. */
+    remove_pending(c);
+    remove_held(c);
     uv_close((uv_handle_t *)&c->tcp, on_closed);
 }
 
@@ -155,14 +214,6 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
     }
     buf->base = p;
     buf->len = n;
-}
-
-static void add_pending(conn *c) {
-    if (c->in_pending)
-        return;
-    c->in_pending = true;
-    c->next_pending = c->srv->pending;
-    c->srv->pending = c;
 }
 
 static void pause_reading(conn *c) {
@@ -312,7 +363,8 @@ static void on_written(uv_write_t *req, int status) {
     }
 }
 
-static void flush_out(conn *c) {
+/* Hand the replies in b (n of them) to the socket. */
+static void flush_buf(conn *c, ps_buf *b, uint32_t n) {
     ps_server *srv = c->srv;
     write_req *w = malloc(sizeof(*w));
     if (!w) {
@@ -320,11 +372,10 @@ static void flush_out(conn *c) {
         return;
     }
     w->c = c;
-    w->nreplies = c->out_replies;
-    c->out_replies = 0;
-    w->data = ps_buf_take(&c->out, &w->len);
-    uv_buf_t b = uv_buf_init(w->data, (unsigned)w->len);
-    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_written) < 0) {
+    w->nreplies = n;
+    w->data = ps_buf_take(b, &w->len);
+    uv_buf_t ub = uv_buf_init(w->data, (unsigned)w->len);
+    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &ub, 1, on_written) < 0) {
         free(w->data);
         free(w);
         conn_close(c);
@@ -338,35 +389,98 @@ static void flush_out(conn *c) {
     }
 }
 
-/* Check phase: group commit, then the turn's replies. */
-static void on_check(uv_check_t *h) {
-    ps_server *srv = h->data;
-    if (!srv->pending)
+/* Send replies whose log records are written; log_r < 0 says they are not:
+ * a connection with a push ack among them is closed instead. The pushes
+ * are applied in memory but not logged: never acknowledge them. The client
+ * resends; its sequence number makes the resend a no-op. */
+static void send_or_close(conn *c, ps_buf *b, uint32_t n, bool has_push_ack, int log_r) {
+    if (log_r < 0 && has_push_ack) {
+        c->srv->c.connections_closed_log_error++;
+        conn_close(c);
         return;
-    int r = ps_shard_commit(srv->shard);
+    }
+    flush_buf(c, b, n);
+}
+
+/* Every pending connection's replies out, after a log commit with result r. */
+static void send_pending(ps_server *srv, int r) {
+    while (srv->pending) {
+        conn *c = srv->pending;
+        remove_pending(c);
+        bool ack = c->out_has_push_ack;
+        uint32_t n = c->out_replies;
+        c->out_has_push_ack = false;
+        c->out_replies = 0;
+        send_or_close(c, &c->out, n, ack, r);
+    }
+}
+
+/* The write of every record up to held_lsn finished: the held replies go,
+ * ahead of any later reply of theirs (those are in out, sent only after). */
+static void release_held(ps_server *srv, int r) {
+    srv->log_waiting = false;
     if (r < 0)
         ps_error("push log write failed: %s; closing connections awaiting push acks",
                  ps_strerror(r));
-    conn *c = srv->pending;
-    srv->pending = NULL;
-    while (c) {
-        conn *next = c->next_pending;
-        c->in_pending = false;
-        c->next_pending = NULL;
-        if (!c->closing) {
-            if (r < 0 && c->out_has_push_ack) {
-                /* The pushes are applied in memory but not logged: never
-                 * acknowledge them. The client resends; its sequence number
-                 * makes the resend a no-op. */
-                srv->c.connections_closed_log_error++;
-                conn_close(c);
-            } else {
-                flush_out(c);
-            }
-        }
-        c->out_has_push_ack = false;
-        c = next;
+    while (srv->held) {
+        conn *c = srv->held;
+        remove_held(c);
+        bool ack = c->held_has_push_ack;
+        uint32_t n = c->held_replies;
+        c->held_has_push_ack = false;
+        c->held_replies = 0;
+        send_or_close(c, &c->held, n, ack, r);
     }
+}
+
+/* Check phase: group commit, then the turn's replies. With the push log's
+ * writer thread, the turn's replies are held until the write of every
+ * record appended so far is done (on_log_written); turns that end while
+ * it is in flight keep theirs in out, for the next write. */
+static void on_check(uv_check_t *h) {
+    ps_server *srv = h->data;
+    if (!srv->pending || srv->log_waiting)
+        return;
+    uint64_t lsn = 0;
+    int r = ps_shard_commit_begin(srv->shard, &lsn);
+    if (r > 0) {
+        while (srv->pending) {
+            conn *c = srv->pending;
+            remove_pending(c);
+            c->held = c->out; /* held is empty: released before each submit */
+            ps_buf_init(&c->out);
+            c->held_replies = c->out_replies;
+            c->held_has_push_ack = c->out_has_push_ack;
+            c->out_replies = 0;
+            c->out_has_push_ack = false;
+            add_held(c);
+        }
+        srv->log_waiting = true;
+        srv->held_lsn = lsn;
+        return;
+    }
+    if (r < 0)
+        ps_error("push log write failed: %s; closing connections awaiting push acks",
+                 ps_strerror(r));
+    send_pending(srv, r);
+}
+
+/* Poll phase: a log write finished. The check phase of this same loop
+ * iteration then submits the records appended meanwhile. */
+static void on_log_written(uv_async_t *a) {
+    ps_server *srv = a->data;
+    if (!srv->log_waiting)
+        return;
+    bool busy;
+    uint64_t durable;
+    int r = ps_shard_commit_poll(srv->shard, &busy, &durable);
+    if (busy)
+        return; /* the wake-up of an earlier write */
+    if (durable >= srv->held_lsn)
+        r = 0; /* a synchronous commit after the failure wrote them */
+    else if (r == 0)
+        r = PS_ESTORE; /* a synchronous commit took the failure and logged it */
+    release_held(srv, r);
 }
 
 static void on_connection(uv_stream_t *server, int status) {
@@ -384,6 +498,7 @@ static void on_connection(uv_stream_t *server, int status) {
     }
     ps_frame_reader_init(&c->rd, (uint32_t)srv->cfg->server.max_frame_bytes);
     ps_buf_init(&c->out);
+    ps_buf_init(&c->held);
     ps_service_session_init(srv->svc, &c->sess);
     c->session_open = true;
     if (srv->c.connections_open >= srv->cfg->server.max_connections || srv->stopping) {
@@ -497,6 +612,15 @@ void ps_server_notify(void *ctx) {
     uv_mutex_unlock(&srv->wake_lock);
 }
 
+/* From the push log's writer thread. */
+static void notify_log_written(void *ctx) {
+    ps_server *srv = ctx;
+    uv_mutex_lock(&srv->wake_lock);
+    if (srv->wake_open)
+        uv_async_send(&srv->log_wake);
+    uv_mutex_unlock(&srv->wake_lock);
+}
+
 static void on_idle_check(uv_timer_t *t) {
     ps_server *srv = t->data;
     uint64_t limit = (uint64_t)srv->cfg->server.idle_timeout_s * 1000;
@@ -514,7 +638,7 @@ static void on_idle_check(uv_timer_t *t) {
 
 static void close_handle(uv_handle_t *h, void *arg) {
     ps_server *srv = arg;
-    if (h == (uv_handle_t *)&srv->wake) {
+    if (h == (uv_handle_t *)&srv->wake || h == (uv_handle_t *)&srv->log_wake) {
         uv_mutex_lock(&srv->wake_lock);
         srv->wake_open = false;
         uv_mutex_unlock(&srv->wake_lock);
@@ -531,7 +655,15 @@ static void on_signal(uv_signal_t *s, int signum) {
     if (srv->metrics)
         ps_metrics_set_ready(srv->metrics, false);
     ps_info("received %s: stopping", signum == SIGTERM ? "SIGTERM" : "SIGINT");
-    /* Replies already handled this turn still go out before the close. */
+    /* Replies already handled still go out before the close: the write in
+     * flight is waited for, and the rest written on this thread. */
+    int r = ps_shard_log_writer_stop(srv->shard);
+    if (srv->log_waiting) {
+        bool busy;
+        uint64_t durable;
+        ps_shard_commit_poll(srv->shard, &busy, &durable);
+        release_held(srv, durable >= srv->held_lsn ? 0 : r < 0 ? r : PS_ESTORE);
+    }
     on_check(&srv->commit);
     for (conn *c = srv->conns, *next; c; c = next) {
         next = c->next;
@@ -570,6 +702,8 @@ int ps_server_new(const ps_config *cfg, const ps_server_options *opts, ps_server
     uv_mutex_init(&srv->wake_lock);
     uv_async_init(&srv->loop, &srv->wake, on_wake);
     srv->wake.data = srv;
+    uv_async_init(&srv->loop, &srv->log_wake, on_log_written);
+    srv->log_wake.data = srv;
     srv->wake_open = true;
     *ret_server = srv;
     return 0;
@@ -638,6 +772,11 @@ int ps_server_listen(ps_server *srv, ps_shard *shard, ps_service *svc, char *err
     uv_check_init(&srv->loop, &srv->commit);
     srv->commit.data = srv;
     uv_check_start(&srv->commit, on_check);
+    r = ps_shard_log_writer_start(shard, notify_log_written, srv);
+    if (r < 0) {
+        snprintf(err, errlen, "push log writer thread: %s", ps_strerror(r));
+        return r;
+    }
     uv_timer_init(&srv->loop, &srv->tick);
     srv->tick.data = srv;
     uv_timer_start(&srv->tick, on_tick, TICK_MS, TICK_MS);

@@ -1,5 +1,6 @@
 #include "pushlog.h"
 
+#include <assert.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -10,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "error.h"
@@ -28,10 +30,28 @@ struct ps_pushlog {
     uint64_t last_lsn;
     segment *segs;               /* every segment on disk, oldest first */
     size_t nsegs;
-    char *buf;                   /* records not yet written */
+    char *buf;                   /* records not yet written; the loop's */
     size_t len, cap;
     uint64_t bytes;
+    uint64_t durable_lsn;        /* every record up to it is written */
     pthread_mutex_t fd_lock;     /* fd may be synced by another thread */
+    /* The writer thread (ps_pushlog_writer_start). While `busy`, wbuf and
+     * fd belong to it; everything else stays the loop's. mu guards the
+     * fields from busy on. */
+    bool writer_started;
+    pthread_t writer;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    void (*notify)(void *ctx);
+    void *notify_ctx;
+    char *wbuf;                  /* the records being written */
+    size_t wlen, wcap;
+    uint64_t wlast_lsn;          /* the last record in wbuf */
+    bool busy;                   /* submitted and not yet reaped */
+    bool done;                   /* the writer finished wbuf */
+    bool stop;
+    int wresult;
+    size_t wwritten;             /* bytes of wbuf that reached the file */
 };
 
 /* ---- CRC-32C (Castagnoli): SSE4.2 when the CPU has it ------------------- */
@@ -263,6 +283,8 @@ int ps_pushlog_open(const char *dir, ps_fsync_policy fsync, uint64_t covered_lsn
     log->fd = -1;
     log->last_lsn = covered_lsn;
     pthread_mutex_init(&log->fd_lock, NULL);
+    pthread_mutex_init(&log->mu, NULL);
+    pthread_cond_init(&log->cv, NULL);
     int r = 0;
     if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
         r = -errno;
@@ -313,6 +335,7 @@ int ps_pushlog_open(const char *dir, ps_fsync_policy fsync, uint64_t covered_lsn
         snprintf(err, errlen, "%s: %s", dir, ps_strerror(r));
         goto fail;
     }
+    log->durable_lsn = log->last_lsn;
     *ret_log = log;
     return 0;
 fail:
@@ -323,13 +346,17 @@ fail:
 void ps_pushlog_close(ps_pushlog *log) {
     if (!log)
         return;
+    ps_pushlog_writer_stop(log);
     if (log->fd >= 0) {
         ps_pushlog_commit(log);
         close(log->fd);
     }
+    pthread_cond_destroy(&log->cv);
+    pthread_mutex_destroy(&log->mu);
     pthread_mutex_destroy(&log->fd_lock);
     free(log->segs);
     free(log->buf);
+    free(log->wbuf);
     free(log);
 }
 
@@ -378,28 +405,185 @@ int ps_pushlog_append(ps_pushlog *log, const struct iovec *iov, int niov, uint64
     return 0;
 }
 
-int ps_pushlog_commit(ps_pushlog *log) {
+/* Write data[0..len) to the current segment, then fdatasync it with fsync =
+ * always. *ret_written is how much of it reached the file, also on error. */
+static int write_out(ps_pushlog *log, const char *data, size_t len, size_t *ret_written) {
     size_t off = 0;
-    while (off < log->len) {
-        ssize_t w = write(log->fd, log->buf + off, log->len - off);
+    int r = 0;
+    while (off < len) {
+        ssize_t w = write(log->fd, data + off, len - off);
         if (w < 0 && errno == EINTR)
             continue;
         if (w < 0) {
-            int r = -errno;
-            /* Keep the unwritten tail: a later commit retries it. Shift
-             * rather than lose the prefix that did reach the file. */
-            memmove(log->buf, log->buf + off, log->len - off);
-            log->len -= off;
-            return r;
+            r = -errno;
+            break;
         }
         off += (size_t)w;
-        log->bytes += (uint64_t)w;
+    }
+    *ret_written = off;
+    if (r == 0 && off && log->fsync == PS_FSYNC_ALWAYS && fdatasync(log->fd) < 0)
+        r = -errno;
+    return r;
+}
+
+/* Test hook: PS_TEST_PUSHLOG_DELAY_MS delays each write of the writer
+ * thread, so that tests can see whether a reply waits for its record. */
+static unsigned test_delay_ms(void) {
+    const char *v = getenv("PS_TEST_PUSHLOG_DELAY_MS");
+    return v ? (unsigned)strtoul(v, NULL, 10) : 0;
+}
+
+static void *writer_thread(void *arg) {
+    ps_pushlog *log = arg;
+    unsigned delay_ms = test_delay_ms();
+    pthread_mutex_lock(&log->mu);
+    for (;;) {
+        while (!log->stop && !(log->busy && !log->done))
+            pthread_cond_wait(&log->cv, &log->mu);
+        if (log->stop)
+            break;
+        pthread_mutex_unlock(&log->mu);
+        if (delay_ms) {
+            struct timespec ts = {delay_ms / 1000, (long)(delay_ms % 1000) * 1000000L};
+            while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+            }
+        }
+        size_t written = 0;
+        int r = write_out(log, log->wbuf, log->wlen, &written);
+        pthread_mutex_lock(&log->mu);
+        log->wresult = r;
+        log->wwritten = written;
+        log->done = true;
+        pthread_cond_broadcast(&log->cv);
+        /* Under mu: once writer_stop() holds it, no notify is under way. */
+        if (log->notify)
+            log->notify(log->notify_ctx);
+    }
+    pthread_mutex_unlock(&log->mu);
+    return NULL;
+}
+
+/* Take the result of the finished write. On an error its unwritten tail
+ * goes back in front of the buffer, for the next commit to retry. */
+static int reap(ps_pushlog *log) {
+    pthread_mutex_lock(&log->mu); /* the writer reads them in its wait */
+    log->busy = false;
+    log->done = false;
+    pthread_mutex_unlock(&log->mu);
+    log->bytes += log->wwritten;
+    if (log->wresult == 0) {
+        log->durable_lsn = log->wlast_lsn;
+        log->wlen = 0;
+        return 0;
+    }
+    size_t tail = log->wlen - log->wwritten;
+    int r = reserve(log, tail);
+    if (r < 0)
+        return r; /* the tail is lost: replay then stops at the gap in lsns
+                   * with an error rather than skip it (see open) */
+    memmove(log->buf + tail, log->buf, log->len);
+    memcpy(log->buf, log->wbuf + log->wwritten, tail);
+    log->len += tail;
+    log->wlen = 0;
+    return log->wresult;
+}
+
+/* Wait for the write in flight, if any, and take its result. */
+static int wait_writer(ps_pushlog *log) {
+    if (!log->writer_started)
+        return 0;
+    pthread_mutex_lock(&log->mu);
+    bool busy = log->busy;
+    while (log->busy && !log->done)
+        pthread_cond_wait(&log->cv, &log->mu);
+    pthread_mutex_unlock(&log->mu);
+    return busy ? reap(log) : 0;
+}
+
+int ps_pushlog_commit(ps_pushlog *log) {
+    int r = wait_writer(log);
+    if (r < 0)
+        return r;
+    size_t written = 0;
+    r = write_out(log, log->buf, log->len, &written);
+    log->bytes += written;
+    if (written < log->len) {
+        /* Keep the unwritten tail: a later commit retries it. Shift
+         * rather than lose the prefix that did reach the file. */
+        memmove(log->buf, log->buf + written, log->len - written);
+        log->len -= written;
+        return r;
     }
     log->len = 0;
-    if (off && log->fsync == PS_FSYNC_ALWAYS && fdatasync(log->fd) < 0)
-        return -errno;
+    if (r < 0)
+        return r;
+    log->durable_lsn = log->last_lsn;
     return 0;
 }
+
+int ps_pushlog_writer_start(ps_pushlog *log, void (*notify)(void *ctx), void *ctx) {
+    if (log->writer_started)
+        return 0;
+    log->notify = notify;
+    log->notify_ctx = ctx;
+    log->stop = false;
+    int r = pthread_create(&log->writer, NULL, writer_thread, log);
+    if (r != 0)
+        return -r;
+    log->writer_started = true;
+    return 0;
+}
+
+int ps_pushlog_writer_stop(ps_pushlog *log) {
+    if (!log->writer_started)
+        return 0;
+    int r = wait_writer(log);
+    pthread_mutex_lock(&log->mu);
+    log->stop = true;
+    log->notify = NULL;
+    pthread_cond_broadcast(&log->cv);
+    pthread_mutex_unlock(&log->mu);
+    pthread_join(log->writer, NULL);
+    log->writer_started = false;
+    return r;
+}
+
+int ps_pushlog_submit(ps_pushlog *log) {
+    assert(log->writer_started && !log->busy);
+    if (log->len == 0)
+        return 0;
+    char *b = log->wbuf;
+    size_t cap = log->wcap;
+    log->wbuf = log->buf;
+    log->wcap = log->cap;
+    log->wlen = log->len;
+    log->wlast_lsn = log->last_lsn;
+    log->buf = b;
+    log->cap = cap;
+    log->len = 0;
+    pthread_mutex_lock(&log->mu);
+    log->busy = true;
+    log->done = false;
+    pthread_cond_broadcast(&log->cv);
+    pthread_mutex_unlock(&log->mu);
+    return 1;
+}
+
+int ps_pushlog_poll(ps_pushlog *log, bool *ret_busy) {
+    if (!log->writer_started || !log->busy) {
+        *ret_busy = false;
+        return 0;
+    }
+    pthread_mutex_lock(&log->mu);
+    bool done = log->done;
+    pthread_mutex_unlock(&log->mu);
+    *ret_busy = !done;
+    return done ? reap(log) : 0;
+}
+
+bool ps_pushlog_writer_running(const ps_pushlog *log) { return log->writer_started; }
+
+uint64_t ps_pushlog_durable_lsn(const ps_pushlog *log) { return log->durable_lsn; }
 
 int ps_pushlog_sync(ps_pushlog *log) {
     pthread_mutex_lock(&log->fd_lock);

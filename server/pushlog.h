@@ -19,6 +19,7 @@
  * last segment (a crash mid-write) ends replay and is cut off; corruption
  * anywhere else is an error, since skipping it would silently lose pushes. */
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/uio.h>
@@ -45,8 +46,26 @@ int ps_pushlog_reserve(ps_pushlog *log, size_t len);
  * reaches the file before commit(). */
 int ps_pushlog_append(ps_pushlog *log, const struct iovec *iov, int niov, uint64_t *ret_lsn);
 
-/* Write the buffered records (and fdatasync with fsync = always). */
+/* Write the buffered records (and fdatasync with fsync = always), after
+ * waiting for the writer thread's write in flight. */
 int ps_pushlog_commit(ps_pushlog *log);
+
+/* Start the writer thread. notify(ctx) is called from it after each write,
+ * under the log's lock: it must only wake the loop (uv_async_send). */
+int ps_pushlog_writer_start(ps_pushlog *log, void (*notify)(void *ctx), void *ctx);
+/* Wait for the write in flight (its result is returned) and stop the
+ * thread; no notify() runs after it returns. commit() works as before. */
+int ps_pushlog_writer_stop(ps_pushlog *log);
+bool ps_pushlog_writer_running(const ps_pushlog *log);
+/* With the writer started and no write in flight: hand every buffered
+ * record to the writer. 1 if a write is now in flight, 0 if nothing was
+ * buffered. */
+int ps_pushlog_submit(ps_pushlog *log);
+/* Take the result of a finished write: *ret_busy says whether one is still
+ * in flight; a negative return is the error of the write just taken. */
+int ps_pushlog_poll(ps_pushlog *log, bool *ret_busy);
+/* Every record up to this lsn is in the file (and synced, fsync = always). */
+uint64_t ps_pushlog_durable_lsn(const ps_pushlog *log);
 /* fdatasync the current segment; for fsync = everysec, from any thread. */
 int ps_pushlog_sync(ps_pushlog *log);
 

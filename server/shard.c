@@ -1641,17 +1641,63 @@ int ps_shard_dense_push(ps_shard *s, size_t n, const char *const *names, const f
     return apply_dense(s, n, names, grads, lens, client_id, seq, err, errlen);
 }
 
+static void log_write_failed(ps_shard *s, int r) {
+    if (s->log_failed)
+        return;
+    char why[300];
+    snprintf(why, sizeof(why), "push log write: %s", ps_strerror(r));
+    s->log_failed = true;
+    s->retry_at_ms = 0;
+    set_read_only(s, true, why);
+}
+
 int ps_shard_commit(ps_shard *s) {
     if (!s->log)
         return 0;
     int r = ps_pushlog_commit(s->log);
-    if (r < 0 && !s->log_failed) {
-        char why[300];
-        snprintf(why, sizeof(why), "push log write: %s", ps_strerror(r));
-        s->log_failed = true;
-        s->retry_at_ms = 0;
-        set_read_only(s, true, why);
-    }
+    if (r < 0)
+        log_write_failed(s, r);
+    return r;
+}
+
+int ps_shard_log_writer_start(ps_shard *s, void (*notify)(void *ctx), void *ctx) {
+    if (!logging(s))
+        return 0; /* interval durability or no log: nothing is written per turn */
+    const char *off = getenv("PS_PUSHLOG_WRITER");
+    if (off && strcmp(off, "0") == 0)
+        return 0;
+    return ps_pushlog_writer_start(s->log, notify, ctx);
+}
+
+int ps_shard_log_writer_stop(ps_shard *s) {
+    if (!s->log)
+        return 0;
+    int r = ps_pushlog_writer_stop(s->log);
+    if (r < 0)
+        log_write_failed(s, r);
+    return r;
+}
+
+int ps_shard_commit_begin(ps_shard *s, uint64_t *ret_lsn) {
+    if (!s->log)
+        return 0;
+    /* After a failed write the shard retries synchronously, as it did
+     * before the writer thread: pushes are refused meanwhile. */
+    if (!ps_pushlog_writer_running(s->log) || s->log_failed)
+        return ps_shard_commit(s);
+    int r = ps_pushlog_submit(s->log);
+    if (r > 0)
+        *ret_lsn = ps_pushlog_last_lsn(s->log);
+    return r;
+}
+
+int ps_shard_commit_poll(ps_shard *s, bool *ret_busy, uint64_t *ret_durable) {
+    bool busy = false;
+    int r = s->log ? ps_pushlog_poll(s->log, &busy) : 0;
+    if (r < 0)
+        log_write_failed(s, r);
+    *ret_busy = busy;
+    *ret_durable = s->log ? ps_pushlog_durable_lsn(s->log) : UINT64_MAX;
     return r;
 }
 

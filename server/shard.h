@@ -7,7 +7,10 @@
  * the shard runs one write-back thread of its own which writes batches to
  * RocksDB (and, with fsync = everysec, syncs the push log once a second).
  * When a batch is done that thread calls the `notify` callback, after which
- * the owner calls ps_shard_tick() on its loop thread.
+ * the owner calls ps_shard_tick() on its loop thread. With durability = sync
+ * the owner may also start the push log's writer thread
+ * (ps_shard_log_writer_start), which writes each turn's records while the
+ * loop goes on.
  *
  * Write-back cycle (DESIGN.md "The shard"):
  *   idle --begin (interval or dirty-row count)--> writing --write done--> idle
@@ -215,8 +218,31 @@ int ps_shard_dense_push(ps_shard *s, size_t n, const char *const *names, const f
                         char *err, size_t errlen);
 
 /* Group commit: write this turn's log records. Call before sending the
- * turn's replies; an error means those replies must not say OK. */
+ * turn's replies; an error means those replies must not say OK. Waits for
+ * the writer thread's write in flight first. */
 int ps_shard_commit(ps_shard *s);
+
+/* Group commit off the loop thread (pushlog.h). With durability = sync,
+ * writer_start() starts the push log's writer thread; notify(ctx) is called
+ * from it after each write and must only wake the loop. Elsewhere (interval,
+ * no log, PS_PUSHLOG_WRITER=0 in the environment) it does nothing and
+ * commit_begin() commits synchronously. writer_stop() waits for the write
+ * in flight and stops the thread (then no notify runs).
+ *
+ * commit_begin(), at the end of a loop turn with no write in flight:
+ *   1: a write of every record so far is in flight; the turn's replies wait
+ *      until commit_poll() says *ret_durable >= *ret_lsn;
+ *   0: every record is written (or there are none): replies may leave;
+ *   < 0: a synchronous write failed: replies must not say OK.
+ * commit_poll() takes a finished write's result: *ret_busy while it is still
+ * in flight; a negative return is that write's error (the shard is then
+ * read-only and retries, as after a failed commit). A write that is done
+ * but whose *ret_durable is below the lsn awaited failed (another commit
+ * took its result). */
+int ps_shard_log_writer_start(ps_shard *s, void (*notify)(void *ctx), void *ctx);
+int ps_shard_log_writer_stop(ps_shard *s);
+int ps_shard_commit_begin(ps_shard *s, uint64_t *ret_lsn);
+int ps_shard_commit_poll(ps_shard *s, bool *ret_busy, uint64_t *ret_durable);
 
 /* Start or finish write-back as due. now_ms is a monotonic clock. */
 void ps_shard_tick(ps_shard *s, uint64_t now_ms);

@@ -15,6 +15,8 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <inttypes.h>
+#include <sched.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -677,4 +679,130 @@ Test(pushlog, crc32c_chains) {
     const char *s = "123456789";
     for (size_t k = 0; k <= 9; k++)
         cr_assert_eq(ps_crc32c(ps_crc32c(0, s, k), s + k, 9 - k), 0xE3069283u, "split at %zu", k);
+}
+
+/* ---- the writer thread ----------------------------------------------------------------- */
+
+static void count_notify(void *ctx) { __atomic_fetch_add((int *)ctx, 1, __ATOMIC_SEQ_CST); }
+
+/* Wait (polling) for the write in flight; returns its result. */
+static int wait_written(ps_pushlog *log) {
+    for (;;) {
+        bool busy = true;
+        int rc = ps_pushlog_poll(log, &busy);
+        if (!busy)
+            return rc;
+        sched_yield();
+    }
+}
+
+/* Records appended while a write is in flight go in the next one, in order;
+ * durable_lsn() says what is written, and every write notifies. */
+Test(pushlog, writer_thread_writes_turns_in_order) {
+    replayed r = {0};
+    ps_pushlog *log = open_log(0, &r);
+    int notified = 0;
+    cr_assert_eq(ps_pushlog_writer_start(log, count_notify, &notified), 0);
+    cr_assert_eq(ps_pushlog_submit(log), 0, "nothing to write");
+    uint64_t next = 1;
+    for (int turn = 0; turn < 50; turn++) {
+        append_range(log, next, next + (uint64_t)turn % 5);
+        next += (uint64_t)turn % 5 + 1;
+        cr_assert_eq(ps_pushlog_submit(log), 1);
+        uint64_t covers = next - 1;
+        append_range(log, next, next + 2); /* the next turn, while it writes */
+        next += 3;
+        cr_assert_eq(wait_written(log), 0);
+        cr_assert_geq(ps_pushlog_durable_lsn(log), covers);
+        cr_assert_lt(ps_pushlog_durable_lsn(log), next - 3 + 1, "the next turn's records wait");
+    }
+    cr_assert_eq(__atomic_load_n(&notified, __ATOMIC_SEQ_CST), 50);
+    cr_assert_eq(ps_pushlog_writer_stop(log), 0);
+    cr_assert_eq(ps_pushlog_commit(log), 0);
+    cr_assert_eq(ps_pushlog_durable_lsn(log), next - 1);
+    ps_pushlog_close(log);
+    log = open_log(0, &r);
+    expect_replayed(&r, 1, next - 1);
+    ps_pushlog_close(log);
+    replayed_free(&r);
+}
+
+/* commit() and rotate() with a write in flight wait for it: segments change
+ * only between writes, so each record lands in the segment its lsn names,
+ * and a write-back's covered lsn is in the file. close() waits too. */
+Test(pushlog, rotate_and_close_wait_for_the_write_in_flight) {
+    replayed r = {0};
+    ps_pushlog *log = open_log(0, &r);
+    int notified = 0;
+    cr_assert_eq(ps_pushlog_writer_start(log, count_notify, &notified), 0);
+    append_range(log, 1, 30);
+    cr_assert_eq(ps_pushlog_submit(log), 1);
+    append_range(log, 31, 40);
+    cr_assert_eq(ps_pushlog_rotate(log), 0);
+    cr_assert_eq(ps_pushlog_durable_lsn(log), 40, "rotate wrote every record before it");
+    bool busy = true;
+    cr_assert_eq(ps_pushlog_poll(log, &busy), 0);
+    cr_assert(!busy);
+    append_range(log, 41, 50);
+    cr_assert_eq(ps_pushlog_submit(log), 1);
+    append_range(log, 51, 55);
+    ps_pushlog_close(log); /* the write in flight, then the rest */
+
+    char names[8][32];
+    cr_assert_eq(list_segments(names, 8), 2);
+    cr_assert_str_eq(names[0], "0000000000000001.log");
+    cr_assert_str_eq(names[1], "0000000000000029.log");
+    log = open_log(40, &r);
+    expect_replayed(&r, 41, 55);
+    ps_pushlog_close(log);
+    replayed_free(&r);
+    log = open_log(0, &r);
+    expect_replayed(&r, 1, 55);
+    ps_pushlog_close(log);
+    replayed_free(&r);
+}
+
+/* A write the file refuses keeps its records: the error comes back from
+ * poll(), durable_lsn() stays, and the next commit writes them ahead of
+ * those appended since, so nothing is lost or reordered. */
+Test(pushlog, a_failed_write_keeps_its_records_for_the_retry) {
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        /* In a child: the file-size limit is per process. */
+        signal(SIGXFSZ, SIG_IGN);
+        replayed r = {0};
+        ps_pushlog *log = open_log(0, &r);
+        int notified = 0;
+        if (ps_pushlog_writer_start(log, count_notify, &notified) < 0)
+            _exit(2);
+        append_range(log, 1, 10);
+        if (ps_pushlog_commit(log) < 0)
+            _exit(3);
+        struct rlimit rl = {0, RLIM_INFINITY};
+        setrlimit(RLIMIT_FSIZE, &rl);
+        append_range(log, 11, 20);
+        if (ps_pushlog_submit(log) != 1)
+            _exit(4);
+        append_range(log, 21, 25);
+        if (wait_written(log) != -EFBIG || ps_pushlog_durable_lsn(log) != 10)
+            _exit(5);
+        if (ps_pushlog_commit(log) != -EFBIG)
+            _exit(6);
+        rl.rlim_cur = RLIM_INFINITY;
+        setrlimit(RLIMIT_FSIZE, &rl);
+        if (ps_pushlog_commit(log) != 0 || ps_pushlog_durable_lsn(log) != 25)
+            _exit(7);
+        ps_pushlog_close(log);
+        _exit(0);
+    }
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child step %d failed",
+              WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+    replayed r = {0};
+    ps_pushlog *log = open_log(0, &r);
+    expect_replayed(&r, 1, 25);
+    ps_pushlog_close(log);
+    replayed_free(&r);
 }
