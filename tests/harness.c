@@ -424,6 +424,35 @@ void ps_raw_send(int fd, const Ctrps__Request *req) {
     free(buf);
 }
 
+void ps_raw_send_push(int fd, uint64_t id, const char *table, const uint64_t *keys, size_t nkeys,
+                      const float *grads, size_t ngrads, uint64_t client_id, uint64_t seq) {
+    Ctrps__Request req = CTRPS__REQUEST__INIT;
+    Ctrps__PushRequest push = CTRPS__PUSH_REQUEST__INIT;
+    req.id = id;
+    req.method_case = CTRPS__REQUEST__METHOD_PUSH;
+    req.push = &push;
+    push.table = (char *)table;
+    push.n_keys = nkeys;
+    push.keys = (uint64_t *)keys;
+    push.n_grads = ngrads;
+    push.grads = (float *)grads;
+    push.client_id = client_id;
+    push.seq = seq;
+    ps_raw_send(fd, &req);
+}
+
+void ps_raw_send_pull(int fd, uint64_t id, const char *table, const uint64_t *keys, size_t nkeys) {
+    Ctrps__Request req = CTRPS__REQUEST__INIT;
+    Ctrps__PullRequest pull = CTRPS__PULL_REQUEST__INIT;
+    req.id = id;
+    req.method_case = CTRPS__REQUEST__METHOD_PULL;
+    req.pull = &pull;
+    pull.table = (char *)table;
+    pull.n_keys = nkeys;
+    pull.keys = (uint64_t *)keys;
+    ps_raw_send(fd, &req);
+}
+
 static int read_exact(int fd, void *p, size_t n) {
     char *b = p;
     while (n) {

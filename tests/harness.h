@@ -120,6 +120,12 @@ int ps_raw_connect(int port);
 void ps_raw_send_bytes(int fd, const void *p, size_t n);
 /* Send one framed Request. */
 void ps_raw_send(int fd, const Ctrps__Request *req);
+/* Send a Push of nkeys keys and their grads (nkeys * dim floats) to table,
+ * as request id, with the client's id and sequence number (0, 0: none). */
+void ps_raw_send_push(int fd, uint64_t id, const char *table, const uint64_t *keys, size_t nkeys,
+                      const float *grads, size_t ngrads, uint64_t client_id, uint64_t seq);
+/* Send a Pull of nkeys keys of table, as request id. */
+void ps_raw_send_pull(int fd, uint64_t id, const char *table, const uint64_t *keys, size_t nkeys);
 /* Next Response (caller frees with ctrps__response__free_unpacked), or NULL
  * when the server closed the connection; asserts if nothing arrives within
  * 10 s or the bytes do not decode. */

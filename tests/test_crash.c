@@ -275,19 +275,10 @@ static int hello_as(uint64_t client_id, uint64_t *ret_last_seq) {
 }
 
 static Ctrps__Response *push_seq(int fd, uint64_t client_id, uint64_t seq, uint64_t key, float g) {
-    Ctrps__Request req = CTRPS__REQUEST__INIT;
-    Ctrps__PushRequest p = CTRPS__PUSH_REQUEST__INIT;
-    req.id = seq;
-    req.method_case = CTRPS__REQUEST__METHOD_PUSH;
-    req.push = &p;
-    p.table = "acc";
-    p.n_keys = 1;
-    p.keys = &key;
-    p.n_grads = 1;
-    p.grads = &g;
-    p.client_id = client_id;
-    p.seq = seq;
-    return raw_call(fd, &req);
+    ps_raw_send_push(fd, seq, "acc", &key, 1, &g, 1, client_id, seq);
+    Ctrps__Response *r = ps_raw_recv(fd);
+    cr_assert_not_null(r);
+    return r;
 }
 
 Test(crash, push_replayed_after_kill9_is_applied_once, .fini = teardown, .timeout = 60) {

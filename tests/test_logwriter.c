@@ -77,30 +77,10 @@ static void send_push(int fd, uint64_t id, uint64_t key, float g) {
     float grads[DIM];
     for (int i = 0; i < DIM; i++)
         grads[i] = g;
-    Ctrps__Request req = CTRPS__REQUEST__INIT;
-    Ctrps__PushRequest push = CTRPS__PUSH_REQUEST__INIT;
-    req.id = id;
-    req.method_case = CTRPS__REQUEST__METHOD_PUSH;
-    req.push = &push;
-    push.table = "emb";
-    push.n_keys = 1;
-    push.keys = &key;
-    push.n_grads = DIM;
-    push.grads = grads;
-    ps_raw_send(fd, &req);
+    ps_raw_send_push(fd, id, "emb", &key, 1, grads, DIM, 0, 0);
 }
 
-static void send_pull(int fd, uint64_t id, uint64_t key) {
-    Ctrps__Request req = CTRPS__REQUEST__INIT;
-    Ctrps__PullRequest pull = CTRPS__PULL_REQUEST__INIT;
-    req.id = id;
-    req.method_case = CTRPS__REQUEST__METHOD_PULL;
-    req.pull = &pull;
-    pull.table = "emb";
-    pull.n_keys = 1;
-    pull.keys = &key;
-    ps_raw_send(fd, &req);
-}
+static void send_pull(int fd, uint64_t id, uint64_t key) { ps_raw_send_pull(fd, id, "emb", &key, 1); }
 
 /* The next reply on fd: an OK one with the id expected. */
 static Ctrps__Response *recv_ok(int fd, uint64_t id) {

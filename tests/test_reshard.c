@@ -295,20 +295,8 @@ Test(reshard, checkpoints_before_and_after_a_move_restore, .fini = teardown, .ti
  * of the call it came from), and a resend to the same bucket is answered
  * as already applied. */
 static Ctrps__Response *raw_push(int fd, uint64_t client_id, uint64_t seq, uint64_t key) {
-    Ctrps__Request req = CTRPS__REQUEST__INIT;
-    Ctrps__PushRequest p = CTRPS__PUSH_REQUEST__INIT;
     float g[DIM] = {0.5f, 0.5f, 0.5f, 0.5f};
-    req.id = seq;
-    req.method_case = CTRPS__REQUEST__METHOD_PUSH;
-    req.push = &p;
-    p.table = "emb";
-    p.n_keys = 1;
-    p.keys = &key;
-    p.n_grads = DIM;
-    p.grads = g;
-    p.client_id = client_id;
-    p.seq = seq;
-    ps_raw_send(fd, &req);
+    ps_raw_send_push(fd, seq, "emb", &key, 1, g, DIM, client_id, seq);
     Ctrps__Response *r = ps_raw_recv(fd);
     cr_assert_not_null(r);
     cr_assert_eq(r->status, CTRPS__STATUS__OK, "%s", r->message);
