@@ -53,6 +53,21 @@ typedef struct conn conn;
 
 #define STATUS_LIMITS 16
 
+/* A connection's replies wait in one of two queues: OUT, those not yet
+ * handed to a log write, and HELD, those awaiting the log write in flight.
+ * A connection with replies in a queue is on the server's list for it
+ * (srv->queued[q]); the lists outlive a loop turn while a write is in
+ * flight, and a connection that closes leaves them at once. */
+typedef enum { OUT, HELD, NQUEUES } queue_id;
+
+typedef struct reply_queue {
+    ps_buf buf;
+    uint32_t replies;            /* in buf */
+    bool has_push_ack;
+    bool listed;
+    conn *prev, *next;           /* on srv->queued[q] */
+} reply_queue;
+
 struct ps_server {
     const ps_config *cfg;
     ps_server_options opts;
@@ -70,8 +85,7 @@ struct ps_server {
     ps_shard *shard;
     ps_service *svc;
     conn *conns;                 /* every open connection */
-    conn *pending;               /* connections with replies in out */
-    conn *held;                  /* connections with replies in held */
+    conn *queued[NQUEUES];       /* connections with replies in that queue */
     bool log_waiting;            /* held replies await a log write */
     uint64_t held_lsn;           /* ... of every record up to this one */
     uint64_t next_conn_id;
@@ -94,16 +108,7 @@ struct conn {
     ps_frame_reader rd;
     ps_session sess;
     char peer[PS_ADDR_STRLEN];   /* the client's address, for logs */
-    ps_buf out;                  /* replies not yet handed to a log write */
-    bool out_has_push_ack;
-    uint32_t out_replies;        /* replies in out */
-    bool in_pending;
-    conn *prev_pending, *next_pending;
-    ps_buf held;                 /* replies awaiting the log write in flight */
-    bool held_has_push_ack;
-    uint32_t held_replies;
-    bool in_held;
-    conn *prev_held, *next_held;
+    reply_queue q[NQUEUES];
     conn *prev, *next;
     size_t write_bytes;          /* handed to uv_write, not yet done */
     bool reading, closing;
@@ -130,57 +135,35 @@ static void on_closed(uv_handle_t *h) {
     if (c->session_open)
         ps_service_session_deinit(c->srv->svc, &c->sess);
     ps_frame_reader_deinit(&c->rd);
-    ps_buf_deinit(&c->out);
-    ps_buf_deinit(&c->held);
+    for (int q = 0; q < NQUEUES; q++)
+        ps_buf_deinit(&c->q[q].buf);
     free(c);
 }
 
-/* The pending and held lists outlive a loop turn while a log write is in
- * flight, and a connection may close meanwhile: it leaves them at once. */
-static void add_pending(conn *c) {
-    if (c->in_pending)
+static void queue_list(conn *c, queue_id q) {
+    reply_queue *rq = &c->q[q];
+    if (rq->listed)
         return;
-    c->in_pending = true;
-    c->prev_pending = NULL;
-    c->next_pending = c->srv->pending;
-    if (c->next_pending)
-        c->next_pending->prev_pending = c;
-    c->srv->pending = c;
+    rq->listed = true;
+    rq->prev = NULL;
+    rq->next = c->srv->queued[q];
+    if (rq->next)
+        rq->next->q[q].prev = c;
+    c->srv->queued[q] = c;
 }
 
-static void remove_pending(conn *c) {
-    if (!c->in_pending)
+static void queue_unlist(conn *c, queue_id q) {
+    reply_queue *rq = &c->q[q];
+    if (!rq->listed)
         return;
-    if (c->prev_pending)
-        c->prev_pending->next_pending = c->next_pending;
+    if (rq->prev)
+        rq->prev->q[q].next = rq->next;
     else
-        c->srv->pending = c->next_pending;
-    if (c->next_pending)
-        c->next_pending->prev_pending = c->prev_pending;
-    c->in_pending = false;
-    c->prev_pending = c->next_pending = NULL;
-}
-
-static void add_held(conn *c) {
-    c->in_held = true;
-    c->prev_held = NULL;
-    c->next_held = c->srv->held;
-    if (c->next_held)
-        c->next_held->prev_held = c;
-    c->srv->held = c;
-}
-
-static void remove_held(conn *c) {
-    if (!c->in_held)
-        return;
-    if (c->prev_held)
-        c->prev_held->next_held = c->next_held;
-    else
-        c->srv->held = c->next_held;
-    if (c->next_held)
-        c->next_held->prev_held = c->prev_held;
-    c->in_held = false;
-    c->prev_held = c->next_held = NULL;
+        c->srv->queued[q] = rq->next;
+    if (rq->next)
+        rq->next->q[q].prev = rq->prev;
+    rq->listed = false;
+    rq->prev = rq->next = NULL;
 }
 
 static void conn_close(conn *c) {
@@ -197,8 +180,8 @@ static void conn_close(conn *c) {
     srv->c.connections_open--;
     ps_debug("connection %llu from %s: closed (%llu open)", (unsigned long long)c->id, c->peer,
              (unsigned long long)srv->c.connections_open);
-    remove_pending(c);
-    remove_held(c);
+    for (int q = 0; q < NQUEUES; q++)
+        queue_unlist(c, q);
     uv_close((uv_handle_t *)&c->tcp, on_closed);
 }
 
@@ -299,7 +282,8 @@ static void process_frames(conn *c) {
         }
         bool push_ack, close_it;
         bool had_hello = c->sess.hello_done;
-        r = ps_service_handle(srv->svc, &c->sess, frame, len, &c->out, &push_ack, &close_it);
+        r = ps_service_handle(srv->svc, &c->sess, frame, len, &c->q[OUT].buf, &push_ack,
+                               &close_it);
         if (r < 0) {
             srv->c.connections_closed_bad_frame++;
             ps_log_limited(&srv->limit_frame, PS_LOG_WARN,
@@ -310,8 +294,8 @@ static void process_frames(conn *c) {
         }
         log_outcome(c, had_hello);
         c->inflight++;
-        c->out_replies++;
-        c->out_has_push_ack |= push_ack;
+        c->q[OUT].replies++;
+        c->q[OUT].has_push_ack |= push_ack;
         if (close_it) {
             /* Answer, then hang up: read nothing more from it. */
             c->close_after_write = true;
@@ -320,8 +304,8 @@ static void process_frames(conn *c) {
             break;
         }
     }
-    if (c->out.len)
-        add_pending(c);
+    if (c->q[OUT].buf.len)
+        queue_list(c, OUT);
 }
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
@@ -402,35 +386,29 @@ static void send_or_close(conn *c, ps_buf *b, uint32_t n, bool has_push_ack, int
     flush_buf(c, b, n);
 }
 
-/* Every pending connection's replies out, after a log commit with result r. */
-static void send_pending(ps_server *srv, int r) {
-    while (srv->pending) {
-        conn *c = srv->pending;
-        remove_pending(c);
-        bool ack = c->out_has_push_ack;
-        uint32_t n = c->out_replies;
-        c->out_has_push_ack = false;
-        c->out_replies = 0;
-        send_or_close(c, &c->out, n, ack, r);
+/* Send the replies of queue q of every connection listed for it, after a
+ * log commit with result r. HELD goes first on a connection: its replies
+ * are older than any in OUT, which is sent only later. */
+static void send_queued(ps_server *srv, queue_id q, int r) {
+    while (srv->queued[q]) {
+        conn *c = srv->queued[q];
+        queue_unlist(c, q);
+        reply_queue *rq = &c->q[q];
+        bool ack = rq->has_push_ack;
+        uint32_t n = rq->replies;
+        rq->has_push_ack = false;
+        rq->replies = 0;
+        send_or_close(c, &rq->buf, n, ack, r);
     }
 }
 
-/* The write of every record up to held_lsn finished: the held replies go,
- * ahead of any later reply of theirs (those are in out, sent only after). */
+/* The write of every record up to held_lsn finished: the held replies go. */
 static void release_held(ps_server *srv, int r) {
     srv->log_waiting = false;
     if (r < 0)
         ps_error("push log write failed: %s; closing connections awaiting push acks",
                  ps_strerror(r));
-    while (srv->held) {
-        conn *c = srv->held;
-        remove_held(c);
-        bool ack = c->held_has_push_ack;
-        uint32_t n = c->held_replies;
-        c->held_has_push_ack = false;
-        c->held_replies = 0;
-        send_or_close(c, &c->held, n, ack, r);
-    }
+    send_queued(srv, HELD, r);
 }
 
 /* Check phase: group commit, then the turn's replies. With the push log's
@@ -439,21 +417,22 @@ static void release_held(ps_server *srv, int r) {
  * it is in flight keep theirs in out, for the next write. */
 static void on_check(uv_check_t *h) {
     ps_server *srv = h->data;
-    if (!srv->pending || srv->log_waiting)
+    if (!srv->queued[OUT] || srv->log_waiting)
         return;
     uint64_t lsn = 0;
     int r = ps_shard_commit_begin(srv->shard, &lsn);
     if (r > 0) {
-        while (srv->pending) {
-            conn *c = srv->pending;
-            remove_pending(c);
-            c->held = c->out; /* held is empty: released before each submit */
-            ps_buf_init(&c->out);
-            c->held_replies = c->out_replies;
-            c->held_has_push_ack = c->out_has_push_ack;
-            c->out_replies = 0;
-            c->out_has_push_ack = false;
-            add_held(c);
+        while (srv->queued[OUT]) {
+            conn *c = srv->queued[OUT];
+            queue_unlist(c, OUT);
+            reply_queue *out = &c->q[OUT], *held = &c->q[HELD];
+            held->buf = out->buf; /* held is empty: released before each submit */
+            ps_buf_init(&out->buf);
+            held->replies = out->replies;
+            held->has_push_ack = out->has_push_ack;
+            out->replies = 0;
+            out->has_push_ack = false;
+            queue_list(c, HELD);
         }
         srv->log_waiting = true;
         srv->held_lsn = lsn;
@@ -462,7 +441,7 @@ static void on_check(uv_check_t *h) {
     if (r < 0)
         ps_error("push log write failed: %s; closing connections awaiting push acks",
                  ps_strerror(r));
-    send_pending(srv, r);
+    send_queued(srv, OUT, r);
 }
 
 /* Poll phase: a log write finished. The check phase of this same loop
@@ -497,8 +476,8 @@ static void on_connection(uv_stream_t *server, int status) {
         return;
     }
     ps_frame_reader_init(&c->rd, (uint32_t)srv->cfg->server.max_frame_bytes);
-    ps_buf_init(&c->out);
-    ps_buf_init(&c->held);
+    for (int q = 0; q < NQUEUES; q++)
+        ps_buf_init(&c->q[q].buf);
     ps_service_session_init(srv->svc, &c->sess);
     c->session_open = true;
     if (srv->c.connections_open >= srv->cfg->server.max_connections || srv->stopping) {
