@@ -230,9 +230,10 @@ static int finish_fetch(trainer *t, slot *s, fetch *f) {
         t->dense_newest = s;
     } else if (s->dense_gen != t->dense_gen) {
         const slot *from = t->dense_newest;
-        for (size_t i = 0; i < t->nblocks; i++)
-            memcpy(ps_nn_params_at(s->params, i)->value, ps_nn_params_at(from->params, i)->value,
-                   ps_nn_params_at(s->params, i)->len * sizeof(float));
+        for (size_t i = 0; i < t->nblocks; i++) {
+            const ps_nn_param *to = ps_nn_params_at(s->params, i);
+            memcpy(to->value, ps_nn_params_at(from->params, i)->value, to->len * sizeof(float));
+        }
         s->dense_gen = t->dense_gen;
     }
     return 0;
