@@ -350,19 +350,28 @@ int ps_run(char *const argv[], char **ret_out, char **ret_err) {
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
-pid_t ps_start_worker(ps_cluster *c, const char *data, char *log, size_t loglen) {
+pid_t ps_start_worker(ps_cluster *c, int *ret_input, char *log, size_t loglen) {
     ps_cluster_path(c, "worker.log", log, loglen);
-    char *argv[] = {(char *)ps_test_bin("worker/ctrps-worker"), "--config", c->config, "--input",
-                    (char *)data, "--log-level", "warn", NULL};
+    char *argv[] = {(char *)ps_test_bin("worker/ctrps-worker"), "--config", c->config, "--input", "-",
+                    "--log-level", "warn", NULL};
+    /* Close-on-exec: a shard restarted later must not hold the write end,
+     * or the worker never sees the end of its input. */
+    int p[2];
+    cr_assert_eq(pipe2(p, O_CLOEXEC), 0, "pipe2");
     pid_t pid = fork();
     if (pid == 0) {
-        int null = open("/dev/null", O_WRONLY);
+        char result[300];
+        ps_cluster_path(c, "worker.out", result, sizeof(result));
+        int out = open(result, O_WRONLY | O_CREAT | O_TRUNC, 0644);
         int err = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        dup2(null, 1);
+        dup2(p[0], 0);
+        dup2(out, 1);
         dup2(err, 2);
         execv(argv[0], argv);
         _exit(127);
     }
+    close(p[0]);
+    *ret_input = p[1];
     return pid;
 }
 

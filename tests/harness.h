@@ -94,11 +94,14 @@ size_t ps_read_fd(int fd, char *buf, size_t cap);
  * gone: its exit status tells why). */
 bool ps_write_all(int fd, const char *p, size_t n);
 
-/* Start ctrps-worker on the cluster's config and `data` (stdout to
- * /dev/null, stderr to the cluster file worker.log, whose path goes to
- * log); returns its pid. ps_wait_worker() reaps it and asserts it exited 0,
- * printing its log when not. */
-pid_t ps_start_worker(ps_cluster *c, const char *data, char *log, size_t loglen);
+/* Start ctrps-worker on the cluster's config, reading its input from a
+ * pipe (--input -) whose write end goes to *ret_input: the caller decides
+ * when the input ends, so the worker is still training for as long as the
+ * caller needs, however fast the machine. stdout (the result line) goes to
+ * the cluster file worker.out, stderr to worker.log, whose path goes to log; returns its pid.
+ * ps_wait_worker() reaps it and asserts it exited 0, printing its log when
+ * not. */
+pid_t ps_start_worker(ps_cluster *c, int *ret_input, char *log, size_t loglen);
 void ps_wait_worker(pid_t pid, const char *log);
 
 /* Path of a file in the cluster directory. */
