@@ -1,11 +1,14 @@
 #pragma once
-/* Helpers the C benchmark drivers share: a monotonic clock, medians of a
- * few repetitions, and the benchmark key space. */
+/* Helpers the C benchmark drivers share: a monotonic clock, a process's
+ * CPU time, medians of a few repetitions, and the benchmark key space. */
 
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/types.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "keys.h"
 
@@ -28,6 +31,25 @@ static inline double bench_median(const double *v, uint32_t n) {
     memcpy(s, v, n * sizeof(double));
     qsort(s, n, sizeof(double), bench_cmp_double);
     return n % 2 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
+}
+
+/* CPU seconds (user + system) a process has used, from /proc. */
+static inline double bench_cpu_s(pid_t pid) {
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    unsigned long long ut = 0, st = 0;
+    /* after "pid (comm)": state ppid pgrp session tty tpgid flags minflt
+     * cminflt majflt cmajflt utime stime */
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+        return 0;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
 /* Rank -> fid of slot C1: scattered, so popularity does not follow key

@@ -131,25 +131,6 @@ static int start_shard(const opts *o, const char *config, int i, int port) {
     return -1;
 }
 
-/* CPU seconds (user + system) a process has used, from /proc. */
-static double cpu_s(pid_t pid) {
-    char path[64], buf[1024];
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    char *p = strrchr(buf, ')');
-    unsigned long long ut = 0, st = 0;
-    /* after "pid (comm)": state ppid pgrp session tty tpgid flags minflt
-     * cminflt majflt cmajflt utime stime */
-    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
-        return 0;
-    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
-}
-
 static double rusage_s(const struct rusage *r) {
     return (double)(r->ru_utime.tv_sec + r->ru_stime.tv_sec) +
            (double)(r->ru_utime.tv_usec + r->ru_stime.tv_usec) * 1e-6;
@@ -542,7 +523,7 @@ int main(int argc, char **argv) {
         double p1 = bench_now_s();
         double c0[NSHARDS];
         for (int i = 0; i < NSHARDS; i++)
-            c0[i] = cpu_s(pids[i]);
+            c0[i] = bench_cpu_s(pids[i]);
         double s0 = self_cpu_s();
         atomic_store(&ld.phase, PH_DURING);
         move_watch w = {0};
@@ -555,8 +536,8 @@ int main(int argc, char **argv) {
             return 1;
         }
         rr->self_cpu = self_cpu_s() - s0;
-        rr->src_cpu = cpu_s(pids[to ^ 1]) - c0[to ^ 1];
-        rr->dst_cpu = cpu_s(pids[to]) - c0[to];
+        rr->src_cpu = bench_cpu_s(pids[to ^ 1]) - c0[to ^ 1];
+        rr->dst_cpu = bench_cpu_s(pids[to]) - c0[to];
         if (o.load)
             usleep((useconds_t)(o.seconds * 1e6));
         double p3 = bench_now_s();

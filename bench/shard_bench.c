@@ -30,16 +30,18 @@
 
 #define DIM 16
 #define WIDTH (3 * DIM)
-#define POOL 256                 /* precomputed requests, cycled */
 
 typedef struct opts {
     uint64_t keys;
     uint64_t memory_mb;
+    uint64_t block_cache_mb;     /* 0: the server's default */
     double zipf;
     const char *durability;
     uint32_t batch, inflight, runs;
     double seconds;
     uint64_t requests;           /* > 0: each repetition sends exactly this many requests */
+    uint32_t pool;               /* precomputed requests, cycled */
+    double warmup;               /* seconds of warm-up before a phase, at most */
     const char *ops;             /* phases to run: a subset of "pull,push,lookup" */
     const char *dir;
     const char *server;
@@ -180,7 +182,7 @@ static double drive(ps_client *c, const opts *o, op_kind op, uint64_t **pool, co
             }
             if (stop)
                 continue;
-            uint64_t *keys = pool[next++ % POOL];
+            uint64_t *keys = pool[next++ % o->pool];
             int r = op == OP_PULL ? ps_client_pull_start(c, "emb", DIM, keys, o->batch, s->values, &s->call)
                     : op == OP_PUSH
                         ? ps_client_push_start(c, "emb", DIM, keys, o->batch, grads, &s->call)
@@ -276,6 +278,50 @@ static double wait_written_back(ps_client *c) {
     return bench_now_s() - t0;
 }
 
+/* Wait (up to an hour) until RocksDB has no compaction running or pending:
+ * the load leaves gigabytes to compact, which otherwise runs under the timed
+ * phases (half the shard's samples at 30M keys); the seconds waited. */
+static double wait_compacted(ps_client *c) {
+    double t0 = bench_now_s();
+    char err[512];
+    while (bench_now_s() - t0 < 3600) {
+        ps_shard_stats st;
+        if (ps_client_stats(c, 0, &st, err, sizeof(err)) < 0)
+            break;
+        bool settled = st.rocksdb_pending_compaction_bytes == 0 && st.rocksdb_running_compactions == 0;
+        ps_shard_stats_deinit(&st);
+        if (settled)
+            break;
+        usleep(200000);
+    }
+    return bench_now_s() - t0;
+}
+
+/* Warm-up before a phase: o->warmup seconds; when that is longer than a
+ * repetition, windows of o->seconds (rate and share of rows read from
+ * RocksDB printed) until two in a row are within 5% or the time is spent. */
+static void warm_up(ps_client *c, const opts *o, op_kind op, uint64_t **pool, const float *grads) {
+    if (o->warmup <= o->seconds) {
+        if (o->warmup > 0)
+            drive(c, o, op, pool, grads, o->warmup);
+        return;
+    }
+    double spent = 0, last = 0;
+    while (spent < o->warmup) {
+        uint64_t misses0 = server_misses(c);
+        double t0 = bench_now_s();
+        double rate = drive(c, o, op, pool, grads, o->seconds);
+        double dt = bench_now_s() - t0;
+        spent += dt;
+        printf("warmup_%s t=%.0fs rows_per_sec %.0f memory_miss_fraction %.4f\n", op_names[op], spent,
+               rate, (double)(server_misses(c) - misses0) / (rate * dt));
+        fflush(stdout);
+        if (last > 0 && fabs(rate - last) <= 0.05 * last)
+            return;
+        last = rate;
+    }
+}
+
 /* ---- raw RocksDB ------------------------------------------------------------------------- */
 
 static void count_found(void *ctx, size_t i, const void *v, size_t len) {
@@ -292,7 +338,7 @@ static void raw_rocksdb(const opts *o, uint64_t **pool, uint32_t nbuckets, uint6
     snprintf(db, sizeof(db), "%s/shard-0/db", o->dir);
     const char *cfs[] = {"meta", "dense", "t.emb"};
     ps_store *st;
-    ps_store_options so = {0};
+    ps_store_options so = {.block_cache_mb = o->block_cache_mb};
     if (ps_store_open(db, cfs, 3, &so, &st, err, sizeof(err)) < 0) {
         fprintf(stderr, "shard_bench: raw open: %s\n", err);
         exit(1);
@@ -305,7 +351,7 @@ static void raw_rocksdb(const opts *o, uint64_t **pool, uint32_t nbuckets, uint6
         uint64_t rows = 0, found = 0, next = 0;
         double start = bench_now_s();
         while (bench_now_s() - start < o->seconds) {
-            uint64_t *k = pool[next++ % POOL];
+            uint64_t *k = pool[next++ % o->pool];
             for (uint32_t i = 0; i < o->batch; i++)
                 ps_store_key_encode((uint16_t)ps_bucket(k[i], nbuckets), k[i], &keys[i]);
             /* The shard sorts its misses too: same work on both sides. */
@@ -323,7 +369,7 @@ static void raw_rocksdb(const opts *o, uint64_t **pool, uint32_t nbuckets, uint6
         rows = 0;
         start = bench_now_s();
         while (bench_now_s() - start < o->seconds) {
-            uint64_t *k = pool[next++ % POOL];
+            uint64_t *k = pool[next++ % o->pool];
             ps_store_batch *b = ps_store_batch_new();
             for (uint32_t i = 0; i < o->batch; i++) {
                 ps_store_key_encode((uint16_t)ps_bucket(k[i], nbuckets), k[i], &keys[i]);
@@ -374,6 +420,8 @@ static void usage(FILE *f) {
             "  --keys N          distinct keys (default 1000000)\n"
             "  --memory-mb M     shard memory tier (default: the server's 1024, or enough\n"
             "                    for every key if more)\n"
+            "  --block-cache-mb M  RocksDB block cache of the shard and of the raw reads\n"
+            "                    (default: the server's, 256)\n"
             "  --zipf S          access skew; 0 = uniform (default 0)\n"
             "  --durability D    sync | interval=MS (default sync)\n"
             "  --batch B         keys per request (default 4096)\n"
@@ -382,6 +430,12 @@ static void usage(FILE *f) {
             "  --seconds T       length of one repetition (default 2)\n"
             "  --requests N      each repetition sends exactly N requests instead (for\n"
             "                    instruction counts under callgrind: the same work every run)\n"
+            "  --pool N          distinct requests drawn up front and cycled (default 256);\n"
+            "                    with a tier smaller than the keys, draw more keys than the\n"
+            "                    tier holds, or the timed phases read a cycled set it holds\n"
+            "  --warmup S        warm-up before each phase (default 1 s); above --seconds,\n"
+            "                    windows of --seconds until two in a row are within 5%% or S\n"
+            "                    is spent, each printed (the memory tier filling up)\n"
             "  --ops LIST        phases to run, of pull,push,lookup (default all three)\n"
             "  --dir DIR         work directory (default /tmp/ctrps-bench); wiped first\n"
             "  --server PATH     ctrps-server binary (default build/server/ctrps-server)\n");
@@ -389,7 +443,7 @@ static void usage(FILE *f) {
 
 int main(int argc, char **argv) {
     opts o = {.keys = 1000000, .durability = "sync", .batch = 4096, .inflight = 8, .runs = 5,
-              .seconds = 2, .dir = "/tmp/ctrps-bench", .server = "build/server/ctrps-server"};
+              .seconds = 2, .pool = 256, .warmup = 1, .dir = "/tmp/ctrps-bench", .server = "build/server/ctrps-server"};
     static const struct option lo[] = {
         {"keys", required_argument, 0, 'k'},     {"memory-mb", required_argument, 0, 'm'},
         {"zipf", required_argument, 0, 'z'},     {"durability", required_argument, 0, 'd'},
@@ -397,6 +451,8 @@ int main(int argc, char **argv) {
         {"runs", required_argument, 0, 'r'},     {"seconds", required_argument, 0, 's'},
         {"dir", required_argument, 0, 'D'},      {"server", required_argument, 0, 'S'},
         {"requests", required_argument, 0, 'n'}, {"ops", required_argument, 0, 'o'},
+        {"block-cache-mb", required_argument, 0, 'B'},
+        {"pool", required_argument, 0, 'p'},     {"warmup", required_argument, 0, 'w'},
         {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -413,11 +469,15 @@ int main(int argc, char **argv) {
         case 'S': o.server = optarg; break;
         case 'n': o.requests = strtoull(optarg, NULL, 10); break;
         case 'o': o.ops = optarg; break;
+        case 'B': o.block_cache_mb = strtoull(optarg, NULL, 10); break;
+        case 'p': o.pool = (uint32_t)atoi(optarg); break;
+        case 'w': o.warmup = atof(optarg); break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
-    if (o.runs < 1 || o.runs > 16 || o.batch < 1 || o.inflight < 1 || o.keys < o.batch) {
+    if (o.runs < 1 || o.runs > 16 || o.batch < 1 || o.inflight < 1 || o.keys < o.batch || o.pool < 1 ||
+        o.warmup < 0) {
         usage(stderr);
         return 2;
     }
@@ -443,6 +503,8 @@ int main(int argc, char **argv) {
             "[server]\ndurability = %s\nmemory_mb = %" PRIu64 "\n"
             "[table.emb]\ndim = %d\noptimizer = ftrl\ninit = normal\nslots = C1\n",
             o.durability, mem, DIM);
+    if (o.block_cache_mb)
+        fprintf(f, "[server]\nblock_cache_mb = %" PRIu64 "\n", o.block_cache_mb);
     fclose(f);
 
     char addr[128];
@@ -464,15 +526,20 @@ int main(int argc, char **argv) {
         return 1;
     }
 
-    /* Read every key once, in key order of rank: a first pull creates no
-     * row, only its init values in the memory tier (load_rows_per_sec). */
+    /* Read every key once, from the highest rank down: a first pull creates
+     * no row, only its init values in the memory tier (load_rows_per_sec).
+     * Rank order matters only when the tier is smaller than the keys: it
+     * then ends up holding the last keys loaded, and from the highest rank
+     * down those are the ones Zipf draws most, as on a shard that has served
+     * such a load for a while (in rank order it held the coldest, and the
+     * timed phases measured the tier filling up). */
     double t0 = bench_now_s();
     uint64_t *keys = malloc((size_t)o.batch * sizeof(uint64_t));
     float *values = malloc((size_t)o.batch * DIM * sizeof(float));
     for (uint64_t base = 0; base < o.keys; base += o.batch) {
         uint32_t n = (uint32_t)(o.keys - base < o.batch ? o.keys - base : o.batch);
         for (uint32_t i = 0; i < n; i++)
-            keys[i] = bench_rank_fid(base + i);
+            keys[i] = bench_rank_fid(o.keys - 1 - (base + i));
         if (ps_client_pull(cl, "emb", DIM, keys, n, values, err, sizeof(err)) < 0) {
             fprintf(stderr, "load: %s\n", err);
             return 1;
@@ -489,7 +556,7 @@ int main(int argc, char **argv) {
     for (uint64_t base = 0; base < o.keys; base += o.batch) {
         uint32_t n = (uint32_t)(o.keys - base < o.batch ? o.keys - base : o.batch);
         for (uint32_t i = 0; i < n; i++)
-            keys[i] = bench_rank_fid(base + i);
+            keys[i] = bench_rank_fid(o.keys - 1 - (base + i));
         if (ps_client_push(cl, "emb", DIM, keys, n, load_grads, NULL, NULL, err, sizeof(err)) < 0) {
             fprintf(stderr, "persist: %s\n", err);
             return 1;
@@ -498,12 +565,13 @@ int main(int argc, char **argv) {
     double persist_s = bench_now_s() - t0;
     free(load_grads);
     double settle_s = wait_written_back(cl);
+    double compact_s = wait_compacted(cl);
 
-    /* Request pool: POOL requests of batch keys drawn from the distribution. */
+    /* Request pool: o.pool requests of batch keys drawn from the distribution. */
     zipf z;
     zipf_init(&z, o.zipf, o.keys, 12345);
-    uint64_t **pool = malloc(POOL * sizeof(uint64_t *));
-    for (int p = 0; p < POOL; p++) {
+    uint64_t **pool = malloc(o.pool * sizeof(uint64_t *));
+    for (uint32_t p = 0; p < o.pool; p++) {
         pool[p] = malloc((size_t)o.batch * sizeof(uint64_t));
         for (uint32_t i = 0; i < o.batch; i++)
             pool[p][i] = bench_rank_fid(zipf_next(&z));
@@ -518,17 +586,30 @@ int main(int argc, char **argv) {
     printf("load_rows_per_sec %.0f\n", (double)o.keys / load_s);
     printf("persist_rows_per_sec %.0f\n", (double)o.keys / persist_s);
     printf("persist_written_back_after_s %.1f\n", settle_s);
+    printf("compaction_settled_after_s %.1f\n", compact_s);
     double rates[3] = {0, 0, 0};
     for (int op = 0; op < 3; op++) {
         if (o.ops && !strstr(o.ops, op_names[op]))
             continue;
         double v[16];
         if (!o.requests)
-            drive(cl, &o, (op_kind)op, pool, grads, 1.0); /* warm-up */
-        for (uint32_t r = 0; r < o.runs; r++)
+            warm_up(cl, &o, (op_kind)op, pool, grads);
+        uint64_t misses0 = server_misses(cl);
+        double rows = 0, cpu0 = bench_cpu_s(server_pid);
+        for (uint32_t r = 0; r < o.runs; r++) {
+            double began = bench_now_s();
             v[r] = drive(cl, &o, (op_kind)op, pool, grads, o.seconds);
+            rows += v[r] * (bench_now_s() - began);
+        }
         rates[op] = bench_median(v, o.runs);
         printf("%s_rows_per_sec %.0f\n", op_names[op], rates[op]);
+        /* Steadier than wall clock on a shared machine: the shard's CPU,
+         * its RocksDB threads included. */
+        printf("%s_server_cpu_us_per_row %.3f\n", op_names[op],
+               (bench_cpu_s(server_pid) - cpu0) * 1e6 / rows);
+        if (op != OP_PUSH && o.memory_mb) /* the share of rows read from RocksDB */
+            printf("%s_memory_miss_fraction %.4f\n", op_names[op],
+                   (double)(server_misses(cl) - misses0) / rows);
         fflush(stdout);
     }
     /* Cold pulls: every key fresh and from a rank range that the load
@@ -536,7 +617,7 @@ int main(int argc, char **argv) {
      * every row comes from RocksDB. The misses counter says how many did. */
     uint64_t cold_lo = o.keys / 4, cold_hi = 3 * (o.keys / 4), cold_next = cold_lo;
     double cold_rate = 0, cold_miss_frac = 0;
-    if (o.memory_mb && o.keys >= 4 * (uint64_t)o.batch * POOL) {
+    if (o.memory_mb && o.keys >= (uint64_t)o.batch * 1024) { /* a cold range of >= 512 requests */
         uint64_t misses0 = server_misses(cl);
         double v[16];
         uint64_t pulled = 0;

@@ -1900,7 +1900,10 @@ int ps_client_stats(ps_client *c, uint32_t shard, ps_shard_stats *ret_stats, cha
     if (r < 0)
         return r;
     const Ctrps__StatsResponse *x = resp->stats;
-    ps_shard_stats s = {.shard_id = x->shard_id, .rocksdb_bytes = x->rocksdb_bytes};
+    ps_shard_stats s = {.shard_id = x->shard_id,
+                        .rocksdb_bytes = x->rocksdb_bytes,
+                        .rocksdb_pending_compaction_bytes = x->rocksdb_pending_compaction_bytes,
+                        .rocksdb_running_compactions = x->rocksdb_running_compactions};
     s.durability = dup_str(x->durability);
     s.store_error = dup_str(x->store_error);
     s.tables = calloc(x->n_tables + 1, sizeof(*s.tables));

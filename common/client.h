@@ -185,6 +185,8 @@ typedef struct ps_named_table_stats {
 typedef struct ps_shard_stats {
     uint32_t shard_id;
     uint64_t rocksdb_bytes;
+    uint64_t rocksdb_pending_compaction_bytes;  /* both 0 once compaction has settled */
+    uint32_t rocksdb_running_compactions;
     char *durability;            /* owned: "sync" or "interval" */
     char *store_error;           /* owned: "" unless the store is read-only */
     ps_named_table_stats *tables;  /* owned, ntables */

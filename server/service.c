@@ -616,6 +616,8 @@ static int do_stats(ps_service *svc, ps_session *sess, const Ctrps__StatsRequest
     s->n_counters = acc.n;
     s->counters = cptrs;
     s->rocksdb_bytes = ps_shard_store_bytes(svc->shard);
+    s->rocksdb_pending_compaction_bytes = ps_shard_pending_compaction_bytes(svc->shard);
+    s->rocksdb_running_compactions = ps_shard_running_compactions(svc->shard);
     s->durability = svc->cfg->server.durability == PS_DURABILITY_SYNC ? "sync" : "interval";
     s->store_error = (char *)ps_shard_store_error(svc->shard);
     rp->resp.result_case = CTRPS__RESPONSE__RESULT_STATS;

@@ -2103,3 +2103,5 @@ uint64_t ps_shard_store_bytes(ps_shard *s) { return ps_store_size(s->store); }
 uint64_t ps_shard_pending_compaction_bytes(ps_shard *s) {
     return ps_store_pending_compaction_bytes(s->store);
 }
+
+uint32_t ps_shard_running_compactions(ps_shard *s) { return ps_store_running_compactions(s->store); }

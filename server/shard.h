@@ -261,3 +261,4 @@ bool ps_shard_read_only(const ps_shard *s);
 void ps_shard_counters_get(const ps_shard *s, ps_shard_counters *ret);
 uint64_t ps_shard_store_bytes(ps_shard *s);
 uint64_t ps_shard_pending_compaction_bytes(ps_shard *s);
+uint32_t ps_shard_running_compactions(ps_shard *s);

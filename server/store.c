@@ -491,6 +491,11 @@ uint64_t ps_store_pending_compaction_bytes(ps_store *s) {
     return total;
 }
 
+uint32_t ps_store_running_compactions(ps_store *s) {
+    uint64_t n = 0;
+    return rocksdb_property_int(s->db, "rocksdb.num-running-compactions", &n) == 0 ? (uint32_t)n : 0;
+}
+
 static int compact_now(ps_store *s, size_t cf) {
     rocksdb_compactoptions_t *o = rocksdb_compactoptions_create();
     if (!o)

@@ -119,6 +119,8 @@ uint64_t ps_store_size(ps_store *s);
 uint64_t ps_store_cf_size(ps_store *s, int cf);
 /* RocksDB's estimate of the bytes compaction has yet to rewrite, all families. */
 uint64_t ps_store_pending_compaction_bytes(ps_store *s);
+/* Compactions running now (flushes not counted). */
+uint32_t ps_store_running_compactions(ps_store *s);
 /* Compact the whole column family (its memtable flushed first), so that
  * its compaction filter sees every key and the space of the keys it drops
  * (and of deleted keys) is given back. wait: run it now, on this thread

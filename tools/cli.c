@@ -387,7 +387,9 @@ static int cmd_stats(ps_client *cl, const ps_config *cfg, int argc, char **argv)
         ps_json_string(stdout, cfg->shards[s]);
         printf(",\"durability\":");
         ps_json_string(stdout, x->durability);
-        printf(",\"rocksdb_bytes\":%" PRIu64 ",\"store_error\":", x->rocksdb_bytes);
+        printf(",\"rocksdb_bytes\":%" PRIu64 ",\"rocksdb_pending_compaction_bytes\":%" PRIu64
+               ",\"rocksdb_running_compactions\":%" PRIu32 ",\"store_error\":",
+               x->rocksdb_bytes, x->rocksdb_pending_compaction_bytes, x->rocksdb_running_compactions);
         ps_json_string(stdout, x->store_error);
         printf(",\"tables\":{");
         for (size_t i = 0; i < x->ntables; i++) {

@@ -273,6 +273,7 @@ class Client:
 
     def stats(self):
         """One dict per shard: shard, address, durability, rocksdb_bytes,
+        rocksdb_pending_compaction_bytes, rocksdb_running_compactions,
         store_error, tables {name: {rows, rows_in_memory, dirty_rows,
         pulled_rows, pushed_rows, dropped_nonfinite, memory_misses}},
         counters {name: value} — what `ctrps-cli stats` prints."""
@@ -282,7 +283,10 @@ class Client:
             s = resp.stats
             out.append({
                 "shard": s.shard_id, "address": conn.address, "durability": s.durability,
-                "rocksdb_bytes": s.rocksdb_bytes, "store_error": s.store_error,
+                "rocksdb_bytes": s.rocksdb_bytes,
+                "rocksdb_pending_compaction_bytes": s.rocksdb_pending_compaction_bytes,
+                "rocksdb_running_compactions": s.rocksdb_running_compactions,
+                "store_error": s.store_error,
                 "tables": {t.name: {"rows": t.rows, "rows_in_memory": t.rows_in_memory,
                                     "dirty_rows": t.dirty_rows, "pulled_rows": t.pulled_rows,
                                     "pushed_rows": t.pushed_rows,

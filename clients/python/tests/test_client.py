@@ -157,6 +157,8 @@ def test_stats_lookup_pull(cluster):
         found, values = c.lookup("wide", keys)
         assert not found.any() and not values.any()
         assert sum(s["tables"]["wide"]["rows"] for s in c.stats()) == 0
+        for s in c.stats():                                     # a fresh store has no backlog
+            assert s["rocksdb_pending_compaction_bytes"] == 0 and s["rocksdb_running_compactions"] == 0
         pulled = c.pull("wide", keys[:10])                      # init zero; a pull makes no row
         assert pulled.shape == (10, 1) and not pulled.any()
         assert sum(s["tables"]["wide"]["rows"] for s in c.stats()) == 0
