@@ -285,7 +285,12 @@ static uint32_t index_find(const ps_table *t, uint64_t key) {
     }
 }
 
-static inline void prefetch_entry(const ps_table *t, uint64_t key) {
+/* always_inline: gcc 12 takes a function whose only effect is
+ * __builtin_prefetch for a const one and drops its calls, which left
+ * create_absent and index_grow without any prefetch until this was seen in
+ * their code (bench/README.md "Row creation: the init rule in vector
+ * registers"). */
+static inline __attribute__((always_inline)) void prefetch_entry(const ps_table *t, uint64_t key) {
     uint64_t h = index_home(t, key);
     __builtin_prefetch(&t->ikeys[h], 1);
     __builtin_prefetch(&t->islots[h], 1);
