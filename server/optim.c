@@ -32,7 +32,9 @@
  * core of a Xeon, gcc 12 -O2, thread CPU time, dim 16, 4096 rows in cache):
  * FTRL 5.5M rows/s, group lasso 1.9M (Newton averages six passes over the
  * row on random data), AdaGrad 9.5M, row-wise 15M; ps_optim_init_weights
- * 2.1M rows/s. FTRL now runs two elements at a time with SSE2 (below). */
+ * 2.1M rows/s. FTRL now runs two elements at a time with SSE2 (below), and
+ * ps_optim_init_weights draws its candidates in blocks (15M dim-16 rows/s
+ * with AVX-512 on the Zen 4 VM of 2026-12-06, where one at a time was 2.1M). */
 
 #include <assert.h>
 #include <math.h>
