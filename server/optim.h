@@ -33,6 +33,10 @@
  * machine and libm: each value is computed with +, -, *, / only, and libm's
  * log merely accepts or rejects candidates (see optim.c). */
 void ps_optim_init_weights(const ps_table_config *t, uint64_t key, float *ret_w);
+/* The same weights by the code ps_optim_init_weights() runs on CPUs without
+ * AVX-512 (it picks the vector code where the CPU has it): for the test
+ * that holds both to the same bits. */
+void ps_optim_init_weights_portable(const ps_table_config *t, uint64_t key, float *ret_w);
 
 /* Fill a new row's state (width ps_optim_state_width(p, dim)) from w_init
  * (dim elements, borrowed for the call):

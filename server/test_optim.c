@@ -20,6 +20,7 @@
 
 #include "config.h"
 #include "error.h"
+#include "keys.h"
 #include "optim.h"
 #include "testutil.h"
 
@@ -940,6 +941,73 @@ Test(init_weights, pinned_bits) {
             cr_expect_eq(f32_bits(w[i]), cases[c].bits[i], "case %zu w[%u] = %.9g (0x%08x)", c, i, w[i],
                          f32_bits(w[i]));
     }
+}
+
+/* The init rule as ps_optim_init_weights() computed it before it was
+ * batched (one candidate at a time, branching on each test): the
+ * reference the faster code must match bit for bit. */
+static double ref_std_normal(uint64_t *s) {
+    const double vmax = 0.8577638849607068;
+    for (;;) {
+        *s += UINT64_C(0x9e3779b97f4a7c15);
+        uint64_t x1 = ps_mix64(*s);
+        *s += UINT64_C(0x9e3779b97f4a7c15);
+        uint64_t x2 = ps_mix64(*s);
+        double u = (double)((x1 >> 11) + 1) * 0x1p-53;
+        double v = vmax * ((double)(x2 >> 11) * 0x1p-52 - 1.0);
+        double x = v / u;
+        double x2q = x * x / 4;
+        if (x2q <= 1 - u)
+            return x;
+        if (x2q > 1 / u - 1)
+            continue;
+        if (x2q <= -log(u))
+            return x;
+    }
+}
+
+static void ref_init_weights(const ps_table_config *t, uint64_t key, float *w) {
+    uint64_t s = ps_mix64(key ^ ps_mix64(t->seed + UINT64_C(0x9e3779b97f4a7c15)));
+    for (uint32_t i = 0; i < t->dim; i++)
+        w[i] = (float)(t->init_std * ref_std_normal(&s)) + 0.0f;
+}
+
+/* Every table's initial model is these bits: over 300k keys (consecutive,
+ * scattered, and the extremes) and widths around any batching boundary,
+ * the init rule matches the reference above, on this CPU's code path and
+ * on the portable one, and a digest of the dim-16 rows matches the one the
+ * scalar code gave (so that a change to both fails too). */
+Test(init_weights, matches_scalar_recipe_bit_for_bit, .timeout = 60) {
+    static const uint32_t dims[] = {1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 33, 64, 100};
+    ps_table_config tc = {.dim = 16, .init = PS_INIT_NORMAL, .init_std = 0.01, .seed = 2024};
+    float w[100], p[100], r[100];
+    uint64_t digest = 0;
+    for (uint64_t k = 0; k < 300000; k++) {
+        uint64_t key = k < 100000 ? k : k < 299990 ? ps_mix64(k) : UINT64_MAX - (k - 299990);
+        tc.dim = 16;
+        ps_optim_init_weights(&tc, key, w);
+        ps_optim_init_weights_portable(&tc, key, p);
+        ref_init_weights(&tc, key, r);
+        for (uint32_t i = 0; i < 16; i++) {
+            cr_assert_eq(f32_bits(w[i]), f32_bits(r[i]), "key %llu w[%u] = %a, scalar recipe %a",
+                         (unsigned long long)key, i, w[i], r[i]);
+            cr_assert_eq(f32_bits(p[i]), f32_bits(r[i]), "key %llu portable w[%u] = %a, scalar recipe %a",
+                         (unsigned long long)key, i, p[i], r[i]);
+            digest = ps_mix64(digest ^ f32_bits(w[i]));
+        }
+        if (k % 1000 == 0)
+            for (size_t d = 0; d < sizeof(dims) / sizeof(dims[0]); d++) {
+                tc.dim = dims[d];
+                ps_optim_init_weights(&tc, key, w);
+                ps_optim_init_weights_portable(&tc, key, p);
+                ref_init_weights(&tc, key, r);
+                cr_assert(!memcmp(w, r, dims[d] * sizeof(float)), "key %llu dim %u differs",
+                          (unsigned long long)key, dims[d]);
+                cr_assert(!memcmp(p, r, dims[d] * sizeof(float)), "key %llu dim %u differs (portable)",
+                          (unsigned long long)key, dims[d]);
+            }
+    }
+    cr_assert_eq(digest, UINT64_C(0xffdf0dc5a2e7f6f3), "digest 0x%016llx", (unsigned long long)digest);
 }
 
 /* Same (seed, key) -> same bits, whatever the dim and whatever was drawn in
