@@ -456,15 +456,32 @@ void ps_optim_init_row(const ps_optim_params *p, uint32_t dim, const float *w_in
  * in any number of pushes a shard will see, and z moves by about |g|. */
 #define GRAD_SAFE 1e10f
 
+/* Whether every |g_i| < GRAD_SAFE, which also means finite: nearly every
+ * gradient, so this is checked four at a time without a branch per
+ * element, and only a gradient that fails it is looked at closely. */
+static bool grad_small(const float *g, uint32_t dim) {
+    uint32_t i = 0;
+#if defined(__SSE2__)
+    const __m128 magnitude = _mm_castsi128_ps(_mm_set1_epi32(0x7fffffff)), safe = _mm_set1_ps(GRAD_SAFE);
+    __m128 small = _mm_castsi128_ps(_mm_set1_epi32(-1));
+    for (; i + 4 <= dim; i += 4) /* NaN compares false: not small */
+        small = _mm_and_ps(small, _mm_cmplt_ps(_mm_and_ps(_mm_loadu_ps(g + i), magnitude), safe));
+    if (_mm_movemask_ps(small) != 0xf)
+        return false;
+#endif
+    for (; i < dim; i++)
+        if (!(fabsf(g[i]) < GRAD_SAFE))
+            return false;
+    return true;
+}
+
 int ps_optim_apply(const ps_optim_params *p, uint32_t dim, float *state, const float *grad) {
     assert(dim >= 1 && dim <= PS_OPTIM_DIM_MAX);
     /* Whole push or nothing (§0): check every element before the first write. */
-    bool huge = false;
-    for (uint32_t i = 0; i < dim; i++) {
+    bool huge = !grad_small(grad, dim);
+    for (uint32_t i = 0; huge && i < dim; i++)
         if (!isfinite(grad[i]))
             return PS_ENONFINITE;
-        huge |= !(fabsf(grad[i]) < GRAD_SAFE);
-    }
     /* Finite but huge gradients can overflow float32 state (n or acc past
      * FLT_MAX, z too), and an infinite n turns w into Inf/Inf = NaN, which
      * every worker would then pull. For those only, keep a copy and refuse
