@@ -172,9 +172,9 @@ static uint32_t ftrl_apply_sse2(const ftrl_k *k, uint32_t dim, float *restrict w
  * the compiler has no FMA instruction to contract a*b + c into (the
  * disassembly has no vfmadd). Not in the x86-64 baseline, hence the
  * run-time choice in ftrl_apply(). */
-__attribute__((target("avx2"))) static uint32_t ftrl_apply_avx2(const ftrl_k *k, uint32_t dim, float *restrict w,
-                                                                float *restrict z, float *restrict n,
-                                                                const float *restrict grad) {
+__attribute__((target("avx2"))) static uint32_t
+ftrl_apply_avx2(const ftrl_k *k, uint32_t dim, float *restrict w, float *restrict z, float *restrict n,
+                const float *restrict grad) {
     const __m256d alpha = _mm256_set1_pd(k->alpha), inv_alpha = _mm256_set1_pd(k->inv_alpha);
     const __m256d base = _mm256_set1_pd(k->base), l1 = _mm256_set1_pd(k->l1);
     const __m256d hi = _mm256_set1_pd(k->clip), lo = _mm256_set1_pd(-k->clip);

@@ -1089,12 +1089,12 @@ static int push_on_each_path(const ps_optim_params *p, uint32_t dim, float (*sta
         ps_optim_simd_limit(old);
     }
     for (int k = 1; k < 3; k++) {
-        cr_assert_eq(r[k], r[0], "trial %d step %d dim %u: path %d returned %d, scalar %d", trial, step, dim, k,
-                     r[k], r[0]);
+        cr_assert_eq(r[k], r[0], "trial %d step %d dim %u: path %d returned %d, scalar %d", trial, step,
+                     dim, k, r[k], r[0]);
         for (uint32_t i = 0; i < 3 * dim; i++)
             cr_assert_eq(f32_bits(state[k][i]), f32_bits(state[0][i]),
-                         "trial %d step %d dim %u field %u element %u: path %d %a, scalar %a", trial, step, dim,
-                         i / dim, i % dim, k, (double)state[k][i], (double)state[0][i]);
+                         "trial %d step %d dim %u field %u element %u: path %d %a, scalar %a", trial, step,
+                         dim, i / dim, i % dim, k, (double)state[k][i], (double)state[0][i]);
     }
     return r[0];
 }
