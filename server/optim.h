@@ -61,3 +61,13 @@ void ps_optim_init_row(const ps_optim_params *p, uint32_t dim, const float *w_in
  * lambda2 = 0 with a stored n of 0) holds w_i at 0, and AdaGrad's
  * sqrt(acc) + eps = 0 (eps = 0 with a stored acc of 0) leaves w_i as it is. */
 int ps_optim_apply(const ps_optim_params *p, uint32_t dim, float *state, const float *grad);
+
+/* FTRL's vector kernels, narrowest first. Every one gives the scalar
+ * path's results bit for bit; they differ only in speed. */
+typedef enum { PS_OPTIM_SIMD_SCALAR, PS_OPTIM_SIMD_SSE2, PS_OPTIM_SIMD_AVX2 } ps_optim_simd;
+
+/* Let ps_optim_apply() take no kernel wider than max (the default is
+ * PS_OPTIM_SIMD_AVX2: the widest the CPU runs, chosen per call from CPUID).
+ * Returns the previous limit. For tests that compare the kernels; not
+ * thread-safe, so call it before any update runs. */
+ps_optim_simd ps_optim_simd_limit(ps_optim_simd max);

@@ -119,6 +119,17 @@
 #define EMPTY UINT32_MAX
 #define NOT_ABSENT UINT32_MAX    /* absent_of[] of a key that has a row */
 
+/* One entry of the row index (open addressing, linear probing): a key and
+ * its slot + 1, 0 marking a free entry. Key and slot side by side make a
+ * probe one cache miss where separate key and slot arrays made two (the
+ * index was a fifth of the loop thread under the push benchmark, nearly
+ * all misses). Packed, the entry keeps the 12 bytes of the two arrays; one
+ * entry in eight straddles two lines. */
+typedef struct __attribute__((packed)) ientry {
+    uint64_t key;
+    uint32_t slot;
+} ientry;
+
 typedef struct row {
     uint64_t key;
     uint32_t gen;                /* write-back generation of the last change; 0 = clean */
@@ -189,8 +200,7 @@ struct ps_table {
     uint32_t *freed;
     uint64_t nfreed;
 
-    uint64_t *ikeys;
-    uint32_t *islots;            /* slot + 1 per index entry; 0 = free */
+    ientry *ix;
     uint64_t imask;
     uint64_t icount, imax;       /* entries in use; the size it may grow to */
 
@@ -297,31 +307,32 @@ static inline uint64_t index_home(const ps_table *t, uint64_t key) {
 
 static uint32_t index_find(const ps_table *t, uint64_t key) {
     for (uint64_t i = index_home(t, key);; i = (i + 1) & t->imask) {
-        uint32_t s = t->islots[i];
+        uint32_t s = t->ix[i].slot;
         if (s == 0)
             return EMPTY;
-        if (t->ikeys[i] == key)
+        if (t->ix[i].key == key)
             return s - 1;
     }
 }
 
-/* always_inline: gcc 12 takes a function whose only effect is
- * __builtin_prefetch for a const one and drops its calls, which left
+/* Both ends of the entry: the same line but for the one in eight that
+ * straddles two. always_inline: gcc 12 takes a function whose only effect
+ * is __builtin_prefetch for a const one and drops its calls, which left
  * create_absent and index_grow without any prefetch until this was seen in
  * their code (bench/README.md "Row creation: the init rule in vector
  * registers"). */
 static inline __attribute__((always_inline)) void prefetch_entry(const ps_table *t, uint64_t key) {
-    uint64_t h = index_home(t, key);
-    __builtin_prefetch(&t->ikeys[h], 1);
-    __builtin_prefetch(&t->islots[h], 1);
+    const char *e = (const char *)&t->ix[index_home(t, key)];
+    __builtin_prefetch(e, 1);
+    __builtin_prefetch(e + sizeof(ientry) - 1, 1);
 }
 
 static void index_insert(ps_table *t, uint64_t key, uint32_t slot) {
     uint64_t i = index_home(t, key);
-    while (t->islots[i] != 0)
+    while (t->ix[i].slot != 0)
         i = (i + 1) & t->imask;
-    t->ikeys[i] = key;
-    t->islots[i] = slot + 1;
+    t->ix[i].key = key;
+    t->ix[i].slot = slot + 1;
     t->icount++;
 }
 
@@ -331,50 +342,42 @@ static void index_insert(ps_table *t, uint64_t key, uint32_t slot) {
  * start-up and recovery (seconds for a restart; bench/restart.sh). */
 static int index_grow(ps_table *t) {
     uint64_t old = t->imask + 1, size = old * 2;
-    uint64_t *keys = index_map(size * sizeof(uint64_t));
-    uint32_t *slots = index_map(size * sizeof(uint32_t));
-    if (!keys || !slots) {
-        index_unmap(keys, size * sizeof(uint64_t));
-        index_unmap(slots, size * sizeof(uint32_t));
+    ientry *ix = index_map(size * sizeof(ientry)); /* zeroed: slot 0 is free */
+    if (!ix)
         return -ENOMEM;
-    }
-    uint64_t *okeys = t->ikeys;
-    uint32_t *oslots = t->islots;
-    t->ikeys = keys;
-    t->islots = slots;
+    ientry *oix = t->ix;
+    t->ix = ix;
     t->imask = size - 1;
     t->icount = 0;
     /* The old entries are read in order, but land at random in the new
      * index: fetch their entries a few ahead, as create_absent does. */
     enum { AHEAD = 8 };
     for (uint64_t i = 0; i < old; i++) {
-        if (i + AHEAD < old && oslots[i + AHEAD])
-            prefetch_entry(t, okeys[i + AHEAD]);
-        if (oslots[i])
-            index_insert(t, okeys[i], oslots[i] - 1);
+        if (i + AHEAD < old && oix[i + AHEAD].slot)
+            prefetch_entry(t, oix[i + AHEAD].key);
+        if (oix[i].slot)
+            index_insert(t, oix[i].key, oix[i].slot - 1);
     }
-    index_unmap(okeys, old * sizeof(uint64_t));
-    index_unmap(oslots, old * sizeof(uint32_t));
+    index_unmap(oix, old * sizeof(ientry));
     return 0;
 }
 
 static void index_remove(ps_table *t, uint64_t key) {
     uint64_t i = index_home(t, key);
-    while (t->ikeys[i] != key || t->islots[i] == 0)
+    while (t->ix[i].key != key || t->ix[i].slot == 0)
         i = (i + 1) & t->imask;
     /* Backward shift: pull later entries of the cluster into the hole when
      * the hole lies on their probe path. */
     uint64_t hole = i;
-    for (uint64_t j = (i + 1) & t->imask; t->islots[j] != 0; j = (j + 1) & t->imask) {
-        uint64_t home = index_home(t, t->ikeys[j]);
+    for (uint64_t j = (i + 1) & t->imask; t->ix[j].slot != 0; j = (j + 1) & t->imask) {
+        uint64_t home = index_home(t, t->ix[j].key);
         bool on_path = hole <= j ? (home <= hole || home > j) : (home <= hole && home > j);
         if (on_path) {
-            t->ikeys[hole] = t->ikeys[j];
-            t->islots[hole] = t->islots[j];
+            t->ix[hole] = t->ix[j];
             hole = j;
         }
     }
-    t->islots[hole] = 0;
+    t->ix[hole].slot = 0;
     t->icount--;
 }
 
@@ -528,7 +531,7 @@ size_t ps_table_row_bytes(const ps_table_config *cfg) {
     size_t width = ps_optim_state_width(&cfg->opt, cfg->dim);
     size_t row_size = (sizeof(row) + width * sizeof(float) + 7) & ~(size_t)7;
     /* The index holds two entries per row at 50% load. */
-    return row_size + 2 * (sizeof(uint64_t) + sizeof(uint32_t));
+    return row_size + 2 * sizeof(ientry);
 }
 
 int ps_table_new(const ps_table_config *cfg, uint32_t nbuckets, uint64_t capacity, ps_store *store,
@@ -557,14 +560,13 @@ int ps_table_new(const ps_table_config *cfg, uint32_t nbuckets, uint64_t capacit
     uint64_t isize = imax < 1024 ? imax : 1024;
     t->imask = isize - 1;
     t->slab = slab_map(capacity * t->row_size, &t->slab_len);
-    t->ikeys = index_map(isize * sizeof(uint64_t));
-    /* Zeroed: 0 marks a free entry. */
-    t->islots = index_map(isize * sizeof(uint32_t));
+    /* Zeroed: slot 0 marks a free entry. */
+    t->ix = index_map(isize * sizeof(ientry));
     t->freed = malloc(capacity * sizeof(uint32_t));
     int r = lg_init(&t->lg, cfg->ttl_s, persisted_rows);
     if (r == 0)
         r = ps_admit_new(cfg, &t->admit);
-    if (r < 0 || !t->slab || !t->ikeys || !t->islots || !t->freed || capacity >= EMPTY) {
+    if (r < 0 || !t->slab || !t->ix || !t->freed || capacity >= EMPTY) {
         ps_table_free(t);
         return -ENOMEM;
     }
@@ -577,8 +579,7 @@ void ps_table_free(ps_table *t) {
         return;
     if (t->slab)
         munmap(t->slab, t->slab_len);
-    index_unmap(t->ikeys, (t->imask + 1) * sizeof(uint64_t));
-    index_unmap(t->islots, (t->imask + 1) * sizeof(uint32_t));
+    index_unmap(t->ix, (t->imask + 1) * sizeof(ientry));
     free(t->freed);
     free(t->dirty);
     free(t->pending);
@@ -880,13 +881,10 @@ static int resolve(ps_table *t, const uint64_t *keys, size_t n, const uint8_t *m
      * another (measured in bench/README.md). */
     enum { AHEAD = 8 };
     for (size_t i = 0; i < n && i < AHEAD; i++)
-        __builtin_prefetch(&t->ikeys[index_home(t, keys[i])]);
+        prefetch_entry(t, keys[i]);
     for (size_t i = 0; i < n; i++) {
-        if (i + AHEAD < n) {
-            uint64_t h = index_home(t, keys[i + AHEAD]);
-            __builtin_prefetch(&t->ikeys[h]);
-            __builtin_prefetch(&t->islots[h]);
-        }
+        if (i + AHEAD < n)
+            prefetch_entry(t, keys[i + AHEAD]);
         uint32_t s = (mask && !mask[i]) ? EMPTY : index_find(t, keys[i]);
         t->rows[i] = s == EMPTY ? NULL : slot_row(t, s);
         if (t->rows[i])

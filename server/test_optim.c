@@ -1118,3 +1118,144 @@ Test(optim, ftrl_packed_path_matches_scalar_bit_for_bit) {
         }
     }
 }
+
+/* One value of a row or gradient for the kernel comparison below, drawn so
+ * that every lane of every kernel meets the cases where a mask replaces a
+ * branch or rounding could tell the paths apart: signed zeros, the clip
+ * bound itself and beyond, z exactly at +-lambda1 (a tie gives w = 0),
+ * squares that underflow float32, subnormals, and magnitudes up to where n
+ * and z near FLT_MAX (a push that overflows is refused on every path). */
+static float edge_value(uint64_t *rng, float typical, float bound) {
+    double u = rng_sym(rng);
+    switch (rng_next(rng) % 16) {
+    case 0: return 0.0f;
+    case 1: return -0.0f;
+    case 2: return bound;
+    case 3: return -bound;
+    case 4: return (float)(bound * (1 + fabs(u)));
+    case 5: return (float)(u * 1e-30);  /* square underflows */
+    case 6: return (float)(u * 0x1p-140); /* subnormal */
+    case 7: return (float)(u * 1e9);
+    case 8: return (float)(u * 1e18);
+    case 9: return (float)(u * 1e37);
+    default: return (float)(u * typical);
+    }
+}
+
+/* FTRL's kernels, narrowest first: the scalar loop is the reference. */
+static const ps_optim_simd ftrl_paths[3] = {PS_OPTIM_SIMD_SCALAR, PS_OPTIM_SIMD_SSE2, PS_OPTIM_SIMD_AVX2};
+
+/* Push g onto state[k] on path k (state[0..2] equal before the call) and
+ * assert that every path returns what the scalar one does and leaves the
+ * same bits in every field. Returns the scalar path's result. */
+static int push_on_each_path(const ps_optim_params *p, uint32_t dim, float (*state)[3 * PS_OPTIM_DIM_MAX],
+                             const float *g, int trial, int step) {
+    int r[3];
+    for (int k = 0; k < 3; k++) {
+        ps_optim_simd old = ps_optim_simd_limit(ftrl_paths[k]);
+        r[k] = ps_optim_apply(p, dim, state[k], g);
+        ps_optim_simd_limit(old);
+    }
+    for (int k = 1; k < 3; k++) {
+        cr_assert_eq(r[k], r[0], "trial %d step %d dim %u: path %d returned %d, scalar %d", trial, step,
+                     dim, k, r[k], r[0]);
+        for (uint32_t i = 0; i < 3 * dim; i++)
+            cr_assert_eq(f32_bits(state[k][i]), f32_bits(state[0][i]),
+                         "trial %d step %d dim %u field %u element %u: path %d %a, scalar %a", trial, step,
+                         dim, i / dim, i % dim, k, (double)state[k][i], (double)state[0][i]);
+    }
+    return r[0];
+}
+
+static float state3[3][3 * PS_OPTIM_DIM_MAX];
+
+/* FTRL's kernels (AVX2 four elements at a time, SSE2 two, scalar one) must
+ * agree bit for bit on every field of every row and on the return code:
+ * the same row, pushed on each path, over random states, gradients and
+ * hyper-parameters (lambda1 = 0, beta = lambda2 = 0 for a_i = 0, clipping
+ * on and off) and every dim from 1 to 67 (tails of 1, 2 and 3 behind the
+ * vectors) plus PS_OPTIM_DIM_MAX. Each row takes several pushes in a row
+ * so that states the kernels made are fed back in. On a CPU without AVX2
+ * the AVX2 limit takes the SSE2 path and the test compares two kernels. */
+Test(optim, ftrl_kernels_match_scalar_bit_for_bit, .timeout = 60) {
+    static float g[PS_OPTIM_DIM_MAX];
+    uint64_t rng = 99;
+    long nonzero_w = 0, ties = 0, refused = 0;
+    for (int trial = 0; trial < 6000; trial++) {
+        uint32_t dim = trial % 200 == 199 ? PS_OPTIM_DIM_MAX : 1 + (uint32_t)(trial % 67);
+        /* lambda1 = 2^-4 is exact in float, so z = +-lambda1 is a true tie. */
+        ps_optim_params p = ftrl(0.01 + fabs(rng_sym(&rng)), trial % 5 == 0 ? 0 : 1 + rng_sym(&rng),
+                                 trial % 7 == 0 ? 0 : 0x1p-4, trial % 5 == 0 ? 0 : fabs(rng_sym(&rng)));
+        p.grad_clip = trial % 3 == 0 ? 0 : 0.5;
+        float bound = p.grad_clip > 0 ? (float)p.grad_clip : 0x1p-4f;
+        /* States a row can reach: z moves by g and n by g^2, so |z| stays
+         * within a few sqrt(n) of its start; a huge z over a tiny n would
+         * put Inf in w, which no sequence of accepted pushes produces. */
+        for (uint32_t i = 0; i < dim; i++) {
+            float n = fabsf(edge_value(&rng, 10.0f, 1.0f));
+            float z = edge_value(&rng, 2.0f, 0x1p-4f);
+            if (!(fabsf(z) <= 1e3f * sqrtf(n) + 1))
+                z = (float)(rng_sym(&rng) * (1e3 * sqrt(n) + 1));
+            state3[0][i] = 0.0f;
+            state3[0][dim + i] = z;
+            state3[0][2 * dim + i] = n;
+            g[i] = 0.0f;
+        }
+        /* w: the closed form of that z and n, as every row holds, from
+         * the reference path. */
+        ps_optim_simd old = ps_optim_simd_limit(PS_OPTIM_SIMD_SCALAR);
+        push(&p, dim, state3[0], g);
+        ps_optim_simd_limit(old);
+        for (int f = 1; f < 3; f++)
+            memcpy(state3[f], state3[0], 3 * dim * sizeof(float));
+        for (int step = 0; step < 4; step++) {
+            for (uint32_t i = 0; i < dim; i++)
+                g[i] = step == 3 ? 0.0f : edge_value(&rng, 1.0f, bound);
+            refused += push_on_each_path(&p, dim, state3, g, trial, step) != 0;
+            for (uint32_t i = 0; i < dim; i++) {
+                nonzero_w += state3[0][i] != 0;
+                ties += fabsf(state3[0][dim + i]) == 0x1p-4f && p.lambda1 > 0;
+            }
+        }
+    }
+    /* The draws must reach the cases they are there for. */
+    cr_expect_gt(nonzero_w, 10000);
+    cr_expect_gt(ties, 1000);
+    cr_expect_gt(refused, 100);
+}
+
+/* A difference of one double ulp anywhere in the step (a fused multiply-add,
+ * operands regrouped) mostly vanishes when z and n are rounded to float32,
+ * so random rows alone would miss it. Here w is chosen so that sigma*w
+ * nearly cancels z + g: the new z is then thousands of times smaller than
+ * the terms it came from, and an ulp of those terms shows in its float32
+ * bits. (A fused z + g - sigma*w, or n0 + g*g fused, fails this test.) */
+Test(optim, ftrl_kernels_match_scalar_under_cancellation) {
+    float g[67];
+    uint64_t rng = 7;
+    long cancelled = 0;
+    for (int trial = 0; trial < 3000; trial++) {
+        uint32_t dim = 1 + (uint32_t)(trial % 67);
+        ps_optim_params p = ftrl(0.05 + fabs(rng_sym(&rng)), 1, trial % 2 ? 0 : 0x1p-4, 0.5);
+        float *w = state3[0], *z = w + dim, *n = z + dim;
+        for (uint32_t i = 0; i < dim; i++) {
+            g[i] = (float)(rng_sym(&rng) * 2);
+            z[i] = (float)(rng_sym(&rng) * 3);
+            n[i] = (float)fabs(rng_sym(&rng) * 5);
+            double gd = g[i], n1 = n[i] + gd * gd;
+            double sigma = gd * gd / (p.alpha * (sqrt(n1) + sqrt((double)n[i])));
+            w[i] = (float)((z[i] + gd) / sigma);
+            if (!(sigma > 0) || !isfinite(w[i]))
+                w[i] = 0.0f;
+        }
+        for (int f = 1; f < 3; f++)
+            memcpy(state3[f], state3[0], 3 * dim * sizeof(float));
+        float before[67];
+        for (uint32_t i = 0; i < dim; i++)
+            before[i] = fabsf(z[i]) + fabsf(g[i]);
+        cr_assert_eq(push_on_each_path(&p, dim, state3, g, trial, 0), 0);
+        for (uint32_t i = 0; i < dim; i++)
+            cancelled += fabsf(z[i]) < 1e-4f * before[i];
+    }
+    cr_expect_gt(cancelled, 50000);
+}
