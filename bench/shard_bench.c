@@ -157,6 +157,12 @@ typedef struct slot_buf {
     uint8_t *found;
 } slot_buf;
 
+/* The next request of the pool: it goes on from where the last phase or
+ * repetition stopped, so that successive runs walk the whole pool instead
+ * of its first few hundred requests again and again (with a pool larger
+ * than a run covers, a restart at 0 measured a pool that small). */
+static uint64_t pool_cursor;
+
 /* Keep `inflight` calls going for `seconds`; returns rows/s. */
 static double drive(ps_client *c, const opts *o, op_kind op, uint64_t **pool, const float *grads,
                     double seconds) {
@@ -166,7 +172,7 @@ static double drive(ps_client *c, const opts *o, op_kind op, uint64_t **pool, co
         slots[i].found = malloc(o->batch);
     }
     char err[512];
-    uint64_t rows = 0, next = 0;
+    uint64_t rows = 0, sent = 0;
     double start = bench_now_s(), end = start + seconds;
     bool stop = false;
     for (;;) {
@@ -182,7 +188,8 @@ static double drive(ps_client *c, const opts *o, op_kind op, uint64_t **pool, co
             }
             if (stop)
                 continue;
-            uint64_t *keys = pool[next++ % o->pool];
+            uint64_t *keys = pool[pool_cursor++ % o->pool];
+            sent++;
             int r = op == OP_PULL ? ps_client_pull_start(c, "emb", DIM, keys, o->batch, s->values, &s->call)
                     : op == OP_PUSH
                         ? ps_client_push_start(c, "emb", DIM, keys, o->batch, grads, &s->call)
@@ -195,7 +202,7 @@ static double drive(ps_client *c, const opts *o, op_kind op, uint64_t **pool, co
         }
         if (stop)
             break;
-        stop = o->requests ? next >= o->requests : bench_now_s() >= end;
+        stop = o->requests ? sent >= o->requests : bench_now_s() >= end;
     }
     double rate = (double)rows / (bench_now_s() - start);
     for (uint32_t i = 0; i < o->inflight; i++) {
