@@ -163,9 +163,10 @@ typedef struct slot_buf {
  * than a run covers, a restart at 0 measured a pool that small). */
 static uint64_t pool_cursor;
 
-/* Keep `inflight` calls going for `seconds`; returns rows/s. */
+/* Keep `inflight` calls going for `seconds`; returns rows/s, and the rows
+ * sent in *ret_rows (if not NULL). */
 static double drive(ps_client *c, const opts *o, op_kind op, uint64_t **pool, const float *grads,
-                    double seconds) {
+                    double seconds, uint64_t *ret_rows) {
     slot_buf *slots = calloc(o->inflight, sizeof(*slots));
     for (uint32_t i = 0; i < o->inflight; i++) {
         slots[i].values = malloc((size_t)o->batch * WIDTH * sizeof(float));
@@ -210,6 +211,8 @@ static double drive(ps_client *c, const opts *o, op_kind op, uint64_t **pool, co
         free(slots[i].found);
     }
     free(slots);
+    if (ret_rows)
+        *ret_rows = rows;
     return rate;
 }
 
@@ -285,6 +288,14 @@ static double wait_written_back(ps_client *c) {
     return bench_now_s() - t0;
 }
 
+/* The i-th key the load reads and then pushes: from the highest rank down.
+ * The order matters only when the tier is smaller than the keys: it then
+ * ends up holding the last keys loaded, which this way are the ones Zipf
+ * draws most, as on a shard that has served such a load for a while (in
+ * rank order it held the coldest, and the timed phases measured the tier
+ * filling up). */
+static uint64_t load_fid(const opts *o, uint64_t i) { return bench_rank_fid(o->keys - 1 - i); }
+
 /* Wait (up to an hour) until RocksDB has no compaction running or pending:
  * the load leaves gigabytes to compact, which otherwise runs under the timed
  * phases (half the shard's samples at 30M keys); the seconds waited. */
@@ -310,18 +321,17 @@ static double wait_compacted(ps_client *c) {
 static void warm_up(ps_client *c, const opts *o, op_kind op, uint64_t **pool, const float *grads) {
     if (o->warmup <= o->seconds) {
         if (o->warmup > 0)
-            drive(c, o, op, pool, grads, o->warmup);
+            drive(c, o, op, pool, grads, o->warmup, NULL);
         return;
     }
     double spent = 0, last = 0;
     while (spent < o->warmup) {
-        uint64_t misses0 = server_misses(c);
+        uint64_t misses0 = server_misses(c), rows;
         double t0 = bench_now_s();
-        double rate = drive(c, o, op, pool, grads, o->seconds);
-        double dt = bench_now_s() - t0;
-        spent += dt;
+        double rate = drive(c, o, op, pool, grads, o->seconds, &rows);
+        spent += bench_now_s() - t0;
         printf("warmup_%s t=%.0fs rows_per_sec %.0f memory_miss_fraction %.4f\n", op_names[op], spent,
-               rate, (double)(server_misses(c) - misses0) / (rate * dt));
+               rate, (double)(server_misses(c) - misses0) / (double)rows);
         fflush(stdout);
         if (last > 0 && fabs(rate - last) <= 0.05 * last)
             return;
@@ -507,11 +517,11 @@ int main(int argc, char **argv) {
     FILE *f = fopen(config, "w");
     fprintf(f,
             "[cluster]\nshards = 127.0.0.1:1\nbuckets = 1024\n"
-            "[server]\ndurability = %s\nmemory_mb = %" PRIu64 "\n"
-            "[table.emb]\ndim = %d\noptimizer = ftrl\ninit = normal\nslots = C1\n",
-            o.durability, mem, DIM);
+            "[server]\ndurability = %s\nmemory_mb = %" PRIu64 "\n",
+            o.durability, mem);
     if (o.block_cache_mb)
-        fprintf(f, "[server]\nblock_cache_mb = %" PRIu64 "\n", o.block_cache_mb);
+        fprintf(f, "block_cache_mb = %" PRIu64 "\n", o.block_cache_mb);
+    fprintf(f, "[table.emb]\ndim = %d\noptimizer = ftrl\ninit = normal\nslots = C1\n", DIM);
     fclose(f);
 
     char addr[128];
@@ -533,20 +543,15 @@ int main(int argc, char **argv) {
         return 1;
     }
 
-    /* Read every key once, from the highest rank down: a first pull creates
-     * no row, only its init values in the memory tier (load_rows_per_sec).
-     * Rank order matters only when the tier is smaller than the keys: it
-     * then ends up holding the last keys loaded, and from the highest rank
-     * down those are the ones Zipf draws most, as on a shard that has served
-     * such a load for a while (in rank order it held the coldest, and the
-     * timed phases measured the tier filling up). */
+    /* Read every key once, in load_fid() order: a first pull creates no
+     * row, only its init values in the memory tier (load_rows_per_sec). */
     double t0 = bench_now_s();
     uint64_t *keys = malloc((size_t)o.batch * sizeof(uint64_t));
     float *values = malloc((size_t)o.batch * DIM * sizeof(float));
     for (uint64_t base = 0; base < o.keys; base += o.batch) {
         uint32_t n = (uint32_t)(o.keys - base < o.batch ? o.keys - base : o.batch);
         for (uint32_t i = 0; i < n; i++)
-            keys[i] = bench_rank_fid(o.keys - 1 - (base + i));
+            keys[i] = load_fid(&o, base + i);
         if (ps_client_pull(cl, "emb", DIM, keys, n, values, err, sizeof(err)) < 0) {
             fprintf(stderr, "load: %s\n", err);
             return 1;
@@ -563,7 +568,7 @@ int main(int argc, char **argv) {
     for (uint64_t base = 0; base < o.keys; base += o.batch) {
         uint32_t n = (uint32_t)(o.keys - base < o.batch ? o.keys - base : o.batch);
         for (uint32_t i = 0; i < n; i++)
-            keys[i] = bench_rank_fid(o.keys - 1 - (base + i));
+            keys[i] = load_fid(&o, base + i);
         if (ps_client_push(cl, "emb", DIM, keys, n, load_grads, NULL, NULL, err, sizeof(err)) < 0) {
             fprintf(stderr, "persist: %s\n", err);
             return 1;
@@ -602,21 +607,22 @@ int main(int argc, char **argv) {
         if (!o.requests)
             warm_up(cl, &o, (op_kind)op, pool, grads);
         uint64_t misses0 = server_misses(cl);
-        double rows = 0, cpu0 = bench_cpu_s(server_pid);
+        uint64_t rows = 0;
+        double cpu0 = bench_cpu_s(server_pid);
         for (uint32_t r = 0; r < o.runs; r++) {
-            double began = bench_now_s();
-            v[r] = drive(cl, &o, (op_kind)op, pool, grads, o.seconds);
-            rows += v[r] * (bench_now_s() - began);
+            uint64_t n;
+            v[r] = drive(cl, &o, (op_kind)op, pool, grads, o.seconds, &n);
+            rows += n;
         }
         rates[op] = bench_median(v, o.runs);
         printf("%s_rows_per_sec %.0f\n", op_names[op], rates[op]);
         /* Steadier than wall clock on a shared machine: the shard's CPU,
          * its RocksDB threads included. */
         printf("%s_server_cpu_us_per_row %.3f\n", op_names[op],
-               (bench_cpu_s(server_pid) - cpu0) * 1e6 / rows);
+               (bench_cpu_s(server_pid) - cpu0) * 1e6 / (double)rows);
         if (op != OP_PUSH && o.memory_mb) /* the share of rows read from RocksDB */
             printf("%s_memory_miss_fraction %.4f\n", op_names[op],
-                   (double)(server_misses(cl) - misses0) / rows);
+                   (double)(server_misses(cl) - misses0) / (double)rows);
         fflush(stdout);
     }
     /* Cold pulls: every key fresh and from a rank range that the load
