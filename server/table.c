@@ -254,6 +254,9 @@ struct ps_table {
 
 #define HUGE_PAGE ((size_t)2 << 20)
 
+/* What slab_map() maps for `bytes`: whole huge pages. */
+static size_t huge_len(size_t bytes) { return (bytes + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1); }
+
 /* The slab: anonymous memory the OS commits on first use, asked for in
  * transparent huge pages (MADV_HUGEPAGE; Debian's THP mode is "madvise").
  * Rows are taken in slot order, so the slab fills from its start and a
@@ -262,7 +265,7 @@ struct ps_table {
  * creation"). Mapped 2 MiB-aligned so that the kernel can use huge pages
  * from the first byte; where it cannot, it is 4 KiB pages as before. */
 static char *slab_map(size_t bytes, size_t *ret_len) {
-    size_t len = (bytes + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1);
+    size_t len = huge_len(bytes);
     char *p = mmap(NULL, len + HUGE_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
         return NULL;
@@ -293,7 +296,7 @@ static void *index_map(size_t bytes) {
 
 static void index_unmap(void *p, size_t bytes) {
     if (p)
-        munmap(p, bytes >= HUGE_PAGE ? (bytes + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1) : bytes);
+        munmap(p, bytes >= HUGE_PAGE ? huge_len(bytes) : bytes);
 }
 
 static inline row *slot_row(const ps_table *t, uint32_t slot) {

@@ -98,9 +98,9 @@ bool ps_write_all(int fd, const char *p, size_t n);
  * pipe (--input -) whose write end goes to *ret_input: the caller decides
  * when the input ends, so the worker is still training for as long as the
  * caller needs, however fast the machine. stdout (the result line) goes to
- * the cluster file worker.out, stderr to worker.log, whose path goes to log; returns its pid.
- * ps_wait_worker() reaps it and asserts it exited 0, printing its log when
- * not. */
+ * the cluster file worker.out, stderr to worker.log, whose path goes to
+ * log; returns its pid. ps_wait_worker() reaps it and asserts it exited 0,
+ * printing its log when not. */
 pid_t ps_start_worker(ps_cluster *c, int *ret_input, char *log, size_t loglen);
 void ps_wait_worker(pid_t pid, const char *log);
 
