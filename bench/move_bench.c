@@ -305,6 +305,7 @@ static void on_progress(void *ctx, const ps_move_progress *p) {
 
 typedef struct run_result {
     double rows, copy_s, copy_rate, export_rate, rounds, pause_ms, client_pause_ms, client_pause_at;
+    double freeze_ms, last_round_ms, last_round_rows, map_ms;
     double pull[3], push[3], p99_ms[3], src_cpu, dst_cpu, self_cpu;
 } run_result;
 
@@ -556,6 +557,10 @@ int main(int argc, char **argv) {
         rr->export_rate = w.export_s > 0 ? (double)w.export_rows / w.export_s : 0;
         rr->rounds = w.last.rounds;
         rr->pause_ms = w.last.pause_s * 1e3;
+        rr->freeze_ms = w.last.freeze_s * 1e3;
+        rr->last_round_ms = w.last.last_round_s * 1e3;
+        rr->last_round_rows = (double)w.last.last_round_rows;
+        rr->map_ms = w.last.map_s * 1e3;
         pthread_mutex_lock(&ld.mu);
         phase_stats *d = &ld.st[PH_DURING];
         rr->client_pause_ms = (d->max_pull_s > d->max_push_s ? d->max_pull_s : d->max_push_s) * 1e3;
@@ -571,12 +576,14 @@ int main(int argc, char **argv) {
         pthread_mutex_unlock(&ld.mu);
         getloadavg(la, 3);
         printf("run %u: moved buckets %u-%u from shard %u to shard %u: %.0f rows in %.2f s "
-               "(%.0f rows/s; first pass %.0f rows/s), %.0f catch-up rounds, pause %.1f ms, "
+               "(%.0f rows/s; first pass %.0f rows/s), %.0f catch-up rounds, pause %.1f ms "
+               "(freeze %.1f, last round %.1f for %.0f rows, maps %.1f), "
                "longest request during the move %.1f ms (began %.2f s into it); pull rows/s before/during/after "
                "%.0f/%.0f/%.0f, push %.0f/%.0f/%.0f, p99 request ms %.1f/%.1f/%.1f; "
                "CPU s source %.2f target %.2f mover+load %.2f; loadavg %.2f\n",
                run, rlo, rhi - 1, to ^ 1, to, rr->rows, rr->copy_s, rr->copy_rate, rr->export_rate,
-               rr->rounds, rr->pause_ms, rr->client_pause_ms, rr->client_pause_at, rr->pull[0], rr->pull[1], rr->pull[2],
+               rr->rounds, rr->pause_ms, rr->freeze_ms, rr->last_round_ms, rr->last_round_rows,
+               rr->map_ms, rr->client_pause_ms, rr->client_pause_at, rr->pull[0], rr->pull[1], rr->pull[2],
                rr->push[0], rr->push[1], rr->push[2], rr->p99_ms[0], rr->p99_ms[1], rr->p99_ms[2],
                rr->src_cpu, rr->dst_cpu, rr->self_cpu, la[0]);
         fflush(stdout);
@@ -597,6 +604,10 @@ int main(int argc, char **argv) {
     summary("first_pass_rows_per_sec", 0, res, o.runs, offsetof(run_result, export_rate));
     summary("catchup_rounds", 0, res, o.runs, offsetof(run_result, rounds));
     summary("pause_ms", 1, res, o.runs, offsetof(run_result, pause_ms));
+    summary("pause_freeze_ms", 1, res, o.runs, offsetof(run_result, freeze_ms));
+    summary("pause_last_round_ms", 1, res, o.runs, offsetof(run_result, last_round_ms));
+    summary("pause_last_round_rows", 0, res, o.runs, offsetof(run_result, last_round_rows));
+    summary("pause_maps_ms", 1, res, o.runs, offsetof(run_result, map_ms));
     if (o.load) {
         summary("longest_request_during_move_ms", 1, res, o.runs,
                 offsetof(run_result, client_pause_ms));

@@ -234,11 +234,37 @@ static int copy_pass(ps_client *c, Ctrps__MoveRequest__Phase phase, uint32_t lo,
     }
 }
 
-/* Catch-up rounds end once one leaves this few changes for the next: the
- * last round, with the range frozen, sends about as many. */
+static int fence(ps_client *c, uint32_t shard, uint32_t lo, uint32_t hi, char *err, size_t errlen) {
+    Ctrps__MoveRequest m = CTRPS__MOVE_REQUEST__INIT;
+    m.phase = CTRPS__MOVE_REQUEST__PHASE__FREEZE;
+    m.bucket_lo = lo;
+    m.bucket_hi = hi;
+    m.fence = true;
+    return move_call(c, shard, &m, NULL, err, errlen);
+}
+
+/* Catch-up rounds end once one leaves this few changes for the next (or
+ * after CATCHUP_ROUNDS): before the fence, then after it, when the last
+ * round, with the range frozen, sends about as many. */
 #define CATCHUP_SMALL 2048
+#define CATCHUP_LAST 512
 #define CATCHUP_ROUNDS 8
 #define COPY_ATTEMPTS 8
+
+/* At least one catch-up round, until one leaves at most `small` changes. */
+static int catch_up(ps_client *c, uint32_t lo, uint32_t hi, uint64_t tid, ps_move_progress *pr,
+                    ps_move_progress_fn fn, void *ctx, uint64_t small, bool *ret_lost, char *err,
+                    size_t errlen) {
+    for (uint32_t n = 0; n < CATCHUP_ROUNDS; n++) {
+        uint64_t pending = 0;
+        pr->rounds++;
+        int r = copy_pass(c, CTRPS__MOVE_REQUEST__PHASE__CHANGED, lo, hi, tid, pr->rounds, pr, fn,
+                          0, ctx, &pending, ret_lost, err, errlen);
+        if (r < 0 || *ret_lost || pending <= small)
+            return r;
+    }
+    return 0;
+}
 
 /* Copy [lo, hi) from -> to while it is served, catch up, freeze it and
  * send the last changes with the sequence numbers. On success the range is
@@ -276,21 +302,29 @@ static int copy_range(ps_client *c, uint32_t lo, uint32_t hi, ps_move_progress *
         uint64_t pending = 0;
         r = copy_pass(c, CTRPS__MOVE_REQUEST__PHASE__EXPORT, lo, hi, tid, 0, pr, fn, tid, ctx,
                       NULL, &lost, err, errlen);
-        while (r == 0 && !lost && pr->rounds < CATCHUP_ROUNDS) {
-            pr->rounds++;
-            r = copy_pass(c, CTRPS__MOVE_REQUEST__PHASE__CHANGED, lo, hi, tid, pr->rounds, pr, fn,
-                          0, ctx, &pending, &lost, err, errlen);
-            if (pending <= CATCHUP_SMALL)
-                break;
-        }
+        if (r == 0 && !lost)
+            r = catch_up(c, lo, hi, tid, pr, fn, ctx, CATCHUP_SMALL, &lost, err, errlen);
+        /* The freeze is stored (fsync) while the range is still served,
+         * and what changed meanwhile copied, so that the pause holds no
+         * fsync on the source; the rounds go on until one leaves about as
+         * much as a round takes a few milliseconds for. */
+        if (r == 0 && !lost)
+            r = fence(c, pr->from, lo, hi, err, errlen);
+        if (r == 0 && !lost)
+            r = catch_up(c, lo, hi, tid, pr, fn, ctx, CATCHUP_LAST, &lost, err, errlen);
         double frozen_at = now_s();
         if (r == 0 && !lost)
             r = simple_phase(c, pr->from, CTRPS__MOVE_REQUEST__PHASE__FREEZE, lo, hi, err, errlen);
         if (r == 0 && !lost) {
             if (attempt == 0)
                 test_stop("cutover");
+            double t = now_s();
+            uint64_t before = pr->rows;
+            pr->freeze_s = t - frozen_at;
             r = copy_pass(c, CTRPS__MOVE_REQUEST__PHASE__CHANGED, lo, hi, tid, pr->rounds + 1, pr,
                           fn, 0, ctx, &pending, &lost, err, errlen);
+            pr->last_round_s = now_s() - t;
+            pr->last_round_rows = pr->rows - before;
         }
         if (r < 0)
             return r;
@@ -352,9 +386,11 @@ int ps_move_range(ps_client *c, ps_cluster_map *cur, uint32_t lo, uint32_t hi, u
     for (uint32_t b = lo; b < hi; b++)
         next.owner[b] = to;
     /* Target first: once the source takes the map, clients go to it. */
+    double t = now_s();
     r = ps_client_install_map(c, to, &next, NULL, err, errlen);
     if (r == 0)
         r = ps_client_install_map(c, from, &next, NULL, err, errlen);
+    pr.map_s = now_s() - t;
     pr.pause_s = now_s() - frozen_at;
     for (uint32_t i = 0; r == 0 && i < nshards; i++)
         if (i != to && i != from)

@@ -10,20 +10,22 @@
  *      while S goes on serving the range;
  *   3. catch-up rounds: the rows changed since the previous round, as they
  *      are now, until a round leaves few changes behind (or after 8);
- *   4. S freezes the range (durably): its pulls and pushes answer MOVING,
- *      and clients pause them; the last changes are copied, then every
- *      client's push sequence numbers for those buckets;
- *   5. the map of the next epoch, giving the range to T, is installed on
+ *   4. S fences the range (stores the freeze durably, still serving it);
+ *      catch-up rounds until one leaves very few changes;
+ *   5. S freezes the range (in memory): its pulls and pushes answer
+ *      MOVING, and clients pause them; the last changes are copied, then
+ *      every client's push sequence numbers for those buckets;
+ *   6. the map of the next epoch, giving the range to T, is installed on
  *      T, then S (the commit point: the pause ends), then every other shard;
- *   6. S drops the range and thaws.
- * A restart of S before 5 loses its record of changes: the copy begins
- * again (with the range still frozen if it was). T stages the first pass
+ *   7. S drops the range and thaws.
+ * A restart of S before 6 loses its record of changes: the copy begins
+ * again (with the range frozen if it was fenced). T stages the first pass
  * (step 2) in SST files and ingests them when the pass ends: a restart of
  * T before that loses them, and the copy begins again too. What T
  * acknowledged after the ingest is durable, and every call can be
  * repeated, so a later restart of T or of the mover is ridden out or
  * resumed by running the move again; or the move is rolled back by
- * ps_move_abort(). After 5, S finishes step 6 by
+ * ps_move_abort(). After 6, S finishes step 7 by
  * itself when it restarts. */
 
 #include <stdbool.h>
@@ -40,7 +42,11 @@ typedef struct ps_move_progress {
     uint32_t rounds;             /* catch-up rounds so far */
     uint32_t restarts;           /* copies begun again after the source or the target restarted */
     double t0, elapsed_s;        /* the copy's start (monotonic s) and its time so far */
-    double pause_s;              /* when done: freeze to the new map on the source */
+    double pause_s;              /* when done: freeze to the new map on the source, made of: */
+    double freeze_s;             /*   the source's FREEZE (a durable write) */
+    double last_round_s;         /*   the last changes copied with the range frozen, */
+    uint64_t last_round_rows;    /*   this many rows */
+    double map_s;                /*   the new map installed on the target, then the source */
     bool done;
 } ps_move_progress;
 

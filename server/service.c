@@ -787,22 +787,24 @@ static int do_checkpoint(ps_service *svc, ps_session *sess, const Ctrps__Checkpo
 
 #define MOVE_PAGE_MAX 65536
 
+/* A page's values sit one after the other in `data`, room for `limit`
+ * values of the widest table. */
 typedef struct move_page {
-    reply *rp;
     uint64_t *keys;
     ProtobufCBinaryData *values;
-    size_t n;
+    uint8_t *data;
+    size_t n, used, room;
 } move_page;
 
 static int move_row(void *ctx, uint64_t fid, const void *value, size_t len) {
     move_page *pg = ctx;
-    void *copy = own(pg->rp, malloc(len + 1));
-    if (!copy)
-        return -ENOMEM;
-    memcpy(copy, value, len);
+    if (pg->used + len > pg->room)
+        return -ENOMEM; /* wider than the table's value_len: cannot happen */
+    memcpy(pg->data + pg->used, value, len);
     pg->keys[pg->n] = fid;
-    pg->values[pg->n].data = copy;
+    pg->values[pg->n].data = pg->data + pg->used;
     pg->values[pg->n].len = len;
+    pg->used += len;
     pg->n++;
     return 0;
 }
@@ -891,7 +893,7 @@ static int do_move(ps_service *svc, ps_session *sess, const Ctrps__MoveRequest *
     int r = 0;
     switch (req->phase) {
     case CTRPS__MOVE_REQUEST__PHASE__FREEZE:
-        r = ps_shard_freeze(svc->shard, lo, hi, rp->err, sizeof(rp->err));
+        r = ps_shard_freeze(svc->shard, lo, hi, req->fence, rp->err, sizeof(rp->err));
         break;
     case CTRPS__MOVE_REQUEST__PHASE__THAW:
         r = ps_shard_thaw(svc->shard, rp->err, sizeof(rp->err));
@@ -927,10 +929,11 @@ static int do_move(ps_service *svc, ps_session *sess, const Ctrps__MoveRequest *
         limit = fit < limit ? (fit ? fit : 1) : limit;
         uint8_t *after = own(rp, malloc(PS_STORE_KEY_LEN));
         Ctrps__MoveRows *rows = own(rp, malloc(sizeof(*rows)));
-        move_page pg = {.rp = rp};
+        move_page pg = {.room = limit * widest};
         pg.keys = own(rp, malloc(limit * sizeof(uint64_t)));
         pg.values = own(rp, malloc(limit * sizeof(*pg.values)));
-        if (!after || !rows || !pg.keys || !pg.values)
+        pg.data = own(rp, malloc(pg.room + 1));
+        if (!after || !rows || !pg.keys || !pg.values || !pg.data)
             return -ENOMEM;
         uint32_t ti = req->table_index;
         bool done = false, in_table; /* a page holds rows of one table: the cursor's, or the one it left */

@@ -64,12 +64,71 @@ typedef struct dense_block_record {
 /* One table's staged rows: its file, the last key put (keys go strictly
  * ascending: a page sent again is skipped), and the clocks of the live rows,
  * which join the live count at the ingest. */
+/* The store keys of a table's rows in a copy's first pass, in order, and
+ * each one's last_seen (MEMO_GONE: no live row of it here now). */
+typedef struct memo_table {
+    uint8_t (*key)[PS_STORE_KEY_LEN];
+    uint32_t *seen;
+    size_t n, cap;
+    bool keyless;                /* past MEMO_MAX_ROWS: seen only, key freed */
+} memo_table;
+#define MEMO_GONE UINT32_MAX
+/* Beyond this many rows, a catch-up page looks its rows up instead. */
+#define MEMO_MAX_ROWS (16u << 20)
+
+static void memo_free(memo_table *m) {
+    free(m->key);
+    free(m->seen);
+    memset(m, 0, sizeof(*m));
+}
+
+static int memo_add(memo_table *m, const uint8_t *key, uint32_t seen) {
+    if (m->n == m->cap) {
+        size_t cap = m->cap ? 2 * m->cap : 4096;
+        uint32_t *sn = realloc(m->seen, cap * sizeof(*sn));
+        if (!sn)
+            return -ENOMEM;
+        m->seen = sn;
+        if (!m->keyless && cap > MEMO_MAX_ROWS) {
+            free(m->key);
+            m->key = NULL;
+            m->keyless = true;
+        }
+        if (!m->keyless) {
+            void *k = realloc(m->key, cap * sizeof(*m->key));
+            if (!k)
+                return -ENOMEM;
+            m->key = k;
+        }
+        m->cap = cap;
+    }
+    if (!m->keyless)
+        memcpy(m->key[m->n], key, PS_STORE_KEY_LEN);
+    m->seen[m->n++] = seen;
+    return 0;
+}
+
+/* The row of store key `key` in the memo, or -1. */
+static ptrdiff_t memo_find(const memo_table *m, const uint8_t *key) {
+    size_t lo = 0, hi = m->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = memcmp(m->key[mid], key, PS_STORE_KEY_LEN);
+        if (c == 0)
+            return (ptrdiff_t)mid;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return -1;
+}
+
 typedef struct stage_table {
     ps_store_sst *w;             /* NULL: no rows yet */
     char path[PS_PATH_MAX + 64];
     uint8_t last[PS_STORE_KEY_LEN];
-    uint32_t *seen;
-    size_t n, cap;
+    memo_table rows;             /* the rows staged so far */
 } stage_table;
 
 /* Exactly-once bookkeeping per pushing client. A sparse push (client, seq)
@@ -114,7 +173,8 @@ struct ps_shard {
     size_t nclients, clients_cap;
 
     ps_cluster_map map;          /* the map served; meta "cluster_map" holds it */
-    bool frozen;                 /* a range is moving away: meta "move" holds it */
+    bool fenced;                 /* meta "move" holds [frozen_lo, frozen_hi): a restart comes back frozen */
+    bool frozen;                 /* ... and pulls and pushes of it answer MOVING (implies fenced) */
     uint32_t frozen_lo, frozen_hi;
     /* A range being copied away (ps_shard_track()): the fids pushes changed
      * since the current catch-up round began, per table, and the round
@@ -135,6 +195,10 @@ struct ps_shard {
     uint64_t wb_begun, wb_done, track_wb;
     uint8_t (*fresh_top)[PS_STORE_KEY_LEN];
     bool *fresh_any;             /* per table: fresh_top is set */
+    /* Ranges whose adopted sequence numbers are in an "aseq/" record that
+     * the next write-back deletes (adopt_seqs()). */
+    uint64_t *aseq;              /* lo << 32 | hi */
+    size_t naseq, aseq_cap;
     /* The target side of a copy's first pass loaded in bulk
      * (ps_shard_stage_begin()): one SST file per table under
      * <dir>/staging, ingested when the pass ends. Not durable: a restart
@@ -142,6 +206,13 @@ struct ps_shard {
     uint64_t stage_id;           /* 0: none */
     uint32_t stage_lo, stage_hi;
     struct stage_table *stage;   /* per table */
+    /* After the ingest: per table, the rows the first pass stored here, so
+     * that a catch-up page knows which rows it replaces (and their clock,
+     * for the live count) without reading the store. In memory only, from
+     * the ingest until the range is dropped or given to this shard, and
+     * the copy begun again; a restart forgets it (pages then look up). */
+    memo_table *memo;            /* NULL: none */
+    uint32_t memo_lo, memo_hi;
 
     /* Write-back thread and its single job slot. */
     pthread_t thread;
@@ -319,7 +390,7 @@ int ps_shard_track(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t *ret_id, uint
     int r = check_range(s, lo, hi, err, errlen);
     if (r < 0)
         return r;
-    if (s->frozen && (s->frozen_lo != lo || s->frozen_hi != hi)) {
+    if (s->fenced && (s->frozen_lo != lo || s->frozen_hi != hi)) {
         snprintf(err, errlen, "buckets %u-%u are moving already", s->frozen_lo, s->frozen_hi - 1);
         return PS_EPROTO;
     }
@@ -364,13 +435,16 @@ int ps_shard_track(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t *ret_id, uint
     return 0;
 }
 
-int ps_shard_freeze(ps_shard *s, uint32_t lo, uint32_t hi, char *err, size_t errlen) {
+int ps_shard_freeze(ps_shard *s, uint32_t lo, uint32_t hi, bool fence_only, char *err,
+                    size_t errlen) {
     int rc = check_range(s, lo, hi, err, errlen);
     if (rc < 0)
         return rc;
-    if (s->frozen) {
-        if (s->frozen_lo == lo && s->frozen_hi == hi)
+    if (s->fenced) {
+        if (s->frozen_lo == lo && s->frozen_hi == hi) {
+            s->frozen = s->frozen || !fence_only;
             return 0;
+        }
         snprintf(err, errlen, "buckets %u-%u are moving already", s->frozen_lo, s->frozen_hi - 1);
         return PS_EPROTO;
     }
@@ -387,7 +461,8 @@ int ps_shard_freeze(ps_shard *s, uint32_t lo, uint32_t hi, char *err, size_t err
     int r = meta_write_sync(s, META_MOVE, v, sizeof(v), err, errlen);
     if (r < 0)
         return r;
-    s->frozen = true;
+    s->fenced = true;
+    s->frozen = !fence_only;
     s->frozen_lo = lo;
     s->frozen_hi = hi;
     return 0;
@@ -395,11 +470,11 @@ int ps_shard_freeze(ps_shard *s, uint32_t lo, uint32_t hi, char *err, size_t err
 
 int ps_shard_thaw(ps_shard *s, char *err, size_t errlen) {
     track_end(s);
-    if (!s->frozen)
+    if (!s->fenced)
         return 0;
     int r = meta_write_sync(s, META_MOVE, NULL, 0, err, errlen);
     if (r == 0)
-        s->frozen = false;
+        s->fenced = s->frozen = false;
     return r;
 }
 
@@ -672,6 +747,13 @@ static int check_not_owned(const ps_shard *s, const uint64_t *keys, size_t n, ch
     return 0;
 }
 
+static void memo_end(ps_shard *s) {
+    for (size_t i = 0; s->memo && i < s->ntables; i++)
+        memo_free(&s->memo[i]);
+    free(s->memo);
+    s->memo = NULL;
+}
+
 static void stage_end(ps_shard *s);
 static bool stage_overlaps(const ps_shard *s, uint32_t lo, uint32_t hi);
 
@@ -691,15 +773,136 @@ int ps_shard_adopt_rows(ps_shard *s, ps_table *t, const uint64_t *keys, const vo
     /* A copy's first pass (rows in store order into a range just dropped)
      * need not look for earlier copies of its rows. */
     bool fresh = adopt_fresh(s, ti, keys, n);
-    ps_store_batch *b = ps_store_batch_new();
-    if (!b)
+    /* A catch-up page over an ingested first pass: the memo says what it
+     * replaces. */
+    memo_table *m = !fresh && s->memo && ti < s->ntables && !s->memo[ti].keyless ? &s->memo[ti] : NULL;
+    ps_adopt_prior *prior = m ? malloc(n * sizeof(*prior)) : NULL;
+    ptrdiff_t *at = m ? malloc(n * sizeof(*at)) : NULL;
+    if (m && (!prior || !at)) {
+        free(prior);
+        free(at);
         return -ENOMEM;
-    int r = ps_table_adopt(t, keys, values, lens, n, fresh, b, err, errlen);
+    }
+    for (size_t i = 0; m && i < n; i++) {
+        ps_store_key k;
+        uint32_t bk = ps_bucket(keys[i], s->map.buckets);
+        ps_store_key_encode((uint16_t)bk, keys[i], &k);
+        at[i] = in_range(bk, s->memo_lo, s->memo_hi) ? memo_find(m, k.b) : -1;
+        prior[i].known = at[i] >= 0;
+        prior[i].stored = at[i] >= 0 && m->seen[at[i]] != MEMO_GONE;
+        prior[i].last_seen = at[i] >= 0 ? m->seen[at[i]] : 0;
+    }
+    ps_store_batch *b = ps_store_batch_new();
+    int r = b ? ps_table_adopt(t, keys, values, lens, n, fresh, prior, b, err, errlen) : -ENOMEM;
     if (r == 0)
         r = ps_store_write_sync(s->store, b, err, errlen);
     ps_store_batch_free(b);
+    for (size_t i = 0; m && r == 0 && i < n; i++)
+        if (at[i] >= 0)
+            m->seen[at[i]] = lens[i] ? ps_table_value_last_seen(values[i]) : MEMO_GONE;
+    if (m && r < 0) /* counted or not: the memo no longer knows */
+        memo_end(s);
+    free(prior);
+    free(at);
     if (r == 0)
         s->c.move_rows_received += n;
+    return r;
+}
+
+/* "aseq/LO-HI": the clients' sequence numbers adopted with buckets [LO, HI),
+ * stored with fsync as they come (a move's cut-over): HI (4 bytes), then
+ * per client its id and HI - LO seqs, 8 bytes each. The cseq/ records of
+ * the next write-back hold them, and that write-back deletes the record;
+ * an open applies any record left before the push log is replayed. So a
+ * cut-over costs one small write, not a write-back of every dirty row. */
+static void aseq_key(uint32_t lo, uint32_t hi, char *ret, size_t len) {
+    snprintf(ret, len, "aseq/%u-%u", lo, hi);
+}
+
+static int aseq_note(ps_shard *s, uint32_t lo, uint32_t hi) {
+    uint64_t range = (uint64_t)lo << 32 | hi;
+    for (size_t i = 0; i < s->naseq; i++)
+        if (s->aseq[i] == range)
+            return 0;
+    if (s->naseq == s->aseq_cap) {
+        size_t cap = s->aseq_cap ? 2 * s->aseq_cap : 8;
+        uint64_t *a = realloc(s->aseq, cap * sizeof(*a));
+        if (!a)
+            return -ENOMEM;
+        s->aseq = a;
+        s->aseq_cap = cap;
+    }
+    s->aseq[s->naseq++] = range;
+    return 0;
+}
+
+static int aseq_write(ps_shard *s, uint32_t lo, uint32_t hi, const uint64_t *ids,
+                      const uint64_t *seqs, size_t n, char *err, size_t errlen) {
+    size_t w = hi - lo, len = 4 + n * (1 + w) * 8;
+    uint8_t *v = malloc(len);
+    if (!v)
+        return -ENOMEM;
+    memcpy(v, &hi, 4);
+    for (size_t i = 0; i < n; i++) {
+        memcpy(v + 4 + i * (1 + w) * 8, &ids[i], 8);
+        memcpy(v + 4 + (i * (1 + w) + 1) * 8, seqs + i * w, w * 8);
+    }
+    char key[32];
+    aseq_key(lo, hi, key, sizeof(key));
+    int r = aseq_note(s, lo, hi);
+    if (r == 0)
+        r = meta_write_sync(s, key, v, len, err, errlen);
+    free(v);
+    return r;
+}
+
+static int aseq_load(ps_shard *s) {
+    const char prefix[] = "aseq/";
+    ps_store_iter *it = ps_store_iter_new(s->store, CF_META, prefix, sizeof(prefix) - 1);
+    if (!it)
+        return -ENOMEM;
+    int r = 0;
+    for (; r == 0 && ps_store_iter_valid(it); ps_store_iter_next(it)) {
+        size_t klen, vlen;
+        const char *k = ps_store_iter_key(it, &klen);
+        const uint8_t *v = (const uint8_t *)ps_store_iter_value(it, &vlen);
+        if (klen < sizeof(prefix) || memcmp(k, prefix, sizeof(prefix) - 1))
+            break;
+        char name[32];
+        uint32_t lo, hi;
+        if (klen >= sizeof(name) || vlen < 4)
+            continue;
+        memcpy(name, k, klen);
+        name[klen] = '\0';
+        uint32_t khi;
+        if (sscanf(name, "aseq/%u-%u", &lo, &khi) != 2)
+            continue;
+        memcpy(&hi, v, 4);
+        size_t w = hi > lo ? hi - lo : 0;
+        if (!w || hi != khi || hi > s->cfg->buckets || (vlen - 4) % ((1 + w) * 8))
+            continue;
+        /* The max per bucket: a later adoption of a bucket carries larger
+         * seqs than an earlier one, and cseq/ than an adoption it holds. */
+        for (size_t i = 0; r == 0 && i < (vlen - 4) / ((1 + w) * 8); i++) {
+            const uint8_t *p = v + 4 + i * (1 + w) * 8;
+            uint64_t id, q;
+            memcpy(&id, p, 8);
+            client_entry *e = client_slot(s, id, true);
+            if (!e) {
+                r = -ENOMEM;
+                break;
+            }
+            for (size_t b = 0; b < w; b++) {
+                memcpy(&q, p + (1 + b) * 8, 8);
+                e->bseq[lo + b] = e->bseq[lo + b] > q ? e->bseq[lo + b] : q;
+                e->seq = e->seq > q ? e->seq : q;
+            }
+            e->dirty = true;
+        }
+        if (r == 0)
+            r = aseq_note(s, lo, hi);
+    }
+    ps_store_iter_free(it);
     return r;
 }
 
@@ -721,7 +924,7 @@ int ps_shard_adopt_seqs(ps_shard *s, uint32_t lo, uint32_t hi, const uint64_t *i
         e->dirty = true;
     }
     /* Durable before the map may name this shard the owner. */
-    return ps_shard_flush_sync(s, err, errlen);
+    return aseq_write(s, lo, hi, ids, seqs, n, err, errlen);
 }
 
 /* ---- a first pass loaded in bulk (the target side) ---- */
@@ -742,7 +945,7 @@ static void stage_end(ps_shard *s) {
             ps_store_sst_free(st->w);
             unlink(st->path); /* gone already once ingested (moved into db/) */
         }
-        free(st->seen);
+        memo_free(&st->rows);
         memset(st, 0, sizeof(*st));
     }
     if (s->stage_id) {
@@ -769,6 +972,7 @@ int ps_shard_stage_begin(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t id, cha
         return PS_EPROTO;
     }
     stage_end(s);
+    memo_end(s);
     if (!s->stage && !(s->stage = calloc(s->ntables, sizeof(*s->stage))))
         return -ENOMEM;
     char dir[PS_PATH_MAX + 16];
@@ -794,6 +998,7 @@ static int stage_known(const ps_shard *s, uint64_t id, char *err, size_t errlen)
 
 /* Put one page into the table's staging file; keys at or below the last
  * one put are a page sent again, already in. */
+
 static int stage_put(ps_shard *s, size_t ti, const uint64_t *keys, const void *const *values,
                      const size_t *lens, size_t n, char *err, size_t errlen) {
     stage_table *st = &s->stage[ti];
@@ -807,16 +1012,6 @@ static int stage_put(ps_shard *s, size_t ti, const uint64_t *keys, const void *c
         if (r < 0)
             return r;
     }
-    if (st->n + n > st->cap) {
-        size_t cap = st->cap ? st->cap : 4096;
-        while (cap < st->n + n)
-            cap *= 2;
-        uint32_t *seen = realloc(st->seen, cap * sizeof(*seen));
-        if (!seen)
-            return -ENOMEM;
-        st->seen = seen;
-        st->cap = cap;
-    }
     for (size_t i = 0; i < n; i++) {
         ps_store_key k;
         ps_store_key_encode((uint16_t)ps_bucket(keys[i], s->map.buckets), keys[i], &k);
@@ -826,8 +1021,8 @@ static int stage_put(ps_shard *s, size_t ti, const uint64_t *keys, const void *c
         if (r < 0)
             return r;
         memcpy(st->last, k.b, PS_STORE_KEY_LEN);
-        if (lens[i])
-            st->seen[st->n++] = ps_table_value_last_seen(values[i]);
+        if (lens[i] && memo_add(&st->rows, k.b, ps_table_value_last_seen(values[i])) < 0)
+            return -ENOMEM;
     }
     return 0;
 }
@@ -873,7 +1068,17 @@ int ps_shard_stage_ingest(ps_shard *s, uint64_t id, char *err, size_t errlen) {
             continue;
         r = ps_store_sst_ingest(st->w, err, errlen);
         if (r == 0) /* in the store: its live rows count */
-            ps_table_count_adopted(s->tables[i], st->seen, st->n);
+            ps_table_count_adopted(s->tables[i], st->rows.seen, st->rows.n);
+    }
+    /* The staged rows, known now to be stored here, for the catch-up. */
+    memo_end(s);
+    if (r == 0 && (s->memo = calloc(s->ntables, sizeof(*s->memo)))) {
+        for (size_t i = 0; i < s->ntables; i++) {
+            s->memo[i] = s->stage[i].rows;
+            memset(&s->stage[i].rows, 0, sizeof(s->stage[i].rows));
+        }
+        s->memo_lo = s->stage_lo;
+        s->memo_hi = s->stage_hi;
     }
     /* Done, or failed (a table's file may be in): either way the staged
      * copy is over; a failed one is begun again after a drop. */
@@ -904,6 +1109,7 @@ int ps_shard_drop(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t *ret_rows, cha
                      b, s->id);
             return PS_EPROTO;
         }
+    memo_end(s);
     /* A write-back under way (or failed, to be retried) may hold rows of
      * the range: it goes first, or it would write them back after the
      * delete. Rows of the range still dirty are written back only if some
@@ -929,7 +1135,7 @@ int ps_shard_drop(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t *ret_rows, cha
     if (r == 0)
         r = ps_store_write_sync(s->store, batch, err, errlen);
     ps_store_batch_free(batch);
-    if (r == 0 && s->frozen && s->frozen_lo == lo && s->frozen_hi == hi) {
+    if (r == 0 && s->fenced && s->frozen_lo == lo && s->frozen_hi == hi) {
         r = ps_shard_thaw(s, err, errlen);
         s->c.moves_dropped += r == 0;
     }
@@ -962,7 +1168,7 @@ static int load_move(ps_shard *s, char *err, size_t errlen) {
     free(v);
     if (range[0] >= range[1] || range[1] > s->map.buckets)
         return meta_write_sync(s, META_MOVE, NULL, 0, err, errlen);
-    s->frozen = true;
+    s->fenced = s->frozen = true;
     s->frozen_lo = range[0];
     s->frozen_hi = range[1];
     for (uint32_t b = range[0]; b < range[1]; b++)
@@ -997,6 +1203,11 @@ int ps_shard_set_map(ps_shard *s, const ps_cluster_map *m, char *err, size_t err
     }
     ps_cluster_map_deinit(&s->map);
     s->map = copy;
+    for (uint32_t b = s->memo_lo; s->memo && b < s->memo_hi; b++)
+        if (s->map.owner[b] == s->id) { /* pushes change its rows here now */
+            memo_end(s);
+            break;
+        }
     return 0;
 }
 
@@ -1253,6 +1464,12 @@ static int flush_begin(ps_shard *s) {
                            s->cfg->buckets * sizeof(uint64_t));
         e->dirty = false;
     }
+    for (size_t i = 0; i < s->naseq; i++) { /* held by the cseq/ records above now */
+        char key[32];
+        aseq_key((uint32_t)(s->aseq[i] >> 32), (uint32_t)s->aseq[i], key, sizeof(key));
+        ps_store_batch_delete(j->batch, s->store, CF_META, key, strlen(key));
+    }
+    s->naseq = 0;
     ps_store_batch_put(j->batch, s->store, CF_META, "flushed_lsn", 11, &j->covered_lsn, 8);
     s->wb_begun++;
     submit(s);
@@ -1979,6 +2196,8 @@ int ps_shard_open(const ps_config *cfg, const ps_shard_options *opts, ps_shard *
             goto fail;
     }
     r = load_clients(s);
+    if (r == 0)
+        r = aseq_load(s);
     if (r < 0)
         goto fail;
     r = load_dense(s, err, errlen);
@@ -2063,6 +2282,8 @@ int ps_shard_close(ps_shard *s) {
     free(s->tracked);
     free(s->round);
     free(s->round_n);
+    free(s->aseq);
+    memo_end(s);
     free(s->fresh_top);
     free(s->fresh_any);
     stage_end(s);

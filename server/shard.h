@@ -129,7 +129,10 @@ int ps_shard_set_map(ps_shard *s, const ps_cluster_map *m, char *err, size_t err
  *     accepted, another one refused. The frozen range is stored durably
  *     (meta "move", fsynced), so a restart keeps it frozen, and an open
  *     that finds its map no longer gives it the frozen range finishes the
- *     move by dropping it.
+ *     move by dropping it. With fence_only, only that record is written
+ *     (a restart comes back frozen) and the range is still served: the
+ *     fsync is then out of the cut-over's pause, and the freeze that
+ *     follows changes memory only.
  *   move_export(): one page of stored rows of the tracked or frozen range,
  *     table by table. The first page of a tracked range comes back empty
  *     and not done until a write-back begun after track() has ended (it is
@@ -152,7 +155,8 @@ int ps_shard_track(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t *ret_id, uint
 uint64_t ps_shard_track_id(const ps_shard *s);
 /* Changes recorded for the next catch-up round (0 without a copy). */
 uint64_t ps_shard_track_pending(const ps_shard *s);
-int ps_shard_freeze(ps_shard *s, uint32_t lo, uint32_t hi, char *err, size_t errlen);
+int ps_shard_freeze(ps_shard *s, uint32_t lo, uint32_t hi, bool fence_only, char *err,
+                    size_t errlen);
 int ps_shard_thaw(ps_shard *s, char *err, size_t errlen);
 bool ps_shard_frozen(const ps_shard *s, uint32_t *ret_lo, uint32_t *ret_hi);
 bool ps_shard_touches_frozen(const ps_shard *s, const uint64_t *keys, size_t n);

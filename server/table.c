@@ -1360,22 +1360,28 @@ void ps_table_count_adopted(ps_table *t, const uint32_t *last_seen, size_t n) {
 }
 
 int ps_table_adopt(ps_table *t, const uint64_t *keys, const void *const *values,
-                   const size_t *lens, size_t n, bool fresh, ps_store_batch *b, char *err,
-                   size_t errlen) {
+                   const size_t *lens, size_t n, bool fresh, const ps_adopt_prior *prior,
+                   ps_store_batch *b, char *err, size_t errlen) {
     int rc = ps_table_adopt_check(t, keys, lens, n, err, errlen);
     if (rc < 0)
         return rc;
     if (!fresh && n) {
         /* A row copied again (a later catch-up round, or a copy resumed
          * after an interruption) replaces its earlier copy in the count:
-         * one MultiGet of the page, in key order. */
+         * what the caller knows of, then one MultiGet of the rest, in key
+         * order. */
         ps_store_key *sk = malloc(n * sizeof(*sk));
         if (!sk)
             return -ENOMEM;
+        size_t m = 0;
         for (size_t i = 0; i < n; i++)
-            ps_store_key_encode((uint16_t)ps_bucket(keys[i], t->nbuckets), keys[i], &sk[i]);
-        qsort(sk, n, sizeof(*sk), cmp_store_key);
-        int r = ps_store_multiget(t->store, t->cf, sk, n, adopt_uncount, t, err, errlen);
+            if (!prior || !prior[i].known)
+                ps_store_key_encode((uint16_t)ps_bucket(keys[i], t->nbuckets), keys[i], &sk[m++]);
+        qsort(sk, m, sizeof(*sk), cmp_store_key);
+        int r = m ? ps_store_multiget(t->store, t->cf, sk, m, adopt_uncount, t, err, errlen) : 0;
+        for (size_t i = 0; r == 0 && prior && i < n; i++)
+            if (prior[i].known && prior[i].stored)
+                lg_sub(&t->lg, prior[i].last_seen);
         free(sk);
         if (r < 0)
             return r;

@@ -103,7 +103,8 @@ int ps_table_export(ps_table *t, const ps_store_key *after, size_t limit, ps_tab
  * *ret_found is false for a key without a live row.
  * adopt(): stored row values copied from another shard's store, put into b;
  * keys not stored here yet join the live count (with `fresh`, the caller
- * knows none is: no lookups). A value of length 0 is a
+ * knows none is, and with `prior` (NULL: nothing known) what some are: no
+ * lookups for those). A value of length 0 is a
  * row the source no longer has: its copy here, if any, is deleted. A value
  * of another width, or a key with a row in memory (this shard must not own
  * its bucket), is refused before anything changes.
@@ -114,9 +115,16 @@ int ps_table_export(ps_table *t, const ps_store_key *after, size_t limit, ps_tab
 size_t ps_table_value_len(const ps_table *t);
 int ps_table_row_value(ps_table *t, uint64_t key, void *value, bool *ret_found, char *err,
                        size_t errlen);
+/* What the caller knows of a key's copy here before adopt(): `known`
+ * false: look it up; else `stored` says whether a live row of it is stored,
+ * last stamped `last_seen`. */
+typedef struct ps_adopt_prior {
+    bool known, stored;
+    uint32_t last_seen;
+} ps_adopt_prior;
 int ps_table_adopt(ps_table *t, const uint64_t *keys, const void *const *values,
-                   const size_t *lens, size_t n, bool fresh, ps_store_batch *b, char *err,
-                   size_t errlen);
+                   const size_t *lens, size_t n, bool fresh, const ps_adopt_prior *prior,
+                   ps_store_batch *b, char *err, size_t errlen);
 int ps_table_forget_range(ps_table *t, uint32_t lo, uint32_t hi, ps_store_batch *b,
                           uint64_t *ret_rows, char *err, size_t errlen);
 /* Adoption in two steps, for rows that reach the store by another way than

@@ -891,7 +891,7 @@ Test(shard, a_copied_range_records_the_rows_pushes_change) {
     uint64_t other;
     cr_assert_eq(ps_shard_track(s, 16, 20, &other, &est, err, sizeof(err)), PS_EPROTO,
                  "a second range is refused while one is copied");
-    cr_assert_eq(ps_shard_freeze(s, 16, 20, err, sizeof(err)), PS_EPROTO);
+    cr_assert_eq(ps_shard_freeze(s, 16, 20, false, err, sizeof(err)), PS_EPROTO);
 
     /* Every key pushed twice: each comes once, with its latest value. */
     float g[NEMB * DIM];
@@ -943,6 +943,94 @@ Test(shard, a_copied_range_records_the_rows_pushes_change) {
                                        &pending, err, sizeof(err)),
                  PS_EPROTO, "no record after thaw");
     cr_assert_eq(counters(s).moves_started, 1);
+    cr_assert_eq(ps_shard_close(s), 0);
+    ps_config_free(cfg);
+}
+
+/* A fence stores the freeze and goes on serving the range; a restart
+ * comes back with it frozen; the freeze after a fence writes nothing, and
+ * thaw() ends both. */
+Test(shard, a_fenced_range_is_served_until_frozen_and_a_restart_freezes_it) {
+    make_keys();
+    ps_config *cfg = load_config((cfg_opts){0});
+    ps_shard *s = open_shard(cfg, 0);
+    char err[512] = "";
+    uint64_t key = emb_key[0];
+    uint32_t b = ps_bucket(key, 64), lo, hi;
+    cr_assert_eq(ps_shard_freeze(s, b, b + 1, true, err, sizeof(err)), 0, "%s", err);
+    cr_assert_not(ps_shard_touches_frozen(s, &key, 1), "a fenced range is still served");
+    cr_assert_not(ps_shard_frozen(s, &lo, &hi));
+    cr_assert_eq(ps_shard_freeze(s, b + 1, b + 2, true, err, sizeof(err)), PS_EPROTO,
+                 "another range is refused while one is fenced");
+    cr_assert_eq(ps_shard_close(s), 0);
+
+    s = open_shard(cfg, 0);
+    cr_assert(ps_shard_touches_frozen(s, &key, 1), "the fence comes back as a freeze");
+    cr_assert(ps_shard_frozen(s, &lo, &hi));
+    cr_assert_eq(lo, b);
+    cr_assert_eq(hi, b + 1);
+    cr_assert_eq(ps_shard_thaw(s, err, sizeof(err)), 0, "%s", err);
+    cr_assert_not(ps_shard_touches_frozen(s, &key, 1));
+    cr_assert_eq(ps_shard_freeze(s, b, b + 1, true, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(ps_shard_freeze(s, b, b + 1, false, err, sizeof(err)), 0, "%s", err);
+    cr_assert(ps_shard_touches_frozen(s, &key, 1), "frozen after the fence");
+    cr_assert_eq(ps_shard_thaw(s, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(ps_shard_close(s), 0);
+
+    s = open_shard(cfg, 0);
+    cr_assert_not(ps_shard_touches_frozen(s, &key, 1), "thawed for good");
+    cr_assert_eq(ps_shard_close(s), 0);
+    ps_config_free(cfg);
+}
+
+/* Sequence numbers adopted with a range (a move's last page) are durable
+ * at once, without a write-back: a crash right after keeps them, a later
+ * write-back takes them into its own records, and a later adoption of
+ * the same buckets wins. */
+static void adopt_and_crash(void *arg) {
+    const ps_config *cfg = arg;
+    ps_shard_options so = {.shard_id = 0, .data_dir = datadir};
+    char err[512] = "";
+    ps_shard *s = NULL;
+    child_check(ps_shard_open(cfg, &so, &s, err, sizeof(err)) == 0, 2, "open: %s", err);
+    uint64_t ids[2] = {7, 9}, seqs[2 * 4] = {11, 12, 13, 14, 101, 102, 103, 104};
+    child_check(ps_shard_adopt_seqs(s, 40, 44, ids, seqs, 2, err, sizeof(err)) == 0, 3, "adopt: %s",
+                err);
+    uint64_t later[1 * 2] = {15, 16};
+    child_check(ps_shard_adopt_seqs(s, 40, 42, ids, later, 1, err, sizeof(err)) == 0, 4,
+                "adopt: %s", err);
+    _exit(0); /* no close, no write-back */
+}
+
+static void expect_seqs(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t id, const uint64_t *want) {
+    uint64_t *ids, *seqs;
+    size_t n;
+    cr_assert_eq(ps_shard_move_seqs(s, lo, hi, &ids, &seqs, &n), 0);
+    size_t i = 0;
+    while (i < n && ids[i] != id)
+        i++;
+    cr_assert_lt(i, n, "client %llu has no sequence numbers", (unsigned long long)id);
+    for (uint32_t b = 0; b < hi - lo; b++)
+        cr_assert_eq(seqs[i * (hi - lo) + b], want[b], "client %llu, bucket %u",
+                     (unsigned long long)id, lo + b);
+    free(ids);
+    free(seqs);
+}
+
+Test(shard, adopted_sequence_numbers_survive_a_crash_without_a_write_back) {
+    make_keys();
+    ps_config *cfg = load_config((cfg_opts){0});
+    in_crashing_child(adopt_and_crash, cfg);
+    ps_shard *s = open_shard(cfg, 0);
+    expect_seqs(s, 40, 44, 7, (uint64_t[]){15, 16, 13, 14});
+    expect_seqs(s, 40, 44, 9, (uint64_t[]){101, 102, 103, 104});
+    cr_assert_eq(ps_shard_client_seq(s, 9), 104);
+    char err[512] = "";
+    cr_assert_eq(ps_shard_flush_sync(s, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(ps_shard_close(s), 0);
+    s = open_shard(cfg, 0); /* from the write-back's records now */
+    expect_seqs(s, 40, 44, 7, (uint64_t[]){15, 16, 13, 14});
+    expect_seqs(s, 40, 44, 9, (uint64_t[]){101, 102, 103, 104});
     cr_assert_eq(ps_shard_close(s), 0);
     ps_config_free(cfg);
 }

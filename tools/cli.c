@@ -738,9 +738,12 @@ static void move_progress(void *ctx, const ps_move_progress *p) {
     double rate = p->elapsed_s > 0 ? (double)p->rows / p->elapsed_s : 0;
     if (p->done) {
         printf("moved buckets %u-%u from shard %u to shard %u: %llu rows in %.2f s (%.0f rows/s), "
-               "%u catch-up rounds, pause %.1f ms, copy begun again %u times\n",
+               "%u catch-up rounds, pause %.1f ms (freeze %.1f, last %llu rows %.1f, maps %.1f), "
+               "copy begun again %u times\n",
                p->lo, p->hi - 1, p->from, p->to, (unsigned long long)p->rows, p->elapsed_s, rate,
-               p->rounds, p->pause_s * 1e3, p->restarts);
+               p->rounds, p->pause_s * 1e3, p->freeze_s * 1e3,
+               (unsigned long long)p->last_round_rows, p->last_round_s * 1e3, p->map_s * 1e3,
+               p->restarts);
         fflush(stdout);
         return;
     }
