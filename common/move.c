@@ -36,13 +36,36 @@ static int move_call(ps_client *c, uint32_t shard, Ctrps__MoveRequest *m, Ctrps_
     return 0;
 }
 
-static int simple_phase(ps_client *c, uint32_t shard, Ctrps__MoveRequest__Phase phase, uint32_t lo,
-                        uint32_t hi, char *err, size_t errlen) {
+static Ctrps__MoveRequest move_request(Ctrps__MoveRequest__Phase phase, uint32_t lo, uint32_t hi) {
     Ctrps__MoveRequest m = CTRPS__MOVE_REQUEST__INIT;
     m.phase = phase;
     m.bucket_lo = lo;
     m.bucket_hi = hi;
+    return m;
+}
+
+static int simple_phase(ps_client *c, uint32_t shard, Ctrps__MoveRequest__Phase phase, uint32_t lo,
+                        uint32_t hi, char *err, size_t errlen) {
+    Ctrps__MoveRequest m = move_request(phase, lo, hi);
     return move_call(c, shard, &m, NULL, err, errlen);
+}
+
+/* DROP [lo, hi) on `shard`, call after call while the shard says there
+ * is more (it walks a large range a step at a time, serving between). */
+static int drop(ps_client *c, uint32_t shard, uint32_t lo, uint32_t hi, uint64_t stage, char *err,
+                size_t errlen) {
+    Ctrps__MoveRequest m = move_request(CTRPS__MOVE_REQUEST__PHASE__DROP, lo, hi);
+    m.stage = stage;
+    for (;;) {
+        Ctrps__Response *resp;
+        int r = move_call(c, shard, &m, &resp, err, errlen);
+        if (r < 0)
+            return r;
+        bool more = resp->move->more;
+        ctrps__response__free_unpacked(resp, NULL);
+        if (!more)
+            return 0;
+    }
 }
 
 int ps_move_current_map(ps_client *c, uint32_t nshards, ps_cluster_map *ret_map, char *err,
@@ -157,11 +180,8 @@ static int copy_pass(ps_client *c, Ctrps__MoveRequest__Phase phase, uint32_t lo,
                      uint64_t tid, uint32_t round, ps_move_progress *pr, ps_move_progress_fn fn,
                      uint64_t stage, void *ctx, uint64_t *ret_pending, bool *ret_lost, char *err,
                      size_t errlen) {
-    Ctrps__MoveRequest ex = CTRPS__MOVE_REQUEST__INIT;
-    ex.phase = phase;
+    Ctrps__MoveRequest ex = move_request(phase, lo, hi);
     ex.round = round;
-    ex.bucket_lo = lo;
-    ex.bucket_hi = hi;
     ex.limit = PAGE_ROWS;
     uint8_t after[16];
     import_job job = {.c = c, .to = pr->to, .lo = lo, .hi = hi, .stage = stage};
@@ -235,10 +255,7 @@ static int copy_pass(ps_client *c, Ctrps__MoveRequest__Phase phase, uint32_t lo,
 }
 
 static int fence(ps_client *c, uint32_t shard, uint32_t lo, uint32_t hi, char *err, size_t errlen) {
-    Ctrps__MoveRequest m = CTRPS__MOVE_REQUEST__INIT;
-    m.phase = CTRPS__MOVE_REQUEST__PHASE__FREEZE;
-    m.bucket_lo = lo;
-    m.bucket_hi = hi;
+    Ctrps__MoveRequest m = move_request(CTRPS__MOVE_REQUEST__PHASE__FREEZE, lo, hi);
     m.fence = true;
     return move_call(c, shard, &m, NULL, err, errlen);
 }
@@ -287,12 +304,7 @@ static int copy_range(ps_client *c, uint32_t lo, uint32_t hi, ps_move_progress *
         ctrps__response__free_unpacked(resp, NULL);
         /* Rows an interrupted copy left on the target go first; the first
          * pass is staged there under the tracking's id. */
-        Ctrps__MoveRequest dr = CTRPS__MOVE_REQUEST__INIT;
-        dr.phase = CTRPS__MOVE_REQUEST__PHASE__DROP;
-        dr.bucket_lo = lo;
-        dr.bucket_hi = hi;
-        dr.stage = tid;
-        r = move_call(c, pr->to, &dr, NULL, err, errlen);
+        r = drop(c, pr->to, lo, hi, tid, err, errlen);
         if (r < 0)
             return r;
         pr->rows = 0;
@@ -396,7 +408,7 @@ int ps_move_range(ps_client *c, ps_cluster_map *cur, uint32_t lo, uint32_t hi, u
         if (i != to && i != from)
             r = ps_client_install_map(c, i, &next, NULL, err, errlen);
     if (r == 0)
-        r = simple_phase(c, from, CTRPS__MOVE_REQUEST__PHASE__DROP, lo, hi, err, errlen);
+        r = drop(c, from, lo, hi, 0, err, errlen);
     if (r < 0) {
         ps_cluster_map_deinit(&next);
         return r;

@@ -213,6 +213,12 @@ struct ps_shard {
      * the copy begun again; a restart forgets it (pages then look up). */
     memo_table *memo;            /* NULL: none */
     uint32_t memo_lo, memo_hi;
+    /* A drop under way (ps_shard_drop() in steps): its range, per table the
+     * walk of its stored rows, the deletes, and the rows in memory before. */
+    ps_forget *drop;             /* NULL: none */
+    uint32_t drop_lo, drop_hi;
+    ps_store_batch *drop_batch;
+    uint64_t drop_in_memory;
 
     /* Write-back thread and its single job slot. */
     pthread_t thread;
@@ -1098,11 +1104,18 @@ static uint64_t memory_rows(const ps_shard *s) {
 
 static void wait_flush(ps_shard *s);
 
-int ps_shard_drop(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t *ret_rows, char *err,
-                  size_t errlen) {
-    int rc = check_range(s, lo, hi, err, errlen);
-    if (rc < 0)
-        return rc;
+static void drop_end(ps_shard *s) {
+    for (size_t i = 0; s->drop && i < s->ntables; i++)
+        ps_table_forget_deinit(&s->drop[i]);
+    free(s->drop);
+    s->drop = NULL;
+    ps_store_batch_free(s->drop_batch);
+    s->drop_batch = NULL;
+}
+
+/* The first step of a drop: checks, and every row of the range out of
+ * memory (written back first if some are dirty). */
+static int drop_begin(ps_shard *s, uint32_t lo, uint32_t hi, char *err, size_t errlen) {
     for (uint32_t b = lo; b < hi; b++)
         if (s->map.owner[b] == s->id) {
             snprintf(err, errlen, "bucket %u is still owned by shard %u: install the new map first",
@@ -1113,28 +1126,72 @@ int ps_shard_drop(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t *ret_rows, cha
     /* A write-back under way (or failed, to be retried) may hold rows of
      * the range: it goes first, or it would write them back after the
      * delete. Rows of the range still dirty are written back only if some
-     * are (a target's range has none: its own rows need not wait). */
+     * are (a target's range has none: its own rows need not wait). Once
+     * they are out of memory, no later write-back holds any. */
     wait_flush(s);
     int r = s->job_failed ? ps_shard_flush_sync(s, err, errlen) : 0;
     if (r < 0)
         return r;
-    ps_store_batch *batch = ps_store_batch_new();
-    if (!batch)
-        return -ENOMEM;
-    uint64_t total = 0, in_memory = memory_rows(s);
+    s->drop_in_memory = memory_rows(s);
     for (size_t i = 0; i < s->ntables && r == 0; i++) {
-        uint64_t n = 0;
-        r = ps_table_forget_range(s->tables[i], lo, hi, batch, &n, err, errlen);
+        r = ps_table_forget_memory(s->tables[i], lo, hi, err, errlen);
         if (r == PS_EPROTO) { /* dirty rows in the range */
             r = ps_shard_flush_sync(s, err, errlen);
             if (r == 0)
-                r = ps_table_forget_range(s->tables[i], lo, hi, batch, &n, err, errlen);
+                r = ps_table_forget_memory(s->tables[i], lo, hi, err, errlen);
         }
-        total += n;
     }
-    if (r == 0)
-        r = ps_store_write_sync(s->store, batch, err, errlen);
-    ps_store_batch_free(batch);
+    if (r < 0)
+        return r;
+    s->drop = calloc(s->ntables, sizeof(*s->drop));
+    s->drop_batch = ps_store_batch_new();
+    if (!s->drop || !s->drop_batch) {
+        drop_end(s);
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < s->ntables; i++)
+        ps_table_forget_begin(&s->drop[i], lo, hi);
+    s->drop_lo = lo;
+    s->drop_hi = hi;
+    return 0;
+}
+
+int ps_shard_drop(ps_shard *s, uint32_t lo, uint32_t hi, size_t budget, bool *ret_more,
+                  uint64_t *ret_rows, char *err, size_t errlen) {
+    int r = check_range(s, lo, hi, err, errlen);
+    if (r < 0)
+        return r;
+    if (s->drop && (s->drop_lo != lo || s->drop_hi != hi)) {
+        snprintf(err, errlen, "buckets %u-%u are being dropped already", s->drop_lo, s->drop_hi - 1);
+        return PS_EPROTO;
+    }
+    if (!s->drop && (r = drop_begin(s, lo, hi, err, errlen)) < 0)
+        return r;
+    /* The stored rows, a budget's worth per call. */
+    size_t left = budget;
+    uint64_t total = 0;
+    bool done = true;
+    for (size_t i = 0; i < s->ntables && r == 0; i++) {
+        ps_forget *f = &s->drop[i];
+        uint64_t before = f->rows;
+        if (!f->done && (!budget || left))
+            r = ps_table_forget_stored(s->tables[i], f, left, err, errlen);
+        if (budget)
+            left -= f->rows - before < left ? f->rows - before : left;
+        done = done && f->done;
+        total += f->rows;
+    }
+    if (r < 0) {
+        drop_end(s); /* a drop asked again begins again */
+        return r;
+    }
+    *ret_more = !done;
+    if (!done)
+        return 0;
+    for (size_t i = 0; i < s->ntables; i++)
+        ps_table_forget_end(s->tables[i], &s->drop[i], s->drop_batch);
+    r = ps_store_write_sync(s->store, s->drop_batch, err, errlen);
+    drop_end(s);
     if (r == 0 && s->fenced && s->frozen_lo == lo && s->frozen_hi == hi) {
         r = ps_shard_thaw(s, err, errlen);
         s->c.moves_dropped += r == 0;
@@ -1146,7 +1203,7 @@ int ps_shard_drop(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t *ret_rows, cha
     if (r == 0)
         fresh_begin(s, lo, hi);
     /* The live counts changed (if any row went): write-back saves them. */
-    if (r == 0 && (total || memory_rows(s) != in_memory))
+    if (r == 0 && (total || memory_rows(s) != s->drop_in_memory))
         r = ps_shard_flush_sync(s, err, errlen);
     if (r == 0 && ret_rows)
         *ret_rows = total;
@@ -1174,7 +1231,8 @@ static int load_move(ps_shard *s, char *err, size_t errlen) {
     for (uint32_t b = range[0]; b < range[1]; b++)
         if (s->map.owner[b] == s->id)
             return 0;
-    return ps_shard_drop(s, range[0], range[1], NULL, err, errlen);
+    bool more;
+    return ps_shard_drop(s, range[0], range[1], 0, &more, NULL, err, errlen);
 }
 
 int ps_shard_set_map(ps_shard *s, const ps_cluster_map *m, char *err, size_t errlen) {
@@ -2284,6 +2342,7 @@ int ps_shard_close(ps_shard *s) {
     free(s->round_n);
     free(s->aseq);
     memo_end(s);
+    drop_end(s);
     free(s->fresh_top);
     free(s->fresh_any);
     stage_end(s);

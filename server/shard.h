@@ -148,7 +148,7 @@ int ps_shard_set_map(ps_shard *s, const ps_cluster_map *m, char *err, size_t err
  *     first pass can be staged and ingested instead: stage_begin() below). Rows
  *     of the range dropped last here, above every key adopted into it
  *     since (a first pass, in store order), are not looked up first.
- *   drop(): delete the range's rows, then thaw.
+ *   drop(): delete the range's rows (in steps: see ps_shard_drop()), then thaw.
  *   thaw(): forget the frozen range (rollback before the map changed). */
 int ps_shard_track(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t *ret_id, uint64_t *ret_rows,
                    char *err, size_t errlen);
@@ -180,8 +180,13 @@ int ps_shard_adopt_rows(ps_shard *s, ps_table *t, const uint64_t *keys, const vo
                         const size_t *lens, size_t n, char *err, size_t errlen);
 int ps_shard_adopt_seqs(ps_shard *s, uint32_t lo, uint32_t hi, const uint64_t *ids,
                         const uint64_t *seqs, size_t n, char *err, size_t errlen);
-int ps_shard_drop(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t *ret_rows, char *err,
-                  size_t errlen);
+/* drop() walks at most `budget` stored rows a call (0: all): *ret_more
+ * says to call it again with the same range (the loop serves other
+ * requests between calls); the range's rows leave the count and the store
+ * at the last call, which then thaws. A drop of another range meanwhile is
+ * refused. */
+int ps_shard_drop(ps_shard *s, uint32_t lo, uint32_t hi, size_t budget, bool *ret_more,
+                  uint64_t *ret_rows, char *err, size_t errlen);
 /* A copy's first pass loaded in bulk (the target side): stage_begin(),
  * after drop() of [lo, hi), names the copy `id` (the source's track id);
  * stage_rows() takes its pages of rows (in store order, per table) into

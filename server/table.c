@@ -1399,8 +1399,7 @@ int ps_table_adopt(ps_table *t, const uint64_t *keys, const void *const *values,
     return 0;
 }
 
-int ps_table_forget_range(ps_table *t, uint32_t lo, uint32_t hi, ps_store_batch *b,
-                          uint64_t *ret_rows, char *err, size_t errlen) {
+int ps_table_forget_memory(ps_table *t, uint32_t lo, uint32_t hi, char *err, size_t errlen) {
     for (uint64_t s = 0; s < t->used; s++) {
         row *r = slot_row(t, (uint32_t)s);
         if (!(r->flags & ROW_FREE) && r->bucket >= lo && r->bucket < hi && is_dirty(t, r)) {
@@ -1412,7 +1411,7 @@ int ps_table_forget_range(ps_table *t, uint32_t lo, uint32_t hi, ps_store_batch 
         row *r = slot_row(t, (uint32_t)s);
         if ((r->flags & ROW_FREE) || r->bucket < lo || r->bucket >= hi)
             continue;
-        /* A row RocksDB holds leaves the live count in the walk below; one
+        /* A row RocksDB holds leaves the live count in the store walk; one
          * that only memory holds (not written back yet) here; a ROW_INIT
          * row was never counted. */
         if (!(r->flags & (ROW_PERSISTED | ROW_INIT)))
@@ -1423,41 +1422,88 @@ int ps_table_forget_range(ps_table *t, uint32_t lo, uint32_t hi, ps_store_batch 
         if (t->nfreed < t->capacity)
             t->freed[t->nfreed++] = (uint32_t)s;
     }
-    ps_store_key start;
-    ps_store_key_encode((uint16_t)lo, 0, &start);
-    uint8_t end[PS_STORE_KEY_LEN + 1];
-    size_t elen = 2;
-    if (hi < 65536) {
-        end[0] = (uint8_t)(hi >> 8);
-        end[1] = (uint8_t)hi;
-    } else { /* past every key */
-        memset(end, 0xff, sizeof(end));
-        elen = sizeof(end);
-    }
-    ps_store_iter *it = ps_store_iter_new(t->store, t->cf, start.b, PS_STORE_KEY_LEN);
+    return 0;
+}
+
+void ps_table_forget_begin(ps_forget *f, uint32_t lo, uint32_t hi) {
+    memset(f, 0, sizeof(*f));
+    f->lo = lo;
+    f->hi = hi;
+    ps_store_key_encode((uint16_t)lo, 0, &f->next);
+}
+
+void ps_table_forget_deinit(ps_forget *f) {
+    free(f->seen);
+    f->seen = NULL;
+}
+
+int ps_table_forget_stored(ps_table *t, ps_forget *f, size_t budget, char *err, size_t errlen) {
+    (void)err;
+    (void)errlen;
+    if (f->done)
+        return 0;
+    ps_store_iter *it = ps_store_iter_new(t->store, t->cf, f->next.b, PS_STORE_KEY_LEN);
     if (!it)
         return -ENOMEM;
-    uint64_t n = 0;
+    size_t walked = 0;
+    bool end = true;
     for (; ps_store_iter_valid(it); ps_store_iter_next(it)) {
         size_t klen, vlen;
         const uint8_t *k = ps_store_iter_key(it, &klen);
         const char *v = ps_store_iter_value(it, &vlen);
-        if (klen != PS_STORE_KEY_LEN || ((uint32_t)k[0] << 8 | k[1]) >= hi)
+        if (klen != PS_STORE_KEY_LEN || ((uint32_t)k[0] << 8 | k[1]) >= f->hi)
             break;
-        if (vlen >= sizeof(value_header)) {
-            value_header h;
-            memcpy(&h, v, sizeof(h));
-            lg_sub(&t->lg, h.last_seen);
+        if (budget && walked == budget) { /* go on from this key next time */
+            memcpy(f->next.b, k, PS_STORE_KEY_LEN);
+            end = false;
+            break;
         }
-        n++;
+        walked++;
+        if (vlen < sizeof(value_header))
+            continue;
+        if (f->n == f->cap) {
+            size_t cap = f->cap ? 2 * f->cap : 4096;
+            uint32_t *sn = realloc(f->seen, cap * sizeof(*sn));
+            if (!sn) {
+                ps_store_iter_free(it);
+                return -ENOMEM;
+            }
+            f->seen = sn;
+            f->cap = cap;
+        }
+        value_header h;
+        memcpy(&h, v, sizeof(h));
+        f->seen[f->n++] = h.last_seen;
     }
     ps_store_iter_free(it);
-    /* No tombstone over a range that holds nothing (a move's target, as a
-     * rule): a file ingested into it then needs no memtable flush first. */
-    if (n)
-        ps_store_batch_delete_range(b, t->store, t->cf, start.b, PS_STORE_KEY_LEN, end, elen);
-    *ret_rows = n;
+    f->rows += walked;
+    f->done = end;
     return 0;
+}
+
+void ps_table_forget_end(ps_table *t, ps_forget *f, ps_store_batch *b) {
+    /* The rows leave the count only now, when every table's walk is over
+     * (a write-back between two steps saves the count as it was, with the
+     * rows stored), and b deletes them. No tombstone over a range that
+     * holds nothing (a move's target, as a rule): a file ingested into it
+     * then needs no memtable flush first. */
+    for (size_t i = 0; i < f->n; i++)
+        lg_sub(&t->lg, f->seen[i]);
+    if (f->rows) {
+        ps_store_key start;
+        ps_store_key_encode((uint16_t)f->lo, 0, &start);
+        uint8_t stop[PS_STORE_KEY_LEN + 1];
+        size_t slen = 2;
+        if (f->hi < 65536) {
+            stop[0] = (uint8_t)(f->hi >> 8);
+            stop[1] = (uint8_t)f->hi;
+        } else { /* past every key */
+            memset(stop, 0xff, sizeof(stop));
+            slen = sizeof(stop);
+        }
+        ps_store_batch_delete_range(b, t->store, t->cf, start.b, PS_STORE_KEY_LEN, stop, slen);
+    }
+    ps_table_forget_deinit(f);
 }
 
 size_t ps_table_dirty_count(const ps_table *t) { return t->ndirty; }

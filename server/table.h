@@ -107,11 +107,7 @@ int ps_table_export(ps_table *t, const ps_store_key *after, size_t limit, ps_tab
  * lookups for those). A value of length 0 is a
  * row the source no longer has: its copy here, if any, is deleted. A value
  * of another width, or a key with a row in memory (this shard must not own
- * its bucket), is refused before anything changes.
- * forget_range(): every row of buckets [lo, hi) leaves memory (they must be
- * clean) and the live count, and b deletes the range from the store (when
- * it holds any);
- * *ret_rows says how many were stored. */
+ * its bucket), is refused before anything changes. */
 size_t ps_table_value_len(const ps_table *t);
 int ps_table_row_value(ps_table *t, uint64_t key, void *value, bool *ret_found, char *err,
                        size_t errlen);
@@ -125,8 +121,28 @@ typedef struct ps_adopt_prior {
 int ps_table_adopt(ps_table *t, const uint64_t *keys, const void *const *values,
                    const size_t *lens, size_t n, bool fresh, const ps_adopt_prior *prior,
                    ps_store_batch *b, char *err, size_t errlen);
-int ps_table_forget_range(ps_table *t, uint32_t lo, uint32_t hi, ps_store_batch *b,
-                          uint64_t *ret_rows, char *err, size_t errlen);
+/* Forgetting every row of buckets [lo, hi), in steps, so that a large
+ * range does not hold a shard's loop for the whole walk of its stored
+ * rows: forget_memory() (the rows in memory, which must be clean; those
+ * not stored leave the live count), then forget_stored() until f->done,
+ * each step walking at most `budget` stored rows (0: all; f->rows counts
+ * them), then forget_end(): only then do the walked rows leave the live
+ * count, and b deletes the range. Nothing may store rows of the range
+ * meanwhile (a range the shard does not own). forget_deinit() gives up a
+ * walk. */
+typedef struct ps_forget {
+    uint32_t lo, hi;
+    ps_store_key next;           /* the walk goes on from this store key */
+    uint32_t *seen;              /* last_seen of the live rows walked */
+    size_t n, cap;
+    uint64_t rows;
+    bool done;
+} ps_forget;
+int ps_table_forget_memory(ps_table *t, uint32_t lo, uint32_t hi, char *err, size_t errlen);
+void ps_table_forget_begin(ps_forget *f, uint32_t lo, uint32_t hi);
+int ps_table_forget_stored(ps_table *t, ps_forget *f, size_t budget, char *err, size_t errlen);
+void ps_table_forget_end(ps_table *t, ps_forget *f, ps_store_batch *b);
+void ps_table_forget_deinit(ps_forget *f);
 /* Adoption in two steps, for rows that reach the store by another way than
  * b (an ingested file, built from a copy's first pass into a range just
  * dropped): adopt_check() refuses what adopt() refuses; value_last_seen()

@@ -1072,6 +1072,11 @@ static uint64_t rows_of(ps_table *t) {
     return st.rows;
 }
 
+static int drop_all(ps_shard *s, uint32_t lo, uint32_t hi, char *err, size_t errlen) {
+    bool more;
+    return ps_shard_drop(s, lo, hi, 0, &more, NULL, err, errlen);
+}
+
 /* The target of a move stages the first pass in an SST file and ingests it
  * at its end: nothing shows before, every row reads back and counts once
  * after (a catch-up page over an ingested row replaces it in the count); a
@@ -1120,7 +1125,7 @@ Test(shard, a_staged_first_pass_is_ingested_readable_and_counted_once) {
     for (size_t i = 0; i < NEMB; i++)
         vals[i] = ex.value[i];
     size_t half = NEMB / 2;
-    cr_assert_eq(ps_shard_drop(dst, 0, 32, NULL, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(drop_all(dst, 0, 32, err, sizeof(err)), 0, "%s", err);
     cr_assert_eq(ps_shard_stage_rows(dst, 77, demb, ex.fid, vals, ex.len, half, err, sizeof(err)),
                  PS_ENOT_FOUND, "no copy staged yet");
     cr_assert_eq(ps_shard_stage_begin(dst, 0, 32, 77, err, sizeof(err)), 0, "%s", err);
@@ -1170,14 +1175,33 @@ Test(shard, a_staged_first_pass_is_ingested_readable_and_counted_once) {
     }
     cr_assert_eq(w[3 * DIM], 42.0f);
 
-    /* A drop ends a staged copy and removes its file. */
-    cr_assert_eq(ps_shard_drop(dst, 0, 32, NULL, err, sizeof(err)), 0, "%s", err);
+    /* A drop in steps of 3 stored rows: the rows count until the last
+     * step, a drop of another range is refused meanwhile, and the last
+     * step takes them all out of the count and the store. */
+    bool more = true;
+    uint64_t dropped = 0;
+    int steps = 0;
+    while (more) {
+        cr_assert_eq(ps_shard_drop(dst, 0, 32, 3, &more, &dropped, err, sizeof(err)), 0, "%s", err);
+        steps++;
+        if (more) {
+            cr_assert_eq(rows_of(demb), NEMB, "counted until the last step: %llu", (unsigned long long)rows_of(demb));
+            bool m2;
+            cr_assert_eq(ps_shard_drop(dst, 0, 16, 3, &m2, NULL, err, sizeof(err)), PS_EPROTO);
+        }
+    }
+    cr_assert_geq(steps, NEMB / 3);
+    cr_assert_eq(dropped, NEMB);
     cr_assert_eq(rows_of(demb), 0);
+    cr_assert_eq(ps_table_lookup(demb, ex.fid, NEMB, found, w, NULL, err, sizeof(err)), 0);
+    for (size_t i = 0; i < NEMB; i++)
+        cr_assert_not(found[i], "row %zu still there after the drop", i);
+    /* A drop ends a staged copy and removes its file. */
     cr_assert_eq(ps_shard_stage_begin(dst, 0, 32, 79, err, sizeof(err)), 0, "%s", err);
     cr_assert_eq(ps_shard_stage_rows(dst, 79, demb, ex.fid, vals, ex.len, half, err, sizeof(err)),
                  0, "%s", err);
     cr_assert_eq(files_in(staging), 1);
-    cr_assert_eq(ps_shard_drop(dst, 0, 32, NULL, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(drop_all(dst, 0, 32, err, sizeof(err)), 0, "%s", err);
     cr_assert_eq(files_in(staging), 0);
     cr_assert_eq(ps_shard_stage_ingest(dst, 79, err, sizeof(err)), PS_ENOT_FOUND);
     /* A plain adoption into the staged range ends it too (the file would
@@ -1193,7 +1217,7 @@ Test(shard, a_staged_first_pass_is_ingested_readable_and_counted_once) {
 
     /* Lost to a crash: the process dies with a staging file, which the next
      * open removes, and the copy is unknown there. */
-    cr_assert_eq(ps_shard_drop(dst, 0, 32, NULL, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(drop_all(dst, 0, 32, err, sizeof(err)), 0, "%s", err);
     cr_assert_eq(ps_shard_stage_begin(dst, 0, 32, 81, err, sizeof(err)), 0, "%s", err);
     pid_t pid = fork();
     cr_assert_geq(pid, 0);
