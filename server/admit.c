@@ -5,6 +5,13 @@
  * i is even), in blocks of PS_ADMIT_BLOCK bytes with a dirty flag each, so a
  * write-back saves only the blocks that changed since the previous one.
  *
+ * Sending (a bucket range moving away, README "Resharding"). A second mark
+ * per block, `unsent`, is set by every change that can raise a counter
+ * (a commit, a merge) and not by a halving, which only lowers them: a block
+ * not marked holds no counter above the value last sent. send_round()
+ * copies the marked blocks as they are and clears the marks, so a round's
+ * pages show one moment of the filter, whatever happens between pages.
+ *
  * Staging. decide() reads through an overlay: a small open-addressing map
  * from counter index to its staged value, filled by this request's
  * occurrences. commit() writes the overlay into the counters; abort() drops
@@ -43,7 +50,12 @@ struct ps_admit {
     uint64_t m;                  /* counters (0 without a filter) */
     uint8_t *cells;              /* nblocks * PS_ADMIT_BLOCK bytes */
     uint8_t *dirty;              /* per block */
+    uint8_t *unsent;             /* per block: may hold a counter above what was last sent */
     size_t nblocks;
+    /* The round being sent: its blocks' ids and contents at send_round(). */
+    uint32_t *round_ids;
+    uint8_t *round_data;
+    size_t round_n;
     uint64_t nonzero, trials, halvings;
 
     /* Overlay of the request being decided. */
@@ -75,7 +87,8 @@ int ps_admit_new(const ps_table_config *cfg, ps_admit **ret_admit) {
         /* calloc: the pages are committed as counters become non-zero. */
         a->cells = calloc(a->nblocks, PS_ADMIT_BLOCK);
         a->dirty = calloc(a->nblocks, 1);
-        if (!a->cells || !a->dirty) {
+        a->unsent = calloc(a->nblocks, 1);
+        if (!a->cells || !a->dirty || !a->unsent) {
             ps_admit_free(a);
             return -ENOMEM;
         }
@@ -89,6 +102,9 @@ void ps_admit_free(ps_admit *a) {
         return;
     free(a->cells);
     free(a->dirty);
+    free(a->unsent);
+    free(a->round_ids);
+    free(a->round_data);
     free(a->ov_idx);
     free(a->ov_val);
     free(a->ov_used);
@@ -106,6 +122,15 @@ static inline void cell_set(ps_admit *a, uint64_t i, uint8_t v) {
     uint8_t *b = &a->cells[i >> 1];
     *b = (i & 1) ? (uint8_t)((*b & 0x0f) | (v << 4)) : (uint8_t)((*b & 0xf0) | v);
     a->dirty[(i >> 1) / PS_ADMIT_BLOCK] = 1;
+    a->unsent[(i >> 1) / PS_ADMIT_BLOCK] = 1;
+}
+
+/* Non-zero counters of one block. */
+static uint64_t block_nonzero(const uint8_t *p) {
+    uint64_t n = 0;
+    for (size_t i = 0; i < PS_ADMIT_BLOCK; i++)
+        n += ((p[i] & 0x0f) != 0) + ((p[i] & 0xf0) != 0);
+    return n;
 }
 
 /* Double hashing: position j = h1 + j*h2, mapped to [0, m) by the high bits
@@ -261,13 +286,26 @@ void ps_admit_abort(ps_admit *a) { ov_clear(a); }
 
 /* ---- persistence ------------------------------------------------------------ */
 
+static header header_of(const ps_admit *a) {
+    return (header){.version = HEADER_VERSION,
+                    .k = K,
+                    .m = a->m,
+                    .seed = a->seed,
+                    .trials = a->trials,
+                    .halvings = a->halvings};
+}
+
+/* Whether a header describes a filter of this one's layout: the same
+ * counters at the same positions of every key. */
+static bool same_layout(const ps_admit *a, const void *data, size_t len, header *ret) {
+    if (len != sizeof(*ret))
+        return false;
+    memcpy(ret, data, sizeof(*ret));
+    return ret->version == HEADER_VERSION && ret->k == K && ret->m == a->m && ret->seed == a->seed;
+}
+
 void ps_admit_save(ps_admit *a, ps_admit_put_fn put, void *ctx) {
-    header h = {.version = HEADER_VERSION,
-                .k = K,
-                .m = a->m,
-                .seed = a->seed,
-                .trials = a->trials,
-                .halvings = a->halvings};
+    header h = header_of(a);
     put(ctx, PS_ADMIT_HEADER, &h, sizeof(h));
     for (size_t b = 0; b < a->nblocks; b++) {
         if (!a->dirty[b])
@@ -279,10 +317,7 @@ void ps_admit_save(ps_admit *a, ps_admit_put_fn put, void *ctx) {
 
 int ps_admit_load_header(ps_admit *a, const void *data, size_t len) {
     header h;
-    if (len == sizeof(h))
-        memcpy(&h, data, sizeof(h));
-    if (len != sizeof(h) || h.version != HEADER_VERSION || h.k != K || h.m != a->m ||
-        h.seed != a->seed) {
+    if (!same_layout(a, data, len, &h)) {
         /* Counters laid out for another filter mean nothing here: start
          * empty, and overwrite every stored block at the next save. */
         if (a->m) {
@@ -301,16 +336,95 @@ int ps_admit_load_block(ps_admit *a, uint32_t id, const void *data, size_t len) 
     if (id >= a->nblocks || len != PS_ADMIT_BLOCK)
         return PS_EPARSE;
     uint8_t *dst = a->cells + (size_t)id * PS_ADMIT_BLOCK;
-    for (size_t i = 0; i < PS_ADMIT_BLOCK; i++) {
-        a->nonzero -= (dst[i] & 0x0f) != 0;
-        a->nonzero -= (dst[i] & 0xf0) != 0;
-    }
+    a->nonzero -= block_nonzero(dst);
     memcpy(dst, data, PS_ADMIT_BLOCK);
-    for (size_t i = 0; i < PS_ADMIT_BLOCK; i++) {
-        a->nonzero += (dst[i] & 0x0f) != 0;
-        a->nonzero += (dst[i] & 0xf0) != 0;
+    a->nonzero += block_nonzero(dst);
+    return 0;
+}
+
+/* ---- moving with a bucket range ------------------------------------------------ */
+
+void ps_admit_send_begin(ps_admit *a) {
+    if (a->m)
+        memset(a->unsent, 1, a->nblocks);
+    ps_admit_send_end(a);
+}
+
+void ps_admit_send_end(ps_admit *a) {
+    free(a->round_ids);
+    free(a->round_data);
+    a->round_ids = NULL;
+    a->round_data = NULL;
+    a->round_n = 0;
+}
+
+int ps_admit_send_round(ps_admit *a) {
+    size_t n = 0;
+    for (size_t b = 0; b < a->nblocks; b++)
+        n += a->unsent[b];
+    free(a->round_ids);
+    free(a->round_data);
+    a->round_ids = malloc(n * sizeof(*a->round_ids) + 1);
+    a->round_data = malloc(n * PS_ADMIT_BLOCK + 1);
+    a->round_n = 0;
+    if (!a->round_ids || !a->round_data)
+        return -ENOMEM; /* marks kept: a round begun again sends them */
+    for (size_t b = 0; b < a->nblocks; b++) {
+        if (!a->unsent[b])
+            continue;
+        a->round_ids[a->round_n] = (uint32_t)b;
+        memcpy(a->round_data + a->round_n * PS_ADMIT_BLOCK, a->cells + b * PS_ADMIT_BLOCK,
+               PS_ADMIT_BLOCK);
+        a->round_n++;
+        a->unsent[b] = 0;
     }
     return 0;
+}
+
+bool ps_admit_send_page(const ps_admit *a, uint64_t *offset, size_t limit, ps_admit_put_fn put,
+                        void *ctx) {
+    if (*offset < a->round_n && limit) {
+        header h = header_of(a);
+        put(ctx, PS_ADMIT_HEADER, &h, sizeof(h));
+    }
+    for (size_t n = 0; *offset < a->round_n && n < limit; n++, (*offset)++)
+        put(ctx, a->round_ids[*offset], a->round_data + *offset * PS_ADMIT_BLOCK, PS_ADMIT_BLOCK);
+    return *offset >= a->round_n;
+}
+
+int ps_admit_merge_check(const ps_admit *a, const void *hdr, size_t hlen, const uint32_t *ids,
+                         const size_t *lens, size_t n) {
+    header h;
+    if (!a || !a->m || !same_layout(a, hdr, hlen, &h))
+        return PS_ECONFIG;
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] >= a->nblocks || lens[i] != PS_ADMIT_BLOCK)
+            return PS_EPARSE;
+    return 0;
+}
+
+/* Counter-wise max of two bytes of two counters each. */
+static uint8_t max2(uint8_t x, uint8_t y) {
+    uint8_t lo = (x & 0x0f) > (y & 0x0f) ? x & 0x0f : y & 0x0f;
+    uint8_t hi = (x & 0xf0) > (y & 0xf0) ? x & 0xf0 : y & 0xf0;
+    return (uint8_t)(hi | lo);
+}
+
+void ps_admit_merge_block(ps_admit *a, uint32_t id, const void *data) {
+    uint8_t *dst = a->cells + (size_t)id * PS_ADMIT_BLOCK;
+    const uint8_t *src = data;
+    bool raised = false;
+    a->nonzero -= block_nonzero(dst);
+    for (size_t i = 0; i < PS_ADMIT_BLOCK; i++) {
+        uint8_t v = max2(dst[i], src[i]);
+        raised = raised || v != dst[i];
+        dst[i] = v;
+    }
+    a->nonzero += block_nonzero(dst);
+    if (raised) {
+        a->dirty[id] = 1;
+        a->unsent[id] = 1;
+    }
 }
 
 void ps_admit_stats_get(const ps_admit *a, ps_admit_stats *ret) {

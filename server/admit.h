@@ -75,6 +75,41 @@ void ps_admit_save(ps_admit *a, ps_admit_put_fn put, void *ctx);
 int ps_admit_load_header(ps_admit *a, const void *data, size_t len);
 int ps_admit_load_block(ps_admit *a, uint32_t id, const void *data, size_t len);
 
+/* Moving with a bucket range (README "Resharding"). A Bloom filter cannot
+ * be split by key range, so the source S sends its whole filter and the
+ * target T merges it into its own, counter by counter with max():
+ *  - for every key of the moved range, T's estimate (a minimum over its k
+ *    counters) is then >= S's: the error stays one-sided (too high);
+ *  - the keys of T's other ranges may see estimates raised: a false
+ *    positive of the same kind, bounded by S's fill (at most a quarter of
+ *    the counters are non-zero);
+ *  - max() is idempotent and commutative: a page merged twice (a copy
+ *    begun again, a restart) changes nothing more;
+ *  - T keeps its own trial number and halvings; a merge that leaves a
+ *    quarter of T's counters non-zero has the next commit halve them, as
+ *    the arrival of that many new keys would.
+ * The source side: send_begin() (the copy begins: every block is to be
+ * sent), then rounds: send_round() takes the blocks that may hold a counter
+ * above what was last sent, as they are now (a halving since only lowers
+ * counters: it marks none), and send_page() passes a page of them to put(),
+ * the header first, in the record format of ps_admit_save(); *offset (0 at
+ * a round's start) moves past them; true once the round is done. A round
+ * can be paged again until the next send_round(); send_end() frees it. So once the last round,
+ * taken after the range froze, is merged, T's counters are >= S's at that
+ * moment, every one of them.
+ * The target side: merge_check() first (PS_ECONFIG: no filter here, or one
+ * of another layout, i.e. another admit_bloom_bits or seed; PS_EPARSE: a
+ * block id beyond the filter or a length other than PS_ADMIT_BLOCK), then
+ * merge_block() per block. A merged block is written back at the next save. */
+void ps_admit_send_begin(ps_admit *a);
+int ps_admit_send_round(ps_admit *a);
+void ps_admit_send_end(ps_admit *a);
+bool ps_admit_send_page(const ps_admit *a, uint64_t *offset, size_t limit, ps_admit_put_fn put,
+                        void *ctx);
+int ps_admit_merge_check(const ps_admit *a, const void *hdr, size_t hlen, const uint32_t *ids,
+                         const size_t *lens, size_t n);
+void ps_admit_merge_block(ps_admit *a, uint32_t id, const void *data);
+
 typedef struct ps_admit_stats {
     uint64_t counters;           /* m */
     uint64_t nonzero;            /* counters > 0 */

@@ -283,3 +283,177 @@ Test(admit, a_full_filter_halves_instead_of_admitting_everything) {
                 (unsigned long long)st.halvings, rate);
     ps_admit_free(a);
 }
+
+/* ---- moving with a bucket range (admit.h) ---- */
+
+/* One send round of a, in pages of 3 blocks, into *s (empty: the header
+ * and the blocks); returns the blocks sent. */
+static size_t send_round(ps_admit *a, saved *s) {
+    cr_assert_eq(s->n, 0);
+    cr_assert_eq(ps_admit_send_round(a), 0);
+    uint64_t off = 0;
+    size_t pages = 1, blocks = 0;
+    while (!ps_admit_send_page(a, &off, 3, put_rec, s))
+        pages++;
+    for (size_t i = 0; i < s->n; i++)
+        blocks += s->id[i] != PS_ADMIT_HEADER;
+    cr_assert_eq(pages, blocks ? (blocks + 2) / 3 : 1, "pages of 3 blocks, the last one shorter");
+    cr_assert_eq(s->n, blocks ? blocks + 1 : 0, "a page with blocks names the filter first");
+    return blocks;
+}
+
+/* Merge what send_round() gathered into b. */
+static int merge(ps_admit *b, const saved *s) {
+    const void *hdr = NULL, *data[MAXREC] = {0};
+    size_t hlen = 0, lens[MAXREC] = {0}, n = 0;
+    uint32_t ids[MAXREC] = {0};
+    for (size_t i = 0; i < s->n; i++) {
+        if (s->id[i] == PS_ADMIT_HEADER) {
+            hdr = s->data[i];
+            hlen = s->len[i];
+            continue;
+        }
+        ids[n] = s->id[i];
+        data[n] = s->data[i];
+        lens[n++] = s->len[i];
+    }
+    int r = ps_admit_merge_check(b, hdr, hlen, ids, lens, n);
+    for (size_t i = 0; r == 0 && i < n; i++)
+        ps_admit_merge_block(b, ids[i], data[i]);
+    return r;
+}
+
+/* Every counter of a (m = counters), through a send round of all blocks. */
+static uint8_t *counters_of(ps_admit *a, uint64_t m) {
+    saved s = {0};
+    ps_admit_send_begin(a);
+    send_round(a, &s);
+    uint8_t *c = calloc(m, 1);
+    for (size_t i = 0; i < s.n; i++)
+        for (size_t j = 0; s.id[i] != PS_ADMIT_HEADER && j < 2 * s.len[i]; j++) {
+            uint64_t at = (uint64_t)s.id[i] * 2 * PS_ADMIT_BLOCK + j;
+            if (at < m)
+                c[at] = (uint8_t)((j & 1) ? s.data[i][j / 2] >> 4 : s.data[i][j / 2] & 0xf);
+        }
+    saved_free(&s);
+    return c;
+}
+
+#define MOVE_M (8u * 2 * PS_ADMIT_BLOCK) /* 8 blocks */
+
+Test(admit, a_merged_filter_counts_the_senders_pushes) {
+    ps_admit *src = new_admit(1.0, 3, MOVE_M), *dst = new_admit(1.0, 3, MOVE_M),
+             *alone = new_admit(1.0, 3, MOVE_M);
+    enum { KEYS = 300 };
+    /* Keys 0..299 pushed twice on the source; keys 1000.. once on the
+     * target (its own ranges). */
+    for (int round = 0; round < 2; round++)
+        for (uint64_t k = 0; k < KEYS; k++)
+            cr_assert_not(decide1(src, key_of(k)));
+    for (uint64_t k = 1000; k < 1000 + KEYS; k++) {
+        cr_assert_not(decide1(dst, key_of(k)));
+        cr_assert_not(decide1(alone, key_of(k)));
+    }
+    saved s = {0};
+    ps_admit_send_begin(src);
+    cr_assert_eq(send_round(src, &s), MOVE_M / 2 / PS_ADMIT_BLOCK, "the first round sends every block");
+    cr_assert_eq(merge(dst, &s), 0);
+    uint8_t *before = counters_of(dst, MOVE_M);
+    cr_assert_eq(merge(dst, &s), 0);
+    uint8_t *again = counters_of(dst, MOVE_M), *sc = counters_of(src, MOVE_M);
+    cr_assert_eq(memcmp(before, again, MOVE_M), 0, "merging a page twice changes nothing more");
+    for (uint64_t i = 0; i < MOVE_M; i++)
+        cr_assert_geq(before[i], sc[i], "counter %llu below the sender's", (unsigned long long)i);
+    ps_admit_stats st_dst, st_alone;
+    ps_admit_stats_get(dst, &st_dst);
+    ps_admit_stats_get(alone, &st_alone);
+    cr_assert_eq(st_dst.trials, st_alone.trials, "the target keeps its own trial number");
+    /* The third push anywhere admits the moved keys: on the target now as
+     * on the source; a target that merged nothing counts them from zero. */
+    for (uint64_t k = 0; k < KEYS; k++) {
+        cr_assert(decide1(dst, key_of(k)), "moved key %llu not admitted on its third push",
+                  (unsigned long long)k);
+        cr_assert_not(decide1(alone, key_of(k)));
+    }
+    /* The target's own keys: counted at least as before. */
+    for (uint64_t k = 1000; k < 1000 + KEYS; k++)
+        cr_assert_not(decide1(dst, key_of(k)), "one push before and one now make two, not three");
+    free(before);
+    free(again);
+    free(sc);
+    saved_free(&s);
+    ps_admit_free(src);
+    ps_admit_free(dst);
+    ps_admit_free(alone);
+}
+
+Test(admit, a_merge_needs_the_same_layout_and_whole_blocks) {
+    ps_admit *src = new_admit(1.0, 3, MOVE_M);
+    decide1(src, key_of(1));
+    saved s = {0};
+    ps_admit_send_begin(src);
+    send_round(src, &s);
+    const void *hdr = NULL;
+    size_t hlen = 0;
+    for (size_t i = 0; i < s.n; i++)
+        if (s.id[i] == PS_ADMIT_HEADER) {
+            hdr = s.data[i];
+            hlen = s.len[i];
+        }
+    cr_assert_not_null(hdr);
+    uint32_t id = 0;
+    size_t len = PS_ADMIT_BLOCK;
+    ps_admit *same = new_admit(0.5, 2, MOVE_M); /* other N and P: the same counters */
+    cr_assert_eq(ps_admit_merge_check(same, hdr, hlen, &id, &len, 1), 0);
+    ps_admit *bigger = new_admit(1.0, 3, 2 * MOVE_M);
+    cr_assert_eq(ps_admit_merge_check(bigger, hdr, hlen, &id, &len, 1), PS_ECONFIG);
+    ps_table_config c = cfg_of(1.0, 3, MOVE_M);
+    c.seed = 78;
+    ps_admit *reseeded;
+    cr_assert_eq(ps_admit_new(&c, &reseeded), 0);
+    cr_assert_eq(ps_admit_merge_check(reseeded, hdr, hlen, &id, &len, 1), PS_ECONFIG);
+    cr_assert_eq(ps_admit_merge_check(NULL, hdr, hlen, &id, &len, 1), PS_ECONFIG, "no filter here");
+    ps_admit *poisson = new_admit(0.5, 1, MOVE_M);
+    cr_assert_eq(ps_admit_merge_check(poisson, hdr, hlen, &id, &len, 1), PS_ECONFIG);
+    cr_assert_eq(ps_admit_merge_check(same, hdr, hlen - 1, &id, &len, 1), PS_ECONFIG);
+    size_t short_len = PS_ADMIT_BLOCK - 1;
+    cr_assert_eq(ps_admit_merge_check(same, hdr, hlen, &id, &short_len, 1), PS_EPARSE);
+    uint32_t beyond = MOVE_M / 2 / PS_ADMIT_BLOCK;
+    cr_assert_eq(ps_admit_merge_check(same, hdr, hlen, &beyond, &len, 1), PS_EPARSE);
+    saved_free(&s);
+    ps_admit_free(src);
+    ps_admit_free(same);
+    ps_admit_free(bigger);
+    ps_admit_free(reseeded);
+    ps_admit_free(poisson);
+}
+
+Test(admit, later_rounds_send_what_may_have_risen_and_a_halving_sends_nothing) {
+    /* A stream of distinct keys on the source with a round after every
+     * push: each round holds only the blocks that push raised (at most k),
+     * also when the push halved the filter, and the target that merged
+     * every round never holds a counter below the source's. */
+    ps_admit *src = new_admit(1.0, 3, MOVE_M), *dst = new_admit(1.0, 3, MOVE_M);
+    saved s = {0};
+    ps_admit_send_begin(src);
+    send_round(src, &s);
+    cr_assert_eq(merge(dst, &s), 0);
+    saved_free(&s);
+    ps_admit_stats st = {0};
+    uint64_t k = 0;
+    while (st.halvings < 2) {
+        decide1(src, key_of(k++));
+        size_t n = send_round(src, &s);
+        cr_assert_leq(n, 4, "a round after one push of one key holds at most k blocks");
+        cr_assert_eq(merge(dst, &s), 0);
+        saved_free(&s);
+        ps_admit_stats_get(src, &st);
+    }
+    uint8_t *sc = counters_of(src, MOVE_M), *dc = counters_of(dst, MOVE_M);
+    for (uint64_t i = 0; i < MOVE_M; i++)
+        cr_assert_geq(dc[i], sc[i], "counter %llu below the sender's", (unsigned long long)i);
+    free(sc);
+    free(dc);
+    ps_admit_free(src);
+    ps_admit_free(dst);
+}
