@@ -234,6 +234,82 @@ static int copy_pass(ps_client *c, Ctrps__MoveRequest__Phase phase, uint32_t lo,
     }
 }
 
+/* Whether the source no longer tracks the copy `tid` (it restarted), asked
+ * after it refused a page. */
+static bool source_lost(ps_client *c, uint32_t from, uint64_t tid) {
+    Ctrps__MoveRequest st = CTRPS__MOVE_REQUEST__INIT;
+    Ctrps__Response *resp;
+    char serr[256];
+    if (move_call(c, from, &st, &resp, serr, sizeof(serr)) < 0)
+        return false;
+    bool lost = resp->move->track_id != tid;
+    ctrps__response__free_unpacked(resp, NULL);
+    return lost;
+}
+
+/* One round of the admission filters (proto ADMIT) from -> to: each page
+ * is merged on the target, durably, before the next is asked for.
+ * *ret_pending: counters raised on the source since the round began. */
+static int admit_pass(ps_client *c, uint32_t lo, uint32_t hi, uint64_t tid, uint32_t round,
+                      const ps_move_progress *pr, uint64_t *ret_pending, bool *ret_lost, char *err,
+                      size_t errlen) {
+    Ctrps__MoveRequest ad = CTRPS__MOVE_REQUEST__INIT;
+    ad.phase = CTRPS__MOVE_REQUEST__PHASE__ADMIT;
+    ad.round = round;
+    ad.bucket_lo = lo;
+    ad.bucket_hi = hi;
+    *ret_lost = false;
+    for (;;) {
+        Ctrps__Response *resp;
+        int r = move_call(c, pr->from, &ad, &resp, err, errlen);
+        if (r < 0) {
+            *ret_lost = source_lost(c, pr->from, tid);
+            return *ret_lost ? 0 : r;
+        }
+        const Ctrps__MoveResponse *m = resp->move;
+        bool done = m->done;
+        *ret_pending = m->pending;
+        if (m->track_id != tid) {
+            *ret_lost = true;
+        } else if (!m->admit && !done) {
+            snprintf(err, errlen, "shard %u does not send admission filters (an older server)",
+                     pr->from);
+            r = PS_EPROTO;
+        } else if (m->admit && (m->admit->n_ids || m->admit->n_counter_ids)) {
+            Ctrps__MoveRequest im = CTRPS__MOVE_REQUEST__INIT;
+            im.phase = CTRPS__MOVE_REQUEST__PHASE__IMPORT;
+            im.bucket_lo = lo;
+            im.bucket_hi = hi;
+            im.admit = m->admit;
+            r = move_call(c, pr->to, &im, NULL, err, errlen);
+        }
+        ad.table_index = m->table_index;
+        ad.offset = m->offset;
+        ctrps__response__free_unpacked(resp, NULL);
+        if (r < 0 || done || *ret_lost)
+            return r;
+    }
+}
+
+/* The admission filters' rounds while the range is served: the whole
+ * filters, then the counters raised since, until a round leaves few for
+ * the round taken once the range is frozen (*round: the last one taken).
+ * That one brings the rest: for every key of the range the target then
+ * counts at least the pushes the source had counted (server/admit.h). */
+#define ADMIT_SMALL 4096
+#define ADMIT_ROUNDS 8
+
+static int admit_catch_up(ps_client *c, uint32_t lo, uint32_t hi, uint64_t tid,
+                          const ps_move_progress *pr, uint32_t *round, bool *ret_lost, char *err,
+                          size_t errlen) {
+    uint64_t pending;
+    int r;
+    do
+        r = admit_pass(c, lo, hi, tid, ++*round, pr, &pending, ret_lost, err, errlen);
+    while (r == 0 && !*ret_lost && pending > ADMIT_SMALL && *round < ADMIT_ROUNDS);
+    return r;
+}
+
 /* Catch-up rounds end once one leaves this few changes for the next: the
  * last round, with the range frozen, sends about as many. */
 #define CATCHUP_SMALL 2048
@@ -283,6 +359,9 @@ static int copy_range(ps_client *c, uint32_t lo, uint32_t hi, ps_move_progress *
             if (pending <= CATCHUP_SMALL)
                 break;
         }
+        uint32_t admit_round = 0;
+        if (r == 0 && !lost)
+            r = admit_catch_up(c, lo, hi, tid, pr, &admit_round, &lost, err, errlen);
         double frozen_at = now_s();
         if (r == 0 && !lost)
             r = simple_phase(c, pr->from, CTRPS__MOVE_REQUEST__PHASE__FREEZE, lo, hi, err, errlen);
@@ -292,6 +371,9 @@ static int copy_range(ps_client *c, uint32_t lo, uint32_t hi, ps_move_progress *
             r = copy_pass(c, CTRPS__MOVE_REQUEST__PHASE__CHANGED, lo, hi, tid, pr->rounds + 1, pr,
                           fn, 0, ctx, &pending, &lost, err, errlen);
         }
+        uint64_t admit_left;
+        if (r == 0 && !lost)
+            r = admit_pass(c, lo, hi, tid, admit_round + 1, pr, &admit_left, &lost, err, errlen);
         if (r < 0)
             return r;
         if (!lost) {
