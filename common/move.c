@@ -136,8 +136,9 @@ static int import_finish(import_job *j, ps_move_progress *pr, char *err, size_t 
  * environment the mover stops itself (SIGSTOP) there, so that a test can
  * kill and restart shards and then let it go on (SIGCONT): "cutover" once
  * the range is frozen, before the last changes are copied; "staged" once
- * the first page of the first pass is in the target's staging file (each
- * in a move's first copy attempt only). */
+ * the first page of the first pass is in the target's staging file;
+ * "admitted" once the target has merged the first round of the admission
+ * filters (each in a move's first copy attempt only). */
 static void test_stop(const char *at) {
     const char *v = getenv("CTRPS_TEST_MOVE_STOP");
     if (v && !strcmp(v, at))
@@ -304,9 +305,11 @@ static int admit_catch_up(ps_client *c, uint32_t lo, uint32_t hi, uint64_t tid,
                           size_t errlen) {
     uint64_t pending;
     int r;
-    do
+    do {
         r = admit_pass(c, lo, hi, tid, ++*round, pr, &pending, ret_lost, err, errlen);
-    while (r == 0 && !*ret_lost && pending > ADMIT_SMALL && *round < ADMIT_ROUNDS);
+        if (r == 0 && !*ret_lost && *round == 1 && !pr->restarts)
+            test_stop("admitted");
+    } while (r == 0 && !*ret_lost && pending > ADMIT_SMALL && *round < ADMIT_ROUNDS);
     return r;
 }
 

@@ -372,9 +372,34 @@ Test(reshard, sequence_numbers_are_kept_per_bucket, .fini = teardown, .timeout =
     ctrps__response__free_unpacked(r, NULL);
 }
 
+/* `move --buckets 0-15 --to 1` on cl, stopped (SIGSTOP by the failpoint
+ * of common/move.c) at `at`. Its pid; its stdout in *ret_fd. */
+static pid_t start_move_stopped_at(const char *at, int *ret_fd) {
+    char *argv[] = {(char *)ps_test_bin("tools/ctrps-cli"), "--config", cl.config, "--timeout",
+                    "60000", "move", "--buckets", "0-15", "--to", "1", NULL};
+    setenv("CTRPS_TEST_MOVE_STOP", at, 1);
+    pid_t pid = ps_spawn_stdout(argv, ret_fd);
+    unsetenv("CTRPS_TEST_MOVE_STOP");
+    cr_assert_gt(pid, 0);
+    int status;
+    cr_assert_eq(waitpid(pid, &status, WUNTRACED), pid);
+    cr_assert(WIFSTOPPED(status), "the mover did not stop at %s (status %d)", at, status);
+    return pid;
+}
+
+/* Let a mover stopped by start_move_stopped_at() go on; assert it ends
+ * well. Its output into out. */
+static void finish_move(pid_t pid, int fd, char *out, size_t len) {
+    int status;
+    kill(pid, SIGCONT);
+    ps_read_fd(fd, out, len);
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the move failed: %s", out);
+}
+
 /* Both clusters with the same three rounds of pushes; then `move
- * --buckets 0-15 --to 1` on cl, stopped (SIGSTOP by the failpoint) once its
- * first pass is staged on the target. Its pid; its stdout in *ret_fd. */
+ * --buckets 0-15 --to 1` on cl, stopped once its first pass is staged on
+ * the target. Its pid; its stdout in *ret_fd. */
 static pid_t start_move_stopped_when_staged(ps_client **ret_c, ps_client **ret_r, int *ret_fd) {
     make_keys();
     cr_assert_eq(ps_cluster_start(&cl, 2, body), 0);
@@ -385,16 +410,7 @@ static pid_t start_move_stopped_when_staged(ps_client **ret_c, ps_client **ret_r
         push_round(c, round);
         push_round(r, round);
     }
-    char *argv[] = {(char *)ps_test_bin("tools/ctrps-cli"), "--config", cl.config, "--timeout",
-                    "60000", "move", "--buckets", "0-15", "--to", "1", NULL};
-    setenv("CTRPS_TEST_MOVE_STOP", "staged", 1); /* common/move.c: the mover stops there */
-    pid_t pid = ps_spawn_stdout(argv, ret_fd);
-    unsetenv("CTRPS_TEST_MOVE_STOP");
-    cr_assert_gt(pid, 0);
-    int status;
-    cr_assert_eq(waitpid(pid, &status, WUNTRACED), pid);
-    cr_assert(WIFSTOPPED(status), "the mover did not stop with the first pass staged (status %d)",
-              status);
+    pid_t pid = start_move_stopped_at("staged", ret_fd);
     *ret_c = c;
     *ret_r = r;
     return pid;
@@ -407,18 +423,15 @@ static pid_t start_move_stopped_when_staged(ps_client **ret_c, ps_client **ret_r
 Test(reshard, a_target_killed_in_the_first_pass_has_the_copy_begun_again, .fini = teardown,
      .timeout = 120) {
     ps_client *c, *r;
-    int fd, status;
+    int fd;
     pid_t pid = start_move_stopped_when_staged(&c, &r, &fd);
     char staging[400];
     snprintf(staging, sizeof(staging), "%s/data/shard-1/staging", cl.dir);
     cr_assert_eq(access(staging, F_OK), 0, "no staging directory on the target");
     cr_assert_eq(ps_cluster_restart(&cl, 1, SIGKILL), 0);
     cr_assert_neq(access(staging, F_OK), 0, "the restarted target kept its staging files");
-    kill(pid, SIGCONT);
     char out[4096];
-    ps_read_fd(fd, out, sizeof(out));
-    cr_assert_eq(waitpid(pid, &status, 0), pid);
-    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the move failed: %s", out);
+    finish_move(pid, fd, out, sizeof(out));
     cr_assert(strstr(out, "copy begun again 1 times"), "%s", out);
     cr_assert_neq(access(staging, F_OK), 0, "a staging file left after the ingest");
 
@@ -785,6 +798,17 @@ static void push_group(ps_client *c, const uint64_t *k) {
                  "push: %s", err);
 }
 
+/* A two-shard cluster of admit_body and a client of it; groups 0 and 1 of
+ * the moved buckets' keys into a and b. */
+static ps_client *start_admit_cluster(uint64_t *a, uint64_t *b) {
+    cr_assert_eq(ps_cluster_start(&cl, 2, admit_body), 0);
+    ps_client *c = client_of(&cl);
+    install_real_addresses(c);
+    moved_keys(0, a);
+    moved_keys(1, b);
+    return c;
+}
+
 /* How many keys of the group have a row. */
 static size_t rows_of(ps_client *c, const uint64_t *k) {
     uint8_t found[GROUP];
@@ -805,13 +829,9 @@ static size_t rows_of(ps_client *c, const uint64_t *k) {
  * written back before the move goes on; later pushes are replayed from its
  * log), neither losing nor adding any. */
 Test(reshard, admission_counts_move_with_the_range, .fini = teardown, .timeout = 120) {
-    cr_assert_eq(ps_cluster_start(&cl, 2, admit_body), 0);
-    ps_client *c = client_of(&cl);
-    install_real_addresses(c);
     /* a, c: twice before the move; b, d, e: once. */
     static uint64_t a[GROUP], b[GROUP], cc[GROUP], d[GROUP], e[GROUP];
-    moved_keys(0, a);
-    moved_keys(1, b);
+    ps_client *c = start_admit_cluster(a, b);
     moved_keys(2, cc);
     moved_keys(3, d);
     moved_keys(4, e);
@@ -847,3 +867,55 @@ Test(reshard, admission_counts_move_with_the_range, .fini = teardown, .timeout =
     ps_client_free(c);
 }
 
+
+/* Counts the source took after the filters' first round go in the later
+ * ones: keys pushed twice while the mover waits after that round (the
+ * range still served) have their row at their third push on the new owner. */
+Test(reshard, admission_counts_raised_after_the_first_round_move_too, .fini = teardown,
+     .timeout = 120) {
+    static uint64_t a[GROUP], b[GROUP];
+    ps_client *c = start_admit_cluster(a, b);
+    int fd;
+    pid_t pid = start_move_stopped_at("admitted", &fd);
+    for (int round = 0; round < 2; round++)
+        push_group(c, a);
+    push_group(c, b);
+    char out[4096];
+    finish_move(pid, fd, out, sizeof(out));
+    cr_assert_eq(map_version_of(c, 1), 3, "%s", out);
+    push_group(c, a);
+    push_group(c, b);
+    cr_assert_eq(rows_of(c, a), GROUP, "keys pushed twice after the first round, once after the move");
+    cr_assert_eq(rows_of(c, b), 0, "keys pushed once after the first round, once after the move");
+    ps_client_free(c);
+}
+
+/* The source or the target killed (SIGKILL) inside the cut-over, the range
+ * frozen: the copy goes on (the source's restart has it begin again, the
+ * filters whole again; the target has what it merged in its store) and
+ * the moved keys' counts arrive, neither lost nor counted twice. */
+Test(reshard, admission_counts_move_through_a_kill_in_the_cutover, .fini = teardown,
+     .timeout = 120) {
+    for (int victim = 0; victim < 2; victim++) {
+        static uint64_t a[GROUP], b[GROUP];
+        ps_client *c = start_admit_cluster(a, b);
+        for (int round = 0; round < 2; round++)
+            push_group(c, a);
+        push_group(c, b);
+        int fd;
+        pid_t pid = start_move_stopped_at("cutover", &fd);
+        cr_assert_eq(ps_cluster_restart(&cl, victim, SIGKILL), 0);
+        char out[4096];
+        finish_move(pid, fd, out, sizeof(out));
+        cr_assert(strstr(out, victim ? "copy begun again 0 times" : "copy begun again 1 times"),
+                  "shard %d killed: %s", victim, out);
+        push_group(c, a);
+        push_group(c, b);
+        cr_assert_eq(rows_of(c, a), GROUP, "shard %d killed: keys pushed twice before, once after",
+                     victim);
+        cr_assert_eq(rows_of(c, b), 0, "shard %d killed: keys pushed once before, once after", victim);
+        ps_client_free(c);
+        cr_assert_eq(ps_cluster_destroy(&cl), 0);
+        memset(&cl, 0, sizeof(cl));
+    }
+}
