@@ -686,6 +686,7 @@ static int check_not_owned(const ps_shard *s, const uint64_t *keys, size_t n, ch
 
 static void stage_end(ps_shard *s);
 static bool stage_overlaps(const ps_shard *s, uint32_t lo, uint32_t hi);
+static int flush_sync(ps_shard *s, bool always, char *err, size_t errlen);
 
 int ps_shard_adopt_rows(ps_shard *s, ps_table *t, const uint64_t *keys, const void *const *values,
                         const size_t *lens, size_t n, char *err, size_t errlen) {
@@ -732,8 +733,10 @@ int ps_shard_adopt_seqs(ps_shard *s, uint32_t lo, uint32_t hi, const uint64_t *i
         }
         e->dirty = true;
     }
-    /* Durable before the map may name this shard the owner. */
-    return ps_shard_flush_sync(s, err, errlen);
+    /* Durable before the map may name this shard the owner. Always a
+     * write-back: the clients' entries are not among the dirty rows one is
+     * otherwise begun for, and a target often has none. */
+    return flush_sync(s, true, err, errlen);
 }
 
 /* ---- a first pass loaded in bulk (the target side) ---- */
@@ -894,8 +897,6 @@ int ps_shard_stage_ingest(ps_shard *s, uint64_t id, char *err, size_t errlen) {
 }
 
 /* ---- admission filters (a copy's both sides) ---- */
-
-static int flush_sync(ps_shard *s, bool always, char *err, size_t errlen);
 
 int ps_shard_move_admit(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t round,
                         uint32_t *table_index, uint64_t *offset, size_t max_bytes,
