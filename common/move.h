@@ -10,9 +10,13 @@
  *      while S goes on serving the range;
  *   3. catch-up rounds: the rows changed since the previous round, as they
  *      are now, until a round leaves few changes behind (or after 8);
+ *      then the tables' admission filters (server/admit.h): the whole
+ *      filters, then the counters raised since, until a round is small;
+ *      T merges them into its own with max();
  *   4. S freezes the range (durably): its pulls and pushes answer MOVING,
  *      and clients pause them; the last changes are copied, then every
- *      client's push sequence numbers for those buckets;
+ *      client's push sequence numbers for those buckets, and the filters'
+ *      counters raised since their last round;
  *   5. the map of the next epoch, giving the range to T, is installed on
  *      T, then S (the commit point: the pause ends), then every other shard;
  *   6. S drops the range and thaws.

@@ -964,10 +964,11 @@ int ps_shard_adopt_admit(ps_shard *s, ps_table *t, const ps_admit_page *p, char 
     ps_admit_merge(a, p);
     /* Durable before the answer, in a write-back that covers every push
      * applied before the merge: replay after a restart brings only later
-     * ones, so decisions stay a function of the log. Until it commits, a
-     * crash loses the merge and the mover, refused, begins the copy again.
-     * Always one: the filter's blocks are not among the dirty rows a
-     * write-back is otherwise begun for. */
+     * ones, so decisions stay a function of the log. A crash before it
+     * commits loses the merge, but then the page was not acknowledged: the
+     * mover sends it again (or fails, and the move run again begins the
+     * copy again). Always a write-back: the filter's blocks are not among
+     * the dirty rows one is otherwise begun for. */
     return flush_sync(s, true, err, errlen);
 }
 
