@@ -159,8 +159,9 @@ static int import_finish(import_job *j, ps_move_progress *pr, char *err, size_t 
  * environment the mover stops itself (SIGSTOP) there, so that a test can
  * kill and restart shards and then let it go on (SIGCONT): "cutover" once
  * the range is frozen, before the last changes are copied; "staged" once
- * the first page of the first pass is in the target's staging file (each
- * in a move's first copy attempt only). */
+ * the first page of the first pass is in the target's staging file;
+ * "admitted" once the target has merged the first round of the admission
+ * filters (each in a move's first copy attempt only). */
 static void test_stop(const char *at) {
     const char *v = getenv("CTRPS_TEST_MOVE_STOP");
     if (v && !strcmp(v, at))
@@ -260,6 +261,78 @@ static int fence(ps_client *c, uint32_t shard, uint32_t lo, uint32_t hi, char *e
     return move_call(c, shard, &m, NULL, err, errlen);
 }
 
+/* Whether the source no longer tracks the copy `tid` (it restarted), asked
+ * after it refused a page. */
+static bool source_lost(ps_client *c, uint32_t from, uint64_t tid) {
+    Ctrps__MoveRequest st = CTRPS__MOVE_REQUEST__INIT;
+    Ctrps__Response *resp;
+    char serr[256];
+    if (move_call(c, from, &st, &resp, serr, sizeof(serr)) < 0)
+        return false;
+    bool lost = resp->move->track_id != tid;
+    ctrps__response__free_unpacked(resp, NULL);
+    return lost;
+}
+
+/* One round of the admission filters (proto ADMIT) from -> to: each page
+ * is merged on the target, durably, before the next is asked for.
+ * *ret_pending: counters raised on the source since the round began. */
+static int admit_pass(ps_client *c, uint32_t lo, uint32_t hi, uint64_t tid, uint32_t round,
+                      const ps_move_progress *pr, uint64_t *ret_pending, bool *ret_lost, char *err,
+                      size_t errlen) {
+    Ctrps__MoveRequest ad = move_request(CTRPS__MOVE_REQUEST__PHASE__ADMIT, lo, hi);
+    ad.round = round;
+    *ret_lost = false;
+    for (;;) {
+        Ctrps__Response *resp;
+        int r = move_call(c, pr->from, &ad, &resp, err, errlen);
+        if (r < 0) {
+            *ret_lost = source_lost(c, pr->from, tid);
+            return *ret_lost ? 0 : r;
+        }
+        const Ctrps__MoveResponse *m = resp->move;
+        bool done = m->done;
+        *ret_pending = m->pending;
+        if (m->track_id != tid) {
+            *ret_lost = true;
+        } else if (!m->admit && !done) {
+            snprintf(err, errlen, "shard %u does not send admission filters (an older server)",
+                     pr->from);
+            r = PS_EPROTO;
+        } else if (m->admit && (m->admit->n_ids || m->admit->n_counter_ids)) {
+            Ctrps__MoveRequest im = move_request(CTRPS__MOVE_REQUEST__PHASE__IMPORT, lo, hi);
+            im.admit = m->admit;
+            r = move_call(c, pr->to, &im, NULL, err, errlen);
+        }
+        ad.table_index = m->table_index;
+        ad.offset = m->offset;
+        ctrps__response__free_unpacked(resp, NULL);
+        if (r < 0 || done || *ret_lost)
+            return r;
+    }
+}
+
+/* The admission filters' rounds while the range is served: the whole
+ * filters, then the counters raised since, until a round leaves few for
+ * the round taken once the range is frozen (*round: the last one taken).
+ * That one brings the rest: for every key of the range the target then
+ * counts at least the pushes the source had counted (server/admit.h). */
+#define ADMIT_SMALL 4096
+#define ADMIT_ROUNDS 8
+
+static int admit_catch_up(ps_client *c, uint32_t lo, uint32_t hi, uint64_t tid,
+                          const ps_move_progress *pr, uint32_t *round, bool *ret_lost, char *err,
+                          size_t errlen) {
+    uint64_t pending;
+    int r;
+    do {
+        r = admit_pass(c, lo, hi, tid, ++*round, pr, &pending, ret_lost, err, errlen);
+        if (r == 0 && !*ret_lost && *round == 1 && !pr->restarts)
+            test_stop("admitted");
+    } while (r == 0 && !*ret_lost && pending > ADMIT_SMALL && *round < ADMIT_ROUNDS);
+    return r;
+}
+
 /* Catch-up rounds end once one leaves this few changes for the next (or
  * after CATCHUP_ROUNDS): before the fence, then after it, when the last
  * round, with the range frozen, sends about as many. */
@@ -291,10 +364,7 @@ static int copy_range(ps_client *c, uint32_t lo, uint32_t hi, ps_move_progress *
                       ps_move_progress_fn fn, void *ctx, double *ret_frozen_at, char *err,
                       size_t errlen) {
     for (int attempt = 0; attempt < COPY_ATTEMPTS; attempt++) {
-        Ctrps__MoveRequest tr = CTRPS__MOVE_REQUEST__INIT;
-        tr.phase = CTRPS__MOVE_REQUEST__PHASE__TRACK;
-        tr.bucket_lo = lo;
-        tr.bucket_hi = hi;
+        Ctrps__MoveRequest tr = move_request(CTRPS__MOVE_REQUEST__PHASE__TRACK, lo, hi);
         Ctrps__Response *resp;
         int r = move_call(c, pr->from, &tr, &resp, err, errlen);
         if (r < 0)
@@ -316,6 +386,9 @@ static int copy_range(ps_client *c, uint32_t lo, uint32_t hi, ps_move_progress *
                       NULL, &lost, err, errlen);
         if (r == 0 && !lost)
             r = catch_up(c, lo, hi, tid, pr, fn, ctx, CATCHUP_SMALL, &lost, err, errlen);
+        uint32_t admit_round = 0;
+        if (r == 0 && !lost)
+            r = admit_catch_up(c, lo, hi, tid, pr, &admit_round, &lost, err, errlen);
         /* The freeze is stored (fsync) while the range is still served,
          * and what changed meanwhile copied, so that the pause holds no
          * fsync on the source; the rounds go on until one leaves about as
@@ -335,8 +408,12 @@ static int copy_range(ps_client *c, uint32_t lo, uint32_t hi, ps_move_progress *
             pr->freeze_s = t - frozen_at;
             r = copy_pass(c, CTRPS__MOVE_REQUEST__PHASE__CHANGED, lo, hi, tid, pr->rounds + 1, pr,
                           fn, 0, ctx, &pending, &lost, err, errlen);
-            pr->last_round_s = now_s() - t;
             pr->last_round_rows = pr->rows - before;
+            uint64_t admit_left;
+            if (r == 0 && !lost)
+                r = admit_pass(c, lo, hi, tid, admit_round + 1, pr, &admit_left, &lost, err,
+                               errlen);
+            pr->last_round_s = now_s() - t;
         }
         if (r < 0)
             return r;

@@ -10,11 +10,15 @@
  *      while S goes on serving the range;
  *   3. catch-up rounds: the rows changed since the previous round, as they
  *      are now, until a round leaves few changes behind (or after 8);
+ *      then the tables' admission filters (server/admit.h): the whole
+ *      filters, then the counters raised since, until a round is small;
+ *      T merges them into its own with max();
  *   4. S fences the range (stores the freeze durably, still serving it);
  *      catch-up rounds until one leaves very few changes;
  *   5. S freezes the range (in memory): its pulls and pushes answer
  *      MOVING, and clients pause them; the last changes are copied, then
- *      every client's push sequence numbers for those buckets;
+ *      every client's push sequence numbers for those buckets, and the
+ *      filters' counters raised since their last round;
  *   6. the map of the next epoch, giving the range to T, is installed on
  *      T, then S (the commit point: the pause ends), then every other shard;
  *   7. S drops the range and thaws.

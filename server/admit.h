@@ -75,6 +75,56 @@ void ps_admit_save(ps_admit *a, ps_admit_put_fn put, void *ctx);
 int ps_admit_load_header(ps_admit *a, const void *data, size_t len);
 int ps_admit_load_block(ps_admit *a, uint32_t id, const void *data, size_t len);
 
+/* Moving with a bucket range (README "Resharding"). A Bloom filter cannot
+ * be split by key range, so the source S sends its whole filter and the
+ * target T merges it into its own, counter by counter with max():
+ *  - for every key of the moved range, T's estimate (a minimum over its k
+ *    counters) is then >= S's: the error stays one-sided (too high);
+ *  - the keys of T's other ranges may see estimates raised: a false
+ *    positive of the same kind, bounded by S's fill (at most a quarter of
+ *    the counters are non-zero);
+ *  - max() is idempotent and commutative: a page merged twice (a copy
+ *    begun again, a resent page) changes nothing more;
+ *  - T keeps its own trial number and halvings; a merge that leaves a
+ *    quarter of T's counters non-zero has T's next commit halve them, as
+ *    the arrival of that many new keys would.
+ * The source side: send_begin() (the copy begins), then rounds.
+ * send_round() takes the first round, a copy of every block, or a later
+ * one, the counters raised since the round before (a halving raises none)
+ * with their values now; send_pending() counts those raised since the
+ * current round began. send_page() fills *ret with the round's next page
+ * of at most about max_bytes (at least one block or counter), borrowed
+ * until the next send_round() or send_end(); *offset (0 at a round's
+ * start) moves past it; true once the round is done. A round can be paged
+ * again until the next send_round(). So once the last round, taken after
+ * the range froze, is merged, every counter of T is >= S's at that moment.
+ * send_round() fails (-ENOMEM) if a raise could not be recorded: the
+ * sending must begin again. send_end() frees it all.
+ * The target side: merge_check() first (PS_ECONFIG: no filter here, or one
+ * of another layout, i.e. another admit_bloom_bits or seed; PS_EPARSE: a
+ * block beyond the filter or of another length, a counter beyond it or
+ * above 15), then merge(). Merged counters are written back at the next
+ * save. */
+typedef struct ps_admit_page {
+    const void *header;          /* the filter's layout, a record as save() puts it */
+    size_t header_len;
+    size_t nblocks;              /* a first round's whole blocks */
+    const uint32_t *block_ids;
+    const void *const *blocks;
+    const size_t *block_lens;    /* PS_ADMIT_BLOCK each */
+    size_t ncounters;            /* a later round's single counters */
+    const uint64_t *counter_ids;
+    const uint8_t *counter_values;
+} ps_admit_page;
+int ps_admit_send_begin(ps_admit *a);
+int ps_admit_send_round(ps_admit *a);
+uint64_t ps_admit_send_pending(const ps_admit *a);
+bool ps_admit_send_page(const ps_admit *a, uint64_t *offset, size_t max_bytes,
+                        ps_admit_page *ret);
+void ps_admit_send_end(ps_admit *a);
+int ps_admit_merge_check(const ps_admit *a, const ps_admit_page *p);
+void ps_admit_merge(ps_admit *a, const ps_admit_page *p);
+
 typedef struct ps_admit_stats {
     uint64_t counters;           /* m */
     uint64_t nonzero;            /* counters > 0 */

@@ -838,6 +838,92 @@ static int move_seqs_out(ps_service *svc, uint32_t lo, uint32_t hi, Ctrps__MoveR
     return 0;
 }
 
+/* n byte strings as the shard takes them: pointers and lengths, kept
+ * until the reply is packed. */
+static int split_bytes(reply *rp, const ProtobufCBinaryData *v, size_t n, const void ***ret_data,
+                       size_t **ret_lens) {
+    const void **data = own(rp, malloc(n * sizeof(void *) + 1));
+    size_t *lens = own(rp, malloc(n * sizeof(size_t) + 1));
+    if (!data || !lens)
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        data[i] = v[i].data;
+        lens[i] = v[i].len;
+    }
+    *ret_data = data;
+    *ret_lens = lens;
+    return 0;
+}
+
+static int move_admit_out(ps_service *svc, const Ctrps__MoveRequest *req, Ctrps__MoveResponse *m,
+                          reply *rp) {
+    uint32_t ti = req->table_index;
+    uint64_t off = req->offset;
+    bool done;
+    ps_admit_page pg;
+    /* A page, and the IMPORT that carries it on, stays within half a frame. */
+    int r = ps_shard_move_admit(svc->shard, req->bucket_lo, req->bucket_hi, req->round, &ti, &off,
+                                (size_t)(svc->cfg->server.max_frame_bytes / 2), &pg, &done,
+                                &m->pending, rp->err, sizeof(rp->err));
+    if (r < 0)
+        return r;
+    m->table_index = ti;
+    m->offset = off;
+    m->done = done;
+    Ctrps__AdmitBlocks *ab = own(rp, malloc(sizeof(*ab)));
+    ProtobufCBinaryData *blocks = own(rp, malloc(pg.nblocks * sizeof(*blocks) + 1));
+    if (!ab || !blocks)
+        return -ENOMEM;
+    ctrps__admit_blocks__init(ab);
+    m->admit = ab;
+    if (!pg.nblocks && !pg.ncounters)
+        return 0;
+    /* The page's arrays are borrowed until the next round: the reply is
+     * packed before any. */
+    ab->table = (char *)ps_table_config_of(ps_shard_table_at(svc->shard, off ? ti : ti - 1))->name;
+    ab->header.data = (uint8_t *)pg.header;
+    ab->header.len = pg.header_len;
+    ab->n_ids = ab->n_blocks = pg.nblocks;
+    ab->ids = (uint32_t *)pg.block_ids;
+    for (size_t i = 0; i < pg.nblocks; i++) {
+        blocks[i].data = (uint8_t *)pg.blocks[i];
+        blocks[i].len = pg.block_lens[i];
+    }
+    ab->blocks = blocks;
+    ab->n_counter_ids = pg.ncounters;
+    ab->counter_ids = (uint64_t *)pg.counter_ids;
+    ab->counter_values.data = (uint8_t *)pg.counter_values;
+    ab->counter_values.len = pg.ncounters;
+    return 0;
+}
+
+static int move_import_admit(ps_service *svc, const Ctrps__AdmitBlocks *ab, reply *rp) {
+    if (ab->n_blocks != ab->n_ids || ab->counter_values.len != ab->n_counter_ids) {
+        snprintf(rp->err, sizeof(rp->err),
+                 "%zu admission filter blocks for %zu ids, %zu counter values for %zu ids",
+                 ab->n_blocks, ab->n_ids, ab->counter_values.len, ab->n_counter_ids);
+        return PS_EPROTO;
+    }
+    ps_table *t;
+    ps_admit_page pg = {.header = ab->header.data,
+                        .header_len = ab->header.len,
+                        .nblocks = ab->n_ids,
+                        .block_ids = ab->ids,
+                        .ncounters = ab->n_counter_ids,
+                        .counter_ids = ab->counter_ids,
+                        .counter_values = ab->counter_values.data};
+    const void **blocks;
+    size_t *lens;
+    int r = find_table(svc, ab->table, &t, rp);
+    if (r == 0)
+        r = split_bytes(rp, ab->blocks, ab->n_ids, &blocks, &lens);
+    if (r < 0)
+        return r;
+    pg.blocks = blocks;
+    pg.block_lens = lens;
+    return ps_shard_adopt_admit(svc->shard, t, &pg, rp->err, sizeof(rp->err));
+}
+
 static int move_import(ps_service *svc, const Ctrps__MoveRequest *req, reply *rp) {
     int r = 0;
     const Ctrps__MoveRows *rows = req->rows;
@@ -848,21 +934,22 @@ static int move_import(ps_service *svc, const Ctrps__MoveRequest *req, reply *rp
                      rows->n_keys);
             return PS_EPROTO;
         }
+        const void **vals;
+        size_t *lens;
         r = find_table(svc, rows->table, &t, rp);
+        if (r == 0)
+            r = split_bytes(rp, rows->values, rows->n_keys, &vals, &lens);
         if (r < 0)
             return r;
-        const void **vals = own(rp, malloc(rows->n_keys * sizeof(void *)));
-        size_t *lens = own(rp, malloc(rows->n_keys * sizeof(size_t)));
-        if (!vals || !lens)
-            return -ENOMEM;
-        for (size_t i = 0; i < rows->n_keys; i++) {
-            vals[i] = rows->values[i].data;
-            lens[i] = rows->values[i].len;
-        }
         r = req->stage ? ps_shard_stage_rows(svc->shard, req->stage, t, rows->keys, vals, lens,
                                              rows->n_keys, rp->err, sizeof(rp->err))
                        : ps_shard_adopt_rows(svc->shard, t, rows->keys, vals, lens, rows->n_keys,
                                              rp->err, sizeof(rp->err));
+        if (r < 0)
+            return r;
+    }
+    if (req->admit && (req->admit->n_ids || req->admit->n_counter_ids)) {
+        r = move_import_admit(svc, req->admit, rp);
         if (r < 0)
             return r;
     }
@@ -917,6 +1004,9 @@ static int do_move(ps_service *svc, ps_session *sess, const Ctrps__MoveRequest *
         break;
     case CTRPS__MOVE_REQUEST__PHASE__IMPORT:
         r = move_import(svc, req, rp);
+        break;
+    case CTRPS__MOVE_REQUEST__PHASE__ADMIT:
+        r = move_admit_out(svc, req, m, rp);
         break;
     case CTRPS__MOVE_REQUEST__PHASE__TRACK:
         r = ps_shard_track(svc->shard, lo, hi, &m->track_id, &m->estimated_rows, rp->err,

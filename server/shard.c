@@ -183,6 +183,7 @@ struct ps_shard {
     uint32_t track_lo, track_hi;
     ps_keyset *tracked;
     uint32_t round_no;           /* the catch-up round taken last; 0: none yet */
+    uint32_t admit_round;        /* the round of admission filters taken last; 0: none yet */
     uint64_t **round;
     size_t *round_n;
     /* The target side: a range this process dropped (before a copy into it),
@@ -347,6 +348,10 @@ static void track_end(ps_shard *s) {
     }
     s->track_id = 0;
     s->round_no = 0;
+    for (size_t i = 0; s->tables && i < s->ntables; i++)
+        if (ps_table_admit(s->tables[i]))
+            ps_admit_send_end(ps_table_admit(s->tables[i]));
+    s->admit_round = 0;
 }
 
 static bool in_range(uint32_t b, uint32_t lo, uint32_t hi) { return b >= lo && b < hi; }
@@ -429,6 +434,13 @@ int ps_shard_track(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t *ret_id, uint
     s->track_lo = lo;
     s->track_hi = hi;
     s->track_wb = s->wb_begun + 1;
+    for (size_t i = 0; i < s->ntables; i++) {
+        ps_admit *a = ps_table_admit(s->tables[i]); /* the whole filter goes (admit.h) */
+        if (a && (r = ps_admit_send_begin(a)) < 0) {
+            track_end(s);
+            return r;
+        }
+    }
     s->c.moves_started++;
     uint64_t rows = 0;
     for (size_t i = 0; i < s->ntables; i++) {
@@ -762,6 +774,7 @@ static void memo_end(ps_shard *s) {
 
 static void stage_end(ps_shard *s);
 static bool stage_overlaps(const ps_shard *s, uint32_t lo, uint32_t hi);
+static int flush_sync(ps_shard *s, bool always, char *err, size_t errlen);
 
 int ps_shard_adopt_rows(ps_shard *s, ps_table *t, const uint64_t *keys, const void *const *values,
                         const size_t *lens, size_t n, char *err, size_t errlen) {
@@ -929,7 +942,10 @@ int ps_shard_adopt_seqs(ps_shard *s, uint32_t lo, uint32_t hi, const uint64_t *i
         }
         e->dirty = true;
     }
-    /* Durable before the map may name this shard the owner. */
+    /* Durable before the map may name this shard the owner: one small
+     * record, not a write-back (which would also have had to be forced: the
+     * clients' entries are not among the dirty rows one is begun for, and a
+     * target often has none). */
     return aseq_write(s, lo, hi, ids, seqs, n, err, errlen);
 }
 
@@ -1090,6 +1106,82 @@ int ps_shard_stage_ingest(ps_shard *s, uint64_t id, char *err, size_t errlen) {
      * copy is over; a failed one is begun again after a drop. */
     stage_end(s);
     return r;
+}
+
+/* ---- admission filters (a copy's both sides) ---- */
+
+int ps_shard_move_admit(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t round,
+                        uint32_t *table_index, uint64_t *offset, size_t max_bytes,
+                        ps_admit_page *ret_page, bool *ret_done, uint64_t *ret_pending, char *err,
+                        size_t errlen) {
+    if (!s->track_id || s->track_lo != lo || s->track_hi != hi) {
+        snprintf(err, errlen, "no copy of buckets %u-%u runs here", lo, hi - 1);
+        return PS_EPROTO;
+    }
+    if (round == s->admit_round + 1 && *table_index == 0 && *offset == 0) {
+        for (size_t i = 0; i < s->ntables; i++) {
+            ps_admit *a = ps_table_admit(s->tables[i]);
+            int r = a ? ps_admit_send_round(a) : 0;
+            if (r < 0) { /* a change went unrecorded: the copy begins again */
+                track_end(s);
+                snprintf(err, errlen, "admission filter round: %s", ps_strerror(r));
+                return r;
+            }
+        }
+        s->admit_round = round;
+    } else if (round != s->admit_round || round == 0 || *table_index > s->ntables) {
+        snprintf(err, errlen, "admission filter round %u of buckets %u-%u: the current one is %u",
+                 round, lo, hi - 1, s->admit_round);
+        return PS_EPROTO;
+    }
+    /* One table per page: the first from the cursor with some left. */
+    memset(ret_page, 0, sizeof(*ret_page));
+    while (*table_index < s->ntables) {
+        ps_admit *a = ps_table_admit(s->tables[*table_index]);
+        bool done = !a || ps_admit_send_page(a, offset, max_bytes, ret_page);
+        if (!done)
+            break;
+        (*table_index)++;
+        *offset = 0;
+        if (ret_page->nblocks || ret_page->ncounters)
+            break;
+    }
+    *ret_done = *table_index >= s->ntables;
+    *ret_pending = 0;
+    for (size_t i = 0; i < s->ntables; i++)
+        if (ps_table_admit(s->tables[i]))
+            *ret_pending += ps_admit_send_pending(ps_table_admit(s->tables[i]));
+    return 0;
+}
+
+int ps_shard_adopt_admit(ps_shard *s, ps_table *t, const ps_admit_page *p, char *err,
+                         size_t errlen) {
+    ps_admit *a = ps_table_admit(t);
+    const char *name = ps_table_config_of(t)->name;
+    int r = ps_admit_merge_check(a, p);
+    if (r == PS_ECONFIG) {
+        snprintf(err, errlen,
+                 "table %s: the sender's admission filter does not match this shard's (none "
+                 "here, or another admit_bloom_bits or seed: the configs must agree)",
+                 name);
+        return PS_EPROTO;
+    }
+    if (r < 0) {
+        snprintf(err, errlen,
+                 "table %s: admission filter blocks or counters beyond the filter, or blocks "
+                 "not of %d bytes, or counters above 15",
+                 name, PS_ADMIT_BLOCK);
+        return r;
+    }
+    ps_admit_merge(a, p);
+    /* Durable before the answer, in a write-back that covers every push
+     * applied before the merge: replay after a restart brings only later
+     * ones, so decisions stay a function of the log. A crash before it
+     * commits loses the merge, but then the page was not acknowledged: the
+     * mover sends it again (or fails, and the move run again begins the
+     * copy again). Always a write-back: the filter's blocks are not among
+     * the dirty rows one is otherwise begun for. */
+    return flush_sync(s, true, err, errlen);
 }
 
 static uint64_t memory_rows(const ps_shard *s) {
@@ -2330,6 +2422,7 @@ int ps_shard_close(ps_shard *s) {
     for (size_t i = 0; i < s->ntables && s->tables; i++)
         ps_table_free(s->tables[i]);
     free(s->tables);
+    s->tables = NULL; /* track_end() below has no filters to stop sending */
     if (s->job.batch)
         ps_store_batch_free(s->job.batch);
     free(s->job.gens);

@@ -27,6 +27,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "admit.h"
 #include "cmap.h"
 #include "config.h"
 #include "table.h"
@@ -187,6 +188,26 @@ int ps_shard_adopt_seqs(ps_shard *s, uint32_t lo, uint32_t hi, const uint64_t *i
  * refused. */
 int ps_shard_drop(ps_shard *s, uint32_t lo, uint32_t hi, size_t budget, bool *ret_more,
                   uint64_t *ret_rows, char *err, size_t errlen);
+/* The admission filters go with a copy (server/admit.h, "Moving with a
+ * bucket range"): track() begins recording the counters pushes raise.
+ *   move_admit(): one page of round `round` (from 1), one table's, into
+ *     *ret_page (borrowed until the next round begins or the copy ends):
+ *     round 1 every block of every filter, each later round the counters
+ *     raised since the round before, at about max_bytes a page. The round
+ *     after the current one begins at cursor 0, 0 (and takes what it sends
+ *     then); the current one can be paged again. *ret_pending: counters
+ *     raised since the current round began. A change that could not be
+ *     recorded (no memory) ends the tracking: the copy begins again.
+ *   adopt_admit(): the target side: check the page (PS_EPROTO: another
+ *     layout; PS_EPARSE: blocks or counters that do not fit; nothing is
+ *     merged then), merge it with max(), and write back (durable on
+ *     return). */
+int ps_shard_move_admit(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t round,
+                        uint32_t *table_index, uint64_t *offset, size_t max_bytes,
+                        ps_admit_page *ret_page, bool *ret_done, uint64_t *ret_pending, char *err,
+                        size_t errlen);
+int ps_shard_adopt_admit(ps_shard *s, ps_table *t, const ps_admit_page *p, char *err,
+                         size_t errlen);
 /* A copy's first pass loaded in bulk (the target side): stage_begin(),
  * after drop() of [lo, hi), names the copy `id` (the source's track id);
  * stage_rows() takes its pages of rows (in store order, per table) into

@@ -625,6 +625,8 @@ uint32_t ps_table_dim(const ps_table *t) { return t->dim; }
 uint32_t ps_table_state_width(const ps_table *t) { return t->width; }
 int ps_table_cf(const ps_table *t) { return t->cf; }
 
+ps_admit *ps_table_admit(ps_table *t) { return t->admit; }
+
 #define GROW(ptr, cap) ((ptr) = grow_array((ptr), (cap), sizeof(*(ptr)), &ok))
 
 static void *grow_array(void *p, size_t n, size_t size, bool *ok) {

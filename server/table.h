@@ -68,6 +68,10 @@ const ps_table_config *ps_table_config_of(const ps_table *t);
 uint32_t ps_table_dim(const ps_table *t);
 uint32_t ps_table_state_width(const ps_table *t);
 int ps_table_cf(const ps_table *t);
+/* The table's admission filter (server/admit.h), borrowed for the table's
+ * life; NULL when it admits every key. The shard moves it with a bucket
+ * range (ps_shard_move_admit(), ps_shard_adopt_admit()). */
+struct ps_admit *ps_table_admit(ps_table *t);
 
 /* Weights of n rows into ret_values (n * dim). A key without a (live) row
  * reads as the init rule; the row is created then only when the table

@@ -283,3 +283,228 @@ Test(admit, a_full_filter_halves_instead_of_admitting_everything) {
                 (unsigned long long)st.halvings, rate);
     ps_admit_free(a);
 }
+
+/* ---- moving with a bucket range (admit.h) ---- */
+
+/* A round as the target receives it: its pages gathered. */
+#define MOVE_BLOCKS 8
+#define MOVE_M (MOVE_BLOCKS * 2 * PS_ADMIT_BLOCK)
+#define MAXC 256
+typedef struct gathered {
+    uint8_t header[64];
+    size_t header_len;
+    uint32_t block_ids[MOVE_BLOCKS];
+    uint8_t blocks[MOVE_BLOCKS][PS_ADMIT_BLOCK];
+    size_t nblocks;
+    uint64_t counter_ids[MAXC];
+    uint8_t counter_values[MAXC];
+    size_t ncounters;
+    size_t pages;
+} gathered;
+
+/* What send_page() counts a block and a counter as, on the wire. */
+#define BLOCKS_BYTES(n) ((n) * (PS_ADMIT_BLOCK + 16))
+#define COUNTERS_BYTES(n) ((n) * 12)
+
+/* Take a round of a and page it, max_bytes a page. */
+static void send_round(ps_admit *a, size_t max_bytes, gathered *g) {
+    memset(g, 0, sizeof(*g));
+    cr_assert_eq(ps_admit_send_round(a), 0);
+    uint64_t off = 0;
+    bool done = false;
+    while (!done) {
+        ps_admit_page p;
+        bool first = g->pages == 0;
+        done = ps_admit_send_page(a, &off, max_bytes, &p);
+        g->pages++;
+        if (!p.nblocks && !p.ncounters) {
+            cr_assert(done && first, "an empty page ends an empty round");
+            break;
+        }
+        cr_assert_leq(p.header_len, sizeof(g->header));
+        memcpy(g->header, p.header, p.header_len);
+        g->header_len = p.header_len;
+        for (size_t i = 0; i < p.nblocks; i++) {
+            cr_assert_lt(g->nblocks, MOVE_BLOCKS);
+            cr_assert_eq(p.block_lens[i], PS_ADMIT_BLOCK);
+            g->block_ids[g->nblocks] = p.block_ids[i];
+            memcpy(g->blocks[g->nblocks++], p.blocks[i], PS_ADMIT_BLOCK);
+        }
+        for (size_t i = 0; i < p.ncounters; i++) {
+            cr_assert_lt(g->ncounters, MAXC);
+            g->counter_ids[g->ncounters] = p.counter_ids[i];
+            g->counter_values[g->ncounters++] = p.counter_values[i];
+        }
+    }
+}
+
+static ps_admit_page page_of(const gathered *g, const void **ptrs, size_t *lens) {
+    for (size_t i = 0; i < g->nblocks; i++) {
+        ptrs[i] = g->blocks[i];
+        lens[i] = PS_ADMIT_BLOCK;
+    }
+    return (ps_admit_page){.header = g->header,
+                           .header_len = g->header_len,
+                           .nblocks = g->nblocks,
+                           .block_ids = g->block_ids,
+                           .blocks = ptrs,
+                           .block_lens = lens,
+                           .ncounters = g->ncounters,
+                           .counter_ids = g->counter_ids,
+                           .counter_values = g->counter_values};
+}
+
+static int merge(ps_admit *b, const gathered *g) {
+    const void *ptrs[MOVE_BLOCKS];
+    size_t lens[MOVE_BLOCKS];
+    ps_admit_page p = page_of(g, ptrs, lens);
+    int r = ps_admit_merge_check(b, &p);
+    if (r == 0)
+        ps_admit_merge(b, &p);
+    return r;
+}
+
+/* Every counter of a (MOVE_M of them), through a first round. */
+static uint8_t *counters_of(ps_admit *a) {
+    static gathered g;
+    cr_assert_eq(ps_admit_send_begin(a), 0);
+    send_round(a, BLOCKS_BYTES(MOVE_BLOCKS), &g);
+    ps_admit_send_end(a);
+    uint8_t *c = calloc(MOVE_M, 1);
+    for (size_t b = 0; b < g.nblocks; b++)
+        for (size_t j = 0; j < 2 * PS_ADMIT_BLOCK; j++) {
+            uint8_t byte = g.blocks[b][j / 2];
+            c[(size_t)g.block_ids[b] * 2 * PS_ADMIT_BLOCK + j] = (j & 1) ? byte >> 4 : byte & 0xf;
+        }
+    return c;
+}
+
+Test(admit, a_merged_filter_counts_the_senders_pushes) {
+    ps_admit *src = new_admit(1.0, 3, MOVE_M), *dst = new_admit(1.0, 3, MOVE_M),
+             *alone = new_admit(1.0, 3, MOVE_M);
+    enum { KEYS = 300 };
+    /* Keys 0..299 pushed twice on the source; keys 1000.. once on the
+     * target (its own ranges). */
+    for (int round = 0; round < 2; round++)
+        for (uint64_t k = 0; k < KEYS; k++)
+            cr_assert_not(decide1(src, key_of(k)));
+    for (uint64_t k = 1000; k < 1000 + KEYS; k++) {
+        cr_assert_not(decide1(dst, key_of(k)));
+        cr_assert_not(decide1(alone, key_of(k)));
+    }
+    static gathered g;
+    cr_assert_eq(ps_admit_send_begin(src), 0);
+    send_round(src, BLOCKS_BYTES(3), &g);
+    cr_assert_eq(g.nblocks, MOVE_BLOCKS, "the first round sends every block");
+    cr_assert_eq(g.pages, 3, "8 blocks in pages of 3");
+    ps_admit_send_end(src);
+    cr_assert_eq(merge(dst, &g), 0);
+    uint8_t *before = counters_of(dst);
+    cr_assert_eq(merge(dst, &g), 0);
+    uint8_t *again = counters_of(dst), *sc = counters_of(src);
+    cr_assert_eq(memcmp(before, again, MOVE_M), 0, "merging a page twice changes nothing more");
+    for (uint64_t i = 0; i < MOVE_M; i++)
+        cr_assert_geq(before[i], sc[i], "counter %llu below the sender's", (unsigned long long)i);
+    ps_admit_stats st_dst, st_alone;
+    ps_admit_stats_get(dst, &st_dst);
+    ps_admit_stats_get(alone, &st_alone);
+    cr_assert_eq(st_dst.trials, st_alone.trials, "the target keeps its own trial number");
+    /* The third push anywhere admits the moved keys: on the target now as
+     * on the source; a target that merged nothing counts them from zero. */
+    for (uint64_t k = 0; k < KEYS; k++) {
+        cr_assert(decide1(dst, key_of(k)), "moved key %llu not admitted on its third push",
+                  (unsigned long long)k);
+        cr_assert_not(decide1(alone, key_of(k)));
+    }
+    /* The target's own keys: counted as before, not more. */
+    for (uint64_t k = 1000; k < 1000 + KEYS; k++)
+        cr_assert_not(decide1(dst, key_of(k)), "one push before and one now make two, not three");
+    free(before);
+    free(again);
+    free(sc);
+    ps_admit_free(src);
+    ps_admit_free(dst);
+    ps_admit_free(alone);
+}
+
+Test(admit, a_merge_needs_the_same_layout_and_fitting_blocks_and_counters) {
+    ps_admit *src = new_admit(1.0, 3, MOVE_M);
+    decide1(src, key_of(1));
+    static gathered g;
+    cr_assert_eq(ps_admit_send_begin(src), 0);
+    send_round(src, BLOCKS_BYTES(MOVE_BLOCKS), &g);
+    g.nblocks = 1;
+    g.counter_ids[0] = MOVE_M - 1;
+    g.counter_values[0] = 15;
+    g.ncounters = 1;
+    const void *ptrs[MOVE_BLOCKS];
+    size_t lens[MOVE_BLOCKS];
+    ps_admit_page p = page_of(&g, ptrs, lens);
+    ps_admit *same = new_admit(0.5, 2, MOVE_M); /* other N and P: the same counters */
+    cr_assert_eq(ps_admit_merge_check(same, &p), 0);
+    ps_admit *bigger = new_admit(1.0, 3, 2 * MOVE_M);
+    cr_assert_eq(ps_admit_merge_check(bigger, &p), PS_ECONFIG);
+    ps_table_config c = cfg_of(1.0, 3, MOVE_M);
+    c.seed = 78;
+    ps_admit *reseeded;
+    cr_assert_eq(ps_admit_new(&c, &reseeded), 0);
+    cr_assert_eq(ps_admit_merge_check(reseeded, &p), PS_ECONFIG);
+    cr_assert_eq(ps_admit_merge_check(NULL, &p), PS_ECONFIG, "no filter here");
+    ps_admit *poisson = new_admit(0.5, 1, MOVE_M);
+    cr_assert_eq(ps_admit_merge_check(poisson, &p), PS_ECONFIG, "no counters here");
+    p.header_len--;
+    cr_assert_eq(ps_admit_merge_check(same, &p), PS_ECONFIG);
+    p.header_len++;
+    lens[0] = PS_ADMIT_BLOCK - 1;
+    cr_assert_eq(ps_admit_merge_check(same, &p), PS_EPARSE, "a short block");
+    lens[0] = PS_ADMIT_BLOCK;
+    g.block_ids[0] = MOVE_BLOCKS;
+    cr_assert_eq(ps_admit_merge_check(same, &p), PS_EPARSE, "a block beyond the filter");
+    g.block_ids[0] = 0;
+    g.counter_ids[0] = MOVE_M;
+    cr_assert_eq(ps_admit_merge_check(same, &p), PS_EPARSE, "a counter beyond the filter");
+    g.counter_ids[0] = 0;
+    g.counter_values[0] = 16;
+    cr_assert_eq(ps_admit_merge_check(same, &p), PS_EPARSE, "a counter above 15");
+    g.counter_values[0] = 15;
+    cr_assert_eq(ps_admit_merge_check(same, &p), 0);
+    ps_admit_free(src);
+    ps_admit_free(same);
+    ps_admit_free(bigger);
+    ps_admit_free(reseeded);
+    ps_admit_free(poisson);
+}
+
+Test(admit, later_rounds_send_the_raised_counters_and_a_halving_none) {
+    /* A stream of distinct keys on the source with a round after every
+     * push: each round holds only the counters that push raised (at most
+     * k), also when the push halved the filter, and the target that merged
+     * every round never holds a counter below the source's. */
+    ps_admit *src = new_admit(1.0, 3, MOVE_M), *dst = new_admit(1.0, 3, MOVE_M);
+    static gathered g;
+    cr_assert_eq(ps_admit_send_begin(src), 0);
+    send_round(src, BLOCKS_BYTES(MOVE_BLOCKS), &g);
+    cr_assert_eq(merge(dst, &g), 0);
+    ps_admit_stats st = {0};
+    uint64_t k = 0;
+    while (st.halvings < 2) {
+        decide1(src, key_of(k++));
+        uint64_t pending = ps_admit_send_pending(src);
+        cr_assert(pending >= 1 && pending <= 4, "a push of a new key raises 1 to k counters: %llu",
+                  (unsigned long long)pending);
+        send_round(src, COUNTERS_BYTES(2), &g);
+        cr_assert_eq(g.nblocks, 0);
+        cr_assert_eq(g.ncounters, pending);
+        cr_assert_eq(g.pages, (pending + 1) / 2, "pages of 2 counters");
+        cr_assert_eq(ps_admit_send_pending(src), 0);
+        cr_assert_eq(merge(dst, &g), 0);
+        ps_admit_stats_get(src, &st);
+    }
+    uint8_t *sc = counters_of(src), *dc = counters_of(dst);
+    for (uint64_t i = 0; i < MOVE_M; i++)
+        cr_assert_geq(dc[i], sc[i], "counter %llu below the sender's", (unsigned long long)i);
+    free(sc);
+    free(dc);
+    ps_admit_free(src);
+    ps_admit_free(dst);
+}

@@ -494,6 +494,20 @@ Ctrps__Response *ps_raw_recv(int fd) {
     return resp;
 }
 
+Ctrps__Response *ps_raw_hello(int fd, uint64_t client_id) {
+    Ctrps__Request req = CTRPS__REQUEST__INIT;
+    Ctrps__HelloRequest h = CTRPS__HELLO_REQUEST__INIT;
+    req.method_case = CTRPS__REQUEST__METHOD_HELLO;
+    req.hello = &h;
+    h.protocol_version = 1;
+    h.client_id = client_id;
+    ps_raw_send(fd, &req);
+    Ctrps__Response *r = ps_raw_recv(fd);
+    cr_assert_not_null(r, "connection closed instead of a Hello answer");
+    cr_assert_eq(r->status, CTRPS__STATUS__OK, "%s", r->message);
+    return r;
+}
+
 void ps_raw_assert_closed(int fd) {
     char c;
     struct pollfd pf = {fd, POLLIN, 0};

@@ -133,5 +133,8 @@ void ps_raw_send_pull(int fd, uint64_t id, const char *table, const uint64_t *ke
  * when the server closed the connection; asserts if nothing arrives within
  * 10 s or the bytes do not decode. */
 Ctrps__Response *ps_raw_recv(int fd);
+/* Hello as client_id (protocol version 1, no authentication), asserted
+ * answered OK; the answer (caller frees it). */
+Ctrps__Response *ps_raw_hello(int fd, uint64_t client_id);
 /* Assert that the server closes the connection within 10 s. */
 void ps_raw_assert_closed(int fd);

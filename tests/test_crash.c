@@ -309,23 +309,9 @@ Test(crash, interval_kill9_loses_at_most_the_interval, .fini = teardown, .timeou
  * whose acknowledgement never arrived. The client resends it after the
  * restart with the same (client id, sequence number); the shard must answer
  * "already applied" and not apply it again. */
-static Ctrps__Response *raw_call(int fd, Ctrps__Request *req) {
-    ps_raw_send(fd, req);
-    Ctrps__Response *r = ps_raw_recv(fd);
-    cr_assert_not_null(r);
-    return r;
-}
-
 static int hello_as(uint64_t client_id, uint64_t *ret_last_seq) {
     int fd = ps_raw_connect(cl.ports[0]);
-    Ctrps__Request req = CTRPS__REQUEST__INIT;
-    Ctrps__HelloRequest h = CTRPS__HELLO_REQUEST__INIT;
-    req.method_case = CTRPS__REQUEST__METHOD_HELLO;
-    req.hello = &h;
-    h.protocol_version = 1;
-    h.client_id = client_id;
-    Ctrps__Response *r = raw_call(fd, &req);
-    cr_assert_eq(r->status, CTRPS__STATUS__OK);
+    Ctrps__Response *r = ps_raw_hello(fd, client_id);
     *ret_last_seq = r->hello->last_push_seq;
     ctrps__response__free_unpacked(r, NULL);
     return fd;

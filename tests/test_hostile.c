@@ -29,7 +29,12 @@ static const char *body =
     "dim = 8\n"
     "optimizer = ftrl\n"
     "init = normal\n"
-    "slots = C1\n";
+    "slots = C1\n"
+    "[table.adm]\n"
+    "dim = 1\n"
+    "admit_after = 3\n"
+    "admit_bloom_bits = 65536\n"
+    "slots = C2\n";
 
 static ps_cluster cl;
 static ps_client *good;
@@ -334,4 +339,97 @@ Test(hostile, checkpoint_take_only_into_the_coordinators_layout) {
     cr.phase = CTRPS__CHECKPOINT_REQUEST__PHASE__END;
     cr.dir = "";
     cr_assert_eq(roundtrip_status(&req, msg, sizeof(msg)), CTRPS__STATUS__OK, "%s", msg);
+}
+
+/* A move phase to shard 0; the response (caller frees it). */
+static Ctrps__Response *move_roundtrip(Ctrps__MoveRequest *m) {
+    Ctrps__Request req = CTRPS__REQUEST__INIT;
+    req.id = 9;
+    req.method_case = CTRPS__REQUEST__METHOD_MOVE;
+    req.move = m;
+    int fd = ps_raw_connect(cl.ports[0]);
+    ps_raw_send(fd, &req);
+    Ctrps__Response *resp = ps_raw_recv(fd);
+    cr_assert_not_null(resp, "connection closed instead of an answer");
+    close(fd);
+    return resp;
+}
+
+static Ctrps__Status move_status(Ctrps__MoveRequest *m, char *msg, size_t msglen) {
+    Ctrps__Response *resp = move_roundtrip(m);
+    Ctrps__Status s = resp->status;
+    snprintf(msg, msglen, "%s", resp->message ? resp->message : "");
+    ctrps__response__free_unpacked(resp, NULL);
+    return s;
+}
+
+/* Admission filter blocks and counters (a move's ADMIT and IMPORT phases)
+ * that do not fit the filter are refused with an error. */
+Test(hostile, admission_filter_blocks_that_do_not_fit) {
+    float before[64 * 24];
+    snapshot(before);
+    char msg[256];
+    Ctrps__MoveRequest m = CTRPS__MOVE_REQUEST__INIT;
+    m.phase = CTRPS__MOVE_REQUEST__PHASE__ADMIT;
+    m.round = 1;
+    m.bucket_lo = 0;
+    m.bucket_hi = 1;
+    cr_assert_eq(move_status(&m, msg, sizeof(msg)), CTRPS__STATUS__BAD_REQUEST,
+                 "filter blocks of a range no copy runs for: %s", msg);
+    /* A real page: a copy of bucket 0 begun, its first round of blocks. */
+    m.phase = CTRPS__MOVE_REQUEST__PHASE__TRACK;
+    ctrps__response__free_unpacked(move_roundtrip(&m), NULL);
+    m.phase = CTRPS__MOVE_REQUEST__PHASE__ADMIT;
+    Ctrps__Response *page = move_roundtrip(&m);
+    cr_assert_eq(page->status, CTRPS__STATUS__OK, "%s", page->message);
+    Ctrps__AdmitBlocks *ab = page->move->admit;
+    cr_assert(ab && ab->n_ids >= 1 && !strcmp(ab->table, "adm"), "no blocks of table adm");
+    Ctrps__MoveRequest thaw = CTRPS__MOVE_REQUEST__INIT;
+    thaw.phase = CTRPS__MOVE_REQUEST__PHASE__THAW;
+    ctrps__response__free_unpacked(move_roundtrip(&thaw), NULL);
+
+    Ctrps__MoveRequest im = CTRPS__MOVE_REQUEST__INIT;
+    im.phase = CTRPS__MOVE_REQUEST__PHASE__IMPORT;
+    Ctrps__AdmitBlocks bad = *ab;
+    im.admit = &bad;
+    bad.n_ids = bad.n_blocks = 1;
+    cr_assert_eq(move_status(&im, msg, sizeof(msg)), CTRPS__STATUS__OK,
+                 "a block of the filter's own: %s", msg);
+    uint32_t beyond = 1000;
+    bad.ids = &beyond;
+    cr_assert_eq(move_status(&im, msg, sizeof(msg)), CTRPS__STATUS__BAD_REQUEST, "block id 1000");
+    bad.ids = ab->ids;
+    ProtobufCBinaryData shorter = ab->blocks[0];
+    shorter.len--;
+    bad.blocks = &shorter;
+    cr_assert_eq(move_status(&im, msg, sizeof(msg)), CTRPS__STATUS__BAD_REQUEST, "a short block");
+    bad.blocks = ab->blocks;
+    bad.header.len = 5;
+    cr_assert_eq(move_status(&im, msg, sizeof(msg)), CTRPS__STATUS__BAD_REQUEST, "a cut header");
+    bad.header = ab->header;
+    bad.n_blocks = 0;
+    cr_assert_eq(move_status(&im, msg, sizeof(msg)), CTRPS__STATUS__BAD_REQUEST, "ids without blocks");
+    bad.n_blocks = 1;
+    uint64_t cid = 65536;
+    uint8_t cval = 15;
+    bad.n_counter_ids = 1;
+    bad.counter_ids = &cid;
+    bad.counter_values.data = &cval;
+    bad.counter_values.len = 1;
+    cr_assert_eq(move_status(&im, msg, sizeof(msg)), CTRPS__STATUS__BAD_REQUEST, "a counter beyond the filter");
+    cid = 0;
+    cval = 16;
+    cr_assert_eq(move_status(&im, msg, sizeof(msg)), CTRPS__STATUS__BAD_REQUEST, "a counter above 15");
+    cval = 1;
+    bad.counter_values.len = 0;
+    cr_assert_eq(move_status(&im, msg, sizeof(msg)), CTRPS__STATUS__BAD_REQUEST, "a counter without a value");
+    bad.counter_values.len = 1;
+    cr_assert_eq(move_status(&im, msg, sizeof(msg)), CTRPS__STATUS__OK, "a counter that fits: %s", msg);
+    bad.table = "emb";
+    cr_assert_eq(move_status(&im, msg, sizeof(msg)), CTRPS__STATUS__BAD_REQUEST, "a table without a filter");
+    cr_assert(strstr(msg, "admission filter"), "%s", msg);
+    bad.table = "no_such_table";
+    cr_assert_eq(move_status(&im, msg, sizeof(msg)), CTRPS__STATUS__UNKNOWN_TABLE);
+    ctrps__response__free_unpacked(page, NULL);
+    assert_unchanged(before);
 }

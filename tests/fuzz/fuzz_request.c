@@ -94,7 +94,13 @@ static const char config_text[] =
     "dim = 2\n"
     "optimizer = adagrad\n"
     "rowwise = true\n"
-    "slots = I1\n";
+    "slots = I1\n"
+    "[table.adm]\n"
+    "dim = 1\n"
+    "admit_after = 2\n"
+    "admit_bloom_bits = 1024\n"
+    "memory_rows = 64\n"
+    "slots = C3\n";
 
 static uint64_t mono_ms(void) {
     struct timespec ts;
@@ -179,6 +185,8 @@ static uint32_t table_dim(const char *name) {
         return 4;
     if (name && !strcmp(name, "wide"))
         return 2;
+    if (name && !strcmp(name, "adm"))
+        return 1;
     return 0;
 }
 
@@ -252,6 +260,14 @@ static void check_reply(const Ctrps__Request *req, const ps_buf *out, size_t bef
         FUZZ_CHECK(!req->export->limit || e->n_keys <= req->export->limit);
         if (req->export->with_state)
             FUZZ_CHECK(e->n_state == e->n_keys * e->state_dim);
+        break;
+    }
+    case CTRPS__REQUEST__METHOD_MOVE: {
+        /* A page of an admission filter: whole blocks, a value per counter. */
+        const Ctrps__AdmitBlocks *ab = resp->move->admit;
+        FUZZ_CHECK(!ab || (ab->n_blocks == ab->n_ids && ab->counter_values.len == ab->n_counter_ids));
+        for (size_t i = 0; ab && i < ab->n_blocks; i++)
+            FUZZ_CHECK(ab->blocks[i].len == 4096);
         break;
     }
     case CTRPS__REQUEST__METHOD_DENSE_PULL:
