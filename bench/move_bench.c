@@ -305,7 +305,7 @@ static void on_progress(void *ctx, const ps_move_progress *p) {
 
 typedef struct run_result {
     double rows, copy_s, copy_rate, export_rate, rounds, pause_ms, client_pause_ms, client_pause_at;
-    double freeze_ms, last_round_ms, last_round_rows, map_ms;
+    double freeze_ms, last_round_ms, last_round_rows, map_ms, throttle;
     double pull[3], push[3], p99_ms[3], src_cpu, dst_cpu, self_cpu;
 } run_result;
 
@@ -561,6 +561,7 @@ int main(int argc, char **argv) {
         rr->last_round_ms = w.last.last_round_s * 1e3;
         rr->last_round_rows = (double)w.last.last_round_rows;
         rr->map_ms = w.last.map_s * 1e3;
+        rr->throttle = w.last.throttle;
         pthread_mutex_lock(&ld.mu);
         phase_stats *d = &ld.st[PH_DURING];
         rr->client_pause_ms = (d->max_pull_s > d->max_push_s ? d->max_pull_s : d->max_push_s) * 1e3;
@@ -577,13 +578,13 @@ int main(int argc, char **argv) {
         getloadavg(la, 3);
         printf("run %u: moved buckets %u-%u from shard %u to shard %u: %.0f rows in %.2f s "
                "(%.0f rows/s; first pass %.0f rows/s), %.0f catch-up rounds, pause %.1f ms "
-               "(freeze %.1f, last round %.1f for %.0f rows, maps %.1f), "
+               "(freeze %.1f, last round %.1f for %.0f rows, maps %.1f), pushes slowed %.0f/4, "
                "longest request during the move %.1f ms (began %.2f s into it); pull rows/s before/during/after "
                "%.0f/%.0f/%.0f, push %.0f/%.0f/%.0f, p99 request ms %.1f/%.1f/%.1f; "
                "CPU s source %.2f target %.2f mover+load %.2f; loadavg %.2f\n",
                run, rlo, rhi - 1, to ^ 1, to, rr->rows, rr->copy_s, rr->copy_rate, rr->export_rate,
                rr->rounds, rr->pause_ms, rr->freeze_ms, rr->last_round_ms, rr->last_round_rows,
-               rr->map_ms, rr->client_pause_ms, rr->client_pause_at, rr->pull[0], rr->pull[1], rr->pull[2],
+               rr->map_ms, rr->throttle, rr->client_pause_ms, rr->client_pause_at, rr->pull[0], rr->pull[1], rr->pull[2],
                rr->push[0], rr->push[1], rr->push[2], rr->p99_ms[0], rr->p99_ms[1], rr->p99_ms[2],
                rr->src_cpu, rr->dst_cpu, rr->self_cpu, la[0]);
         fflush(stdout);

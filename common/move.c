@@ -183,6 +183,7 @@ static int copy_pass(ps_client *c, Ctrps__MoveRequest__Phase phase, uint32_t lo,
                      size_t errlen) {
     Ctrps__MoveRequest ex = move_request(phase, lo, hi);
     ex.round = round;
+    ex.throttle = phase == CTRPS__MOVE_REQUEST__PHASE__CHANGED ? pr->throttle : 0;
     ex.limit = PAGE_ROWS;
     uint8_t after[16];
     import_job job = {.c = c, .to = pr->to, .lo = lo, .hi = hi, .stage = stage};
@@ -341,10 +342,16 @@ static int admit_catch_up(ps_client *c, uint32_t lo, uint32_t hi, uint64_t tid,
 #define CATCHUP_ROUNDS 8
 #define COPY_ATTEMPTS 8
 
-/* At least one catch-up round, until one leaves at most `small` changes. */
+/* At least one catch-up round, until one leaves at most `small` changes.
+ * A round that leaves more than half as many as the one before (the
+ * pushes change the range about as fast as the rounds copy it), and any
+ * round after the second, has the source slow those pushes one step more
+ * (pr->throttle, 1-3 of every 4 refused), so that the rounds shrink under
+ * any load. */
 static int catch_up(ps_client *c, uint32_t lo, uint32_t hi, uint64_t tid, ps_move_progress *pr,
                     ps_move_progress_fn fn, void *ctx, uint64_t small, bool *ret_lost, char *err,
                     size_t errlen) {
+    uint64_t before = UINT64_MAX;
     for (uint32_t n = 0; n < CATCHUP_ROUNDS; n++) {
         uint64_t pending = 0;
         pr->rounds++;
@@ -352,6 +359,9 @@ static int catch_up(ps_client *c, uint32_t lo, uint32_t hi, uint64_t tid, ps_mov
                           0, ctx, &pending, ret_lost, err, errlen);
         if (r < 0 || *ret_lost || pending <= small)
             return r;
+        if ((pending > before / 2 || n >= 1) && pr->throttle < 3)
+            pr->throttle++;
+        before = pending;
     }
     return 0;
 }
@@ -379,6 +389,7 @@ static int copy_range(ps_client *c, uint32_t lo, uint32_t hi, ps_move_progress *
             return r;
         pr->rows = 0;
         pr->rounds = 0;
+        pr->throttle = 0;
         pr->t0 = now_s();
         bool lost;
         uint64_t pending = 0;

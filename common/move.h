@@ -44,6 +44,7 @@ typedef struct ps_move_progress {
     uint64_t rows;               /* copied so far, catch-up rounds included */
     uint64_t estimated_rows;     /* the source's estimate of the range's rows */
     uint32_t rounds;             /* catch-up rounds so far */
+    uint32_t throttle;           /* pushes into the range slowed: 1-3 of every 4 refused (0: none) */
     uint32_t restarts;           /* copies begun again after the source or the target restarted */
     double t0, elapsed_s;        /* the copy's start (monotonic s) and its time so far */
     double pause_s;              /* when done: freeze to the new map on the source, made of: */

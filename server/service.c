@@ -261,6 +261,10 @@ static int do_push(ps_service *svc, ps_session *sess, const Ctrps__PushRequest *
     int r = check_keyed(svc, req->table, req->keys, req->n_keys, &t, rp);
     if (r == 0)
         r = check_not_moving(svc, req->keys, req->n_keys, rp);
+    if (r == 0 && ps_shard_throttles(svc->shard, req->keys, req->n_keys)) {
+        snprintf(rp->err, sizeof(rp->err), "buckets of this push are being copied: slowed down");
+        r = PS_EMOVING;
+    }
     if (r < 0)
         return r;
     uint32_t dim = ps_table_dim(t);
@@ -1044,8 +1048,13 @@ static int do_move(ps_service *svc, ps_session *sess, const Ctrps__MoveRequest *
             in_table = alen > 0;
         } else {
             uint64_t off = req->offset;
-            r = ps_shard_move_changed(svc->shard, lo, hi, req->round, &ti, &off, limit, move_row,
-                                      &pg, &done, &m->pending, rp->err, sizeof(rp->err));
+            if (req->throttle)
+                r = ps_shard_set_throttle(svc->shard, lo, hi, req->throttle, rp->err,
+                                          sizeof(rp->err));
+            if (r == 0)
+                r = ps_shard_move_changed(svc->shard, lo, hi, req->round, &ti, &off, limit,
+                                          move_row, &pg, &done, &m->pending, rp->err,
+                                          sizeof(rp->err));
             m->offset = off;
             in_table = off > 0;
         }

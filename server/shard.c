@@ -183,6 +183,9 @@ struct ps_shard {
     uint32_t track_lo, track_hi;
     ps_keyset *tracked;
     uint32_t round_no;           /* the catch-up round taken last; 0: none yet */
+    /* Pushes into the tracked range answered MOVING: `throttle` of every 4
+     * (ps_shard_set_throttle()); `throttle_n` counts them. */
+    uint32_t throttle, throttle_n;
     uint32_t admit_round;        /* the round of admission filters taken last; 0: none yet */
     uint64_t **round;
     size_t *round_n;
@@ -348,6 +351,7 @@ static void track_end(ps_shard *s) {
     }
     s->track_id = 0;
     s->round_no = 0;
+    s->throttle = 0;
     for (size_t i = 0; s->tables && i < s->ntables; i++)
         if (ps_table_admit(s->tables[i]))
             ps_admit_send_end(ps_table_admit(s->tables[i]));
@@ -504,15 +508,31 @@ bool ps_shard_frozen(const ps_shard *s, uint32_t *ret_lo, uint32_t *ret_hi) {
     return s->frozen;
 }
 
-bool ps_shard_touches_frozen(const ps_shard *s, const uint64_t *keys, size_t n) {
-    if (!s->frozen)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        uint32_t b = ps_bucket(keys[i], s->map.buckets);
-        if (b >= s->frozen_lo && b < s->frozen_hi)
+static bool touches(const ps_shard *s, const uint64_t *keys, size_t n, uint32_t lo, uint32_t hi) {
+    for (size_t i = 0; i < n; i++)
+        if (in_range(ps_bucket(keys[i], s->map.buckets), lo, hi))
             return true;
-    }
     return false;
+}
+
+bool ps_shard_touches_frozen(const ps_shard *s, const uint64_t *keys, size_t n) {
+    return s->frozen && touches(s, keys, n, s->frozen_lo, s->frozen_hi);
+}
+
+int ps_shard_set_throttle(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t level, char *err,
+                          size_t errlen) {
+    if (!s->track_id || s->track_lo != lo || s->track_hi != hi) {
+        snprintf(err, errlen, "no copy of buckets %u-%u to throttle", lo, hi - 1);
+        return PS_EPROTO;
+    }
+    s->throttle = level < 4 ? level : 3;
+    return 0;
+}
+
+bool ps_shard_throttles(ps_shard *s, const uint64_t *keys, size_t n) {
+    if (!s->throttle || !s->track_id || !touches(s, keys, n, s->track_lo, s->track_hi))
+        return false;
+    return s->throttle_n++ % 4 < s->throttle;
 }
 
 static void flush_end(ps_shard *s, uint64_t now_ms);

@@ -161,6 +161,14 @@ int ps_shard_freeze(ps_shard *s, uint32_t lo, uint32_t hi, bool fence_only, char
 int ps_shard_thaw(ps_shard *s, char *err, size_t errlen);
 bool ps_shard_frozen(const ps_shard *s, uint32_t *ret_lo, uint32_t *ret_hi);
 bool ps_shard_touches_frozen(const ps_shard *s, const uint64_t *keys, size_t n);
+/* Slowing the writers of a range being copied, so that catch-up rounds
+ * shrink however fast clients push into it: at `level` 1-3 (0: off), that
+ * many of every 4 pushes touching the tracked range are refused (the
+ * service answers MOVING; clients retry them after a short wait) until the
+ * copy ends; throttles() says whether to refuse this one (and counts it). */
+int ps_shard_set_throttle(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t level, char *err,
+                          size_t errlen);
+bool ps_shard_throttles(ps_shard *s, const uint64_t *keys, size_t n);
 /* Called per row with the fid and the stored value (borrowed). */
 typedef int (*ps_shard_move_row_fn)(void *ctx, uint64_t fid, const void *value, size_t len);
 /* Rows of [lo, hi) of table *table_index after store key `after` (alen 0:

@@ -937,8 +937,22 @@ Test(shard, a_copied_range_records_the_rows_pushes_change) {
     cr_assert_eq(ps_shard_move_changed(s, lo, hi, 5, &ti, &off, 5, collect_changed, &c, &done,
                                        &pending, err, sizeof(err)),
                  PS_EPROTO, "a round skipped");
+    /* Slowed: 2 of every 4 pushes into the range refused, none outside it,
+     * and no throttle without the copy. */
+    cr_assert_eq(ps_shard_set_throttle(s, lo, hi, 2, err, sizeof(err)), 0, "%s", err);
+    int refused = 0;
+    for (int i = 0; i < 8; i++)
+        refused += ps_shard_throttles(s, &key, 1);
+    cr_assert_eq(refused, 4);
+    uint64_t outside = c.fid[0];
+    for (size_t i = 0; i < NEMB; i++)
+        if (ps_bucket(emb_key[i], 64) >= hi)
+            outside = emb_key[i];
+    cr_assert_not(ps_shard_throttles(s, &outside, 1));
     cr_assert_eq(ps_shard_thaw(s, err, sizeof(err)), 0);
     cr_assert_eq(ps_shard_track_id(s), 0);
+    cr_assert_not(ps_shard_throttles(s, &key, 1), "the throttle ends with the copy");
+    cr_assert_eq(ps_shard_set_throttle(s, lo, hi, 2, err, sizeof(err)), PS_EPROTO);
     cr_assert_eq(ps_shard_move_changed(s, lo, hi, 4, &ti, &off, 5, collect_changed, &c, &done,
                                        &pending, err, sizeof(err)),
                  PS_EPROTO, "no record after thaw");
