@@ -258,6 +258,19 @@ int ps_cluster_destroy(ps_cluster *c) {
     return problems;
 }
 
+void ps_cluster_teardown(ps_cluster *c, ...) {
+    int problems = 0;
+    va_list ap;
+    va_start(ap, c);
+    for (; c; c = va_arg(ap, ps_cluster *))
+        problems += ps_cluster_destroy(c);
+    va_end(ap);
+    if (problems) {
+        fprintf(stderr, "harness: %d problem(s) at teardown, see above\n", problems);
+        abort();
+    }
+}
+
 pid_t ps_spawn_stdout(char *const argv[], int *ret_fd) {
     int out[2];
     if (pipe(out) < 0)

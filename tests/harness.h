@@ -77,6 +77,11 @@ int ps_cluster_restart(ps_cluster *c, int i, int sig);
  * SIGTERM, or a shard log holding a sanitizer report (ASan, UBSan, LSan).
  * Tests assert that it is 0, so a daemon's memory error fails the test. */
 int ps_cluster_destroy(ps_cluster *c);
+/* ps_cluster_destroy() of each cluster (a NULL-terminated list) for a
+ * test's .fini: Criterion ignores assertions that fail there (the test
+ * still passes), so a problem aborts the test process instead, once every
+ * cluster is stopped, which fails the run. */
+void ps_cluster_teardown(ps_cluster *c, ...);
 
 /* Run `ctrps-cli --config <cluster config> args...` (NULL-terminated).
  * Captures stdout into a malloc'ed string (*ret_out, may be NULL) and

@@ -36,8 +36,7 @@ static const char *body =
 static ps_cluster cl, ref;
 
 static void teardown(void) {
-    cr_expect_eq(ps_cluster_destroy(&cl), 0, "a shard reported a problem");
-    cr_expect_eq(ps_cluster_destroy(&ref), 0, "a reference shard reported a problem");
+    ps_cluster_teardown(&cl, &ref, NULL);
 }
 
 static ps_client *client_of(ps_cluster *c) {
