@@ -334,6 +334,35 @@ static int admit_catch_up(ps_client *c, uint32_t lo, uint32_t hi, uint64_t tid,
     return r;
 }
 
+/* Source and target begin no write-back until the map is installed (or
+ * HOLD_MS), and the ones running end first, waited for up to HOLD_WAIT_MS:
+ * the cut-over's fsync'ed writes (the last round and sequence numbers on
+ * the target, the maps) would otherwise queue behind a write-back's batch
+ * in RocksDB's write path, for seconds under a heavy push load. */
+#define HOLD_MS 2000
+#define HOLD_WAIT_MS 2000
+
+static int hold_writebacks(ps_client *c, uint32_t from, uint32_t to, char *err, size_t errlen) {
+    double until = now_s() + HOLD_WAIT_MS / 1e3;
+    for (;;) {
+        bool running = false;
+        uint32_t shards[2] = {from, to};
+        for (int i = 0; i < 2; i++) {
+            Ctrps__MoveRequest m = move_request(CTRPS__MOVE_REQUEST__PHASE__STATUS, 0, 0);
+            m.hold_ms = HOLD_MS;
+            Ctrps__Response *resp;
+            int r = move_call(c, shards[i], &m, &resp, err, errlen);
+            if (r < 0)
+                return r;
+            running = running || resp->move->writing_back;
+            ctrps__response__free_unpacked(resp, NULL);
+        }
+        if (!running || now_s() >= until)
+            return 0;
+        nanosleep(&(struct timespec){.tv_nsec = 5 * 1000 * 1000}, NULL);
+    }
+}
+
 /* Catch-up rounds end once one leaves this few changes for the next (or
  * after CATCHUP_ROUNDS): before the fence, then after it, when the last
  * round, with the range frozen, sends about as many. */
@@ -406,6 +435,8 @@ static int copy_range(ps_client *c, uint32_t lo, uint32_t hi, ps_move_progress *
          * much as a round takes a few milliseconds for. */
         if (r == 0 && !lost)
             r = fence(c, pr->from, lo, hi, err, errlen);
+        if (r == 0 && !lost)
+            r = hold_writebacks(c, pr->from, pr->to, err, errlen);
         if (r == 0 && !lost)
             r = catch_up(c, lo, hi, tid, pr, fn, ctx, CATCHUP_LAST, &lost, err, errlen);
         double frozen_at = now_s();

@@ -14,7 +14,9 @@
  *      filters, then the counters raised since, until a round is small;
  *      T merges them into its own with max();
  *   4. S fences the range (stores the freeze durably, still serving it);
- *      catch-up rounds until one leaves very few changes;
+ *      S and T hold their write-backs; catch-up rounds until one leaves
+ *      very few changes (rounds that do not shrink slow the range's
+ *      pushes on S);
  *   5. S freezes the range (in memory): its pulls and pushes answer
  *      MOVING, and clients pause them; the last changes are copied, then
  *      every client's push sequence numbers for those buckets, and the

@@ -1077,6 +1077,9 @@ static int do_move(ps_service *svc, ps_session *sess, const Ctrps__MoveRequest *
         break;
     }
     case CTRPS__MOVE_REQUEST__PHASE__STATUS:
+        if (req->hold_ms)
+            m->writing_back = ps_shard_hold_writeback(svc->shard, req->hold_ms);
+        break;
     default:
         break;
     }

@@ -186,6 +186,9 @@ struct ps_shard {
     /* Pushes into the tracked range answered MOVING: `throttle` of every 4
      * (ps_shard_set_throttle()); `throttle_n` counts them. */
     uint32_t throttle, throttle_n;
+    /* No periodic write-back begins before this (ps_shard_hold_writeback()):
+     * a cut-over's small fsync'ed writes would queue behind its batch. */
+    uint64_t hold_until_ms;
     uint32_t admit_round;        /* the round of admission filters taken last; 0: none yet */
     uint64_t **round;
     size_t *round_n;
@@ -1347,6 +1350,15 @@ static int load_move(ps_shard *s, char *err, size_t errlen) {
     return ps_shard_drop(s, range[0], range[1], 0, &more, NULL, err, errlen);
 }
 
+bool ps_shard_hold_writeback(ps_shard *s, uint32_t ms) {
+    uint64_t until = mono_ms() + ms;
+    s->hold_until_ms = ms ? until : 0;
+    pthread_mutex_lock(&s->mu);
+    bool running = s->state == FLUSH_PENDING;
+    pthread_mutex_unlock(&s->mu);
+    return running;
+}
+
 int ps_shard_set_map(ps_shard *s, const ps_cluster_map *m, char *err, size_t errlen) {
     int r = ps_cluster_map_check(m, err, errlen);
     if (r < 0)
@@ -1373,6 +1385,7 @@ int ps_shard_set_map(ps_shard *s, const ps_cluster_map *m, char *err, size_t err
     }
     ps_cluster_map_deinit(&s->map);
     s->map = copy;
+    s->hold_until_ms = 0; /* a cut-over's map: write-backs may go on */
     for (uint32_t b = s->memo_lo; s->memo && b < s->memo_hi; b++)
         if (s->map.owner[b] == s->id) { /* pushes change its rows here now */
             memo_end(s);
@@ -1697,7 +1710,8 @@ static bool flush_due(const ps_shard *s, uint64_t now_ms) {
     if (dirty == 0)
         return false;
     uint32_t every = sc->durability == PS_DURABILITY_INTERVAL ? sc->interval_ms : sc->flush_interval_ms;
-    if (dirty >= sc->flush_dirty_rows || now_ms - s->last_flush_ms >= every)
+    if (now_ms >= s->hold_until_ms &&
+        (dirty >= sc->flush_dirty_rows || now_ms - s->last_flush_ms >= every))
         return true;
     /* Dirty rows cannot be evicted: write back before a table's memory tier
      * is half dirty, so new rows never wait for a synchronous write-back. */

@@ -169,6 +169,12 @@ bool ps_shard_touches_frozen(const ps_shard *s, const uint64_t *keys, size_t n);
 int ps_shard_set_throttle(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t level, char *err,
                           size_t errlen);
 bool ps_shard_throttles(ps_shard *s, const uint64_t *keys, size_t n);
+/* Hold periodic write-backs for `ms` (0: no more), or until the next map
+ * is installed: a cut-over's fsync'ed writes (the target's last round and
+ * sequence numbers, both maps) would otherwise wait behind a write-back's
+ * batch in RocksDB's write queue. A table half full of dirty rows still
+ * writes back. Returns whether a write-back is running now. */
+bool ps_shard_hold_writeback(ps_shard *s, uint32_t ms);
 /* Called per row with the fid and the stored value (borrowed). */
 typedef int (*ps_shard_move_row_fn)(void *ctx, uint64_t fid, const void *value, size_t len);
 /* Rows of [lo, hi) of table *table_index after store key `after` (alen 0:

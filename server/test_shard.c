@@ -997,6 +997,33 @@ Test(shard, a_fenced_range_is_served_until_frozen_and_a_restart_freezes_it) {
     ps_config_free(cfg);
 }
 
+/* A held shard begins no periodic write-back until the hold ends or a new
+ * map comes; a held shard says whether one is running. */
+Test(shard, a_hold_keeps_periodic_write_backs_from_beginning) {
+    make_keys();
+    ps_config *cfg = load_config((cfg_opts){0});
+    ps_shard *s = open_shard(cfg, 0);
+    char err[512] = "";
+    push_spec p = spec_of(0);
+    ps_push_result res;
+    cr_assert_eq(do_push(s, &p, &res, err, sizeof(err)), 0, "%s", err);
+    uint64_t flushes = counters(s).flushes;
+    cr_assert_not(ps_shard_hold_writeback(s, 7200 * 1000), "nothing runs yet");
+    for (int i = 0; i < 20; i++) {
+        ps_shard_tick(s, now_ms() + 3600 * 1000);
+        usleep(1000);
+    }
+    cr_assert_eq(counters(s).flushes, flushes, "a write-back began during the hold");
+    ps_shard_hold_writeback(s, 0);
+    for (int i = 0; i < 5000 && counters(s).flushes == flushes; i++) {
+        ps_shard_tick(s, now_ms() + 3600 * 1000);
+        usleep(1000);
+    }
+    cr_assert_gt(counters(s).flushes, flushes, "no write-back after the hold");
+    cr_assert_eq(ps_shard_close(s), 0);
+    ps_config_free(cfg);
+}
+
 /* Sequence numbers adopted with a range (a move's last page) are durable
  * at once, without a write-back: a crash right after keeps them, a later
  * write-back takes them into its own records, and a later adoption of
