@@ -297,6 +297,21 @@ Test(wire, refuses_what_protobuf_c_must_decide) {
     cr_assert(agree((const uint8_t *)unknown, sizeof(unknown) - 1));
 }
 
+/* Fields left out are absent, not empty: a Push with no table and no
+ * arrays (corpus/request/crash-in-place-no-table: the shard copied the
+ * name from NULL) has NULL pointers and zero lengths, protobuf-c an empty
+ * name and no arrays. An empty array sent is there, with a pointer. */
+Test(wire, absent_fields_have_no_pointer) {
+    ps_wire_keyed k;
+    cr_assert_eq(ps_wire_keyed_decode((const uint8_t *)"\x08\x07\x62\x00", 4, &k), 1);
+    cr_assert_eq(k.method, PS_WIRE_PUSH);
+    cr_assert(!k.table && !k.table_len && !k.keys && !k.n_keys && !k.grads && !k.n_grads);
+    cr_assert(agree((const uint8_t *)"\x08\x07\x62\x00", 4));
+    cr_assert_eq(ps_wire_keyed_decode((const uint8_t *)"\x5a\x02\x12\x00", 4, &k), 1);
+    cr_assert(k.keys && !k.n_keys);
+    cr_assert(agree((const uint8_t *)"\x5a\x02\x12\x00", 4));
+}
+
 /* The client's requests: protobuf-c's bytes, taken by the decoder. */
 Test(wire, written_requests_are_protobuf_c_bytes) {
     static const uint64_t ids[] = {0, 1, 127, 128, 1ull << 40, UINT64_MAX};

@@ -1025,7 +1025,8 @@ static bool in_place(ps_session *sess, const char *frame, size_t len, in_place_r
     uint64_t *keys = kbytes ? memcpy(sess->scratch, k.keys, kbytes) : (uint64_t *)(uintptr_t)k.keys;
     float *grads = gbytes ? memcpy((char *)sess->scratch + kbytes, k.grads, gbytes)
                           : (float *)(uintptr_t)k.grads;
-    memcpy(ip->table, k.table, k.table_len);
+    if (k.table_len)
+        memcpy(ip->table, k.table, k.table_len);
     ip->table[k.table_len] = 0;
     ctrps__request__init(&ip->req);
     ip->req.id = k.id;
