@@ -425,7 +425,8 @@ Test(wire, pull_reply_in_place_decodes_anywhere_in_the_buffer) {
                         cr_assert(!nv || (uintptr_t)v % _Alignof(float) == 0);
                         for (size_t i = 0; i < nv; i++)
                             v[i] = (float)i * 0.5f - 3.0f;
-                        out.len += len;
+                        ps_wire_pull_reply_finish(&out, v, nv, len);
+                        cr_assert_eq(out.len, before + len);
                         const uint8_t *f = (const uint8_t *)out.data + before;
                         uint32_t flen = (uint32_t)f[0] << 24 | (uint32_t)f[1] << 16 |
                                         (uint32_t)f[2] << 8 | f[3];

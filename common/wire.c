@@ -347,3 +347,12 @@ int ps_wire_pull_reply_reserve(ps_buf *out, uint64_t id, const char *pending, ui
     *ret_len = len;
     return 0;
 }
+
+void ps_wire_pull_reply_finish(ps_buf *out, float *values, size_t n_values, size_t len) {
+    if (!PS_WIRE_IN_PLACE) {
+        uint32_t *w = (uint32_t *)(void *)values;
+        for (size_t i = 0; i < n_values; i++)
+            w[i] = __builtin_bswap32(w[i]);
+    }
+    out->len += len;
+}

@@ -21,8 +21,9 @@
  *     there); ps_wire_pull_reply_decode() finds them in a received one.
  *
  * Arrays in frames are little-endian (the protobuf wire format); on a
- * big-endian host the decoders say 0 and the writers are not used
- * (PS_WIRE_IN_PLACE is 0). Pointers into a frame are byte pointers: a
+ * big-endian host (PS_WIRE_IN_PLACE is 0) the decoders say 0, the client
+ * packs with protobuf-c, and the Pull reply's floats are put in wire order
+ * by ps_wire_pull_reply_finish(). Pointers into a frame are byte pointers: a
  * packed array sits at any offset, so reading it as uint64_t or float needs
  * memcpy, or a check of its alignment. */
 
@@ -71,10 +72,14 @@ uint8_t *ps_wire_keyed_write(const ps_wire_keyed *k, uint8_t *dst, uint8_t **ret
  * n_values floats, all written but the floats. *ret_values is where they
  * go, aligned for float (the dim field's varint is padded with
  * continuation bytes for that: valid protobuf, read by every decoder).
- * out->len is left alone: add *ret_len to it once the values are in, or
- * leave it to drop the frame. -ENOMEM, or PS_ELIMIT over 4 GiB. */
+ * out->len is left alone: once the values are in, ps_wire_pull_reply_finish()
+ * adds the frame to out; or leave it, to drop the frame. -ENOMEM, or
+ * PS_ELIMIT over 4 GiB. */
 int ps_wire_pull_reply_reserve(ps_buf *out, uint64_t id, const char *pending, uint32_t dim,
                                size_t n_values, float **ret_values, size_t *ret_len);
+/* The values (n_values, from the reserve) in wire order, and the frame of
+ * len bytes counted in out. */
+void ps_wire_pull_reply_finish(ps_buf *out, float *values, size_t n_values, size_t len);
 
 /* A Pull Response with status OK, as found in a received frame: pointers
  * borrowed from it. */

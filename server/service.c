@@ -55,7 +55,7 @@ typedef struct reply {
     void **owned;                /* owned, and each entry too: freed after packing */
     size_t nowned, owned_cap;
     ps_buf *out;                 /* where the response frame goes */
-    size_t written;              /* a frame the method wrote into out itself: its length */
+    bool written;                /* the method wrote its frame into out itself */
     bool push_ack;
     bool close;
     char err[512];
@@ -260,7 +260,8 @@ static int do_pull(ps_service *svc, ps_session *sess, const Ctrps__PullRequest *
     r = ps_table_pull(t, req->keys, req->n_keys, values, rp->err, sizeof(rp->err));
     if (r < 0)
         return r;
-    rp->written = len;
+    ps_wire_pull_reply_finish(rp->out, values, req->n_keys * dim, len);
+    rp->written = true;
     return 0;
 }
 
@@ -1114,7 +1115,6 @@ reply:
     if (pending[0] && sess->authenticated)
         rp.resp.checkpoint_pending = (char *)pending;
     r = rp.written ? 0 : ps_frame_append(out, &rp.resp.base);
-    out->len += rp.written;
     for (size_t i = 0; i < rp.nowned; i++)
         free(rp.owned[i]);
     free(rp.owned);
