@@ -608,7 +608,7 @@ int main(int argc, char **argv) {
             warm_up(cl, &o, (op_kind)op, pool, grads);
         uint64_t misses0 = server_misses(cl);
         uint64_t rows = 0;
-        double cpu0 = bench_cpu_s(server_pid);
+        double cpu0 = bench_cpu_s(server_pid), client_cpu0 = bench_cpu_s(getpid());
         for (uint32_t r = 0; r < o.runs; r++) {
             uint64_t n;
             v[r] = drive(cl, &o, (op_kind)op, pool, grads, o.seconds, &n);
@@ -620,6 +620,10 @@ int main(int argc, char **argv) {
          * its RocksDB threads included. */
         printf("%s_server_cpu_us_per_row %.3f\n", op_names[op],
                (bench_cpu_s(server_pid) - cpu0) * 1e6 / (double)rows);
+        /* The client's too (this process: the caller and the client's I/O
+         * thread): on one machine both share the cores. */
+        printf("%s_client_cpu_us_per_row %.3f\n", op_names[op],
+               (bench_cpu_s(getpid()) - client_cpu0) * 1e6 / (double)rows);
         if (op != OP_PUSH && o.memory_mb) /* the share of rows read from RocksDB */
             printf("%s_memory_miss_fraction %.4f\n", op_names[op],
                    (double)(server_misses(cl) - misses0) / (double)rows);

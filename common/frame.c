@@ -8,6 +8,13 @@
 
 #define READ_CHUNK (64u << 10)
 
+void ps_frame_header(uint8_t *p, uint32_t len) {
+    p[0] = (uint8_t)(len >> 24);
+    p[1] = (uint8_t)(len >> 16);
+    p[2] = (uint8_t)(len >> 8);
+    p[3] = (uint8_t)len;
+}
+
 int ps_frame_append(ps_buf *out, const ProtobufCMessage *msg) {
     size_t n = protobuf_c_message_get_packed_size(msg);
     if (n > UINT32_MAX)
@@ -16,10 +23,7 @@ int ps_frame_append(ps_buf *out, const ProtobufCMessage *msg) {
     if (r < 0)
         return r;
     uint8_t *p = (uint8_t *)out->data + out->len;
-    p[0] = (uint8_t)(n >> 24);
-    p[1] = (uint8_t)(n >> 16);
-    p[2] = (uint8_t)(n >> 8);
-    p[3] = (uint8_t)n;
+    ps_frame_header(p, (uint32_t)n);
     protobuf_c_message_pack(msg, p + PS_FRAME_HEADER);
     out->len += PS_FRAME_HEADER + n;
     return 0;

@@ -12,6 +12,8 @@
 
 #define PS_FRAME_HEADER 4
 
+/* The 4-byte header of a frame whose payload is len bytes, at p. */
+void ps_frame_header(uint8_t *p, uint32_t len);
 /* Append one frame holding msg. */
 int ps_frame_append(ps_buf *out, const ProtobufCMessage *msg);
 

@@ -12,6 +12,7 @@
 #include "keys.h"
 #include "promtext.h"
 #include "rpc.h"
+#include "wire.h"
 
 #define EXPORT_PAGE_MAX 65536
 #define STATUS_COUNT 16
@@ -53,6 +54,8 @@ typedef struct reply {
     } u;
     void **owned;                /* owned, and each entry too: freed after packing */
     size_t nowned, owned_cap;
+    ps_buf *out;                 /* where the response frame goes */
+    bool written;                /* the method wrote its frame into out itself */
     bool push_ack;
     bool close;
     char err[512];
@@ -109,6 +112,9 @@ void ps_service_session_init(ps_service *svc, ps_session *sess) {
 
 void ps_service_session_deinit(ps_service *svc, ps_session *sess) {
     ps_barrier_gone(svc->barrier, sess);
+    free(sess->scratch);
+    sess->scratch = NULL;
+    sess->scratch_cap = 0;
 }
 
 void ps_service_set_extra_counters(ps_service *svc, ps_service_extra_counters_fn fn, void *ctx) {
@@ -149,9 +155,12 @@ static int find_table(ps_service *svc, const char *name, ps_table **ret, reply *
 }
 
 static int check_owned(ps_service *svc, const uint64_t *keys, size_t n, reply *rp) {
-    if (ps_shard_owns_all(svc->shard, keys, n))
+    /* Shard 0 of a one-shard map owns every bucket (ps_cluster_map_check):
+     * no key to hash. */
+    const ps_cluster_map *m = ps_shard_map(svc->shard);
+    if ((m->nshards == 1 && ps_shard_id(svc->shard) == 0) || ps_shard_owns_all(svc->shard, keys, n))
         return 0;
-    uint64_t epoch = ps_shard_map(svc->shard)->version;
+    uint64_t epoch = m->version;
     snprintf(rp->err, sizeof(rp->err), "keys of buckets not owned by shard %u (map version %llu)",
              ps_shard_id(svc->shard), (unsigned long long)epoch);
     rp->resp.map_version = epoch;
@@ -238,20 +247,21 @@ static int do_pull(ps_service *svc, ps_session *sess, const Ctrps__PullRequest *
         r = check_not_moving(svc, req->keys, req->n_keys, rp);
     if (r < 0)
         return r;
+    /* The rows go straight into the reply frame: no array to pack. The
+     * barrier's pending checkpoint is read as ps_service_handle() would
+     * read it for a packed reply (a Pull cannot change it). */
     uint32_t dim = ps_table_dim(t);
-    float *values = own(rp, malloc(req->n_keys * dim * sizeof(float) + 1));
-    if (!values)
-        return -ENOMEM;
+    float *values;
+    size_t len;
+    r = ps_wire_pull_reply_reserve(rp->out, rp->resp.id, ps_barrier_pending(svc->barrier), dim,
+                                   req->n_keys * dim, &values, &len);
+    if (r < 0)
+        return r;
     r = ps_table_pull(t, req->keys, req->n_keys, values, rp->err, sizeof(rp->err));
     if (r < 0)
         return r;
-    Ctrps__PullResponse *p = &rp->u.pull;
-    ctrps__pull_response__init(p);
-    p->dim = dim;
-    p->n_values = req->n_keys * dim;
-    p->values = values;
-    rp->resp.result_case = CTRPS__RESPONSE__RESULT_PULL;
-    rp->resp.pull = p;
+    ps_wire_pull_reply_finish(rp->out, values, req->n_keys * dim, len);
+    rp->written = true;
     return 0;
 }
 
@@ -1094,12 +1104,74 @@ static int do_move(ps_service *svc, ps_session *sess, const Ctrps__MoveRequest *
 
 /* ---- dispatch --------------------------------------------------------------- */
 
+/* A Pull or Push read in place (common/wire.h), as the message the
+ * handlers take. */
+typedef struct in_place_req {
+    Ctrps__Request req;
+    Ctrps__PullRequest pull;
+    Ctrps__PushRequest push;
+    char table[256];             /* NUL-terminated, as protobuf-c's copy: a NUL inside ends it */
+} in_place_req;
+
+/* Decode a Pull or Push without protobuf-c's allocations: the handlers get
+ * the keys and gradients where they lie in the frame, or, where a packed
+ * array does not sit aligned for its type, a copy in the session's scratch
+ * (grown to the largest request seen, which max_frame_bytes bounds). The
+ * handlers only read them: the casts drop const, not alignment. false:
+ * decode it with protobuf-c (any other request, anything unusual, a table
+ * name too long for the buffer, no memory for the scratch). */
+static bool in_place(ps_session *sess, const char *frame, size_t len, in_place_req *ip) {
+    ps_wire_keyed k;
+    if (ps_wire_keyed_decode((const uint8_t *)frame, len, &k) != 1 ||
+        k.table_len >= sizeof(ip->table))
+        return false;
+    size_t kbytes = k.n_keys && (uintptr_t)k.keys % _Alignof(uint64_t) ? k.n_keys * sizeof(uint64_t) : 0;
+    size_t gbytes = k.n_grads && (uintptr_t)k.grads % _Alignof(float) ? k.n_grads * sizeof(float) : 0;
+    if (kbytes + gbytes > sess->scratch_cap) {
+        free(sess->scratch);
+        sess->scratch = malloc(kbytes + gbytes);
+        sess->scratch_cap = sess->scratch ? kbytes + gbytes : 0;
+        if (!sess->scratch)
+            return false;
+    }
+    uint64_t *keys = kbytes ? memcpy(sess->scratch, k.keys, kbytes) : (uint64_t *)(uintptr_t)k.keys;
+    float *grads = gbytes ? memcpy((char *)sess->scratch + kbytes, k.grads, gbytes)
+                          : (float *)(uintptr_t)k.grads;
+    if (k.table_len)
+        memcpy(ip->table, k.table, k.table_len);
+    ip->table[k.table_len] = 0;
+    ctrps__request__init(&ip->req);
+    ip->req.id = k.id;
+    if (k.method == PS_WIRE_PULL) {
+        ctrps__pull_request__init(&ip->pull);
+        ip->pull.table = ip->table;
+        ip->pull.n_keys = k.n_keys;
+        ip->pull.keys = keys;
+        ip->req.method_case = CTRPS__REQUEST__METHOD_PULL;
+        ip->req.pull = &ip->pull;
+    } else {
+        ctrps__push_request__init(&ip->push);
+        ip->push.table = ip->table;
+        ip->push.n_keys = k.n_keys;
+        ip->push.keys = keys;
+        ip->push.n_grads = k.n_grads;
+        ip->push.grads = grads;
+        ip->push.client_id = k.client_id;
+        ip->push.seq = k.seq;
+        ip->req.method_case = CTRPS__REQUEST__METHOD_PUSH;
+        ip->req.push = &ip->push;
+    }
+    return true;
+}
+
 int ps_service_handle(ps_service *svc, ps_session *sess, const char *frame, size_t len, ps_buf *out,
                       bool *ret_push, bool *ret_close) {
     *ret_push = false;
     *ret_close = false;
-    Ctrps__Request *req =
-        ctrps__request__unpack(NULL, len, (const uint8_t *)frame);
+    in_place_req ip;
+    Ctrps__Request *req = in_place(sess, frame, len, &ip)
+                              ? &ip.req
+                              : ctrps__request__unpack(NULL, len, (const uint8_t *)frame);
     if (!req) {
         svc->bad_frames++;
         return PS_EPROTO;
@@ -1108,6 +1180,7 @@ int ps_service_handle(ps_service *svc, ps_session *sess, const char *frame, size
     memset(&rp, 0, sizeof(rp));
     ctrps__response__init(&rp.resp);
     rp.resp.id = req->id;
+    rp.out = out;
     int r;
     if (!sess->authenticated && req->method_case != CTRPS__REQUEST__METHOD_HELLO) {
         /* Nothing about rows, tables or the cluster before authentication. */
@@ -1152,11 +1225,12 @@ reply:
     const char *pending = ps_barrier_pending(svc->barrier);
     if (pending[0] && sess->authenticated)
         rp.resp.checkpoint_pending = (char *)pending;
-    r = ps_frame_append(out, &rp.resp.base);
+    r = rp.written ? 0 : ps_frame_append(out, &rp.resp.base);
     for (size_t i = 0; i < rp.nowned; i++)
         free(rp.owned[i]);
     free(rp.owned);
-    ctrps__request__free_unpacked(req, NULL);
+    if (req != &ip.req)
+        ctrps__request__free_unpacked(req, NULL);
     *ret_push = rp.push_ack;
     *ret_close = rp.close;
     return r;

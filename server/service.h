@@ -36,6 +36,10 @@ struct ps_session {
     int last_status;
     bool last_auth_failed;
     char last_error[160];
+    /* Owned: where a Pull's or Push's arrays are copied when they do not
+     * sit aligned in the frame (service.c, in_place()); kept for the next. */
+    void *scratch;
+    size_t scratch_cap;
 };
 
 /* Counters kept by the network layer, reported through Stats. */

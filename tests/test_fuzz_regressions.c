@@ -183,6 +183,12 @@ Test(fuzz_regressions, slot_collision_reason_is_printable) {
     ps_example_deinit(&ex);
 }
 
+/* fuzz_request found that a Push decoded in place (common/wire.h) without
+ * a table field had the shard copy its name from a NULL pointer: UB, if a
+ * harmless one (corpus/request/crash-in-place-no-table, replayed by
+ * fuzz_corpus/request; test_wire states the decoder's side). It is now
+ * refused as protobuf-c's decoding was: unknown table ''. */
+
 /* fuzz_request found that finite gradients near FLT_MAX overflowed FTRL's z
  * and n, and w became Inf/Inf = NaN, which Pull then served to every worker
  * (corpus/request/finding-ftrl-nan-weights). Such an update is now refused
