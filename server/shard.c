@@ -1276,10 +1276,8 @@ int ps_shard_drop(ps_shard *s, uint32_t lo, uint32_t hi, size_t budget, bool *re
     int r = check_range(s, lo, hi, err, errlen);
     if (r < 0)
         return r;
-    if (s->drop && (s->drop_lo != lo || s->drop_hi != hi)) {
-        snprintf(err, errlen, "buckets %u-%u are being dropped already", s->drop_lo, s->drop_hi - 1);
-        return PS_EPROTO;
-    }
+    if (s->drop && (s->drop_lo != lo || s->drop_hi != hi))
+        drop_end(s); /* given up (its mover gone): nothing of it is stored */
     if (!s->drop && (r = drop_begin(s, lo, hi, err, errlen)) < 0)
         return r;
     /* The stored rows, a budget's worth per call. */

@@ -198,8 +198,9 @@ int ps_shard_adopt_seqs(ps_shard *s, uint32_t lo, uint32_t hi, const uint64_t *i
 /* drop() walks at most `budget` stored rows a call (0: all): *ret_more
  * says to call it again with the same range (the loop serves other
  * requests between calls); the range's rows leave the count and the store
- * at the last call, which then thaws. A drop of another range meanwhile is
- * refused. */
+ * at the last call, which then thaws. A drop of another range meanwhile
+ * gives up the one under way, which has changed nothing stored yet (its
+ * rows are out of memory, and read from the store again if needed). */
 int ps_shard_drop(ps_shard *s, uint32_t lo, uint32_t hi, size_t budget, bool *ret_more,
                   uint64_t *ret_rows, char *err, size_t errlen);
 /* The admission filters go with a copy (server/admit.h, "Moving with a
