@@ -517,7 +517,11 @@ static void on_connection(uv_stream_t *server, int status) {
 static void tick(ps_server *srv) {
     ps_shard_counters before, after;
     ps_shard_counters_get(srv->shard, &before);
+    uint64_t t0 = uv_hrtime();
     ps_shard_tick(srv->shard, uv_now(&srv->loop));
+    uint64_t ns = uv_hrtime() - t0;
+    if (ns >= 500ull * 1000 * 1000)
+        ps_warn("slow tick (write-back, expiry): %.0f ms on the loop", (double)ns / 1e6);
     ps_shard_counters_get(srv->shard, &after);
     if (after.flushes != before.flushes || after.flush_errors != before.flush_errors)
         ps_debug("write-back: %llu batch(es), %llu rows committed, %llu failed (%llu rows in all)",

@@ -10,6 +10,7 @@
 #include "error.h"
 #include "frame.h"
 #include "keys.h"
+#include "log.h"
 #include "promtext.h"
 #include "rpc.h"
 #include "wire.h"
@@ -1164,6 +1165,20 @@ static bool in_place(ps_session *sess, const char *frame, size_t len, in_place_r
     return true;
 }
 
+/* A request that held the loop this long is logged: nothing else was
+ * served meanwhile. */
+#define SLOW_REQUEST_NS (500ull * 1000 * 1000)
+
+static void slow_request(const char *method, const Ctrps__Request *req, uint64_t ns) {
+    if (ns < SLOW_REQUEST_NS)
+        return;
+    if (req->method_case == CTRPS__REQUEST__METHOD_MOVE)
+        ps_warn("slow %s request (phase %d): %.0f ms on the loop", method, req->move->phase,
+                (double)ns / 1e6);
+    else
+        ps_warn("slow %s request: %.0f ms on the loop", method, (double)ns / 1e6);
+}
+
 int ps_service_handle(ps_service *svc, ps_session *sess, const char *frame, size_t len, ps_buf *out,
                       bool *ret_push, bool *ret_close) {
     *ret_push = false;
@@ -1197,6 +1212,7 @@ int ps_service_handle(ps_service *svc, ps_session *sess, const char *frame, size
         svc->requests[PS_METHOD_##tag]++;                                                      \
         r = do_##name(svc, sess, req->name, &rp);                                              \
         ps_prom_histogram_observe(&svc->latency[PS_METHOD_##tag], ps_prom_now_ns() - t0);      \
+        slow_request(#name, req, ps_prom_now_ns() - t0);                                       \
         break;
         PS_METHOD_MAP(DISPATCH)
 #undef DISPATCH
