@@ -51,7 +51,8 @@ static int simple_phase(ps_client *c, uint32_t shard, Ctrps__MoveRequest__Phase 
 }
 
 /* DROP [lo, hi) on `shard`, call after call while the shard says there
- * is more (it walks a large range a step at a time, serving between). */
+ * is more (it writes the range's dirty rows back on its write-back thread
+ * first, then walks a large range a step at a time, serving between). */
 static int drop(ps_client *c, uint32_t shard, uint32_t lo, uint32_t hi, uint64_t stage, char *err,
                 size_t errlen) {
     Ctrps__MoveRequest m = move_request(CTRPS__MOVE_REQUEST__PHASE__DROP, lo, hi);
@@ -65,6 +66,8 @@ static int drop(ps_client *c, uint32_t shard, uint32_t lo, uint32_t hi, uint64_t
         ctrps__response__free_unpacked(resp, NULL);
         if (!more)
             return 0;
+        /* The shard may be waiting for a write-back: do not spin on it. */
+        nanosleep(&(struct timespec){.tv_nsec = 2 * 1000 * 1000}, NULL);
     }
 }
 

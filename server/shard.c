@@ -1228,23 +1228,63 @@ static void drop_end(ps_shard *s) {
     s->drop_batch = NULL;
 }
 
-/* The first step of a drop: checks, and every row of the range out of
- * memory (written back first if some are dirty). */
-static int drop_begin(ps_shard *s, uint32_t lo, uint32_t hi, char *err, size_t errlen) {
+static int range_given_away(const ps_shard *s, uint32_t lo, uint32_t hi, char *err,
+                            size_t errlen) {
     for (uint32_t b = lo; b < hi; b++)
         if (s->map.owner[b] == s->id) {
             snprintf(err, errlen, "bucket %u is still owned by shard %u: install the new map first",
                      b, s->id);
             return PS_EPROTO;
         }
+    return 0;
+}
+
+/* Whether a drop in steps may begin: no write-back runs (one may hold
+ * rows of the range, and would write them after the delete), and no row
+ * of the range is dirty. Else a write-back is begun if none runs, on the
+ * write-back thread, and the loop goes on serving: the caller asks again. */
+static int drop_ready(ps_shard *s, uint32_t lo, uint32_t hi, bool *ret_ready, char *err,
+                      size_t errlen) {
+    pthread_mutex_lock(&s->mu);
+    flush_state st = s->state;
+    pthread_mutex_unlock(&s->mu);
+    if (st == FLUSH_DONE)
+        flush_end(s, mono_ms());
+    *ret_ready = false;
+    if (st == FLUSH_PENDING)
+        return 0;
+    if (s->job_failed) {
+        snprintf(err, errlen, "write-back failed: %s", s->store_error);
+        return PS_EREAD_ONLY;
+    }
+    bool dirty = false;
+    for (size_t i = 0; i < s->ntables && !dirty; i++)
+        dirty = ps_table_range_dirty(s->tables[i], lo, hi);
+    if (!dirty) {
+        *ret_ready = true;
+        return 0;
+    }
+    int r = flush_begin(s);
+    if (r < 0)
+        snprintf(err, errlen, "write-back: %s", ps_strerror(r));
+    return r;
+}
+
+/* The first step of a drop: checks, and every row of the range out of
+ * memory (written back first if some are dirty). */
+static int drop_begin(ps_shard *s, uint32_t lo, uint32_t hi, char *err, size_t errlen) {
+    int r = range_given_away(s, lo, hi, err, errlen);
+    if (r < 0)
+        return r;
     memo_end(s);
     /* A write-back under way (or failed, to be retried) may hold rows of
      * the range: it goes first, or it would write them back after the
      * delete. Rows of the range still dirty are written back only if some
      * are (a target's range has none: its own rows need not wait). Once
-     * they are out of memory, no later write-back holds any. */
+     * they are out of memory, no later write-back holds any. (A stepped
+     * drop comes here only when drop_ready() found none of that.) */
     wait_flush(s);
-    int r = s->job_failed ? ps_shard_flush_sync(s, err, errlen) : 0;
+    r = s->job_failed ? ps_shard_flush_sync(s, err, errlen) : 0;
     if (r < 0)
         return r;
     s->drop_in_memory = memory_rows(s);
@@ -1278,6 +1318,16 @@ int ps_shard_drop(ps_shard *s, uint32_t lo, uint32_t hi, size_t budget, bool *re
         return r;
     if (s->drop && (s->drop_lo != lo || s->drop_hi != hi))
         drop_end(s); /* given up (its mover gone): nothing of it is stored */
+    if (!s->drop && budget) { /* stepped: no write-back waited for on the loop */
+        bool ready;
+        if ((r = range_given_away(s, lo, hi, err, errlen)) < 0 ||
+            (r = drop_ready(s, lo, hi, &ready, err, errlen)) < 0)
+            return r;
+        if (!ready) {
+            *ret_more = true;
+            return 0;
+        }
+    }
     if (!s->drop && (r = drop_begin(s, lo, hi, err, errlen)) < 0)
         return r;
     /* The stored rows, a budget's worth per call. */

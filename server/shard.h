@@ -197,8 +197,11 @@ int ps_shard_adopt_seqs(ps_shard *s, uint32_t lo, uint32_t hi, const uint64_t *i
                         const uint64_t *seqs, size_t n, char *err, size_t errlen);
 /* drop() walks at most `budget` stored rows a call (0: all): *ret_more
  * says to call it again with the same range (the loop serves other
- * requests between calls); the range's rows leave the count and the store
- * at the last call, which then thaws. A drop of another range meanwhile
+ * requests between calls); with a budget, a range with dirty rows, or a
+ * write-back under way, first has the call begin one (on the write-back
+ * thread) and answer *ret_more, instead of writing back on the loop. The
+ * range's rows leave the count and the store at the last call, which then
+ * thaws. A drop of another range meanwhile
  * gives up the one under way, which has changed nothing stored yet (its
  * rows are out of memory, and read from the store again if needed). */
 int ps_shard_drop(ps_shard *s, uint32_t lo, uint32_t hi, size_t budget, bool *ret_more,

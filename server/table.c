@@ -1401,13 +1401,19 @@ int ps_table_adopt(ps_table *t, const uint64_t *keys, const void *const *values,
     return 0;
 }
 
-int ps_table_forget_memory(ps_table *t, uint32_t lo, uint32_t hi, char *err, size_t errlen) {
+bool ps_table_range_dirty(const ps_table *t, uint32_t lo, uint32_t hi) {
     for (uint64_t s = 0; s < t->used; s++) {
-        row *r = slot_row(t, (uint32_t)s);
-        if (!(r->flags & ROW_FREE) && r->bucket >= lo && r->bucket < hi && is_dirty(t, r)) {
-            snprintf(err, errlen, "a row of bucket %u is not written back", r->bucket);
-            return PS_EPROTO;
-        }
+        const row *r = slot_row(t, (uint32_t)s);
+        if (!(r->flags & ROW_FREE) && r->bucket >= lo && r->bucket < hi && is_dirty(t, r))
+            return true;
+    }
+    return false;
+}
+
+int ps_table_forget_memory(ps_table *t, uint32_t lo, uint32_t hi, char *err, size_t errlen) {
+    if (ps_table_range_dirty(t, lo, hi)) {
+        snprintf(err, errlen, "a row of buckets %u-%u is not written back", lo, hi - 1);
+        return PS_EPROTO;
     }
     for (uint64_t s = 0; s < t->used; s++) {
         row *r = slot_row(t, (uint32_t)s);

@@ -1113,6 +1113,54 @@ static uint64_t rows_of(ps_table *t) {
     return st.rows;
 }
 
+/* A stepped drop of a range whose rows are dirty (pushed before the map
+ * gave it away) writes them back on the write-back thread, answering "more"
+ * meanwhile, then drops them: out of the count, the store and memory. */
+Test(shard, a_stepped_drop_of_dirty_rows_writes_back_off_the_loop) {
+    make_keys();
+    ps_config *cfg = load_config((cfg_opts){0});
+    ps_shard *s = open_shard(cfg, 0);
+    ps_table *emb = ps_shard_table(s, "emb");
+    char err[512] = "";
+    float g[DIM];
+    for (size_t i = 0; i < DIM; i++)
+        g[i] = 0.01f;
+    ps_push_result res;
+    uint64_t moved = 0;
+    for (size_t i = 0; i < NEMB; i++) {
+        cr_assert_eq(ps_shard_push(s, emb, &emb_key[i], 1, g, 0, 0, &res, err, sizeof(err)), 0, "%s",
+                     err);
+        moved += ps_bucket(emb_key[i], 64) < 16;
+    }
+    cr_assert_gt(moved, 0);
+    ps_cluster_map m;
+    cr_assert_eq(ps_cluster_map_copy(ps_shard_map(s), &m), 0);
+    m.version++;
+    for (uint32_t b = 0; b < 16; b++)
+        m.owner[b] = 1;
+    cr_assert_eq(ps_shard_set_map(s, &m, err, sizeof(err)), 0, "%s", err);
+    ps_cluster_map_deinit(&m);
+    bool more = true;
+    uint64_t dropped = 0;
+    int calls = 0;
+    while (more && calls < 100000) {
+        cr_assert_eq(ps_shard_drop(s, 0, 16, 1000, &more, &dropped, err, sizeof(err)), 0, "%s", err);
+        if (calls++ == 0)
+            cr_assert(more, "dirty rows: a write-back first");
+        usleep(100);
+    }
+    cr_assert_not(more);
+    cr_assert_eq(dropped, moved, "the rows went through the store");
+    cr_assert_eq(rows_of(emb), NEMB - moved);
+    uint8_t found[NEMB];
+    float w[NEMB * DIM];
+    cr_assert_eq(ps_table_lookup(emb, emb_key, NEMB, found, w, NULL, err, sizeof(err)), 0);
+    for (size_t i = 0; i < NEMB; i++)
+        cr_assert_eq(found[i], ps_bucket(emb_key[i], 64) >= 16, "key %zu", i);
+    cr_assert_eq(ps_shard_close(s), 0);
+    ps_config_free(cfg);
+}
+
 static int drop_all(ps_shard *s, uint32_t lo, uint32_t hi, char *err, size_t errlen) {
     bool more;
     return ps_shard_drop(s, lo, hi, 0, &more, NULL, err, errlen);
