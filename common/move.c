@@ -171,6 +171,19 @@ static void test_stop(const char *at) {
         raise(SIGSTOP);
 }
 
+/* Whether the source no longer tracks the copy `tid` (it restarted), asked
+ * after it refused a page. */
+static bool source_lost(ps_client *c, uint32_t from, uint64_t tid) {
+    Ctrps__MoveRequest st = CTRPS__MOVE_REQUEST__INIT;
+    Ctrps__Response *resp;
+    char serr[256];
+    if (move_call(c, from, &st, &resp, serr, sizeof(serr)) < 0)
+        return false;
+    bool lost = resp->move->track_id != tid;
+    ctrps__response__free_unpacked(resp, NULL);
+    return lost;
+}
+
 /* One pass of EXPORT (the range's stored rows) or CHANGED (a catch-up
  * round: rows changed since the previous one) from -> to, page by page,
  * each page imported while the next is read; the sequence numbers come
@@ -198,14 +211,8 @@ static int copy_pass(ps_client *c, Ctrps__MoveRequest__Phase phase, uint32_t lo,
         char ierr[256];
         bool imported = job.resp != NULL;
         int ir = import_finish(&job, pr, ierr, sizeof(ierr));
-        if (r < 0) {
-            /* Refused because the source forgot the copy (a restart)? */
-            Ctrps__MoveRequest st = CTRPS__MOVE_REQUEST__INIT;
-            char serr[256];
-            if (move_call(c, pr->from, &st, &resp, serr, sizeof(serr)) == 0) {
-                *ret_lost = resp->move->track_id != tid;
-                ctrps__response__free_unpacked(resp, NULL);
-            }
+        if (r < 0) { /* refused because the source forgot the copy (a restart)? */
+            *ret_lost = source_lost(c, pr->from, tid);
             return *ret_lost ? 0 : r;
         }
         if (ir < 0) {
@@ -263,19 +270,6 @@ static int fence(ps_client *c, uint32_t shard, uint32_t lo, uint32_t hi, char *e
     Ctrps__MoveRequest m = move_request(CTRPS__MOVE_REQUEST__PHASE__FREEZE, lo, hi);
     m.fence = true;
     return move_call(c, shard, &m, NULL, err, errlen);
-}
-
-/* Whether the source no longer tracks the copy `tid` (it restarted), asked
- * after it refused a page. */
-static bool source_lost(ps_client *c, uint32_t from, uint64_t tid) {
-    Ctrps__MoveRequest st = CTRPS__MOVE_REQUEST__INIT;
-    Ctrps__Response *resp;
-    char serr[256];
-    if (move_call(c, from, &st, &resp, serr, sizeof(serr)) < 0)
-        return false;
-    bool lost = resp->move->track_id != tid;
-    ctrps__response__free_unpacked(resp, NULL);
-    return lost;
 }
 
 /* One round of the admission filters (proto ADMIT) from -> to: each page

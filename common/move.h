@@ -50,7 +50,7 @@ typedef struct ps_move_progress {
     uint32_t restarts;           /* copies begun again after the source or the target restarted */
     double t0, elapsed_s;        /* the copy's start (monotonic s) and its time so far */
     double pause_s;              /* when done: freeze to the new map on the source, made of: */
-    double freeze_s;             /*   the source's FREEZE (a durable write) */
+    double freeze_s;             /*   the source's FREEZE (in memory: the fence stored it) */
     double last_round_s;         /*   the last changes copied with the range frozen, */
     uint64_t last_round_rows;    /*   this many rows */
     double map_s;                /*   the new map installed on the target, then the source */

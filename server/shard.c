@@ -61,9 +61,6 @@ typedef struct dense_block_record {
     uint32_t len;
 } dense_block_record;
 
-/* One table's staged rows: its file, the last key put (keys go strictly
- * ascending: a page sent again is skipped), and the clocks of the live rows,
- * which join the live count at the ingest. */
 /* The store keys of a table's rows in a copy's first pass, in order, and
  * each one's last_seen (MEMO_GONE: no live row of it here now). */
 typedef struct memo_table {
@@ -124,6 +121,9 @@ static ptrdiff_t memo_find(const memo_table *m, const uint8_t *key) {
     return -1;
 }
 
+/* One table's staged rows: its file, the last key put (keys go strictly
+ * ascending: a page sent again is skipped), and the keys and clocks of the
+ * live rows, which join the live count at the ingest. */
 typedef struct stage_table {
     ps_store_sst *w;             /* NULL: no rows yet */
     char path[PS_PATH_MAX + 64];
@@ -542,16 +542,32 @@ static void flush_end(ps_shard *s, uint64_t now_ms);
 static int flush_begin(ps_shard *s);
 static size_t total_dirty(const ps_shard *s);
 
+/* The write-back thread's state, on the loop thread; a write-back it has
+ * finished is ended first (FLUSH_DONE is returned then, as it was). */
+static flush_state writeback_poll(ps_shard *s, uint64_t now_ms) {
+    pthread_mutex_lock(&s->mu);
+    flush_state st = s->state;
+    pthread_mutex_unlock(&s->mu);
+    if (st == FLUSH_DONE)
+        flush_end(s, now_ms);
+    return st;
+}
+
+/* A write-back begun on the write-back thread, for a caller that asks
+ * again later instead of waiting. */
+static int writeback_begin(ps_shard *s, char *err, size_t errlen) {
+    int r = flush_begin(s);
+    if (r < 0)
+        snprintf(err, errlen, "write-back: %s", ps_strerror(r));
+    return r;
+}
+
 /* Whether the store holds every row of the tracked range as of track()
  * (changes since are recorded): a write-back begun after it has ended, or
  * nothing is dirty. Starts that write-back if none runs, on the write-back
  * thread: the loop goes on serving meanwhile. */
 static int export_ready(ps_shard *s, bool *ret_ready, char *err, size_t errlen) {
-    pthread_mutex_lock(&s->mu);
-    flush_state st = s->state;
-    pthread_mutex_unlock(&s->mu);
-    if (st == FLUSH_DONE)
-        flush_end(s, mono_ms());
+    flush_state st = writeback_poll(s, mono_ms());
     if (s->job_failed) {
         snprintf(err, errlen, "write-back failed: %s", s->store_error);
         return PS_EREAD_ONLY;
@@ -564,10 +580,7 @@ static int export_ready(ps_shard *s, bool *ret_ready, char *err, size_t errlen) 
         *ret_ready = true;
         return 0;
     }
-    int r = flush_begin(s);
-    if (r < 0)
-        snprintf(err, errlen, "write-back: %s", ps_strerror(r));
-    return r;
+    return writeback_begin(s, err, errlen);
 }
 
 int ps_shard_move_export(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t *table_index,
@@ -852,8 +865,8 @@ int ps_shard_adopt_rows(ps_shard *s, ps_table *t, const uint64_t *keys, const vo
 }
 
 /* "aseq/LO-HI": the clients' sequence numbers adopted with buckets [LO, HI),
- * stored with fsync as they come (a move's cut-over): HI (4 bytes), then
- * per client its id and HI - LO seqs, 8 bytes each. The cseq/ records of
+ * stored with fsync as they come (a move's cut-over): per client its id
+ * and HI - LO seqs, 8 bytes each. The cseq/ records of
  * the next write-back hold them, and that write-back deletes the record;
  * an open applies any record left before the push log is replayed. So a
  * cut-over costs one small write, not a write-back of every dirty row. */
@@ -880,14 +893,13 @@ static int aseq_note(ps_shard *s, uint32_t lo, uint32_t hi) {
 
 static int aseq_write(ps_shard *s, uint32_t lo, uint32_t hi, const uint64_t *ids,
                       const uint64_t *seqs, size_t n, char *err, size_t errlen) {
-    size_t w = hi - lo, len = 4 + n * (1 + w) * 8;
-    uint8_t *v = malloc(len);
+    size_t w = hi - lo, len = n * (1 + w) * 8;
+    uint8_t *v = malloc(len + 1);
     if (!v)
         return -ENOMEM;
-    memcpy(v, &hi, 4);
     for (size_t i = 0; i < n; i++) {
-        memcpy(v + 4 + i * (1 + w) * 8, &ids[i], 8);
-        memcpy(v + 4 + (i * (1 + w) + 1) * 8, seqs + i * w, w * 8);
+        memcpy(v + i * (1 + w) * 8, &ids[i], 8);
+        memcpy(v + (i * (1 + w) + 1) * 8, seqs + i * w, w * 8);
     }
     char key[32];
     aseq_key(lo, hi, key, sizeof(key));
@@ -912,21 +924,19 @@ static int aseq_load(ps_shard *s) {
             break;
         char name[32];
         uint32_t lo, hi;
-        if (klen >= sizeof(name) || vlen < 4)
+        if (klen >= sizeof(name))
             continue;
         memcpy(name, k, klen);
         name[klen] = '\0';
-        uint32_t khi;
-        if (sscanf(name, "aseq/%u-%u", &lo, &khi) != 2)
+        if (sscanf(name, "aseq/%u-%u", &lo, &hi) != 2 || lo >= hi || hi > s->cfg->buckets)
             continue;
-        memcpy(&hi, v, 4);
-        size_t w = hi > lo ? hi - lo : 0;
-        if (!w || hi != khi || hi > s->cfg->buckets || (vlen - 4) % ((1 + w) * 8))
+        size_t w = hi - lo;
+        if (vlen % ((1 + w) * 8))
             continue;
         /* The max per bucket: a later adoption of a bucket carries larger
          * seqs than an earlier one, and cseq/ than an adoption it holds. */
-        for (size_t i = 0; r == 0 && i < (vlen - 4) / ((1 + w) * 8); i++) {
-            const uint8_t *p = v + 4 + i * (1 + w) * 8;
+        for (size_t i = 0; r == 0 && i < vlen / ((1 + w) * 8); i++) {
+            const uint8_t *p = v + i * (1 + w) * 8;
             uint64_t id, q;
             memcpy(&id, p, 8);
             client_entry *e = client_slot(s, id, true);
@@ -1043,7 +1053,6 @@ static int stage_known(const ps_shard *s, uint64_t id, char *err, size_t errlen)
 
 /* Put one page into the table's staging file; keys at or below the last
  * one put are a page sent again, already in. */
-
 static int stage_put(ps_shard *s, size_t ti, const uint64_t *keys, const void *const *values,
                      const size_t *lens, size_t n, char *err, size_t errlen) {
     stage_table *st = &s->stage[ti];
@@ -1245,11 +1254,7 @@ static int range_given_away(const ps_shard *s, uint32_t lo, uint32_t hi, char *e
  * write-back thread, and the loop goes on serving: the caller asks again. */
 static int drop_ready(ps_shard *s, uint32_t lo, uint32_t hi, bool *ret_ready, char *err,
                       size_t errlen) {
-    pthread_mutex_lock(&s->mu);
-    flush_state st = s->state;
-    pthread_mutex_unlock(&s->mu);
-    if (st == FLUSH_DONE)
-        flush_end(s, mono_ms());
+    flush_state st = writeback_poll(s, mono_ms());
     *ret_ready = false;
     if (st == FLUSH_PENDING)
         return 0;
@@ -1264,10 +1269,7 @@ static int drop_ready(ps_shard *s, uint32_t lo, uint32_t hi, bool *ret_ready, ch
         *ret_ready = true;
         return 0;
     }
-    int r = flush_begin(s);
-    if (r < 0)
-        snprintf(err, errlen, "write-back: %s", ps_strerror(r));
-    return r;
+    return writeback_begin(s, err, errlen);
 }
 
 /* The first step of a drop: checks, and every row of the range out of
@@ -1338,7 +1340,7 @@ int ps_shard_drop(ps_shard *s, uint32_t lo, uint32_t hi, size_t budget, bool *re
         ps_forget *f = &s->drop[i];
         uint64_t before = f->rows;
         if (!f->done && (!budget || left))
-            r = ps_table_forget_stored(s->tables[i], f, left, err, errlen);
+            r = ps_table_forget_stored(s->tables[i], f, left);
         if (budget)
             left -= f->rows - before < left ? f->rows - before : left;
         done = done && f->done;
@@ -1399,8 +1401,7 @@ static int load_move(ps_shard *s, char *err, size_t errlen) {
 }
 
 bool ps_shard_hold_writeback(ps_shard *s, uint32_t ms) {
-    uint64_t until = mono_ms() + ms;
-    s->hold_until_ms = ms ? until : 0;
+    s->hold_until_ms = ms ? mono_ms() + ms : 0;
     pthread_mutex_lock(&s->mu);
     bool running = s->state == FLUSH_PENDING;
     pthread_mutex_unlock(&s->mu);
@@ -1770,11 +1771,7 @@ static bool flush_due(const ps_shard *s, uint64_t now_ms) {
 }
 
 void ps_shard_tick(ps_shard *s, uint64_t now_ms) {
-    pthread_mutex_lock(&s->mu);
-    flush_state st = s->state;
-    pthread_mutex_unlock(&s->mu);
-    if (st == FLUSH_DONE)
-        flush_end(s, now_ms);
+    flush_state st = writeback_poll(s, now_ms);
     if (st == FLUSH_PENDING)
         return;
     if (s->log_failed && now_ms >= s->retry_at_ms) {

@@ -1445,9 +1445,7 @@ void ps_table_forget_deinit(ps_forget *f) {
     f->seen = NULL;
 }
 
-int ps_table_forget_stored(ps_table *t, ps_forget *f, size_t budget, char *err, size_t errlen) {
-    (void)err;
-    (void)errlen;
+int ps_table_forget_stored(ps_table *t, ps_forget *f, size_t budget) {
     if (f->done)
         return 0;
     ps_store_iter *it = ps_store_iter_new(t->store, t->cf, f->next.b, PS_STORE_KEY_LEN);

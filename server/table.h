@@ -146,7 +146,8 @@ int ps_table_forget_memory(ps_table *t, uint32_t lo, uint32_t hi, char *err, siz
 /* Whether a row of buckets [lo, hi) in memory is not written back. */
 bool ps_table_range_dirty(const ps_table *t, uint32_t lo, uint32_t hi);
 void ps_table_forget_begin(ps_forget *f, uint32_t lo, uint32_t hi);
-int ps_table_forget_stored(ps_table *t, ps_forget *f, size_t budget, char *err, size_t errlen);
+/* forget_stored(): 0, or -ENOMEM. */
+int ps_table_forget_stored(ps_table *t, ps_forget *f, size_t budget);
 void ps_table_forget_end(ps_table *t, ps_forget *f, ps_store_batch *b);
 void ps_table_forget_deinit(ps_forget *f);
 /* Adoption in two steps, for rows that reach the store by another way than
