@@ -156,12 +156,9 @@ static int find_table(ps_service *svc, const char *name, ps_table **ret, reply *
 }
 
 static int check_owned(ps_service *svc, const uint64_t *keys, size_t n, reply *rp) {
-    /* Shard 0 of a one-shard map owns every bucket (ps_cluster_map_check):
-     * no key to hash. */
-    const ps_cluster_map *m = ps_shard_map(svc->shard);
-    if ((m->nshards == 1 && ps_shard_id(svc->shard) == 0) || ps_shard_owns_all(svc->shard, keys, n))
+    if (ps_shard_owns_all(svc->shard, keys, n))
         return 0;
-    uint64_t epoch = m->version;
+    uint64_t epoch = ps_shard_map(svc->shard)->version;
     snprintf(rp->err, sizeof(rp->err), "keys of buckets not owned by shard %u (map version %llu)",
              ps_shard_id(svc->shard), (unsigned long long)epoch);
     rp->resp.map_version = epoch;
