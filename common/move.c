@@ -57,17 +57,21 @@ static int drop(ps_client *c, uint32_t shard, uint32_t lo, uint32_t hi, uint64_t
                 size_t errlen) {
     Ctrps__MoveRequest m = move_request(CTRPS__MOVE_REQUEST__PHASE__DROP, lo, hi);
     m.stage = stage;
+    uint64_t walked = 0;
     for (;;) {
         Ctrps__Response *resp;
         int r = move_call(c, shard, &m, &resp, err, errlen);
         if (r < 0)
             return r;
         bool more = resp->move->more;
+        bool stepped = resp->move->rows_dropped > walked;
+        walked = resp->move->rows_dropped;
         ctrps__response__free_unpacked(resp, NULL);
         if (!more)
             return 0;
-        /* The shard may be waiting for a write-back: do not spin on it. */
-        nanosleep(&(struct timespec){.tv_nsec = 2 * 1000 * 1000}, NULL);
+        /* No step taken: the shard waits for a write-back; do not spin on it. */
+        if (!stepped)
+            nanosleep(&(struct timespec){.tv_nsec = 2 * 1000 * 1000}, NULL);
     }
 }
 
@@ -520,6 +524,7 @@ int ps_move_range(ps_client *c, ps_cluster_map *cur, uint32_t lo, uint32_t hi, u
         r = ps_client_install_map(c, from, &next, NULL, err, errlen);
     pr.map_s = now_s() - t;
     pr.pause_s = now_s() - frozen_at;
+    pr.commit_s = now_s() - pr.t0;
     for (uint32_t i = 0; r == 0 && i < nshards; i++)
         if (i != to && i != from)
             r = ps_client_install_map(c, i, &next, NULL, err, errlen);

@@ -49,6 +49,8 @@ typedef struct ps_move_progress {
     uint32_t throttle;           /* pushes into the range slowed: 1-3 of every 4 refused (0: none) */
     uint32_t restarts;           /* copies begun again after the source or the target restarted */
     double t0, elapsed_s;        /* the copy's start (monotonic s) and its time so far */
+    double commit_s;             /* when done: t0 to the new map on the source (the source's
+                                  * drop of the range comes after, within elapsed_s) */
     double pause_s;              /* when done: freeze to the new map on the source, made of: */
     double freeze_s;             /*   the source's FREEZE (in memory: the fence stored it) */
     double last_round_s;         /*   the last changes copied with the range frozen, */

@@ -613,7 +613,7 @@ int ps_shard_move_export(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t *table_
         ps_store_key start;
         ps_store_key_encode((uint16_t)lo, 0, &start);
         bool resume = *alen == PS_STORE_KEY_LEN;
-        ps_store_iter *it = ps_store_iter_new(s->store, ps_table_cf(t), resume ? after : start.b,
+        ps_store_iter *it = ps_store_scan_new(s->store, ps_table_cf(t), resume ? after : start.b,
                                               PS_STORE_KEY_LEN);
         if (!it)
             return -ENOMEM;
@@ -1331,6 +1331,8 @@ int ps_shard_drop(ps_shard *s, uint32_t lo, uint32_t hi, size_t budget, bool *re
             return r;
         if (!ready) {
             *ret_more = true;
+            if (ret_rows)
+                *ret_rows = 0;
             return 0;
         }
     }
@@ -1355,12 +1357,17 @@ int ps_shard_drop(ps_shard *s, uint32_t lo, uint32_t hi, size_t budget, bool *re
         return r;
     }
     *ret_more = !done;
-    if (!done)
+    if (!done) {
+        if (ret_rows)
+            *ret_rows = total; /* walked so far */
         return 0;
+    }
     for (size_t i = 0; i < s->ntables; i++)
         ps_table_forget_end(s->tables[i], &s->drop[i], s->drop_batch);
     r = ps_store_write_sync(s->store, s->drop_batch, err, errlen);
     drop_end(s);
+    for (size_t i = 0; r == 0 && total && i < s->ntables; i++)
+        r = ps_table_reclaim(s->tables[i], lo, hi, err, errlen);
     if (r == 0 && s->fenced && s->frozen_lo == lo && s->frozen_hi == hi) {
         r = ps_shard_thaw(s, err, errlen);
         s->c.moves_dropped += r == 0;

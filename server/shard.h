@@ -201,7 +201,8 @@ int ps_shard_adopt_seqs(ps_shard *s, uint32_t lo, uint32_t hi, const uint64_t *i
  * write-back under way, first has the call begin one (on the write-back
  * thread) and answer *ret_more, instead of writing back on the loop. The
  * range's rows leave the count and the store at the last call, which then
- * thaws. A drop of another range meanwhile
+ * thaws (*ret_rows: the rows dropped; with *ret_more, the rows walked so
+ * far, 0 while a write-back is waited for). A drop of another range meanwhile
  * gives up the one under way, which has changed nothing stored yet (its
  * rows are out of memory, and read from the store again if needed). */
 int ps_shard_drop(ps_shard *s, uint32_t lo, uint32_t hi, size_t budget, bool *ret_more,

@@ -16,6 +16,7 @@ struct ps_store {
     rocksdb_cache_t *cache;
     rocksdb_filterpolicy_t *filter; /* owned by table_options */
     rocksdb_readoptions_t *ropts;
+    rocksdb_readoptions_t *scan_ropts; /* whole-range walks: the block cache is left alone */
     rocksdb_writeoptions_t *wopts;
     rocksdb_column_family_handle_t **cfs; /* requested ones first, then extras */
     size_t ncf, ncf_open;
@@ -91,6 +92,8 @@ static void configure(ps_store *s, const ps_store_options *o) {
     rocksdb_options_set_block_based_table_factory(s->options, s->table_options);
 
     s->ropts = rocksdb_readoptions_create();
+    s->scan_ropts = rocksdb_readoptions_create();
+    rocksdb_readoptions_set_fill_cache(s->scan_ropts, 0);
     s->wopts = rocksdb_writeoptions_create();
     rocksdb_writeoptions_set_sync(s->wopts, o && o->sync_writes);
 }
@@ -288,6 +291,8 @@ void ps_store_close(ps_store *s) {
     free(s->cf_filters);
     if (s->ropts)
         rocksdb_readoptions_destroy(s->ropts);
+    if (s->scan_ropts)
+        rocksdb_readoptions_destroy(s->scan_ropts);
     if (s->wopts)
         rocksdb_writeoptions_destroy(s->wopts);
     if (s->options)
@@ -380,6 +385,15 @@ void ps_store_batch_delete(ps_store_batch *b, ps_store *s, int cf, const void *k
     rocksdb_writebatch_delete_cf(b->wb, s->cfs[cf], key, klen);
 }
 
+int ps_store_reclaim_range(ps_store *s, int cf, const void *start, size_t slen, const void *end,
+                           size_t elen, char *err, size_t errlen) {
+    char *rerr = NULL;
+    rocksdb_delete_file_in_range_cf(s->db, s->cfs[cf], start, slen, end, elen, &rerr);
+    if (!rerr)
+        rocksdb_suggest_compact_range_cf(s->db, s->cfs[cf], start, slen, end, elen, &rerr);
+    return take_error(rerr, err, errlen);
+}
+
 size_t ps_store_batch_count(const ps_store_batch *b) { return (size_t)rocksdb_writebatch_count(b->wb); }
 
 static size_t varint_len(uint64_t v) {
@@ -435,16 +449,25 @@ int ps_store_write_sync(ps_store *s, ps_store_batch *b, char *err, size_t errlen
     return take_error(rerr, err, errlen);
 }
 
-ps_store_iter *ps_store_iter_new(ps_store *s, int cf, const void *start, size_t slen) {
+static ps_store_iter *iter_new(ps_store *s, const rocksdb_readoptions_t *ro, int cf,
+                               const void *start, size_t slen) {
     ps_store_iter *it = malloc(sizeof(*it));
     if (!it)
         return NULL;
-    it->it = rocksdb_create_iterator_cf(s->db, s->ropts, s->cfs[cf]);
+    it->it = rocksdb_create_iterator_cf(s->db, ro, s->cfs[cf]);
     if (slen)
         rocksdb_iter_seek(it->it, start, slen);
     else
         rocksdb_iter_seek_to_first(it->it);
     return it;
+}
+
+ps_store_iter *ps_store_iter_new(ps_store *s, int cf, const void *start, size_t slen) {
+    return iter_new(s, s->ropts, cf, start, slen);
+}
+
+ps_store_iter *ps_store_scan_new(ps_store *s, int cf, const void *start, size_t slen) {
+    return iter_new(s, s->scan_ropts, cf, start, slen);
 }
 
 bool ps_store_iter_valid(ps_store_iter *it) { return rocksdb_iter_valid(it->it); }

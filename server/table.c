@@ -1224,7 +1224,7 @@ int ps_table_lookup(ps_table *t, const uint64_t *keys, size_t n, uint8_t *ret_fo
 
 int ps_table_export(ps_table *t, const ps_store_key *after, size_t limit, ps_table_row_fn fn,
                     void *ctx, ps_store_key *ret_last, size_t *ret_count, bool *ret_done) {
-    ps_store_iter *it = ps_store_iter_new(t->store, t->cf, after ? after->b : NULL,
+    ps_store_iter *it = ps_store_scan_new(t->store, t->cf, after ? after->b : NULL,
                                           after ? PS_STORE_KEY_LEN : 0);
     if (!it)
         return -ENOMEM;
@@ -1448,7 +1448,7 @@ void ps_table_forget_deinit(ps_forget *f) {
 int ps_table_forget_stored(ps_table *t, ps_forget *f, size_t budget) {
     if (f->done)
         return 0;
-    ps_store_iter *it = ps_store_iter_new(t->store, t->cf, f->next.b, PS_STORE_KEY_LEN);
+    ps_store_iter *it = ps_store_scan_new(t->store, t->cf, f->next.b, PS_STORE_KEY_LEN);
     if (!it)
         return -ENOMEM;
     size_t walked = 0;
@@ -1487,6 +1487,26 @@ int ps_table_forget_stored(ps_table *t, ps_forget *f, size_t budget) {
     return 0;
 }
 
+/* The store keys of buckets [lo, hi): from the first key of lo up to
+ * (not including) the first of hi. */
+typedef struct range_keys {
+    ps_store_key start;
+    uint8_t stop[PS_STORE_KEY_LEN + 1];
+    size_t stop_len;
+} range_keys;
+
+static void range_keys_of(uint32_t lo, uint32_t hi, range_keys *rk) {
+    ps_store_key_encode((uint16_t)lo, 0, &rk->start);
+    if (hi < 65536) {
+        rk->stop[0] = (uint8_t)(hi >> 8);
+        rk->stop[1] = (uint8_t)hi;
+        rk->stop_len = 2;
+    } else { /* past every key */
+        memset(rk->stop, 0xff, sizeof(rk->stop));
+        rk->stop_len = sizeof(rk->stop);
+    }
+}
+
 void ps_table_forget_end(ps_table *t, ps_forget *f, ps_store_batch *b) {
     /* The rows leave the count only now, when every table's walk is over
      * (a write-back between two steps saves the count as it was, with the
@@ -1496,20 +1516,19 @@ void ps_table_forget_end(ps_table *t, ps_forget *f, ps_store_batch *b) {
     for (size_t i = 0; i < f->n; i++)
         lg_sub(&t->lg, f->seen[i]);
     if (f->rows) {
-        ps_store_key start;
-        ps_store_key_encode((uint16_t)f->lo, 0, &start);
-        uint8_t stop[PS_STORE_KEY_LEN + 1];
-        size_t slen = 2;
-        if (f->hi < 65536) {
-            stop[0] = (uint8_t)(f->hi >> 8);
-            stop[1] = (uint8_t)f->hi;
-        } else { /* past every key */
-            memset(stop, 0xff, sizeof(stop));
-            slen = sizeof(stop);
-        }
-        ps_store_batch_delete_range(b, t->store, t->cf, start.b, PS_STORE_KEY_LEN, stop, slen);
+        range_keys rk;
+        range_keys_of(f->lo, f->hi, &rk);
+        ps_store_batch_delete_range(b, t->store, t->cf, rk.start.b, PS_STORE_KEY_LEN, rk.stop,
+                                    rk.stop_len);
     }
     ps_table_forget_deinit(f);
+}
+
+int ps_table_reclaim(ps_table *t, uint32_t lo, uint32_t hi, char *err, size_t errlen) {
+    range_keys rk;
+    range_keys_of(lo, hi, &rk);
+    return ps_store_reclaim_range(t->store, t->cf, rk.start.b, PS_STORE_KEY_LEN, rk.stop,
+                                  rk.stop_len, err, errlen);
 }
 
 size_t ps_table_dirty_count(const ps_table *t) { return t->ndirty; }

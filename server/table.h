@@ -149,6 +149,11 @@ void ps_table_forget_begin(ps_forget *f, uint32_t lo, uint32_t hi);
 /* forget_stored(): 0, or -ENOMEM. */
 int ps_table_forget_stored(ps_table *t, ps_forget *f, size_t budget);
 void ps_table_forget_end(ps_table *t, ps_forget *f, ps_store_batch *b);
+/* After a drop of [lo, hi) is stored: give the space back (the store's
+ * files wholly inside the range go now, the rest compacts in the
+ * background), so that rows ingested into the range again are not read
+ * past the deleted ones. */
+int ps_table_reclaim(ps_table *t, uint32_t lo, uint32_t hi, char *err, size_t errlen);
 void ps_table_forget_deinit(ps_forget *f);
 /* Adoption in two steps, for rows that reach the store by another way than
  * b (an ingested file, built from a copy's first pass into a range just
