@@ -288,6 +288,24 @@ static double percentile(phase_stats *s, double q) {
 
 /* ---- the move ---------------------------------------------------------------------- */
 
+/* With no load, a move begins once the shards are idle: below 5% of a core
+ * over 250 ms (at most 30 s), so that the flushes and compactions of the
+ * rows just created or moved do not share the cores with the copy.
+ * Returns the seconds waited. */
+static double settle(void) {
+    double t0 = bench_now_s(), prev = -1;
+    while (bench_now_s() - t0 < 30) {
+        double cpu = 0;
+        for (int i = 0; i < NSHARDS; i++)
+            cpu += bench_cpu_s(pids[i]);
+        if (prev >= 0 && cpu - prev < 0.05 * 0.25)
+            break;
+        prev = cpu;
+        usleep(250000);
+    }
+    return bench_now_s() - t0;
+}
+
 typedef struct move_watch {
     uint64_t export_rows;        /* the last progress report of the first pass */
     double export_s;
@@ -304,7 +322,7 @@ static void on_progress(void *ctx, const ps_move_progress *p) {
 }
 
 typedef struct run_result {
-    double rows, copy_s, copy_rate, move_s, move_rate, export_rate, rounds, pause_ms, client_pause_ms, client_pause_at;
+    double settle_s, rows, copy_s, copy_rate, move_s, move_rate, export_rate, rounds, pause_ms, client_pause_ms, client_pause_at;
     double freeze_ms, last_round_ms, last_round_rows, map_ms, throttle;
     double pull[3], push[3], p99_ms[3], src_cpu, dst_cpu, self_cpu;
 } run_result;
@@ -520,6 +538,7 @@ int main(int argc, char **argv) {
         memset(ld.st, 0, sizeof(ld.st));
         pthread_mutex_unlock(&ld.mu);
         double ph_s[3];
+        double settle_s = o.load ? 0 : settle();
         atomic_store(&ld.phase, PH_BEFORE);
         double p0 = bench_now_s();
         if (o.load)
@@ -554,6 +573,7 @@ int main(int argc, char **argv) {
         ph_s[0] = p1 - p0;
         ph_s[1] = p2 - p1;
         ph_s[2] = p3 - p2;
+        rr->settle_s = settle_s;
         rr->rows = (double)w.last.rows;
         rr->copy_s = w.last.commit_s;
         rr->copy_rate = w.last.commit_s > 0 ? (double)w.last.rows / w.last.commit_s : 0;
@@ -587,12 +607,12 @@ int main(int argc, char **argv) {
                "(freeze %.1f, last round %.1f for %.0f rows, maps %.1f), pushes slowed %.0f/4, "
                "longest request during the move %.1f ms (began %.2f s into it); pull rows/s before/during/after "
                "%.0f/%.0f/%.0f, push %.0f/%.0f/%.0f, p99 request ms %.1f/%.1f/%.1f; "
-               "CPU s source %.2f target %.2f mover+load %.2f; loadavg %.2f\n",
+               "CPU s source %.2f target %.2f mover+load %.2f; loadavg %.2f; settled %.1f s before\n",
                run, rlo, rhi - 1, to ^ 1, to, rr->rows, rr->copy_s, rr->copy_rate, rr->export_rate,
                rr->move_s, rr->rounds, rr->pause_ms, rr->freeze_ms, rr->last_round_ms, rr->last_round_rows,
                rr->map_ms, rr->throttle, rr->client_pause_ms, rr->client_pause_at, rr->pull[0], rr->pull[1], rr->pull[2],
                rr->push[0], rr->push[1], rr->push[2], rr->p99_ms[0], rr->p99_ms[1], rr->p99_ms[2],
-               rr->src_cpu, rr->dst_cpu, rr->self_cpu, la[0]);
+               rr->src_cpu, rr->dst_cpu, rr->self_cpu, la[0], rr->settle_s);
         fflush(stdout);
     }
     atomic_store(&ld.phase, PH_STOP);

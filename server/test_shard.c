@@ -1115,11 +1115,19 @@ static uint64_t rows_of(ps_table *t) {
 
 /* A stepped drop of a range whose rows are dirty (pushed before the map
  * gave it away) writes them back on the write-back thread, answering "more"
- * meanwhile, then drops them: out of the count, the store and memory. */
-Test(shard, a_stepped_drop_of_dirty_rows_writes_back_off_the_loop) {
-    make_keys();
-    ps_config *cfg = load_config((cfg_opts){0});
-    ps_shard *s = open_shard(cfg, 0);
+ * meanwhile, then drops them: out of the count, the store and memory; and
+ * it answers "done" only once a write-back has stored the counts it
+ * changed: the shard, killed (no close, no last write-back) right after,
+ * reopens with them. */
+typedef struct stepped_drop_args {
+    const ps_config *cfg;
+    uint64_t moved;              /* out of the child: through a pipe */
+    int fd;
+} stepped_drop_args;
+
+static void stepped_drop_child(void *arg) {
+    stepped_drop_args *a = arg;
+    ps_shard *s = open_shard(a->cfg, 0);
     ps_table *emb = ps_shard_table(s, "emb");
     char err[512] = "";
     float g[DIM];
@@ -1128,30 +1136,56 @@ Test(shard, a_stepped_drop_of_dirty_rows_writes_back_off_the_loop) {
     ps_push_result res;
     uint64_t moved = 0;
     for (size_t i = 0; i < NEMB; i++) {
-        cr_assert_eq(ps_shard_push(s, emb, &emb_key[i], 1, g, 0, 0, &res, err, sizeof(err)), 0, "%s",
-                     err);
+        child_check(ps_shard_push(s, emb, &emb_key[i], 1, g, 0, 0, &res, err, sizeof(err)) == 0, 2,
+                    "push: %s", err);
         moved += ps_bucket(emb_key[i], 64) < 16;
     }
-    cr_assert_gt(moved, 0);
+    child_check(moved > 0, 3, "no key in buckets 0-15");
     ps_cluster_map m;
-    cr_assert_eq(ps_cluster_map_copy(ps_shard_map(s), &m), 0);
+    child_check(ps_cluster_map_copy(ps_shard_map(s), &m) == 0, 4, "map copy");
     m.version++;
     for (uint32_t b = 0; b < 16; b++)
         m.owner[b] = 1;
-    cr_assert_eq(ps_shard_set_map(s, &m, err, sizeof(err)), 0, "%s", err);
+    child_check(ps_shard_set_map(s, &m, err, sizeof(err)) == 0, 5, "set map: %s", err);
     ps_cluster_map_deinit(&m);
     bool more = true;
     uint64_t dropped = 0;
     int calls = 0;
     while (more && calls < 100000) {
-        cr_assert_eq(ps_shard_drop(s, 0, 16, 1000, &more, &dropped, err, sizeof(err)), 0, "%s", err);
-        if (calls++ == 0)
-            cr_assert(more, "dirty rows: a write-back first");
+        child_check(ps_shard_drop(s, 0, 16, 1000, &more, &dropped, err, sizeof(err)) == 0, 6,
+                    "drop: %s", err);
+        child_check(calls++ > 0 || more, 7, "dirty rows: a write-back first");
         usleep(100);
     }
-    cr_assert_not(more);
-    cr_assert_eq(dropped, moved, "the rows went through the store");
-    cr_assert_eq(rows_of(emb), NEMB - moved);
+    child_check(!more, 8, "the drop never ended");
+    child_check(dropped == moved, 9, "%llu rows dropped, %llu moved", (unsigned long long)dropped,
+                (unsigned long long)moved);
+    child_check(rows_of(emb) == NEMB - moved, 10, "rows counted: %llu",
+                (unsigned long long)rows_of(emb));
+    uint8_t found[NEMB];
+    float w[NEMB * DIM];
+    child_check(ps_table_lookup(emb, emb_key, NEMB, found, w, NULL, err, sizeof(err)) == 0, 11,
+                "lookup: %s", err);
+    for (size_t i = 0; i < NEMB; i++)
+        child_check(found[i] == (ps_bucket(emb_key[i], 64) >= 16), 12, "key %zu", i);
+    child_check(write(a->fd, &moved, sizeof(moved)) == sizeof(moved), 13, "pipe");
+    _exit(0); /* kill -9: no close, no last write-back */
+}
+
+Test(shard, a_stepped_drop_of_dirty_rows_writes_back_off_the_loop) {
+    make_keys();
+    ps_config *cfg = load_config((cfg_opts){0});
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    stepped_drop_args a = {.cfg = cfg, .fd = fds[1]};
+    in_crashing_child(stepped_drop_child, &a);
+    cr_assert_eq(read(fds[0], &a.moved, sizeof(a.moved)), (ssize_t)sizeof(a.moved));
+    close(fds[0]);
+    close(fds[1]);
+    ps_shard *s = open_shard(cfg, 0);
+    ps_table *emb = ps_shard_table(s, "emb");
+    char err[512] = "";
+    cr_assert_eq(rows_of(emb), NEMB - a.moved, "the counts the drop changed were stored");
     uint8_t found[NEMB];
     float w[NEMB * DIM];
     cr_assert_eq(ps_table_lookup(emb, emb_key, NEMB, found, w, NULL, err, sizeof(err)), 0);
@@ -1281,8 +1315,9 @@ Test(shard, a_staged_first_pass_is_ingested_readable_and_counted_once) {
     while (more) {
         cr_assert_eq(ps_shard_drop(dst, 0, 32, 3, &more, &dropped, err, sizeof(err)), 0, "%s", err);
         steps++;
-        if (more)
+        if (more && dropped < NEMB - low) /* then the counts' write-back is waited for */
             cr_assert_eq(rows_of(demb), NEMB - low, "counted until the last step");
+        usleep(100);
     }
     cr_assert_geq(steps, (NEMB - low) / 3);
     cr_assert_eq(dropped, NEMB - low);
