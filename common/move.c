@@ -188,6 +188,36 @@ static bool source_lost(ps_client *c, uint32_t from, uint64_t tid) {
     return lost;
 }
 
+/* Source and target begin no write-back until the map is installed (or
+ * HOLD_MS), and the ones running end first, waited for up to HOLD_WAIT_MS:
+ * the target's INGEST, the fence and the cut-over's fsync'ed writes (the
+ * last round and sequence numbers on the target, the maps) would
+ * otherwise queue behind a write-back's batch in RocksDB's write path, on
+ * the shard's loop, for seconds under a heavy push load. */
+#define HOLD_MS 2000
+#define HOLD_WAIT_MS 2000
+
+static int hold_writebacks(ps_client *c, uint32_t from, uint32_t to, char *err, size_t errlen) {
+    double until = now_s() + HOLD_WAIT_MS / 1e3;
+    for (;;) {
+        bool running = false;
+        uint32_t shards[2] = {from, to};
+        for (int i = 0; i < 2; i++) {
+            Ctrps__MoveRequest m = move_request(CTRPS__MOVE_REQUEST__PHASE__STATUS, 0, 0);
+            m.hold_ms = HOLD_MS;
+            Ctrps__Response *resp;
+            int r = move_call(c, shards[i], &m, &resp, err, errlen);
+            if (r < 0)
+                return r;
+            running = running || resp->move->writing_back;
+            ctrps__response__free_unpacked(resp, NULL);
+        }
+        if (!running || now_s() >= until)
+            return 0;
+        nanosleep(&(struct timespec){.tv_nsec = 5 * 1000 * 1000}, NULL);
+    }
+}
+
 /* One pass of EXPORT (the range's stored rows) or CHANGED (a catch-up
  * round: rows changed since the previous one) from -> to, page by page,
  * each page imported while the next is read; the sequence numbers come
@@ -257,6 +287,10 @@ static int copy_pass(ps_client *c, Ctrps__MoveRequest__Phase phase, uint32_t lo,
             r = import_finish(&job, pr, err, errlen);
             if (r == 0 && stage && pr->rows && !pr->restarts && !stopped)
                 test_stop("staged");
+            /* INGEST stops the target's writes: it would wait behind a
+             * write-back's batch, on the loop, for seconds under load. */
+            if (r == 0 && stage)
+                r = hold_writebacks(c, pr->from, pr->to, err, errlen);
             if (r == 0 && stage) {
                 Ctrps__MoveRequest in = CTRPS__MOVE_REQUEST__INIT;
                 in.phase = CTRPS__MOVE_REQUEST__PHASE__INGEST;
@@ -335,35 +369,6 @@ static int admit_catch_up(ps_client *c, uint32_t lo, uint32_t hi, uint64_t tid,
     return r;
 }
 
-/* Source and target begin no write-back until the map is installed (or
- * HOLD_MS), and the ones running end first, waited for up to HOLD_WAIT_MS:
- * the cut-over's fsync'ed writes (the last round and sequence numbers on
- * the target, the maps) would otherwise queue behind a write-back's batch
- * in RocksDB's write path, for seconds under a heavy push load. */
-#define HOLD_MS 2000
-#define HOLD_WAIT_MS 2000
-
-static int hold_writebacks(ps_client *c, uint32_t from, uint32_t to, char *err, size_t errlen) {
-    double until = now_s() + HOLD_WAIT_MS / 1e3;
-    for (;;) {
-        bool running = false;
-        uint32_t shards[2] = {from, to};
-        for (int i = 0; i < 2; i++) {
-            Ctrps__MoveRequest m = move_request(CTRPS__MOVE_REQUEST__PHASE__STATUS, 0, 0);
-            m.hold_ms = HOLD_MS;
-            Ctrps__Response *resp;
-            int r = move_call(c, shards[i], &m, &resp, err, errlen);
-            if (r < 0)
-                return r;
-            running = running || resp->move->writing_back;
-            ctrps__response__free_unpacked(resp, NULL);
-        }
-        if (!running || now_s() >= until)
-            return 0;
-        nanosleep(&(struct timespec){.tv_nsec = 5 * 1000 * 1000}, NULL);
-    }
-}
-
 /* Catch-up rounds end once one leaves this few changes for the next (or
  * after CATCHUP_ROUNDS): before the fence, then after it, when the last
  * round, with the range frozen, sends about as many. */
@@ -430,14 +435,15 @@ static int copy_range(ps_client *c, uint32_t lo, uint32_t hi, ps_move_progress *
         uint32_t admit_round = 0;
         if (r == 0 && !lost)
             r = admit_catch_up(c, lo, hi, tid, pr, &admit_round, &lost, err, errlen);
-        /* The freeze is stored (fsync) while the range is still served,
-         * and what changed meanwhile copied, so that the pause holds no
-         * fsync on the source; the rounds go on until one leaves about as
-         * much as a round takes a few milliseconds for. */
-        if (r == 0 && !lost)
-            r = fence(c, pr->from, lo, hi, err, errlen);
+        /* The freeze is stored (fsync, write-backs held first) while the
+         * range is still served, and what changed meanwhile copied, so
+         * that the pause holds no fsync on the source; the rounds go on
+         * until one leaves about as much as a round takes a few
+         * milliseconds for. */
         if (r == 0 && !lost)
             r = hold_writebacks(c, pr->from, pr->to, err, errlen);
+        if (r == 0 && !lost)
+            r = fence(c, pr->from, lo, hi, err, errlen);
         if (r == 0 && !lost)
             r = catch_up(c, lo, hi, tid, pr, fn, ctx, CATCHUP_LAST, &lost, err, errlen);
         double frozen_at = now_s();
