@@ -1674,7 +1674,7 @@ static void *flush_thread(void *arg) {
             s->job.batch = NULL;
             if (!s->closing)
                 for (size_t i = 0; i < s->ntables; i++)
-                    ps_table_dump_prepare(&s->job.dumps[i]);
+                    ps_table_dump_prepare(s->tables[i], &s->job.dumps[i]);
         }
         pthread_mutex_lock(&s->mu);
         s->job_result = r;

@@ -101,6 +101,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/mman.h>
 
 #include "admit.h"
@@ -208,6 +209,7 @@ struct ps_table {
     uint32_t pushed_gen;         /* generation of the last push */
     uint32_t *dirty;             /* slots dirtied in generation `gen` */
     size_t ndirty, dirty_cap;
+    _Atomic size_t ndirty_seen;  /* ndirty, for the write-back thread's dump_prepare() */
     /* Generations dumped for write-back and not committed yet, oldest
      * first, each with its rows that have not been changed since (those
      * moved on to a later generation): with ndirty, the rows awaiting
@@ -692,6 +694,7 @@ static void mark_dirty(ps_table *t, row *r) {
     }
     r->gen = t->gen;
     t->dirty[t->ndirty++] = (uint32_t)(((char *)r - t->slab) / t->row_size);
+    atomic_store_explicit(&t->ndirty_seen, t->ndirty, memory_order_relaxed);
 }
 
 /* A dead row whose memory can go: not in the dirty list being built (the
@@ -1580,6 +1583,7 @@ size_t ps_table_dump_dirty(ps_table *t, ps_table_dump *d, uint32_t *ret_gen) {
     }
     t->pending[t->npending++] = (struct pending_gen){t->gen, t->now, t->ndirty};
     t->ndirty = 0;
+    atomic_store_explicit(&t->ndirty_seen, 0, memory_order_relaxed);
     *ret_gen = t->gen++;
     return d->n;
 }
@@ -1590,17 +1594,29 @@ static void dump_release(ps_table_dump *d) {
     d->cap = 0;
 }
 
-void ps_table_dump_prepare(ps_table_dump *d) {
-    if (d->recs || d->n == 0 || d->rec_size == 0)
+void ps_table_dump_prepare(const ps_table *t, ps_table_dump *d) {
+    /* Room for the rows dirty now, or the last dump's if more, and a
+     * quarter over: the dump comes later, after more pushes. */
+    size_t n = atomic_load_explicit(&t->ndirty_seen, memory_order_relaxed);
+    n = n > d->n ? n : d->n;
+    n += n / 4;
+    if (d->recs || n == 0 || d->rec_size == 0)
         return;
-    d->recs = malloc(d->n * d->rec_size);
+    d->recs = malloc(n * d->rec_size);
     if (!d->recs)
         return; /* dump_dirty allocates (or aborts) */
-    d->cap = d->n;
+    d->cap = n;
     /* Fault every page in now: a first touch costs a page fault, and here
      * (~1 s for the 232 MB of 1M rows on this VM, bench/README.md) it is
-     * the write-back thread's, not the loop's. */
-    memset(d->recs, 0, d->n * d->rec_size);
+     * the write-back thread's, not the loop's. A store to each page, made
+     * volatile: gcc turns a malloc() and a memset() of it to 0 into
+     * calloc(), which touches nothing (it did, and the loop took the
+     * faults). */
+    volatile char *p = d->recs;
+    size_t bytes = n * d->rec_size, page = (size_t)sysconf(_SC_PAGESIZE);
+    for (size_t off = 0; off < bytes; off += page)
+        p[off] = 0;
+    p[bytes - 1] = 0;
 }
 
 void ps_table_dump_put(ps_table_dump *d, ps_store_batch *b) {

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "fsutil.h"
 #include "config.h"
@@ -889,6 +890,57 @@ Test(table, dump_put_writes_every_dirty_row_and_frees_the_copy) {
         expect_state(fresh, keys[i], state);
     }
     ps_table_free(fresh);
+    ps_table_free(t);
+}
+
+static size_t resident_bytes(void) {
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long size = 0, resident = 0;
+    cr_assert_not_null(f);
+    cr_assert_eq(fscanf(f, "%lu %lu", &size, &resident), 2);
+    fclose(f);
+    return resident * (size_t)sysconf(_SC_PAGESIZE);
+}
+
+/* dump_prepare() (the write-back thread's, after a batch is written) makes
+ * the next dump's room resident, for the rows dirty by then with a quarter
+ * over, so that the loop thread's dump_dirty() takes no page fault. */
+Test(table, dump_prepare_faults_the_next_dumps_room_in) {
+    ps_table_config cfg = table_cfg(PS_OPT_FTRL, 16, PS_INIT_NORMAL);
+    /* Room above glibc's largest mmap threshold (32 MiB): fresh pages,
+     * which a calloc() would leave untouched. */
+    enum { N = 160000 };
+    ps_table *t = new_table(&cfg, N, 0);
+    uint64_t *keys = malloc(N * sizeof(uint64_t));
+    float *g = malloc((size_t)N * 16 * sizeof(float));
+    cr_assert(keys && g);
+    for (uint64_t i = 0; i < N; i++) {
+        keys[i] = i * 2654435761u + 7;
+        grad_of(16, keys[i], 0, g + i * 16);
+    }
+    char err[512] = "";
+    uint32_t applied, dropped, gen;
+    cr_assert_eq(ps_table_push(t, keys, N / 2, g, &applied, &dropped, err, sizeof(err)), 0, "%s", err);
+    ps_table_dump d = {0};
+    cr_assert_eq(ps_table_dump_dirty(t, &d, &gen), N / 2);
+    ps_store_batch *b = ps_store_batch_new();
+    ps_table_dump_put(&d, b);
+    ps_store_batch_free(b);
+    ps_table_committed(t, gen);
+    /* More rows dirty now than the last dump held. */
+    cr_assert_eq(ps_table_push(t, keys, N, g, &applied, &dropped, err, sizeof(err)), 0, "%s", err);
+    size_t before = resident_bytes();
+    ps_table_dump_prepare(t, &d);
+    size_t grew = resident_bytes() - before;
+    cr_assert_geq(d.cap, N + N / 4);
+    cr_assert_geq(grew, d.cap * d.rec_size * 9 / 10, "%zu bytes resident of %zu prepared", grew,
+                  d.cap * d.rec_size);
+    char *room = d.recs;
+    cr_assert_eq(ps_table_dump_dirty(t, &d, &gen), N);
+    cr_assert_eq(d.recs, room, "the dump used the prepared room");
+    ps_table_dump_deinit(&d);
+    free(keys);
+    free(g);
     ps_table_free(t);
 }
 
