@@ -73,7 +73,9 @@ uint64_t ps_pushlog_last_lsn(const ps_pushlog *log);
 /* Commit, then continue in a new segment whose first record will be
  * last_lsn + 1. */
 int ps_pushlog_rotate(ps_pushlog *log);
-/* Delete segments all of whose records have lsn <= covered. */
+/* Delete segments all of whose records have lsn <= covered: on the writer
+ * thread when it runs (at the latest before writer_stop() returns), else
+ * here. */
 int ps_pushlog_drop_covered(ps_pushlog *log, uint64_t covered);
 
 /* Bytes appended since open, for stats. */

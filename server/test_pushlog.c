@@ -727,6 +727,40 @@ Test(pushlog, writer_thread_writes_turns_in_order) {
     replayed_free(&r);
 }
 
+/* With the writer thread running, drop_covered() hands the covered
+ * segments to it: they leave the log's list at once and their files go on
+ * that thread, oldest first, at the latest when it stops. The log goes on
+ * working meanwhile, and a reopen replays what is not covered. */
+Test(pushlog, the_writer_thread_deletes_the_covered_segments) {
+    replayed r = {0};
+    ps_pushlog *log = open_log(0, &r);
+    int notified = 0;
+    cr_assert_eq(ps_pushlog_writer_start(log, count_notify, &notified), 0);
+    for (uint64_t lsn = 1; lsn <= 20; lsn += 5) {
+        append_range(log, lsn, lsn + 4);
+        cr_assert_eq(ps_pushlog_rotate(log), 0);
+    }
+    char names[8][32];
+    cr_assert_eq(list_segments(names, 8), 5, "four full segments and the current one");
+    cr_assert_eq(ps_pushlog_drop_covered(log, 10), 0);
+    for (int i = 0; i < 5000 && list_segments(names, 8) > 3; i++)
+        usleep(1000);
+    cr_assert_eq(list_segments(names, 8), 3, "segments 1-5 and 6-10 deleted by the writer");
+    cr_assert_str_eq(names[0], "000000000000000b.log");
+    append_range(log, 21, 22);
+    cr_assert_eq(ps_pushlog_submit(log), 1);
+    cr_assert_eq(wait_written(log), 0);
+    cr_assert_eq(ps_pushlog_drop_covered(log, 20), 0);
+    cr_assert_eq(ps_pushlog_writer_stop(log), 0);
+    cr_assert_eq(list_segments(names, 8), 1, "every handed segment is gone once it stops");
+    cr_assert_str_eq(names[0], "0000000000000015.log");
+    ps_pushlog_close(log);
+    log = open_log(20, &r);
+    expect_replayed(&r, 21, 22);
+    ps_pushlog_close(log);
+    replayed_free(&r);
+}
+
 /* commit() and rotate() with a write in flight wait for it: segments change
  * only between writes, so each record lands in the segment its lsn names,
  * and a write-back's covered lsn is in the file. close() waits too. */
