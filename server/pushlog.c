@@ -658,12 +658,8 @@ int ps_pushlog_drop_covered(ps_pushlog *log, uint64_t covered) {
     size_t keep_from = 0;
     while (keep_from + 1 < log->nsegs && log->segs[keep_from + 1].first_lsn <= covered + 1)
         keep_from++;
-    if (keep_from && log->writer_started && hand_unlinks(log, keep_from) == 0) {
-        memmove(log->segs, log->segs + keep_from, (log->nsegs - keep_from) * sizeof(segment));
-        log->nsegs -= keep_from;
-        return 0;
-    }
-    for (size_t i = 0; i < keep_from; i++) {
+    bool handed = keep_from && log->writer_started && hand_unlinks(log, keep_from) == 0;
+    for (size_t i = 0; !handed && i < keep_from; i++) {
         char path[PS_PATH_MAX + 32];
         seg_path(log, log->segs[i].first_lsn, path, sizeof(path));
         if (unlink(path) < 0 && errno != ENOENT)

@@ -571,25 +571,34 @@ static int writeback_begin(ps_shard *s, char *err, size_t errlen) {
     return r;
 }
 
+/* The error of a shard whose last write-back failed (it retries it). */
+static int writeback_failed(const ps_shard *s, char *err, size_t errlen) {
+    snprintf(err, errlen, "write-back failed: %s", s->store_error);
+    return PS_EREAD_ONLY;
+}
+
+/* *ret_done: write-back number `wb` (counted by wb_begun) or a later one
+ * has ended. If not, and none runs, one is begun on the write-back thread,
+ * for a caller that asks again later instead of waiting. */
+static int writeback_reached(ps_shard *s, uint64_t wb, bool *ret_done, char *err, size_t errlen) {
+    flush_state st = writeback_poll(s, mono_ms());
+    if (s->job_failed)
+        return writeback_failed(s, err, errlen);
+    *ret_done = s->wb_done >= wb;
+    if (*ret_done || st == FLUSH_PENDING)
+        return 0;
+    return writeback_begin(s, err, errlen);
+}
+
 /* Whether the store holds every row of the tracked range as of track()
  * (changes since are recorded): a write-back begun after it has ended, or
  * nothing is dirty. Starts that write-back if none runs, on the write-back
  * thread: the loop goes on serving meanwhile. */
 static int export_ready(ps_shard *s, bool *ret_ready, char *err, size_t errlen) {
     flush_state st = writeback_poll(s, mono_ms());
-    if (s->job_failed) {
-        snprintf(err, errlen, "write-back failed: %s", s->store_error);
-        return PS_EREAD_ONLY;
-    }
-    *ret_ready = s->wb_done >= s->track_wb;
-    if (*ret_ready || st == FLUSH_PENDING)
-        return 0;
-    if (total_dirty(s) == 0) { /* every row is in the store */
-        s->track_wb = s->wb_done;
-        *ret_ready = true;
-        return 0;
-    }
-    return writeback_begin(s, err, errlen);
+    if (st != FLUSH_PENDING && !s->job_failed && s->wb_done < s->track_wb && total_dirty(s) == 0)
+        s->track_wb = s->wb_done; /* every row is in the store: none to wait for */
+    return writeback_reached(s, s->track_wb, ret_ready, err, errlen);
 }
 
 int ps_shard_move_export(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t *table_index,
@@ -1267,10 +1276,8 @@ static int drop_ready(ps_shard *s, uint32_t lo, uint32_t hi, bool *ret_ready, ch
     *ret_ready = false;
     if (st == FLUSH_PENDING)
         return 0;
-    if (s->job_failed) {
-        snprintf(err, errlen, "write-back failed: %s", s->store_error);
-        return PS_EREAD_ONLY;
-    }
+    if (s->job_failed)
+        return writeback_failed(s, err, errlen);
     bool dirty = false;
     for (size_t i = 0; i < s->ntables && !dirty; i++)
         dirty = ps_table_range_dirty(s->tables[i], lo, hi);
@@ -1328,19 +1335,16 @@ static int drop_begin(ps_shard *s, uint32_t lo, uint32_t hi, char *err, size_t e
  * meanwhile; a synchronous write-back here held it 1.1-1.6 s under a
  * saturating push load (bench/README.md). */
 static int drop_settle(ps_shard *s, bool *ret_more, uint64_t *ret_rows, char *err, size_t errlen) {
-    flush_state st = writeback_poll(s, mono_ms());
-    if (s->job_failed) {
-        snprintf(err, errlen, "write-back failed: %s", s->store_error);
-        return PS_EREAD_ONLY;
-    }
+    bool done;
+    int r = writeback_reached(s, s->settle_wb, &done, err, errlen);
+    if (r < 0)
+        return r;
     if (ret_rows)
         *ret_rows = s->settle_rows;
-    *ret_more = s->wb_done < s->settle_wb;
-    if (!*ret_more) {
+    *ret_more = !done;
+    if (done)
         s->settle_wb = 0;
-        return 0;
-    }
-    return st == FLUSH_PENDING ? 0 : writeback_begin(s, err, errlen);
+    return 0;
 }
 
 int ps_shard_drop(ps_shard *s, uint32_t lo, uint32_t hi, size_t budget, bool *ret_more,
@@ -1869,10 +1873,8 @@ static int flush_sync(ps_shard *s, bool always, char *err, size_t errlen) {
         }
         wait_flush(s);
     }
-    if (s->job_failed) {
-        snprintf(err, errlen, "write-back failed: %s", s->store_error);
-        return PS_EREAD_ONLY;
-    }
+    if (s->job_failed)
+        return writeback_failed(s, err, errlen);
     return 0;
 }
 
