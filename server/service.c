@@ -11,6 +11,7 @@
 #include "frame.h"
 #include "keys.h"
 #include "log.h"
+#include "pbarena.h"
 #include "promtext.h"
 #include "rpc.h"
 #include "wire.h"
@@ -35,7 +36,11 @@ struct ps_service {
     uint64_t statuses[STATUS_COUNT];
     uint64_t bad_frames;
     ps_prom_histogram latency[PS_METHOD_COUNT];  /* handling time, per method */
+    ps_pbarena arena;            /* the request protobuf-c decodes, until it is answered */
 };
+
+/* The arena keeps this much between requests: a move's IMPORT pages. */
+#define ARENA_KEEP (8u << 20)
 
 /* Everything one response borrows until it is packed. */
 typedef struct reply {
@@ -94,6 +99,7 @@ int ps_service_new(ps_shard *shard, const ps_auth_secret *secret, ps_service **r
     if (secret)
         svc->secret = *secret;
     svc->cfg = ps_shard_config(shard);
+    ps_pbarena_init(&svc->arena, ARENA_KEEP);
     *ret_service = svc;
     return 0;
 }
@@ -103,6 +109,7 @@ void ps_service_free(ps_service *svc) {
         return;
     ps_auth_wipe(&svc->secret);
     ps_barrier_free(svc->barrier);
+    ps_pbarena_deinit(&svc->arena);
     free(svc);
 }
 
@@ -804,9 +811,11 @@ static int do_checkpoint(ps_service *svc, ps_session *sess, const Ctrps__Checkpo
 
 /* A page's values sit one after the other in `data`, room for `limit`
  * values of the widest table. */
+/* A page of rows as MoveRows sends it: keys, value lengths, the values
+ * one after the other. */
 typedef struct move_page {
     uint64_t *keys;
-    ProtobufCBinaryData *values;
+    uint32_t *lens;
     uint8_t *data;
     size_t n, used, room;
 } move_page;
@@ -817,8 +826,7 @@ static int move_row(void *ctx, uint64_t fid, const void *value, size_t len) {
         return -ENOMEM; /* wider than the table's value_len: cannot happen */
     memcpy(pg->data + pg->used, value, len);
     pg->keys[pg->n] = fid;
-    pg->values[pg->n].data = pg->data + pg->used;
-    pg->values[pg->n].len = len;
+    pg->lens[pg->n] = (uint32_t)len;
     pg->used += len;
     pg->n++;
     return 0;
@@ -937,21 +945,53 @@ static int move_import_admit(ps_service *svc, const Ctrps__AdmitBlocks *ab, repl
     return ps_shard_adopt_admit(svc->shard, t, &pg, rp->err, sizeof(rp->err));
 }
 
+/* The values of an IMPORT page, in either of MoveRows' forms. */
+static int move_rows_values(const Ctrps__MoveRows *rows, const void ***ret_data, size_t **ret_lens,
+                            reply *rp) {
+    size_t n = rows->n_keys;
+    bool packed = rows->n_value_lens || rows->value_bytes.len;
+    if (packed ? rows->n_values || rows->n_value_lens != n : rows->n_values != n) {
+        snprintf(rp->err, sizeof(rp->err), "%zu row values and %zu value lengths for %zu keys",
+                 rows->n_values, rows->n_value_lens, n);
+        return PS_EPROTO;
+    }
+    if (!packed)
+        return split_bytes(rp, rows->values, n, ret_data, ret_lens);
+    const void **data = own(rp, malloc(n * sizeof(void *) + 1));
+    size_t *lens = own(rp, malloc(n * sizeof(size_t) + 1));
+    if (!data || !lens)
+        return -ENOMEM;
+    size_t at = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (rows->value_lens[i] > rows->value_bytes.len - at) {
+            snprintf(rp->err, sizeof(rp->err), "row %zu's value runs past the %zu value bytes", i,
+                     rows->value_bytes.len);
+            return PS_EPROTO;
+        }
+        data[i] = rows->value_bytes.data + at;
+        lens[i] = rows->value_lens[i];
+        at += lens[i];
+    }
+    if (at != rows->value_bytes.len) {
+        snprintf(rp->err, sizeof(rp->err), "%zu value bytes left after the %zu rows",
+                 rows->value_bytes.len - at, n);
+        return PS_EPROTO;
+    }
+    *ret_data = data;
+    *ret_lens = lens;
+    return 0;
+}
+
 static int move_import(ps_service *svc, const Ctrps__MoveRequest *req, reply *rp) {
     int r = 0;
     const Ctrps__MoveRows *rows = req->rows;
     if (rows && rows->n_keys) {
         ps_table *t;
-        if (rows->n_values != rows->n_keys) {
-            snprintf(rp->err, sizeof(rp->err), "%zu row values for %zu keys", rows->n_values,
-                     rows->n_keys);
-            return PS_EPROTO;
-        }
         const void **vals;
         size_t *lens;
         r = find_table(svc, rows->table, &t, rp);
         if (r == 0)
-            r = split_bytes(rp, rows->values, rows->n_keys, &vals, &lens);
+            r = move_rows_values(rows, &vals, &lens, rp);
         if (r < 0)
             return r;
         r = req->stage ? ps_shard_stage_rows(svc->shard, req->stage, t, rows->keys, vals, lens,
@@ -1040,9 +1080,9 @@ static int do_move(ps_service *svc, ps_session *sess, const Ctrps__MoveRequest *
         Ctrps__MoveRows *rows = own(rp, malloc(sizeof(*rows)));
         move_page pg = {.room = limit * widest};
         pg.keys = own(rp, malloc(limit * sizeof(uint64_t)));
-        pg.values = own(rp, malloc(limit * sizeof(*pg.values)));
+        pg.lens = own(rp, malloc(limit * sizeof(*pg.lens)));
         pg.data = own(rp, malloc(pg.room + 1));
-        if (!after || !rows || !pg.keys || !pg.values || !pg.data)
+        if (!after || !rows || !pg.keys || !pg.lens || !pg.data)
             return -ENOMEM;
         uint32_t ti = req->table_index;
         bool done = false, in_table; /* a page holds rows of one table: the cursor's, or the one it left */
@@ -1072,9 +1112,11 @@ static int do_move(ps_service *svc, ps_session *sess, const Ctrps__MoveRequest *
         ctrps__move_rows__init(rows);
         if (pg.n)
             rows->table = (char *)ps_table_config_of(ps_shard_table_at(svc->shard, in_table ? ti : ti - 1))->name;
-        rows->n_keys = rows->n_values = pg.n;
+        rows->n_keys = rows->n_value_lens = pg.n;
         rows->keys = pg.keys;
-        rows->values = pg.values;
+        rows->value_lens = pg.lens;
+        rows->value_bytes.data = pg.data;
+        rows->value_bytes.len = pg.used;
         m->rows = rows;
         m->table_index = ti;
         m->done = done;
@@ -1184,8 +1226,9 @@ int ps_service_handle(ps_service *svc, ps_session *sess, const char *frame, size
     in_place_req ip;
     Ctrps__Request *req = in_place(sess, frame, len, &ip)
                               ? &ip.req
-                              : ctrps__request__unpack(NULL, len, (const uint8_t *)frame);
+                              : ctrps__request__unpack(&svc->arena.pb, len, (const uint8_t *)frame);
     if (!req) {
+        ps_pbarena_reset(&svc->arena); /* what the failed decode took */
         svc->bad_frames++;
         return PS_EPROTO;
     }
@@ -1243,8 +1286,7 @@ reply:
     for (size_t i = 0; i < rp.nowned; i++)
         free(rp.owned[i]);
     free(rp.owned);
-    if (req != &ip.req)
-        ctrps__request__free_unpacked(req, NULL);
+    ps_pbarena_reset(&svc->arena); /* the request, if protobuf-c decoded it */
     *ret_push = rp.push_ack;
     *ret_close = rp.close;
     return r;

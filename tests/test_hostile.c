@@ -39,7 +39,7 @@ static const char *body =
 static ps_cluster cl;
 static ps_client *good;
 static uint64_t keys0[64]; /* keys owned by shard 0 */
-static uint64_t key1;      /* a key owned by shard 1 */
+static uint64_t key1, key1b; /* keys owned by shard 1 */
 
 static void setup(void) {
     signal(SIGPIPE, SIG_IGN);
@@ -48,13 +48,15 @@ static void setup(void) {
     ps_client_options co = {.cfg = cl.cfg, .name = "good", .timeout_ms = 10000};
     cr_assert_eq(ps_client_new(&co, &good, err, sizeof(err)), 0, "%s", err);
     size_t n = 0;
-    key1 = 0;
-    for (uint64_t i = 1; n < 64 || !key1; i++) {
+    key1 = key1b = 0;
+    for (uint64_t i = 1; n < 64 || !key1b; i++) {
         uint32_t owner = ps_key_owner(i, cl.cfg->buckets, 2);
         if (owner == 0 && n < 64)
             keys0[n++] = i;
         else if (owner == 1 && !key1)
             key1 = i;
+        else if (owner == 1 && !key1b)
+            key1b = i;
     }
     /* Some state to protect. */
     float grads[64 * 8];
@@ -431,5 +433,62 @@ Test(hostile, admission_filter_blocks_that_do_not_fit) {
     bad.table = "no_such_table";
     cr_assert_eq(move_status(&im, msg, sizeof(msg)), CTRPS__STATUS__UNKNOWN_TABLE);
     ctrps__response__free_unpacked(page, NULL);
+    assert_unchanged(before);
+}
+
+/* A page of rows whose values do not add up (MoveRows' packed form: one
+ * length per key, the values one after the other) is refused before any
+ * row is read: lengths that run past the bytes, bytes left over, a length
+ * per key missing, both forms at once. */
+Test(hostile, import_rows_whose_values_do_not_add_up) {
+    float before[64 * 24];
+    snapshot(before);
+    char msg[256];
+    uint64_t keys[2] = {key1 < key1b ? key1 : key1b, key1 < key1b ? key1b : key1};
+    uint32_t lens[2] = {8, 8};
+    uint8_t bytes[16] = {0};
+    Ctrps__MoveRows rows = CTRPS__MOVE_ROWS__INIT;
+    rows.table = "emb";
+    rows.n_keys = 2;
+    rows.keys = keys;
+    rows.n_value_lens = 2;
+    rows.value_lens = lens;
+    rows.value_bytes.data = bytes;
+    rows.value_bytes.len = 15;
+    Ctrps__MoveRequest im = CTRPS__MOVE_REQUEST__INIT;
+    im.phase = CTRPS__MOVE_REQUEST__PHASE__IMPORT;
+    im.bucket_lo = 0;
+    im.bucket_hi = 64;
+    im.rows = &rows;
+    cr_assert_eq(move_status(&im, msg, sizeof(msg)), CTRPS__STATUS__BAD_REQUEST, "one byte short");
+    cr_assert(strstr(msg, "runs past"), "%s", msg);
+    rows.value_bytes.len = 16;
+    lens[1] = UINT32_MAX;
+    cr_assert_eq(move_status(&im, msg, sizeof(msg)), CTRPS__STATUS__BAD_REQUEST, "a length of 4 GiB");
+    cr_assert(strstr(msg, "runs past"), "%s", msg);
+    lens[1] = 7;
+    cr_assert_eq(move_status(&im, msg, sizeof(msg)), CTRPS__STATUS__BAD_REQUEST, "a byte left over");
+    cr_assert(strstr(msg, "left after"), "%s", msg);
+    lens[1] = 8;
+    rows.n_value_lens = 1;
+    cr_assert_eq(move_status(&im, msg, sizeof(msg)), CTRPS__STATUS__BAD_REQUEST, "one length for two keys");
+    cr_assert(strstr(msg, "value lengths"), "%s", msg);
+    rows.n_value_lens = 2;
+    ProtobufCBinaryData vals[2] = {{8, bytes}, {8, bytes + 8}};
+    rows.n_values = 2;
+    rows.values = vals;
+    cr_assert_eq(move_status(&im, msg, sizeof(msg)), CTRPS__STATUS__BAD_REQUEST, "both forms");
+    cr_assert(strstr(msg, "value lengths"), "%s", msg);
+    /* Each form alone gets past the format, to the rows themselves: 8 bytes
+     * are no row of table emb. */
+    rows.n_value_lens = 0;
+    rows.value_bytes.len = 0;
+    cr_assert_eq(move_status(&im, msg, sizeof(msg)), CTRPS__STATUS__BAD_REQUEST, "rows of 8 bytes");
+    cr_assert(strstr(msg, "row of 8 bytes"), "%s", msg);
+    rows.n_values = 0;
+    rows.n_value_lens = 2;
+    rows.value_bytes.len = 16;
+    cr_assert_eq(move_status(&im, msg, sizeof(msg)), CTRPS__STATUS__BAD_REQUEST, "rows of 8 bytes");
+    cr_assert(strstr(msg, "row of 8 bytes"), "%s", msg);
     assert_unchanged(before);
 }
