@@ -1924,12 +1924,11 @@ int ps_client_dense_push_start(ps_client *c, const ps_dense_block *grads, size_t
 
 #define call_shard ps_client_call_raw
 
-/* Send one request to one shard and wait for its answer, which must hold
- * `want`. The request's id is set here; *ret_resp is the caller's, freed
- * with ctrps__response__free_unpacked(). */
-int ps_client_call_raw(ps_client *c, uint32_t shard, Ctrps__Request *req,
-                       Ctrps__Response__ResultCase want, Ctrps__Response **ret_resp, char *err,
-                       size_t errlen) {
+/* Send one request to one shard; ps_client_call_finish() waits for the
+ * answer. The request's id is set here. Requests to one shard reach it in
+ * the order they were started, resent in that order after a reconnect. */
+int ps_client_call_start(ps_client *c, uint32_t shard, Ctrps__Request *req, ps_call **ret_call,
+                         char *err, size_t errlen) {
     pthread_mutex_lock(&c->map_lock);
     uint32_t nconns = c->nshards;
     pthread_mutex_unlock(&c->map_lock);
@@ -1966,17 +1965,37 @@ int ps_client_call_raw(ps_client *c, uint32_t shard, Ctrps__Request *req,
         return r;
     }
     uv_async_send(&c->wake);
-    r = call_wait_keep(call, err, errlen);
+    *ret_call = call;
+    return 0;
+}
+
+/* Wait for a started call's answer, which must be OK and hold `want`;
+ * *ret_resp (NULL: not wanted) is the caller's, freed with
+ * ctrps__response__free_unpacked(). The call is freed. */
+int ps_client_call_finish(ps_call *call, uint32_t shard, Ctrps__Response__ResultCase want,
+                          Ctrps__Response **ret_resp, char *err, size_t errlen) {
+    int r = call_wait_keep(call, err, errlen);
     if (r == 0 && call->raw->result_case != want) {
         snprintf(err, errlen, "shard %u answered with another result than asked for", shard);
         r = PS_EPROTO;
     }
-    if (r == 0) {
+    if (r == 0 && ret_resp) {
         *ret_resp = call->raw;
         call->raw = NULL;
     }
     call_free(call);
     return r;
+}
+
+/* Send one request to one shard and wait for its answer, which must hold
+ * `want`. The request's id is set here; *ret_resp is the caller's, freed
+ * with ctrps__response__free_unpacked(). */
+int ps_client_call_raw(ps_client *c, uint32_t shard, Ctrps__Request *req,
+                       Ctrps__Response__ResultCase want, Ctrps__Response **ret_resp, char *err,
+                       size_t errlen) {
+    ps_call *call;
+    int r = ps_client_call_start(c, shard, req, &call, err, errlen);
+    return r < 0 ? r : ps_client_call_finish(call, shard, want, ret_resp, err, errlen);
 }
 
 static char *dup_str(const char *s) { return strdup(s ? s : ""); }

@@ -1,6 +1,6 @@
 #pragma once
-/* For modules of the RPC client library only (common/move.c): one raw
- * request to one shard through a ps_client. */
+/* For modules of the RPC client library only (common/move.c): raw
+ * requests to one shard through a ps_client. */
 
 #include "client.h"
 #include "ctrps.pb-c.h"
@@ -11,3 +11,12 @@
 int ps_client_call_raw(ps_client *c, uint32_t shard, Ctrps__Request *req,
                        Ctrps__Response__ResultCase want, Ctrps__Response **ret_resp, char *err,
                        size_t errlen);
+
+/* The same in two halves, to keep several requests to one shard in flight:
+ * they reach it in the order they were started (resent in that order after
+ * a reconnect). _finish() waits for one call's answer and frees the call;
+ * ret_resp may be NULL. */
+int ps_client_call_start(ps_client *c, uint32_t shard, Ctrps__Request *req, ps_call **ret_call,
+                         char *err, size_t errlen);
+int ps_client_call_finish(ps_call *call, uint32_t shard, Ctrps__Response__ResultCase want,
+                          Ctrps__Response **ret_resp, char *err, size_t errlen);

@@ -1,7 +1,6 @@
 #include "move.h"
 
 #include <errno.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -107,59 +106,77 @@ int ps_move_current_map(ps_client *c, uint32_t nshards, ps_cluster_map *ret_map,
     return 0;
 }
 
-/* The import of one page into the target, on a thread of its own so that
- * the source reads the next page meanwhile. One import at a time, in page
- * order: a row copied by two pages lands as the later one has it. */
-typedef struct import_job {
+/* Pages go into the target while the source reads the next ones: up to
+ * IMPORT_DEPTH IMPORTs in flight on the one connection, in page order, so
+ * that the target applies them in order (a row copied by two pages lands as
+ * the later one has it) and has the next page at hand when it ends one. */
+#define IMPORT_DEPTH 2
+
+typedef struct import_page {
+    Ctrps__Response *resp;       /* the EXPORT or CHANGED answer whose rows go; owned */
+    ps_call *call;               /* its IMPORT; NULL: nothing to import */
+} import_page;
+
+typedef struct imports {
     ps_client *c;
     uint32_t to, lo, hi;
     uint64_t stage;              /* the first pass: staged on the target under this id */
-    Ctrps__Response *resp;       /* the EXPORT or CHANGED answer whose rows go; owned */
-    pthread_t thread;
-    bool threaded;
-    int r;
-    char err[256];
-} import_job;
+    import_page q[IMPORT_DEPTH];
+    size_t head, n;
+} imports;
 
-static void *import_main(void *arg) {
-    import_job *j = arg;
-    const Ctrps__MoveResponse *m = j->resp->move;
-    Ctrps__MoveRequest im = CTRPS__MOVE_REQUEST__INIT;
-    im.phase = CTRPS__MOVE_REQUEST__PHASE__IMPORT;
-    im.bucket_lo = j->lo;
-    im.bucket_hi = j->hi;
-    im.rows = m->rows;
-    im.n_seqs = m->n_seqs;
-    im.seqs = m->seqs;
-    im.stage = j->stage;
-    j->r = 0;
-    if ((m->rows && m->rows->n_keys) || im.n_seqs)
-        j->r = move_call(j->c, j->to, &im, NULL, j->err, sizeof(j->err));
-    return NULL;
-}
-
-static void import_start(import_job *j, Ctrps__Response *resp) {
-    j->resp = resp;
-    j->threaded = pthread_create(&j->thread, NULL, import_main, j) == 0;
-    if (!j->threaded) /* no thread to spare: import it now */
-        import_main(j);
-}
-
-/* Wait for the page in flight, if any; its rows count once imported. */
-static int import_finish(import_job *j, ps_move_progress *pr, char *err, size_t errlen) {
-    if (!j->resp)
+/* Send resp's rows (and sequence numbers) to the target; resp is taken
+ * (freed at once if it cannot be sent). The queue must have room. */
+static int import_start(imports *im, Ctrps__Response *resp, char *err, size_t errlen) {
+    const Ctrps__MoveResponse *m = resp->move;
+    import_page *pg = &im->q[(im->head + im->n) % IMPORT_DEPTH];
+    *pg = (import_page){.resp = resp};
+    im->n++;
+    if (!(m->rows && m->rows->n_keys) && !m->n_seqs)
         return 0;
-    if (j->threaded)
-        pthread_join(j->thread, NULL);
-    const Ctrps__MoveRows *rows = j->resp->move->rows;
-    int r = j->r;
-    if (r < 0)
-        snprintf(err, errlen, "%s", j->err);
-    else
-        pr->rows += rows ? rows->n_keys : 0;
-    ctrps__response__free_unpacked(j->resp, NULL);
-    j->resp = NULL;
+    Ctrps__MoveRequest mr = move_request(CTRPS__MOVE_REQUEST__PHASE__IMPORT, im->lo, im->hi);
+    mr.rows = m->rows;
+    mr.n_seqs = m->n_seqs;
+    mr.seqs = m->seqs;
+    mr.stage = im->stage;
+    Ctrps__Request req = CTRPS__REQUEST__INIT;
+    req.method_case = CTRPS__REQUEST__METHOD_MOVE;
+    req.move = &mr;
+    int r = ps_client_call_start(im->c, im->to, &req, &pg->call, err, errlen);
+    if (r < 0) { /* not sent: not in flight */
+        im->n--;
+        ctrps__response__free_unpacked(resp, NULL);
+    }
     return r;
+}
+
+/* Wait for the oldest page in flight; its rows count once imported. */
+static int import_finish(imports *im, ps_move_progress *pr, char *err, size_t errlen) {
+    import_page *pg = &im->q[im->head];
+    im->head = (im->head + 1) % IMPORT_DEPTH;
+    im->n--;
+    int r = pg->call ? ps_client_call_finish(pg->call, im->to, CTRPS__RESPONSE__RESULT_MOVE, NULL,
+                                             err, errlen)
+                     : 0;
+    const Ctrps__MoveRows *rows = pg->resp->move->rows;
+    if (r == 0)
+        pr->rows += rows ? rows->n_keys : 0;
+    ctrps__response__free_unpacked(pg->resp, NULL);
+    return r;
+}
+
+/* Wait for every page in flight: the first failure, if any. */
+static int import_drain(imports *im, ps_move_progress *pr, char *err, size_t errlen) {
+    int first = 0;
+    char e[256];
+    while (im->n) {
+        int r = import_finish(im, pr, e, sizeof(e));
+        if (r < 0 && !first) {
+            first = r;
+            snprintf(err, errlen, "%s", e);
+        }
+    }
+    return first;
 }
 
 /* A failpoint for the tests: with CTRPS_TEST_MOVE_STOP=<at> in its
@@ -236,23 +253,25 @@ static int copy_pass(ps_client *c, Ctrps__MoveRequest__Phase phase, uint32_t lo,
     ex.throttle = phase == CTRPS__MOVE_REQUEST__PHASE__CHANGED ? pr->throttle : 0;
     ex.limit = PAGE_ROWS;
     uint8_t after[16];
-    import_job job = {.c = c, .to = pr->to, .lo = lo, .hi = hi, .stage = stage};
+    imports im = {.c = c, .to = pr->to, .lo = lo, .hi = hi, .stage = stage};
     *ret_lost = false;
     bool stopped = false;
     for (;;) {
         Ctrps__Response *resp;
         int r = move_call(c, pr->from, &ex, &resp, err, errlen);
         char ierr[256];
-        bool imported = job.resp != NULL;
-        int ir = import_finish(&job, pr, ierr, sizeof(ierr));
+        bool imported = r == 0 && im.n == IMPORT_DEPTH;
+        int ir = imported ? import_finish(&im, pr, ierr, sizeof(ierr)) : 0;
         if (r < 0) { /* refused because the source forgot the copy (a restart)? */
+            import_drain(&im, pr, ierr, sizeof(ierr));
             *ret_lost = source_lost(c, pr->from, tid);
             return *ret_lost ? 0 : r;
         }
         if (ir < 0) {
             ctrps__response__free_unpacked(resp, NULL);
-            *ret_lost = stage && ir == PS_ENOT_FOUND;
             snprintf(err, errlen, "%s", ierr);
+            import_drain(&im, pr, ierr, sizeof(ierr));
+            *ret_lost = stage && ir == PS_ENOT_FOUND;
             return *ret_lost ? 0 : ir;
         }
         if (stage && pr->rows && !pr->restarts && !stopped) {
@@ -260,11 +279,12 @@ static int copy_pass(ps_client *c, Ctrps__MoveRequest__Phase phase, uint32_t lo,
             test_stop("staged");
         }
         pr->elapsed_s = now_s() - pr->t0;
-        if (fn && imported) /* the page before this one is in */
+        if (fn && imported) /* a page before this one is in */
             fn(ctx, pr);
         const Ctrps__MoveResponse *m = resp->move;
         if (m->track_id != tid) {
             ctrps__response__free_unpacked(resp, NULL);
+            import_drain(&im, pr, ierr, sizeof(ierr));
             *ret_lost = true;
             return 0;
         }
@@ -280,11 +300,15 @@ static int copy_pass(ps_client *c, Ctrps__MoveRequest__Phase phase, uint32_t lo,
         /* An empty first page: the source is still writing back. */
         bool wait = !done && !ex.table_index && !ex.after.len && !(m->rows && m->rows->n_keys) &&
                     phase == CTRPS__MOVE_REQUEST__PHASE__EXPORT;
-        import_start(&job, resp);
+        r = import_start(&im, resp, err, errlen);
+        if (r < 0) {
+            import_drain(&im, pr, ierr, sizeof(ierr));
+            return r;
+        }
         if (wait)
             nanosleep(&(struct timespec){.tv_nsec = 10 * 1000 * 1000}, NULL);
         if (done) {
-            r = import_finish(&job, pr, err, errlen);
+            r = import_drain(&im, pr, err, errlen);
             if (r == 0 && stage && pr->rows && !pr->restarts && !stopped)
                 test_stop("staged");
             /* INGEST stops the target's writes: it would wait behind a
