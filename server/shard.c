@@ -1670,7 +1670,15 @@ static void *flush_thread(void *arg) {
                 (void)ps_store_switch_memtable(s->store, s->job.dumps[i].cf, err, sizeof(err));
         err[0] = '\0';
         int r = ps_store_write(s->store, b, err, sizeof(err));
+        /* And out of them once written: the full memtables go to disk now,
+         * from here, where the switch would otherwise wait for the next
+         * write, perhaps on the loop (a move's, or a cut-over's): a new
+         * memtable's bloom filter to clear, a flush of ~64 MiB beside it. */
+        for (size_t i = 0; r == 0 && i < s->ntables; i++)
+            if (s->job.dumps[i].n >= SWITCH_MEMTABLE_ROWS)
+                (void)ps_store_switch_memtable(s->store, s->job.dumps[i].cf, err, sizeof(err));
         if (r == 0) {
+            err[0] = '\0';
             /* Written (a failed batch stays, for the retry): free it here,
              * before the next dumps are faulted in, so that the two are
              * never resident together (table.h). */
