@@ -1,11 +1,13 @@
 #include "store.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <rocksdb/c.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "error.h"
 
@@ -655,6 +657,15 @@ int ps_store_sst_ingest(ps_store_sst *w, char *err, size_t errlen) {
     if (r < 0)
         return r;
     w->finished = true;
+    /* The writer dropped the file from the page cache as it went: its rows,
+     * read next (the range's pulls, a move onwards), would come from disk.
+     * Read back now, by the kernel's readahead; the file keeps its pages
+     * as it moves into the store (a rename). */
+    int fd = open(w->path, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        (void)posix_fadvise(fd, 0, 0, POSIX_FADV_WILLNEED);
+        close(fd);
+    }
     rocksdb_ingestexternalfileoptions_t *io = rocksdb_ingestexternalfileoptions_create();
     if (!io)
         return -ENOMEM;
