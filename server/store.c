@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "error.h"
@@ -27,14 +28,24 @@ struct ps_store {
     rocksdb_options_t **cf_options;       /* per requested cf, or NULL */
     rocksdb_compactionfilter_t **cf_filters;
     size_t ncf_options;
-    /* Background whole-family compactions (ps_store_compact without wait):
-     * one thread, started on first use, and a flag per column family. */
+    /* Background compactions: one thread, started on first use; a flag per
+     * column family for a whole-family one (ps_store_compact without
+     * wait), and a queue of key ranges (ps_store_reclaim_range). */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     pthread_t compactor;
     bool compactor_started, compactor_stop;
     uint8_t *compact_wanted;     /* per open cf */
+    struct compact_range *ranges; /* oldest first */
 };
+
+/* A key range of one family to compact, its keys after the struct. */
+typedef struct compact_range {
+    struct compact_range *next;
+    int cf;
+    size_t slen, elen;
+    unsigned char keys[];
+} compact_range;
 
 struct ps_store_batch {
     rocksdb_writebatch_t *wb;
@@ -96,6 +107,9 @@ static void configure(ps_store *s, const ps_store_options *o) {
     s->ropts = rocksdb_readoptions_create();
     s->scan_ropts = rocksdb_readoptions_create();
     rocksdb_readoptions_set_fill_cache(s->scan_ropts, 0);
+    /* Read 2 MiB at a time, not a pread per 4 KiB block: a move's EXPORT
+     * of 1M rows took 0.93 s of the source's CPU, 0.60 s with this. */
+    rocksdb_readoptions_set_readahead_size(s->scan_ropts, 2 << 20);
     s->wopts = rocksdb_writeoptions_create();
     rocksdb_writeoptions_set_sync(s->wopts, o && o->sync_writes);
 }
@@ -272,6 +286,11 @@ void ps_store_close(ps_store *s) {
         rocksdb_disable_manual_compaction(s->db);
         pthread_join(s->compactor, NULL);
     }
+    while (s->ranges) { /* not begun: left to RocksDB's own compactions */
+        compact_range *next = s->ranges->next;
+        free(s->ranges);
+        s->ranges = next;
+    }
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);
     free(s->compact_wanted);
@@ -387,13 +406,22 @@ void ps_store_batch_delete(ps_store_batch *b, ps_store *s, int cf, const void *k
     rocksdb_writebatch_delete_cf(b->wb, s->cfs[cf], key, klen);
 }
 
+static int compact_later(ps_store *s, int cf, compact_range *cr, char *err, size_t errlen);
+
 int ps_store_reclaim_range(ps_store *s, int cf, const void *start, size_t slen, const void *end,
                            size_t elen, char *err, size_t errlen) {
     char *rerr = NULL;
     rocksdb_delete_file_in_range_cf(s->db, s->cfs[cf], start, slen, end, elen, &rerr);
-    if (!rerr)
-        rocksdb_suggest_compact_range_cf(s->db, s->cfs[cf], start, slen, end, elen, &rerr);
-    return take_error(rerr, err, errlen);
+    int r = take_error(rerr, err, errlen);
+    if (r < 0)
+        return r;
+    compact_range *cr = malloc(sizeof(*cr) + slen + elen);
+    if (!cr)
+        return -ENOMEM;
+    *cr = (compact_range){.cf = cf, .slen = slen, .elen = elen};
+    memcpy(cr->keys, start, slen);
+    memcpy(cr->keys + slen, end, elen);
+    return compact_later(s, cf, cr, err, errlen);
 }
 
 size_t ps_store_batch_count(const ps_store_batch *b) { return (size_t)rocksdb_writebatch_count(b->wb); }
@@ -533,10 +561,29 @@ static int compact_now(ps_store *s, size_t cf) {
     return 0;
 }
 
+static void compact_range_now(ps_store *s, const compact_range *cr) {
+    rocksdb_compactoptions_t *o = rocksdb_compactoptions_create();
+    if (!o)
+        return;
+    rocksdb_compactoptions_set_exclusive_manual_compaction(o, 0);
+    rocksdb_compact_range_cf_opt(s->db, s->cfs[cr->cf], o, (const char *)cr->keys, cr->slen,
+                                 (const char *)cr->keys + cr->slen, cr->elen);
+    rocksdb_compactoptions_destroy(o);
+}
+
 static void *compactor(void *arg) {
     ps_store *s = arg;
     pthread_mutex_lock(&s->mu);
     while (!s->compactor_stop) {
+        compact_range *cr = s->ranges;
+        if (cr) {
+            s->ranges = cr->next;
+            pthread_mutex_unlock(&s->mu);
+            compact_range_now(s, cr);
+            free(cr);
+            pthread_mutex_lock(&s->mu);
+            continue;
+        }
         size_t cf = 0;
         while (cf < s->ncf_open && !s->compact_wanted[cf])
             cf++;
@@ -553,23 +600,33 @@ static void *compactor(void *arg) {
     return NULL;
 }
 
-int ps_store_compact(ps_store *s, int cf, bool wait, char *err, size_t errlen) {
-    if (wait)
-        return compact_now(s, (size_t)cf);
+/* Hand work to the compaction thread (started now if need be): a range, or
+ * with cr NULL the whole family cf. cr is taken. */
+static int compact_later(ps_store *s, int cf, compact_range *cr, char *err, size_t errlen) {
     int r = 0;
     pthread_mutex_lock(&s->mu);
     if (!s->compactor_started) {
         r = -pthread_create(&s->compactor, NULL, compactor, s);
         s->compactor_started = r == 0;
     }
-    if (r == 0) {
+    if (r == 0 && cr) {
+        compact_range **tail = &s->ranges;
+        while (*tail)
+            tail = &(*tail)->next;
+        *tail = cr;
+    } else if (r == 0) {
         s->compact_wanted[cf] = 1;
-        pthread_cond_broadcast(&s->cv);
     } else {
+        free(cr);
         snprintf(err, errlen, "compaction thread: %s", strerror(-r));
     }
+    pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);
     return r;
+}
+
+int ps_store_compact(ps_store *s, int cf, bool wait, char *err, size_t errlen) {
+    return wait ? compact_now(s, (size_t)cf) : compact_later(s, cf, NULL, err, errlen);
 }
 
 int ps_store_switch_memtable(ps_store *s, int cf, char *err, size_t errlen) {
@@ -648,6 +705,23 @@ int ps_store_sst_put(ps_store_sst *w, const void *key, size_t klen, const void *
 
 uint64_t ps_store_sst_count(const ps_store_sst *w) { return w->n; }
 
+/* The writer drops the file it writes from the page cache as it goes: the
+ * rows ingested from it, read next (the range's pulls, a move onwards),
+ * would come from disk. The kernel reads it back (asynchronously) on
+ * WILLNEED, at most 8 MiB a call here: hence the windows. The file keeps
+ * its pages as the ingest moves it into the store (a hard link). */
+#define READAHEAD_WINDOW (8 << 20)
+
+static void readahead_file(const char *path) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    struct stat st;
+    for (off_t at = 0; fstat(fd, &st) == 0 && at < st.st_size; at += READAHEAD_WINDOW)
+        (void)posix_fadvise(fd, at, READAHEAD_WINDOW, POSIX_FADV_WILLNEED);
+    close(fd);
+}
+
 int ps_store_sst_ingest(ps_store_sst *w, char *err, size_t errlen) {
     if (!w->n || w->finished)
         return 0;
@@ -657,15 +731,7 @@ int ps_store_sst_ingest(ps_store_sst *w, char *err, size_t errlen) {
     if (r < 0)
         return r;
     w->finished = true;
-    /* The writer dropped the file from the page cache as it went: its rows,
-     * read next (the range's pulls, a move onwards), would come from disk.
-     * Read back now, by the kernel's readahead; the file keeps its pages
-     * as it moves into the store (a rename). */
-    int fd = open(w->path, O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        (void)posix_fadvise(fd, 0, 0, POSIX_FADV_WILLNEED);
-        close(fd);
-    }
+    readahead_file(w->path);
     rocksdb_ingestexternalfileoptions_t *io = rocksdb_ingestexternalfileoptions_create();
     if (!io)
         return -ENOMEM;

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "config.h"
 #include "fsutil.h"
@@ -153,5 +154,58 @@ Test(store, reserve_keeps_the_batch_and_its_puts) {
     /* The reservation's own put left nothing behind. */
     cr_assert_eq(ps_store_get(s, 0, "", 0, &v, &len, err, sizeof(err)), 0, "%s", err);
     cr_assert_null(v);
+    ps_store_close(s);
+}
+
+/* A dropped range's space comes back soon without any further write: the
+ * store's compaction thread compacts the files that hold keys on both
+ * sides of the range's ends (a move's drop, DeleteFilesInRange alone
+ * could not free them). */
+Test(store, a_reclaimed_range_is_compacted_away_without_further_writes) {
+    ps_store *s = open_store(false);
+    ps_store_batch *b = ps_store_batch_new();
+    cr_assert_not_null(b);
+    static char value[1024];
+    for (uint64_t i = 0; i < 20000; i++) { /* buckets 0-7 interleaved: every file holds all */
+        ps_store_key k;
+        ps_store_key_encode((uint16_t)(i % 8), i, &k);
+        memset(value, (int)i, sizeof(value));
+        ps_store_batch_put(b, s, 1, k.b, PS_STORE_KEY_LEN, value, sizeof(value));
+    }
+    char err[512] = "";
+    cr_assert_eq(ps_store_write(s, b, err, sizeof(err)), 0, "%s", err);
+    ps_store_batch_free(b);
+    ps_store_close(s); /* the rows into SST files */
+    s = open_store(false);
+    uint64_t before = ps_store_cf_size(s, 1);
+    cr_assert_gt(before, 19u << 20, "%llu bytes", (unsigned long long)before);
+    /* Buckets 0-5 go: three quarters of the rows. */
+    ps_store_key lo, hi;
+    ps_store_key_encode(0, 0, &lo);
+    ps_store_key_encode(6, 0, &hi);
+    b = ps_store_batch_new();
+    ps_store_batch_delete_range(b, s, 1, lo.b, PS_STORE_KEY_LEN, hi.b, PS_STORE_KEY_LEN);
+    cr_assert_eq(ps_store_write(s, b, err, sizeof(err)), 0, "%s", err);
+    ps_store_batch_free(b);
+    cr_assert_eq(ps_store_reclaim_range(s, 1, lo.b, PS_STORE_KEY_LEN, hi.b, PS_STORE_KEY_LEN, err,
+                                        sizeof(err)),
+                 0, "%s", err);
+    uint64_t after = before;
+    for (int i = 0; i < 200 && after > before / 2; i++) {
+        nanosleep(&(struct timespec){.tv_nsec = 50 * 1000 * 1000}, NULL);
+        after = ps_store_cf_size(s, 1);
+    }
+    cr_assert_leq(after, before / 2, "%llu of %llu bytes left after 10 s",
+                  (unsigned long long)after, (unsigned long long)before);
+    /* The rows outside the range are all there. */
+    for (uint64_t i = 6; i < 20000; i += 8) {
+        ps_store_key k;
+        ps_store_key_encode((uint16_t)(i % 8), i, &k);
+        char *v = NULL;
+        size_t len = 0;
+        cr_assert_eq(ps_store_get(s, 1, k.b, PS_STORE_KEY_LEN, &v, &len, err, sizeof(err)), 0);
+        cr_assert(v && len == sizeof(value) && (uint8_t)v[0] == (uint8_t)i, "row %llu", (unsigned long long)i);
+        free(v);
+    }
     ps_store_close(s);
 }
