@@ -289,16 +289,20 @@ static double percentile(phase_stats *s, double q) {
 /* ---- the move ---------------------------------------------------------------------- */
 
 /* With no load, a move begins once the shards are idle: below 5% of a core
- * over 250 ms (at most 30 s), so that the flushes and compactions of the
- * rows just created or moved do not share the cores with the copy.
- * Returns the seconds waited. */
+ * over SETTLE_WINDOWS windows of 250 ms in a row (at most 30 s), so that
+ * the flushes and compactions of the rows just created or moved do not
+ * share the cores with the copy (a compaction a drop suggested may begin
+ * a few hundred ms after it). Returns the seconds waited. */
+#define SETTLE_WINDOWS 4
 static double settle(void) {
     double t0 = bench_now_s(), prev = -1;
+    int idle = 0;
     while (bench_now_s() - t0 < 30) {
         double cpu = 0;
         for (int i = 0; i < NSHARDS; i++)
             cpu += bench_cpu_s(pids[i]);
-        if (prev >= 0 && cpu - prev < 0.05 * 0.25)
+        idle = prev >= 0 && cpu - prev < 0.05 * 0.25 ? idle + 1 : 0;
+        if (idle == SETTLE_WINDOWS)
             break;
         prev = cpu;
         usleep(250000);
@@ -325,6 +329,7 @@ typedef struct run_result {
     double settle_s, rows, copy_s, copy_rate, move_s, move_rate, export_rate, rounds, pause_ms, client_pause_ms, client_pause_at;
     double freeze_ms, last_round_ms, last_round_rows, map_ms, throttle;
     double pull[3], push[3], p99_ms[3], src_cpu, dst_cpu, self_cpu;
+    double src_bg_cpu, dst_bg_cpu; /* of those, RocksDB's flushes and compactions */
 } run_result;
 
 /* "name median (min-max)" of one field of every run. */
@@ -400,6 +405,7 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
+    ps_client_keep_freed_memory(); /* the bench relays the move, as ctrps-cli does */
     opts o = {.rows = 2100000, .move_rows = 1000000, .buckets = 1024, .batch = 4096, .runs = 3,
               .seconds = 3, .load = true, .dir = "/tmp/ctrps-move-bench",
               .server = "build/server/ctrps-server", .durability = "sync"};
@@ -544,9 +550,11 @@ int main(int argc, char **argv) {
         if (o.load)
             usleep((useconds_t)(o.seconds * 1e6));
         double p1 = bench_now_s();
-        double c0[NSHARDS];
-        for (int i = 0; i < NSHARDS; i++)
+        double c0[NSHARDS], bg0[NSHARDS];
+        for (int i = 0; i < NSHARDS; i++) {
             c0[i] = bench_cpu_s(pids[i]);
+            bg0[i] = bench_threads_cpu_s(pids[i], "rocksdb:");
+        }
         double s0 = self_cpu_s();
         atomic_store(&ld.phase, PH_DURING);
         move_watch w = {0};
@@ -561,6 +569,8 @@ int main(int argc, char **argv) {
         rr->self_cpu = self_cpu_s() - s0;
         rr->src_cpu = bench_cpu_s(pids[to ^ 1]) - c0[to ^ 1];
         rr->dst_cpu = bench_cpu_s(pids[to]) - c0[to];
+        rr->src_bg_cpu = bench_threads_cpu_s(pids[to ^ 1], "rocksdb:") - bg0[to ^ 1];
+        rr->dst_bg_cpu = bench_threads_cpu_s(pids[to], "rocksdb:") - bg0[to];
         if (o.load)
             usleep((useconds_t)(o.seconds * 1e6));
         double p3 = bench_now_s();
@@ -607,12 +617,14 @@ int main(int argc, char **argv) {
                "(freeze %.1f, last round %.1f for %.0f rows, maps %.1f), pushes slowed %.0f/4, "
                "longest request during the move %.1f ms (began %.2f s into it); pull rows/s before/during/after "
                "%.0f/%.0f/%.0f, push %.0f/%.0f/%.0f, p99 request ms %.1f/%.1f/%.1f; "
-               "CPU s source %.2f target %.2f mover+load %.2f; loadavg %.2f; settled %.1f s before\n",
+               "CPU s source %.2f target %.2f mover+load %.2f (RocksDB's flushes and compactions: "
+               "source %.2f, target %.2f); loadavg %.2f; settled %.1f s before\n",
                run, rlo, rhi - 1, to ^ 1, to, rr->rows, rr->copy_s, rr->copy_rate, rr->export_rate,
                rr->move_s, rr->rounds, rr->pause_ms, rr->freeze_ms, rr->last_round_ms, rr->last_round_rows,
                rr->map_ms, rr->throttle, rr->client_pause_ms, rr->client_pause_at, rr->pull[0], rr->pull[1], rr->pull[2],
                rr->push[0], rr->push[1], rr->push[2], rr->p99_ms[0], rr->p99_ms[1], rr->p99_ms[2],
-               rr->src_cpu, rr->dst_cpu, rr->self_cpu, la[0], rr->settle_s);
+               rr->src_cpu, rr->dst_cpu, rr->self_cpu, rr->src_bg_cpu, rr->dst_bg_cpu, la[0],
+               rr->settle_s);
         fflush(stdout);
     }
     atomic_store(&ld.phase, PH_STOP);

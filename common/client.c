@@ -50,6 +50,7 @@
 #include "client.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -1996,6 +1997,13 @@ int ps_client_call_raw(ps_client *c, uint32_t shard, Ctrps__Request *req,
     ps_call *call;
     int r = ps_client_call_start(c, shard, req, &call, err, errlen);
     return r < 0 ? r : ps_client_call_finish(call, shard, want, ret_resp, err, errlen);
+}
+
+void ps_client_keep_freed_memory(void) {
+    /* Blocks below 32 MiB (glibc's own ceiling for its adaptive threshold)
+     * from the heap, and up to 128 MiB free at its top kept. */
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);
+    mallopt(M_TRIM_THRESHOLD, 128 << 20);
 }
 
 static char *dup_str(const char *s) { return strdup(s ? s : ""); }

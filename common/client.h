@@ -105,6 +105,16 @@ typedef struct ps_client_counters {
 int ps_client_new(const ps_client_options *opts, ps_client **ret_client, char *err, size_t errlen);
 /* Waits for nothing: calls still in flight fail with PS_ECLOSED. */
 void ps_client_free(ps_client *c);
+
+/* For a process whose main work is moving large frames through a client
+ * (ctrps-cli's move and reshard, the benchmarks): freed memory stays with
+ * the process for the next frame, where glibc's default hands blocks of
+ * about a frame back to the kernel and takes them again, faulting every
+ * page in: a move's relay spent 0.45 s of CPU per 1M rows so, 0.14 s
+ * after this (bench/README.md). Process-wide (mallopt): call once, early,
+ * from main(); not for long-running processes with other large
+ * allocations. */
+void ps_client_keep_freed_memory(void);
 uint64_t ps_client_id(const ps_client *c);
 /* The id of the latest checkpoint barrier any shard announced in a response
  * ("" if none yet); it stays after the barrier ends (common/checkpoint.h). */

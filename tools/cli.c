@@ -863,6 +863,7 @@ static int cmd_reshard(ps_client *cl, const ps_config *cfg) {
 }
 
 int main(int argc, char **argv) {
+    ps_client_keep_freed_memory(); /* a move relays ~1 MB pages */
     static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
                                          {"timeout", required_argument, NULL, 't'},
                                          {"help", no_argument, NULL, 'h'},
