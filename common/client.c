@@ -1923,8 +1923,6 @@ int ps_client_dense_push_start(ps_client *c, const ps_dense_block *grads, size_t
 
 /* ---- calls to one shard -------------------------------------------------------- */
 
-#define call_shard ps_client_call_raw
-
 /* Send one request to one shard; ps_client_call_finish() waits for the
  * answer. The request's id is set here. Requests to one shard reach it in
  * the order they were started, resent in that order after a reconnect. */
@@ -1991,9 +1989,9 @@ int ps_client_call_finish(ps_call *call, uint32_t shard, Ctrps__Response__Result
 /* Send one request to one shard and wait for its answer, which must hold
  * `want`. The request's id is set here; *ret_resp is the caller's, freed
  * with ctrps__response__free_unpacked(). */
-int ps_client_call_raw(ps_client *c, uint32_t shard, Ctrps__Request *req,
-                       Ctrps__Response__ResultCase want, Ctrps__Response **ret_resp, char *err,
-                       size_t errlen) {
+static int call_shard(ps_client *c, uint32_t shard, Ctrps__Request *req,
+                      Ctrps__Response__ResultCase want, Ctrps__Response **ret_resp, char *err,
+                      size_t errlen) {
     ps_call *call;
     int r = ps_client_call_start(c, shard, req, &call, err, errlen);
     return r < 0 ? r : ps_client_call_finish(call, shard, want, ret_resp, err, errlen);

@@ -19,20 +19,26 @@ static double now_s(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static int move_call(ps_client *c, uint32_t shard, Ctrps__MoveRequest *m, Ctrps__Response **ret,
-                     char *err, size_t errlen) {
+/* Send m to shard; move_finish() waits for its answer. */
+static int move_start(ps_client *c, uint32_t shard, Ctrps__MoveRequest *m, ps_call **ret_call,
+                      char *err, size_t errlen) {
     Ctrps__Request req = CTRPS__REQUEST__INIT;
     req.method_case = CTRPS__REQUEST__METHOD_MOVE;
     req.move = m;
-    Ctrps__Response *resp;
-    int r = ps_client_call_raw(c, shard, &req, CTRPS__RESPONSE__RESULT_MOVE, &resp, err, errlen);
-    if (r < 0)
-        return r;
-    if (ret)
-        *ret = resp;
-    else
-        ctrps__response__free_unpacked(resp, NULL);
-    return 0;
+    return ps_client_call_start(c, shard, &req, ret_call, err, errlen);
+}
+
+/* The answer of a move_start() call; ret NULL: not wanted. */
+static int move_finish(ps_call *call, uint32_t shard, Ctrps__Response **ret, char *err,
+                       size_t errlen) {
+    return ps_client_call_finish(call, shard, CTRPS__RESPONSE__RESULT_MOVE, ret, err, errlen);
+}
+
+static int move_call(ps_client *c, uint32_t shard, Ctrps__MoveRequest *m, Ctrps__Response **ret,
+                     char *err, size_t errlen) {
+    ps_call *call;
+    int r = move_start(c, shard, m, &call, err, errlen);
+    return r < 0 ? r : move_finish(call, shard, ret, err, errlen);
 }
 
 static Ctrps__MoveRequest move_request(Ctrps__MoveRequest__Phase phase, uint32_t lo, uint32_t hi) {
@@ -139,10 +145,7 @@ static int import_start(imports *im, Ctrps__Response *resp, char *err, size_t er
     mr.n_seqs = m->n_seqs;
     mr.seqs = m->seqs;
     mr.stage = im->stage;
-    Ctrps__Request req = CTRPS__REQUEST__INIT;
-    req.method_case = CTRPS__REQUEST__METHOD_MOVE;
-    req.move = &mr;
-    int r = ps_client_call_start(im->c, im->to, &req, &pg->call, err, errlen);
+    int r = move_start(im->c, im->to, &mr, &pg->call, err, errlen);
     if (r < 0) { /* not sent: not in flight */
         im->n--;
         ctrps__response__free_unpacked(resp, NULL);
@@ -155,9 +158,7 @@ static int import_finish(imports *im, ps_move_progress *pr, char *err, size_t er
     import_page *pg = &im->q[im->head];
     im->head = (im->head + 1) % IMPORT_DEPTH;
     im->n--;
-    int r = pg->call ? ps_client_call_finish(pg->call, im->to, CTRPS__RESPONSE__RESULT_MOVE, NULL,
-                                             err, errlen)
-                     : 0;
+    int r = pg->call ? move_finish(pg->call, im->to, NULL, err, errlen) : 0;
     const Ctrps__MoveRows *rows = pg->resp->move->rows;
     if (r == 0)
         pr->rows += rows ? rows->n_keys : 0;

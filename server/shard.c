@@ -1635,6 +1635,16 @@ static void set_read_only(ps_shard *s, bool on, const char *why) {
  * rows per write-back). */
 #define SWITCH_MEMTABLE_ROWS 65536
 
+/* A fresh memtable for each table with a large part in the write-back
+ * batch. A failed switch only loses its gain: writes report the store's
+ * errors. */
+static void switch_large_memtables(ps_shard *s) {
+    char err[256];
+    for (size_t i = 0; i < s->ntables; i++)
+        if (s->job.dumps[i].n >= SWITCH_MEMTABLE_ROWS)
+            (void)ps_store_switch_memtable(s->store, s->job.dumps[i].cf, err, sizeof(err));
+}
+
 static void *flush_thread(void *arg) {
     ps_shard *s = arg;
     pthread_mutex_lock(&s->mu);
@@ -1663,22 +1673,16 @@ static void *flush_thread(void *arg) {
          * land after the memtable's last key, RocksDB's cheap insert, where
          * keys falling between those of older batches each cost a search
          * from the skiplist's top (10.5k instructions a row; see
-         * ps_store_switch_memtable). A failed switch only loses that: the
-         * write below reports the store's errors. */
-        for (size_t i = 0; i < s->ntables; i++)
-            if (s->job.dumps[i].n >= SWITCH_MEMTABLE_ROWS)
-                (void)ps_store_switch_memtable(s->store, s->job.dumps[i].cf, err, sizeof(err));
-        err[0] = '\0';
+         * ps_store_switch_memtable). */
+        switch_large_memtables(s);
         int r = ps_store_write(s->store, b, err, sizeof(err));
-        /* And out of them once written: the full memtables go to disk now,
-         * from here, where the switch would otherwise wait for the next
-         * write, perhaps on the loop (a move's, or a cut-over's): a new
-         * memtable's bloom filter to clear, a flush of ~64 MiB beside it. */
-        for (size_t i = 0; r == 0 && i < s->ntables; i++)
-            if (s->job.dumps[i].n >= SWITCH_MEMTABLE_ROWS)
-                (void)ps_store_switch_memtable(s->store, s->job.dumps[i].cf, err, sizeof(err));
         if (r == 0) {
-            err[0] = '\0';
+            /* And out of them once written: the full memtables go to disk
+             * now, from here, where the switch would otherwise wait for the
+             * next write, perhaps on the loop (a move's, or a cut-over's):
+             * a new memtable's bloom filter to clear, a flush of ~64 MiB
+             * beside it. */
+            switch_large_memtables(s);
             /* Written (a failed batch stays, for the retry): free it here,
              * before the next dumps are faulted in, so that the two are
              * never resident together (table.h). */

@@ -549,26 +549,18 @@ uint32_t ps_store_running_compactions(ps_store *s) {
     return rocksdb_property_int(s->db, "rocksdb.num-running-compactions", &n) == 0 ? (uint32_t)n : 0;
 }
 
-static int compact_now(ps_store *s, size_t cf) {
+/* Compact [start, end) of family cf, or the whole family with NULL ends. */
+static int compact_now(ps_store *s, size_t cf, const void *start, size_t slen, const void *end,
+                       size_t elen) {
     rocksdb_compactoptions_t *o = rocksdb_compactoptions_create();
     if (!o)
         return -ENOMEM;
     /* Automatic compactions keep running beside this one. It flushes the
      * family's memtable first, so the filter sees every row. */
     rocksdb_compactoptions_set_exclusive_manual_compaction(o, 0);
-    rocksdb_compact_range_cf_opt(s->db, s->cfs[cf], o, NULL, 0, NULL, 0);
+    rocksdb_compact_range_cf_opt(s->db, s->cfs[cf], o, start, slen, end, elen);
     rocksdb_compactoptions_destroy(o);
     return 0;
-}
-
-static void compact_range_now(ps_store *s, const compact_range *cr) {
-    rocksdb_compactoptions_t *o = rocksdb_compactoptions_create();
-    if (!o)
-        return;
-    rocksdb_compactoptions_set_exclusive_manual_compaction(o, 0);
-    rocksdb_compact_range_cf_opt(s->db, s->cfs[cr->cf], o, (const char *)cr->keys, cr->slen,
-                                 (const char *)cr->keys + cr->slen, cr->elen);
-    rocksdb_compactoptions_destroy(o);
 }
 
 static void *compactor(void *arg) {
@@ -579,7 +571,7 @@ static void *compactor(void *arg) {
         if (cr) {
             s->ranges = cr->next;
             pthread_mutex_unlock(&s->mu);
-            compact_range_now(s, cr);
+            compact_now(s, (size_t)cr->cf, cr->keys, cr->slen, cr->keys + cr->slen, cr->elen);
             free(cr);
             pthread_mutex_lock(&s->mu);
             continue;
@@ -593,7 +585,7 @@ static void *compactor(void *arg) {
         }
         s->compact_wanted[cf] = 0;
         pthread_mutex_unlock(&s->mu);
-        compact_now(s, cf);
+        compact_now(s, cf, NULL, 0, NULL, 0);
         pthread_mutex_lock(&s->mu);
     }
     pthread_mutex_unlock(&s->mu);
@@ -626,7 +618,8 @@ static int compact_later(ps_store *s, int cf, compact_range *cr, char *err, size
 }
 
 int ps_store_compact(ps_store *s, int cf, bool wait, char *err, size_t errlen) {
-    return wait ? compact_now(s, (size_t)cf) : compact_later(s, cf, NULL, err, errlen);
+    return wait ? compact_now(s, (size_t)cf, NULL, 0, NULL, 0)
+                : compact_later(s, cf, NULL, err, errlen);
 }
 
 int ps_store_switch_memtable(ps_store *s, int cf, char *err, size_t errlen) {
@@ -717,8 +710,9 @@ static void readahead_file(const char *path) {
     if (fd < 0)
         return;
     struct stat st;
-    for (off_t at = 0; fstat(fd, &st) == 0 && at < st.st_size; at += READAHEAD_WINDOW)
-        (void)posix_fadvise(fd, at, READAHEAD_WINDOW, POSIX_FADV_WILLNEED);
+    if (fstat(fd, &st) == 0)
+        for (off_t at = 0; at < st.st_size; at += READAHEAD_WINDOW)
+            (void)posix_fadvise(fd, at, READAHEAD_WINDOW, POSIX_FADV_WILLNEED);
     close(fd);
 }
 
