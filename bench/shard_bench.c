@@ -216,12 +216,16 @@ static double drive(ps_client *c, const opts *o, op_kind op, uint64_t **pool, co
     return rate;
 }
 
-/* Pull fresh keys bench_rank_fid(*next), *next + 1, ... (shuffled within each
- * request so they are not in key order), `inflight` requests at a time. */
-static double drive_cold(ps_client *c, const opts *o, uint64_t *next, uint64_t limit, double seconds,
-                         uint64_t *ret_pulled) {
+/* Pull keys never pulled before, fid(o, *next), fid(o, *next + 1), ...
+ * (shuffled within each request, so they are not in key order), `inflight`
+ * requests at a time, until `seconds` have passed or `limit` is reached
+ * (the last request may be short); returns rows/s, and adds the rows pulled
+ * to *ret_pulled. */
+static double drive_fresh(ps_client *c, const opts *o, uint64_t (*fid)(const opts *, uint64_t), uint64_t *next,
+                          uint64_t limit, double seconds, uint64_t *ret_pulled) {
     slot_buf *slots = calloc(o->inflight, sizeof(*slots));
     uint64_t **keys = calloc(o->inflight, sizeof(uint64_t *));
+    uint32_t *sent = calloc(o->inflight, sizeof(uint32_t));
     for (uint32_t i = 0; i < o->inflight; i++) {
         slots[i].values = malloc((size_t)o->batch * DIM * sizeof(float));
         keys[i] = malloc((size_t)o->batch * sizeof(uint64_t));
@@ -235,23 +239,25 @@ static double drive_cold(ps_client *c, const opts *o, uint64_t *next, uint64_t l
             slot_buf *s = &slots[i];
             if (s->call) {
                 if (ps_call_wait(s->call, err, sizeof(err)) < 0) {
-                    fprintf(stderr, "shard_bench: cold pull failed: %s\n", err);
+                    fprintf(stderr, "shard_bench: pull of fresh keys failed: %s\n", err);
                     exit(1);
                 }
                 s->call = NULL;
-                rows += o->batch;
+                rows += sent[i];
             }
-            if (stop || *next + o->batch > limit)
+            if (stop || *next >= limit)
                 continue;
-            for (uint32_t k = 0; k < o->batch; k++)
-                keys[i][k] = bench_rank_fid(*next + (uint64_t)((k * 2654435761u) % o->batch));
-            *next += o->batch;
-            if (ps_client_pull_start(c, "emb", DIM, keys[i], o->batch, s->values, &s->call) < 0)
+            uint32_t n = (uint32_t)(limit - *next < o->batch ? limit - *next : o->batch);
+            for (uint32_t k = 0; k < n; k++)
+                keys[i][k] = fid(o, *next + (uint64_t)((k * 2654435761u) % n));
+            *next += n;
+            sent[i] = n;
+            if (ps_client_pull_start(c, "emb", DIM, keys[i], n, s->values, &s->call) < 0)
                 exit(1);
         }
         if (stop)
             break;
-        stop = bench_now_s() >= end || *next + o->batch > limit;
+        stop = bench_now_s() >= end || *next >= limit;
     }
     double rate = (double)rows / (bench_now_s() - start);
     for (uint32_t i = 0; i < o->inflight; i++) {
@@ -260,6 +266,7 @@ static double drive_cold(ps_client *c, const opts *o, uint64_t *next, uint64_t l
     }
     free(slots);
     free(keys);
+    free(sent);
     *ret_pulled += rows;
     return rate;
 }
@@ -295,6 +302,12 @@ static double wait_written_back(ps_client *c) {
  * rank order it held the coldest, and the timed phases measured the tier
  * filling up). */
 static uint64_t load_fid(const opts *o, uint64_t i) { return bench_rank_fid(o->keys - 1 - i); }
+
+/* The i-th key of the cold phase: ranks in order. */
+static uint64_t rank_fid(const opts *o, uint64_t i) {
+    (void)o;
+    return bench_rank_fid(i);
+}
 
 /* Wait (up to an hour) until RocksDB has no compaction running or pending:
  * the load leaves gigabytes to compact, which otherwise runs under the timed
@@ -543,21 +556,15 @@ int main(int argc, char **argv) {
         return 1;
     }
 
-    /* Read every key once, in load_fid() order: a first pull creates no
-     * row, only its init values in the memory tier (load_rows_per_sec). */
-    double t0 = bench_now_s();
+    /* Read every key once, in load_fid() order, `inflight` requests at a
+     * time: a first pull creates no row, only its init values in the memory
+     * tier (load_rows_per_sec, rows created per second). */
+    double t0 = bench_now_s(), load_cpu0 = bench_cpu_s(server_pid), load_client_cpu0 = bench_cpu_s(getpid());
+    uint64_t load_next = 0, loaded = 0;
+    drive_fresh(cl, &o, load_fid, &load_next, o.keys, 1e9, &loaded);
+    double load_s = bench_now_s() - t0, load_cpu_s = bench_cpu_s(server_pid) - load_cpu0,
+           load_client_cpu_s = bench_cpu_s(getpid()) - load_client_cpu0;
     uint64_t *keys = malloc((size_t)o.batch * sizeof(uint64_t));
-    float *values = malloc((size_t)o.batch * DIM * sizeof(float));
-    for (uint64_t base = 0; base < o.keys; base += o.batch) {
-        uint32_t n = (uint32_t)(o.keys - base < o.batch ? o.keys - base : o.batch);
-        for (uint32_t i = 0; i < n; i++)
-            keys[i] = load_fid(&o, base + i);
-        if (ps_client_pull(cl, "emb", DIM, keys, n, values, err, sizeof(err)) < 0) {
-            fprintf(stderr, "load: %s\n", err);
-            return 1;
-        }
-    }
-    double load_s = bench_now_s() - t0;
     /* Then push every key once, as training does after its pull: the rows
      * exist, and those the tier cannot hold are written to RocksDB, where
      * the cold phase and the raw reads find them. */
@@ -596,6 +603,8 @@ int main(int argc, char **argv) {
            "inflight=%u runs=%u seconds=%.1f\n",
            o.keys, mem, o.zipf, o.durability, o.batch, o.inflight, o.runs, o.seconds);
     printf("load_rows_per_sec %.0f\n", (double)o.keys / load_s);
+    printf("load_server_cpu_us_per_row %.3f\n", load_cpu_s * 1e6 / (double)o.keys);
+    printf("load_client_cpu_us_per_row %.3f\n", load_client_cpu_s * 1e6 / (double)o.keys);
     printf("persist_rows_per_sec %.0f\n", (double)o.keys / persist_s);
     printf("persist_written_back_after_s %.1f\n", settle_s);
     printf("compaction_settled_after_s %.1f\n", compact_s);
@@ -639,7 +648,7 @@ int main(int argc, char **argv) {
         double v[16];
         uint64_t pulled = 0;
         for (uint32_t r = 0; r < o.runs; r++) {
-            v[r] = drive_cold(cl, &o, &cold_next, cold_lo + (cold_hi - cold_lo) / 2, o.seconds, &pulled);
+            v[r] = drive_fresh(cl, &o, rank_fid, &cold_next, cold_lo + (cold_hi - cold_lo) / 2, o.seconds, &pulled);
         }
         cold_rate = bench_median(v, o.runs);
         cold_miss_frac = pulled ? (double)(server_misses(cl) - misses0) / (double)pulled : 0;

@@ -213,6 +213,48 @@ Test(table, pull_reads_the_init_rule_and_creates_no_row) {
     ps_table_free(t);
 }
 
+/* 400k dim-16 FTRL rows fill 90 MB of slab and grow the index to 1M
+ * entries: past the sizes at which threads fault the slab and the next
+ * index in ahead of the loop (server/prefault.h). What the loop reads and
+ * writes there must be what it would have without them. */
+Test(table, rows_created_where_memory_is_faulted_in_ahead_read_back_exactly) {
+    ps_table_config cfg = table_cfg(PS_OPT_FTRL, 16, PS_INIT_NORMAL);
+    enum { NKEYS = 400000, BATCH = 10000 };
+    ps_table *t = new_table(&cfg, NKEYS, 0);
+    uint64_t *keys = malloc(NKEYS * sizeof(uint64_t));
+    float *values = malloc((size_t)BATCH * 16 * sizeof(float)), *grads = malloc((size_t)BATCH * 16 * sizeof(float));
+    for (size_t i = 0; i < NKEYS; i++)
+        keys[i] = ps_fid((uint16_t)(i % 7), (const char *)&i, sizeof(i));
+    char err[512] = "";
+    for (size_t b = 0; b < NKEYS; b += BATCH) {
+        cr_assert_eq(ps_table_pull(t, keys + b, BATCH, values, err, sizeof(err)), 0, "%s", err);
+        for (size_t i = 0; i < BATCH; i += 97) {
+            float w[16];
+            ps_optim_init_weights(&cfg, keys[b + i], w);
+            cr_assert(!memcmp(values + i * 16, w, sizeof(w)), "key %zu", b + i);
+        }
+        for (size_t i = 0; i < BATCH; i++)
+            grad_of(16, keys[b + i], 0, grads + i * 16);
+        uint32_t applied, dropped;
+        cr_assert_eq(ps_table_push(t, keys + b, BATCH, grads, &applied, &dropped, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(applied, BATCH);
+    }
+    ps_table_stats s = stats(t);
+    cr_assert_eq(s.rows, NKEYS);
+    cr_assert_eq(s.rows_in_memory, NKEYS, "no row was evicted: the tier holds them all");
+    for (size_t i = 0; i < NKEYS; i += 101) {
+        float state[MAXW], g[16];
+        init_state(&cfg, keys[i], state);
+        grad_of(16, keys[i], 0, g);
+        ps_optim_apply(&cfg.opt, 16, state, g);
+        expect_state(t, keys[i], state);
+    }
+    free(keys);
+    free(values);
+    free(grads);
+    ps_table_free(t);
+}
+
 Test(table, zero_init_pulls_zeros) {
     ps_table_config cfg = table_cfg(PS_OPT_ADAGRAD, 4, PS_INIT_ZERO);
     ps_table *t = new_table(&cfg, 64, 0);
