@@ -206,9 +206,6 @@ struct ps_table {
 
     ientry *ix;
     uint64_t imask;
-    ps_prefault *ix_pf;          /* faulted ix in, when it was ix_next; or NULL */
-    ientry *ix_next;             /* the doubled index, mapped ahead of index_grow(), or NULL */
-    ps_prefault *ix_next_pf;     /* faults ix_next in, or NULL */
     uint64_t icount, imax;       /* entries in use; the size it may grow to */
 
     uint32_t gen, committed_gen, op;
@@ -370,12 +367,9 @@ static void index_insert(ps_table *t, uint64_t key, uint32_t slot) {
  * start-up and recovery (seconds for a restart; bench/restart.sh). */
 static int index_grow(ps_table *t) {
     uint64_t old = t->imask + 1, size = old * 2;
-    ientry *ix = t->ix_next ? t->ix_next : index_map(size * sizeof(ientry)); /* zeroed: slot 0 is free */
+    ientry *ix = index_map(size * sizeof(ientry)); /* zeroed: slot 0 is free */
     if (!ix)
         return -ENOMEM;
-    ps_prefault *pf = t->ix_next_pf;
-    t->ix_next = NULL;
-    t->ix_next_pf = NULL;
     ientry *oix = t->ix;
     t->ix = ix;
     t->imask = size - 1;
@@ -389,30 +383,8 @@ static int index_grow(ps_table *t) {
         if (oix[i].slot)
             index_insert(t, oix[i].key, oix[i].slot - 1);
     }
-    ps_prefault_free(t->ix_pf); /* done one doubling ago: no wait */
     index_unmap(oix, old * sizeof(ientry));
-    t->ix_pf = pf;
     return 0;
-}
-
-/* Map the doubled index ahead of index_grow() once the index is 3/8 full
- * (it grows at 1/2), and have a thread fault it in meanwhile: zeroing the
- * new array's fresh pages was 11-14% of the loop thread while pulls created
- * rows (perf). Below INDEX_PREFAULT_FROM the faults cost too little to
- * start a thread for. The array exists a little earlier than before, no
- * more of them at once. */
-#define INDEX_PREFAULT_FROM ((size_t)4 << 20)
-
-static void index_prepare_next(ps_table *t) {
-    uint64_t size = t->imask + 1;
-    size_t bytes = 2 * size * sizeof(ientry);
-    if (t->ix_next || size >= t->imax || bytes < INDEX_PREFAULT_FROM || (t->icount + t->nfree) * 8 < size * 3)
-        return;
-    t->ix_next = index_map(bytes);
-    if (!t->ix_next)
-        return; /* index_grow() maps it, or reports the failure */
-    t->ix_next_pf = ps_prefault_new((char *)t->ix_next, huge_len(bytes));
-    ps_prefault_ahead(t->ix_next_pf, 0, huge_len(bytes));
 }
 
 static void index_remove(ps_table *t, uint64_t key) {
@@ -636,10 +608,7 @@ void ps_table_free(ps_table *t) {
     ps_prefault_free(t->pf); /* joins its thread before the slab goes */
     if (t->slab)
         munmap(t->slab, t->slab_len);
-    ps_prefault_free(t->ix_pf);
-    ps_prefault_free(t->ix_next_pf);
     index_unmap(t->ix, (t->imask + 1) * sizeof(ientry));
-    index_unmap(t->ix_next, 2 * (t->imask + 1) * sizeof(ientry));
     free(t->freed);
     free(t->dirty);
     free(t->pending);
@@ -820,7 +789,6 @@ static uint32_t take_slot(ps_table *t) {
  * and marked free, so neither a later take nor a flush touches it. */
 static uint32_t acquire_slot(ps_table *t, char *err, size_t errlen) {
     /* Every held slot may become an entry: keep the load at most 1/2. */
-    index_prepare_next(t);
     if ((t->icount + t->nfree + 1) * 2 > t->imask + 1 && t->imask + 1 < t->imax && index_grow(t) < 0) {
         snprintf(err, errlen, "table %s: out of memory growing the row index", t->cfg->name);
         return EMPTY;
