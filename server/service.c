@@ -861,12 +861,24 @@ static int move_seqs_out(ps_service *svc, uint32_t lo, uint32_t hi, Ctrps__MoveR
 
 /* n byte strings as the shard takes them: pointers and lengths, kept
  * until the reply is packed. */
-static int split_bytes(reply *rp, const ProtobufCBinaryData *v, size_t n, const void ***ret_data,
-                       size_t **ret_lens) {
+/* Pointer and length arrays for n values, freed with the reply. */
+static int value_arrays(reply *rp, size_t n, const void ***ret_data, size_t **ret_lens) {
     const void **data = own(rp, malloc(n * sizeof(void *) + 1));
     size_t *lens = own(rp, malloc(n * sizeof(size_t) + 1));
     if (!data || !lens)
         return -ENOMEM;
+    *ret_data = data;
+    *ret_lens = lens;
+    return 0;
+}
+
+static int split_bytes(reply *rp, const ProtobufCBinaryData *v, size_t n, const void ***ret_data,
+                       size_t **ret_lens) {
+    const void **data;
+    size_t *lens;
+    int r = value_arrays(rp, n, &data, &lens);
+    if (r < 0)
+        return r;
     for (size_t i = 0; i < n; i++) {
         data[i] = v[i].data;
         lens[i] = v[i].len;
@@ -957,10 +969,11 @@ static int move_rows_values(const Ctrps__MoveRows *rows, const void ***ret_data,
     }
     if (!packed)
         return split_bytes(rp, rows->values, n, ret_data, ret_lens);
-    const void **data = own(rp, malloc(n * sizeof(void *) + 1));
-    size_t *lens = own(rp, malloc(n * sizeof(size_t) + 1));
-    if (!data || !lens)
-        return -ENOMEM;
+    const void **data;
+    size_t *lens;
+    int r = value_arrays(rp, n, &data, &lens);
+    if (r < 0)
+        return r;
     size_t at = 0;
     for (size_t i = 0; i < n; i++) {
         if (rows->value_lens[i] > rows->value_bytes.len - at) {
