@@ -1,6 +1,6 @@
 /* Faulting a mapping in ahead of its first use: see prefault.h.
  *
- * One thread per ps_prefault, started by the first ps_prefault_upto(). The
+ * One thread per ps_prefault, started by the first ps_prefault_ahead(). The
  * loop thread only raises `at` and `want` and posts the semaphore; the
  * thread populates [done, want) in 2 MiB steps (one huge page: a stop waits
  * for one step at most) and sleeps on the semaphore when it has caught up.
