@@ -32,6 +32,9 @@
 #define STEP ((size_t)2 << 20)
 #define GAP ((size_t)4 << 20)
 
+/* Whole steps: madvise() takes page-aligned addresses. */
+static size_t step_up(size_t off) { return (off + STEP - 1) & ~(STEP - 1); }
+
 struct ps_prefault {
     char *base;
     size_t len;
@@ -55,7 +58,7 @@ static void *populate(void *arg) {
         while (!atomic_load(&pf->stop) && done < atomic_load(&pf->want)) {
             size_t at = atomic_load(&pf->at);
             if (at > 0 && done <= at) { /* caught up: go on GAP past the caller */
-                size_t skip = (at + GAP + STEP - 1) & ~(STEP - 1), want = atomic_load(&pf->want);
+                size_t skip = step_up(at + GAP), want = atomic_load(&pf->want);
                 done = skip < want ? skip : want;
                 atomic_store(&pf->done, done);
                 continue;
@@ -91,8 +94,7 @@ ps_prefault *ps_prefault_new(char *base, size_t len) {
 void ps_prefault_ahead(ps_prefault *pf, size_t at, size_t ahead) {
     if (!pf || atomic_load(&pf->given_up))
         return;
-    /* Whole steps: madvise() takes page-aligned addresses. */
-    size_t upto = (at + ahead + STEP - 1) & ~(STEP - 1);
+    size_t upto = step_up(at + ahead);
     if (upto > pf->len)
         upto = pf->len;
     atomic_store(&pf->at, at);

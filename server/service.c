@@ -859,8 +859,6 @@ static int move_seqs_out(ps_service *svc, uint32_t lo, uint32_t hi, Ctrps__MoveR
     return 0;
 }
 
-/* n byte strings as the shard takes them: pointers and lengths, kept
- * until the reply is packed. */
 /* Pointer and length arrays for n values, freed with the reply. */
 static int value_arrays(reply *rp, size_t n, const void ***ret_data, size_t **ret_lens) {
     const void **data = own(rp, malloc(n * sizeof(void *) + 1));
@@ -872,6 +870,8 @@ static int value_arrays(reply *rp, size_t n, const void ***ret_data, size_t **re
     return 0;
 }
 
+/* n byte strings as the shard takes them: pointers and lengths, kept
+ * until the reply is packed. */
 static int split_bytes(reply *rp, const ProtobufCBinaryData *v, size_t n, const void ***ret_data,
                        size_t **ret_lens) {
     const void **data;
