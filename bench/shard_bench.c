@@ -455,7 +455,7 @@ static void usage(FILE *f) {
             "  --zipf S          access skew; 0 = uniform (default 0)\n"
             "  --durability D    sync | interval=MS (default sync)\n"
             "  --batch B         keys per request (default 4096)\n"
-            "  --inflight K      requests in flight (default 8)\n"
+            "  --inflight K      requests in flight, also in the load's first pulls (default 8)\n"
             "  --runs R          repetitions per measurement; the median is reported (default 5)\n"
             "  --seconds T       length of one repetition (default 2)\n"
             "  --requests N      each repetition sends exactly N requests instead (for\n"
