@@ -40,6 +40,8 @@
        "times a connection's reads paused for unsent replies")                                \
     XX(reads_paused_inflight, COUNTER, "ctrps_reads_paused_inflight_total", "",               \
        "times a connection's reads paused for requests in flight")                            \
+    XX(frames_deferred, COUNTER, "ctrps_frames_deferred_total", "",                           \
+       "times a connection's frames waited for the next loop turn (the turn's budget was spent)") \
     XX(bytes_in, COUNTER, "ctrps_network_received_bytes_total", "", "bytes read from clients") \
     XX(bytes_out, COUNTER, "ctrps_network_sent_bytes_total", "", "bytes written to clients")
 
@@ -60,6 +62,14 @@ typedef struct conn conn;
  * flight, and a connection that closes leaves them at once. */
 typedef enum { OUT, HELD, NQUEUES } queue_id;
 
+/* A loop turn handles frames until this many of their bytes, then lets its
+ * check phase hand their log records to the writer, and handles the rest
+ * one turn later. Without the bound, a turn handled every request a client
+ * had in flight, and their replies all waited for the one log write of the
+ * turn's end: the client got them in a burst, sent the next requests in a
+ * burst, and the loop idled in between. */
+#define TURN_BYTES (256u << 10)
+
 typedef struct reply_queue {
     ps_buf buf;
     uint32_t replies;            /* in buf */
@@ -77,6 +87,7 @@ struct ps_server {
     uv_timer_t tick;
     uv_timer_t idle;
     uv_check_t commit;
+    uv_idle_t spin;              /* active while backlog is not empty */
     uv_async_t wake;
     uv_async_t log_wake;         /* the push log's writer finished a write */
     uv_signal_t sigterm, sigint;
@@ -86,6 +97,8 @@ struct ps_server {
     ps_service *svc;
     conn *conns;                 /* every open connection */
     conn *queued[NQUEUES];       /* connections with replies in that queue */
+    conn *backlog, *backlog_tail; /* connections with frames left over from a turn */
+    size_t turn_bytes;           /* frame bytes handled this turn */
     bool log_waiting;            /* held replies await a log write */
     uint64_t held_lsn;           /* ... of every record up to this one */
     uint64_t next_conn_id;
@@ -112,6 +125,8 @@ struct conn {
     conn *prev, *next;
     size_t write_bytes;          /* handed to uv_write, not yet done */
     bool reading, closing;
+    bool backlogged;             /* on srv->backlog, not reading meanwhile */
+    conn *bl_prev, *bl_next;
     bool close_after_write;      /* the last reply refused it: close once sent */
     uint32_t inflight;           /* requests handled whose replies are not yet written */
     bool warned_inflight, warned_bytes;
@@ -166,6 +181,46 @@ static void queue_unlist(conn *c, queue_id q) {
     rq->prev = rq->next = NULL;
 }
 
+static void backlog_unlist(conn *c) {
+    if (!c->backlogged)
+        return;
+    ps_server *srv = c->srv;
+    if (c->bl_prev)
+        c->bl_prev->bl_next = c->bl_next;
+    else
+        srv->backlog = c->bl_next;
+    if (c->bl_next)
+        c->bl_next->bl_prev = c->bl_prev;
+    else
+        srv->backlog_tail = c->bl_prev;
+    c->backlogged = false;
+    c->bl_prev = c->bl_next = NULL;
+}
+
+static void on_spin(uv_idle_t *h) { (void)h; /* keeps the next poll from blocking */ }
+
+/* c has frames buffered past this turn's budget: stop reading from it
+ * until the check phase has handled them (its buffer stays bounded), and
+ * keep the loop turning meanwhile. */
+static void backlog_append(conn *c) {
+    ps_server *srv = c->srv;
+    if (c->reading)
+        uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = false;
+    if (c->backlogged)
+        return;
+    srv->c.frames_deferred++;
+    c->backlogged = true;
+    c->bl_next = NULL;
+    c->bl_prev = srv->backlog_tail;
+    if (srv->backlog_tail)
+        srv->backlog_tail->bl_next = c;
+    else
+        srv->backlog = c;
+    srv->backlog_tail = c;
+    uv_idle_start(&srv->spin, on_spin);
+}
+
 static void conn_close(conn *c) {
     if (c->closing)
         return;
@@ -182,6 +237,7 @@ static void conn_close(conn *c) {
              (unsigned long long)srv->c.connections_open);
     for (int q = 0; q < NQUEUES; q++)
         queue_unlist(c, q);
+    backlog_unlist(c);
     uv_close((uv_handle_t *)&c->tcp, on_closed);
 }
 
@@ -266,11 +322,17 @@ static void process_frames(conn *c) {
             paused_by_limit(c);
             break;
         }
+        if (srv->turn_bytes >= TURN_BYTES) {
+            if (ps_frame_reader_pending(&c->rd))
+                backlog_append(c);
+            break;
+        }
         const char *frame;
         size_t len;
         int r = ps_frame_reader_next(&c->rd, &frame, &len);
         if (r == 0)
             break;
+        srv->turn_bytes += len;
         if (r < 0) {
             srv->c.frames_too_large++;
             ps_log_limited(&srv->limit_frame, PS_LOG_WARN,
@@ -340,7 +402,8 @@ static void on_written(uv_write_t *req, int status) {
     /* Resume below half of each limit, so a connection at the edge does not
      * flap between paused and reading on every reply. */
     const ps_server_config *sc = &c->srv->cfg->server;
-    if (!c->reading && !c->close_after_write && c->write_bytes <= sc->max_pending_reply_bytes / 2 &&
+    if (!c->reading && !c->backlogged && !c->close_after_write &&
+        c->write_bytes <= sc->max_pending_reply_bytes / 2 &&
         c->inflight <= sc->max_inflight_per_conn / 2) {
         c->reading = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0;
         process_frames(c); /* frames that arrived before the pause */
@@ -411,12 +474,11 @@ static void release_held(ps_server *srv, int r) {
     send_queued(srv, HELD, r);
 }
 
-/* Check phase: group commit, then the turn's replies. With the push log's
- * writer thread, the turn's replies are held until the write of every
- * record appended so far is done (on_log_written); turns that end while
- * it is in flight keep theirs in out, for the next write. */
-static void on_check(uv_check_t *h) {
-    ps_server *srv = h->data;
+/* Group commit, then the turn's replies. With the push log's writer
+ * thread, the turn's replies are held until the write of every record
+ * appended so far is done (on_log_written); turns that end while it is in
+ * flight keep theirs in out, for the next write. */
+static void commit_turn(ps_server *srv) {
     if (!srv->queued[OUT] || srv->log_waiting)
         return;
     uint64_t lsn = 0;
@@ -442,6 +504,35 @@ static void on_check(uv_check_t *h) {
         ps_error("push log write failed: %s; closing connections awaiting push acks",
                  ps_strerror(r));
     send_queued(srv, OUT, r);
+}
+
+/* Handle the frames left over from the turn, a budget's worth, oldest
+ * connection first; a connection not done goes to the back. */
+static bool drain_backlog(ps_server *srv) {
+    srv->turn_bytes = 0;
+    bool handled = false;
+    while (srv->backlog && srv->turn_bytes < TURN_BYTES) {
+        conn *c = srv->backlog;
+        backlog_unlist(c);
+        handled = true;
+        if (!c->close_after_write && !over_limits(c))
+            c->reading = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0;
+        process_frames(c);
+    }
+    srv->turn_bytes = 0;
+    if (!srv->backlog)
+        uv_idle_stop(&srv->spin);
+    return handled;
+}
+
+/* Check phase: commit what the turn handled, then handle a budget of the
+ * frames left over, and commit those too: the writer writes their records
+ * while the loop polls for more. */
+static void on_check(uv_check_t *h) {
+    ps_server *srv = h->data;
+    commit_turn(srv);
+    if (!srv->stopping && drain_backlog(srv))
+        commit_turn(srv);
 }
 
 /* Poll phase: a log write finished. The check phase of this same loop
@@ -647,7 +738,7 @@ static void on_signal(uv_signal_t *s, int signum) {
         ps_shard_commit_poll(srv->shard, &busy, &durable);
         release_held(srv, durable >= srv->held_lsn ? 0 : r < 0 ? r : PS_ESTORE);
     }
-    on_check(&srv->commit);
+    commit_turn(srv);
     for (conn *c = srv->conns, *next; c; c = next) {
         next = c->next;
         conn_close(c);
@@ -755,6 +846,8 @@ int ps_server_listen(ps_server *srv, ps_shard *shard, ps_service *svc, char *err
     uv_check_init(&srv->loop, &srv->commit);
     srv->commit.data = srv;
     uv_check_start(&srv->commit, on_check);
+    uv_idle_init(&srv->loop, &srv->spin);
+    srv->spin.data = srv;
     r = ps_shard_log_writer_start(shard, notify_log_written, srv);
     if (r < 0) {
         snprintf(err, errlen, "push log writer thread: %s", ps_strerror(r));

@@ -130,3 +130,51 @@ Test(limits, inflight_and_pending_reply_bytes_pause_a_greedy_client) {
     }
     close(fd);
 }
+
+/* Requests larger than a loop turn's budget (256 KiB of frames), pipelined
+ * on two connections: the shard handles them a turn at a time, stops
+ * reading a connection while its frames wait (counted), serves others
+ * meanwhile, and answers every one exactly once, in order. */
+Test(limits, frames_past_a_turns_budget_wait_for_the_next_turn) {
+    start("max_inflight_per_conn = 64");
+    enum { CONNS = 2, N = 12, KEYS = 4096, DIM = 16 }; /* ~300 KB a request */
+    static uint64_t keys[KEYS];
+    static float grads[KEYS * DIM];
+    for (int i = 0; i < KEYS; i++)
+        keys[i] = (uint64_t)i * 7 + 1;
+    for (int i = 0; i < KEYS * DIM; i++)
+        grads[i] = 0.001f * (float)(i % 13);
+    int fd[CONNS];
+    int sent[CONNS] = {0};
+    for (int c = 0; c < CONNS; c++)
+        fd[c] = ps_raw_connect(cl.ports[0]);
+    /* Interleave the connections; stop sending on one whose buffers are
+     * full (the shard is not reading it) instead of blocking. */
+    for (int round = 0; round < N; round++) {
+        for (int c = 0; c < CONNS; c++) {
+            struct pollfd pf = {fd[c], POLLOUT, 0};
+            if (sent[c] < round || poll(&pf, 1, 200) <= 0)
+                continue;
+            uint64_t id = 1000 * (uint64_t)(c + 1) + (uint64_t)round;
+            ps_raw_send_push(fd[c], id, "emb", keys, KEYS, grads, KEYS * DIM, 0, 0);
+            sent[c]++;
+        }
+    }
+    for (int c = 0; c < CONNS; c++)
+        cr_assert_geq(sent[c], 2, "connection %d sent only %d requests", c, sent[c]);
+    good_client_works();
+    cr_assert_geq(counter("frames_deferred"), 1, "no frame ever waited for the next turn");
+    for (int c = 0; c < CONNS; c++) {
+        for (int i = 0; i < sent[c]; i++) {
+            Ctrps__Response *r = ps_raw_recv(fd[c]);
+            cr_assert_not_null(r, "connection %d closed after %d replies", c, i);
+            cr_assert_eq(r->status, CTRPS__STATUS__OK, "%s", r->message);
+            cr_assert_eq(r->id, 1000 * (uint64_t)(c + 1) + (uint64_t)i, "replies out of order");
+            cr_assert_eq(r->result_case, CTRPS__RESPONSE__RESULT_PUSH);
+            cr_assert_eq(r->push->applied, KEYS);
+            ctrps__response__free_unpacked(r, NULL);
+        }
+        close(fd[c]);
+    }
+    good_client_works();
+}
