@@ -62,12 +62,13 @@ typedef struct conn conn;
  * flight, and a connection that closes leaves them at once. */
 typedef enum { OUT, HELD, NQUEUES } queue_id;
 
-/* A loop turn handles frames until this many of their bytes, then lets its
+/* A loop turn handles pushes until this many bytes of them, then lets its
  * check phase hand their log records to the writer, and handles the rest
- * one turn later. Without the bound, a turn handled every request a client
+ * one turn later. Without the bound, a turn handled every push a client
  * had in flight, and their replies all waited for the one log write of the
  * turn's end: the client got them in a burst, sent the next requests in a
- * burst, and the loop idled in between. */
+ * burst, and the loop idled in between. Other requests do not count: their
+ * replies wait for no write (a turn of pulls is answered at its end). */
 #define TURN_BYTES (256u << 10)
 
 typedef struct reply_queue {
@@ -98,7 +99,7 @@ struct ps_server {
     conn *conns;                 /* every open connection */
     conn *queued[NQUEUES];       /* connections with replies in that queue */
     conn *backlog, *backlog_tail; /* connections with frames left over from a turn */
-    size_t turn_bytes;           /* frame bytes handled this turn */
+    size_t turn_bytes;           /* push frame bytes handled this turn */
     bool log_waiting;            /* held replies await a log write */
     uint64_t held_lsn;           /* ... of every record up to this one */
     uint64_t next_conn_id;
@@ -332,7 +333,6 @@ static void process_frames(conn *c) {
         int r = ps_frame_reader_next(&c->rd, &frame, &len);
         if (r == 0)
             break;
-        srv->turn_bytes += len;
         if (r < 0) {
             srv->c.frames_too_large++;
             ps_log_limited(&srv->limit_frame, PS_LOG_WARN,
@@ -355,6 +355,8 @@ static void process_frames(conn *c) {
             return;
         }
         log_outcome(c, had_hello);
+        if (push_ack)
+            srv->turn_bytes += len; /* only what the log writer gets counts */
         c->inflight++;
         c->q[OUT].replies++;
         c->q[OUT].has_push_ack |= push_ack;
