@@ -198,30 +198,6 @@ static void backlog_unlist(conn *c) {
     c->bl_prev = c->bl_next = NULL;
 }
 
-static void on_spin(uv_idle_t *h) { (void)h; /* keeps the next poll from blocking */ }
-
-/* c has frames buffered past this turn's budget: stop reading from it
- * until the check phase has handled them (its buffer stays bounded), and
- * keep the loop turning meanwhile. */
-static void backlog_append(conn *c) {
-    ps_server *srv = c->srv;
-    if (c->reading)
-        uv_read_stop((uv_stream_t *)&c->tcp);
-    c->reading = false;
-    if (c->backlogged)
-        return;
-    srv->c.frames_deferred++;
-    c->backlogged = true;
-    c->bl_next = NULL;
-    c->bl_prev = srv->backlog_tail;
-    if (srv->backlog_tail)
-        srv->backlog_tail->bl_next = c;
-    else
-        srv->backlog = c;
-    srv->backlog_tail = c;
-    uv_idle_start(&srv->spin, on_spin);
-}
-
 static void conn_close(conn *c) {
     if (c->closing)
         return;
@@ -260,6 +236,28 @@ static void pause_reading(conn *c) {
     if (c->reading)
         uv_read_stop((uv_stream_t *)&c->tcp);
     c->reading = false;
+}
+
+static void on_spin(uv_idle_t *h) { (void)h; /* keeps the next poll from blocking */ }
+
+/* c has frames buffered past this turn's budget: stop reading from it
+ * until the check phase has handled them (its buffer stays bounded), and
+ * keep the loop turning meanwhile. */
+static void backlog_append(conn *c) {
+    ps_server *srv = c->srv;
+    pause_reading(c);
+    if (c->backlogged)
+        return;
+    srv->c.frames_deferred++;
+    c->backlogged = true;
+    c->bl_next = NULL;
+    c->bl_prev = srv->backlog_tail;
+    if (srv->backlog_tail)
+        srv->backlog_tail->bl_next = c;
+    else
+        srv->backlog = c;
+    srv->backlog_tail = c;
+    uv_idle_start(&srv->spin, on_spin);
 }
 
 static bool over_limits(conn *c) {
@@ -509,7 +507,8 @@ static void commit_turn(ps_server *srv) {
 }
 
 /* Handle the frames left over from the turn, a budget's worth, oldest
- * connection first; a connection not done goes to the back. */
+ * connection first; a connection not done goes to the back. The drain has
+ * a budget of its own, and the next turn starts with a fresh one. */
 static bool drain_backlog(ps_server *srv) {
     srv->turn_bytes = 0;
     bool handled = false;
