@@ -48,6 +48,7 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define FTRL_AVX2 1 /* compiled with target("avx2"), taken when the CPU has it */
+#define FTRL_AVX512 1 /* likewise with target("avx512f") */
 #endif
 
 #include "error.h"
@@ -81,9 +82,7 @@ static inline double sign(double x) { return (x > 0) - (x < 0); }
 /* Per-call constants. a_i = (beta + sqrt(n_i))/alpha + lambda2 is computed as
  * (base + sqrt(n_i)) * inv_alpha with base = beta + alpha*lambda2, trading a
  * division per element for one per call. */
-typedef struct {
-    double alpha, inv_alpha, base, l1, clip;
-} ftrl_k;
+typedef ps_ftrl_consts ftrl_k;
 
 static inline ftrl_k ftrl_consts(const ps_optim_params *p) {
     return (ftrl_k){
@@ -212,9 +211,60 @@ ftrl_apply_avx2(const ftrl_k *k, uint32_t dim, float *restrict w, float *restric
 }
 #endif
 
+#if defined(FTRL_AVX512)
+/* The AVX2 step, eight elements at a time: the same operations in the same
+ * order, so again bit-identical to the scalar loop (test_optim.c holds all
+ * four kernels to the scalar bits). AVX-512 has fused multiply-adds, which
+ * would round once where the scalar code rounds twice: the core library is
+ * built with -ffp-contract=off, so the compiler never contracts a*b + c
+ * into one, and the intrinsics below ask for none. The masks of AVX-512
+ * compares take the place of AVX2's and/andnot of all-ones lanes; the
+ * and/or of sign bits go through the integer view (AVX512F has no
+ * floating-point and/or, AVX512DQ has). */
+__attribute__((target("avx512f"))) static uint32_t
+ftrl_apply_avx512(const ftrl_k *k, uint32_t dim, float *restrict w, float *restrict z,
+                  float *restrict n, const float *restrict grad) {
+    const __m512d alpha = _mm512_set1_pd(k->alpha), inv_alpha = _mm512_set1_pd(k->inv_alpha);
+    const __m512d base = _mm512_set1_pd(k->base), l1 = _mm512_set1_pd(k->l1);
+    const __m512d hi = _mm512_set1_pd(k->clip), lo = _mm512_set1_pd(-k->clip);
+    const __m512d zero = _mm512_setzero_pd();
+    const __m512i sign = _mm512_set1_epi64((long long)0x8000000000000000ULL);
+    const __m256 fzero = _mm256_setzero_ps();
+    uint32_t i = 0;
+    for (; i + 8 <= dim; i += 8) {
+#define LOAD8(p) _mm512_cvtps_pd(_mm256_loadu_ps(p))
+        __m512d g = _mm512_min_pd(_mm512_max_pd(LOAD8(grad + i), lo), hi);
+        __m512d w0 = LOAD8(w + i), z0 = LOAD8(z + i), n0 = LOAD8(n + i);
+        __m512d g2 = _mm512_mul_pd(g, g);
+        __m512d n1 = _mm512_add_pd(n0, g2);
+        __m512d sigma =
+            _mm512_div_pd(g2, _mm512_mul_pd(alpha, _mm512_add_pd(_mm512_sqrt_pd(n1), _mm512_sqrt_pd(n0))));
+        sigma = _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(g, zero, _CMP_NEQ_UQ), sigma); /* g == 0: no 0/0 */
+        __m256 zf = _mm512_cvtpd_ps(_mm512_sub_pd(_mm512_add_pd(z0, g), _mm512_mul_pd(sigma, w0)));
+        __m256 nf = _mm512_cvtpd_ps(n1);
+        zf = _mm256_add_ps(zf, fzero);
+        nf = _mm256_add_ps(nf, fzero);
+        __m512d zd = _mm512_cvtps_pd(zf), nd = _mm512_cvtps_pd(nf);
+        __m512d a = _mm512_mul_pd(_mm512_add_pd(base, _mm512_sqrt_pd(nd)), inv_alpha);
+        __m512i zbits = _mm512_castpd_si512(zd);
+        __m512d absz = _mm512_castsi512_pd(_mm512_andnot_si512(sign, zbits));
+        __m512d l1s = _mm512_castsi512_pd(
+            _mm512_or_si512(_mm512_and_si512(zbits, sign), _mm512_castpd_si512(l1))); /* copysign(l1, z) */
+        __m512d wv = _mm512_div_pd(_mm512_sub_pd(l1s, zd), a); /* -(z - copysign(l1, z)) / a */
+        __mmask8 keep = _mm512_cmp_pd_mask(absz, l1, _CMP_GT_OS) & _mm512_cmp_pd_mask(a, zero, _CMP_GT_OS);
+        wv = _mm512_maskz_mov_pd(keep, wv); /* |z| <= lambda1 (or a = 0): exactly +0.0 */
+        _mm256_storeu_ps(w + i, _mm256_add_ps(_mm512_cvtpd_ps(wv), fzero));
+        _mm256_storeu_ps(z + i, zf);
+        _mm256_storeu_ps(n + i, nf);
+#undef LOAD8
+    }
+    return i;
+}
+#endif
+
 /* The widest FTRL kernel ftrl_apply() may take; see optim.h. Written only by
  * tests, before any update runs. */
-static ps_optim_simd simd_max = PS_OPTIM_SIMD_AVX2;
+static ps_optim_simd simd_max = PS_OPTIM_SIMD_AVX512;
 
 ps_optim_simd ps_optim_simd_limit(ps_optim_simd max) {
     ps_optim_simd old = simd_max;
@@ -222,19 +272,37 @@ ps_optim_simd ps_optim_simd_limit(ps_optim_simd max) {
     return old;
 }
 
-static void ftrl_apply(const ps_optim_params *p, uint32_t dim, float *restrict w, float *restrict z,
-                       float *restrict n, const float *restrict grad) {
-    ftrl_k k = ftrl_consts(p);
-    uint32_t i = 0;
-    /* __builtin_cpu_supports() tests a flag libgcc set from CPUID at
-     * startup: one load per row. Each kernel leaves the rest of the row to
-     * the next narrower one (dim 7: four, two, then one element). */
+/* The widest kernel to take: simd_max, and what the CPU runs.
+ * __builtin_cpu_supports() tests a flag libgcc set from CPUID at startup. */
+static ps_optim_simd ftrl_simd(void) {
+#if defined(FTRL_AVX512)
+    if (simd_max >= PS_OPTIM_SIMD_AVX512 && __builtin_cpu_supports("avx512f"))
+        return PS_OPTIM_SIMD_AVX512;
+#endif
 #if defined(FTRL_AVX2)
     if (simd_max >= PS_OPTIM_SIMD_AVX2 && __builtin_cpu_supports("avx2"))
-        i = ftrl_apply_avx2(&k, dim, w, z, n, grad);
+        return PS_OPTIM_SIMD_AVX2;
+#endif
+    return simd_max >= PS_OPTIM_SIMD_SSE2 ? PS_OPTIM_SIMD_SSE2 : PS_OPTIM_SIMD_SCALAR;
+}
+
+/* Each kernel leaves the rest of the row to the next narrower one (dim 7:
+ * four, two, then one element). */
+static inline void ftrl_apply_k(const ftrl_k *kp, ps_optim_simd simd, uint32_t dim,
+                                float *restrict w, float *restrict z, float *restrict n,
+                                const float *restrict grad) {
+    const ftrl_k k = *kp;
+    uint32_t i = 0;
+#if defined(FTRL_AVX512)
+    if (simd >= PS_OPTIM_SIMD_AVX512)
+        i = ftrl_apply_avx512(&k, dim, w, z, n, grad);
+#endif
+#if defined(FTRL_AVX2)
+    if (simd >= PS_OPTIM_SIMD_AVX2 && i < dim)
+        i += ftrl_apply_avx2(&k, dim - i, w + i, z + i, n + i, grad + i);
 #endif
 #if defined(__SSE2__)
-    if (simd_max >= PS_OPTIM_SIMD_SSE2)
+    if (simd >= PS_OPTIM_SIMD_SSE2 && i < dim)
         i += ftrl_apply_sse2(&k, dim - i, w + i, z + i, n + i, grad + i);
 #endif
     for (; i < dim; i++) {
@@ -248,6 +316,12 @@ static void ftrl_apply(const ps_optim_params *p, uint32_t dim, float *restrict w
         double a = ftrl_a(&k, n[i]);
         w[i] = a > 0 ? store(-(zi - copysign(k.l1, zi)) / a) : 0.0f;
     }
+}
+
+static void ftrl_apply(const ps_optim_params *p, uint32_t dim, float *restrict w, float *restrict z,
+                       float *restrict n, const float *restrict grad) {
+    ftrl_k k = ftrl_consts(p);
+    ftrl_apply_k(&k, ftrl_simd(), dim, w, z, n, grad);
 }
 
 /* ---- FTRL with group lasso (§3) ------------------------------------------ */
@@ -685,5 +759,19 @@ int ps_optim_apply(const ps_optim_params *p, uint32_t dim, float *state, const f
             return PS_ENONFINITE;
         }
     }
+    return 0;
+}
+
+void ps_optim_step_init(ps_optim_step *s, const ps_optim_params *p, uint32_t dim) {
+    *s = (ps_optim_step){.p = p, .dim = dim, .simd = ftrl_simd(), .k = ftrl_consts(p)};
+}
+
+/* FTRL with gradients below GRAD_SAFE, nearly every row, goes straight to
+ * the kernel: the same steps as ps_optim_apply() takes for it. */
+int ps_optim_step_apply(const ps_optim_step *s, float *state, const float *grad) {
+    uint32_t dim = s->dim;
+    if (s->p->kind != PS_OPT_FTRL || !grad_small(grad, dim))
+        return ps_optim_apply(s->p, dim, state, grad);
+    ftrl_apply_k(&s->k, (ps_optim_simd)s->simd, dim, state, state + dim, state + 2 * dim, grad);
     return 0;
 }

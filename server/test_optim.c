@@ -1143,20 +1143,22 @@ static float edge_value(uint64_t *rng, float typical, float bound) {
 }
 
 /* FTRL's kernels, narrowest first: the scalar loop is the reference. */
-static const ps_optim_simd ftrl_paths[3] = {PS_OPTIM_SIMD_SCALAR, PS_OPTIM_SIMD_SSE2, PS_OPTIM_SIMD_AVX2};
+#define NPATHS 4
+static const ps_optim_simd ftrl_paths[NPATHS] = {PS_OPTIM_SIMD_SCALAR, PS_OPTIM_SIMD_SSE2,
+                                                 PS_OPTIM_SIMD_AVX2, PS_OPTIM_SIMD_AVX512};
 
 /* Push g onto state[k] on path k (state[0..2] equal before the call) and
  * assert that every path returns what the scalar one does and leaves the
  * same bits in every field. Returns the scalar path's result. */
 static int push_on_each_path(const ps_optim_params *p, uint32_t dim, float (*state)[3 * PS_OPTIM_DIM_MAX],
                              const float *g, int trial, int step) {
-    int r[3];
-    for (int k = 0; k < 3; k++) {
+    int r[NPATHS];
+    for (int k = 0; k < NPATHS; k++) {
         ps_optim_simd old = ps_optim_simd_limit(ftrl_paths[k]);
         r[k] = ps_optim_apply(p, dim, state[k], g);
         ps_optim_simd_limit(old);
     }
-    for (int k = 1; k < 3; k++) {
+    for (int k = 1; k < NPATHS; k++) {
         cr_assert_eq(r[k], r[0], "trial %d step %d dim %u: path %d returned %d, scalar %d", trial, step,
                      dim, k, r[k], r[0]);
         for (uint32_t i = 0; i < 3 * dim; i++)
@@ -1167,16 +1169,17 @@ static int push_on_each_path(const ps_optim_params *p, uint32_t dim, float (*sta
     return r[0];
 }
 
-static float state3[3][3 * PS_OPTIM_DIM_MAX];
+static float state3[NPATHS][3 * PS_OPTIM_DIM_MAX];
 
-/* FTRL's kernels (AVX2 four elements at a time, SSE2 two, scalar one) must
+/* FTRL's kernels (AVX-512 eight elements at a time, AVX2 four, SSE2 two,
+ * scalar one) must
  * agree bit for bit on every field of every row and on the return code:
  * the same row, pushed on each path, over random states, gradients and
  * hyper-parameters (lambda1 = 0, beta = lambda2 = 0 for a_i = 0, clipping
  * on and off) and every dim from 1 to 67 (tails of 1, 2 and 3 behind the
  * vectors) plus PS_OPTIM_DIM_MAX. Each row takes several pushes in a row
- * so that states the kernels made are fed back in. On a CPU without AVX2
- * the AVX2 limit takes the SSE2 path and the test compares two kernels. */
+ * so that states the kernels made are fed back in. On a CPU without
+ * AVX-512 or AVX2 those limits take the next narrower kernel. */
 Test(optim, ftrl_kernels_match_scalar_bit_for_bit, .timeout = 60) {
     static float g[PS_OPTIM_DIM_MAX];
     uint64_t rng = 99;
@@ -1206,7 +1209,7 @@ Test(optim, ftrl_kernels_match_scalar_bit_for_bit, .timeout = 60) {
         ps_optim_simd old = ps_optim_simd_limit(PS_OPTIM_SIMD_SCALAR);
         push(&p, dim, state3[0], g);
         ps_optim_simd_limit(old);
-        for (int f = 1; f < 3; f++)
+        for (int f = 1; f < NPATHS; f++)
             memcpy(state3[f], state3[0], 3 * dim * sizeof(float));
         for (int step = 0; step < 4; step++) {
             for (uint32_t i = 0; i < dim; i++)
@@ -1248,7 +1251,7 @@ Test(optim, ftrl_kernels_match_scalar_under_cancellation) {
             if (!(sigma > 0) || !isfinite(w[i]))
                 w[i] = 0.0f;
         }
-        for (int f = 1; f < 3; f++)
+        for (int f = 1; f < NPATHS; f++)
             memcpy(state3[f], state3[0], 3 * dim * sizeof(float));
         float before[67];
         for (uint32_t i = 0; i < dim; i++)
@@ -1258,4 +1261,42 @@ Test(optim, ftrl_kernels_match_scalar_under_cancellation) {
             cancelled += fabsf(z[i]) < 1e-4f * before[i];
     }
     cr_expect_gt(cancelled, 50000);
+}
+
+/* A push's rows go through ps_optim_step_apply() with the constants and
+ * kernel worked out once per push (server/table.c): it must leave every row
+ * and return code as ps_optim_apply() does, for every optimizer, the FTRL
+ * fast path (every |g_i| below 1e10) and the rest: huge gradients that
+ * overflow and are refused, NaN and Inf. */
+Test(optim, a_prepared_step_applies_as_ps_optim_apply_does) {
+    static float a[3 * 67], b[3 * 67], g[67];
+    uint64_t rng = 7;
+    int refused = 0;
+    for (int trial = 0; trial < 3000; trial++) {
+        ps_optim_params p = all_kinds(trial % 3);
+        p.grad_clip = trial % 4 == 0 ? 0.5 : 0;
+        uint32_t dim = 1 + (uint32_t)(trial % 67);
+        uint32_t width = ps_optim_state_width(&p, dim);
+        float w0[67];
+        for (uint32_t i = 0; i < dim; i++)
+            w0[i] = (float)(0.1 * rng_sym(&rng));
+        ps_optim_init_row(&p, dim, w0, a);
+        memcpy(b, a, width * sizeof(float));
+        ps_optim_step st;
+        ps_optim_step_init(&st, &p, dim);
+        for (int step = 0; step < 5; step++) {
+            for (uint32_t i = 0; i < dim; i++)
+                g[i] = (float)rng_sym(&rng);
+            if (trial % 10 == 0 && step == 2)
+                g[trial % dim] = trial % 20 == 0 ? 3e37f : NAN;
+            int ra = ps_optim_apply(&p, dim, a, g);
+            int rb = ps_optim_step_apply(&st, b, g);
+            cr_assert_eq(rb, ra, "trial %d step %d: step %d, apply %d", trial, step, rb, ra);
+            refused += ra != 0;
+            for (uint32_t i = 0; i < width; i++)
+                cr_assert_eq(f32_bits(b[i]), f32_bits(a[i]), "trial %d step %d element %u: %a vs %a",
+                             trial, step, i, (double)b[i], (double)a[i]);
+        }
+    }
+    cr_expect_gt(refused, 100); /* the general path was taken too */
 }
