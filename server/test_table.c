@@ -1149,6 +1149,60 @@ Test(table, expired_keys_read_as_new) {
     ps_table_free(t);
 }
 
+/* A dead row's key twice in one push, under admission: once an occurrence
+ * is admitted, the row it brought back from the init rule takes every
+ * later occurrence without asking again (push() reads whether each row is
+ * live once, before the decisions: a later occurrence must see an earlier
+ * one's rebirth). So a key applied once in the push was refused the first
+ * time and admitted the second: its state is the init rule plus the
+ * second gradient, never the first. */
+Test(table, a_dead_key_twice_in_one_push_is_admitted_once_and_updated_after) {
+    ps_table_config cfg = table_cfg(PS_OPT_FTRL, 4, PS_INIT_NORMAL);
+    cfg.ttl_s = 100;
+    cfg.admit_probability = 0.5;
+    ps_table *t = new_table(&cfg, 1024, 0);
+    ps_table_set_clock(t, T0);
+    enum { NKEYS = 200 };
+    float g[8], init[12], want[12];
+    for (uint32_t k = 0; k < NKEYS; k++) {
+        uint64_t key = ps_fid(2, "twice", 5) + k;
+        grad_of(4, key, 0, g);
+        int tries = 0;
+        while (push1(t, key, g) == 0)
+            cr_assert_lt(++tries, 200, "key %u never admitted", k);
+    }
+    ps_table_set_clock(t, T0 + 100);
+    int both = 0, second = 0;
+    for (uint32_t k = 0; k < NKEYS; k++) {
+        uint64_t key = ps_fid(2, "twice", 5) + k;
+        cr_assert(!found1(t, key), "the row must be dead");
+        uint64_t keys[2] = {key, key};
+        grad_of(4, key, 1, g);
+        grad_of(4, key, 2, g + 4);
+        uint32_t applied = 0, dropped = 0;
+        char err[512] = "";
+        cr_assert_eq(ps_table_push(t, keys, 2, g, &applied, &dropped, err, sizeof(err)), 0, "%s",
+                     err);
+        init_state(&cfg, key, init);
+        memcpy(want, init, sizeof(want));
+        if (applied == 2) {
+            both++;
+            ps_optim_apply(&cfg.opt, 4, want, g);
+            ps_optim_apply(&cfg.opt, 4, want, g + 4);
+        } else if (applied == 1) {
+            second++;
+            ps_optim_apply(&cfg.opt, 4, want, g + 4);
+        } else {
+            cr_assert(!found1(t, key));
+            continue;
+        }
+        expect_state(t, key, want);
+    }
+    cr_expect_gt(both, 50);
+    cr_expect_gt(second, 10);
+    ps_table_free(t);
+}
+
 Test(table, expired_rows_in_rocksdb_read_as_new) {
     ps_table_config cfg = table_cfg(PS_OPT_ADAGRAD, 2, PS_INIT_NORMAL);
     cfg.ttl_s = 50;
