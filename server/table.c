@@ -335,8 +335,8 @@ static inline uint64_t index_home(const ps_table *t, uint64_t key) {
     return (ps_mix64(key) >> 17) & t->imask;
 }
 
-static uint32_t index_find(const ps_table *t, uint64_t key) {
-    for (uint64_t i = index_home(t, key);; i = (i + 1) & t->imask) {
+static inline uint32_t index_find_from(const ps_table *t, uint64_t key, uint64_t home) {
+    for (uint64_t i = home;; i = (i + 1) & t->imask) {
         uint32_t s = t->ix[i].slot;
         if (s == 0)
             return EMPTY;
@@ -345,16 +345,24 @@ static uint32_t index_find(const ps_table *t, uint64_t key) {
     }
 }
 
+static uint32_t index_find(const ps_table *t, uint64_t key) {
+    return index_find_from(t, key, index_home(t, key));
+}
+
 /* Both ends of the entry: the same line but for the one in eight that
  * straddles two. always_inline: gcc 12 takes a function whose only effect
  * is __builtin_prefetch for a const one and drops its calls, which left
  * create_absent and index_grow without any prefetch until this was seen in
  * their code (bench/README.md "Row creation: the init rule in vector
  * registers"). */
-static inline __attribute__((always_inline)) void prefetch_entry(const ps_table *t, uint64_t key) {
-    const char *e = (const char *)&t->ix[index_home(t, key)];
+static inline __attribute__((always_inline)) void prefetch_home(const ps_table *t, uint64_t home) {
+    const char *e = (const char *)&t->ix[home];
     __builtin_prefetch(e, 1);
     __builtin_prefetch(e + sizeof(ientry) - 1, 1);
+}
+
+static inline __attribute__((always_inline)) void prefetch_entry(const ps_table *t, uint64_t key) {
+    prefetch_home(t, index_home(t, key));
 }
 
 static void index_insert(ps_table *t, uint64_t key, uint32_t slot) {
@@ -920,19 +928,25 @@ static int resolve(ps_table *t, const uint64_t *keys, size_t n, const uint8_t *m
      * and prefetching overlaps those misses instead of paying them one after
      * another (measured in bench/README.md). */
     enum { AHEAD = 8 };
+    uint64_t home[AHEAD]; /* of keys i .. i + AHEAD - 1, as prefetched */
     /* In blocks: a block's row headers, prefetched as their keys are
      * found, are pinned once the block's last key is found, by then in
      * cache, instead of in a second pass over all n. */
     enum { BLOCK = 64 };
-    for (size_t i = 0; i < n && i < AHEAD; i++)
-        prefetch_entry(t, keys[i]);
+    for (size_t i = 0; i < n && i < AHEAD; i++) {
+        home[i] = index_home(t, keys[i]);
+        prefetch_home(t, home[i]);
+    }
     size_t nmiss = 0;
     for (size_t b = 0; b < n; b += BLOCK) {
         size_t e = b + BLOCK < n ? b + BLOCK : n;
         for (size_t i = b; i < e; i++) {
-            if (i + AHEAD < n)
-                prefetch_entry(t, keys[i + AHEAD]);
-            uint32_t s = (mask && !mask[i]) ? EMPTY : index_find(t, keys[i]);
+            uint64_t h = home[i % AHEAD];
+            if (i + AHEAD < n) { /* its slot is free now: key i's home was read */
+                home[i % AHEAD] = index_home(t, keys[i + AHEAD]);
+                prefetch_home(t, home[i % AHEAD]);
+            }
+            uint32_t s = (mask && !mask[i]) ? EMPTY : index_find_from(t, keys[i], h);
             t->rows[i] = s == EMPTY ? NULL : slot_row(t, s);
             if (t->rows[i])
                 __builtin_prefetch(t->rows[i], 1);
