@@ -774,6 +774,6 @@ int ps_optim_step_apply(const ps_optim_step *s, float *state, const float *grad)
     uint32_t dim = s->dim;
     if (s->p->kind != PS_OPT_FTRL || !grad_small(grad, dim))
         return ps_optim_apply(s->p, dim, state, grad);
-    ftrl_apply_k(&s->k, (ps_optim_simd)s->simd, dim, state, state + dim, state + 2 * dim, grad);
+    ftrl_apply_k(&s->k, s->simd, dim, state, state + dim, state + 2 * dim, grad);
     return 0;
 }

@@ -62,6 +62,15 @@ void ps_optim_init_row(const ps_optim_params *p, uint32_t dim, const float *w_in
  * sqrt(acc) + eps = 0 (eps = 0 with a stored acc of 0) leaves w_i as it is. */
 int ps_optim_apply(const ps_optim_params *p, uint32_t dim, float *state, const float *grad);
 
+/* FTRL's vector kernels, narrowest first. Every one gives the scalar
+ * path's results bit for bit; they differ only in speed. */
+typedef enum {
+    PS_OPTIM_SIMD_SCALAR,
+    PS_OPTIM_SIMD_SSE2,
+    PS_OPTIM_SIMD_AVX2,
+    PS_OPTIM_SIMD_AVX512
+} ps_optim_simd;
+
 /* FTRL's per-call constants (optim.c). */
 typedef struct ps_ftrl_consts {
     double alpha, inv_alpha, base, l1, clip;
@@ -74,20 +83,11 @@ typedef struct ps_ftrl_consts {
 typedef struct ps_optim_step {
     const ps_optim_params *p;
     uint32_t dim;
-    int simd;                    /* ps_optim_simd: the widest FTRL kernel to take */
+    ps_optim_simd simd;          /* the widest FTRL kernel to take */
     ps_ftrl_consts k;
 } ps_optim_step;
 void ps_optim_step_init(ps_optim_step *s, const ps_optim_params *p, uint32_t dim);
 int ps_optim_step_apply(const ps_optim_step *s, float *state, const float *grad);
-
-/* FTRL's vector kernels, narrowest first. Every one gives the scalar
- * path's results bit for bit; they differ only in speed. */
-typedef enum {
-    PS_OPTIM_SIMD_SCALAR,
-    PS_OPTIM_SIMD_SSE2,
-    PS_OPTIM_SIMD_AVX2,
-    PS_OPTIM_SIMD_AVX512
-} ps_optim_simd;
 
 /* Let ps_optim_apply() take no kernel wider than max (the default is
  * PS_OPTIM_SIMD_AVX512: the widest the CPU runs, chosen from CPUID per

@@ -95,9 +95,6 @@
 
 #include "table.h"
 
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
 #include <errno.h>
 #include <math.h>
 #include <stdatomic.h>
@@ -106,6 +103,9 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/mman.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "admit.h"
 #include "error.h"
@@ -1023,7 +1023,7 @@ static int resolve(ps_table *t, const uint64_t *keys, size_t n, const uint8_t *m
         t->rows[at] = found[u];
         if (found[u])
             t->live[at] = row_live(t, found[u]);
-        if (!found[u])
+        else
             t->absent_of[at] = (uint32_t)uniq[u].idx;
     }
 out:
@@ -1189,8 +1189,7 @@ static int decide(ps_table *t, const uint64_t *keys, size_t n, uint32_t *ret_rej
         if (!in_table && rw) {
             rw->flags |= ROW_BORN;
             t->nborn++;
-        }
-        else if (!in_table)
+        } else if (!in_table)
             t->want[t->absent_of[i]] = 1;
     }
     *ret_rejected = rejected;
