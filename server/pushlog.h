@@ -12,7 +12,11 @@
  *
  * Truncation: a write-back batch records the last lsn it covers; rotate()
  * starts a new segment at that point, and once the batch is committed
- * drop_before() deletes the segments wholly covered by it.
+ * drop_covered() retires the segments wholly covered by it: one is kept as
+ * "spare.0" and becomes the next segment, written over from its start (its
+ * pages are in the page cache already), the others are deleted. A spare's
+ * old records left after the new ones have lsns below the segment's first:
+ * replay stops there, and rotate() and close() cut them off.
  *
  * Recovery: open() replays every record with lsn > the covered lsn, in
  * order, through a callback. A torn or corrupt record at the tail of the
@@ -73,7 +77,7 @@ uint64_t ps_pushlog_last_lsn(const ps_pushlog *log);
 /* Commit, then continue in a new segment whose first record will be
  * last_lsn + 1. */
 int ps_pushlog_rotate(ps_pushlog *log);
-/* Delete segments all of whose records have lsn <= covered: on the writer
+/* Retire segments all of whose records have lsn <= covered: on the writer
  * thread when it runs (at the latest before writer_stop() returns), else
  * here. */
 int ps_pushlog_drop_covered(ps_pushlog *log, uint64_t covered);

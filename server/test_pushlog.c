@@ -120,14 +120,15 @@ static void expect_replayed(const replayed *r, uint64_t first, uint64_t last) {
     }
 }
 
-/* Names of the segment files in dir, sorted; returns the count. */
+/* Names of the segment files in dir ("<16 hex>.log", not the spares),
+ * sorted; returns the count. */
 static size_t list_segments(char names[][32], size_t cap) {
     DIR *d = opendir(dir);
     cr_assert_not_null(d);
     size_t n = 0;
     struct dirent *e;
     while ((e = readdir(d))) {
-        if (e->d_name[0] == '.')
+        if (e->d_name[0] == '.' || strncmp(e->d_name, "spare.", 6) == 0)
             continue;
         cr_assert_lt(n, cap);
         snprintf(names[n++], 32, "%.31s", e->d_name);
@@ -799,44 +800,197 @@ Test(pushlog, rotate_and_close_wait_for_the_write_in_flight) {
 /* A write the file refuses keeps its records: the error comes back from
  * poll(), durable_lsn() stays, and the next commit writes them ahead of
  * those appended since, so nothing is lost or reordered. */
-Test(pushlog, a_failed_write_keeps_its_records_for_the_retry) {
+/* Run steps() in a child process (a crash: it ends with _exit, not
+ * close()) and expect it to return 0; else the failed step's number. */
+static void run_in_child(int (*steps)(void)) {
     pid_t pid = fork();
     cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        /* In a child: the file-size limit is per process. */
-        signal(SIGXFSZ, SIG_IGN);
-        replayed r = {0};
-        ps_pushlog *log = open_log(0, &r);
-        int notified = 0;
-        if (ps_pushlog_writer_start(log, count_notify, &notified) < 0)
-            _exit(2);
-        append_range(log, 1, 10);
-        if (ps_pushlog_commit(log) < 0)
-            _exit(3);
-        struct rlimit rl = {0, RLIM_INFINITY};
-        setrlimit(RLIMIT_FSIZE, &rl);
-        append_range(log, 11, 20);
-        if (ps_pushlog_submit(log) != 1)
-            _exit(4);
-        append_range(log, 21, 25);
-        if (wait_written(log) != -EFBIG || ps_pushlog_durable_lsn(log) != 10)
-            _exit(5);
-        if (ps_pushlog_commit(log) != -EFBIG)
-            _exit(6);
-        rl.rlim_cur = RLIM_INFINITY;
-        setrlimit(RLIMIT_FSIZE, &rl);
-        if (ps_pushlog_commit(log) != 0 || ps_pushlog_durable_lsn(log) != 25)
-            _exit(7);
-        ps_pushlog_close(log);
-        _exit(0);
-    }
+    if (pid == 0)
+        _exit(steps());
     int status = 0;
     cr_assert_eq(waitpid(pid, &status, 0), pid);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child step %d failed",
               WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+}
+
+static int failed_write_steps(void) {
+    /* In a child: the file-size limit is per process. */
+    signal(SIGXFSZ, SIG_IGN);
+    replayed r = {0};
+    ps_pushlog *log = open_log(0, &r);
+    int notified = 0;
+    if (ps_pushlog_writer_start(log, count_notify, &notified) < 0)
+        return 2;
+    append_range(log, 1, 10);
+    if (ps_pushlog_commit(log) < 0)
+        return 3;
+    struct rlimit rl = {0, RLIM_INFINITY};
+    setrlimit(RLIMIT_FSIZE, &rl);
+    append_range(log, 11, 20);
+    if (ps_pushlog_submit(log) != 1)
+        return 4;
+    append_range(log, 21, 25);
+    if (wait_written(log) != -EFBIG || ps_pushlog_durable_lsn(log) != 10)
+        return 5;
+    if (ps_pushlog_commit(log) != -EFBIG)
+        return 6;
+    rl.rlim_cur = RLIM_INFINITY;
+    setrlimit(RLIMIT_FSIZE, &rl);
+    if (ps_pushlog_commit(log) != 0 || ps_pushlog_durable_lsn(log) != 25)
+        return 7;
+    ps_pushlog_close(log);
+    return 0;
+}
+
+Test(pushlog, a_failed_write_keeps_its_records_for_the_retry) {
+    run_in_child(failed_write_steps);
     replayed r = {0};
     ps_pushlog *log = open_log(0, &r);
     expect_replayed(&r, 1, 25);
+    ps_pushlog_close(log);
+    replayed_free(&r);
+}
+
+/* ---- spares: covered segments written over ------------------------------------- */
+
+static ino_t inode_of(const char *path) {
+    struct stat st;
+    cr_assert_eq(stat(path, &st), 0, "%s: %s", path, strerror(errno));
+    return st.st_ino;
+}
+
+static bool spare_exists(void) {
+    char p[PS_PATH_MAX + 16];
+    snprintf(p, sizeof(p), "%s/spare.0", dir);
+    return access(p, F_OK) == 0;
+}
+
+static int written_over_steps(void) {
+    replayed r = {0};
+    ps_pushlog *log = open_log(0, &r);
+    append_range(log, 1, 30); /* the spare-to-be: 30 records */
+    if (ps_pushlog_rotate(log) != 0)
+        return 2;
+    char p1[PS_PATH_MAX + 32];
+    seg_path(1, p1, sizeof(p1));
+    ino_t ino = inode_of(p1);
+    append_range(log, 31, 32);
+    if (ps_pushlog_drop_covered(log, 30) != 0 || !spare_exists() || access(p1, F_OK) == 0)
+        return 3;
+    if (ps_pushlog_rotate(log) != 0) /* segment 33 takes the spare */
+        return 4;
+    char p33[PS_PATH_MAX + 32];
+    seg_path(33, p33, sizeof(p33));
+    if (spare_exists() || inode_of(p33) != ino)
+        return 5;
+    append_range(log, 33, 36); /* far fewer bytes than the spare holds */
+    if (ps_pushlog_commit(log) != 0 || file_size(p33) <= end_of_record(36) - end_of_record(32))
+        return 6;
+    return 0; /* a crash: no close, the old records stay after the new */
+}
+
+/* A covered segment is kept as a spare, and the next segment is that file
+ * written over from its start: the spare's old records (lsns below the
+ * segment's first) end its replay, after a crash as after close(), which
+ * cuts them off. */
+Test(pushlog, a_covered_segment_is_written_over_and_its_old_records_never_replay) {
+    run_in_child(written_over_steps);
+    char p33[PS_PATH_MAX + 32];
+    seg_path(33, p33, sizeof(p33));
+    off_t mine = end_of_record(36) - end_of_record(32);
+    replayed r = {0};
+    ps_pushlog *log = open_log(30, &r);
+    expect_replayed(&r, 31, 36);
+    cr_assert_eq(file_size(p33), mine, "the old records are cut off");
+    append_range(log, 37, 40);
+    cr_assert_eq(ps_pushlog_rotate(log), 0);
+    append_range(log, 41, 42);
+    ps_pushlog_close(log);
+    replayed_free(&r);
+    log = open_log(30, &r);
+    expect_replayed(&r, 31, 42);
+    ps_pushlog_close(log);
+    replayed_free(&r);
+}
+
+/* rotate() cuts a written-over segment to its own records, so that an
+ * older segment never holds a spare's; close() does too. */
+Test(pushlog, rotate_and_close_cut_a_written_over_segment) {
+    replayed r = {0};
+    ps_pushlog *log = open_log(0, &r);
+    int notified = 0;
+    cr_assert_eq(ps_pushlog_writer_start(log, count_notify, &notified), 0);
+    append_range(log, 1, 40);
+    cr_assert_eq(ps_pushlog_rotate(log), 0);
+    append_range(log, 41, 41);
+    cr_assert_eq(ps_pushlog_submit(log), 1);
+    cr_assert_eq(wait_written(log), 0);
+    cr_assert_eq(ps_pushlog_drop_covered(log, 40), 0);
+    /* The writer thread retires it: wait for the spare. */
+    for (int i = 0; i < 5000 && !spare_exists(); i++)
+        usleep(1000);
+    cr_assert(spare_exists(), "the covered segment is kept as a spare");
+    cr_assert_eq(ps_pushlog_rotate(log), 0);
+    cr_assert(!spare_exists(), "segment 42 took the spare");
+    append_range(log, 42, 44);
+    cr_assert_eq(ps_pushlog_rotate(log), 0);
+    char p42[PS_PATH_MAX + 32];
+    seg_path(42, p42, sizeof(p42));
+    cr_assert_eq(file_size(p42), end_of_record(44) - end_of_record(41));
+    append_range(log, 45, 45);
+    cr_assert_eq(ps_pushlog_writer_stop(log), 0);
+    cr_assert_eq(ps_pushlog_drop_covered(log, 44), 0);
+    cr_assert(spare_exists(), "without the writer thread, drop_covered() keeps the spare itself");
+    ps_pushlog_close(log);
+    replayed_free(&r);
+    log = open_log(44, &r);
+    expect_replayed(&r, 45, 45);
+    cr_assert(!spare_exists(), "open() removes a spare left by an earlier process");
+    ps_pushlog_close(log);
+    replayed_free(&r);
+}
+
+/* Records of 40-byte bodies, lsns first..last. */
+static void append_fixed(ps_pushlog *log, uint64_t first, uint64_t last) {
+    for (uint64_t lsn = first; lsn <= last; lsn++) {
+        char body[40];
+        memset(body, (int)('A' + lsn % 26), sizeof(body));
+        struct iovec iov = {body, sizeof(body)};
+        uint64_t got = 0;
+        cr_assert_eq(ps_pushlog_append(log, &iov, 1, &got), 0);
+        cr_assert_eq(got, lsn);
+    }
+}
+
+static int aligned_old_record_steps(void) {
+    replayed r = {0};
+    ps_pushlog *log = open_log(0, &r);
+    append_fixed(log, 1, 20);
+    if (ps_pushlog_rotate(log) != 0)
+        return 2;
+    append_fixed(log, 21, 21);
+    if (ps_pushlog_drop_covered(log, 20) != 0 || ps_pushlog_rotate(log) != 0 || spare_exists())
+        return 3;
+    append_fixed(log, 22, 26); /* records 1-5's bytes; 6-20 stay after them */
+    if (ps_pushlog_commit(log) != 0)
+        return 4;
+    return 0;
+}
+
+/* When the new records end exactly where an old one began, that old record
+ * is intact (its CRC holds): its lsn, below the segment's first, ends the
+ * replay. */
+Test(pushlog, an_intact_old_record_right_after_the_new_ones_ends_the_segment) {
+    run_in_child(aligned_old_record_steps);
+    replayed r = {0};
+    ps_pushlog *log = open_log(20, &r);
+    cr_assert_eq(r.n, 6, "replayed %zu records", r.n);
+    for (size_t i = 0; i < r.n; i++)
+        cr_assert_eq(r.lsn[i], 21 + i);
+    cr_assert_eq(ps_pushlog_last_lsn(log), 26);
+    char p22[PS_PATH_MAX + 32];
+    seg_path(22, p22, sizeof(p22));
+    cr_assert_eq(file_size(p22), 5 * (16 + 40), "the old records are cut off");
     ps_pushlog_close(log);
     replayed_free(&r);
 }
