@@ -171,6 +171,15 @@ static void retire_segment(ps_pushlog *log, uint64_t first) {
     }
 }
 
+static void remove_spares(ps_pushlog *log) {
+    for (int i = 0; i < MAX_SPARES; i++) {
+        char sp[PS_PATH_MAX + 32];
+        spare_path(log, i, sp, sizeof(sp));
+        (void)unlink(sp);
+        log->spare[i] = false;
+    }
+}
+
 /* Move a spare, if any, to path: 1 if one was. */
 static int take_spare(ps_pushlog *log, const char *path) {
     pthread_mutex_lock(&log->mu);
@@ -381,13 +390,9 @@ int ps_pushlog_open(const char *dir, ps_fsync_policy fsync, uint64_t covered_lsn
         snprintf(err, errlen, "%s: %s", dir, strerror(errno));
         goto fail;
     }
-    /* Spares of an earlier process: their records could be taken for
-     * newer ones if lsns went back (a restored checkpoint). */
-    for (int i = 0; i < MAX_SPARES; i++) {
-        char sp[PS_PATH_MAX + 32];
-        spare_path(log, i, sp, sizeof(sp));
-        (void)unlink(sp);
-    }
+    /* Spares of an earlier process that did not close: their records could
+     * be taken for newer ones if lsns went back (a restored checkpoint). */
+    remove_spares(log);
     r = list_segments(log);
     if (r < 0) {
         snprintf(err, errlen, "%s: %s", dir, ps_strerror(r));
@@ -448,6 +453,7 @@ void ps_pushlog_close(ps_pushlog *log) {
         ps_pushlog_commit(log);
         trim_segment(log);
         close(log->fd);
+        remove_spares(log); /* a stopped shard keeps no disk for one */
     }
     pthread_cond_destroy(&log->cv);
     pthread_mutex_destroy(&log->mu);

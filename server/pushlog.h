@@ -16,7 +16,9 @@
  * "spare.0" and becomes the next segment, written over from its start (its
  * pages are in the page cache already), the others are deleted. A spare's
  * old records left after the new ones have lsns below the segment's first:
- * replay stops there, and rotate() and close() cut them off.
+ * replay stops there, and rotate() and close() cut them off. close()
+ * removes the spare (a stopped shard keeps no disk for it), and so does
+ * open() after a crash.
  *
  * Recovery: open() replays every record with lsn > the covered lsn, in
  * order, through a callback. A torn or corrupt record at the tail of the
