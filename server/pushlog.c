@@ -18,9 +18,6 @@
 
 #define REC_HEADER 8
 #define MAX_RECORD (1u << 30)
-/* Covered segments kept as "spare.N" for the next segments to write over:
- * one is what a write-back cycle retires and the next rotate() takes. */
-#define MAX_SPARES 1
 
 typedef struct segment {
     uint64_t first_lsn;
@@ -30,12 +27,12 @@ struct ps_pushlog {
     char dir[PS_PATH_MAX];
     ps_fsync_policy fsync;
     int fd;                      /* current segment */
-    /* Records are written at seg_off with pwrite: a segment may be a spare
-     * written over, longer than its records until rotate() or close() cuts
-     * it (`recycled`). Writing over pages the page cache holds costs a
-     * memcpy; a fresh file's pages are new to this VM, and copying records
-     * into them took the writer thread ~70% of a core at 5.6M pushed rows/s
-     * (bench/README.md "The push log writes over its old segments"). */
+    /* Records are written at seg_off with pwrite: a segment may be the
+     * spare written over, longer than its records until rotate() or close()
+     * cuts it (`recycled`). Deleting a covered segment instead, 2.5 GB per
+     * write-back at 5M pushed rows/s, held the writer thread for ~1 s (the
+     * file system freeing and discarding its blocks), and every reply with
+     * it (bench/README.md "Pushing for minutes"). */
     uint64_t seg_off;
     bool recycled;
     uint64_t last_lsn;
@@ -63,10 +60,14 @@ struct ps_pushlog {
     bool stop;
     int wresult;
     size_t wwritten;             /* bytes of wbuf that reached the file */
-    uint64_t *unlinks;           /* first lsns of covered segments the writer retires, */
+    uint64_t *unlinks;           /* first and last lsns of covered segments the writer retires, */
     size_t unlinks_done, nunlinks, unlinks_cap; /* oldest first, from unlinks_done */
-    bool spare[MAX_SPARES];      /* "spare.N" is there to be taken (under mu) */
-    bool spare_busy[MAX_SPARES]; /* being renamed into place (under mu) */
+    /* One covered segment kept as "spare.<its last lsn, 16 hex>" for the
+     * next segment to write over: what a write-back cycle retires and the
+     * next rotate() takes. Under mu. */
+    bool spare;                  /* there to be taken */
+    bool spare_busy;             /* being renamed into place */
+    uint64_t spare_last;         /* the lsn of its last record */
 };
 
 /* ---- CRC-32C (Castagnoli): SSE4.2 when the CPU has it ------------------- */
@@ -139,61 +140,75 @@ static void seg_path(const ps_pushlog *log, uint64_t first, char *out, size_t ou
     snprintf(out, outlen, "%s/%016" PRIx64 ".log", log->dir, first);
 }
 
-static void spare_path(const ps_pushlog *log, int i, char *out, size_t outlen) {
-    snprintf(out, outlen, "%s/spare.%d", log->dir, i);
+static void spare_path(const ps_pushlog *log, uint64_t last, char *out, size_t outlen) {
+    snprintf(out, outlen, "%s/spare.%016" PRIx64, log->dir, last);
 }
 
-/* A covered segment becomes a spare if there is room, else goes. mu is
- * not held (the rename may take a while). */
-static void retire_segment(ps_pushlog *log, uint64_t first) {
+/* A covered segment, lsns [first, last], becomes the spare if there is
+ * none, else goes. mu is not held (the rename or unlink may take a while:
+ * deleting a 2.5 GB segment took 1 s here, bench/README.md). */
+static void retire_segment(ps_pushlog *log, uint64_t first, uint64_t last) {
     pthread_mutex_lock(&log->mu);
-    int slot = -1;
-    for (int i = 0; i < MAX_SPARES && slot < 0; i++)
-        if (!log->spare[i] && !log->spare_busy[i])
-            slot = i;
-    if (slot >= 0)
-        log->spare_busy[slot] = true;
+    bool take = !log->spare && !log->spare_busy;
+    log->spare_busy |= take;
     pthread_mutex_unlock(&log->mu);
     char path[PS_PATH_MAX + 32], sp[PS_PATH_MAX + 32];
     seg_path(log, first, path, sizeof(path));
     bool kept = false;
-    if (slot >= 0) {
-        spare_path(log, slot, sp, sizeof(sp));
+    if (take) {
+        spare_path(log, last, sp, sizeof(sp));
         kept = rename(path, sp) == 0;
     }
     if (!kept)
         (void)unlink(path);
-    if (slot >= 0) {
+    if (take) {
         pthread_mutex_lock(&log->mu);
-        log->spare_busy[slot] = false;
-        log->spare[slot] = kept;
+        log->spare_busy = false;
+        log->spare = kept;
+        log->spare_last = last;
         pthread_mutex_unlock(&log->mu);
     }
 }
 
-static void remove_spares(ps_pushlog *log) {
-    for (int i = 0; i < MAX_SPARES; i++) {
-        char sp[PS_PATH_MAX + 32];
-        spare_path(log, i, sp, sizeof(sp));
-        (void)unlink(sp);
-        log->spare[i] = false;
+/* At open: a spare a stopped (or crashed) process left is kept if every
+ * record in it is older than the segments to come (lsns only grow: a
+ * restored checkpoint's could be lower), else deleted. */
+static int find_spare(ps_pushlog *log) {
+    DIR *d = opendir(log->dir);
+    if (!d)
+        return -errno;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        uint64_t last;
+        char tail[2];
+        if (strncmp(e->d_name, "spare.", 6) != 0)
+            continue;
+        bool named = strlen(e->d_name) == 22 && sscanf(e->d_name + 6, "%16" SCNx64 "%1s", &last, tail) == 1;
+        if (named && !log->spare && last < log->last_lsn + 1) {
+            log->spare = true;
+            log->spare_last = last;
+            continue;
+        }
+        char path[PS_PATH_MAX + 32];
+        snprintf(path, sizeof(path), "%s/%s", log->dir, e->d_name);
+        (void)unlink(path);
     }
+    closedir(d);
+    return 0;
 }
 
-/* Move a spare, if any, to path: 1 if one was. */
-static int take_spare(ps_pushlog *log, const char *path) {
+/* Move the spare, if any, to path (a segment whose records all come after
+ * the spare's): 1 if it was. */
+static int take_spare(ps_pushlog *log, const char *path, uint64_t first) {
     pthread_mutex_lock(&log->mu);
-    int slot = -1;
-    for (int i = 0; i < MAX_SPARES && slot < 0; i++)
-        if (log->spare[i])
-            slot = i;
-    if (slot >= 0)
-        log->spare[slot] = false;
+    bool take = log->spare && log->spare_last < first;
+    uint64_t last = log->spare_last;
+    log->spare = log->spare && !take;
     pthread_mutex_unlock(&log->mu);
-    if (slot < 0)
+    if (!take)
         return 0;
     char sp[PS_PATH_MAX + 32];
-    spare_path(log, slot, sp, sizeof(sp));
+    spare_path(log, last, sp, sizeof(sp));
     if (rename(sp, path) == 0)
         return 1;
     (void)unlink(sp);
@@ -325,7 +340,7 @@ static int open_segment(ps_pushlog *log, uint64_t first) {
     char path[PS_PATH_MAX + 32];
     seg_path(log, first, path, sizeof(path));
     /* A spare's old records have lsns below `first`: replay stops at them. */
-    bool recycled = take_spare(log, path);
+    bool recycled = take_spare(log, path, first);
     int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0)
         return -errno;
@@ -390,9 +405,6 @@ int ps_pushlog_open(const char *dir, ps_fsync_policy fsync, uint64_t covered_lsn
         snprintf(err, errlen, "%s: %s", dir, strerror(errno));
         goto fail;
     }
-    /* Spares of an earlier process that did not close: their records could
-     * be taken for newer ones if lsns went back (a restored checkpoint). */
-    remove_spares(log);
     r = list_segments(log);
     if (r < 0) {
         snprintf(err, errlen, "%s: %s", dir, ps_strerror(r));
@@ -431,7 +443,13 @@ int ps_pushlog_open(const char *dir, ps_fsync_policy fsync, uint64_t covered_lsn
             }
         }
     }
-    /* Always continue in a fresh segment: older ones stay read-only. */
+    r = find_spare(log);
+    if (r < 0) {
+        snprintf(err, errlen, "%s: %s", dir, ps_strerror(r));
+        goto fail;
+    }
+    /* Always continue in a fresh segment (or the spare written over): older
+     * ones stay read-only. */
     r = open_segment(log, log->last_lsn + 1);
     if (r < 0) {
         snprintf(err, errlen, "%s: %s", dir, ps_strerror(r));
@@ -453,7 +471,6 @@ void ps_pushlog_close(ps_pushlog *log) {
         ps_pushlog_commit(log);
         trim_segment(log);
         close(log->fd);
-        remove_spares(log); /* a stopped shard keeps no disk for one */
     }
     pthread_cond_destroy(&log->cv);
     pthread_mutex_destroy(&log->mu);
@@ -544,11 +561,12 @@ static unsigned test_delay_ms(void) {
  * file: the log keeps a segment it finds covered at open, and deletes it
  * after the next write-back. */
 static void unlink_one(ps_pushlog *log) {
-    uint64_t first = log->unlinks[log->unlinks_done++];
-    if (log->unlinks_done == log->nunlinks)
+    uint64_t first = log->unlinks[2 * log->unlinks_done];
+    uint64_t last = log->unlinks[2 * log->unlinks_done + 1];
+    if (++log->unlinks_done == log->nunlinks)
         log->unlinks_done = log->nunlinks = 0;
     pthread_mutex_unlock(&log->mu);
-    retire_segment(log, first);
+    retire_segment(log, first, last);
     pthread_mutex_lock(&log->mu);
 }
 
@@ -742,7 +760,7 @@ static int hand_unlinks(ps_pushlog *log, size_t n) {
     pthread_mutex_lock(&log->mu);
     if (log->nunlinks + n > log->unlinks_cap) {
         size_t cap = 2 * (log->nunlinks + n) + 8;
-        uint64_t *u = realloc(log->unlinks, cap * sizeof(*u));
+        uint64_t *u = realloc(log->unlinks, 2 * cap * sizeof(*u));
         if (!u) {
             pthread_mutex_unlock(&log->mu);
             return -ENOMEM;
@@ -750,8 +768,10 @@ static int hand_unlinks(ps_pushlog *log, size_t n) {
         log->unlinks = u;
         log->unlinks_cap = cap;
     }
-    for (size_t i = 0; i < n; i++)
-        log->unlinks[log->nunlinks++] = log->segs[i].first_lsn;
+    for (size_t i = 0; i < n; i++, log->nunlinks++) { /* segment i + 1 follows it */
+        log->unlinks[2 * log->nunlinks] = log->segs[i].first_lsn;
+        log->unlinks[2 * log->nunlinks + 1] = log->segs[i + 1].first_lsn - 1;
+    }
     pthread_cond_broadcast(&log->cv);
     pthread_mutex_unlock(&log->mu);
     return 0;
@@ -764,7 +784,7 @@ int ps_pushlog_drop_covered(ps_pushlog *log, uint64_t covered) {
         keep_from++;
     bool handed = keep_from && log->writer_started && hand_unlinks(log, keep_from) == 0;
     for (size_t i = 0; !handed && i < keep_from; i++)
-        retire_segment(log, log->segs[i].first_lsn);
+        retire_segment(log, log->segs[i].first_lsn, log->segs[i + 1].first_lsn - 1);
     if (keep_from) {
         memmove(log->segs, log->segs + keep_from, (log->nsegs - keep_from) * sizeof(segment));
         log->nsegs -= keep_from;

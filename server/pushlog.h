@@ -12,13 +12,14 @@
  *
  * Truncation: a write-back batch records the last lsn it covers; rotate()
  * starts a new segment at that point, and once the batch is committed
- * drop_covered() retires the segments wholly covered by it: one is kept as
- * "spare.0" and becomes the next segment, written over from its start (its
- * pages are in the page cache already), the others are deleted. A spare's
- * old records left after the new ones have lsns below the segment's first:
- * replay stops there, and rotate() and close() cut them off. close()
- * removes the spare (a stopped shard keeps no disk for it), and so does
- * open() after a crash.
+ * drop_covered() retires the segments wholly covered by it: the first is
+ * kept as "spare.<its last lsn>" and becomes the next segment, written over
+ * from its start, the others are deleted (deleting a large one held the
+ * writer thread for a second). A spare's old records left after the new
+ * ones have lsns below the segment's first: replay stops there, and
+ * rotate() and close() cut them off. close() keeps the spare for the next
+ * process, whose open() writes over it if all its records are older than
+ * the log's next lsn (else deletes it).
  *
  * Recovery: open() replays every record with lsn > the covered lsn, in
  * order, through a callback. A torn or corrupt record at the tail of the

@@ -859,10 +859,22 @@ static ino_t inode_of(const char *path) {
     return st.st_ino;
 }
 
+/* The spare's path ("spare.<last lsn>") into p, if there is one. */
+static bool spare_path_of(char *p, size_t cap) {
+    DIR *d = opendir(dir);
+    cr_assert_not_null(d);
+    bool found = false;
+    struct dirent *e;
+    while (!found && (e = readdir(d)))
+        if ((found = strncmp(e->d_name, "spare.", 6) == 0))
+            snprintf(p, cap, "%s/%s", dir, e->d_name);
+    closedir(d);
+    return found;
+}
+
 static bool spare_exists(void) {
-    char p[PS_PATH_MAX + 16];
-    snprintf(p, sizeof(p), "%s/spare.0", dir);
-    return access(p, F_OK) == 0;
+    char p[PS_PATH_MAX + 300];
+    return spare_path_of(p, sizeof(p));
 }
 
 static int written_over_steps(void) {
@@ -940,12 +952,27 @@ Test(pushlog, rotate_and_close_cut_a_written_over_segment) {
     append_range(log, 45, 45);
     cr_assert_eq(ps_pushlog_writer_stop(log), 0);
     cr_assert_eq(ps_pushlog_drop_covered(log, 44), 0);
-    cr_assert(spare_exists(), "without the writer thread, drop_covered() keeps the spare itself");
+    char sp[PS_PATH_MAX + 300];
+    cr_assert(spare_path_of(sp, sizeof(sp)), "without the writer thread, drop_covered() keeps the spare itself");
+    char want[PS_PATH_MAX + 300];
+    /* Segments 41 (lsn 41) and 42 (42-44) were covered: the first became
+     * the spare, the other went. */
+    snprintf(want, sizeof(want), "%s/spare.0000000000000029", dir);
+    cr_assert_str_eq(sp, want, "named after its last lsn, 41");
+    ino_t ino = inode_of(sp);
     ps_pushlog_close(log);
-    cr_assert(!spare_exists(), "close() removes the spare");
+    cr_assert(spare_exists(), "close() keeps the spare (deleting 2.5 GB took a second here)");
     replayed_free(&r);
     log = open_log(44, &r);
     expect_replayed(&r, 45, 45);
+    char p46[PS_PATH_MAX + 32];
+    seg_path(46, p46, sizeof(p46));
+    cr_assert(!spare_exists() && inode_of(p46) == ino, "the next process writes over it");
+    append_range(log, 46, 47);
+    ps_pushlog_close(log);
+    replayed_free(&r);
+    log = open_log(44, &r);
+    expect_replayed(&r, 45, 47);
     ps_pushlog_close(log);
     replayed_free(&r);
 }
@@ -987,7 +1014,7 @@ Test(pushlog, an_intact_old_record_right_after_the_new_ones_ends_the_segment) {
     run_in_child(aligned_old_record_steps);
     replayed r = {0};
     ps_pushlog *log = open_log(21, &r);
-    cr_assert(!spare_exists(), "open() removes a spare an earlier process left");
+    cr_assert(!spare_exists(), "segment 27 is the spare a crash left, written over");
     cr_assert_eq(r.n, 5, "replayed %zu records", r.n);
     for (size_t i = 0; i < r.n; i++)
         cr_assert_eq(r.lsn[i], 22 + i);
@@ -995,6 +1022,30 @@ Test(pushlog, an_intact_old_record_right_after_the_new_ones_ends_the_segment) {
     char p22[PS_PATH_MAX + 32];
     seg_path(22, p22, sizeof(p22));
     cr_assert_eq(file_size(p22), 5 * (16 + 40), "the old records are cut off");
+    ps_pushlog_close(log);
+    replayed_free(&r);
+}
+
+/* A spare whose records are not all older than the segments to come (lsns
+ * went back: a restored checkpoint) is deleted at open, never written over:
+ * its records could pass for new ones. */
+Test(pushlog, a_spare_with_lsns_at_or_past_the_next_segment_is_deleted) {
+    replayed r = {0};
+    ps_pushlog *log = open_log(0, &r);
+    append_range(log, 1, 5);
+    ps_pushlog_close(log);
+    char sp[PS_PATH_MAX + 300];
+    snprintf(sp, sizeof(sp), "%s/spare.0000000000000006", dir); /* last lsn 6: not below 6 */
+    FILE *f = fopen(sp, "w");
+    cr_assert_not_null(f);
+    fputs("old records", f);
+    fclose(f);
+    log = open_log(0, &r);
+    expect_replayed(&r, 1, 5);
+    cr_assert(!spare_exists(), "the spare is deleted");
+    char p6[PS_PATH_MAX + 32];
+    seg_path(6, p6, sizeof(p6));
+    cr_assert_eq(file_size(p6), 0, "segment 6 is a fresh file");
     ps_pushlog_close(log);
     replayed_free(&r);
 }
