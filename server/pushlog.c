@@ -146,8 +146,9 @@ static void spare_path(const ps_pushlog *log, uint64_t last, char *out, size_t o
 
 /* A covered segment, lsns [first, last], becomes the spare if there is
  * none, else goes. mu is not held (the rename or unlink may take a while:
- * deleting a 2.5 GB segment took 1 s here, bench/README.md). */
-static void retire_segment(ps_pushlog *log, uint64_t first, uint64_t last) {
+ * deleting a 2.5 GB segment took 1 s here, bench/README.md). Returns the
+ * unlink's error (a segment already gone is none). */
+static int retire_segment(ps_pushlog *log, uint64_t first, uint64_t last) {
     pthread_mutex_lock(&log->mu);
     bool take = !log->spare && !log->spare_busy;
     log->spare_busy |= take;
@@ -159,8 +160,7 @@ static void retire_segment(ps_pushlog *log, uint64_t first, uint64_t last) {
         spare_path(log, last, sp, sizeof(sp));
         kept = rename(path, sp) == 0;
     }
-    if (!kept)
-        (void)unlink(path);
+    int r = !kept && unlink(path) < 0 && errno != ENOENT ? -errno : 0;
     if (take) {
         pthread_mutex_lock(&log->mu);
         log->spare_busy = false;
@@ -168,6 +168,7 @@ static void retire_segment(ps_pushlog *log, uint64_t first, uint64_t last) {
         log->spare_last = last;
         pthread_mutex_unlock(&log->mu);
     }
+    return r;
 }
 
 /* At open: a spare a stopped (or crashed) process left is kept if every
@@ -566,7 +567,7 @@ static void unlink_one(ps_pushlog *log) {
     if (++log->unlinks_done == log->nunlinks)
         log->unlinks_done = log->nunlinks = 0;
     pthread_mutex_unlock(&log->mu);
-    retire_segment(log, first, last);
+    (void)retire_segment(log, first, last);
     pthread_mutex_lock(&log->mu);
 }
 
@@ -783,8 +784,11 @@ int ps_pushlog_drop_covered(ps_pushlog *log, uint64_t covered) {
     while (keep_from + 1 < log->nsegs && log->segs[keep_from + 1].first_lsn <= covered + 1)
         keep_from++;
     bool handed = keep_from && log->writer_started && hand_unlinks(log, keep_from) == 0;
-    for (size_t i = 0; !handed && i < keep_from; i++)
-        retire_segment(log, log->segs[i].first_lsn, log->segs[i + 1].first_lsn - 1);
+    for (size_t i = 0; !handed && i < keep_from; i++) {
+        int r = retire_segment(log, log->segs[i].first_lsn, log->segs[i + 1].first_lsn - 1);
+        if (r < 0)
+            return r;
+    }
     if (keep_from) {
         memmove(log->segs, log->segs + keep_from, (log->nsegs - keep_from) * sizeof(segment));
         log->nsegs -= keep_from;
