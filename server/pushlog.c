@@ -23,6 +23,11 @@ typedef struct segment {
     uint64_t first_lsn;
 } segment;
 
+/* A covered segment handed to the writer thread to retire. */
+typedef struct retiree {
+    uint64_t first, last;        /* its lsns */
+} retiree;
+
 struct ps_pushlog {
     char dir[PS_PATH_MAX];
     ps_fsync_policy fsync;
@@ -60,7 +65,7 @@ struct ps_pushlog {
     bool stop;
     int wresult;
     size_t wwritten;             /* bytes of wbuf that reached the file */
-    uint64_t *unlinks;           /* first and last lsns of covered segments the writer retires, */
+    retiree *unlinks;            /* covered segments the writer retires, */
     size_t unlinks_done, nunlinks, unlinks_cap; /* oldest first, from unlinks_done */
     /* One covered segment kept as "spare.<its last lsn, 16 hex>" for the
      * next segment to write over: what a write-back cycle retires and the
@@ -562,12 +567,11 @@ static unsigned test_delay_ms(void) {
  * file: the log keeps a segment it finds covered at open, and deletes it
  * after the next write-back. */
 static void unlink_one(ps_pushlog *log) {
-    uint64_t first = log->unlinks[2 * log->unlinks_done];
-    uint64_t last = log->unlinks[2 * log->unlinks_done + 1];
-    if (++log->unlinks_done == log->nunlinks)
+    retiree g = log->unlinks[log->unlinks_done++];
+    if (log->unlinks_done == log->nunlinks)
         log->unlinks_done = log->nunlinks = 0;
     pthread_mutex_unlock(&log->mu);
-    (void)retire_segment(log, first, last);
+    (void)retire_segment(log, g.first, g.last);
     pthread_mutex_lock(&log->mu);
 }
 
@@ -761,7 +765,7 @@ static int hand_unlinks(ps_pushlog *log, size_t n) {
     pthread_mutex_lock(&log->mu);
     if (log->nunlinks + n > log->unlinks_cap) {
         size_t cap = 2 * (log->nunlinks + n) + 8;
-        uint64_t *u = realloc(log->unlinks, 2 * cap * sizeof(*u));
+        retiree *u = realloc(log->unlinks, cap * sizeof(*u));
         if (!u) {
             pthread_mutex_unlock(&log->mu);
             return -ENOMEM;
@@ -769,10 +773,8 @@ static int hand_unlinks(ps_pushlog *log, size_t n) {
         log->unlinks = u;
         log->unlinks_cap = cap;
     }
-    for (size_t i = 0; i < n; i++, log->nunlinks++) { /* segment i + 1 follows it */
-        log->unlinks[2 * log->nunlinks] = log->segs[i].first_lsn;
-        log->unlinks[2 * log->nunlinks + 1] = log->segs[i + 1].first_lsn - 1;
-    }
+    for (size_t i = 0; i < n; i++) /* segment i + 1 follows it */
+        log->unlinks[log->nunlinks++] = (retiree){log->segs[i].first_lsn, log->segs[i + 1].first_lsn - 1};
     pthread_cond_broadcast(&log->cv);
     pthread_mutex_unlock(&log->mu);
     return 0;
