@@ -395,6 +395,13 @@ static int trim_segment(ps_pushlog *log) {
 int ps_pushlog_open(const char *dir, ps_fsync_policy fsync, uint64_t covered_lsn,
                     ps_pushlog_replay_fn replay, void *ctx, ps_pushlog **ret_log, char *err,
                     size_t errlen) {
+    return ps_pushlog_open_after(dir, fsync, covered_lsn, covered_lsn, replay, ctx, ret_log, err,
+                                 errlen);
+}
+
+int ps_pushlog_open_after(const char *dir, ps_fsync_policy fsync, uint64_t covered_lsn,
+                          uint64_t used_lsn, ps_pushlog_replay_fn replay, void *ctx,
+                          ps_pushlog **ret_log, char *err, size_t errlen) {
     ps_pushlog *log = calloc(1, sizeof(*log));
     if (!log)
         return -ENOMEM;
@@ -449,6 +456,9 @@ int ps_pushlog_open(const char *dir, ps_fsync_policy fsync, uint64_t covered_lsn
             }
         }
     }
+    /* New records go past every lsn the caller has used. */
+    if (log->last_lsn < used_lsn)
+        log->last_lsn = used_lsn;
     r = find_spare(log);
     if (r < 0) {
         snprintf(err, errlen, "%s: %s", dir, ps_strerror(r));

@@ -42,6 +42,12 @@ typedef int (*ps_pushlog_replay_fn)(void *ctx, uint64_t lsn, const void *payload
 int ps_pushlog_open(const char *dir, ps_fsync_policy fsync, uint64_t covered_lsn,
                     ps_pushlog_replay_fn replay, void *ctx, ps_pushlog **ret_log, char *err,
                     size_t errlen);
+/* open(), and new records get lsns above used_lsn too (>= covered_lsn):
+ * the caller's store may hold parts written back up to it, which must
+ * never see a later record's lsn as one they hold. */
+int ps_pushlog_open_after(const char *dir, ps_fsync_policy fsync, uint64_t covered_lsn,
+                          uint64_t used_lsn, ps_pushlog_replay_fn replay, void *ctx,
+                          ps_pushlog **ret_log, char *err, size_t errlen);
 void ps_pushlog_close(ps_pushlog *log);
 
 /* Make room in the buffer for a record whose body is len bytes, so that the

@@ -155,6 +155,10 @@ typedef struct flush_job {
     uint32_t dense_gen;
     uint64_t covered_lsn;
     size_t rows;
+    uint32_t group;              /* the write-back group of this batch */
+    bool last;                   /* ... the round's last */
+    bool *big;                   /* per table: a round large enough for fresh memtables */
+    uint64_t *bucket_lsn;        /* the shard's bucket_lsn once this batch is stored */
 } flush_job;
 
 struct ps_shard {
@@ -168,6 +172,17 @@ struct ps_shard {
     ps_pushlog *log;
     bool replaying;
     uint64_t replay_covered;     /* while replaying: every record <= this is applied */
+    /* Write-back in groups (see "Write-back in groups" below): the
+     * groups, and per bucket the lsn up to which the store holds its rows
+     * (meta "bucket_lsn"); the dense blocks and clients' numbers go with
+     * group 0, up to dense_lsn. A round writes every group once, in order;
+     * round_group is the next one. */
+    uint32_t ngroups;
+    uint64_t *bucket_lsn;
+    uint64_t dense_lsn;
+    bool groups_reset;           /* the next group 0 batch clears the others' counts */
+    bool round_active;
+    uint32_t round_group;
 
     client_entry *clients;
     size_t nclients, clients_cap;
@@ -551,15 +566,23 @@ static void flush_end(ps_shard *s, uint64_t now_ms);
 static int flush_begin(ps_shard *s);
 static size_t total_dirty(const ps_shard *s);
 
-/* The write-back thread's state, on the loop thread; a write-back it has
- * finished is ended first (FLUSH_DONE is returned then, as it was). */
-static flush_state writeback_poll(ps_shard *s, uint64_t now_ms) {
+static flush_state flush_state_now(ps_shard *s) {
     pthread_mutex_lock(&s->mu);
     flush_state st = s->state;
     pthread_mutex_unlock(&s->mu);
-    if (st == FLUSH_DONE)
-        flush_end(s, now_ms);
     return st;
+}
+
+/* The write-back thread's state, on the loop thread; a batch it has
+ * finished is ended first, which may begin the round's next one: the state
+ * after that is returned (FLUSH_PENDING or FLUSH_IDLE; FLUSH_DONE if that
+ * one is done already, to be ended at the next poll). */
+static flush_state writeback_poll(ps_shard *s, uint64_t now_ms) {
+    flush_state st = flush_state_now(s);
+    if (st != FLUSH_DONE)
+        return st;
+    flush_end(s, now_ms);
+    return flush_state_now(s);
 }
 
 /* A write-back begun on the write-back thread, for a caller that asks
@@ -585,7 +608,7 @@ static int writeback_reached(ps_shard *s, uint64_t wb, bool *ret_done, char *err
     if (s->job_failed)
         return writeback_failed(s, err, errlen);
     *ret_done = s->wb_done >= wb;
-    if (*ret_done || st == FLUSH_PENDING)
+    if (*ret_done || st != FLUSH_IDLE)
         return 0;
     return writeback_begin(s, err, errlen);
 }
@@ -596,7 +619,8 @@ static int writeback_reached(ps_shard *s, uint64_t wb, bool *ret_done, char *err
  * thread: the loop goes on serving meanwhile. */
 static int export_ready(ps_shard *s, bool *ret_ready, char *err, size_t errlen) {
     flush_state st = writeback_poll(s, mono_ms());
-    if (st != FLUSH_PENDING && !s->job_failed && s->wb_done < s->track_wb && total_dirty(s) == 0)
+    if (st == FLUSH_IDLE && !s->round_active && !s->job_failed && s->wb_done < s->track_wb &&
+        total_dirty(s) == 0)
         s->track_wb = s->wb_done; /* every row is in the store: none to wait for */
     return writeback_reached(s, s->track_wb, ret_ready, err, errlen);
 }
@@ -1274,7 +1298,7 @@ static int drop_ready(ps_shard *s, uint32_t lo, uint32_t hi, bool *ret_ready, ch
                       size_t errlen) {
     flush_state st = writeback_poll(s, mono_ms());
     *ret_ready = false;
-    if (st == FLUSH_PENDING)
+    if (st != FLUSH_IDLE)
         return 0;
     if (s->job_failed)
         return writeback_failed(s, err, errlen);
@@ -1630,18 +1654,56 @@ static void set_read_only(ps_shard *s, bool on, const char *why) {
 
 /* ---- write-back ---------------------------------------------------------- */
 
-/* Rows of one table in a write-back batch from which its column family
+/* Write-back in groups. The dirty rows reach RocksDB a group of buckets
+ * at a time (table.h): each group's rows are dumped on the loop thread
+ * just before its own batch, so no copy of the whole dirty set, nor a
+ * batch or memtable of it, is ever alive (bench/README.md "Memory per
+ * row"). Each batch stores, with its rows, "bucket_lsn": per bucket the
+ * push-log lsn up to which the store holds its rows. Replay applies a
+ * record's keys only in buckets below the record's lsn, so a crash
+ * between two groups' batches applies no push twice, and flushed_lsn (the
+ * least of them) is where replay begins. What is the whole table's, not a
+ * group's (the admission filter, the live count's clock ring) cannot be
+ * split that way: a shard with a table that has admission or ttl_s writes
+ * back in one group, the whole dirty set in one batch, as before; so does a
+ * shard without a push log (`durability = interval`).
+ * Group 0's batch also holds the dense blocks and the clients' sequence
+ * numbers (dense records are replayed past its "dense_lsn"). */
+#define WRITEBACK_GROUPS 64
+
+static uint32_t wanted_groups(const ps_shard *s) {
+    /* Without a log of every push there is no replay to bring the groups
+     * stored earlier in a round, and the clients' numbers, up to the
+     * later ones: one group, one consistent batch. */
+    if (s->cfg->server.durability != PS_DURABILITY_SYNC)
+        return 1;
+    for (size_t i = 0; i < s->ntables; i++)
+        if (ps_table_admit(s->tables[i]) || ps_table_config_of(s->tables[i])->ttl_s)
+            return 1;
+    return s->cfg->buckets < WRITEBACK_GROUPS ? s->cfg->buckets : WRITEBACK_GROUPS;
+}
+
+static uint64_t least_bucket_lsn(const ps_shard *s, const uint64_t *lsn) {
+    uint64_t least = UINT64_MAX;
+    for (uint32_t b = 0; b < s->cfg->buckets; b++)
+        least = lsn[b] < least ? lsn[b] : least;
+    return least;
+}
+
+/* Rows of one table in a write-back round from which its column family
  * gets a fresh memtable first (below, a switch would make an SST of a few
  * rows per write-back). */
 #define SWITCH_MEMTABLE_ROWS 65536
 
 /* A fresh memtable for each table with a large part in the write-back
- * batch. A failed switch only loses its gain: writes report the store's
+ * round: before its first group's batch (each group's keys then follow
+ * the last group's, all after the memtable's last key) and after its
+ * last. A failed switch only loses its gain: writes report the store's
  * errors. */
 static void switch_large_memtables(ps_shard *s) {
     char err[256];
     for (size_t i = 0; i < s->ntables; i++)
-        if (s->job.dumps[i].n >= SWITCH_MEMTABLE_ROWS)
+        if (s->job.big[i])
             (void)ps_store_switch_memtable(s->store, s->job.dumps[i].cf, err, sizeof(err));
 }
 
@@ -1674,7 +1736,8 @@ static void *flush_thread(void *arg) {
          * keys falling between those of older batches each cost a search
          * from the skiplist's top (10.5k instructions a row; see
          * ps_store_switch_memtable). */
-        switch_large_memtables(s);
+        if (s->job.group == 0)
+            switch_large_memtables(s);
         int r = ps_store_write(s->store, b, err, sizeof(err));
         if (r == 0) {
             /* And out of them once written: the full memtables go to disk
@@ -1682,7 +1745,8 @@ static void *flush_thread(void *arg) {
              * next write, perhaps on the loop (a move's, or a cut-over's):
              * a new memtable's bloom filter to clear, a flush of ~64 MiB
              * beside it. */
-            switch_large_memtables(s);
+            if (s->job.last)
+                switch_large_memtables(s);
             /* Written (a failed batch stays, for the retry): free it here,
              * before the next dumps are faulted in, so that the two are
              * never resident together (table.h). */
@@ -1721,18 +1785,31 @@ static size_t total_dirty(const ps_shard *s) {
     return n;
 }
 
-/* Build the next write-back batch on the loop thread and hand it over. */
+static void flush_group0(ps_shard *s, flush_job *j);
+
+/* Build the next write-back batch on the loop thread and hand it over: the
+ * next group's, beginning a round if none is under way. */
 static int flush_begin(ps_shard *s) {
     int r = 0;
-    if (s->log) {
-        r = ps_pushlog_rotate(s->log);
-        if (r < 0)
-            return r;
-    }
     flush_job *j = &s->job;
+    if (!s->round_active) {
+        if (s->log) {
+            r = ps_pushlog_rotate(s->log);
+            if (r < 0)
+                return r;
+        }
+        for (size_t i = 0; i < s->ntables; i++)
+            j->big[i] = ps_table_dirty_count(s->tables[i]) >= SWITCH_MEMTABLE_ROWS;
+        s->round_active = true;
+        s->round_group = 0;
+        s->wb_begun++;
+    }
     j->batch = ps_store_batch_new();
     if (!j->batch)
         return -ENOMEM;
+    uint32_t g = s->round_group;
+    j->group = g;
+    j->last = g + 1 == s->ngroups;
     /* During replay the log is not open yet (and a full memory tier can force
      * a write-back): the batch covers exactly the records replayed so far. */
     j->covered_lsn = s->log ? ps_pushlog_last_lsn(s->log) : s->replay_covered;
@@ -1740,14 +1817,41 @@ static int flush_begin(ps_shard *s) {
     j->rows_added = false;
     for (size_t i = 0; i < s->ntables; i++) {
         ps_table *t = s->tables[i];
-        j->rows += ps_table_dump_dirty(t, &j->dumps[i], &j->gens[i]);
+        j->rows += ps_table_dump_group(t, g, &j->dumps[i], &j->gens[i]);
         char key[PS_NAME_MAX + 8];
         snprintf(key, sizeof(key), "rows/%s", ps_table_config_of(t)->name);
         uint64_t rows = ps_table_persisted_rows(t);
         ps_store_batch_put(j->batch, s->store, CF_META, key, strlen(key), &rows, 8);
-        ps_table_save_state(t, j->batch, CF_META);
+        ps_table_save_group(t, g, j->batch, CF_META);
     }
+    /* Its buckets are stored up to covered_lsn now (never back: replay with
+     * a full memory tier writes back rows the log has not reached yet,
+     * which are the stored ones). */
+    memcpy(j->bucket_lsn, s->bucket_lsn, s->cfg->buckets * sizeof(uint64_t));
+    uint32_t lo, hi;
+    ps_writeback_group_buckets(s->cfg->buckets, s->ngroups, g, &lo, &hi);
+    for (uint32_t b = lo; b < hi; b++)
+        if (j->bucket_lsn[b] < j->covered_lsn)
+            j->bucket_lsn[b] = j->covered_lsn;
+    ps_store_batch_put(j->batch, s->store, CF_META, "bucket_lsn", 10, j->bucket_lsn,
+                       s->cfg->buckets * sizeof(uint64_t));
+    uint64_t flushed = least_bucket_lsn(s, j->bucket_lsn);
+    ps_store_batch_put(j->batch, s->store, CF_META, "flushed_lsn", 11, &flushed, 8);
+    ps_store_batch_put(j->batch, s->store, CF_META, "wb_groups", 9, &s->ngroups, 4);
+    if (g == 0)
+        flush_group0(s, j);
+    submit(s);
+    return 0;
+}
+
+/* What group 0's batch holds besides rows: the dense blocks and the
+ * clients' sequence numbers, as of its covered_lsn. */
+static void flush_group0(ps_shard *s, flush_job *j) {
+    for (size_t i = 0; s->groups_reset && i < s->ntables; i++)
+        ps_table_clear_groups(s->tables[i], j->batch, CF_META);
     j->rows += ps_dense_dump(s->dense, s->store, CF_DENSE, j->batch, &j->dense_gen);
+    uint64_t dense_lsn = j->covered_lsn > s->dense_lsn ? j->covered_lsn : s->dense_lsn;
+    ps_store_batch_put(j->batch, s->store, CF_META, "dense_lsn", 9, &dense_lsn, 8);
     for (size_t i = 0; i < s->clients_cap; i++) {
         client_entry *e = &s->clients[i];
         if (!e->id || !e->dirty)
@@ -1767,10 +1871,6 @@ static int flush_begin(ps_shard *s) {
         ps_store_batch_delete(j->batch, s->store, CF_META, key, strlen(key));
     }
     s->naseq = 0;
-    ps_store_batch_put(j->batch, s->store, CF_META, "flushed_lsn", 11, &j->covered_lsn, 8);
-    s->wb_begun++;
-    submit(s);
-    return 0;
 }
 
 static void flush_end(ps_shard *s, uint64_t now_ms) {
@@ -1793,18 +1893,34 @@ static void flush_end(ps_shard *s, uint64_t now_ms) {
         return;
     }
     for (size_t i = 0; i < s->ntables; i++)
-        ps_table_committed(s->tables[i], j->gens[i]);
-    ps_dense_committed(s->dense, j->dense_gen);
-    if (s->log)
-        ps_pushlog_drop_covered(s->log, j->covered_lsn);
-    s->c.flushes++;
-    s->wb_done = s->wb_begun; /* one job at a time */
+        ps_table_committed_group(s->tables[i], j->group, j->gens[i]);
+    if (j->group == 0) {
+        s->groups_reset = false;
+        ps_dense_committed(s->dense, j->dense_gen);
+        if (j->covered_lsn > s->dense_lsn)
+            s->dense_lsn = j->covered_lsn;
+    }
+    memcpy(s->bucket_lsn, j->bucket_lsn, s->cfg->buckets * sizeof(uint64_t));
     s->c.flushed_rows += j->rows;
+    s->c.flush_batches++;
     ps_store_batch_free(j->batch);
     j->batch = NULL;
     s->job_failed = false;
     if (!s->log_failed)
         set_read_only(s, false, NULL);
+    if (!j->last) {
+        s->round_group++;
+        /* The next group at once, unless a cut-over holds write-backs (the
+         * tick goes on after it, or a failed begin, with the round). */
+        if (now_ms >= s->hold_until_ms)
+            (void)flush_begin(s);
+        return;
+    }
+    s->round_active = false;
+    if (s->log)
+        ps_pushlog_drop_covered(s->log, least_bucket_lsn(s, s->bucket_lsn));
+    s->c.flushes++;
+    s->wb_done = s->wb_begun; /* one round at a time */
     s->last_flush_ms = now_ms;
 }
 
@@ -1837,7 +1953,7 @@ static bool flush_due(const ps_shard *s, uint64_t now_ms) {
 
 void ps_shard_tick(ps_shard *s, uint64_t now_ms) {
     flush_state st = writeback_poll(s, now_ms);
-    if (st == FLUSH_PENDING)
+    if (st != FLUSH_IDLE)
         return;
     if (s->log_failed && now_ms >= s->retry_at_ms) {
         /* The push log's unwritten tail is still buffered: write it. */
@@ -1859,7 +1975,8 @@ void ps_shard_tick(ps_shard *s, uint64_t now_ms) {
         ps_table_set_clock(s->tables[i], now_s);
         ps_table_tick(s->tables[i], now_ms);
     }
-    if (!s->log_failed && flush_due(s, now_ms)) {
+    bool go_on = s->round_active && now_ms >= s->hold_until_ms;
+    if (!s->log_failed && (go_on || flush_due(s, now_ms))) {
         int r = flush_begin(s);
         if (r < 0) {
             char why[300];
@@ -1871,19 +1988,42 @@ void ps_shard_tick(ps_shard *s, uint64_t now_ms) {
     }
 }
 
-static int flush_sync(ps_shard *s, bool always, char *err, size_t errlen) {
+/* Runs the round under way to its end, waiting; false when a batch
+ * failed (job_failed). */
+static int finish_round(ps_shard *s, char *err, size_t errlen) {
     wait_flush(s);
     if (s->job_failed) {
         submit(s);
         wait_flush(s);
     }
+    while (!s->job_failed && s->round_active) {
+        if (flush_state_now(s) == FLUSH_IDLE) { /* held, or a begin failed */
+            int r = flush_begin(s);
+            if (r < 0) {
+                snprintf(err, errlen, "write-back: %s", ps_strerror(r));
+                return r;
+            }
+        }
+        wait_flush(s);
+    }
+    return 0;
+}
+
+static int flush_sync(ps_shard *s, bool always, char *err, size_t errlen) {
+    /* A round under way dumped its first groups earlier: what changed in
+     * them since is in a second round. */
+    int r = finish_round(s, err, errlen);
+    if (r < 0)
+        return r;
     if (!s->job_failed && (always || total_dirty(s) > 0)) {
-        int r = flush_begin(s);
+        r = flush_begin(s);
         if (r < 0) {
             snprintf(err, errlen, "write-back: %s", ps_strerror(r));
             return r;
         }
-        wait_flush(s);
+        r = finish_round(s, err, errlen);
+        if (r < 0)
+            return r;
     }
     if (s->job_failed)
         return writeback_failed(s, err, errlen);
@@ -1929,6 +2069,17 @@ static bool logging(const ps_shard *s) {
 }
 
 
+/* A push of seq from client e was applied to keys (their buckets saw it). */
+static void note_seqs(ps_shard *s, client_entry *e, const uint64_t *keys, size_t n, uint64_t seq) {
+    uint32_t nb = s->cfg->buckets;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t *b = &e->bseq[ps_bucket(keys[i], nb)];
+        *b = *b > seq ? *b : seq;
+    }
+    e->seq = e->seq > seq ? e->seq : seq;
+    e->dirty = true;
+}
+
 static int apply_push(ps_shard *s, ps_table *t, const uint64_t *keys, size_t n, const float *grads,
                       uint64_t client_id, uint64_t seq, ps_push_result *ret, char *err,
                       size_t errlen) {
@@ -1970,15 +2121,8 @@ static int apply_push(ps_shard *s, ps_table *t, const uint64_t *keys, size_t n, 
                                {(void *)grads, n * dim * sizeof(float)}};
         ps_pushlog_append(s->log, iov, 4, &lsn);
     }
-    if (e) {
-        uint32_t nb = s->cfg->buckets;
-        for (size_t i = 0; i < n; i++) {
-            uint64_t *b = &e->bseq[ps_bucket(keys[i], nb)];
-            *b = *b > seq ? *b : seq;
-        }
-        e->seq = e->seq > seq ? e->seq : seq;
-        e->dirty = true;
-    }
+    if (e)
+        note_seqs(s, e, keys, n, seq);
     return 0;
 }
 
@@ -2261,6 +2405,39 @@ static int replay_dense(ps_shard *s, const char *payload, size_t len) {
     return r;
 }
 
+/* A logged push, applied to the keys whose buckets the store holds only
+ * up to an earlier lsn (write-back in groups); its client's numbers are
+ * noted for all. */
+static int replay_push(ps_shard *s, ps_table *t, uint64_t lsn, const push_record *rec,
+                       uint64_t *keys, float *grads) {
+    uint32_t nb = s->cfg->buckets, dim = rec->dim;
+    size_t m = 0;
+    for (size_t i = 0; i < rec->n; i++)
+        m += lsn > s->bucket_lsn[ps_bucket(keys[i], nb)];
+    if (m < rec->n && rec->client_id) {
+        client_entry *e = client_slot(s, rec->client_id, true);
+        if (!e)
+            return -ENOMEM;
+        note_seqs(s, e, keys, rec->n, rec->seq);
+    }
+    if (m < rec->n) {
+        s->c.replay_skipped_rows += rec->n - m;
+        m = 0;
+        for (size_t i = 0; i < rec->n; i++) {
+            if (lsn <= s->bucket_lsn[ps_bucket(keys[i], nb)])
+                continue;
+            keys[m] = keys[i];
+            memmove(grads + m * dim, grads + i * dim, dim * sizeof(float));
+            m++;
+        }
+        if (m == 0)
+            return 0;
+    }
+    ps_push_result res;
+    char err[256];
+    return apply_push(s, t, keys, m, grads, rec->client_id, rec->seq, &res, err, sizeof(err));
+}
+
 static int replay_one(ps_shard *s, uint64_t lsn, const void *payload, size_t len) {
     push_record rec;
     if (len >= 1 && (((const uint8_t *)payload)[0] == REC_DENSE_PUSH ||
@@ -2268,7 +2445,20 @@ static int replay_one(ps_shard *s, uint64_t lsn, const void *payload, size_t len
         if (len < sizeof(dense_record))
             return PS_EPARSE;
         s->replay_covered = lsn - 1;
-        int r = replay_dense(s, payload, len);
+        int r = 0;
+        if (lsn > s->dense_lsn) {
+            r = replay_dense(s, payload, len);
+        } else { /* the store holds its blocks: only the client's number */
+            dense_record dr;
+            memcpy(&dr, payload, sizeof(dr));
+            client_entry *e = dr.client_id ? client_slot(s, dr.client_id, true) : NULL;
+            if (dr.client_id && !e)
+                r = -ENOMEM;
+            if (e) {
+                e->seq = e->seq > dr.seq ? e->seq : dr.seq;
+                e->dirty = true;
+            }
+        }
         if (r == 0) {
             s->c.replayed_records++;
             s->replay_covered = lsn;
@@ -2304,9 +2494,7 @@ static int replay_one(ps_shard *s, uint64_t lsn, const void *payload, size_t len
     if (keys && grads) {
         memcpy(keys, p + rec.name_len, (size_t)rec.n * 8);
         memcpy(grads, p + rec.name_len + (size_t)rec.n * 8, (size_t)rec.n * rec.dim * 4);
-        ps_push_result res;
-        char err[256];
-        r = apply_push(s, t, keys, rec.n, grads, rec.client_id, rec.seq, &res, err, sizeof(err));
+        r = replay_push(s, t, lsn, &rec, keys, grads);
     }
     free(keys);
     free(grads);
@@ -2326,6 +2514,57 @@ static int replay_record(void *ctx, uint64_t lsn, const void *payload, size_t le
 }
 
 /* ---- open / close --------------------------------------------------------- */
+
+/* The write-back groups (shard.c, "Write-back in groups") and how far the
+ * store holds each bucket and the dense blocks; *ret_covered: where replay
+ * begins. A store written before groups holds all at flushed_lsn. */
+static int load_groups(ps_shard *s, uint64_t *ret_covered, char *err, size_t errlen) {
+    uint64_t covered;
+    int r = meta_get_u64(s, "flushed_lsn", &covered, err, errlen);
+    if (r < 0)
+        return r;
+    char *v;
+    size_t len;
+    uint32_t stored = 0;
+    r = ps_store_get(s->store, CF_META, "wb_groups", 9, &v, &len, err, errlen);
+    if (r < 0)
+        return r;
+    if (v && len == 4)
+        memcpy(&stored, v, 4);
+    free(v);
+    r = ps_store_get(s->store, CF_META, "bucket_lsn", 10, &v, &len, err, errlen);
+    if (r < 0)
+        return r;
+    bool have = v && len == s->cfg->buckets * sizeof(uint64_t);
+    for (uint32_t b = 0; b < s->cfg->buckets; b++)
+        s->bucket_lsn[b] = covered;
+    if (have)
+        memcpy(s->bucket_lsn, v, len);
+    free(v);
+    s->dense_lsn = covered;
+    r = meta_get_u64(s, "dense_lsn", &s->dense_lsn, err, errlen);
+    if (r == 0 && s->dense_lsn < covered)
+        s->dense_lsn = covered;
+    if (r < 0)
+        return r;
+    /* As many groups as the tables allow; the live counts of a store saved
+     * in groups, whatever their number now. */
+    s->ngroups = wanted_groups(s);
+    for (size_t i = 0; i < s->ntables && s->ngroups > 1; i++)
+        if (ps_table_set_groups(s->tables[i], s->ngroups) < 0)
+            s->ngroups = 1;
+    for (size_t i = 0; i < s->ntables; i++) {
+        r = ps_table_set_groups(s->tables[i], s->ngroups);
+        if (r == 0 && stored > 1)
+            r = ps_table_load_groups(s->tables[i], stored, CF_META, err, errlen);
+        if (r < 0)
+            return r;
+        s->job.dumps[i].keep = s->ngroups > 1;
+    }
+    s->groups_reset = s->ngroups > 1 && stored != s->ngroups;
+    *ret_covered = covered;
+    return 0;
+}
 
 static int load_dense(ps_shard *s, char *err, size_t errlen) {
     int r = ps_dense_new(&s->cfg->dense, &s->dense);
@@ -2429,8 +2668,12 @@ int ps_shard_open(const ps_config *cfg, const ps_shard_options *opts, ps_shard *
     s->tables = calloc(cfg->ntables + 1, sizeof(ps_table *));
     s->job.gens = calloc(cfg->ntables + 1, sizeof(uint32_t));
     s->job.dumps = calloc(cfg->ntables + 1, sizeof(ps_table_dump));
+    s->job.big = calloc(cfg->ntables + 1, sizeof(bool));
+    s->job.bucket_lsn = calloc(cfg->buckets, sizeof(uint64_t));
+    s->bucket_lsn = calloc(cfg->buckets, sizeof(uint64_t));
     r = -ENOMEM;
-    if (!cfs || !filters || !names || !s->tables || !s->job.gens || !s->job.dumps)
+    if (!cfs || !filters || !names || !s->tables || !s->job.gens || !s->job.dumps ||
+        !s->job.big || !s->job.bucket_lsn || !s->bucket_lsn)
         goto fail;
     cfs[CF_META] = "meta";
     cfs[CF_DENSE] = "dense";
@@ -2487,6 +2730,10 @@ int ps_shard_open(const ps_config *cfg, const ps_shard_options *opts, ps_shard *
         if (r < 0)
             goto fail;
     }
+    uint64_t covered;
+    r = load_groups(s, &covered, err, errlen);
+    if (r < 0)
+        goto fail;
     r = load_clients(s);
     if (r == 0)
         r = aseq_load(s);
@@ -2503,15 +2750,18 @@ int ps_shard_open(const ps_config *cfg, const ps_shard_options *opts, ps_shard *
     }
     s->thread_started = true;
 
-    uint64_t covered;
-    r = meta_get_u64(s, "flushed_lsn", &covered, err, errlen);
-    if (r < 0)
-        goto fail;
     char logdir[PS_PATH_MAX + 16];
     snprintf(logdir, sizeof(logdir), "%s/pushlog", s->dir);
     s->replaying = true;
     s->replay_covered = covered;
-    r = ps_pushlog_open(logdir, cfg->server.fsync, covered, replay_record, s, &s->log, err, errlen);
+    /* Replay from the least bucket's lsn; new records go past the greatest
+     * (a group stored up to it must never take a later record for one it
+     * holds). */
+    uint64_t used = s->dense_lsn;
+    for (uint32_t bk = 0; bk < cfg->buckets; bk++)
+        used = s->bucket_lsn[bk] > used ? s->bucket_lsn[bk] : used;
+    r = ps_pushlog_open_after(logdir, cfg->server.fsync, covered, used, replay_record, s, &s->log,
+                              err, errlen);
     s->replaying = false;
     if (r < 0)
         goto fail;
@@ -2571,6 +2821,9 @@ int ps_shard_close(ps_shard *s) {
     for (size_t i = 0; i < s->ntables && s->job.dumps; i++)
         ps_table_dump_deinit(&s->job.dumps[i]);
     free(s->job.dumps);
+    free(s->job.big);
+    free(s->job.bucket_lsn);
+    free(s->bucket_lsn);
     track_end(s);
     free(s->tracked);
     free(s->round);

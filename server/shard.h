@@ -54,7 +54,9 @@ typedef struct ps_push_result {
 /* XX(name, metric, help): counters, by their Stats name and their
  * Prometheus name (labelled there with shard). */
 #define PS_SHARD_COUNTER_MAP(XX)                                                              \
-    XX(flushes, "ctrps_flushes_total", "write-back batches committed")                       \
+    XX(flushes, "ctrps_flushes_total", "write-back rounds committed")                        \
+    XX(flush_batches, "ctrps_flush_batches_total",                                           \
+       "write-back batches committed (one per write-back group and round)")                   \
     XX(flushed_rows, "ctrps_flushed_rows_total", "rows written back")                        \
     XX(flush_errors, "ctrps_flush_errors_total", "write-back batches that failed (retried)") \
     XX(make_room_flushes, "ctrps_make_room_flushes_total",                                   \
@@ -63,6 +65,8 @@ typedef struct ps_push_result {
        "replayed pushes answered without applying")                                          \
     XX(replayed_records, "ctrps_recovery_replayed_records_total",                            \
        "push-log records replayed at start")                                                 \
+    XX(replay_skipped_rows, "ctrps_recovery_replay_skipped_rows_total",                      \
+       "rows of replayed records that the store held already (write-back groups)")            \
     XX(pushlog_bytes, "ctrps_pushlog_appended_bytes_total", "bytes appended to the push log") \
     XX(dense_dropped_nonfinite, "ctrps_dense_dropped_nonfinite_total",                       \
        "dense pushes dropped for a non-finite gradient")                                      \

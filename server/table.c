@@ -143,7 +143,8 @@ typedef struct row {
     uint32_t last_seen;          /* table clock of the last push (or creation) */
     uint16_t bucket;
     uint16_t flags;
-    uint32_t pad;
+    uint16_t group;              /* write-back group of the bucket */
+    uint16_t pad;
     float state[];
 } row;
 
@@ -185,6 +186,29 @@ typedef struct ledger {
     uint64_t *h;
 } ledger;
 
+/* One write-back group: the rows of a fixed part of the buckets. `gen` is
+ * its current generation, and a row of it is dirty iff row->gen >
+ * committed_gen. pending: generations dumped for write-back and not
+ * committed yet, oldest first, each with its rows that have not been
+ * changed since (those moved on to a later generation): with ndirty, the
+ * rows awaiting write-back, without scanning the slab. Usually one entry.
+ * `live`: the group's share of the live count, with more than one group
+ * (any split of the total works: only its changes by pushes to the
+ * group's rows must be in it). */
+typedef struct wgroup {
+    uint32_t gen, committed_gen;
+    uint32_t *dirty;             /* slots dirtied in generation `gen` */
+    size_t ndirty, dirty_cap;
+    struct pending_gen {
+        uint32_t gen;
+        uint32_t clock;          /* table clock when dumped */
+        uint64_t rows;
+    } *pending;
+    size_t npending, pending_cap;
+    uint32_t committed_clock;    /* clock of the newest committed dump */
+    int64_t live;
+} wgroup;
+
 struct ps_table {
     const ps_table_config *cfg;
     uint32_t nbuckets, dim, width;
@@ -211,21 +235,13 @@ struct ps_table {
     uint64_t imask;
     uint64_t icount, imax;       /* entries in use; the size it may grow to */
 
-    uint32_t gen, committed_gen, op;
-    uint32_t pushed_gen;         /* generation of the last push */
-    uint32_t *dirty;             /* slots dirtied in generation `gen` */
-    size_t ndirty, dirty_cap;
+    uint32_t op;
+    /* Write-back groups (design note: "Write-back in groups"), each with
+     * its own generations and dirty list; ndirty counts them all. */
+    wgroup *grp;
+    uint32_t ngroups;
+    size_t ndirty;
     _Atomic size_t ndirty_seen;  /* ndirty, for the write-back thread's dump_prepare() */
-    /* Generations dumped for write-back and not committed yet, oldest
-     * first, each with its rows that have not been changed since (those
-     * moved on to a later generation): with ndirty, the rows awaiting
-     * write-back, without scanning the slab. Usually one entry. */
-    struct pending_gen {
-        uint32_t gen;
-        uint32_t clock;          /* table clock when dumped */
-        uint64_t rows;
-    } *pending;
-    size_t npending, pending_cap;
 
     uint32_t now;
     bool read_only;              /* refuse to create rows */
@@ -559,10 +575,15 @@ static row *memory_row(const ps_table *t, uint64_t key) {
 }
 
 /* A row enters or leaves the live count (a ROW_DEAD row left it already). */
-static void count_row(ps_table *t, const row *r) { lg_add(&t->lg, r->last_seen); }
+static void count_row(ps_table *t, const row *r) {
+    lg_add(&t->lg, r->last_seen);
+    t->grp[r->group].live++;
+}
 static void uncount_row(ps_table *t, const row *r) {
-    if (!(r->flags & ROW_DEAD))
+    if (!(r->flags & ROW_DEAD)) {
         lg_sub(&t->lg, r->last_seen);
+        t->grp[r->group].live--;
+    }
 }
 
 size_t ps_table_row_bytes(const ps_table_config *cfg) {
@@ -587,7 +608,10 @@ int ps_table_new(const ps_table_config *cfg, uint32_t nbuckets, uint64_t capacit
     t->cf = cf;
     t->row_size = (sizeof(row) + t->width * sizeof(float) + 7) & ~(size_t)7;
     t->capacity = capacity;
-    t->gen = 1;
+    t->ngroups = 1;
+    t->grp = calloc(1, sizeof(wgroup));
+    if (t->grp)
+        t->grp[0].gen = 1;
     t->ttl = cfg->ttl_s;
     t->expire_below = cfg->expire_below;
     t->disk_live_until = UINT64_MAX;
@@ -607,7 +631,7 @@ int ps_table_new(const ps_table_config *cfg, uint32_t nbuckets, uint64_t capacit
     int r = lg_init(&t->lg, cfg->ttl_s, persisted_rows);
     if (r == 0)
         r = ps_admit_new(cfg, &t->admit);
-    if (r < 0 || !t->slab || !t->ix || !t->freed || capacity >= EMPTY) {
+    if (r < 0 || !t->grp || !t->slab || !t->ix || !t->freed || capacity >= EMPTY) {
         ps_table_free(t);
         return -ENOMEM;
     }
@@ -623,8 +647,11 @@ void ps_table_free(ps_table *t) {
         munmap(t->slab, t->slab_len);
     index_unmap(t->ix, (t->imask + 1) * sizeof(ientry));
     free(t->freed);
-    free(t->dirty);
-    free(t->pending);
+    for (uint32_t g = 0; t->grp && g < t->ngroups; g++) {
+        free(t->grp[g].dirty);
+        free(t->grp[g].pending);
+    }
+    free(t->grp);
     free(t->rows);
     free(t->misses);
     free(t->w_init);
@@ -702,7 +729,13 @@ static int reserve_scratch(ps_table *t, size_t n) {
     return 0;
 }
 
-static bool is_dirty(const ps_table *t, const row *r) { return r->gen > t->committed_gen; }
+static bool is_dirty(const ps_table *t, const row *r) {
+    return r->gen > t->grp[r->group].committed_gen;
+}
+
+static uint16_t group_of(const ps_table *t, uint32_t bucket) {
+    return (uint16_t)((uint64_t)bucket * t->ngroups / t->nbuckets);
+}
 
 static inline void prefetch_row(const ps_table *t, const row *r) {
     for (size_t off = 0; off < t->row_size; off += 64)
@@ -710,29 +743,32 @@ static inline void prefetch_row(const ps_table *t, const row *r) {
 }
 
 /* A dirty row of an uncommitted batch leaves it (changed again, or freed). */
-static void pending_leave(ps_table *t, uint32_t gen) {
-    for (size_t i = 0; i < t->npending; i++)
-        if (t->pending[i].gen == gen) {
-            t->pending[i].rows--;
+static void pending_leave(ps_table *t, const row *r) {
+    wgroup *g = &t->grp[r->group];
+    for (size_t i = 0; i < g->npending; i++)
+        if (g->pending[i].gen == r->gen) {
+            g->pending[i].rows--;
             break;
         }
 }
 
 static void mark_dirty(ps_table *t, row *r) {
-    if (r->gen == t->gen)
+    wgroup *g = &t->grp[r->group];
+    if (r->gen == g->gen)
         return;
-    if (is_dirty(t, r)) /* leaves a batch in flight for this generation */
-        pending_leave(t, r->gen);
-    if (t->ndirty == t->dirty_cap) {
-        size_t cap = t->dirty_cap ? 2 * t->dirty_cap : 1024;
-        uint32_t *d = realloc(t->dirty, cap * sizeof(*d));
+    if (r->gen > g->committed_gen) /* leaves a batch in flight for this generation */
+        pending_leave(t, r);
+    if (g->ndirty == g->dirty_cap) {
+        size_t cap = g->dirty_cap ? 2 * g->dirty_cap : 1024;
+        uint32_t *d = realloc(g->dirty, cap * sizeof(*d));
         if (!d)
             abort(); /* cannot lose track of a dirty row; grows by doubling, so rare */
-        t->dirty = d;
-        t->dirty_cap = cap;
+        g->dirty = d;
+        g->dirty_cap = cap;
     }
-    r->gen = t->gen;
-    t->dirty[t->ndirty++] = (uint32_t)(((char *)r - t->slab) / t->row_size);
+    r->gen = g->gen;
+    g->dirty[g->ndirty++] = (uint32_t)(((char *)r - t->slab) / t->row_size);
+    t->ndirty++;
     atomic_store_explicit(&t->ndirty_seen, t->ndirty, memory_order_relaxed);
 }
 
@@ -743,7 +779,7 @@ static void mark_dirty(ps_table *t, row *r) {
 static bool reclaimable(const ps_table *t, const row *r) {
     if ((r->flags & ROW_FREE) || !row_dead(t, r))
         return false;
-    if (is_dirty(t, r) && (r->gen == t->gen || (r->flags & ROW_DEAD)))
+    if (is_dirty(t, r) && (r->gen == t->grp[r->group].gen || (r->flags & ROW_DEAD)))
         return false;
     return true;
 }
@@ -751,7 +787,7 @@ static bool reclaimable(const ps_table *t, const row *r) {
 /* Take a reclaimable row out of the index (the caller frees its slot). */
 static void release_row(ps_table *t, row *r) {
     if (is_dirty(t, r))
-        pending_leave(t, r->gen);
+        pending_leave(t, r);
     index_remove(t, r->key);
 }
 
@@ -837,6 +873,7 @@ static row *place_row(ps_table *t, uint32_t s, uint64_t key, uint16_t bucket) {
     r->updates = 0;
     r->last_seen = t->now;
     r->bucket = bucket;
+    r->group = group_of(t, bucket);
     r->flags = ROW_REF;
     index_insert(t, key, s);
     return r;
@@ -1206,7 +1243,6 @@ int ps_table_push(ps_table *t, const uint64_t *keys, size_t n, const float *grad
         t->finite[i] = all_finite(grads + i * t->dim, t->dim);
         dropped += !t->finite[i];
     }
-    t->pushed_gen = t->gen;
     r = resolve(t, keys, n, t->finite, err, errlen);
     if (r < 0)
         return r;
@@ -1614,21 +1650,74 @@ uint64_t ps_table_capacity(const ps_table *t) { return t->capacity; }
 
 #define DUMP_KEY_SPACE 16 /* store key (10 bytes), padded so values stay aligned */
 
+uint32_t ps_table_groups(const ps_table *t) { return t->ngroups; }
+
+int ps_table_set_groups(ps_table *t, uint32_t ngroups) {
+    if (ngroups == 0 || ngroups > t->nbuckets || ngroups > UINT16_MAX + 1 ||
+        (ngroups > 1 && (t->admit || t->ttl)))
+        return -EINVAL;
+    if (ngroups == t->ngroups)
+        return 0;
+    for (uint32_t g = 0; g < t->ngroups; g++)
+        if (t->grp[g].ndirty || t->grp[g].npending)
+            return -EINVAL;
+    wgroup *grp = calloc(ngroups, sizeof(*grp));
+    if (!grp)
+        return -ENOMEM;
+    /* Every row is clean: generation 1 on, as a new table, and its share of
+     * the live count all in group 0. */
+    uint32_t clock = t->grp[0].committed_clock;
+    for (uint32_t g = 0; g < t->ngroups; g++) {
+        clock = t->grp[g].committed_clock < clock ? t->grp[g].committed_clock : clock;
+        free(t->grp[g].dirty);
+        free(t->grp[g].pending);
+    }
+    free(t->grp);
+    t->grp = grp;
+    t->ngroups = ngroups;
+    for (uint32_t g = 0; g < ngroups; g++) {
+        grp[g].gen = 1;
+        grp[g].committed_clock = clock;
+    }
+    grp[0].live = (int64_t)t->lg.live;
+    for (uint64_t i = 0; i < t->used; i++) {
+        row *r = slot_row(t, (uint32_t)i);
+        r->gen = 0;
+        r->group = group_of(t, r->bucket);
+    }
+    return 0;
+}
+
+void ps_writeback_group_buckets(uint32_t nbuckets, uint32_t ngroups, uint32_t g, uint32_t *ret_lo,
+                                uint32_t *ret_hi) {
+    /* The buckets b with b * ngroups / nbuckets == g (group_of()). */
+    uint64_t n = nbuckets, m = ngroups;
+    *ret_lo = (uint32_t)((g * n + m - 1) / m);
+    *ret_hi = (uint32_t)((((uint64_t)g + 1) * n + m - 1) / m);
+}
+
+size_t ps_table_group_dirty(const ps_table *t, uint32_t g) { return t->grp[g].ndirty; }
+
 size_t ps_table_dump_dirty(ps_table *t, ps_table_dump *d, uint32_t *ret_gen) {
+    return ps_table_dump_group(t, 0, d, ret_gen);
+}
+
+size_t ps_table_dump_group(ps_table *t, uint32_t group, ps_table_dump *d, uint32_t *ret_gen) {
+    wgroup *g = &t->grp[group];
     d->store = t->store;
     d->cf = t->cf;
     d->value_len = sizeof(value_header) + t->width * sizeof(float);
     d->rec_size = DUMP_KEY_SPACE + d->value_len;
     d->n = 0;
-    if (d->cap < t->ndirty) {
-        char *recs = realloc(d->recs, t->ndirty * d->rec_size);
+    if (d->cap < g->ndirty) {
+        char *recs = realloc(d->recs, g->ndirty * d->rec_size);
         if (!recs)
             abort(); /* cannot write back, and cannot forget the rows */
         d->recs = recs;
-        d->cap = t->ndirty;
+        d->cap = g->ndirty;
     }
-    for (size_t i = 0; i < t->ndirty; i++) {
-        row *r = slot_row(t, t->dirty[i]);
+    for (size_t i = 0; i < g->ndirty; i++) {
+        row *r = slot_row(t, g->dirty[i]);
         value_header h = {.version = VALUE_VERSION,
                           .width = t->width,
                           .updates = r->updates,
@@ -1648,18 +1737,19 @@ size_t ps_table_dump_dirty(ps_table *t, ps_table_dump *d, uint32_t *ret_gen) {
         if (h.version != VALUE_DELETE)
             memcpy(rec + DUMP_KEY_SPACE + sizeof(h), r->state, t->width * sizeof(float));
     }
-    if (t->npending == t->pending_cap) {
-        size_t cap = t->pending_cap ? 2 * t->pending_cap : 4;
-        struct pending_gen *g = realloc(t->pending, cap * sizeof(*g));
-        if (!g)
+    if (g->npending == g->pending_cap) {
+        size_t cap = g->pending_cap ? 2 * g->pending_cap : 4;
+        struct pending_gen *p = realloc(g->pending, cap * sizeof(*p));
+        if (!p)
             abort(); /* as for the dirty list: the count must not be lost */
-        t->pending = g;
-        t->pending_cap = cap;
+        g->pending = p;
+        g->pending_cap = cap;
     }
-    t->pending[t->npending++] = (struct pending_gen){t->gen, t->now, t->ndirty};
-    t->ndirty = 0;
-    atomic_store_explicit(&t->ndirty_seen, 0, memory_order_relaxed);
-    *ret_gen = t->gen++;
+    g->pending[g->npending++] = (struct pending_gen){g->gen, t->now, g->ndirty};
+    t->ndirty -= g->ndirty;
+    g->ndirty = 0;
+    atomic_store_explicit(&t->ndirty_seen, t->ndirty, memory_order_relaxed);
+    *ret_gen = g->gen++;
     return d->n;
 }
 
@@ -1696,7 +1786,8 @@ void ps_table_dump_prepare(const ps_table *t, ps_table_dump *d) {
 
 void ps_table_dump_put(ps_table_dump *d, ps_store_batch *b) {
     if (d->n == 0) {
-        dump_release(d);
+        if (!d->keep)
+            dump_release(d);
         return;
     }
     uint32_t *order = malloc(d->n * sizeof(uint32_t));
@@ -1720,8 +1811,11 @@ void ps_table_dump_put(ps_table_dump *d, ps_store_batch *b) {
      * was a whole dirty set's worth (216 bytes a row) resident for good, and
      * at the peak of every write-back beside the batch and the memtable
      * (bench/README.md "Memory per row"). dump_prepare() makes the next
-     * one's room once the batch is written and freed. */
-    dump_release(d);
+     * one's room once the batch is written and freed. A group's dump, a
+     * small part of the dirty rows, is kept for the next group instead:
+     * its pages are then faulted in once. */
+    if (!d->keep)
+        dump_release(d);
 }
 
 void ps_table_dump_deinit(ps_table_dump *d) {
@@ -1737,17 +1831,26 @@ size_t ps_table_collect(ps_table *t, ps_store_batch *b, uint32_t *ret_gen) {
     return n;
 }
 
-void ps_table_committed(ps_table *t, uint32_t gen) {
-    if (gen > t->committed_gen)
-        t->committed_gen = gen;
+void ps_table_committed(ps_table *t, uint32_t gen) { ps_table_committed_group(t, 0, gen); }
+
+void ps_table_committed_group(ps_table *t, uint32_t group, uint32_t gen) {
+    wgroup *g = &t->grp[group];
+    if (gen > g->committed_gen)
+        g->committed_gen = gen;
     size_t keep = 0;
-    for (size_t i = 0; i < t->npending; i++) {
-        if (t->pending[i].gen > t->committed_gen)
-            t->pending[keep++] = t->pending[i];
-        else /* the compaction filter may now go as far as this batch */
-            expiry_advance(t, t->pending[i].clock);
+    for (size_t i = 0; i < g->npending; i++) {
+        if (g->pending[i].gen > g->committed_gen)
+            g->pending[keep++] = g->pending[i];
+        else if (g->pending[i].clock > g->committed_clock)
+            g->committed_clock = g->pending[i].clock;
     }
-    t->npending = keep;
+    g->npending = keep;
+    /* The compaction filter may go as far as every group's stored rows:
+     * the oldest group's last batch. */
+    uint32_t clock = g->committed_clock;
+    for (uint32_t i = 0; i < t->ngroups; i++)
+        clock = t->grp[i].committed_clock < clock ? t->grp[i].committed_clock : clock;
+    expiry_advance(t, clock);
 }
 
 uint64_t ps_table_persisted_rows(const ps_table *t) { return t->lg.live; }
@@ -1761,8 +1864,9 @@ void ps_table_stats_get(const ps_table *t, ps_table_stats *ret) {
     ret->capacity = t->capacity;
     /* Rows awaiting write-back, including those of batches in flight. */
     uint64_t dirty = t->ndirty;
-    for (size_t i = 0; i < t->npending; i++)
-        dirty += t->pending[i].rows;
+    for (uint32_t g = 0; g < t->ngroups; g++)
+        for (size_t i = 0; i < t->grp[g].npending; i++)
+            dirty += t->grp[g].pending[i].rows;
     ret->dirty_rows = dirty;
     ret->expired = t->st.expired + t->lg.retired;
     ret->rocksdb_bytes = ps_store_cf_size(t->store, t->cf);
@@ -1825,6 +1929,85 @@ void ps_table_save_state(ps_table *t, ps_store_batch *b, int meta_cf) {
     int klen = snprintf(key, sizeof(key), "live/%s", t->cfg->name);
     ps_store_batch_put(b, t->store, meta_cf, key, (size_t)klen, v, len);
     free(v);
+}
+
+/* "glive/NAME/" and the group, 2 bytes big-endian: a group's share of the
+ * live count and the clock of the write-back that saved it. */
+typedef struct group_record {
+    int64_t live;
+    uint32_t clock, pad;
+} group_record;
+
+static size_t group_key(const ps_table *t, uint32_t g, char *key, size_t len) {
+    int n = snprintf(key, len, "glive/%s/", t->cfg->name);
+    key[n] = (char)(g >> 8);
+    key[n + 1] = (char)g;
+    return (size_t)n + 2;
+}
+
+void ps_table_save_group(ps_table *t, uint32_t group, ps_store_batch *b, int meta_cf) {
+    if (t->ngroups == 1) {
+        ps_table_save_state(t, b, meta_cf);
+        return;
+    }
+    /* Group 0's share is what the others leave of the total: it takes the
+     * changes no push makes (rows moved in or out, README "Resharding"),
+     * which write-back saves, as it did with one group. */
+    group_record rec = {.live = t->grp[group].live, .clock = t->now};
+    if (group == 0) {
+        rec.live = (int64_t)t->lg.live;
+        for (uint32_t g = 1; g < t->ngroups; g++)
+            rec.live -= t->grp[g].live;
+    }
+    char key[PS_NAME_MAX + 16];
+    size_t klen = group_key(t, group, key, sizeof(key));
+    ps_store_batch_put(b, t->store, meta_cf, key, klen, &rec, sizeof(rec));
+}
+
+void ps_table_clear_groups(ps_table *t, ps_store_batch *b, int meta_cf) {
+    group_record rec = {.live = 0, .clock = t->now};
+    for (uint32_t g = 1; g < t->ngroups; g++) {
+        char key[PS_NAME_MAX + 16];
+        size_t klen = group_key(t, g, key, sizeof(key));
+        ps_store_batch_put(b, t->store, meta_cf, key, klen, &rec, sizeof(rec));
+    }
+}
+
+int ps_table_load_groups(ps_table *t, uint32_t stored_groups, int meta_cf, char *err,
+                         size_t errlen) {
+    int64_t total = 0;
+    uint32_t clock = UINT32_MAX;
+    for (uint32_t g = 0; g < stored_groups; g++) {
+        char key[PS_NAME_MAX + 16], *v;
+        size_t klen = group_key(t, g, key, sizeof(key)), len;
+        int r = ps_store_get(t->store, meta_cf, key, klen, &v, &len, err, errlen);
+        if (r < 0)
+            return r;
+        group_record rec = {0};
+        if (v && len == sizeof(rec)) {
+            memcpy(&rec, v, sizeof(rec));
+            clock = rec.clock < clock ? rec.clock : clock;
+        } else if (g == 0) { /* none saved in groups yet: the whole table's count */
+            rec.live = (int64_t)t->lg.live;
+        }
+        free(v);
+        total += rec.live;
+        if (t->ngroups == stored_groups)
+            t->grp[g].live = rec.live;
+    }
+    if (t->ngroups != stored_groups)
+        t->grp[0].live = total;
+    t->lg.live = total > 0 ? (uint64_t)total : 0;
+    /* The oldest group's clock: replay brings every group's pushes since
+     * its own write-back, at their clocks, which are at least that. */
+    if (clock != UINT32_MAX && clock > t->now)
+        t->now = clock;
+    if (t->now)
+        lg_reset(&t->lg, t->now);
+    if (t->ttl && t->now && t->disk_live_until != 0 &&
+        (t->disk_live_until == UINT64_MAX || t->disk_live_until < (uint64_t)t->now + t->ttl))
+        t->disk_live_until = (uint64_t)t->now + t->ttl;
+    return 0;
 }
 
 static int load_ledger(ps_table *t, int meta_cf, char *err, size_t errlen) {
@@ -1953,7 +2136,10 @@ void ps_table_tick(ps_table *t, uint64_t now_ms) {
      * will bring none before now: the filter may go up to now. Without this
      * an idle table would keep its expired rows on disk until its next
      * push. */
-    if (t->pushed_gen <= t->committed_gen)
+    bool pending = t->ndirty > 0;
+    for (uint32_t g = 0; g < t->ngroups && !pending; g++)
+        pending = t->grp[g].npending > 0;
+    if (!pending)
         expiry_advance(t, t->now);
     if (!t->last_sweep_ms) {
         t->last_sweep_ms = t->last_compact_ms = now_ms;

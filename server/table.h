@@ -186,6 +186,7 @@ typedef struct ps_table_dump {
     size_t rec_size, value_len;  /* record: store key, pad, value */
     size_t n, cap;
     char *recs;                  /* owned */
+    bool keep;                   /* dump_put() keeps recs for the next dump (a group's) */
 } ps_table_dump;
 
 size_t ps_table_dirty_count(const ps_table *t);
@@ -196,6 +197,39 @@ void ps_table_dump_prepare(const ps_table *t, ps_table_dump *d);
 void ps_table_dump_deinit(ps_table_dump *d);
 size_t ps_table_collect(ps_table *t, ps_store_batch *b, uint32_t *ret_gen);
 void ps_table_committed(ps_table *t, uint32_t gen);
+
+/* Write-back in groups. The buckets are split into `ngroups` groups of
+ * consecutive buckets (ps_writeback_group_buckets(): [lo, hi) of group g), each with
+ * its own dirty rows and generations, so that a write-back can go a group
+ * at a time, each group's rows dumped just before its own batch: no copy
+ * of every dirty row at once (shard.c, "Write-back in groups"). The
+ * calls above are those of a table of one group, the default.
+ * set_groups() only on a table without dirty rows or batches in flight,
+ * and more than one group only without admission and ttl_s, whose state
+ * (the admission filter, the live count's clock ring) is the whole
+ * table's: -EINVAL otherwise.
+ * save_group() adds what the table saves with group g's batch: with one
+ * group, save_state(); with more, the group's share of the live count
+ * ("glive/NAME/g") and the clock (group 0's share: what the others leave
+ * of the total, so that it takes the changes no push makes). Any split of
+ * the total is right as long as each group's saved share changes only by
+ * the pushes to its rows: clear_groups() saves a share of 0 for groups 1
+ * on, with group 0's first batch after the split changed (each of them
+ * then holds no change since the store's last write-back). load_groups():
+ * after load_state(), the shares saved by a store written with
+ * `stored_groups` groups (> 1); the total when this table has another
+ * number of groups. */
+uint32_t ps_table_groups(const ps_table *t);
+int ps_table_set_groups(ps_table *t, uint32_t ngroups);
+void ps_writeback_group_buckets(uint32_t nbuckets, uint32_t ngroups, uint32_t g, uint32_t *ret_lo,
+                                uint32_t *ret_hi);
+size_t ps_table_group_dirty(const ps_table *t, uint32_t g);
+size_t ps_table_dump_group(ps_table *t, uint32_t g, ps_table_dump *d, uint32_t *ret_gen);
+void ps_table_committed_group(ps_table *t, uint32_t g, uint32_t gen);
+void ps_table_save_group(ps_table *t, uint32_t g, ps_store_batch *b, int meta_cf);
+void ps_table_clear_groups(ps_table *t, ps_store_batch *b, int meta_cf);
+int ps_table_load_groups(ps_table *t, uint32_t stored_groups, int meta_cf, char *err,
+                         size_t errlen);
 /* Live rows the store holds once the last collected batch is committed. */
 uint64_t ps_table_persisted_rows(const ps_table *t);
 /* Slots of the memory tier ever used: its committed memory, in rows (freed
