@@ -35,6 +35,7 @@ typedef struct opts {
     uint64_t keys;
     uint64_t memory_mb;
     uint64_t block_cache_mb;     /* 0: the server's default */
+    uint64_t write_buffer_mb;    /* 0: the server's default */
     double zipf;
     const char *durability;
     uint32_t batch, inflight, runs;
@@ -452,6 +453,7 @@ static void usage(FILE *f) {
             "                    for every key if more)\n"
             "  --block-cache-mb M  RocksDB block cache of the shard and of the raw reads\n"
             "                    (default: the server's, 256)\n"
+            "  --write-buffer-mb M  the shard's RocksDB memtable size (default: the server's, 64)\n"
             "  --zipf S          access skew; 0 = uniform (default 0)\n"
             "  --durability D    sync | interval=MS (default sync)\n"
             "  --batch B         keys per request (default 4096)\n"
@@ -482,6 +484,7 @@ int main(int argc, char **argv) {
         {"dir", required_argument, 0, 'D'},      {"server", required_argument, 0, 'S'},
         {"requests", required_argument, 0, 'n'}, {"ops", required_argument, 0, 'o'},
         {"block-cache-mb", required_argument, 0, 'B'},
+        {"write-buffer-mb", required_argument, 0, 'W'},
         {"pool", required_argument, 0, 'p'},     {"warmup", required_argument, 0, 'w'},
         {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
     int c;
@@ -500,6 +503,7 @@ int main(int argc, char **argv) {
         case 'n': o.requests = strtoull(optarg, NULL, 10); break;
         case 'o': o.ops = optarg; break;
         case 'B': o.block_cache_mb = strtoull(optarg, NULL, 10); break;
+        case 'W': o.write_buffer_mb = strtoull(optarg, NULL, 10); break;
         case 'p': o.pool = (uint32_t)atoi(optarg); break;
         case 'w': o.warmup = atof(optarg); break;
         case 'h': usage(stdout); return 0;
@@ -534,6 +538,8 @@ int main(int argc, char **argv) {
             o.durability, mem);
     if (o.block_cache_mb)
         fprintf(f, "block_cache_mb = %" PRIu64 "\n", o.block_cache_mb);
+    if (o.write_buffer_mb)
+        fprintf(f, "write_buffer_mb = %" PRIu64 "\n", o.write_buffer_mb);
     fprintf(f, "[table.emb]\ndim = %d\noptimizer = ftrl\ninit = normal\nslots = C1\n", DIM);
     fclose(f);
 

@@ -1659,3 +1659,109 @@ Test(table, a_pulled_only_row_is_not_written_back_and_comes_back_identical) {
     cr_assert_eq(stats(t).rows, 17);
     ps_table_free(t);
 }
+
+/* ---- write-back in groups ------------------------------------------------------------ */
+
+/* Write back group g alone, as the shard does: dump, put, write, commit,
+ * with the group's share of the live count. Returns the rows dumped and
+ * checks that each lies in the group's buckets. */
+static size_t flush_group(ps_table *t, uint32_t g) {
+    ps_table_dump d = {0};
+    uint32_t gen;
+    size_t n = ps_table_dump_group(t, g, &d, &gen);
+    uint32_t lo, hi;
+    ps_writeback_group_buckets(NBUCKETS, ps_table_groups(t), g, &lo, &hi);
+    for (size_t i = 0; i < d.n; i++) {
+        const uint8_t *k = (const uint8_t *)d.recs + i * d.rec_size;
+        uint32_t bucket = (uint32_t)k[0] << 8 | k[1];
+        cr_assert(bucket >= lo && bucket < hi, "group %u dumped a row of bucket %u", g, bucket);
+    }
+    ps_store_batch *b = ps_store_batch_new();
+    ps_table_dump_put(&d, b);
+    ps_table_save_group(t, g, b, 0);
+    char err[512] = "";
+    cr_assert_eq(ps_store_write(store, b, err, sizeof(err)), 0, "%s", err);
+    ps_table_committed_group(t, g, gen);
+    ps_store_batch_free(b);
+    ps_table_dump_deinit(&d);
+    return n;
+}
+
+Test(table, write_back_in_groups_dumps_each_group_alone_and_counts_add_up) {
+    ps_table_config cfg = table_cfg(PS_OPT_FTRL, 4, PS_INIT_NORMAL);
+    ps_table *t = new_table(&cfg, 256, 0);
+    enum { G = 4, N = 64 };
+    uint32_t lo, hi, next = 0;
+    for (uint32_t g = 0; g < 3; g++) { /* 64 buckets in 3 groups: 22, 21, 21, no gap */
+        ps_writeback_group_buckets(NBUCKETS, 3, g, &lo, &hi);
+        cr_assert_eq(lo, next);
+        next = hi;
+    }
+    cr_assert_eq(next, NBUCKETS);
+    cr_assert_eq(ps_table_set_groups(t, G), 0);
+    uint64_t keys[N];
+    size_t in_group[G] = {0};
+    float g4[4];
+    for (size_t i = 0; i < N; i++) {
+        keys[i] = 1000 + 7919 * i;
+        in_group[ps_bucket(keys[i], NBUCKETS) * G / NBUCKETS]++;
+        grad_of(4, keys[i], 0, g4);
+        cr_assert_eq(push1(t, keys[i], g4), 1);
+    }
+    for (uint32_t g = 0; g < G; g++)
+        cr_assert_gt(in_group[g], 0, "no key in group %u: the test proves less", g);
+    cr_assert_eq(ps_table_set_groups(t, 2), -EINVAL, "regrouped with dirty rows");
+    cr_assert_eq(ps_table_dirty_count(t), N);
+
+    /* Group 1 alone: the others stay dirty, and a push into group 1 after
+     * its dump is dirty again. */
+    cr_assert_eq(flush_group(t, 1), in_group[1]);
+    for (uint32_t g = 0; g < G; g++)
+        cr_assert_eq(ps_table_group_dirty(t, g), g == 1 ? 0 : in_group[g]);
+    cr_assert_eq(stats(t).dirty_rows, N - in_group[1]);
+    size_t i1 = 0;
+    while (ps_bucket(keys[i1], NBUCKETS) * G / NBUCKETS != 1)
+        i1++;
+    grad_of(4, keys[i1], 1, g4);
+    cr_assert_eq(push1(t, keys[i1], g4), 1);
+    cr_assert_eq(ps_table_group_dirty(t, 1), 1);
+    for (uint32_t g = 0; g < G; g++)
+        flush_group(t, g);
+    cr_assert_eq(stats(t).dirty_rows, 0);
+    cr_assert_eq(stats(t).rows, N);
+
+    /* The shares saved by the groups add up to the count, read back by a
+     * table of as many groups and by one of a single group. */
+    float want[N][12];
+    for (size_t i = 0; i < N; i++) {
+        uint8_t found;
+        float w[4];
+        lookup_state(t, keys[i], &found, w, want[i]);
+    }
+    ps_table_free(t);
+    const uint32_t regroup[] = {G, 1};
+    for (size_t k = 0; k < 2; k++) {
+        uint32_t groups = regroup[k];
+        t = new_table(&cfg, 256, 0);
+        char err[512] = "";
+        cr_assert_eq(ps_table_load_state(t, 0, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(ps_table_set_groups(t, groups), 0);
+        cr_assert_eq(ps_table_load_groups(t, G, 0, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(stats(t).rows, N, "%u groups: the shares do not add up", groups);
+        for (size_t i = 0; i < N; i++)
+            expect_state(t, keys[i], want[i]);
+        ps_table_free(t);
+    }
+
+    /* The filter and the clock ring are the whole table's: one group. */
+    ps_table_config adm = cfg;
+    adm.admit_after = 2;
+    t = new_table(&adm, 256, 0);
+    cr_assert_eq(ps_table_set_groups(t, G), -EINVAL, "groups with an admission filter");
+    ps_table_free(t);
+    ps_table_config ttl = cfg;
+    ttl.ttl_s = 3600;
+    t = new_table(&ttl, 256, 0);
+    cr_assert_eq(ps_table_set_groups(t, G), -EINVAL, "groups with ttl_s");
+    ps_table_free(t);
+}
