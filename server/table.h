@@ -10,7 +10,7 @@
  * counted: table.c); rows are read with one MultiGet per request when they
  * are not in memory, and
  * updated in memory by the optimizer. Dirty rows reach RocksDB only through
- * ps_table_collect(), which the shard calls to build a write-back batch. A
+ * the write-back's dumps (below), which the shard puts in its batches. A
  * clean row can be dropped at any time (it is in RocksDB, or is the init
  * rule's row of a key only pulled); a dirty row only
  * after the batch that holds it was committed.
