@@ -1910,9 +1910,10 @@ static void flush_end(ps_shard *s, uint64_t now_ms) {
         set_read_only(s, false, NULL);
     if (!j->last) {
         s->round_group++;
-        /* The next group at once, unless a cut-over holds write-backs (the
-         * tick goes on after it, or a failed begin, with the round). */
-        if (now_ms >= s->hold_until_ms)
+        /* The next group at once, unless a cut-over holds write-backs or
+         * the push log has an unwritten tail (the tick goes on with the
+         * round after either, or after a failed begin). */
+        if (now_ms >= s->hold_until_ms && !s->log_failed)
             (void)flush_begin(s);
         return;
     }
