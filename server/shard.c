@@ -143,7 +143,16 @@ typedef struct client_entry {
     uint64_t seq;
     uint64_t *bseq;              /* owned, cfg->buckets entries */
     bool dirty;                  /* changed since the last write-back began */
+    /* With more than one write-back group: the groups whose slice of bseq
+     * changed since that group's last batch (at most 64 groups). */
+    uint64_t gdirty;
 } client_entry;
+
+/* bseq changed (e->seq too, perhaps): every group's slice is saved again. */
+static void seqs_changed(client_entry *e) {
+    e->dirty = true;
+    e->gdirty = ~(uint64_t)0;
+}
 
 typedef enum { FLUSH_IDLE, FLUSH_PENDING, FLUSH_DONE } flush_state;
 
@@ -221,6 +230,8 @@ struct ps_shard {
      * the next write-back deletes (adopt_seqs()). */
     uint64_t *aseq;              /* lo << 32 | hi */
     size_t naseq, aseq_cap;
+    uint64_t *aseq_wb;           /* per entry: wb_begun when noted */
+    uint32_t stored_groups;      /* meta "wb_groups" at open (0: none) */
     /* The target side of a copy's first pass loaded in bulk
      * (ps_shard_stage_begin()): one SST file per table under
      * <dir>/staging, ingested when the pass ends. Not durable: a restart
@@ -908,8 +919,8 @@ int ps_shard_adopt_rows(ps_shard *s, ps_table *t, const uint64_t *keys, const vo
 
 /* "aseq/LO-HI": the clients' sequence numbers adopted with buckets [LO, HI),
  * stored with fsync as they come (a move's cut-over): per client its id
- * and HI - LO seqs, 8 bytes each. The cseq/ records of
- * the next write-back hold them, and that write-back deletes the record;
+ * and HI - LO seqs, 8 bytes each. The cseq/ (gseq/) records of the next
+ * write-back round hold them, and its last batch deletes the record;
  * an open applies any record left before the push log is replayed. So a
  * cut-over costs one small write, not a write-back of every dirty row. */
 static void aseq_key(uint32_t lo, uint32_t hi, char *ret, size_t len) {
@@ -924,11 +935,16 @@ static int aseq_note(ps_shard *s, uint32_t lo, uint32_t hi) {
     if (s->naseq == s->aseq_cap) {
         size_t cap = s->aseq_cap ? 2 * s->aseq_cap : 8;
         uint64_t *a = realloc(s->aseq, cap * sizeof(*a));
-        if (!a)
+        if (a)
+            s->aseq = a;
+        uint64_t *w = realloc(s->aseq_wb, cap * sizeof(*w));
+        if (w)
+            s->aseq_wb = w;
+        if (!a || !w)
             return -ENOMEM;
-        s->aseq = a;
         s->aseq_cap = cap;
     }
+    s->aseq_wb[s->naseq] = s->wb_begun;
     s->aseq[s->naseq++] = range;
     return 0;
 }
@@ -991,7 +1007,7 @@ static int aseq_load(ps_shard *s) {
                 e->bseq[lo + b] = e->bseq[lo + b] > q ? e->bseq[lo + b] : q;
                 e->seq = e->seq > q ? e->seq : q;
             }
-            e->dirty = true;
+            seqs_changed(e);
         }
         if (r == 0)
             r = aseq_note(s, lo, hi);
@@ -1015,7 +1031,7 @@ int ps_shard_adopt_seqs(ps_shard *s, uint32_t lo, uint32_t hi, const uint64_t *i
             e->bseq[lo + b] = q;
             e->seq = e->seq > q ? e->seq : q;
         }
-        e->dirty = true;
+        seqs_changed(e);
     }
     /* Durable before the map may name this shard the owner: one small
      * record, not a write-back (which would also have had to be forced: the
@@ -1587,12 +1603,24 @@ static void client_key(const char *prefix, uint64_t id, char *ret, size_t *ret_l
     *ret_len = n + 8;
 }
 
+/* "gseq/ID/G": with more than one group, a client's bseq entries of group
+ * G's buckets, in that group's batch: the seqs of exactly the pushes its
+ * rows there hold. (A whole array in group 0's batch would claim pushes
+ * that later groups' rows do not hold yet, and whose records a crash may
+ * lose before they are written: a resent push would be skipped there.) */
+static void client_gseq_key(uint64_t id, uint32_t g, char *ret, size_t *ret_len) {
+    client_key("gseq/", id, ret, ret_len);
+    ret[*ret_len] = (char)(g >> 8);
+    ret[*ret_len + 1] = (char)g;
+    *ret_len += 2;
+}
+
 static int load_bucket_seqs(ps_shard *s) {
     for (size_t i = 0; i < s->clients_cap; i++) {
         client_entry *e = &s->clients[i];
         if (!e->id)
             continue;
-        char key[16], err[256], *v;
+        char key[24], err[256], *v;
         size_t klen, vlen;
         client_key("cseq/", e->id, key, &klen);
         int r = ps_store_get(s->store, CF_META, key, klen, &v, &vlen, err, sizeof(err));
@@ -1604,6 +1632,22 @@ static int load_bucket_seqs(ps_shard *s) {
             for (uint32_t b = 0; b < s->cfg->buckets; b++)
                 e->bseq[b] = e->seq;
         free(v);
+        /* Groups' slices (gseq/): the newer of the two per bucket (a store
+         * that went from groups back to one batch has stale slices). */
+        for (uint32_t g = 0; s->stored_groups > 1 && g < s->stored_groups; g++) {
+            uint32_t lo, hi;
+            ps_writeback_group_buckets(s->cfg->buckets, s->stored_groups, g, &lo, &hi);
+            client_gseq_key(e->id, g, key, &klen);
+            r = ps_store_get(s->store, CF_META, key, klen, &v, &vlen, err, sizeof(err));
+            if (r < 0)
+                return r;
+            for (uint32_t b = lo; v && vlen == (hi - lo) * sizeof(uint64_t) && b < hi; b++) {
+                uint64_t q;
+                memcpy(&q, v + (b - lo) * sizeof(uint64_t), sizeof(q));
+                e->bseq[b] = e->bseq[b] > q ? e->bseq[b] : q;
+            }
+            free(v);
+        }
     }
     return 0;
 }
@@ -1786,6 +1830,7 @@ static size_t total_dirty(const ps_shard *s) {
 }
 
 static void flush_group0(ps_shard *s, flush_job *j);
+static void flush_group_seqs(ps_shard *s, flush_job *j, uint32_t lo, uint32_t hi);
 
 /* Build the next write-back batch on the loop thread and hand it over: the
  * next group's, beginning a round if none is under way. */
@@ -1803,6 +1848,14 @@ static int flush_begin(ps_shard *s) {
         s->round_active = true;
         s->round_group = 0;
         s->wb_begun++;
+    } else if (s->log) {
+        /* As the rotation does for the first: the records of every push
+         * the batch holds are written first, so that a kill -9 cannot
+         * leave a push in the store without its record, which replay
+         * needs to bring the other groups' rows up to it. */
+        r = ps_pushlog_commit(s->log);
+        if (r < 0)
+            return r;
     }
     j->batch = ps_store_batch_new();
     if (!j->batch)
@@ -1840,6 +1893,7 @@ static int flush_begin(ps_shard *s) {
     ps_store_batch_put(j->batch, s->store, CF_META, "wb_groups", 9, &s->ngroups, 4);
     if (g == 0)
         flush_group0(s, j);
+    flush_group_seqs(s, j, lo, hi);
     submit(s);
     return 0;
 }
@@ -1860,17 +1914,45 @@ static void flush_group0(ps_shard *s, flush_job *j) {
         size_t klen;
         client_key("client/", e->id, key, &klen);
         ps_store_batch_put(j->batch, s->store, CF_META, key, klen, &e->seq, 8);
-        client_key("cseq/", e->id, key, &klen);
-        ps_store_batch_put(j->batch, s->store, CF_META, key, klen, e->bseq,
-                           s->cfg->buckets * sizeof(uint64_t));
+        if (s->ngroups == 1) {
+            client_key("cseq/", e->id, key, &klen);
+            ps_store_batch_put(j->batch, s->store, CF_META, key, klen, e->bseq,
+                               s->cfg->buckets * sizeof(uint64_t));
+        }
         e->dirty = false;
     }
-    for (size_t i = 0; i < s->naseq; i++) { /* held by the cseq/ records above now */
+}
+
+/* The clients' slices of the group's buckets (gseq/, above); and, in a
+ * round's last batch, the adopted seqs (aseq/) its batches hold. */
+static void flush_group_seqs(ps_shard *s, flush_job *j, uint32_t lo, uint32_t hi) {
+    uint64_t bit = (uint64_t)1 << j->group;
+    for (size_t i = 0; s->ngroups > 1 && i < s->clients_cap; i++) {
+        client_entry *e = &s->clients[i];
+        if (!e->id || !(e->gdirty & bit))
+            continue;
+        char key[24];
+        size_t klen;
+        client_gseq_key(e->id, j->group, key, &klen);
+        ps_store_batch_put(j->batch, s->store, CF_META, key, klen, e->bseq + lo,
+                           (hi - lo) * sizeof(uint64_t));
+        e->gdirty &= ~bit;
+    }
+    if (!j->last)
+        return;
+    /* Adopted seqs noted before this round began are in its batches now. */
+    size_t keep = 0;
+    for (size_t i = 0; i < s->naseq; i++) {
+        if (s->aseq_wb[i] >= s->wb_begun) {
+            s->aseq[keep] = s->aseq[i];
+            s->aseq_wb[keep++] = s->aseq_wb[i];
+            continue;
+        }
         char key[32];
         aseq_key((uint32_t)(s->aseq[i] >> 32), (uint32_t)s->aseq[i], key, sizeof(key));
         ps_store_batch_delete(j->batch, s->store, CF_META, key, strlen(key));
     }
-    s->naseq = 0;
+    s->naseq = keep;
 }
 
 static void flush_end(ps_shard *s, uint64_t now_ms) {
@@ -2078,7 +2160,7 @@ static void note_seqs(ps_shard *s, client_entry *e, const uint64_t *keys, size_t
         *b = *b > seq ? *b : seq;
     }
     e->seq = e->seq > seq ? e->seq : seq;
-    e->dirty = true;
+    seqs_changed(e);
 }
 
 static int apply_push(ps_shard *s, ps_table *t, const uint64_t *keys, size_t n, const float *grads,
@@ -2563,6 +2645,7 @@ static int load_groups(ps_shard *s, uint64_t *ret_covered, char *err, size_t err
         s->job.dumps[i].keep = s->ngroups > 1;
     }
     s->groups_reset = s->ngroups > 1 && stored != s->ngroups;
+    s->stored_groups = stored;
     *ret_covered = covered;
     return 0;
 }
@@ -2830,6 +2913,7 @@ int ps_shard_close(ps_shard *s) {
     free(s->round);
     free(s->round_n);
     free(s->aseq);
+    free(s->aseq_wb);
     memo_end(s);
     drop_end(s);
     free(s->fresh_top);
