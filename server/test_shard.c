@@ -674,6 +674,48 @@ Test(shard, interval_durability_keeps_state_across_a_clean_restart) {
     ps_config_free(cfg);
 }
 
+/* The number of write-back groups follows the durability (one without a
+ * push log): a store written in one batch reopened with groups, written in
+ * groups, and reopened in one batch again keeps every row, the live count
+ * and the clients' numbers (cseq/ and gseq/, whichever is newer). */
+Test(shard, write_back_groups_change_with_the_durability_and_keep_the_state) {
+    make_keys();
+    enum { N = 5 };
+    const char *modes[N] = {"interval=100", "sync", "interval=100", "sync", "interval=100"};
+    model m;
+    ps_config *cfgs[N];
+    for (int k = 0; k < N; k++)
+        cfgs[k] = load_config((cfg_opts){.durability = modes[k]});
+    model_init(&m, cfgs[0]);
+    for (int k = 0; k < N; k++) {
+        ps_shard *s = open_shard(cfgs[k], 0);
+        if (k)
+            expect_model(s, &m);
+        run_pushes(s, (uint32_t)k * 10, (uint32_t)k * 10 + 10, &m, false);
+        push_spec last = spec_of((uint32_t)k * 10 + 9);
+        ps_push_result res;
+        char err[512] = "";
+        cr_assert_eq(do_push(s, &last, &res, err, sizeof(err)), 0, "%s", err);
+        cr_assert(res.already_applied, "mode %s: a resend applied again", modes[k]);
+        ps_table_stats st;
+        ps_table_stats_get(ps_shard_table(s, "emb"), &st);
+        size_t made = 0;
+        for (size_t i = 0; i < NEMB; i++)
+            made += m.emb_made[i];
+        cr_assert_eq(st.rows, made, "mode %s: the live count", modes[k]);
+        cr_assert_eq(ps_shard_flush_sync(s, err, sizeof(err)), 0, "%s", err);
+        ps_shard_counters c = counters(s);
+        cr_assert_gt(c.flushes, 0);
+        if (k % 2) /* sync: in groups */
+            cr_assert_gt(c.flush_batches, c.flushes, "mode %s: one batch a round", modes[k]);
+        else
+            cr_assert_eq(c.flush_batches, c.flushes, "mode %s: groups", modes[k]);
+        cr_assert_eq(ps_shard_close(s), 0);
+    }
+    for (int k = 0; k < N; k++)
+        ps_config_free(cfgs[k]);
+}
+
 static void interval_crash_child(void *arg) {
     const ps_config *cfg = arg;
     ps_shard_options so = {.shard_id = 0, .data_dir = datadir};
