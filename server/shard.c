@@ -183,9 +183,9 @@ struct ps_shard {
     uint64_t replay_covered;     /* while replaying: every record <= this is applied */
     /* Write-back in groups (see "Write-back in groups" below): the
      * groups, and per bucket the lsn up to which the store holds its rows
-     * (meta "bucket_lsn"); the dense blocks and clients' numbers go with
-     * group 0, up to dense_lsn. A round writes every group once, in order;
-     * round_group is the next one. */
+     * (meta "bucket_lsn"); the dense blocks go with group 0, up to
+     * dense_lsn. A round writes every group once, in order; round_group is
+     * the next one. */
     uint32_t ngroups;
     uint64_t *bucket_lsn;
     uint64_t dense_lsn;
@@ -227,11 +227,12 @@ struct ps_shard {
     uint8_t (*fresh_top)[PS_STORE_KEY_LEN];
     bool *fresh_any;             /* per table: fresh_top is set */
     /* Ranges whose adopted sequence numbers are in an "aseq/" record that
-     * the next write-back deletes (adopt_seqs()). */
-    uint64_t *aseq;              /* lo << 32 | hi */
+     * the last batch of the next write-back round deletes (adopt_seqs()). */
+    struct aseq_entry {
+        uint64_t range;          /* lo << 32 | hi */
+        uint64_t wb;             /* wb_begun when noted */
+    } *aseq;
     size_t naseq, aseq_cap;
-    uint64_t *aseq_wb;           /* per entry: wb_begun when noted */
-    uint32_t stored_groups;      /* meta "wb_groups" at open (0: none) */
     /* The target side of a copy's first pass loaded in bulk
      * (ps_shard_stage_begin()): one SST file per table under
      * <dir>/staging, ingested when the pass ends. Not durable: a restart
@@ -930,22 +931,17 @@ static void aseq_key(uint32_t lo, uint32_t hi, char *ret, size_t len) {
 static int aseq_note(ps_shard *s, uint32_t lo, uint32_t hi) {
     uint64_t range = (uint64_t)lo << 32 | hi;
     for (size_t i = 0; i < s->naseq; i++)
-        if (s->aseq[i] == range)
+        if (s->aseq[i].range == range)
             return 0;
     if (s->naseq == s->aseq_cap) {
         size_t cap = s->aseq_cap ? 2 * s->aseq_cap : 8;
-        uint64_t *a = realloc(s->aseq, cap * sizeof(*a));
-        if (a)
-            s->aseq = a;
-        uint64_t *w = realloc(s->aseq_wb, cap * sizeof(*w));
-        if (w)
-            s->aseq_wb = w;
-        if (!a || !w)
+        struct aseq_entry *a = realloc(s->aseq, cap * sizeof(*a));
+        if (!a)
             return -ENOMEM;
+        s->aseq = a;
         s->aseq_cap = cap;
     }
-    s->aseq_wb[s->naseq] = s->wb_begun;
-    s->aseq[s->naseq++] = range;
+    s->aseq[s->naseq++] = (struct aseq_entry){range, s->wb_begun};
     return 0;
 }
 
@@ -1615,7 +1611,7 @@ static void client_gseq_key(uint64_t id, uint32_t g, char *ret, size_t *ret_len)
     *ret_len += 2;
 }
 
-static int load_bucket_seqs(ps_shard *s) {
+static int load_bucket_seqs(ps_shard *s, uint32_t stored_groups) {
     for (size_t i = 0; i < s->clients_cap; i++) {
         client_entry *e = &s->clients[i];
         if (!e->id)
@@ -1634,9 +1630,9 @@ static int load_bucket_seqs(ps_shard *s) {
         free(v);
         /* Groups' slices (gseq/): the newer of the two per bucket (a store
          * that went from groups back to one batch has stale slices). */
-        for (uint32_t g = 0; s->stored_groups > 1 && g < s->stored_groups; g++) {
+        for (uint32_t g = 0; stored_groups > 1 && g < stored_groups; g++) {
             uint32_t lo, hi;
-            ps_writeback_group_buckets(s->cfg->buckets, s->stored_groups, g, &lo, &hi);
+            ps_writeback_group_buckets(s->cfg->buckets, stored_groups, g, &lo, &hi);
             client_gseq_key(e->id, g, key, &klen);
             r = ps_store_get(s->store, CF_META, key, klen, &v, &vlen, err, sizeof(err));
             if (r < 0)
@@ -1652,7 +1648,8 @@ static int load_bucket_seqs(ps_shard *s) {
     return 0;
 }
 
-static int load_clients(ps_shard *s) {
+/* stored_groups: meta "wb_groups" at open (gseq/ records, if > 1). */
+static int load_clients(ps_shard *s, uint32_t stored_groups) {
     const char prefix[] = "client/";
     ps_store_iter *it = ps_store_iter_new(s->store, CF_META, prefix, sizeof(prefix) - 1);
     if (!it)
@@ -1678,7 +1675,7 @@ static int load_clients(ps_shard *s) {
         e->seq = seq;
     }
     ps_store_iter_free(it);
-    return r < 0 ? r : load_bucket_seqs(s);
+    return r < 0 ? r : load_bucket_seqs(s, stored_groups);
 }
 
 /* ---- read-only state ------------------------------------------------------- */
@@ -1711,8 +1708,9 @@ static void set_read_only(ps_shard *s, bool on, const char *why) {
  * split that way: a shard with a table that has admission or ttl_s writes
  * back in one group, the whole dirty set in one batch, as before; so does a
  * shard without a push log (`durability = interval`).
- * Group 0's batch also holds the dense blocks and the clients' sequence
- * numbers (dense records are replayed past its "dense_lsn"). */
+ * Each batch also holds the clients' sequence numbers of its buckets
+ * (gseq/), and group 0's the dense blocks (dense records are replayed past
+ * its "dense_lsn") and each client's highest number (client/). */
 #define WRITEBACK_GROUPS 64
 
 static uint32_t wanted_groups(const ps_shard *s) {
@@ -1898,8 +1896,9 @@ static int flush_begin(ps_shard *s) {
     return 0;
 }
 
-/* What group 0's batch holds besides rows: the dense blocks and the
- * clients' sequence numbers, as of its covered_lsn. */
+/* What group 0's batch holds besides rows: the dense blocks and each
+ * client's highest sequence number (with one group, its whole bseq too),
+ * as of its covered_lsn. */
 static void flush_group0(ps_shard *s, flush_job *j) {
     for (size_t i = 0; s->groups_reset && i < s->ntables; i++)
         ps_table_clear_groups(s->tables[i], j->batch, CF_META);
@@ -1927,7 +1926,8 @@ static void flush_group0(ps_shard *s, flush_job *j) {
  * round's last batch, the adopted seqs (aseq/) its batches hold. */
 static void flush_group_seqs(ps_shard *s, flush_job *j, uint32_t lo, uint32_t hi) {
     uint64_t bit = (uint64_t)1 << j->group;
-    for (size_t i = 0; s->ngroups > 1 && i < s->clients_cap; i++) {
+    size_t nclients = s->ngroups > 1 ? s->clients_cap : 0; /* one group: cseq/ */
+    for (size_t i = 0; i < nclients; i++) {
         client_entry *e = &s->clients[i];
         if (!e->id || !(e->gdirty & bit))
             continue;
@@ -1943,13 +1943,13 @@ static void flush_group_seqs(ps_shard *s, flush_job *j, uint32_t lo, uint32_t hi
     /* Adopted seqs noted before this round began are in its batches now. */
     size_t keep = 0;
     for (size_t i = 0; i < s->naseq; i++) {
-        if (s->aseq_wb[i] >= s->wb_begun) {
-            s->aseq[keep] = s->aseq[i];
-            s->aseq_wb[keep++] = s->aseq_wb[i];
+        if (s->aseq[i].wb >= s->wb_begun) {
+            s->aseq[keep++] = s->aseq[i];
             continue;
         }
         char key[32];
-        aseq_key((uint32_t)(s->aseq[i] >> 32), (uint32_t)s->aseq[i], key, sizeof(key));
+        uint64_t range = s->aseq[i].range;
+        aseq_key((uint32_t)(range >> 32), (uint32_t)range, key, sizeof(key));
         ps_store_batch_delete(j->batch, s->store, CF_META, key, strlen(key));
     }
     s->naseq = keep;
@@ -2152,14 +2152,20 @@ static bool logging(const ps_shard *s) {
 }
 
 
-/* A push of seq from client e was applied to keys (their buckets saw it). */
+/* A push of seq from client e was applied (a dense one, or) to keys
+ * (their buckets saw it). */
+static void note_seq(client_entry *e, uint64_t seq) {
+    e->seq = e->seq > seq ? e->seq : seq;
+    e->dirty = true;
+}
+
 static void note_seqs(ps_shard *s, client_entry *e, const uint64_t *keys, size_t n, uint64_t seq) {
     uint32_t nb = s->cfg->buckets;
     for (size_t i = 0; i < n; i++) {
         uint64_t *b = &e->bseq[ps_bucket(keys[i], nb)];
         *b = *b > seq ? *b : seq;
     }
-    e->seq = e->seq > seq ? e->seq : seq;
+    note_seq(e, seq);
     seqs_changed(e);
 }
 
@@ -2350,10 +2356,8 @@ static int apply_dense(ps_shard *s, size_t n, const char *const *names, const fl
         ps_dense_apply(s->dense, names[i], grads[i], lens[i]);
     if (log)
         log_dense(s, REC_DENSE_PUSH, n, names, grads, lens, client_id, seq, false);
-    if (e) {
-        e->seq = e->seq > seq ? e->seq : seq;
-        e->dirty = true;
-    }
+    if (e)
+        note_seq(e, seq);
     return 0;
 }
 
@@ -2537,10 +2541,8 @@ static int replay_one(ps_shard *s, uint64_t lsn, const void *payload, size_t len
             client_entry *e = dr.client_id ? client_slot(s, dr.client_id, true) : NULL;
             if (dr.client_id && !e)
                 r = -ENOMEM;
-            if (e) {
-                e->seq = e->seq > dr.seq ? e->seq : dr.seq;
-                e->dirty = true;
-            }
+            if (e)
+                note_seq(e, dr.seq);
         }
         if (r == 0) {
             s->c.replayed_records++;
@@ -2600,8 +2602,10 @@ static int replay_record(void *ctx, uint64_t lsn, const void *payload, size_t le
 
 /* The write-back groups (shard.c, "Write-back in groups") and how far the
  * store holds each bucket and the dense blocks; *ret_covered: where replay
- * begins. A store written before groups holds all at flushed_lsn. */
-static int load_groups(ps_shard *s, uint64_t *ret_covered, char *err, size_t errlen) {
+ * begins; *ret_stored: the groups the store was written in (0: none
+ * recorded). A store written before groups holds all at flushed_lsn. */
+static int load_groups(ps_shard *s, uint64_t *ret_covered, uint32_t *ret_stored, char *err,
+                       size_t errlen) {
     uint64_t covered;
     int r = meta_get_u64(s, "flushed_lsn", &covered, err, errlen);
     if (r < 0)
@@ -2624,18 +2628,15 @@ static int load_groups(ps_shard *s, uint64_t *ret_covered, char *err, size_t err
     if (have)
         memcpy(s->bucket_lsn, v, len);
     free(v);
-    s->dense_lsn = covered;
-    r = meta_get_u64(s, "dense_lsn", &s->dense_lsn, err, errlen);
-    if (r == 0 && s->dense_lsn < covered)
-        s->dense_lsn = covered;
+    r = meta_get_u64(s, "dense_lsn", &s->dense_lsn, err, errlen); /* 0 when absent */
     if (r < 0)
         return r;
-    /* As many groups as the tables allow; the live counts of a store saved
-     * in groups, whatever their number now. */
+    if (s->dense_lsn < covered)
+        s->dense_lsn = covered;
+    /* As many groups as the tables allow (wanted_groups() asks what
+     * ps_table_set_groups() does); the live counts of a store saved in
+     * groups, whatever their number now. */
     s->ngroups = wanted_groups(s);
-    for (size_t i = 0; i < s->ntables && s->ngroups > 1; i++)
-        if (ps_table_set_groups(s->tables[i], s->ngroups) < 0)
-            s->ngroups = 1;
     for (size_t i = 0; i < s->ntables; i++) {
         r = ps_table_set_groups(s->tables[i], s->ngroups);
         if (r == 0 && stored > 1)
@@ -2645,8 +2646,8 @@ static int load_groups(ps_shard *s, uint64_t *ret_covered, char *err, size_t err
         s->job.dumps[i].keep = s->ngroups > 1;
     }
     s->groups_reset = s->ngroups > 1 && stored != s->ngroups;
-    s->stored_groups = stored;
     *ret_covered = covered;
+    *ret_stored = stored;
     return 0;
 }
 
@@ -2815,10 +2816,11 @@ int ps_shard_open(const ps_config *cfg, const ps_shard_options *opts, ps_shard *
             goto fail;
     }
     uint64_t covered;
-    r = load_groups(s, &covered, err, errlen);
+    uint32_t stored_groups;
+    r = load_groups(s, &covered, &stored_groups, err, errlen);
     if (r < 0)
         goto fail;
-    r = load_clients(s);
+    r = load_clients(s, stored_groups);
     if (r == 0)
         r = aseq_load(s);
     if (r < 0)
@@ -2913,7 +2915,6 @@ int ps_shard_close(ps_shard *s) {
     free(s->round);
     free(s->round_n);
     free(s->aseq);
-    free(s->aseq_wb);
     memo_end(s);
     drop_end(s);
     free(s->fresh_top);

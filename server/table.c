@@ -194,7 +194,8 @@ typedef struct ledger {
  * rows awaiting write-back, without scanning the slab. Usually one entry.
  * `live`: the group's share of the live count, with more than one group
  * (any split of the total works: only its changes by pushes to the
- * group's rows must be in it). */
+ * group's rows must be in it; group 0's is not read, but derived from the
+ * total when saved). */
 typedef struct wgroup {
     uint32_t gen, committed_gen;
     uint32_t *dirty;             /* slots dirtied in generation `gen` */
@@ -1652,6 +1653,15 @@ uint64_t ps_table_capacity(const ps_table *t) { return t->capacity; }
 
 uint32_t ps_table_groups(const ps_table *t) { return t->ngroups; }
 
+/* The clock of the oldest group's newest committed batch: the store holds
+ * every group's rows as of it. */
+static uint32_t oldest_committed_clock(const ps_table *t) {
+    uint32_t clock = t->grp[0].committed_clock;
+    for (uint32_t g = 1; g < t->ngroups; g++)
+        clock = t->grp[g].committed_clock < clock ? t->grp[g].committed_clock : clock;
+    return clock;
+}
+
 int ps_table_set_groups(ps_table *t, uint32_t ngroups) {
     if (ngroups == 0 || ngroups > t->nbuckets || ngroups > UINT16_MAX + 1 ||
         (ngroups > 1 && (t->admit || t->ttl)))
@@ -1664,11 +1674,11 @@ int ps_table_set_groups(ps_table *t, uint32_t ngroups) {
     wgroup *grp = calloc(ngroups, sizeof(*grp));
     if (!grp)
         return -ENOMEM;
-    /* Every row is clean: generation 1 on, as a new table, and its share of
-     * the live count all in group 0. */
-    uint32_t clock = t->grp[0].committed_clock;
+    /* Every row is clean: generation 1 on, as a new table; each group's
+     * share of the live count starts at 0 (group 0's is what the others
+     * leave of the total: ps_table_save_group()). */
+    uint32_t clock = oldest_committed_clock(t);
     for (uint32_t g = 0; g < t->ngroups; g++) {
-        clock = t->grp[g].committed_clock < clock ? t->grp[g].committed_clock : clock;
         free(t->grp[g].dirty);
         free(t->grp[g].pending);
     }
@@ -1679,7 +1689,6 @@ int ps_table_set_groups(ps_table *t, uint32_t ngroups) {
         grp[g].gen = 1;
         grp[g].committed_clock = clock;
     }
-    grp[0].live = (int64_t)t->lg.live;
     for (uint64_t i = 0; i < t->used; i++) {
         row *r = slot_row(t, (uint32_t)i);
         r->gen = 0;
@@ -1845,12 +1854,8 @@ void ps_table_committed_group(ps_table *t, uint32_t group, uint32_t gen) {
             g->committed_clock = g->pending[i].clock;
     }
     g->npending = keep;
-    /* The compaction filter may go as far as every group's stored rows:
-     * the oldest group's last batch. */
-    uint32_t clock = g->committed_clock;
-    for (uint32_t i = 0; i < t->ngroups; i++)
-        clock = t->grp[i].committed_clock < clock ? t->grp[i].committed_clock : clock;
-    expiry_advance(t, clock);
+    /* The compaction filter may go as far as every group's stored rows. */
+    expiry_advance(t, oldest_committed_clock(t));
 }
 
 uint64_t ps_table_persisted_rows(const ps_table *t) { return t->lg.live; }
@@ -1945,6 +1950,13 @@ static size_t group_key(const ps_table *t, uint32_t g, char *key, size_t len) {
     return (size_t)n + 2;
 }
 
+static void put_group(ps_table *t, uint32_t g, int64_t live, ps_store_batch *b, int meta_cf) {
+    group_record rec = {.live = live, .clock = t->now};
+    char key[PS_NAME_MAX + 16];
+    size_t klen = group_key(t, g, key, sizeof(key));
+    ps_store_batch_put(b, t->store, meta_cf, key, klen, &rec, sizeof(rec));
+}
+
 void ps_table_save_group(ps_table *t, uint32_t group, ps_store_batch *b, int meta_cf) {
     if (t->ngroups == 1) {
         ps_table_save_state(t, b, meta_cf);
@@ -1953,24 +1965,18 @@ void ps_table_save_group(ps_table *t, uint32_t group, ps_store_batch *b, int met
     /* Group 0's share is what the others leave of the total: it takes the
      * changes no push makes (rows moved in or out, README "Resharding"),
      * which write-back saves, as it did with one group. */
-    group_record rec = {.live = t->grp[group].live, .clock = t->now};
+    int64_t live = t->grp[group].live;
     if (group == 0) {
-        rec.live = (int64_t)t->lg.live;
+        live = (int64_t)t->lg.live;
         for (uint32_t g = 1; g < t->ngroups; g++)
-            rec.live -= t->grp[g].live;
+            live -= t->grp[g].live;
     }
-    char key[PS_NAME_MAX + 16];
-    size_t klen = group_key(t, group, key, sizeof(key));
-    ps_store_batch_put(b, t->store, meta_cf, key, klen, &rec, sizeof(rec));
+    put_group(t, group, live, b, meta_cf);
 }
 
 void ps_table_clear_groups(ps_table *t, ps_store_batch *b, int meta_cf) {
-    group_record rec = {.live = 0, .clock = t->now};
-    for (uint32_t g = 1; g < t->ngroups; g++) {
-        char key[PS_NAME_MAX + 16];
-        size_t klen = group_key(t, g, key, sizeof(key));
-        ps_store_batch_put(b, t->store, meta_cf, key, klen, &rec, sizeof(rec));
-    }
+    for (uint32_t g = 1; g < t->ngroups; g++)
+        put_group(t, g, 0, b, meta_cf);
 }
 
 int ps_table_load_groups(ps_table *t, uint32_t stored_groups, int meta_cf, char *err,
@@ -1992,11 +1998,9 @@ int ps_table_load_groups(ps_table *t, uint32_t stored_groups, int meta_cf, char 
         }
         free(v);
         total += rec.live;
-        if (t->ngroups == stored_groups)
+        if (t->ngroups == stored_groups) /* else every share starts at 0 (set_groups()) */
             t->grp[g].live = rec.live;
     }
-    if (t->ngroups != stored_groups)
-        t->grp[0].live = total;
     t->lg.live = total > 0 ? (uint64_t)total : 0;
     /* The oldest group's clock: replay brings every group's pushes since
      * its own write-back, at their clocks, which are at least that. */
