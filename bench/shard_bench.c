@@ -453,7 +453,7 @@ static void usage(FILE *f) {
             "                    for every key if more)\n"
             "  --block-cache-mb M  RocksDB block cache of the shard and of the raw reads\n"
             "                    (default: the server's, 256)\n"
-            "  --write-buffer-mb M  the shard's RocksDB memtable size (default: the server's, 64)\n"
+            "  --write-buffer-mb M  the shard's RocksDB memtable size (default: the server's, 32)\n"
             "  --zipf S          access skew; 0 = uniform (default 0)\n"
             "  --durability D    sync | interval=MS (default sync)\n"
             "  --batch B         keys per request (default 4096)\n"

@@ -60,7 +60,7 @@ typedef struct ps_server_config {
     char bind[PS_NAME_MAX];
     uint64_t memory_mb;          /* memory-tier budget for all tables */
     uint64_t block_cache_mb;     /* RocksDB block cache (256) */
-    uint64_t write_buffer_mb;    /* RocksDB memtable size per column family (64; up to 3 live) */
+    uint64_t write_buffer_mb;    /* RocksDB memtable size per column family (32; up to 2 live) */
     uint32_t flush_interval_ms;  /* write-back cadence in sync mode */
     uint64_t flush_dirty_rows;   /* ... or earlier once this many rows are dirty */
     uint64_t max_frame_bytes;

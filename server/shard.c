@@ -1785,8 +1785,8 @@ static void *flush_thread(void *arg) {
             /* And out of them once written: the full memtables go to disk
              * now, from here, where the switch would otherwise wait for the
              * next write, perhaps on the loop (a move's, or a cut-over's):
-             * a new memtable's bloom filter to clear, a flush of ~64 MiB
-             * beside it. */
+             * a new memtable's bloom filter to clear, a flush of a whole
+             * memtable beside it. */
             if (s->job.last)
                 switch_large_memtables(s);
             /* Written (a failed batch stays, for the retry): free it here,

@@ -72,8 +72,14 @@ static void configure(ps_store *s, const ps_store_options *o) {
     rocksdb_options_increase_parallelism(s->options, 2);
     rocksdb_options_set_max_background_jobs(s->options, 2);
     rocksdb_options_set_write_buffer_size(
-        s->options, (size_t)(o && o->write_buffer_mb ? o->write_buffer_mb : 64) << 20);
-    rocksdb_options_set_max_write_buffer_number(s->options, 3);
+        s->options, (size_t)(o && o->write_buffer_mb ? o->write_buffer_mb : 32) << 20);
+    /* One memtable filling while the last one is flushed, not two: a
+     * write-back fills memtables faster than RocksDB flushes them, so a
+     * third only waits full in memory (the batch then waits for the flush
+     * either way). At 1M rows the peak RSS under pushes fell by a memtable
+     * with this; the write-back's rate did not change (bench/README.md,
+     * "Memory per row: the memtables"). */
+    rocksdb_options_set_max_write_buffer_number(s->options, 2);
     rocksdb_options_set_level_compaction_dynamic_level_bytes(s->options, 1);
     /* Rows are float32 optimizer state: measured to compress poorly, so the
      * CPU of compressing every block is not worth it. */
@@ -88,8 +94,8 @@ static void configure(ps_store *s, const ps_store_options *o) {
      * the recent write-backs: without this, the first Pull of a new row
      * searches each memtable's skiplist for it, and row creation spent ~80%
      * of the loop thread there (callgrind, bench/README.md). A whole-key
-     * bloom filter per memtable (ratio 0.1 of write_buffer_size: ~6 MiB per
-     * 64 MiB memtable) answers "absent" for nearly all of them. */
+     * bloom filter per memtable (ratio 0.1 of write_buffer_size: ~3 MiB per
+     * 32 MiB memtable) answers "absent" for nearly all of them. */
     rocksdb_options_set_memtable_whole_key_filtering(s->options, 1);
     rocksdb_options_set_memtable_prefix_bloom_size_ratio(s->options, 0.1);
 

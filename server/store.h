@@ -53,7 +53,7 @@ typedef struct ps_store_cf_filter {
 
 typedef struct ps_store_options {
     uint64_t block_cache_mb;     /* default 256 */
-    uint64_t write_buffer_mb;    /* memtable size per column family; default 64 */
+    uint64_t write_buffer_mb;    /* memtable size per column family; default 32 */
     bool sync_writes;            /* fsync every batch (fsync = always) */
     const ps_store_cf_filter *filters; /* NULL, or one per requested cf */
     /* Open an existing database without writing to it (a checkpoint copy

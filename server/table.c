@@ -329,10 +329,13 @@ static void index_unmap(void *p, size_t bytes) {
 /* The slab is faulted in ahead of the rows by a thread (prefault.h) once
  * PREFAULT_FROM of it is in use, so that tables that stay small never
  * start one; then PREFAULT_AHEAD past the last row taken, asked for again
- * every PREFAULT_STEP. 32 MiB is ~150k dim-16 FTRL rows: 70 ms of creating
- * rows at 2M a second, at most that much committed beyond the rows. */
+ * every PREFAULT_STEP. 8 MiB is ~37k dim-16 FTRL rows, at most that much
+ * committed beyond the rows: creating rows is bound by the thread zeroing
+ * fresh pages, not by how far ahead it may go, and 32 MiB made loads no
+ * faster but was 32 MiB of every growing table's peak (bench/README.md,
+ * "Memory per row: the memtables"). */
 #define PREFAULT_FROM ((size_t)8 << 20)
-#define PREFAULT_AHEAD ((size_t)32 << 20)
+#define PREFAULT_AHEAD ((size_t)8 << 20)
 #define PREFAULT_STEP ((size_t)2 << 20)
 
 static inline void prefault_ahead(ps_table *t) {
