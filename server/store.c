@@ -76,9 +76,10 @@ static void configure(ps_store *s, const ps_store_options *o) {
     /* One memtable filling while the last one is flushed, not two: a
      * write-back fills memtables faster than RocksDB flushes them, so a
      * third only waits full in memory (the batch then waits for the flush
-     * either way). At 1M rows the peak RSS under pushes fell by a memtable
-     * with this; the write-back's rate did not change (bench/README.md,
-     * "Memory per row: the memtables"). */
+     * either way). With 8 MiB faulted in ahead of the rows instead of 32
+     * (table.c), this took 50-55 MiB off the peak RSS under pushes at 1M
+     * rows, the write-back no slower within this machine's noise
+     * (bench/README.md, "Memory per row: the memtables"). */
     rocksdb_options_set_max_write_buffer_number(s->options, 2);
     rocksdb_options_set_level_compaction_dynamic_level_bytes(s->options, 1);
     /* Rows are float32 optimizer state: measured to compress poorly, so the
