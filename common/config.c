@@ -294,8 +294,8 @@ static void server_defaults(ps_server_config *s) {
     s->fsync = PS_FSYNC_EVERYSEC;
     snprintf(s->data_dir, sizeof(s->data_dir), "ctrps-data");
     s->memory_mb = 1024;
-    s->block_cache_mb = 256;
-    s->write_buffer_mb = 32;
+    s->block_cache_mb = PS_DEFAULT_BLOCK_CACHE_MB;
+    s->write_buffer_mb = PS_DEFAULT_WRITE_BUFFER_MB;
     /* Write-back cadence in sync mode. The push log makes every push durable
      * at once, so write-back only bounds replay time and log size; a long
      * interval lets repeated pushes to a hot row coalesce into one RocksDB

@@ -48,6 +48,11 @@ typedef struct ps_table_config {
     double expire_below;         /* 0 = off (default) */
 } ps_table_config;
 
+/* RocksDB sizes a shard uses unless [server] says otherwise; the store
+ * falls back to them too when opened with no options (bench, tools). */
+#define PS_DEFAULT_BLOCK_CACHE_MB 256
+#define PS_DEFAULT_WRITE_BUFFER_MB 32
+
 typedef struct ps_server_config {
     ps_durability durability;
     uint32_t interval_ms;        /* durability = interval=MS */

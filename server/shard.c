@@ -2773,6 +2773,7 @@ int ps_shard_open(const ps_config *cfg, const ps_shard_options *opts, ps_shard *
     snprintf(dbdir, sizeof(dbdir), "%s/db", s->dir);
     ps_store_options so = {.sync_writes = cfg->server.fsync == PS_FSYNC_ALWAYS,
                            .filters = filters,
+                           .first_row_cf = CF_TABLE0,
                            .block_cache_mb = cfg->server.block_cache_mb,
                            .write_buffer_mb = cfg->server.write_buffer_mb};
     r = ps_store_open(dbdir, cfs, ncf, &so, &s->store, err, errlen);

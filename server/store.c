@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "config.h"
 #include "error.h"
 
 struct ps_store {
@@ -24,6 +25,9 @@ struct ps_store {
     rocksdb_column_family_handle_t **cfs; /* requested ones first, then extras */
     size_t ncf, ncf_open;
     bool read_only;
+    /* Column families of metadata (those before first_row_cf, "default",
+     * unlisted ones): the shared options without the memtable filter. */
+    rocksdb_options_t *meta_options;
     /* Column families with a compaction filter have their own options. */
     rocksdb_options_t **cf_options;       /* per requested cf, or NULL */
     rocksdb_compactionfilter_t **cf_filters;
@@ -71,8 +75,8 @@ static void configure(ps_store *s, const ps_store_options *o) {
      * compaction from starving the loop thread. */
     rocksdb_options_increase_parallelism(s->options, 2);
     rocksdb_options_set_max_background_jobs(s->options, 2);
-    rocksdb_options_set_write_buffer_size(
-        s->options, (size_t)(o && o->write_buffer_mb ? o->write_buffer_mb : 32) << 20);
+    uint64_t write_buffer_mb = o && o->write_buffer_mb ? o->write_buffer_mb : PS_DEFAULT_WRITE_BUFFER_MB;
+    rocksdb_options_set_write_buffer_size(s->options, (size_t)write_buffer_mb << 20);
     /* One memtable filling while the last one is flushed, not two: a
      * write-back fills memtables faster than RocksDB flushes them, so a
      * third only waits full in memory (the batch then waits for the flush
@@ -95,13 +99,18 @@ static void configure(ps_store *s, const ps_store_options *o) {
      * the recent write-backs: without this, the first Pull of a new row
      * searches each memtable's skiplist for it, and row creation spent ~80%
      * of the loop thread there (callgrind, bench/README.md). A whole-key
-     * bloom filter per memtable (ratio 0.1 of write_buffer_size: ~3 MiB per
-     * 32 MiB memtable) answers "absent" for nearly all of them. */
+     * bloom filter per memtable answers "absent" for nearly all of them.
+     * Ratio 0.02 of write_buffer_size: 0.64 MiB for a 32 MiB memtable,
+     * which holds ~140k rows, ~38 bits a row (0.1 gave 190 bits, and 3.2
+     * MiB per memtable allocated and zeroed with it). The families of
+     * metadata go without (meta_options below): their filters, 3.2 MiB
+     * each of three, were allocated whether written or not. */
     rocksdb_options_set_memtable_whole_key_filtering(s->options, 1);
-    rocksdb_options_set_memtable_prefix_bloom_size_ratio(s->options, 0.1);
+    rocksdb_options_set_memtable_prefix_bloom_size_ratio(s->options, 0.02);
 
     s->table_options = rocksdb_block_based_options_create();
-    s->cache = rocksdb_cache_create_lru((o && o->block_cache_mb ? o->block_cache_mb : 256) << 20);
+    uint64_t block_cache_mb = o && o->block_cache_mb ? o->block_cache_mb : PS_DEFAULT_BLOCK_CACHE_MB;
+    s->cache = rocksdb_cache_create_lru((size_t)block_cache_mb << 20);
     rocksdb_block_based_options_set_block_cache(s->table_options, s->cache);
     /* A whole-key bloom filter makes a MultiGet of never-seen keys (the first
      * Pull of new rows) skip the data blocks. */
@@ -110,6 +119,9 @@ static void configure(ps_store *s, const ps_store_options *o) {
     rocksdb_block_based_options_set_cache_index_and_filter_blocks(s->table_options, 1);
     rocksdb_block_based_options_set_pin_l0_filter_and_index_blocks_in_cache(s->table_options, 1);
     rocksdb_options_set_block_based_table_factory(s->options, s->table_options);
+    s->meta_options = rocksdb_options_create_copy(s->options);
+    rocksdb_options_set_memtable_whole_key_filtering(s->meta_options, 0);
+    rocksdb_options_set_memtable_prefix_bloom_size_ratio(s->meta_options, 0);
 
     s->ropts = rocksdb_readoptions_create();
     s->scan_ropts = rocksdb_readoptions_create();
@@ -228,8 +240,14 @@ int ps_store_open(const char *dir, const char *const *cf_names, size_t ncf,
     }
     if (!has_default)
         names[n++] = "default";
-    for (size_t i = 0; i < n; i++)
-        cfopts[i] = i < ncf && s->cf_options[i] ? s->cf_options[i] : s->options;
+    /* A read-only store never writes a memtable: none needs a filter. */
+    size_t first_row_cf = opts && opts->read_only ? n : opts ? opts->first_row_cf : 0;
+    for (size_t i = 0; i < n; i++) {
+        if (i < ncf && s->cf_options[i])
+            cfopts[i] = s->cf_options[i];
+        else
+            cfopts[i] = i < ncf && i >= first_row_cf ? s->options : s->meta_options;
+    }
     if (opts && opts->read_only) {
         if (!existing) {
             snprintf(err, errlen, "%s: no RocksDB database here", dir);
@@ -325,6 +343,8 @@ void ps_store_close(ps_store *s) {
         rocksdb_writeoptions_destroy(s->wopts);
     if (s->options)
         rocksdb_options_destroy(s->options);
+    if (s->meta_options)
+        rocksdb_options_destroy(s->meta_options);
     if (s->table_options)
         rocksdb_block_based_options_destroy(s->table_options);
     if (s->cache)

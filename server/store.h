@@ -52,10 +52,14 @@ typedef struct ps_store_cf_filter {
 } ps_store_cf_filter;
 
 typedef struct ps_store_options {
-    uint64_t block_cache_mb;     /* default 256 */
-    uint64_t write_buffer_mb;    /* memtable size per column family; default 32 */
+    uint64_t block_cache_mb;     /* 0: PS_DEFAULT_BLOCK_CACHE_MB (config.h) */
+    uint64_t write_buffer_mb;    /* memtable size per column family; 0: PS_DEFAULT_WRITE_BUFFER_MB */
     bool sync_writes;            /* fsync every batch (fsync = always) */
     const ps_store_cf_filter *filters; /* NULL, or one per requested cf */
+    /* The requested cfs from this index on hold table rows; the ones before
+     * it (and "default") hold a few metadata keys, and their memtables go
+     * without the bloom filter that a first Pull of a new row needs. */
+    size_t first_row_cf;
     /* Open an existing database without writing to it (a checkpoint copy
      * that other readers share): every requested cf must exist, nothing is
      * created, and writes, compactions and checkpoints fail. */
