@@ -1624,9 +1624,13 @@ static int load_bucket_seqs(ps_shard *s, uint32_t stored_groups) {
             return r;
         if (v && vlen == s->cfg->buckets * sizeof(uint64_t))
             memcpy(e->bseq, v, vlen);
-        else
+        else if (stored_groups <= 1) /* a store from before per-bucket numbers */
             for (uint32_t b = 0; b < s->cfg->buckets; b++)
                 e->bseq[b] = e->seq;
+        /* Else each group's slice says (a group with none holds no push
+         * of the client; replay raises what the log has since). Not the
+         * client's highest: a bucket that never saw a seq would take a
+         * push re-routed to it under that seq for a repeat. */
         free(v);
         /* Groups' slices (gseq/): the newer of the two per bucket (a store
          * that went from groups back to one batch has stale slices). */
