@@ -180,7 +180,8 @@ int ps_cluster_start_at(ps_cluster *c, const char *host, int nshards, const char
     memset(c, 0, sizeof(*c));
     snprintf(c->host, sizeof(c->host), "%s", host);
     c->restore = restore;
-    snprintf(c->dir, sizeof(c->dir), "/tmp/ctrps-test-XXXXXX");
+    const char *tmp = getenv("TMPDIR"); /* a loop that keeps its runs can give each its own */
+    snprintf(c->dir, sizeof(c->dir), "%s/ctrps-test-XXXXXX", tmp && *tmp ? tmp : "/tmp");
     if (!mkdtemp(c->dir))
         return -errno;
     snprintf(c->config, sizeof(c->config), "%s/cluster.ini", c->dir);
