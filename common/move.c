@@ -406,8 +406,8 @@ static int admit_catch_up(ps_client *c, uint32_t lo, uint32_t hi, uint64_t tid,
  * A round that leaves more than half as many as the one before (the
  * pushes change the range about as fast as the rounds copy it), and any
  * round after the second, has the source slow those pushes one step more
- * (pr->throttle, 1-3 of every 4 refused), so that the rounds shrink under
- * any load. */
+ * (pr->throttle: each push into the range pauses its connection for
+ * longer), so that the rounds shrink under any load. */
 static int catch_up(ps_client *c, uint32_t lo, uint32_t hi, uint64_t tid, ps_move_progress *pr,
                     ps_move_progress_fn fn, void *ctx, uint64_t small, bool *ret_lost, char *err,
                     size_t errlen) {

@@ -46,7 +46,7 @@ typedef struct ps_move_progress {
     uint64_t rows;               /* copied so far, catch-up rounds included */
     uint64_t estimated_rows;     /* the source's estimate of the range's rows */
     uint32_t rounds;             /* catch-up rounds so far */
-    uint32_t throttle;           /* pushes into the range slowed: 1-3 of every 4 refused (0: none) */
+    uint32_t throttle;           /* pushes into the range slowed: level 1-3 (0: none), server/shard.h */
     uint32_t restarts;           /* copies begun again after the source or the target restarted */
     double t0, elapsed_s;        /* the copy's start (monotonic s) and its time so far */
     double commit_s;             /* when done: t0 to the new map on the source (the source's

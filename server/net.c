@@ -87,6 +87,7 @@ struct ps_server {
     uv_tcp_t listener;
     uv_timer_t tick;
     uv_timer_t idle;
+    uv_timer_t slow;             /* resumes connections paused by a push's pause_ms */
     uv_check_t commit;
     uv_idle_t spin;              /* active while backlog is not empty */
     uv_async_t wake;
@@ -127,6 +128,8 @@ struct conn {
     size_t write_bytes;          /* handed to uv_write, not yet done */
     bool reading, closing;
     bool backlogged;             /* on srv->backlog, not reading meanwhile */
+    bool slowed;                 /* reads nothing until slow_until_ms (ps_session.pause_ms) */
+    uint64_t slow_until_ms;
     conn *bl_prev, *bl_next;
     bool close_after_write;      /* the last reply refused it: close once sent */
     uint32_t inflight;           /* requests handled whose replies are not yet written */
@@ -311,11 +314,65 @@ static void log_outcome(conn *c, bool had_hello) {
                    ps_status_name((Ctrps__Status)st), sess->last_error);
 }
 
+static void process_frames(conn *c);
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+
+/* The earliest end of a pause among the connections (UINT64_MAX: none). */
+static uint64_t next_slow_end(const ps_server *srv) {
+    uint64_t next = UINT64_MAX;
+    for (const conn *c = srv->conns; c; c = c->next)
+        if (c->slowed && c->slow_until_ms < next)
+            next = c->slow_until_ms;
+    return next;
+}
+
+static void on_slow_timer(uv_timer_t *t);
+
+/* The timer set for the earliest end of a pause, or stopped. */
+static void arm_slow_timer(ps_server *srv) {
+    uint64_t next = next_slow_end(srv);
+    if (next == UINT64_MAX) {
+        uv_timer_stop(&srv->slow);
+        return;
+    }
+    uint64_t now = uv_now(&srv->loop);
+    uv_timer_start(&srv->slow, on_slow_timer, next > now ? next - now : 0, 0);
+}
+
+/* Pauses that have ended: those connections read and handle frames again. */
+static void on_slow_timer(uv_timer_t *t) {
+    ps_server *srv = t->data;
+    uint64_t now = uv_now(&srv->loop);
+    for (conn *c = srv->conns, *next; c; c = next) {
+        next = c->next;
+        if (!c->slowed || c->slow_until_ms > now)
+            continue;
+        c->slowed = false;
+        if (!c->close_after_write && !c->backlogged && !over_limits(c))
+            c->reading = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0;
+        process_frames(c); /* frames that arrived before the pause */
+    }
+    arm_slow_timer(srv);
+}
+
+/* A push into a range being copied asked for c to read nothing for ms. */
+static void slow_down(conn *c, uint32_t ms) {
+    ps_server *srv = c->srv;
+    pause_reading(c);
+    c->slowed = true;
+    c->slow_until_ms = uv_now(&srv->loop) + ms;
+    arm_slow_timer(srv);
+}
+
 /* Handle the whole frames buffered for c, unless a limit says wait: then
  * reading stops, and the frames stay buffered until replies drain. */
 static void process_frames(conn *c) {
     ps_server *srv = c->srv;
     for (;;) {
+        if (c->slowed) {
+            pause_reading(c);
+            break;
+        }
         if (over_limits(c)) {
             pause_reading(c);
             paused_by_limit(c);
@@ -353,6 +410,10 @@ static void process_frames(conn *c) {
             return;
         }
         log_outcome(c, had_hello);
+        if (c->sess.pause_ms) {
+            slow_down(c, c->sess.pause_ms);
+            c->sess.pause_ms = 0;
+        }
         if (push_ack)
             srv->turn_bytes += len; /* only what the log writer gets counts */
         c->inflight++;
@@ -402,7 +463,7 @@ static void on_written(uv_write_t *req, int status) {
     /* Resume below half of each limit, so a connection at the edge does not
      * flap between paused and reading on every reply. */
     const ps_server_config *sc = &c->srv->cfg->server;
-    if (!c->reading && !c->backlogged && !c->close_after_write &&
+    if (!c->reading && !c->backlogged && !c->slowed && !c->close_after_write &&
         c->write_bytes <= sc->max_pending_reply_bytes / 2 &&
         c->inflight <= sc->max_inflight_per_conn / 2) {
         c->reading = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0;
@@ -516,7 +577,7 @@ static bool drain_backlog(ps_server *srv) {
         conn *c = srv->backlog;
         backlog_unlist(c);
         handled = true;
-        if (!c->close_after_write && !over_limits(c))
+        if (!c->close_after_write && !c->slowed && !over_limits(c))
             c->reading = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0;
         process_frames(c);
     }
@@ -859,6 +920,8 @@ int ps_server_listen(ps_server *srv, ps_shard *shard, ps_service *svc, char *err
     uv_timer_start(&srv->tick, on_tick, TICK_MS, TICK_MS);
     uv_timer_init(&srv->loop, &srv->idle);
     srv->idle.data = srv;
+    uv_timer_init(&srv->loop, &srv->slow);
+    srv->slow.data = srv;
     if (srv->cfg->server.idle_timeout_s)
         uv_timer_start(&srv->idle, on_idle_check, 1000, 1000);
     uv_signal_init(&srv->loop, &srv->sigterm);

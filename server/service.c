@@ -271,15 +271,10 @@ static int do_pull(ps_service *svc, ps_session *sess, const Ctrps__PullRequest *
 }
 
 static int do_push(ps_service *svc, ps_session *sess, const Ctrps__PushRequest *req, reply *rp) {
-    (void)sess;
     ps_table *t;
     int r = check_keyed(svc, req->table, req->keys, req->n_keys, &t, rp);
     if (r == 0)
         r = check_not_moving(svc, req->keys, req->n_keys, rp);
-    if (r == 0 && ps_shard_throttles(svc->shard, req->keys, req->n_keys)) {
-        snprintf(rp->err, sizeof(rp->err), "buckets of this push are being copied: slowed down");
-        r = PS_EMOVING;
-    }
     if (r < 0)
         return r;
     uint32_t dim = ps_table_dim(t);
@@ -293,6 +288,7 @@ static int do_push(ps_service *svc, ps_session *sess, const Ctrps__PushRequest *
                       &res, rp->err, sizeof(rp->err));
     if (r < 0)
         return r;
+    sess->pause_ms = ps_shard_throttle_ms(svc->shard, req->keys, req->n_keys);
     Ctrps__PushResponse *p = &rp->u.push;
     ctrps__push_response__init(p);
     p->applied = res.applied;

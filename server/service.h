@@ -36,6 +36,10 @@ struct ps_session {
     int last_status;
     bool last_auth_failed;
     char last_error[160];
+    /* Set by a push into a range being copied (ps_shard_throttle_ms()):
+     * the network layer reads nothing more from the connection for this
+     * many ms, then clears it. */
+    uint32_t pause_ms;
     /* Owned: where a Pull's or Push's arrays are copied when they do not
      * sit aligned in the frame (service.c, in_place()); kept for the next. */
     void *scratch;

@@ -207,9 +207,8 @@ struct ps_shard {
     uint32_t track_lo, track_hi;
     ps_keyset *tracked;
     uint32_t round_no;           /* the catch-up round taken last; 0: none yet */
-    /* Pushes into the tracked range answered MOVING: `throttle` of every 4
-     * (ps_shard_set_throttle()); `throttle_n` counts them. */
-    uint32_t throttle, throttle_n;
+    /* Pushes into the tracked range slowed at this level (ps_shard_set_throttle()). */
+    uint32_t throttle;
     /* No periodic write-back begins before this (ps_shard_hold_writeback()):
      * a cut-over's small fsync'ed writes would queue behind its batch. */
     uint64_t hold_until_ms;
@@ -568,10 +567,16 @@ int ps_shard_set_throttle(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t level,
     return 0;
 }
 
-bool ps_shard_throttles(ps_shard *s, const uint64_t *keys, size_t n) {
+/* What the refusals this replaced cost a writer that waits for each push:
+ * 1-3 of every 4 pushes refused, each resent after the client's 20 ms,
+ * make 20/3, 20 and 60 ms a push. */
+const uint32_t PS_THROTTLE_MS[4] = {0, 7, 20, 60};
+
+uint32_t ps_shard_throttle_ms(ps_shard *s, const uint64_t *keys, size_t n) {
     if (!s->throttle || !s->track_id || !touches(s, keys, n, s->track_lo, s->track_hi))
-        return false;
-    return s->throttle_n++ % 4 < s->throttle;
+        return 0;
+    s->c.pushes_throttled++;
+    return PS_THROTTLE_MS[s->throttle];
 }
 
 static void flush_end(ps_shard *s, uint64_t now_ms);

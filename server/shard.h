@@ -63,6 +63,8 @@ typedef struct ps_push_result {
        "synchronous write-backs forced by a full memory tier")                               \
     XX(pushes_already_applied, "ctrps_pushes_already_applied_total",                         \
        "replayed pushes answered without applying")                                          \
+    XX(pushes_throttled, "ctrps_pushes_throttled_total",                                     \
+       "pushes into a range being copied after which their connection paused")               \
     XX(replayed_records, "ctrps_recovery_replayed_records_total",                            \
        "push-log records replayed at start")                                                 \
     XX(replay_skipped_rows, "ctrps_recovery_replay_skipped_rows_total",                      \
@@ -166,13 +168,18 @@ int ps_shard_thaw(ps_shard *s, char *err, size_t errlen);
 bool ps_shard_frozen(const ps_shard *s, uint32_t *ret_lo, uint32_t *ret_hi);
 bool ps_shard_touches_frozen(const ps_shard *s, const uint64_t *keys, size_t n);
 /* Slowing the writers of a range being copied, so that catch-up rounds
- * shrink however fast clients push into it: at `level` 1-3 (0: off), that
- * many of every 4 pushes touching the tracked range are refused (the
- * service answers MOVING; clients retry them after a short wait) until the
- * copy ends; throttles() says whether to refuse this one (and counts it). */
+ * shrink however fast clients push into it: at `level` 1-3 (0: off), until
+ * the copy ends, a push touching the tracked range is applied and its
+ * connection then reads nothing for PS_THROTTLE_MS[level] ms (the service
+ * pauses it). Pushes are never refused for it: a client keeps several on
+ * the wire, and a refused one resent after a later one was applied would
+ * be taken for a repeat (sequence numbers are per bucket, in order).
+ * throttle_ms() is that pause for a push of keys just applied (0: none;
+ * counted). */
+extern const uint32_t PS_THROTTLE_MS[4];
 int ps_shard_set_throttle(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t level, char *err,
                           size_t errlen);
-bool ps_shard_throttles(ps_shard *s, const uint64_t *keys, size_t n);
+uint32_t ps_shard_throttle_ms(ps_shard *s, const uint64_t *keys, size_t n);
 /* Hold periodic write-backs for `ms` (0: no more), or until the next map
  * is installed: a cut-over's fsync'ed writes (the target's last round and
  * sequence numbers, both maps) would otherwise wait behind a write-back's

@@ -1085,21 +1085,27 @@ Test(shard, a_copied_range_records_the_rows_pushes_change) {
     cr_assert_eq(ps_shard_move_changed(s, lo, hi, 5, &ti, &off, 5, collect_changed, &c, &done,
                                        &pending, err, sizeof(err)),
                  PS_EPROTO, "a round skipped");
-    /* Slowed: 2 of every 4 pushes into the range refused, none outside it,
-     * and no throttle without the copy. */
-    cr_assert_eq(ps_shard_set_throttle(s, lo, hi, 2, err, sizeof(err)), 0, "%s", err);
-    int refused = 0;
-    for (int i = 0; i < 8; i++)
-        refused += ps_shard_throttles(s, &key, 1);
-    cr_assert_eq(refused, 4);
+    /* Slowed: every push into the range pauses its connection for the
+     * level's time (and is counted), none outside it, and no throttle
+     * without the copy. */
+    cr_assert_eq(ps_shard_throttle_ms(s, &key, 1), 0, "no throttle before one is set");
+    for (uint32_t level = 1; level <= 3; level++) {
+        cr_assert_eq(ps_shard_set_throttle(s, lo, hi, level, err, sizeof(err)), 0, "%s", err);
+        for (int i = 0; i < 2; i++)
+            cr_assert_eq(ps_shard_throttle_ms(s, &key, 1), PS_THROTTLE_MS[level]);
+    }
+    cr_assert(PS_THROTTLE_MS[1] > 0 && PS_THROTTLE_MS[1] < PS_THROTTLE_MS[2] &&
+              PS_THROTTLE_MS[2] < PS_THROTTLE_MS[3]);
+    cr_assert_eq(counters(s).pushes_throttled, 6);
     uint64_t outside = c.fid[0];
     for (size_t i = 0; i < NEMB; i++)
         if (ps_bucket(emb_key[i], 64) >= hi)
             outside = emb_key[i];
-    cr_assert_not(ps_shard_throttles(s, &outside, 1));
+    cr_assert_eq(ps_shard_throttle_ms(s, &outside, 1), 0);
     cr_assert_eq(ps_shard_thaw(s, err, sizeof(err)), 0);
     cr_assert_eq(ps_shard_track_id(s), 0);
-    cr_assert_not(ps_shard_throttles(s, &key, 1), "the throttle ends with the copy");
+    cr_assert_eq(ps_shard_throttle_ms(s, &key, 1), 0, "the throttle ends with the copy");
+    cr_assert_eq(counters(s).pushes_throttled, 6);
     cr_assert_eq(ps_shard_set_throttle(s, lo, hi, 2, err, sizeof(err)), PS_EPROTO);
     cr_assert_eq(ps_shard_move_changed(s, lo, hi, 4, &ti, &off, 5, collect_changed, &c, &done,
                                        &pending, err, sizeof(err)),
