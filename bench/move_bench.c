@@ -614,7 +614,7 @@ int main(int argc, char **argv) {
         printf("run %u: moved buckets %u-%u from shard %u to shard %u: %.0f rows copied and committed "
                "in %.2f s (%.0f rows/s; first pass %.0f rows/s), with the source's drop %.2f s, "
                "%.0f catch-up rounds, pause %.1f ms "
-               "(freeze %.1f, last round %.1f for %.0f rows, maps %.1f), pushes slowed %.0f/4, "
+               "(freeze %.1f, last round %.1f for %.0f rows, maps %.1f), writers slowed at level %.0f (of 3), "
                "longest request during the move %.1f ms (began %.2f s into it); pull rows/s before/during/after "
                "%.0f/%.0f/%.0f, push %.0f/%.0f/%.0f, p99 request ms %.1f/%.1f/%.1f; "
                "CPU s source %.2f target %.2f mover+load %.2f (RocksDB's flushes and compactions: "
