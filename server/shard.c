@@ -137,10 +137,15 @@ typedef struct stage_table {
  * bseq entries (README "Resharding"), and because a client re-routing a
  * push after WRONG_SHARD sends a shard keys under a seq it may have used
  * there already for other buckets. seq is the highest applied anywhere
- * (Hello's last_push_seq; dense pushes are sequenced by it). */
+ * (Hello's last_push_seq), adopted buckets' included. dseq is the highest
+ * dense push applied here, which sequences dense pushes: not seq, which a
+ * move's adopted numbers raise past a dense push still on its way here
+ * (max_in_flight > 0: the next batch's sparse push applied on the source
+ * before this batch's dense push reached a restarted home shard). */
 typedef struct client_entry {
     uint64_t id;                 /* 0 = empty */
     uint64_t seq;
+    uint64_t dseq;
     uint64_t *bseq;              /* owned, cfg->buckets entries */
     bool dirty;                  /* changed since the last write-back began */
     /* With more than one write-back group: the groups whose slice of bseq
@@ -1673,7 +1678,7 @@ static int load_clients(ps_shard *s, uint32_t stored_groups) {
         uint64_t id = 0, seq;
         for (int i = 0; i < 8; i++)
             id = (id << 8) | (uint8_t)k[sizeof(prefix) - 1 + i];
-        if (vlen != 8)
+        if (vlen != 8 && vlen != 16)
             continue;
         memcpy(&seq, v, 8);
         client_entry *e = client_slot(s, id, true);
@@ -1682,6 +1687,9 @@ static int load_clients(ps_shard *s, uint32_t stored_groups) {
             break;
         }
         e->seq = seq;
+        e->dseq = seq; /* a store from before dseq: what it used for dense pushes */
+        if (vlen == 16)
+            memcpy(&e->dseq, v + 8, 8);
     }
     ps_store_iter_free(it);
     return r < 0 ? r : load_bucket_seqs(s, stored_groups);
@@ -1921,7 +1929,8 @@ static void flush_group0(ps_shard *s, flush_job *j) {
         char key[16];
         size_t klen;
         client_key("client/", e->id, key, &klen);
-        ps_store_batch_put(j->batch, s->store, CF_META, key, klen, &e->seq, 8);
+        uint64_t seqs[2] = {e->seq, e->dseq};
+        ps_store_batch_put(j->batch, s->store, CF_META, key, klen, seqs, sizeof(seqs));
         if (s->ngroups == 1) {
             client_key("cseq/", e->id, key, &klen);
             ps_store_batch_put(j->batch, s->store, CF_META, key, klen, e->bseq,
@@ -2168,6 +2177,12 @@ static void note_seq(client_entry *e, uint64_t seq) {
     e->dirty = true;
 }
 
+/* A dense push of seq from client e was applied. */
+static void note_dense_seq(client_entry *e, uint64_t seq) {
+    note_seq(e, seq);
+    e->dseq = e->dseq > seq ? e->dseq : seq;
+}
+
 static void note_seqs(ps_shard *s, client_entry *e, const uint64_t *keys, size_t n, uint64_t seq) {
     uint32_t nb = s->cfg->buckets;
     for (size_t i = 0; i < n; i++) {
@@ -2366,7 +2381,7 @@ static int apply_dense(ps_shard *s, size_t n, const char *const *names, const fl
     if (log)
         log_dense(s, REC_DENSE_PUSH, n, names, grads, lens, client_id, seq, false);
     if (e)
-        note_seq(e, seq);
+        note_dense_seq(e, seq);
     return 0;
 }
 
@@ -2378,7 +2393,8 @@ int ps_shard_dense_push(ps_shard *s, size_t n, const char *const *names, const f
         snprintf(err, errlen, "store is read-only: %s", s->store_error);
         return PS_EREAD_ONLY;
     }
-    if (client_id && seq <= ps_shard_client_seq(s, client_id)) {
+    const client_entry *de = client_id ? client_slot(s, client_id, false) : NULL;
+    if (de && seq <= de->dseq) {
         *ret_already = true;
         s->c.pushes_already_applied++;
         return 0;
@@ -2551,7 +2567,7 @@ static int replay_one(ps_shard *s, uint64_t lsn, const void *payload, size_t len
             if (dr.client_id && !e)
                 r = -ENOMEM;
             if (e)
-                note_seq(e, dr.seq);
+                note_dense_seq(e, dr.seq);
         }
         if (r == 0) {
             s->c.replayed_records++;

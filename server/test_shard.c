@@ -1299,6 +1299,64 @@ Test(shard, a_restart_keeps_each_buckets_own_sequence_numbers) {
     ps_config_free(cfg);
 }
 
+/* One dense push of block "d" (4 floats) by client 9 under seq. */
+static bool dense_push_seq(ps_shard *s, uint64_t seq) {
+    const char *name = "d";
+    float g[4] = {0.25f, -0.5f, 1.0f, 0.125f};
+    const float *gp = g;
+    size_t len = 4;
+    bool already;
+    char err[512] = "";
+    cr_assert_eq(ps_shard_dense_push(s, 1, &name, &gp, &len, 9, seq, &already, err, sizeof(err)), 0,
+                 "%s", err);
+    cr_assert_eq(ps_shard_commit(s), 0);
+    return already;
+}
+
+static void dense_push_and_crash(void *arg) {
+    const ps_config *cfg = arg;
+    ps_shard_options so = {.shard_id = 0, .data_dir = datadir};
+    char err[512] = "";
+    ps_shard *s = NULL;
+    child_check(ps_shard_open(cfg, &so, &s, err, sizeof(err)) == 0, 2, "open: %s", err);
+    child_check(!dense_push_seq(s, 60), 3, "dense seq 60 taken for a repeat");
+    _exit(0); /* no close, no write-back: replay brings it */
+}
+
+/* Dense pushes are sequenced by the dense pushes a shard applied, not by
+ * every number it holds for the client: a move's cut-over adopts the
+ * buckets' numbers, which may be past a dense push of the same client not
+ * yet arrived (max_in_flight > 0, the home shard restarted); that push was
+ * taken for a repeat. Through a clean restart and a kill -9 too. */
+Test(shard, adopted_numbers_do_not_sequence_dense_pushes) {
+    ps_config *cfg = load_config((cfg_opts){0});
+    ps_shard *s = open_shard(cfg, 0);
+    const float init[4] = {0, 0, 0, 0}, *w;
+    size_t wlen;
+    char err[512] = "";
+    cr_assert_eq(ps_shard_dense_get(s, "d", init, 4, &w, &wlen, err, sizeof(err)), 0, "%s", err);
+    uint64_t ids[1] = {9}, seqs[4] = {50, 50, 50, 50};
+    cr_assert_eq(ps_shard_adopt_seqs(s, 40, 44, ids, seqs, 1, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(ps_shard_client_seq(s, 9), 50, "Hello's last_push_seq counts adopted numbers");
+    cr_assert_not(dense_push_seq(s, 40), "dense seq 40 taken for a repeat of adopted seq 50");
+    cr_assert(dense_push_seq(s, 40), "a resent dense push");
+    cr_assert(dense_push_seq(s, 39));
+    cr_assert_eq(ps_shard_close(s), 0);
+
+    s = open_shard(cfg, 0);
+    cr_assert(dense_push_seq(s, 40), "after a restart, a resent dense push");
+    cr_assert_not(dense_push_seq(s, 41));
+    cr_assert_eq(ps_shard_client_seq(s, 9), 50);
+    cr_assert_eq(ps_shard_close(s), 0);
+
+    in_crashing_child(dense_push_and_crash, cfg);
+    s = open_shard(cfg, 0);
+    cr_assert(dense_push_seq(s, 60), "after kill -9 and replay, a resent dense push");
+    cr_assert_not(dense_push_seq(s, 61));
+    cr_assert_eq(ps_shard_close(s), 0);
+    ps_config_free(cfg);
+}
+
 /* The rows of one export pass of [lo, hi), table emb only (keys and their
  * stored values, copied). */
 typedef struct exported {
