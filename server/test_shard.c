@@ -212,6 +212,15 @@ static void child_check(bool ok, int code, const char *fmt, ...) {
     _exit(code);
 }
 
+/* Shard 0 opened in a crashing child (exit code 2 if it cannot be). */
+static ps_shard *open_in_child(const ps_config *cfg) {
+    ps_shard_options so = {.shard_id = 0, .data_dir = datadir};
+    char err[512] = "";
+    ps_shard *s = NULL;
+    child_check(ps_shard_open(cfg, &so, &s, err, sizeof(err)) == 0, 2, "open: %s", err);
+    return s;
+}
+
 static int do_push(ps_shard *s, const push_spec *p, ps_push_result *res, char *err, size_t errlen) {
     ps_table *t = ps_shard_table(s, p->wide ? "wide" : "emb");
     return ps_shard_push(s, t, p->keys, p->n, p->grads, p->client, p->seq, res, err, errlen);
@@ -718,10 +727,8 @@ Test(shard, write_back_groups_change_with_the_durability_and_keep_the_state) {
 
 static void interval_crash_child(void *arg) {
     const ps_config *cfg = arg;
-    ps_shard_options so = {.shard_id = 0, .data_dir = datadir};
+    ps_shard *s = open_in_child(cfg);
     char err[512] = "";
-    ps_shard *s = NULL;
-    child_check(ps_shard_open(cfg, &so, &s, err, sizeof(err)) == 0, 2, "open: %s", err);
     run_pushes(s, 0, 20, NULL, true);
     child_check(ps_shard_flush_sync(s, err, sizeof(err)) == 0, 3, "flush: %s", err);
     run_pushes(s, 20, 30, NULL, true);
@@ -1184,10 +1191,8 @@ Test(shard, a_hold_keeps_periodic_write_backs_from_beginning) {
  * the same buckets wins. */
 static void adopt_and_crash(void *arg) {
     const ps_config *cfg = arg;
-    ps_shard_options so = {.shard_id = 0, .data_dir = datadir};
+    ps_shard *s = open_in_child(cfg);
     char err[512] = "";
-    ps_shard *s = NULL;
-    child_check(ps_shard_open(cfg, &so, &s, err, sizeof(err)) == 0, 2, "open: %s", err);
     uint64_t ids[2] = {7, 9}, seqs[2 * 4] = {11, 12, 13, 14, 101, 102, 103, 104};
     child_check(ps_shard_adopt_seqs(s, 40, 44, ids, seqs, 2, err, sizeof(err)) == 0, 3, "adopt: %s",
                 err);
@@ -1246,10 +1251,8 @@ static uint64_t key_a, key_b;    /* emb keys of two buckets */
 
 static void write_back_and_crash(void *arg) {
     const ps_config *cfg = arg;
-    ps_shard_options so = {.shard_id = 0, .data_dir = datadir};
+    ps_shard *s = open_in_child(cfg);
     char err[512] = "";
-    ps_shard *s = NULL;
-    child_check(ps_shard_open(cfg, &so, &s, err, sizeof(err)) == 0, 2, "open: %s", err);
     ps_push_result res = push_key(s, key_a, 7, 20);
     child_check(res.applied == 1, 3, "seq 20 not applied to key a");
     child_check(ps_shard_flush_sync(s, err, sizeof(err)) == 0, 4, "write-back: %s", err);
@@ -1315,10 +1318,7 @@ static bool dense_push_seq(ps_shard *s, uint64_t seq) {
 
 static void dense_push_and_crash(void *arg) {
     const ps_config *cfg = arg;
-    ps_shard_options so = {.shard_id = 0, .data_dir = datadir};
-    char err[512] = "";
-    ps_shard *s = NULL;
-    child_check(ps_shard_open(cfg, &so, &s, err, sizeof(err)) == 0, 2, "open: %s", err);
+    ps_shard *s = open_in_child(cfg);
     child_check(!dense_push_seq(s, 60), 3, "dense seq 60 taken for a repeat");
     _exit(0); /* no close, no write-back: replay brings it */
 }
