@@ -193,7 +193,11 @@ struct ps_client {
     shard_conn **shards;
     uint32_t nshards;
     /* Re-routing (I/O thread only). */
-    part *remap_head;            /* parts waiting for a map, linked by next */
+    /* Parts waiting for a map or out of MOVING, linked by next, in the
+     * order they were refused: sent again in that order, so that a shard
+     * gets one client's pushes in the order of their seqs (a push sent
+     * after a later one was applied would be taken for a repeat). */
+    part *remap_head, *remap_tail;
     bool map_fetching;
     uint64_t remap_at_ms;        /* re-route the waiting parts then, if no fetch */
 
@@ -1071,7 +1075,7 @@ static void reroute(ps_client *c, part *p) {
 
 static void reroute_waiting(ps_client *c) {
     part *p = c->remap_head;
-    c->remap_head = NULL;
+    c->remap_head = c->remap_tail = NULL;
     while (p) {
         part *next = p->next;
         p->next = NULL;
@@ -1082,7 +1086,7 @@ static void reroute_waiting(ps_client *c) {
 
 static void fail_waiting(ps_client *c, int err, const char *msg) {
     part *p = c->remap_head;
-    c->remap_head = NULL;
+    c->remap_head = c->remap_tail = NULL;
     while (p) {
         part *next = p->next;
         p->next = NULL;
@@ -1136,6 +1140,17 @@ static void map_part_done(part *p, int err, const char *msg) {
     reroute_waiting(c);
 }
 
+/* p waits on the remap list, behind the parts refused before it. */
+static void remap_wait(ps_client *c, part *p) {
+    p->next = NULL;
+    p->prev = NULL;
+    if (c->remap_tail)
+        c->remap_tail->next = p;
+    else
+        c->remap_head = p;
+    c->remap_tail = p;
+}
+
 /* A keyed part was refused by sc for a bucket it does not own; the shard's
  * map has this epoch. */
 static void wrong_shard(shard_conn *sc, part *p, uint64_t epoch, const char *msg) {
@@ -1148,18 +1163,18 @@ static void wrong_shard(shard_conn *sc, part *p, uint64_t epoch, const char *msg
         return;
     }
     p->hops++;
-    if (epoch <= c->map.version && p->epoch < c->map.version && !c->map_fetching) {
-        /* Routed by a map older than the one taken since: go by the new one. */
+    if (epoch <= c->map.version && p->epoch < c->map.version && !c->map_fetching && !c->remap_head) {
+        /* Routed by a map older than the one taken since: go by the new one
+         * (after any part refused before it, which waits). */
         reroute(c, p);
         return;
     }
-    p->next = c->remap_head;
-    p->prev = NULL;
-    c->remap_head = p;
+    bool first = !c->remap_head; /* later ones keep the first one's time */
+    remap_wait(c, p);
     if (epoch > c->map.version) {
         if (!c->map_fetching)
             fetch_map(sc);
-    } else if (!c->map_fetching) {
+    } else if (!c->map_fetching && first) {
         c->remap_at_ms = uv_now(&c->loop) + REMAP_RETRY_MS;
     }
 }
@@ -1176,10 +1191,9 @@ static void moving(shard_conn *sc, part *p, const char *msg) {
         return;
     }
     atomic_fetch_add(&c->n_moving_waits, 1);
-    p->next = c->remap_head;
-    p->prev = NULL;
-    c->remap_head = p;
-    if (!c->map_fetching)
+    bool first = !c->remap_head; /* later ones keep the first one's time */
+    remap_wait(c, p);
+    if (!c->map_fetching && first)
         c->remap_at_ms = uv_now(&c->loop) + REMAP_RETRY_MS;
 }
 

@@ -754,6 +754,55 @@ Test(reshard, pipelined_pushes_into_a_throttled_range_are_each_applied_once, .fi
     close(admin);
 }
 
+/* Parts refused MOVING wait and are sent again in the order they were
+ * sent first. They were sent again newest first: of two pipelined pushes
+ * into a frozen range, the second could then be applied before the first,
+ * which came after it and was taken for a repeat (seqs are per bucket).
+ * Each round freezes a key's bucket (raw FREEZE), starts two pushes of it,
+ * waits until both wait on MOVING, and thaws: n must count both. The old
+ * order (reversed at every refusal) lost one in half of the rounds. */
+Test(reshard, pushes_refused_moving_go_again_in_order, .fini = teardown, .timeout = 60) {
+    make_keys();
+    cr_assert_eq(ps_cluster_start(&cl, 1, body), 0);
+    int admin = ps_raw_connect(cl.ports[0]);
+    ctrps__response__free_unpacked(ps_raw_hello(admin, 0), NULL);
+    ps_client *c = client_of(&cl);
+    uint32_t width = ps_optim_state_width(&cl.cfg->tables[0].opt, DIM);
+    float g[DIM] = {0.5f, 0.5f, 0.5f, 0.5f};
+    char err[512];
+    for (int round = 0; round < 6; round++) {
+        uint64_t key = keys[round];
+        uint32_t b = ps_bucket(key, BUCKETS);
+        ctrps__response__free_unpacked(
+            raw_move(admin, CTRPS__MOVE_REQUEST__PHASE__FREEZE, b, b + 1, 0, 0), NULL);
+        ps_client_counters before, now;
+        ps_client_counters_get(c, &before);
+        ps_call *calls[2];
+        for (int i = 0; i < 2; i++)
+            cr_assert_eq(ps_client_push_start(c, "emb", DIM, &key, 1, g, &calls[i]), 0);
+        for (int i = 0;; i++) {
+            ps_client_counters_get(c, &now);
+            if (now.moving_waits >= before.moving_waits + 2)
+                break;
+            cr_assert_lt(i, 2000, "the pushes were not refused MOVING");
+            usleep(1000);
+        }
+        ctrps__response__free_unpacked(raw_move(admin, CTRPS__MOVE_REQUEST__PHASE__THAW, 0, 0, 0, 0),
+                                       NULL);
+        for (int i = 0; i < 2; i++)
+            cr_assert_eq(ps_call_wait(calls[i], err, sizeof(err)), 0, "round %d: %s", round, err);
+        float v[DIM], st[64];
+        uint8_t found;
+        cr_assert_eq(ps_client_lookup(c, "emb", DIM, width, &key, 1, &found, v, st, err, sizeof(err)),
+                     0, "%s", err);
+        cr_assert(found);
+        cr_assert_eq(st[2 * DIM], 2 * 0.25f, "round %d: n = %g, not both pushes", round,
+                     st[2 * DIM]);
+    }
+    ps_client_free(c);
+    close(admin);
+}
+
 /* Train on data while the cluster goes 2 -> 3 -> 2 shards (or not, with
  * grow = false); the exported state at the end. */
 static char *train_while_resharding(const char *data, bool grow, disturbance how) {
