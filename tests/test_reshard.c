@@ -805,6 +805,17 @@ Test(reshard, pushes_refused_moving_go_again_in_order, .fini = teardown, .timeou
     close(admin);
 }
 
+/* MOVE_ROWS Criteo-shaped rows of `seed` (ctrps-cli gen) into a new file
+ * named from the template `path` (XXXXXX), which is replaced. */
+static void gen_rows(char *path, const char *seed) {
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    char *argv[] = {(char *)ps_test_bin("tools/ctrps-cli"), "gen", "--rows", MOVE_ROWS, "--seed",
+                    (char *)seed, "--format", "criteo", "--out", path, NULL};
+    cr_assert_eq(ps_run(argv, NULL, NULL), 0);
+}
+
 /* Train on data while the cluster goes 2 -> 3 -> 2 shards (or not, with
  * grow = false); the exported state at the end, and in *ret_applied (if
  * not NULL) the rows the shards applied, summed, and the pushes they took
@@ -886,12 +897,7 @@ static void expect_export(const char *got, const char *want, const char *what) {
 Test(reshard, training_through_2_3_2_shards_ends_in_the_unmoved_state, .fini = teardown,
      .timeout = 600) {
     char data[] = "/tmp/ctrps-reshard-XXXXXX";
-    int fd = mkstemp(data);
-    cr_assert_geq(fd, 0);
-    close(fd);
-    char *argv[] = {(char *)ps_test_bin("tools/ctrps-cli"), "gen", "--rows", MOVE_ROWS, "--seed",
-                    "21", "--format", "criteo", "--out", data, NULL};
-    cr_assert_eq(ps_run(argv, NULL, NULL), 0);
+    gen_rows(data, "21");
     char *clean = train_while_resharding(data, false, CALM);
     size_t lines = 0;
     for (const char *p = clean; *p; p++)
@@ -928,12 +934,7 @@ Test(reshard, an_async_worker_through_2_3_2_shards_has_each_push_applied_once, .
              at + strlen("max_in_flight = 0"));
     lr_body = async_body;
     char data[] = "/tmp/ctrps-reshard-XXXXXX";
-    int fd = mkstemp(data);
-    cr_assert_geq(fd, 0);
-    close(fd);
-    char *argv[] = {(char *)ps_test_bin("tools/ctrps-cli"), "gen", "--rows", MOVE_ROWS, "--seed",
-                    "22", "--format", "criteo", "--out", data, NULL};
-    cr_assert_eq(ps_run(argv, NULL, NULL), 0);
+    gen_rows(data, "22");
     unsigned long long still[2], moved[2];
     free(train_counting(data, false, CALM, still));
     free(train_counting(data, true, CALM, moved));
