@@ -37,15 +37,20 @@
  *     in flight to that shard; its answer installs the newer map;
  *   - shard's epoch < ours: the shard has not heard of our map yet (a move's
  *     cut-over installs it shard by shard); REMAP_RETRY_MS;
- * and is then split again by the current map into parts for the new owners,
- * carrying the same push sequence number. A part re-routed MAX_HOPS times,
- * or refused by a shard of our own epoch (a real misconfiguration), fails
- * with WRONG_SHARD. Connections are added as maps name more shards and never
- * removed; a shard whose address changes is reconnected.
- * Limit, as for READ_ONLY above: a re-routed push lands behind this client's
- * later pushes to the new owner if any were sent meanwhile, and a shard
- * answers a sequence number below one it applied as already applied. The
- * worker with max_in_flight = 0 has one push on the wire at a time. */
+ * and is then split again by the current map into parts for the new owners
+ * (MOVING parts too, after REMAP_RETRY_MS), in the order they were refused.
+ * A push part refused whole at every attempt was applied nowhere: it goes
+ * again under a new sequence number (reroute()), since a later push of this
+ * client may have been applied first and a shard answers a number below
+ * one it applied as already applied. A part with an unanswered attempt
+ * (resent after a lost connection) keeps its number. A part re-routed
+ * MAX_HOPS times, or refused by a shard of our own epoch (a real
+ * misconfiguration), fails with WRONG_SHARD. Connections are added as maps
+ * name more shards and never removed; a shard whose address changes is
+ * reconnected.
+ * Limit, as for READ_ONLY above: a part that keeps its number can land
+ * behind a later push of this client; the worker with max_in_flight = 0 has
+ * one push on the wire at a time. */
 
 #include "client.h"
 
@@ -108,6 +113,7 @@ struct part {
     uint32_t *pos;               /* owned: position of each key in the call */
     uint64_t deadline_ms;
     bool sent;                   /* written on some connection already */
+    bool uncertain;              /* an attempt went unanswered (resent): maybe applied */
     uint8_t hops;                /* times re-routed after WRONG_SHARD */
     uint64_t epoch;              /* of the map its keys were routed by */
     uint32_t moving_waits;       /* times answered MOVING */
@@ -657,8 +663,10 @@ static void handle_hello(shard_conn *sc, Ctrps__Response *resp) {
         outage_end(sc);
     uint64_t now = uv_now(&sc->c->loop);
     for (part *p = sc->head; p && sc->state == READY; p = p->next) {
-        if (p->sent)
+        if (p->sent) {
             atomic_fetch_add(&sc->c->n_resent, 1);
+            p->uncertain = true;
+        }
         p->sent = true;
         if (sc->c->outage_ms) /* the deadline bounds this attempt */
             p->deadline_ms = now + sc->c->timeout_ms;
@@ -970,10 +978,32 @@ static Ctrps__Request *unpack_frame(const frame_ref *f) {
                                   (const uint8_t *)f->data + PS_FRAME_HEADER);
 }
 
+static void dispatch_list(ps_client *c, part *p);
+
+/* A new sequence number for a push part about to go again. The parts
+ * submitted before it (lower numbers) are sent first, those after it wait
+ * in the queue: a shard still gets one client's pushes in increasing order. */
+static uint64_t renumber(ps_client *c) {
+    pthread_mutex_lock(&c->submit_lock);
+    uint64_t seq = c->next_seq++;
+    part *queued = c->queue_head;
+    c->queue_head = c->queue_tail = NULL;
+    pthread_mutex_unlock(&c->submit_lock);
+    dispatch_list(c, queued);
+    return seq;
+}
+
 /* Split a keyed part again by the current map: one new part per owner, each
- * with the same table, push sequence number and client id; p is consumed. */
+ * with the same table and client id; p is consumed. A push keeps its
+ * sequence number if it may have been applied (an attempt went unanswered);
+ * otherwise every attempt was refused whole (MOVING, WRONG_SHARD), it was
+ * applied nowhere, and it takes a new number: a later push of this client
+ * that a shard applied first (several on the wire, one of them touching
+ * only buckets that were not moving) would make the old one a repeat. */
 static void reroute(ps_client *c, part *p) {
     Ctrps__Request *req = unpack_frame(p->frame);
+    if (req && req->method_case == CTRPS__REQUEST__METHOD_PUSH && !p->uncertain)
+        req->push->seq = renumber(c);
     uint64_t *keys = NULL;
     size_t n = 0;
     float *grads = NULL;
@@ -1010,6 +1040,7 @@ static void reroute(ps_client *c, part *p) {
         np->call = p->call;
         np->shard = s;
         np->hops = p->hops;
+        np->uncertain = p->uncertain;
         np->epoch = c->map.version;
         np->id = atomic_fetch_add(&c->next_id, 1);
         for (size_t i = 0; i < n; i++) {
@@ -1199,16 +1230,20 @@ static void moving(shard_conn *sc, part *p, const char *msg) {
 
 /* ---- I/O thread ------------------------------------------------------------------ */
 
-static void drain_queue(ps_client *c) {
-    pthread_mutex_lock(&c->submit_lock);
-    part *p = c->queue_head;
-    c->queue_head = c->queue_tail = NULL;
-    pthread_mutex_unlock(&c->submit_lock);
+static void dispatch_list(ps_client *c, part *p) {
     while (p) {
         part *next = p->next;
         dispatch(c, p);
         p = next;
     }
+}
+
+static void drain_queue(ps_client *c) {
+    pthread_mutex_lock(&c->submit_lock);
+    part *p = c->queue_head;
+    c->queue_head = c->queue_tail = NULL;
+    pthread_mutex_unlock(&c->submit_lock);
+    dispatch_list(c, p);
 }
 
 static void close_all(uv_handle_t *h, void *arg) {
