@@ -289,6 +289,25 @@ Test(reshard, checkpoints_before_and_after_a_move_restore, .fini = teardown, .ti
     ps_client_free(r);
 }
 
+/* A move phase over [lo, hi) sent on fd, answered with status `expect`. */
+static void raw_move(int fd, Ctrps__MoveRequest__Phase phase, uint32_t lo, uint32_t hi,
+                     uint32_t round, uint32_t throttle, Ctrps__Status expect) {
+    Ctrps__Request req = CTRPS__REQUEST__INIT;
+    Ctrps__MoveRequest mv = CTRPS__MOVE_REQUEST__INIT;
+    req.method_case = CTRPS__REQUEST__METHOD_MOVE;
+    req.move = &mv;
+    mv.phase = phase;
+    mv.bucket_lo = lo;
+    mv.bucket_hi = hi;
+    mv.round = round;
+    mv.throttle = throttle;
+    ps_raw_send(fd, &req);
+    Ctrps__Response *r = ps_raw_recv(fd);
+    cr_assert_not_null(r);
+    cr_assert_eq(r->status, expect, "move phase %d: %s", phase, r->message);
+    ctrps__response__free_unpacked(r, NULL);
+}
+
 /* A shard keeps push sequence numbers per bucket: a seq it applied for one
  * bucket is still new for another bucket (a re-routed part carries the seq
  * of the call it came from), and a resend to the same bucket is answered
@@ -341,21 +360,10 @@ Test(reshard, sequence_numbers_are_kept_per_bucket, .fini = teardown, .timeout =
 
     /* A move phase naming buckets outside the cluster is refused, and
      * deletes nothing (bucket numbers are 16 bits in the store key). */
-    Ctrps__Request mreq = CTRPS__REQUEST__INIT;
-    Ctrps__MoveRequest mv = CTRPS__MOVE_REQUEST__INIT;
-    mreq.method_case = CTRPS__REQUEST__METHOD_MOVE;
-    mreq.move = &mv;
-    Ctrps__MoveRequest__Phase phases[] = {CTRPS__MOVE_REQUEST__PHASE__DROP,
-                                          CTRPS__MOVE_REQUEST__PHASE__FREEZE};
-    for (int i = 0; i < 2; i++) {
-        mv.phase = phases[i];
-        mv.bucket_lo = 65536 + 10;
-        mv.bucket_hi = 65536 + 100;
-        ps_raw_send(fd, &mreq);
-        r = ps_raw_recv(fd);
-        cr_assert_eq(r->status, CTRPS__STATUS__BAD_REQUEST, "phase %d: %s", phases[i], r->message);
-        ctrps__response__free_unpacked(r, NULL);
-    }
+    raw_move(fd, CTRPS__MOVE_REQUEST__PHASE__DROP, 65536 + 10, 65536 + 100, 0, 0,
+             CTRPS__STATUS__BAD_REQUEST);
+    raw_move(fd, CTRPS__MOVE_REQUEST__PHASE__FREEZE, 65536 + 10, 65536 + 100, 0, 0,
+             CTRPS__STATUS__BAD_REQUEST);
     r = raw_push(fd, 77, 9, b);
     cr_assert(r->push->already_applied, "the row and its sequence numbers are still there");
     ctrps__response__free_unpacked(r, NULL);
@@ -685,23 +693,36 @@ static void wait_stat(pid_t w, int shard, const char *name, const char *why) {
     }
 }
 
-/* A move phase over [lo, hi) sent on fd; its answer (status OK asserted). */
-static Ctrps__Response *raw_move(int fd, Ctrps__MoveRequest__Phase phase, uint32_t lo, uint32_t hi,
-                                 uint32_t round, uint32_t throttle) {
-    Ctrps__Request req = CTRPS__REQUEST__INIT;
-    Ctrps__MoveRequest mv = CTRPS__MOVE_REQUEST__INIT;
-    req.method_case = CTRPS__REQUEST__METHOD_MOVE;
-    req.move = &mv;
-    mv.phase = phase;
-    mv.bucket_lo = lo;
-    mv.bucket_hi = hi;
-    mv.round = round;
-    mv.throttle = throttle;
-    ps_raw_send(fd, &req);
-    Ctrps__Response *r = ps_raw_recv(fd);
-    cr_assert_not_null(r);
-    cr_assert_eq(r->status, CTRPS__STATUS__OK, "move phase %d: %s", phase, r->message);
-    return r;
+/* The optimizer state of key (table emb, FTRL: w z n) on cl; it must exist. */
+static void state_of(ps_client *c, uint64_t key, float st[64]) {
+    uint32_t width = ps_optim_state_width(&cl.cfg->tables[0].opt, DIM);
+    cr_assert_leq(width, 64);
+    float v[DIM];
+    uint8_t found;
+    char err[512];
+    cr_assert_eq(ps_client_lookup(c, "emb", DIM, width, &key, 1, &found, v, st, err, sizeof(err)), 0,
+                 "%s", err);
+    cr_assert(found, "key %016llx has no row", (unsigned long long)key);
+}
+
+/* n[0] of key (table emb) on cl. */
+static float n_of(ps_client *c, uint64_t key) {
+    float st[64];
+    state_of(c, key, st);
+    return st[2 * DIM];
+}
+
+/* Poll until c's parts have been answered MOVING `want` times in all. */
+static void wait_moving_waits(ps_client *c, uint64_t want) {
+    for (int i = 0;; i++) {
+        ps_client_counters cc;
+        ps_client_counters_get(c, &cc);
+        if (cc.moving_waits >= want)
+            return;
+        cr_assert_lt(i, 2000, "%llu parts answered MOVING, not %llu",
+                     (unsigned long long)cc.moving_waits, (unsigned long long)want);
+        usleep(1000);
+    }
 }
 
 /* While a range is copied, the source slows the pushes into it (the
@@ -718,10 +739,8 @@ Test(reshard, pipelined_pushes_into_a_throttled_range_are_each_applied_once, .fi
     uint32_t b = ps_bucket(keys[0], BUCKETS);
     int admin = ps_raw_connect(cl.ports[0]);
     ctrps__response__free_unpacked(ps_raw_hello(admin, 0), NULL);
-    ctrps__response__free_unpacked(raw_move(admin, CTRPS__MOVE_REQUEST__PHASE__TRACK, b, b + 1, 0, 0),
-                                   NULL);
-    ctrps__response__free_unpacked(
-        raw_move(admin, CTRPS__MOVE_REQUEST__PHASE__CHANGED, b, b + 1, 1, 3), NULL);
+    raw_move(admin, CTRPS__MOVE_REQUEST__PHASE__TRACK, b, b + 1, 0, 0, CTRPS__STATUS__OK);
+    raw_move(admin, CTRPS__MOVE_REQUEST__PHASE__CHANGED, b, b + 1, 1, 3, CTRPS__STATUS__OK);
 
     enum { PUSHES = 8 };
     int fd = ps_raw_connect(cl.ports[0]);
@@ -740,13 +759,8 @@ Test(reshard, pipelined_pushes_into_a_throttled_range_are_each_applied_once, .fi
     }
     /* Each applied once: n = 8 * 0.5^2 per element, exactly. */
     ps_client *c = client_of(&cl);
-    uint32_t width = ps_optim_state_width(&cl.cfg->tables[0].opt, DIM);
-    float v[DIM], st[64];
-    uint8_t found;
-    char err[512];
-    cr_assert_eq(ps_client_lookup(c, "emb", DIM, width, keys, 1, &found, v, st, err, sizeof(err)), 0,
-                 "%s", err);
-    cr_assert(found);
+    float st[64];
+    state_of(c, keys[0], st);
     for (int i = 0; i < DIM; i++)
         cr_assert_eq(st[2 * DIM + i], PUSHES * 0.25f, "n[%d] = %g", i, st[2 * DIM + i]);
     unsigned long long slowed = stat_of(0, "pushes_throttled");
@@ -769,51 +783,26 @@ Test(reshard, pushes_refused_moving_go_again_in_order, .fini = teardown, .timeou
     int admin = ps_raw_connect(cl.ports[0]);
     ctrps__response__free_unpacked(ps_raw_hello(admin, 0), NULL);
     ps_client *c = client_of(&cl);
-    uint32_t width = ps_optim_state_width(&cl.cfg->tables[0].opt, DIM);
     float g[DIM] = {0.5f, 0.5f, 0.5f, 0.5f};
     char err[512];
     for (int round = 0; round < 6; round++) {
         uint64_t key = keys[round];
         uint32_t b = ps_bucket(key, BUCKETS);
-        ctrps__response__free_unpacked(
-            raw_move(admin, CTRPS__MOVE_REQUEST__PHASE__FREEZE, b, b + 1, 0, 0), NULL);
-        ps_client_counters before, now;
+        raw_move(admin, CTRPS__MOVE_REQUEST__PHASE__FREEZE, b, b + 1, 0, 0, CTRPS__STATUS__OK);
+        ps_client_counters before;
         ps_client_counters_get(c, &before);
         ps_call *calls[2];
         for (int i = 0; i < 2; i++)
             cr_assert_eq(ps_client_push_start(c, "emb", DIM, &key, 1, g, &calls[i]), 0);
-        for (int i = 0;; i++) {
-            ps_client_counters_get(c, &now);
-            if (now.moving_waits >= before.moving_waits + 2)
-                break;
-            cr_assert_lt(i, 2000, "the pushes were not refused MOVING");
-            usleep(1000);
-        }
-        ctrps__response__free_unpacked(raw_move(admin, CTRPS__MOVE_REQUEST__PHASE__THAW, 0, 0, 0, 0),
-                                       NULL);
+        wait_moving_waits(c, before.moving_waits + 2);
+        raw_move(admin, CTRPS__MOVE_REQUEST__PHASE__THAW, 0, 0, 0, 0, CTRPS__STATUS__OK);
         for (int i = 0; i < 2; i++)
             cr_assert_eq(ps_call_wait(calls[i], err, sizeof(err)), 0, "round %d: %s", round, err);
-        float v[DIM], st[64];
-        uint8_t found;
-        cr_assert_eq(ps_client_lookup(c, "emb", DIM, width, &key, 1, &found, v, st, err, sizeof(err)),
-                     0, "%s", err);
-        cr_assert(found);
-        cr_assert_eq(st[2 * DIM], 2 * 0.25f, "round %d: n = %g, not both pushes", round,
-                     st[2 * DIM]);
+        float n = n_of(c, key);
+        cr_assert_eq(n, 2 * 0.25f, "round %d: n = %g, not both pushes", round, n);
     }
     ps_client_free(c);
     close(admin);
-}
-
-/* n[0] of key (table emb) on cl. */
-static float n_of(ps_client *c, uint64_t key) {
-    uint32_t width = ps_optim_state_width(&cl.cfg->tables[0].opt, DIM);
-    float v[DIM], st[64];
-    uint8_t found;
-    char err[512];
-    cr_assert_eq(ps_client_lookup(c, "emb", DIM, width, &key, 1, &found, v, st, err, sizeof(err)), 0,
-                 "%s", err);
-    return found ? st[2 * DIM] : 0.0f;
 }
 
 /* A push refused MOVING while a later push of the same client, touching
@@ -834,8 +823,7 @@ Test(reshard, a_refused_push_is_not_lost_behind_a_later_one, .fini = teardown, .
     int admin = ps_raw_connect(cl.ports[0]);
     ctrps__response__free_unpacked(ps_raw_hello(admin, 0), NULL);
     ps_client *c = client_of(&cl);
-    ctrps__response__free_unpacked(
-        raw_move(admin, CTRPS__MOVE_REQUEST__PHASE__FREEZE, ba, ba + 1, 0, 0), NULL);
+    raw_move(admin, CTRPS__MOVE_REQUEST__PHASE__FREEZE, ba, ba + 1, 0, 0, CTRPS__STATUS__OK);
     float g[2 * DIM] = {0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f};
     uint64_t both[2] = {a, b};
     ps_call *first, *second;
@@ -843,17 +831,9 @@ Test(reshard, a_refused_push_is_not_lost_behind_a_later_one, .fini = teardown, .
     cr_assert_eq(ps_client_push_start(c, "emb", DIM, &b, 1, g, &second), 0);
     char err[512];
     cr_assert_eq(ps_call_wait(second, err, sizeof(err)), 0, "%s", err);
-    ps_client_counters cc;
-    for (int i = 0;; i++) {
-        ps_client_counters_get(c, &cc);
-        if (cc.moving_waits >= 1)
-            break;
-        cr_assert_lt(i, 2000, "the first push was not refused MOVING");
-        usleep(1000);
-    }
+    wait_moving_waits(c, 1);
     cr_assert_eq(n_of(c, b), 0.25f, "the second push first");
-    ctrps__response__free_unpacked(raw_move(admin, CTRPS__MOVE_REQUEST__PHASE__THAW, 0, 0, 0, 0),
-                                   NULL);
+    raw_move(admin, CTRPS__MOVE_REQUEST__PHASE__THAW, 0, 0, 0, 0, CTRPS__STATUS__OK);
     cr_assert_eq(ps_call_wait(first, err, sizeof(err)), 0, "%s", err);
     cr_assert_eq(n_of(c, a), 0.25f);
     cr_assert_eq(n_of(c, b), 0.5f, "key b lost the first push (n = %g)", n_of(c, b));
