@@ -1171,8 +1171,11 @@ static void map_part_done(part *p, int err, const char *msg) {
     reroute_waiting(c);
 }
 
-/* p waits on the remap list, behind the parts refused before it. */
-static void remap_wait(ps_client *c, part *p) {
+/* p waits on the remap list, behind the parts refused before it. Unless a
+ * map fetch will re-route them, the first part to wait sets when the list
+ * goes again (later ones keep that time); `retry` false: no time. */
+static void remap_wait(ps_client *c, part *p, bool retry) {
+    bool first = !c->remap_head;
     p->next = NULL;
     p->prev = NULL;
     if (c->remap_tail)
@@ -1180,6 +1183,8 @@ static void remap_wait(ps_client *c, part *p) {
     else
         c->remap_head = p;
     c->remap_tail = p;
+    if (retry && first && !c->map_fetching)
+        c->remap_at_ms = uv_now(&c->loop) + REMAP_RETRY_MS;
 }
 
 /* A keyed part was refused by sc for a bucket it does not own; the shard's
@@ -1200,14 +1205,10 @@ static void wrong_shard(shard_conn *sc, part *p, uint64_t epoch, const char *msg
         reroute(c, p);
         return;
     }
-    bool first = !c->remap_head; /* later ones keep the first one's time */
-    remap_wait(c, p);
-    if (epoch > c->map.version) {
-        if (!c->map_fetching)
-            fetch_map(sc);
-    } else if (!c->map_fetching && first) {
-        c->remap_at_ms = uv_now(&c->loop) + REMAP_RETRY_MS;
-    }
+    bool newer = epoch > c->map.version;
+    remap_wait(c, p, !newer);
+    if (newer && !c->map_fetching)
+        fetch_map(sc);
 }
 
 /* The part's buckets are moving: it waits (a pause, not a failure) and
@@ -1222,10 +1223,7 @@ static void moving(shard_conn *sc, part *p, const char *msg) {
         return;
     }
     atomic_fetch_add(&c->n_moving_waits, 1);
-    bool first = !c->remap_head; /* later ones keep the first one's time */
-    remap_wait(c, p);
-    if (!c->map_fetching && first)
-        c->remap_at_ms = uv_now(&c->loop) + REMAP_RETRY_MS;
+    remap_wait(c, p, true);
 }
 
 /* ---- I/O thread ------------------------------------------------------------------ */
