@@ -317,6 +317,15 @@ static void log_outcome(conn *c, bool had_hello) {
 static void process_frames(conn *c);
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 
+/* c reads again unless something still holds it (a close after the last
+ * reply, the backlog, a pause, a limit), and handles the frames buffered
+ * meanwhile. */
+static void resume(conn *c) {
+    if (!c->close_after_write && !c->backlogged && !c->slowed && !over_limits(c))
+        c->reading = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0;
+    process_frames(c);
+}
+
 /* The earliest end of a pause among the connections (UINT64_MAX: none). */
 static uint64_t next_slow_end(const ps_server *srv) {
     uint64_t next = UINT64_MAX;
@@ -348,9 +357,7 @@ static void on_slow_timer(uv_timer_t *t) {
         if (!c->slowed || c->slow_until_ms > now)
             continue;
         c->slowed = false;
-        if (!c->close_after_write && !c->backlogged && !over_limits(c))
-            c->reading = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0;
-        process_frames(c); /* frames that arrived before the pause */
+        resume(c);
     }
     arm_slow_timer(srv);
 }
@@ -577,9 +584,7 @@ static bool drain_backlog(ps_server *srv) {
         conn *c = srv->backlog;
         backlog_unlist(c);
         handled = true;
-        if (!c->close_after_write && !c->slowed && !over_limits(c))
-            c->reading = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0;
-        process_frames(c);
+        resume(c);
     }
     srv->turn_bytes = 0;
     if (!srv->backlog)
