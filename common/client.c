@@ -40,17 +40,16 @@
  * and is then split again by the current map into parts for the new owners
  * (MOVING parts too, after REMAP_RETRY_MS), in the order they were refused.
  * A push part refused whole at every attempt was applied nowhere: it goes
- * again under a new sequence number (reroute()), since a later push of this
- * client may have been applied first and a shard answers a number below
- * one it applied as already applied. A part with an unanswered attempt
- * (resent after a lost connection) keeps its number. A part re-routed
- * MAX_HOPS times, or refused by a shard of our own epoch (a real
+ * again under a new sequence number (reroute()), so that a shard sees it
+ * after the pushes already applied, in the order of its numbers. A part
+ * with an unanswered attempt (resent after a lost connection) may have been
+ * applied and keeps its number; a shard knows which of the 64 numbers below
+ * a bucket's highest it applied (server/shard.c), so the part is applied
+ * once also if a later push of this client was applied first. A part
+ * re-routed MAX_HOPS times, or refused by a shard of our own epoch (a real
  * misconfiguration), fails with WRONG_SHARD. Connections are added as maps
  * name more shards and never removed; a shard whose address changes is
- * reconnected.
- * Limit, as for READ_ONLY above: a part that keeps its number can land
- * behind a later push of this client; the worker with max_in_flight = 0 has
- * one push on the wire at a time. */
+ * reconnected. */
 
 #include "client.h"
 
@@ -201,8 +200,8 @@ struct ps_client {
     /* Re-routing (I/O thread only). */
     /* Parts waiting for a map or out of MOVING, linked by next, in the
      * order they were refused: sent again in that order, so that a shard
-     * gets one client's pushes in the order of their seqs (a push sent
-     * after a later one was applied would be taken for a repeat). */
+     * gets one client's pushes in the order they were made (the model of
+     * an undisturbed run; a shard would also take them out of order). */
     part *remap_head, *remap_tail;
     bool map_fetching;
     uint64_t remap_at_ms;        /* re-route the waiting parts then, if no fetch */

@@ -831,13 +831,16 @@ static int move_row(void *ctx, uint64_t fid, const void *value, size_t len) {
 /* The clients' sequence numbers for the range, into the reply. */
 static int move_seqs_out(ps_service *svc, uint32_t lo, uint32_t hi, Ctrps__MoveResponse *m,
                          reply *rp) {
-    uint64_t *ids, *seqs;
+    uint64_t *ids, *seqs, *masks;
     size_t n;
-    int r = ps_shard_move_seqs(svc->shard, lo, hi, &ids, &seqs, &n);
+    int r = ps_shard_move_seqs(svc->shard, lo, hi, &ids, &seqs, &masks, &n);
     if (r < 0)
         return r;
-    own(rp, ids);
-    if (!own(rp, seqs))
+    /* Each one owned by the reply or freed, so all three are tried. */
+    bool owned = own(rp, ids) != NULL;
+    owned &= own(rp, seqs) != NULL;
+    owned &= own(rp, masks) != NULL;
+    if (!owned)
         return -ENOMEM;
     Ctrps__ClientSeqs *cs = own(rp, calloc(n + 1, sizeof(*cs)));
     Ctrps__ClientSeqs **csp = own(rp, calloc(n + 1, sizeof(*csp)));
@@ -848,6 +851,8 @@ static int move_seqs_out(ps_service *svc, uint32_t lo, uint32_t hi, Ctrps__MoveR
         cs[i].client_id = ids[i];
         cs[i].n_seq = hi - lo;
         cs[i].seq = seqs + i * (hi - lo);
+        cs[i].n_mask = hi - lo;
+        cs[i].mask = masks + i * (hi - lo);
         csp[i] = &cs[i];
     }
     m->n_seqs = n;
@@ -1019,19 +1024,26 @@ static int move_import(ps_service *svc, const Ctrps__MoveRequest *req, reply *rp
         uint32_t w = req->bucket_hi > req->bucket_lo ? req->bucket_hi - req->bucket_lo : 0;
         uint64_t *ids = own(rp, malloc(req->n_seqs * sizeof(uint64_t)));
         uint64_t *seqs = own(rp, malloc(req->n_seqs * w * sizeof(uint64_t) + 1));
-        if (!ids || !seqs)
+        uint64_t *masks = own(rp, malloc(req->n_seqs * w * sizeof(uint64_t) + 1));
+        if (!ids || !seqs || !masks)
             return -ENOMEM;
+        /* Masks from every client or from none (a peer from before them). */
+        bool with_masks = req->seqs[0]->n_mask > 0;
         for (size_t i = 0; i < req->n_seqs; i++) {
-            if (req->seqs[i]->n_seq != w) {
-                snprintf(rp->err, sizeof(rp->err), "%zu sequence numbers for %u buckets",
-                         req->seqs[i]->n_seq, w);
+            const Ctrps__ClientSeqs *cs = req->seqs[i];
+            if (cs->n_seq != w || cs->n_mask != (with_masks ? w : 0)) {
+                snprintf(rp->err, sizeof(rp->err),
+                         "%zu sequence numbers and %zu masks for %u buckets", cs->n_seq,
+                         cs->n_mask, w);
                 return PS_EPROTO;
             }
-            ids[i] = req->seqs[i]->client_id;
-            memcpy(seqs + i * w, req->seqs[i]->seq, w * sizeof(uint64_t));
+            ids[i] = cs->client_id;
+            memcpy(seqs + i * w, cs->seq, w * sizeof(uint64_t));
+            if (with_masks)
+                memcpy(masks + i * w, cs->mask, w * sizeof(uint64_t));
         }
-        r = ps_shard_adopt_seqs(svc->shard, req->bucket_lo, req->bucket_hi, ids, seqs, req->n_seqs,
-                                rp->err, sizeof(rp->err));
+        r = ps_shard_adopt_seqs(svc->shard, req->bucket_lo, req->bucket_hi, ids, seqs,
+                                with_masks ? masks : NULL, req->n_seqs, rp->err, sizeof(rp->err));
     }
     return r;
 }

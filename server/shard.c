@@ -132,26 +132,74 @@ typedef struct stage_table {
 } stage_table;
 
 /* Exactly-once bookkeeping per pushing client. A sparse push (client, seq)
- * is applied to the keys of each bucket b only if seq > bseq[b]: per bucket,
- * not per shard, because a bucket range moves between shards with its
- * bseq entries (README "Resharding"), and because a client re-routing a
- * push after WRONG_SHARD sends a shard keys under a seq it may have used
- * there already for other buckets. seq is the highest applied anywhere
- * (Hello's last_push_seq), adopted buckets' included. dseq is the highest
- * dense push applied here, which sequences dense pushes: not seq, which a
- * move's adopted numbers raise past a dense push still on its way here
- * (max_in_flight > 0: the next batch's sparse push applied on the source
- * before this batch's dense push reached a restarted home shard). */
+ * is applied to the keys of each bucket b only if bucket b has not applied
+ * seq yet: per bucket, not per shard, because a bucket range moves between
+ * shards with its numbers (README "Resharding"), and because a client
+ * re-routing a push after WRONG_SHARD sends a shard keys under a seq it may
+ * have used there already for other buckets. What a bucket applied is a
+ * window (seq_note()): bseq[b], the highest seq, and bmask[b], which of the
+ * SEQ_WINDOW numbers below it were applied too. So a push resent under its
+ * number after a later push of the client was applied first (its answer
+ * lost with the connection, or refused READ_ONLY while the next one was on
+ * the wire) is still applied once, not taken for a repeat. seq is the
+ * highest applied anywhere (Hello's last_push_seq), adopted buckets'
+ * included. dseq/dmask are the window of the dense pushes applied here,
+ * which sequences dense pushes: not seq, which a move's adopted numbers
+ * raise past a dense push still on its way here (max_in_flight > 0: the
+ * next batch's sparse push applied on the source before this batch's
+ * dense push reached a restarted home shard). */
 typedef struct client_entry {
     uint64_t id;                 /* 0 = empty */
     uint64_t seq;
-    uint64_t dseq;
-    uint64_t *bseq;              /* owned, cfg->buckets entries */
+    uint64_t dseq, dmask;
+    uint64_t *bseq;              /* owned, 2 * cfg->buckets entries: the seqs, */
+    uint64_t *bmask;             /* then the masks (bseq + cfg->buckets) */
     bool dirty;                  /* changed since the last write-back began */
     /* With more than one write-back group: the groups whose slice of bseq
      * changed since that group's last batch (at most 64 groups). */
     uint64_t gdirty;
 } client_entry;
+
+/* A window of applied sequence numbers: the highest, hi, and a mask whose
+ * bit d says whether hi - 1 - d was applied too. Numbers further below hi
+ * count as applied: a client resends only pushes it has not seen answered,
+ * and with max_in_flight batches unacknowledged at most a few later pushes
+ * can overtake one. SEQ_UNKNOWN is the mask of a window whose numbers below
+ * hi are not known (records written before the masks, a peer that sends
+ * none): all taken as applied, the rule before windows. */
+#define SEQ_WINDOW 64
+#define SEQ_UNKNOWN (~(uint64_t)0)
+
+static inline bool seq_fresh(uint64_t hi, uint64_t mask, uint64_t seq) {
+    if (seq > hi)
+        return true;
+    uint64_t d = hi - seq;
+    return seq && d >= 1 && d <= SEQ_WINDOW && !(mask >> (d - 1) & 1); /* 0 is no number */
+}
+
+static inline void seq_note(uint64_t *hi, uint64_t *mask, uint64_t seq) {
+    if (seq > *hi) {
+        uint64_t d = seq - *hi;
+        uint64_t m = d >= SEQ_WINDOW ? 0 : *mask << d;
+        if (*hi && d <= SEQ_WINDOW) /* the old highest, applied (0 is no number) */
+            m |= (uint64_t)1 << (d - 1);
+        *mask = m;
+        *hi = seq;
+    } else if (seq < *hi && *hi - seq <= SEQ_WINDOW) {
+        *mask |= (uint64_t)1 << (*hi - seq - 1);
+    }
+}
+
+/* Two records of one bucket's window: the later one (the higher hi) says
+ * all; of equal ones, a number either holds as applied is. */
+static inline void seq_merge(uint64_t *hi, uint64_t *mask, uint64_t qhi, uint64_t qmask) {
+    if (qhi > *hi) {
+        *hi = qhi;
+        *mask = qmask;
+    } else if (qhi == *hi) {
+        *mask |= qmask;
+    }
+}
 
 /* bseq changed (e->seq too, perhaps): every group's slice is saved again. */
 static void seqs_changed(client_entry *e) {
@@ -785,13 +833,15 @@ int ps_shard_move_changed(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t round,
 }
 
 int ps_shard_move_seqs(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t **ret_ids,
-                       uint64_t **ret_seqs, size_t *ret_n) {
+                       uint64_t **ret_seqs, uint64_t **ret_masks, size_t *ret_n) {
     size_t w = hi - lo;
     uint64_t *ids = malloc((s->nclients + 1) * sizeof(uint64_t));
     uint64_t *seqs = malloc((s->nclients * w + 1) * sizeof(uint64_t));
-    if (!ids || !seqs) {
+    uint64_t *masks = malloc((s->nclients * w + 1) * sizeof(uint64_t));
+    if (!ids || !seqs || !masks) {
         free(ids);
         free(seqs);
+        free(masks);
         return -ENOMEM;
     }
     size_t n = 0;
@@ -801,10 +851,12 @@ int ps_shard_move_seqs(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t **ret_ids
             continue;
         ids[n] = e->id;
         memcpy(seqs + n * w, e->bseq + lo, w * sizeof(uint64_t));
+        memcpy(masks + n * w, e->bmask + lo, w * sizeof(uint64_t));
         n++;
     }
     *ret_ids = ids;
     *ret_seqs = seqs;
+    *ret_masks = masks;
     *ret_n = n;
     return 0;
 }
@@ -928,14 +980,18 @@ int ps_shard_adopt_rows(ps_shard *s, ps_table *t, const uint64_t *keys, const vo
     return r;
 }
 
-/* "aseq/LO-HI": the clients' sequence numbers adopted with buckets [LO, HI),
- * stored with fsync as they come (a move's cut-over): per client its id
- * and HI - LO seqs, 8 bytes each. The cseq/ (gseq/) records of the next
- * write-back round hold them, and its last batch deletes the record;
- * an open applies any record left before the push log is replayed. So a
- * cut-over costs one small write, not a write-back of every dirty row. */
-static void aseq_key(uint32_t lo, uint32_t hi, char *ret, size_t len) {
-    snprintf(ret, len, "aseq/%u-%u", lo, hi);
+/* "aseqw/LO-HI": the clients' sequence numbers adopted with buckets [LO, HI),
+ * stored with fsync as they come (a move's cut-over): per client its id,
+ * HI - LO seqs and their HI - LO masks (seq_note()), 8 bytes each. The
+ * cseq/ (gseq/) records of the next write-back round hold them, and its
+ * last batch deletes the record; an open applies any record left before
+ * the push log is replayed. So a cut-over costs one small write, not a
+ * write-back of every dirty row. "aseq/LO-HI", written before the masks,
+ * has no masks (SEQ_UNKNOWN). */
+static const char *const aseq_prefix[2] = {"aseq/", "aseqw/"};
+
+static void aseq_key(int masks, uint32_t lo, uint32_t hi, char *ret, size_t len) {
+    snprintf(ret, len, "%s%u-%u", aseq_prefix[masks], lo, hi);
 }
 
 static int aseq_note(ps_shard *s, uint32_t lo, uint32_t hi) {
@@ -955,18 +1011,21 @@ static int aseq_note(ps_shard *s, uint32_t lo, uint32_t hi) {
     return 0;
 }
 
-static int aseq_write(ps_shard *s, uint32_t lo, uint32_t hi, const uint64_t *ids,
-                      const uint64_t *seqs, size_t n, char *err, size_t errlen) {
-    size_t w = hi - lo, len = n * (1 + w) * 8;
+static int aseq_write(ps_shard *s, uint32_t lo, uint32_t hi, const uint64_t *ids, size_t n,
+                      char *err, size_t errlen) {
+    size_t w = hi - lo, len = n * (1 + 2 * w) * 8;
     uint8_t *v = malloc(len + 1);
     if (!v)
         return -ENOMEM;
     for (size_t i = 0; i < n; i++) {
-        memcpy(v + i * (1 + w) * 8, &ids[i], 8);
-        memcpy(v + (i * (1 + w) + 1) * 8, seqs + i * w, w * 8);
+        const client_entry *e = client_slot(s, ids[i], false);
+        uint8_t *p = v + i * (1 + 2 * w) * 8;
+        memcpy(p, &ids[i], 8);
+        memcpy(p + 8, e->bseq + lo, w * 8);
+        memcpy(p + (1 + w) * 8, e->bmask + lo, w * 8);
     }
     char key[32];
-    aseq_key(lo, hi, key, sizeof(key));
+    aseq_key(1, lo, hi, key, sizeof(key));
     int r = aseq_note(s, lo, hi);
     if (r == 0)
         r = meta_write_sync(s, key, v, len, err, errlen);
@@ -974,9 +1033,11 @@ static int aseq_write(ps_shard *s, uint32_t lo, uint32_t hi, const uint64_t *ids
     return r;
 }
 
-static int aseq_load(ps_shard *s) {
-    const char prefix[] = "aseq/";
-    ps_store_iter *it = ps_store_iter_new(s->store, CF_META, prefix, sizeof(prefix) - 1);
+/* The records of one prefix (masks: 1 for aseqw/). */
+static int aseq_load_prefix(ps_shard *s, int masks) {
+    const char *prefix = aseq_prefix[masks];
+    size_t plen = strlen(prefix);
+    ps_store_iter *it = ps_store_iter_new(s->store, CF_META, prefix, plen);
     if (!it)
         return -ENOMEM;
     int r = 0;
@@ -984,24 +1045,24 @@ static int aseq_load(ps_shard *s) {
         size_t klen, vlen;
         const char *k = ps_store_iter_key(it, &klen);
         const uint8_t *v = (const uint8_t *)ps_store_iter_value(it, &vlen);
-        if (klen < sizeof(prefix) || memcmp(k, prefix, sizeof(prefix) - 1))
+        if (klen <= plen || memcmp(k, prefix, plen))
             break;
         char name[32];
         uint32_t lo, hi;
-        if (klen >= sizeof(name))
+        if (klen - plen >= sizeof(name))
             continue;
-        memcpy(name, k, klen);
-        name[klen] = '\0';
-        if (sscanf(name, "aseq/%u-%u", &lo, &hi) != 2 || lo >= hi || hi > s->cfg->buckets)
+        memcpy(name, k + plen, klen - plen);
+        name[klen - plen] = '\0';
+        if (sscanf(name, "%u-%u", &lo, &hi) != 2 || lo >= hi || hi > s->cfg->buckets)
             continue;
-        size_t w = hi - lo;
-        if (vlen % ((1 + w) * 8))
+        size_t w = hi - lo, each = (1 + (1 + masks) * w) * 8;
+        if (vlen % each)
             continue;
-        /* The max per bucket: a later adoption of a bucket carries larger
+        /* The later per bucket: a later adoption of a bucket carries larger
          * seqs than an earlier one, and cseq/ than an adoption it holds. */
-        for (size_t i = 0; r == 0 && i < vlen / ((1 + w) * 8); i++) {
-            const uint8_t *p = v + i * (1 + w) * 8;
-            uint64_t id, q;
+        for (size_t i = 0; r == 0 && i < vlen / each; i++) {
+            const uint8_t *p = v + i * each;
+            uint64_t id, q, m = SEQ_UNKNOWN;
             memcpy(&id, p, 8);
             client_entry *e = client_slot(s, id, true);
             if (!e) {
@@ -1010,7 +1071,9 @@ static int aseq_load(ps_shard *s) {
             }
             for (size_t b = 0; b < w; b++) {
                 memcpy(&q, p + (1 + b) * 8, 8);
-                e->bseq[lo + b] = e->bseq[lo + b] > q ? e->bseq[lo + b] : q;
+                if (masks)
+                    memcpy(&m, p + (1 + w + b) * 8, 8);
+                seq_merge(&e->bseq[lo + b], &e->bmask[lo + b], q, m);
                 e->seq = e->seq > q ? e->seq : q;
             }
             seqs_changed(e);
@@ -1022,8 +1085,14 @@ static int aseq_load(ps_shard *s) {
     return r;
 }
 
+static int aseq_load(ps_shard *s) {
+    int r = aseq_load_prefix(s, 0);
+    return r < 0 ? r : aseq_load_prefix(s, 1);
+}
+
 int ps_shard_adopt_seqs(ps_shard *s, uint32_t lo, uint32_t hi, const uint64_t *ids,
-                        const uint64_t *seqs, size_t n, char *err, size_t errlen) {
+                        const uint64_t *seqs, const uint64_t *masks, size_t n, char *err,
+                        size_t errlen) {
     int rc = check_range(s, lo, hi, err, errlen);
     if (rc < 0)
         return rc;
@@ -1035,6 +1104,7 @@ int ps_shard_adopt_seqs(ps_shard *s, uint32_t lo, uint32_t hi, const uint64_t *i
         for (size_t b = 0; b < w; b++) {
             uint64_t q = seqs[i * w + b];
             e->bseq[lo + b] = q;
+            e->bmask[lo + b] = masks ? masks[i * w + b] : SEQ_UNKNOWN;
             e->seq = e->seq > q ? e->seq : q;
         }
         seqs_changed(e);
@@ -1043,7 +1113,7 @@ int ps_shard_adopt_seqs(ps_shard *s, uint32_t lo, uint32_t hi, const uint64_t *i
      * record, not a write-back (which would also have had to be forced: the
      * clients' entries are not among the dirty rows one is begun for, and a
      * target often has none). */
-    return aseq_write(s, lo, hi, ids, seqs, n, err, errlen);
+    return aseq_write(s, lo, hi, ids, n, err, errlen);
 }
 
 /* ---- a first pass loaded in bulk (the target side) ---- */
@@ -1584,11 +1654,12 @@ static client_entry *client_slot(ps_shard *s, uint64_t id, bool insert) {
         return &s->clients[j];
     if (!insert)
         return NULL;
-    uint64_t *bseq = calloc(s->cfg->buckets, sizeof(uint64_t));
+    uint64_t *bseq = calloc(2 * (size_t)s->cfg->buckets, sizeof(uint64_t));
     if (!bseq)
         return NULL;
     s->clients[j].id = id;
     s->clients[j].bseq = bseq;
+    s->clients[j].bmask = bseq + s->cfg->buckets;
     s->nclients++;
     return &s->clients[j];
 }
@@ -1598,9 +1669,10 @@ uint64_t ps_shard_client_seq(const ps_shard *s, uint64_t client_id) {
     return e ? e->seq : 0;
 }
 
-/* "cseq/ID": a client's bseq array, buckets * 8 bytes (stores written
- * before per-bucket sequencing hold only "client/ID": every bucket then
- * starts at the client's seq, which is what that store applied). */
+/* "cseq/ID": a client's bseq array, then its bmask array, buckets * 8
+ * bytes each (without the masks before seq windows: SEQ_UNKNOWN; stores
+ * written before per-bucket sequencing hold only "client/ID": every bucket
+ * then starts at the client's seq, which is what that store applied). */
 static void client_key(const char *prefix, uint64_t id, char *ret, size_t *ret_len) {
     size_t n = strlen(prefix);
     memcpy(ret, prefix, n);
@@ -1610,12 +1682,15 @@ static void client_key(const char *prefix, uint64_t id, char *ret, size_t *ret_l
 }
 
 /* "gseq/ID/G": with more than one group, a client's bseq entries of group
- * G's buckets, in that group's batch: the seqs of exactly the pushes its
+ * G's buckets, and "gmask/ID/G" their bmask entries (none before seq
+ * windows: SEQ_UNKNOWN), in that group's batch: the seqs of exactly the
+ * pushes its
  * rows there hold. (A whole array in group 0's batch would claim pushes
  * that later groups' rows do not hold yet, and whose records a crash may
  * lose before they are written: a resent push would be skipped there.) */
-static void client_gseq_key(uint64_t id, uint32_t g, char *ret, size_t *ret_len) {
-    client_key("gseq/", id, ret, ret_len);
+static void client_gseq_key(const char *prefix, uint64_t id, uint32_t g, char *ret,
+                            size_t *ret_len) {
+    client_key(prefix, id, ret, ret_len);
     ret[*ret_len] = (char)(g >> 8);
     ret[*ret_len + 1] = (char)g;
     *ret_len += 2;
@@ -1632,11 +1707,19 @@ static int load_bucket_seqs(ps_shard *s, uint32_t stored_groups) {
         int r = ps_store_get(s->store, CF_META, key, klen, &v, &vlen, err, sizeof(err));
         if (r < 0)
             return r;
-        if (v && vlen == s->cfg->buckets * sizeof(uint64_t))
-            memcpy(e->bseq, v, vlen);
-        else if (stored_groups <= 1) /* a store from before per-bucket numbers */
-            for (uint32_t b = 0; b < s->cfg->buckets; b++)
+        size_t nb = s->cfg->buckets;
+        if (v && (vlen == nb * sizeof(uint64_t) || vlen == 2 * nb * sizeof(uint64_t))) {
+            memcpy(e->bseq, v, nb * sizeof(uint64_t));
+            for (size_t b = 0; b < nb; b++)
+                e->bmask[b] = SEQ_UNKNOWN;
+            if (vlen > nb * sizeof(uint64_t))
+                memcpy(e->bmask, v + nb * sizeof(uint64_t), nb * sizeof(uint64_t));
+        } else if (stored_groups <= 1) { /* a store from before per-bucket numbers */
+            for (uint32_t b = 0; b < s->cfg->buckets; b++) {
                 e->bseq[b] = e->seq;
+                e->bmask[b] = SEQ_UNKNOWN;
+            }
+        }
         /* Else each group's slice says (a group with none holds no push
          * of the client; replay raises what the log has since). Not the
          * client's highest: a bucket that never saw a seq would take a
@@ -1647,16 +1730,28 @@ static int load_bucket_seqs(ps_shard *s, uint32_t stored_groups) {
         for (uint32_t g = 0; stored_groups > 1 && g < stored_groups; g++) {
             uint32_t lo, hi;
             ps_writeback_group_buckets(s->cfg->buckets, stored_groups, g, &lo, &hi);
-            client_gseq_key(e->id, g, key, &klen);
+            char *mv;
+            size_t mlen, w = hi - lo;
+            client_gseq_key("gseq/", e->id, g, key, &klen);
             r = ps_store_get(s->store, CF_META, key, klen, &v, &vlen, err, sizeof(err));
             if (r < 0)
                 return r;
-            for (uint32_t b = lo; v && vlen == (hi - lo) * sizeof(uint64_t) && b < hi; b++) {
-                uint64_t q;
+            client_gseq_key("gmask/", e->id, g, key, &klen);
+            r = ps_store_get(s->store, CF_META, key, klen, &mv, &mlen, err, sizeof(err));
+            if (r < 0) {
+                free(v);
+                return r;
+            }
+            bool masks = mv && mlen == w * sizeof(uint64_t);
+            for (uint32_t b = lo; v && vlen == w * sizeof(uint64_t) && b < hi; b++) {
+                uint64_t q, m = SEQ_UNKNOWN;
                 memcpy(&q, v + (b - lo) * sizeof(uint64_t), sizeof(q));
-                e->bseq[b] = e->bseq[b] > q ? e->bseq[b] : q;
+                if (masks)
+                    memcpy(&m, mv + (b - lo) * sizeof(uint64_t), sizeof(m));
+                seq_merge(&e->bseq[b], &e->bmask[b], q, m);
             }
             free(v);
+            free(mv);
         }
     }
     return 0;
@@ -1678,7 +1773,7 @@ static int load_clients(ps_shard *s, uint32_t stored_groups) {
         uint64_t id = 0, seq;
         for (int i = 0; i < 8; i++)
             id = (id << 8) | (uint8_t)k[sizeof(prefix) - 1 + i];
-        if (vlen != 8 && vlen != 16)
+        if (vlen != 8 && vlen != 16 && vlen != 24)
             continue;
         memcpy(&seq, v, 8);
         client_entry *e = client_slot(s, id, true);
@@ -1688,8 +1783,11 @@ static int load_clients(ps_shard *s, uint32_t stored_groups) {
         }
         e->seq = seq;
         e->dseq = seq; /* a store from before dseq: what it used for dense pushes */
-        if (vlen == 16)
+        e->dmask = SEQ_UNKNOWN;
+        if (vlen >= 16)
             memcpy(&e->dseq, v + 8, 8);
+        if (vlen == 24)
+            memcpy(&e->dmask, v + 16, 8);
     }
     ps_store_iter_free(it);
     return r < 0 ? r : load_bucket_seqs(s, stored_groups);
@@ -1929,12 +2027,12 @@ static void flush_group0(ps_shard *s, flush_job *j) {
         char key[16];
         size_t klen;
         client_key("client/", e->id, key, &klen);
-        uint64_t seqs[2] = {e->seq, e->dseq};
+        uint64_t seqs[3] = {e->seq, e->dseq, e->dmask};
         ps_store_batch_put(j->batch, s->store, CF_META, key, klen, seqs, sizeof(seqs));
         if (s->ngroups == 1) {
             client_key("cseq/", e->id, key, &klen);
             ps_store_batch_put(j->batch, s->store, CF_META, key, klen, e->bseq,
-                               s->cfg->buckets * sizeof(uint64_t));
+                               2 * s->cfg->buckets * sizeof(uint64_t));
         }
         e->dirty = false;
     }
@@ -1951,8 +2049,11 @@ static void flush_group_seqs(ps_shard *s, flush_job *j, uint32_t lo, uint32_t hi
             continue;
         char key[24];
         size_t klen;
-        client_gseq_key(e->id, j->group, key, &klen);
+        client_gseq_key("gseq/", e->id, j->group, key, &klen);
         ps_store_batch_put(j->batch, s->store, CF_META, key, klen, e->bseq + lo,
+                           (hi - lo) * sizeof(uint64_t));
+        client_gseq_key("gmask/", e->id, j->group, key, &klen);
+        ps_store_batch_put(j->batch, s->store, CF_META, key, klen, e->bmask + lo,
                            (hi - lo) * sizeof(uint64_t));
         e->gdirty &= ~bit;
     }
@@ -1967,8 +2068,10 @@ static void flush_group_seqs(ps_shard *s, flush_job *j, uint32_t lo, uint32_t hi
         }
         char key[32];
         uint64_t range = s->aseq[i].range;
-        aseq_key((uint32_t)(range >> 32), (uint32_t)range, key, sizeof(key));
-        ps_store_batch_delete(j->batch, s->store, CF_META, key, strlen(key));
+        for (int masks = 0; masks < 2; masks++) {
+            aseq_key(masks, (uint32_t)(range >> 32), (uint32_t)range, key, sizeof(key));
+            ps_store_batch_delete(j->batch, s->store, CF_META, key, strlen(key));
+        }
     }
     s->naseq = keep;
 }
@@ -2180,14 +2283,14 @@ static void note_seq(client_entry *e, uint64_t seq) {
 /* A dense push of seq from client e was applied. */
 static void note_dense_seq(client_entry *e, uint64_t seq) {
     note_seq(e, seq);
-    e->dseq = e->dseq > seq ? e->dseq : seq;
+    seq_note(&e->dseq, &e->dmask, seq);
 }
 
 static void note_seqs(ps_shard *s, client_entry *e, const uint64_t *keys, size_t n, uint64_t seq) {
     uint32_t nb = s->cfg->buckets;
     for (size_t i = 0; i < n; i++) {
-        uint64_t *b = &e->bseq[ps_bucket(keys[i], nb)];
-        *b = *b > seq ? *b : seq;
+        uint32_t b = ps_bucket(keys[i], nb);
+        seq_note(&e->bseq[b], &e->bmask[b], seq);
     }
     note_seq(e, seq);
     seqs_changed(e);
@@ -2255,8 +2358,10 @@ int ps_shard_push(ps_shard *s, ps_table *t, const uint64_t *keys, size_t n, cons
     uint32_t nb = s->cfg->buckets;
     if (e) {
         fresh = 0;
-        for (size_t i = 0; i < n; i++)
-            fresh += seq > e->bseq[ps_bucket(keys[i], nb)];
+        for (size_t i = 0; i < n; i++) {
+            uint32_t b = ps_bucket(keys[i], nb);
+            fresh += seq_fresh(e->bseq[b], e->bmask[b], seq);
+        }
     }
     if (fresh == 0 && n > 0) {
         ret->already_applied = true;
@@ -2276,7 +2381,8 @@ int ps_shard_push(ps_shard *s, ps_table *t, const uint64_t *keys, size_t n, cons
     if (fk && fg) {
         size_t m = 0;
         for (size_t i = 0; i < n; i++) {
-            if (seq <= e->bseq[ps_bucket(keys[i], nb)])
+            uint32_t b = ps_bucket(keys[i], nb);
+            if (!seq_fresh(e->bseq[b], e->bmask[b], seq))
                 continue;
             fk[m] = keys[i];
             memcpy(fg + m * dim, grads + i * dim, dim * sizeof(float));
@@ -2394,7 +2500,7 @@ int ps_shard_dense_push(ps_shard *s, size_t n, const char *const *names, const f
         return PS_EREAD_ONLY;
     }
     const client_entry *de = client_id ? client_slot(s, client_id, false) : NULL;
-    if (de && seq <= de->dseq) {
+    if (de && !seq_fresh(de->dseq, de->dmask, seq)) {
         *ret_already = true;
         s->c.pushes_already_applied++;
         return 0;

@@ -152,7 +152,9 @@ int ps_shard_set_map(ps_shard *s, const ps_cluster_map *m, char *err, size_t err
  *     are taken); the current one can be paged again (a resent request).
  *     *ret_pending: fids recorded since the round began.
  *   adopt_rows() / adopt_seqs(): the target side; written with fsync (the
- *     first pass can be staged and ingested instead: stage_begin() below). Rows
+ *     first pass can be staged and ingested instead: stage_begin() below);
+ *     adopt_seqs() takes move_seqs()'s arrays (masks NULL: a peer that sent
+ *     none, every number below a bucket's highest counts as applied). Rows
  *     of the range dropped last here, above every key adopted into it
  *     since (a first pass, in store order), are not looked up first.
  *   drop(): delete the range's rows (in steps: see ps_shard_drop()), then thaw.
@@ -172,8 +174,10 @@ bool ps_shard_touches_frozen(const ps_shard *s, const uint64_t *keys, size_t n);
  * the copy ends, a push touching the tracked range is applied and its
  * connection then reads nothing for PS_THROTTLE_MS[level] ms (the service
  * pauses it). Pushes are never refused for it: a client keeps several on
- * the wire, and a refused one resent after a later one was applied would
- * be taken for a repeat (sequence numbers are per bucket, in order).
+ * the wire, and a refused one would be resent after a later one was
+ * applied: still applied once (a bucket keeps which numbers below its
+ * highest it applied), but out of the client's order, so the model would
+ * differ from an unthrottled run's.
  * throttle_ms() is that pause for a push of keys just applied (0: none;
  * counted). */
 extern const uint32_t PS_THROTTLE_MS[4];
@@ -198,14 +202,17 @@ int ps_shard_move_export(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t *table_
 int ps_shard_move_changed(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t round,
                           uint32_t *table_index, uint64_t *offset, size_t limit, ps_shard_move_row_fn fn, void *ctx,
                           bool *ret_done, uint64_t *ret_pending, char *err, size_t errlen);
-/* Every client's sequence numbers for buckets [lo, hi): *ret_ids (n) and
- * *ret_seqs (n * (hi - lo)), malloc'ed, the caller frees both. */
+/* Every client's sequence numbers for buckets [lo, hi): *ret_ids (n),
+ * *ret_seqs (n * (hi - lo): each bucket's highest applied) and *ret_masks
+ * (the same shape: which of the 64 numbers below it were applied too, bit
+ * d for seq - 1 - d), malloc'ed, the caller frees all three. */
 int ps_shard_move_seqs(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t **ret_ids,
-                       uint64_t **ret_seqs, size_t *ret_n);
+                       uint64_t **ret_seqs, uint64_t **ret_masks, size_t *ret_n);
 int ps_shard_adopt_rows(ps_shard *s, ps_table *t, const uint64_t *keys, const void *const *values,
                         const size_t *lens, size_t n, char *err, size_t errlen);
 int ps_shard_adopt_seqs(ps_shard *s, uint32_t lo, uint32_t hi, const uint64_t *ids,
-                        const uint64_t *seqs, size_t n, char *err, size_t errlen);
+                        const uint64_t *seqs, const uint64_t *masks, size_t n, char *err,
+                        size_t errlen);
 /* drop() walks at most `budget` stored rows a call (0: all): *ret_more
  * says to call it again with the same range (the loop serves other
  * requests between calls); with a budget, a range with dirty rows, or a

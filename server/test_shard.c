@@ -337,16 +337,26 @@ Test(shard, repeated_seq_is_already_applied_and_not_applied_again) {
     expect_model(s, &m);
     cr_assert_eq(counters(s).pushes_already_applied, 2);
 
-    /* Gaps are fine; going back below the newest is not. */
+    /* Gaps are fine. A number below the newest that these buckets have not
+     * applied is applied once (a push resent after a later one overtook
+     * it); one they applied, or one more than 64 below the newest, is a
+     * repeat. */
     push_spec later = spec_of(0);
-    later.seq = 5;
-    cr_assert_eq(do_push(s, &later, &res, err, sizeof(err)), 0);
-    cr_assert(!res.already_applied);
-    model_apply(&m, &later);
-    later.seq = 4;
-    cr_assert_eq(do_push(s, &later, &res, err, sizeof(err)), 0);
-    cr_assert(res.already_applied);
-    cr_assert_eq(ps_shard_client_seq(s, 1), 5);
+    struct {
+        uint64_t seq;
+        bool already;
+    } steps[] = {{5, false}, {4, false}, {4, true}, {5, true}, {70, false},
+                 {6, false}, {5, true},  {3, true}, {6, true}, {69, false}};
+    for (size_t k = 0; k < sizeof(steps) / sizeof(steps[0]); k++) {
+        later.seq = steps[k].seq;
+        cr_assert_eq(do_push(s, &later, &res, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(res.already_applied, steps[k].already, "step %zu, seq %llu", k,
+                     (unsigned long long)later.seq);
+        if (!res.already_applied)
+            model_apply(&m, &later);
+    }
+    cr_assert_eq(ps_shard_client_seq(s, 1), 70);
+    m.client_seq[1] = 70; /* the model keeps the last applied */
 
     /* Clients are independent; client 0 is never sequenced. */
     push_spec other = spec_of(1); /* client 2, seq 1 */
@@ -1194,27 +1204,40 @@ static void adopt_and_crash(void *arg) {
     ps_shard *s = open_in_child(cfg);
     char err[512] = "";
     uint64_t ids[2] = {7, 9}, seqs[2 * 4] = {11, 12, 13, 14, 101, 102, 103, 104};
-    child_check(ps_shard_adopt_seqs(s, 40, 44, ids, seqs, 2, err, sizeof(err)) == 0, 3, "adopt: %s",
+    child_check(ps_shard_adopt_seqs(s, 40, 44, ids, seqs, NULL, 2, err, sizeof(err)) == 0, 3, "adopt: %s",
                 err);
     uint64_t later[1 * 2] = {15, 16};
-    child_check(ps_shard_adopt_seqs(s, 40, 42, ids, later, 1, err, sizeof(err)) == 0, 4,
+    child_check(ps_shard_adopt_seqs(s, 40, 42, ids, later, NULL, 1, err, sizeof(err)) == 0, 4,
                 "adopt: %s", err);
     _exit(0); /* no close, no write-back */
 }
 
-static void expect_seqs(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t id, const uint64_t *want) {
-    uint64_t *ids, *seqs;
+/* Client id's numbers for buckets [lo, hi): the highest of each, and its
+ * mask unless want_masks is NULL. */
+static void expect_windows(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t id, const uint64_t *want,
+                           const uint64_t *want_masks) {
+    uint64_t *ids, *seqs, *masks;
     size_t n;
-    cr_assert_eq(ps_shard_move_seqs(s, lo, hi, &ids, &seqs, &n), 0);
+    cr_assert_eq(ps_shard_move_seqs(s, lo, hi, &ids, &seqs, &masks, &n), 0);
     size_t i = 0;
     while (i < n && ids[i] != id)
         i++;
     cr_assert_lt(i, n, "client %llu has no sequence numbers", (unsigned long long)id);
-    for (uint32_t b = 0; b < hi - lo; b++)
+    for (uint32_t b = 0; b < hi - lo; b++) {
         cr_assert_eq(seqs[i * (hi - lo) + b], want[b], "client %llu, bucket %u",
                      (unsigned long long)id, lo + b);
+        if (want_masks)
+            cr_assert_eq(masks[i * (hi - lo) + b], want_masks[b],
+                         "client %llu, bucket %u: mask %#llx", (unsigned long long)id, lo + b,
+                         (unsigned long long)masks[i * (hi - lo) + b]);
+    }
     free(ids);
     free(seqs);
+    free(masks);
+}
+
+static void expect_seqs(ps_shard *s, uint32_t lo, uint32_t hi, uint64_t id, const uint64_t *want) {
+    expect_windows(s, lo, hi, id, want, NULL);
 }
 
 Test(shard, adopted_sequence_numbers_survive_a_crash_without_a_write_back) {
@@ -1249,6 +1272,18 @@ static ps_push_result push_key(ps_shard *s, uint64_t key, uint64_t client, uint6
 
 static uint64_t key_a, key_b;    /* emb keys of two buckets */
 
+/* key_a and key_b: emb keys of two buckets, *ret_ba and *ret_bb. */
+static void pick_two_buckets(const ps_config *cfg, uint32_t *ret_ba, uint32_t *ret_bb) {
+    uint32_t nb = cfg->buckets;
+    key_a = emb_key[0];
+    size_t j = 1;
+    while (ps_bucket(emb_key[j], nb) == ps_bucket(key_a, nb))
+        j++;
+    key_b = emb_key[j];
+    *ret_ba = ps_bucket(key_a, nb);
+    *ret_bb = ps_bucket(key_b, nb);
+}
+
 static void write_back_and_crash(void *arg) {
     const ps_config *cfg = arg;
     ps_shard *s = open_in_child(cfg);
@@ -1270,13 +1305,8 @@ static void write_back_and_crash(void *arg) {
 Test(shard, a_restart_keeps_each_buckets_own_sequence_numbers) {
     make_keys();
     ps_config *cfg = load_config((cfg_opts){0});
-    uint32_t nb = cfg->buckets;
-    key_a = emb_key[0];
-    size_t j = 1;
-    while (ps_bucket(emb_key[j], nb) == ps_bucket(key_a, nb))
-        j++;
-    key_b = emb_key[j];
-    uint32_t ba = ps_bucket(key_a, nb), bb = ps_bucket(key_b, nb);
+    uint32_t ba, bb;
+    pick_two_buckets(cfg, &ba, &bb);
     ps_shard *s = open_shard(cfg, 0);
     cr_assert_eq(push_key(s, key_a, 7, 10).applied, 1);
     cr_assert_eq(ps_shard_close(s), 0);
@@ -1298,6 +1328,66 @@ Test(shard, a_restart_keeps_each_buckets_own_sequence_numbers) {
     cr_assert(!res.already_applied, "seq 20 taken as applied in bucket %u after kill -9", bb);
     cr_assert_eq(res.applied, 1);
     cr_assert_eq(ps_shard_client_seq(s, 7), 20);
+    cr_assert_eq(ps_shard_close(s), 0);
+    ps_config_free(cfg);
+}
+
+static void overtaken_and_crash(void *arg) {
+    const ps_config *cfg = arg;
+    ps_shard *s = open_in_child(cfg);
+    child_check(push_key(s, key_a, 8, 30).applied == 1, 3, "seq 30 not applied");
+    child_check(push_key(s, key_a, 8, 28).applied == 1, 4, "seq 28, overtaken by 30, not applied");
+    _exit(0); /* no write-back: replay brings both */
+}
+
+/* A push overtaken by a later one of its client (resent after its answer
+ * was lost with the connection, or after a READ_ONLY refusal while the
+ * next one was on the wire) is applied once, not taken for a repeat: each
+ * bucket keeps which of the 64 numbers below its highest it applied.
+ * Through a clean restart (the write-back's records), a kill -9 (push-log
+ * replay), and an adoption of the bucket's numbers by a move. */
+Test(shard, a_push_overtaken_by_a_later_one_is_applied_once) {
+    make_keys();
+    ps_config *cfg = load_config((cfg_opts){0});
+    uint32_t ba, bb;
+    pick_two_buckets(cfg, &ba, &bb);
+    ps_shard *s = open_shard(cfg, 0);
+    cr_assert_eq(push_key(s, key_a, 8, 12).applied, 1);
+    cr_assert_eq(push_key(s, key_a, 8, 10).applied, 1, "seq 10, overtaken by 12, taken for a repeat");
+    cr_assert(push_key(s, key_a, 8, 10).already_applied);
+    cr_assert(push_key(s, key_a, 8, 12).already_applied);
+    expect_windows(s, ba, ba + 1, 8, (uint64_t[]){12}, (uint64_t[]){1u << 1});
+    cr_assert_eq(ps_shard_close(s), 0);
+
+    s = open_shard(cfg, 0);
+    expect_windows(s, ba, ba + 1, 8, (uint64_t[]){12}, (uint64_t[]){1u << 1});
+    cr_assert(push_key(s, key_a, 8, 10).already_applied, "after a restart");
+    cr_assert(push_key(s, key_a, 8, 12).already_applied, "after a restart");
+    cr_assert_eq(push_key(s, key_a, 8, 11).applied, 1, "seq 11, never applied, after a restart");
+    cr_assert_eq(ps_shard_close(s), 0);
+
+    in_crashing_child(overtaken_and_crash, cfg);
+    s = open_shard(cfg, 0);
+    uint64_t mask = 1u << 1 | 1u << 17 | 1u << 18 | 1u << 19; /* 28; 12, 11, 10 */
+    expect_windows(s, ba, ba + 1, 8, (uint64_t[]){30}, (uint64_t[]){mask});
+    cr_assert(push_key(s, key_a, 8, 30).already_applied, "after kill -9 and replay");
+    cr_assert(push_key(s, key_a, 8, 28).already_applied, "after kill -9 and replay");
+    cr_assert(push_key(s, key_a, 8, 11).already_applied, "after kill -9 and replay");
+    cr_assert_eq(push_key(s, key_a, 8, 29).applied, 1, "seq 29, never applied, after kill -9");
+    mask |= 1u << 0;
+
+    /* Bucket a's window adopted for bucket b (as a move's target takes
+     * it): the same numbers are repeats there, the others new. Without
+     * masks (a peer from before them), every number below is a repeat. */
+    uint64_t ids[1] = {8}, seqs[1] = {30}, masks[1] = {mask};
+    char err[512] = "";
+    cr_assert_eq(ps_shard_adopt_seqs(s, bb, bb + 1, ids, seqs, masks, 1, err, sizeof(err)), 0, "%s",
+                 err);
+    cr_assert(push_key(s, key_b, 8, 28).already_applied, "adopted: seq 28 was applied");
+    cr_assert_eq(push_key(s, key_b, 8, 27).applied, 1, "adopted: seq 27 never was");
+    cr_assert_eq(ps_shard_adopt_seqs(s, bb, bb + 1, ids, seqs, NULL, 1, err, sizeof(err)), 0, "%s",
+                 err);
+    cr_assert(push_key(s, key_b, 8, 26).already_applied, "adopted without masks");
     cr_assert_eq(ps_shard_close(s), 0);
     ps_config_free(cfg);
 }
@@ -1336,15 +1426,18 @@ Test(shard, adopted_numbers_do_not_sequence_dense_pushes) {
     char err[512] = "";
     cr_assert_eq(ps_shard_dense_get(s, "d", init, 4, &w, &wlen, err, sizeof(err)), 0, "%s", err);
     uint64_t ids[1] = {9}, seqs[4] = {50, 50, 50, 50};
-    cr_assert_eq(ps_shard_adopt_seqs(s, 40, 44, ids, seqs, 1, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(ps_shard_adopt_seqs(s, 40, 44, ids, seqs, NULL, 1, err, sizeof(err)), 0, "%s", err);
     cr_assert_eq(ps_shard_client_seq(s, 9), 50, "Hello's last_push_seq counts adopted numbers");
     cr_assert_not(dense_push_seq(s, 40), "dense seq 40 taken for a repeat of adopted seq 50");
     cr_assert(dense_push_seq(s, 40), "a resent dense push");
+    cr_assert_not(dense_push_seq(s, 39), "a dense push overtaken by seq 40, not applied yet");
     cr_assert(dense_push_seq(s, 39));
     cr_assert_eq(ps_shard_close(s), 0);
 
     s = open_shard(cfg, 0);
     cr_assert(dense_push_seq(s, 40), "after a restart, a resent dense push");
+    cr_assert(dense_push_seq(s, 39), "after a restart, the overtaken one");
+    cr_assert_not(dense_push_seq(s, 38), "after a restart, one never applied");
     cr_assert_not(dense_push_seq(s, 41));
     cr_assert_eq(ps_shard_client_seq(s, 9), 50);
     cr_assert_eq(ps_shard_close(s), 0);
@@ -1352,6 +1445,8 @@ Test(shard, adopted_numbers_do_not_sequence_dense_pushes) {
     in_crashing_child(dense_push_and_crash, cfg);
     s = open_shard(cfg, 0);
     cr_assert(dense_push_seq(s, 60), "after kill -9 and replay, a resent dense push");
+    cr_assert(dense_push_seq(s, 38), "after kill -9 and replay, the window below it");
+    cr_assert_not(dense_push_seq(s, 59));
     cr_assert_not(dense_push_seq(s, 61));
     cr_assert_eq(ps_shard_close(s), 0);
     ps_config_free(cfg);

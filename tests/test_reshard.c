@@ -310,8 +310,9 @@ static void raw_move(int fd, Ctrps__MoveRequest__Phase phase, uint32_t lo, uint3
 
 /* A shard keeps push sequence numbers per bucket: a seq it applied for one
  * bucket is still new for another bucket (a re-routed part carries the seq
- * of the call it came from), and a resend to the same bucket is answered
- * as already applied. */
+ * of the call it came from), a resend to the same bucket is answered as
+ * already applied, and an older seq the bucket never applied (a push
+ * overtaken by a later one) is applied once. */
 static Ctrps__Response *raw_push(int fd, uint64_t client_id, uint64_t seq, uint64_t key) {
     float g[DIM] = {0.5f, 0.5f, 0.5f, 0.5f};
     ps_raw_send_push(fd, seq, "emb", &key, 1, g, DIM, client_id, seq);
@@ -319,6 +320,15 @@ static Ctrps__Response *raw_push(int fd, uint64_t client_id, uint64_t seq, uint6
     cr_assert_not_null(r);
     cr_assert_eq(r->status, CTRPS__STATUS__OK, "%s", r->message);
     return r;
+}
+
+/* raw_push(), answered already applied or not as `already` says. */
+static void expect_raw_push(int fd, uint64_t seq, uint64_t key, bool already, const char *what) {
+    Ctrps__Response *r = raw_push(fd, 77, seq, key);
+    cr_assert_eq(r->push->already_applied, already, "seq %llu: %s", (unsigned long long)seq, what);
+    if (!already)
+        cr_assert_eq(r->push->applied, 1, "seq %llu: %s", (unsigned long long)seq, what);
+    ctrps__response__free_unpacked(r, NULL);
 }
 
 Test(reshard, sequence_numbers_are_kept_per_bucket, .fini = teardown, .timeout = 60) {
@@ -345,18 +355,17 @@ Test(reshard, sequence_numbers_are_kept_per_bucket, .fini = teardown, .timeout =
     r = raw_push(fd, 77, 9, a);
     cr_assert(r->push->already_applied, "a resend to the same bucket");
     ctrps__response__free_unpacked(r, NULL);
-    r = raw_push(fd, 77, 8, b);
-    cr_assert(r->push->already_applied, "an older seq for a bucket that saw a newer one");
-    ctrps__response__free_unpacked(r, NULL);
+    expect_raw_push(fd, 8, b, false, "overtaken by 9, taken for a repeat");
+    expect_raw_push(fd, 8, b, true, "again");
     /* ... and after kill -9 (write-back or push-log replay). */
     cr_assert_eq(ps_cluster_restart(&cl, 0, SIGKILL), 0);
     fd = ps_raw_connect(cl.ports[0]);
     r = ps_raw_hello(fd, 77);
     cr_assert_eq(r->hello->last_push_seq, 9);
     ctrps__response__free_unpacked(r, NULL);
-    r = raw_push(fd, 77, 9, b);
-    cr_assert(r->push->already_applied);
-    ctrps__response__free_unpacked(r, NULL);
+    expect_raw_push(fd, 9, b, true, "again, after kill -9");
+    expect_raw_push(fd, 8, b, true, "again, after kill -9");
+    expect_raw_push(fd, 7, b, false, "never applied, after kill -9");
 
     /* A move phase naming buckets outside the cluster is refused, and
      * deletes nothing (bucket numbers are 16 bits in the store key). */
@@ -729,9 +738,9 @@ static void wait_moving_waits(ps_client *c, uint64_t want) {
  * catch-up rounds must shrink). It must not do so by refusing some of a
  * client's pushes and applying later ones: a worker keeps several pushes
  * on the wire (max_in_flight, 2 by default), and a refused push resent
- * after a later one was applied is taken for a repeat (seqs are per
- * bucket), which lost it. Pipelined pushes into a range copied at the
- * highest throttle are each applied, once, in order. */
+ * after a later one was applied was taken for a repeat (before a bucket
+ * kept a window of numbers), which lost it. Pipelined pushes into a range
+ * copied at the highest throttle are each applied, once, in order. */
 Test(reshard, pipelined_pushes_into_a_throttled_range_are_each_applied_once, .fini = teardown,
      .timeout = 60) {
     make_keys();
@@ -773,7 +782,8 @@ Test(reshard, pipelined_pushes_into_a_throttled_range_are_each_applied_once, .fi
 /* Parts refused MOVING wait and are sent again in the order they were
  * sent first. They were sent again newest first: of two pipelined pushes
  * into a frozen range, the second could then be applied before the first,
- * which came after it and was taken for a repeat (seqs are per bucket).
+ * which came after it and was taken for a repeat (before a bucket kept a
+ * window of numbers; now it would be applied out of order).
  * Each round freezes a key's bucket (raw FREEZE), starts two pushes of it,
  * waits until both wait on MOVING, and thaws: n must count both. The old
  * order (reversed at every refusal) lost one in half of the rounds. */
@@ -1142,7 +1152,9 @@ Test(reshard, admission_counts_move_through_a_kill_in_the_cutover, .fini = teard
  * owner: a push the old owner applied, resent to the new one after its
  * restart, is answered as already applied. (They are written back before
  * the map flips: with nothing else dirty on the target, that write-back
- * was skipped, and the restart lost them.) */
+ * was skipped, and the restart lost them.) Which numbers below the highest
+ * were applied moves too: one the old owner applied after a later one is
+ * a repeat, one it never applied is new. */
 Test(reshard, a_restarted_target_keeps_the_moved_sequence_numbers, .fini = teardown,
      .timeout = 60) {
     make_keys();
@@ -1155,9 +1167,8 @@ Test(reshard, a_restarted_target_keeps_the_moved_sequence_numbers, .fini = teard
             a = keys[i];
     int fd = ps_raw_connect(cl.ports[0]);
     ctrps__response__free_unpacked(ps_raw_hello(fd, 77), NULL);
-    Ctrps__Response *r = raw_push(fd, 77, 9, a);
-    cr_assert_not(r->push->already_applied);
-    ctrps__response__free_unpacked(r, NULL);
+    expect_raw_push(fd, 9, a, false, "first");
+    expect_raw_push(fd, 7, a, false, "overtaken by 9");
     close(fd);
     char *out = NULL;
     cr_assert_eq(ps_run_cli(&cl, &out, "move", "--buckets", "0-15", "--to", "1", NULL), 0);
@@ -1165,9 +1176,9 @@ Test(reshard, a_restarted_target_keeps_the_moved_sequence_numbers, .fini = teard
     cr_assert_eq(ps_cluster_restart(&cl, 1, SIGKILL), 0);
     fd = ps_raw_connect(cl.ports[1]);
     ctrps__response__free_unpacked(ps_raw_hello(fd, 77), NULL);
-    r = raw_push(fd, 77, 9, a);
-    cr_assert(r->push->already_applied, "the target forgot the moved bucket's seq in its restart");
-    ctrps__response__free_unpacked(r, NULL);
+    expect_raw_push(fd, 9, a, true, "the target forgot the moved bucket's seq in its restart");
+    expect_raw_push(fd, 7, a, true, "the target forgot that it was applied before the move");
+    expect_raw_push(fd, 8, a, false, "never applied, taken for a repeat after the move");
     close(fd);
     ps_client_free(c);
 }
