@@ -1098,6 +1098,12 @@ int ps_shard_adopt_seqs(ps_shard *s, uint32_t lo, uint32_t hi, const uint64_t *i
         return rc;
     size_t w = hi - lo;
     for (size_t i = 0; i < n; i++) {
+        if (ids[i] == 0) { /* the empty slot's id: client 0 is not sequenced */
+            snprintf(err, errlen, "sequence numbers of client id 0");
+            return PS_EPROTO;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
         client_entry *e = client_slot(s, ids[i], true);
         if (!e)
             return -ENOMEM;

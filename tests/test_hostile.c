@@ -436,6 +436,45 @@ Test(hostile, admission_filter_blocks_that_do_not_fit) {
     assert_unchanged(before);
 }
 
+/* The clients' sequence numbers of an IMPORT that do not fit the range
+ * (one per bucket, masks for every client or for none), or name client 0
+ * (the id of an empty entry in the shard's table of clients), are refused;
+ * the server goes on serving. */
+Test(hostile, import_sequence_numbers_that_do_not_fit) {
+    float before[64 * 24];
+    snapshot(before);
+    char msg[256];
+    uint64_t seqs[2] = {5, 6}, masks[2] = {0, 1};
+    Ctrps__ClientSeqs a = CTRPS__CLIENT_SEQS__INIT, b = CTRPS__CLIENT_SEQS__INIT;
+    a.client_id = 4242;
+    a.n_seq = 2;
+    a.seq = seqs;
+    a.n_mask = 2;
+    a.mask = masks;
+    b = a;
+    b.client_id = 4343;
+    Ctrps__ClientSeqs *list[2] = {&a, &b};
+    Ctrps__MoveRequest im = CTRPS__MOVE_REQUEST__INIT;
+    im.phase = CTRPS__MOVE_REQUEST__PHASE__IMPORT;
+    im.bucket_lo = 10;
+    im.bucket_hi = 12;
+    im.n_seqs = 2;
+    im.seqs = list;
+    b.n_seq = 1;
+    cr_assert_eq(move_status(&im, msg, sizeof(msg)), CTRPS__STATUS__BAD_REQUEST, "one seq, two buckets");
+    b.n_seq = 2;
+    b.n_mask = 0;
+    cr_assert_eq(move_status(&im, msg, sizeof(msg)), CTRPS__STATUS__BAD_REQUEST, "masks for one client");
+    cr_assert(strstr(msg, "masks"), "%s", msg);
+    b.n_mask = 2;
+    b.client_id = 0;
+    cr_assert_eq(move_status(&im, msg, sizeof(msg)), CTRPS__STATUS__BAD_REQUEST, "client id 0");
+    cr_assert(strstr(msg, "client id 0"), "%s", msg);
+    b.client_id = 4343;
+    cr_assert_eq(move_status(&im, msg, sizeof(msg)), CTRPS__STATUS__OK, "numbers that fit: %s", msg);
+    assert_unchanged(before);
+}
+
 /* A page of rows whose values do not add up (MoveRows' packed form: one
  * length per key, the values one after the other) is refused before any
  * row is read: lengths that run past the bytes, bytes left over, a length
