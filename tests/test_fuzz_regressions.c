@@ -189,6 +189,13 @@ Test(fuzz_regressions, slot_collision_reason_is_printable) {
  * fuzz_corpus/request; test_wire states the decoder's side). It is now
  * refused as protobuf-c's decoding was: unknown table ''. */
 
+/* A move's IMPORT naming client id 0 in its sequence numbers (the id of an
+ * empty entry in the shard's table of clients) had the shard write through
+ * that entry's NULL array: SIGSEGV (found by test_hostile's
+ * import_sequence_numbers_that_do_not_fit, not by a fuzzer; the seed
+ * corpus/request/move-import-seqs, replayed by fuzz_corpus/request, puts
+ * ClientSeqs in the fuzzer's reach). It is refused now: BAD_REQUEST. */
+
 /* fuzz_request found that finite gradients near FLT_MAX overflowed FTRL's z
  * and n, and w became Inf/Inf = NaN, which Pull then served to every worker
  * (corpus/request/finding-ftrl-nan-weights). Such an update is now refused
