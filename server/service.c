@@ -1037,10 +1037,6 @@ static int move_import(ps_service *svc, const Ctrps__MoveRequest *req, reply *rp
                          cs->n_mask, w);
                 return PS_EPROTO;
             }
-            if (cs->client_id == 0) { /* pushes of client 0 are not sequenced */
-                snprintf(rp->err, sizeof(rp->err), "sequence numbers of client id 0");
-                return PS_EPROTO;
-            }
             ids[i] = cs->client_id;
             memcpy(seqs + i * w, cs->seq, w * sizeof(uint64_t));
             if (with_masks)

@@ -1721,7 +1721,7 @@ static int load_bucket_seqs(ps_shard *s, uint32_t stored_groups) {
             if (vlen > nb * sizeof(uint64_t))
                 memcpy(e->bmask, v + nb * sizeof(uint64_t), nb * sizeof(uint64_t));
         } else if (stored_groups <= 1) { /* a store from before per-bucket numbers */
-            for (uint32_t b = 0; b < s->cfg->buckets; b++) {
+            for (size_t b = 0; b < nb; b++) {
                 e->bseq[b] = e->seq;
                 e->bmask[b] = SEQ_UNKNOWN;
             }
