@@ -260,6 +260,14 @@ struct ps_shard {
     uint32_t track_lo, track_hi;
     ps_keyset *tracked;
     uint32_t round_no;           /* the catch-up round taken last; 0: none yet */
+    /* The first pass's walk of the tracked range, kept from one EXPORT
+     * page to the next (export_walk()): at the row after exp_last of
+     * table exp_table, for copy exp_track; last used at exp_used_ms. */
+    ps_store_iter *exp_it;
+    uint64_t exp_track;
+    uint32_t exp_table;
+    uint8_t exp_last[PS_STORE_KEY_LEN];
+    uint64_t exp_used_ms;
     /* Pushes into the tracked range slowed at this level (ps_shard_set_throttle()). */
     uint32_t throttle;
     /* No periodic write-back begins before this (ps_shard_hold_writeback()):
@@ -433,7 +441,17 @@ static int meta_write_sync(ps_shard *s, const char *key, const void *v, size_t l
     return r;
 }
 
+/* A kept walk that is not continued within this long is given up: it
+ * holds the files and memtables it reads from (a mover that went away). */
+#define EXPORT_WALK_IDLE_MS 10000
+
+static void export_walk_end(ps_shard *s) {
+    ps_store_iter_free(s->exp_it);
+    s->exp_it = NULL;
+}
+
 static void track_end(ps_shard *s) {
+    export_walk_end(s);
     for (size_t i = 0; s->tracked && i < s->ntables; i++) {
         ps_keyset_clear(&s->tracked[i]);
         free(s->round[i]);
@@ -695,6 +713,36 @@ static int export_ready(ps_shard *s, bool *ret_ready, char *err, size_t errlen) 
     return writeback_reached(s, s->track_wb, ret_ready, err, errlen);
 }
 
+/* The first pass reads the range in one walk, not one per page: each new
+ * walk seeks every file that holds part of the range and reads 2 MiB
+ * ahead in each (ps_store_scan_new()), most of which the next page's walk
+ * read again. A kept walk reads the store as it was at the page that
+ * began it, later ones never: rows changed since TRACK go again in the
+ * catch-up rounds anyway, so the copy ends the same. The walk left after
+ * a page is taken up by the EXPORT that asks for the page after it (same
+ * copy, table and cursor); any other request begins a new one. */
+static ps_store_iter *export_walk_take(ps_shard *s, bool may, uint32_t table,
+                                       const uint8_t *after) {
+    ps_store_iter *it = s->exp_it;
+    if (!it)
+        return NULL;
+    s->exp_it = NULL;
+    if (may && after && s->exp_track == s->track_id && s->exp_table == table &&
+        !memcmp(s->exp_last, after, PS_STORE_KEY_LEN))
+        return it;
+    ps_store_iter_free(it);
+    return NULL;
+}
+
+static void export_walk_keep(ps_shard *s, ps_store_iter *it, uint32_t table, const uint8_t *after) {
+    export_walk_end(s);
+    s->exp_it = it;
+    s->exp_track = s->track_id;
+    s->exp_table = table;
+    memcpy(s->exp_last, after, PS_STORE_KEY_LEN);
+    s->exp_used_ms = mono_ms();
+}
+
 int ps_shard_move_export(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t *table_index,
                          uint8_t *after, size_t *alen, size_t limit, ps_shard_move_row_fn fn,
                          void *ctx, bool *ret_done, char *err, size_t errlen) {
@@ -721,8 +769,10 @@ int ps_shard_move_export(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t *table_
         ps_store_key start;
         ps_store_key_encode((uint16_t)lo, 0, &start);
         bool resume = *alen == PS_STORE_KEY_LEN;
-        ps_store_iter *it = ps_store_scan_new(s->store, ps_table_cf(t), resume ? after : start.b,
-                                              PS_STORE_KEY_LEN);
+        ps_store_iter *it = export_walk_take(s, tracked && !frozen, *table_index, resume ? after : NULL);
+        if (!it)
+            it = ps_store_scan_new(s->store, ps_table_cf(t), resume ? after : start.b,
+                                   PS_STORE_KEY_LEN);
         if (!it)
             return -ENOMEM;
         bool table_done = true;
@@ -747,7 +797,10 @@ int ps_shard_move_export(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t *table_
             *alen = PS_STORE_KEY_LEN;
             count++;
         }
-        ps_store_iter_free(it);
+        if (r == 0 && !table_done && tracked && !frozen)
+            export_walk_keep(s, it, *table_index, after);
+        else
+            ps_store_iter_free(it);
         if (r < 0)
             return r;
         if (!table_done)
@@ -2162,6 +2215,8 @@ static bool flush_due(const ps_shard *s, uint64_t now_ms) {
 }
 
 void ps_shard_tick(ps_shard *s, uint64_t now_ms) {
+    if (s->exp_it && now_ms - s->exp_used_ms > EXPORT_WALK_IDLE_MS)
+        export_walk_end(s);
     flush_state st = writeback_poll(s, now_ms);
     if (st != FLUSH_IDLE)
         return;
