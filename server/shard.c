@@ -2215,7 +2215,8 @@ static bool flush_due(const ps_shard *s, uint64_t now_ms) {
 }
 
 void ps_shard_tick(ps_shard *s, uint64_t now_ms) {
-    if (s->exp_it && now_ms - s->exp_used_ms > EXPORT_WALK_IDLE_MS)
+    /* (now_ms is the loop's clock, a little behind mono_ms() at times.) */
+    if (s->exp_it && now_ms > s->exp_used_ms + EXPORT_WALK_IDLE_MS)
         export_walk_end(s);
     flush_state st = writeback_poll(s, now_ms);
     if (st != FLUSH_IDLE)
