@@ -453,7 +453,7 @@ static void usage(FILE *f) {
             "                    for every key if more)\n"
             "  --block-cache-mb M  RocksDB block cache of the shard and of the raw reads\n"
             "                    (default: the server's, 256)\n"
-            "  --write-buffer-mb M  the shard's RocksDB memtable size (default: the server's, 32)\n"
+            "  --write-buffer-mb M  the shard's RocksDB memtable size (default: the server's, 16)\n"
             "  --zipf S          access skew; 0 = uniform (default 0)\n"
             "  --durability D    sync | interval=MS (default sync)\n"
             "  --batch B         keys per request (default 4096)\n"
@@ -624,6 +624,7 @@ int main(int argc, char **argv) {
         uint64_t misses0 = server_misses(cl);
         uint64_t rows = 0;
         double cpu0 = bench_cpu_s(server_pid), client_cpu0 = bench_cpu_s(getpid());
+        double bg0 = bench_threads_cpu_s(server_pid, "rocksdb:");
         for (uint32_t r = 0; r < o.runs; r++) {
             uint64_t n;
             v[r] = drive(cl, &o, (op_kind)op, pool, grads, o.seconds, &n);
@@ -639,6 +640,9 @@ int main(int argc, char **argv) {
          * thread): on one machine both share the cores. */
         printf("%s_client_cpu_us_per_row %.3f\n", op_names[op],
                (bench_cpu_s(getpid()) - client_cpu0) * 1e6 / (double)rows);
+        /* Of the shard's: RocksDB's own threads (flushes, compactions). */
+        printf("%s_server_rocksdb_cpu_us_per_row %.3f\n", op_names[op],
+               (bench_threads_cpu_s(server_pid, "rocksdb:") - bg0) * 1e6 / (double)rows);
         if (op != OP_PUSH && o.memory_mb) /* the share of rows read from RocksDB */
             printf("%s_memory_miss_fraction %.4f\n", op_names[op],
                    (double)(server_misses(cl) - misses0) / (double)rows);

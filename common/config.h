@@ -51,7 +51,7 @@ typedef struct ps_table_config {
 /* RocksDB sizes a shard uses unless [server] says otherwise; the store
  * falls back to them too when opened with no options (bench, tools). */
 #define PS_DEFAULT_BLOCK_CACHE_MB 256
-#define PS_DEFAULT_WRITE_BUFFER_MB 32
+#define PS_DEFAULT_WRITE_BUFFER_MB 16
 
 typedef struct ps_server_config {
     ps_durability durability;
@@ -65,7 +65,7 @@ typedef struct ps_server_config {
     char bind[PS_NAME_MAX];
     uint64_t memory_mb;          /* memory-tier budget for all tables */
     uint64_t block_cache_mb;     /* RocksDB block cache (256) */
-    uint64_t write_buffer_mb;    /* RocksDB memtable size per column family (32; up to 2 live) */
+    uint64_t write_buffer_mb;    /* RocksDB memtable size per column family (16; up to 2 live) */
     uint32_t flush_interval_ms;  /* write-back cadence in sync mode */
     uint64_t flush_dirty_rows;   /* ... or earlier once this many rows are dirty */
     uint64_t max_frame_bytes;

@@ -197,7 +197,7 @@ Test(config, defaults_follow_algorithms_md) {
                              "optimizer = adagrad\n");
     cr_assert_eq(cfg->buckets, 1024);
     cr_assert_eq(cfg->server.durability, PS_DURABILITY_SYNC);
-    cr_assert_eq(cfg->server.write_buffer_mb, 32, "README's sizing counts two 32 MiB memtables");
+    cr_assert_eq(cfg->server.write_buffer_mb, 16, "README's sizing counts two 16 MiB memtables");
 
     const ps_table_config *f = ps_config_table(cfg, "f");
     cr_assert_eq(f->opt.kind, PS_OPT_FTRL, "FTRL is the default optimizer");

@@ -100,8 +100,8 @@ static void configure(ps_store *s, const ps_store_options *o) {
      * searches each memtable's skiplist for it, and row creation spent ~80%
      * of the loop thread there (callgrind, bench/README.md). A whole-key
      * bloom filter per memtable answers "absent" for nearly all of them.
-     * Ratio 0.02 of write_buffer_size: 0.64 MiB for a 32 MiB memtable,
-     * which holds ~140k rows, ~38 bits a row (0.1 gave 190 bits, and 3.2
+     * Ratio 0.02 of write_buffer_size: 0.32 MiB for a 16 MiB memtable,
+     * which holds ~70k rows, ~38 bits a row (0.1 gave 190 bits, and 3.2
      * MiB per memtable allocated and zeroed with it). The families of
      * metadata go without (meta_options below): their filters, 3.2 MiB
      * each of three, were allocated whether written or not. */
