@@ -261,13 +261,14 @@ struct ps_shard {
     ps_keyset *tracked;
     uint32_t round_no;           /* the catch-up round taken last; 0: none yet */
     /* The first pass's walk of the tracked range, kept from one EXPORT
-     * page to the next (export_walk()): at the row after exp_last of
-     * table exp_table, for copy exp_track; last used at exp_used_ms. */
+     * page to the next (export_walk_take()): at the row after exp_last
+     * of table exp_table, for copy exp_track; begun at exp_born_ms, last
+     * used at exp_used_ms. */
     ps_store_iter *exp_it;
     uint64_t exp_track;
     uint32_t exp_table;
     uint8_t exp_last[PS_STORE_KEY_LEN];
-    uint64_t exp_used_ms;
+    uint64_t exp_born_ms, exp_used_ms;
     /* Pushes into the tracked range slowed at this level (ps_shard_set_throttle()). */
     uint32_t throttle;
     /* No periodic write-back begins before this (ps_shard_hold_writeback()):
@@ -441,9 +442,14 @@ static int meta_write_sync(ps_shard *s, const char *key, const void *v, size_t l
     return r;
 }
 
-/* A kept walk that is not continued within this long is given up: it
- * holds the files and memtables it reads from (a mover that went away). */
+/* A kept walk holds the files and memtables it reads from (RocksDB frees
+ * a flushed memtable only when no iterator reads it): one not continued
+ * within IDLE_MS is given up (a mover that went away), and one older than
+ * AGE_MS is not continued but begun again, so that write-backs under a
+ * push load during a long first pass leave at most about a second of
+ * memtables pinned. */
 #define EXPORT_WALK_IDLE_MS 10000
+#define EXPORT_WALK_AGE_MS 1000
 
 static void export_walk_end(ps_shard *s) {
     ps_store_iter_free(s->exp_it);
@@ -720,26 +726,34 @@ static int export_ready(ps_shard *s, bool *ret_ready, char *err, size_t errlen) 
  * began it, later ones never: rows changed since TRACK go again in the
  * catch-up rounds anyway, so the copy ends the same. The walk left after
  * a page is taken up by the EXPORT that asks for the page after it (same
- * copy, table and cursor); any other request begins a new one. */
+ * copy, table and cursor) within EXPORT_WALK_AGE_MS of its start; any
+ * other request begins a new one. */
 static ps_store_iter *export_walk_take(ps_shard *s, bool may, uint32_t table,
-                                       const uint8_t *after) {
+                                       const uint8_t *after, uint64_t *ret_born_ms) {
     ps_store_iter *it = s->exp_it;
+    uint64_t now = mono_ms();
+    *ret_born_ms = now;
     if (!it)
         return NULL;
     s->exp_it = NULL;
     if (may && after && s->exp_track == s->track_id && s->exp_table == table &&
-        !memcmp(s->exp_last, after, PS_STORE_KEY_LEN))
+        !memcmp(s->exp_last, after, PS_STORE_KEY_LEN) &&
+        now < s->exp_born_ms + EXPORT_WALK_AGE_MS) {
+        *ret_born_ms = s->exp_born_ms;
         return it;
+    }
     ps_store_iter_free(it);
     return NULL;
 }
 
-static void export_walk_keep(ps_shard *s, ps_store_iter *it, uint32_t table, const uint8_t *after) {
+static void export_walk_keep(ps_shard *s, ps_store_iter *it, uint64_t born_ms, uint32_t table,
+                             const uint8_t *after) {
     export_walk_end(s);
     s->exp_it = it;
     s->exp_track = s->track_id;
     s->exp_table = table;
     memcpy(s->exp_last, after, PS_STORE_KEY_LEN);
+    s->exp_born_ms = born_ms;
     s->exp_used_ms = mono_ms();
 }
 
@@ -769,7 +783,9 @@ int ps_shard_move_export(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t *table_
         ps_store_key start;
         ps_store_key_encode((uint16_t)lo, 0, &start);
         bool resume = *alen == PS_STORE_KEY_LEN;
-        ps_store_iter *it = export_walk_take(s, tracked && !frozen, *table_index, resume ? after : NULL);
+        uint64_t born;
+        ps_store_iter *it = export_walk_take(s, tracked && !frozen, *table_index,
+                                             resume ? after : NULL, &born);
         if (!it)
             it = ps_store_scan_new(s->store, ps_table_cf(t), resume ? after : start.b,
                                    PS_STORE_KEY_LEN);
@@ -798,7 +814,7 @@ int ps_shard_move_export(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t *table_
             count++;
         }
         if (r == 0 && !table_done && tracked && !frozen)
-            export_walk_keep(s, it, *table_index, after);
+            export_walk_keep(s, it, born, *table_index, after);
         else
             ps_store_iter_free(it);
         if (r < 0)
