@@ -36,6 +36,7 @@ typedef struct opts {
     uint64_t memory_mb;
     uint64_t block_cache_mb;     /* 0: the server's default */
     uint64_t write_buffer_mb;    /* 0: the server's default */
+    bool stored_load;            /* at the end, first pulls of as many new keys again */
     double zipf;
     const char *durability;
     uint32_t batch, inflight, runs;
@@ -469,6 +470,9 @@ static void usage(FILE *f) {
             "                    windows of --seconds until two in a row are within 5%% or S\n"
             "                    is spent, each printed (the memory tier filling up)\n"
             "  --ops LIST        phases to run, of pull,push,lookup (default all three)\n"
+            "  --stored-load     at the end, once every row is written back and compacted,\n"
+            "                    first pulls of as many new keys again: rows created per\n"
+            "                    second on a store that holds rows (the tier holds both)\n"
             "  --dir DIR         work directory (default /tmp/ctrps-bench); wiped first\n"
             "  --server PATH     ctrps-server binary (default build/server/ctrps-server)\n");
 }
@@ -486,6 +490,7 @@ int main(int argc, char **argv) {
         {"block-cache-mb", required_argument, 0, 'B'},
         {"write-buffer-mb", required_argument, 0, 'W'},
         {"pool", required_argument, 0, 'p'},     {"warmup", required_argument, 0, 'w'},
+        {"stored-load", no_argument, 0, 'L'},
         {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -506,6 +511,7 @@ int main(int argc, char **argv) {
         case 'W': o.write_buffer_mb = strtoull(optarg, NULL, 10); break;
         case 'p': o.pool = (uint32_t)atoi(optarg); break;
         case 'w': o.warmup = atof(optarg); break;
+        case 'L': o.stored_load = true; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -524,7 +530,7 @@ int main(int argc, char **argv) {
      * half dirty after ~0.7 s of uniform pushes and then writes back all the
      * time (flush_due in server/shard.c): it measured 1.8M pushed rows/s
      * where 1 GiB gave 3.4M. */
-    uint64_t mem = (o.keys * 300 >> 20) + 64;
+    uint64_t mem = ((o.stored_load ? 2 : 1) * o.keys * 300 >> 20) + 64;
     if (mem < 1024)
         mem = 1024;
     if (o.memory_mb)
@@ -664,6 +670,19 @@ int main(int argc, char **argv) {
         cold_miss_frac = pulled ? (double)(server_misses(cl) - misses0) / (double)pulled : 0;
         printf("cold_pull_rows_per_sec %.0f\n", cold_rate);
         printf("cold_pull_memory_miss_fraction %.3f\n", cold_miss_frac);
+    }
+    /* Rows created on a store that holds rows: a first pull then asks the
+     * store's files (their filters) for each new key, where the load above
+     * asked an empty store. Keys of ranks above every earlier one. */
+    if (o.stored_load) {
+        wait_written_back(cl);
+        wait_compacted(cl);
+        uint64_t next = o.keys, created = 0;
+        double c0 = bench_cpu_s(server_pid);
+        double rate = drive_fresh(cl, &o, rank_fid, &next, 2 * o.keys, 1e9, &created);
+        printf("stored_load_rows_per_sec %.0f\n", rate);
+        printf("stored_load_server_cpu_us_per_row %.3f\n",
+               (bench_cpu_s(server_pid) - c0) * 1e6 / (double)(created ? created : 1));
     }
     ps_shard_stats st;
     if (ps_client_stats(cl, 0, &st, err, sizeof(err)) == 0) {
