@@ -1576,12 +1576,6 @@ static int drop_all(ps_shard *s, uint32_t lo, uint32_t hi, char *err, size_t err
     return ps_shard_drop(s, lo, hi, 0, &more, NULL, err, errlen);
 }
 
-/* The target of a move stages the first pass in an SST file and ingests it
- * at its end: nothing shows before, every row reads back and counts once
- * after (a catch-up page over an ingested row replaces it in the count); a
- * page sent again is not staged twice; a copy the target does not know
- * (another id, ended by a drop, or lost with a restart) is answered
- * PS_ENOT_FOUND; staging files go at the ingest, the drop, close and open. */
 /* Shard 0 (buckets 0-31) with a row for every emb key, its whole range
  * tracked for a copy, as a move's source. */
 static ps_shard *open_tracked_source(const ps_config *cfg) {
@@ -1599,11 +1593,8 @@ static ps_shard *open_tracked_source(const ps_config *cfg) {
     return s;
 }
 
-/* The first pass of a copy in pages of 5 rows: one walk goes on from page
- * to page (export_walk_take()), so a page asked for again (a mover that
- * lost the answer) must still be the same page, a pass begun again must
- * begin at the first row, and over the whole pass every row of the range
- * comes exactly once, with its stored value. */
+/* The next EXPORT page of buckets 0-31 after the cursor, 5 rows at most,
+ * into ex (asked again while the source waits for its write-back). */
 static void export_page(ps_shard *s, uint32_t *ti, uint8_t *after, size_t *alen, exported *ex,
                         bool *done) {
     char err[512] = "";
@@ -1627,6 +1618,11 @@ static bool same_page(const exported *a, const exported *b) {
     return true;
 }
 
+/* The first pass of a copy in pages of 5 rows: one walk goes on from page
+ * to page (export_walk_take()), so a page asked for again (a mover that
+ * lost the answer) must still be the same page, a pass begun again must
+ * begin at the first row, and over the whole pass every row of the range
+ * comes exactly once, with its stored value. */
 Test(shard, a_first_pass_walks_on_from_page_to_page_and_a_page_asked_again_is_the_same) {
     make_keys();
     ps_config *cfg = load_config((cfg_opts){0});
@@ -1682,6 +1678,12 @@ Test(shard, a_first_pass_walks_on_from_page_to_page_and_a_page_asked_again_is_th
     ps_config_free(cfg);
 }
 
+/* The target of a move stages the first pass in an SST file and ingests it
+ * at its end: nothing shows before, every row reads back and counts once
+ * after (a catch-up page over an ingested row replaces it in the count); a
+ * page sent again is not staged twice; a copy the target does not know
+ * (another id, ended by a drop, or lost with a restart) is answered
+ * PS_ENOT_FOUND; staging files go at the ingest, the drop, close and open. */
 Test(shard, a_staged_first_pass_is_ingested_readable_and_counted_once) {
     make_keys();
     ps_config *cfg = load_config((cfg_opts){0});
