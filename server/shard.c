@@ -262,13 +262,12 @@ struct ps_shard {
     uint32_t round_no;           /* the catch-up round taken last; 0: none yet */
     /* The first pass's walk of the tracked range, kept from one EXPORT
      * page to the next (export_walk_take()): at the row after exp_last
-     * of table exp_table, for copy exp_track; begun at exp_born_ms, last
-     * used at exp_used_ms. */
+     * of table exp_table, for copy exp_track; begun at exp_born_ms. */
     ps_store_iter *exp_it;
     uint64_t exp_track;
     uint32_t exp_table;
     uint8_t exp_last[PS_STORE_KEY_LEN];
-    uint64_t exp_born_ms, exp_used_ms;
+    uint64_t exp_born_ms;
     /* Pushes into the tracked range slowed at this level (ps_shard_set_throttle()). */
     uint32_t throttle;
     /* No periodic write-back begins before this (ps_shard_hold_writeback()):
@@ -443,12 +442,10 @@ static int meta_write_sync(ps_shard *s, const char *key, const void *v, size_t l
 }
 
 /* A kept walk holds the files and memtables it reads from (RocksDB frees
- * a flushed memtable only when no iterator reads it): one not continued
- * within IDLE_MS is given up (a mover that went away), and one older than
- * AGE_MS is not continued but begun again, so that write-backs under a
- * push load during a long first pass leave at most about a second of
- * memtables pinned. */
-#define EXPORT_WALK_IDLE_MS 10000
+ * a flushed memtable only when no iterator reads it): one older than this
+ * is not continued but begun again, so that write-backs under a push load
+ * during a long first pass leave at most about a second of memtables
+ * pinned; the tick frees one that has aged so (a mover that went away). */
 #define EXPORT_WALK_AGE_MS 1000
 
 static void export_walk_end(ps_shard *s) {
@@ -754,7 +751,6 @@ static void export_walk_keep(ps_shard *s, ps_store_iter *it, uint64_t born_ms, u
     s->exp_table = table;
     memcpy(s->exp_last, after, PS_STORE_KEY_LEN);
     s->exp_born_ms = born_ms;
-    s->exp_used_ms = mono_ms();
 }
 
 int ps_shard_move_export(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t *table_index,
@@ -2231,8 +2227,9 @@ static bool flush_due(const ps_shard *s, uint64_t now_ms) {
 }
 
 void ps_shard_tick(ps_shard *s, uint64_t now_ms) {
-    /* (now_ms is the loop's clock, a little behind mono_ms() at times.) */
-    if (s->exp_it && now_ms > s->exp_used_ms + EXPORT_WALK_IDLE_MS)
+    /* Never taken up again (now_ms, the loop's clock, is at most a little
+     * behind mono_ms(), which export_walk_take() asks). */
+    if (s->exp_it && now_ms > s->exp_born_ms + EXPORT_WALK_AGE_MS)
         export_walk_end(s);
     flush_state st = writeback_poll(s, now_ms);
     if (st != FLUSH_IDLE)
