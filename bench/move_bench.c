@@ -344,46 +344,95 @@ static void summary(const char *name, int prec, const run_result *res, uint32_t 
 
 static volatile uint64_t raw_sink;
 
-/* Iterate [lo, hi) of the table on a stopped shard's database, freshly
- * opened: rows/s and CPU seconds, each touching its value as EXPORT's copy
- * does. `scan`: with the read options of the shard's whole-range walks (no
- * block cache fill), else a plain iterator's. */
-static int raw_iterate(const opts *o, int shard, uint32_t lo, uint32_t hi, bool scan,
-                       uint64_t *ret_rows, double *ret_s, double *ret_cpu) {
-    char db[1200], err[512];
-    snprintf(db, sizeof(db), "%s/shard-%d/db", o->dir, shard);
+/* A store with the shards' column families (the table's is index 2), at
+ * `dir`: a stopped shard's database, or a fresh one. NULL: reported. */
+static ps_store *raw_open(const char *dir) {
     const char *cfs[] = {"meta", "dense", "t.emb"};
     ps_store *st;
     ps_store_options so = {0};
-    if (ps_store_open(db, cfs, 3, &so, &st, err, sizeof(err)) < 0) {
-        fprintf(stderr, "move_bench: raw open: %s\n", err);
-        return -1;
+    char err[512];
+    if (ps_store_open(dir, cfs, 3, &so, &st, err, sizeof(err)) < 0) {
+        fprintf(stderr, "move_bench: raw open of %s: %s\n", dir, err);
+        return NULL;
     }
+    return st;
+}
+
+typedef int (*raw_row_fn)(void *ctx, const uint8_t *key, const void *value, size_t vlen);
+
+/* Each row of buckets [lo, hi) of the table to fn, in key order, until fn
+ * fails (its result). `scan`: with the read options of the shard's
+ * whole-range walks (no block cache fill, read ahead), as EXPORT reads,
+ * else a plain iterator's. */
+static int raw_walk(ps_store *st, uint32_t lo, uint32_t hi, bool scan, raw_row_fn fn, void *ctx,
+                    uint64_t *ret_rows) {
     ps_store_key start;
     ps_store_key_encode((uint16_t)lo, 0, &start);
-    char *copy = malloc(4096);
-    double c0 = self_cpu_s(), t0 = bench_now_s();
     ps_store_iter *it = scan ? ps_store_scan_new(st, 2, start.b, PS_STORE_KEY_LEN)
                              : ps_store_iter_new(st, 2, start.b, PS_STORE_KEY_LEN);
-    uint64_t n = 0, sum = 0;
-    for (; ps_store_iter_valid(it); ps_store_iter_next(it)) {
+    int r = 0;
+    uint64_t n = 0;
+    for (; r == 0 && ps_store_iter_valid(it); ps_store_iter_next(it)) {
         size_t klen, vlen;
         const uint8_t *k = ps_store_iter_key(it, &klen);
-        if (klen != PS_STORE_KEY_LEN || ((uint32_t)k[0] << 8 | k[1]) >= hi)
+        if (klen != PS_STORE_KEY_LEN || ps_store_key_bucket(k) >= hi)
             break;
         const void *v = ps_store_iter_value(it, &vlen);
-        memcpy(copy, v, vlen < 4096 ? vlen : 4096);
-        sum += (uint8_t)copy[vlen / 2];
+        r = fn(ctx, k, v, vlen);
         n++;
     }
     ps_store_iter_free(it);
+    *ret_rows = n;
+    return r;
+}
+
+/* raw_iterate's row: the value copied out, as EXPORT's copy does. */
+typedef struct raw_copy {
+    char buf[4096];
+    uint64_t sum;
+} raw_copy;
+
+static int raw_copy_row(void *ctx, const uint8_t *key, const void *value, size_t vlen) {
+    (void)key;
+    raw_copy *c = ctx;
+    memcpy(c->buf, value, vlen < sizeof(c->buf) ? vlen : sizeof(c->buf));
+    c->sum += (uint8_t)c->buf[vlen / 2];
+    return 0;
+}
+
+/* Iterate [lo, hi) of the table on a stopped shard's database, freshly
+ * opened: rows/s and CPU seconds, each touching its value as EXPORT's copy
+ * does (raw_walk() says what `scan` does). */
+static int raw_iterate(const opts *o, int shard, uint32_t lo, uint32_t hi, bool scan,
+                       uint64_t *ret_rows, double *ret_s, double *ret_cpu) {
+    char db[1200];
+    snprintf(db, sizeof(db), "%s/shard-%d/db", o->dir, shard);
+    ps_store *st = raw_open(db);
+    raw_copy *c = calloc(1, sizeof(*c));
+    if (!st || !c) {
+        ps_store_close(st);
+        free(c);
+        return -1;
+    }
+    double c0 = self_cpu_s(), t0 = bench_now_s();
+    raw_walk(st, lo, hi, scan, raw_copy_row, c, ret_rows);
     *ret_s = bench_now_s() - t0;
     *ret_cpu = self_cpu_s() - c0;
-    raw_sink += sum; /* the copies are not optimised away */
-    *ret_rows = n;
-    free(copy);
+    raw_sink += c->sum; /* the copies are not optimised away */
+    free(c);
     ps_store_close(st);
     return 0;
+}
+
+/* raw_local_copy's row: into the SST file. */
+typedef struct raw_sst {
+    ps_store_sst *w;
+    char err[512];
+} raw_sst;
+
+static int raw_sst_row(void *ctx, const uint8_t *key, const void *value, size_t vlen) {
+    raw_sst *a = ctx;
+    return ps_store_sst_put(a->w, key, PS_STORE_KEY_LEN, value, vlen, a->err, sizeof(a->err));
 }
 
 /* The least a copy that ends in an ingested file can do, on this machine:
@@ -394,52 +443,36 @@ static int raw_iterate(const opts *o, int shard, uint32_t lo, uint32_t hi, bool 
  * tail (Finish, read-back, ingest) apart. */
 static int raw_local_copy(const opts *o, int shard, uint32_t lo, uint32_t hi, int run,
                           uint64_t *ret_rows, double *ret_s, double *ret_cpu, double *ret_tail_s) {
-    char db[1200], dst[1200], sst[1300], cmd[2600], err[512];
+    char db[1200], dst[1200], sst[1300], cmd[2600];
     snprintf(db, sizeof(db), "%s/shard-%d/db", o->dir, shard);
     snprintf(dst, sizeof(dst), "%s/raw-copy-%d", o->dir, run);
     snprintf(sst, sizeof(sst), "%s/staging.sst", dst);
     snprintf(cmd, sizeof(cmd), "rm -rf '%s' && mkdir -p '%s'", dst, dst);
     if (system(cmd) != 0)
         return -1;
-    const char *cfs[] = {"meta", "dense", "t.emb"};
-    ps_store *src, *to;
-    ps_store_options so = {0};
-    if (ps_store_open(db, cfs, 3, &so, &src, err, sizeof(err)) < 0 ||
-        ps_store_open(dst, cfs, 3, &so, &to, err, sizeof(err)) < 0) {
-        fprintf(stderr, "move_bench: raw copy open: %s\n", err);
+    ps_store *src = raw_open(db), *to = src ? raw_open(dst) : NULL;
+    if (!to) {
+        ps_store_close(src);
         return -1;
     }
-    ps_store_key start;
-    ps_store_key_encode((uint16_t)lo, 0, &start);
     double c0 = self_cpu_s(), t0 = bench_now_s(), t1 = t0;
-    ps_store_sst *w = NULL;
-    int r = ps_store_sst_open(to, 2, sst, &w, err, sizeof(err));
-    uint64_t n = 0;
+    raw_sst a = {.err = ""};
+    *ret_rows = 0;
+    int r = ps_store_sst_open(to, 2, sst, &a.w, a.err, sizeof(a.err));
     if (r == 0) {
-        ps_store_iter *it = ps_store_scan_new(src, 2, start.b, PS_STORE_KEY_LEN);
-        for (; r == 0 && ps_store_iter_valid(it); ps_store_iter_next(it)) {
-            size_t klen, vlen;
-            const uint8_t *k = ps_store_iter_key(it, &klen);
-            if (klen != PS_STORE_KEY_LEN || ((uint32_t)k[0] << 8 | k[1]) >= hi)
-                break;
-            const void *v = ps_store_iter_value(it, &vlen);
-            r = ps_store_sst_put(w, k, klen, v, vlen, err, sizeof(err));
-            n++;
-        }
-        ps_store_iter_free(it);
+        r = raw_walk(src, lo, hi, true, raw_sst_row, &a, ret_rows);
         t1 = bench_now_s();
         if (r == 0)
-            r = ps_store_sst_ingest(w, err, sizeof(err));
+            r = ps_store_sst_ingest(a.w, a.err, sizeof(a.err));
     }
     *ret_s = bench_now_s() - t0;
     *ret_tail_s = bench_now_s() - t1;
     *ret_cpu = self_cpu_s() - c0;
-    *ret_rows = n;
-    ps_store_sst_free(w);
+    ps_store_sst_free(a.w);
     ps_store_close(to);
     ps_store_close(src);
     if (r < 0)
-        fprintf(stderr, "move_bench: raw copy: %s\n", err);
+        fprintf(stderr, "move_bench: raw copy: %s\n", a.err);
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dst);
     if (system(cmd) != 0)
         return -1;

@@ -51,7 +51,7 @@ int ps_keysort(const void *base, size_t n, size_t stride, uint32_t *ret_order) {
     }
     for (size_t i = 0; i < n; i++) {
         const uint8_t *k = (const uint8_t *)base + i * stride;
-        a[i].bucket = (uint32_t)k[0] << 8 | k[1];
+        a[i].bucket = ps_store_key_bucket(k);
         a[i].fid = ps_store_key_fid(k);
         a[i].idx = (uint32_t)i;
     }

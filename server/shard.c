@@ -793,7 +793,7 @@ int ps_shard_move_export(ps_shard *s, uint32_t lo, uint32_t hi, uint32_t *table_
             size_t klen, vlen;
             const uint8_t *k = ps_store_iter_key(it, &klen);
             const void *v = ps_store_iter_value(it, &vlen);
-            if (klen != PS_STORE_KEY_LEN || ((uint32_t)k[0] << 8 | k[1]) >= hi)
+            if (klen != PS_STORE_KEY_LEN || ps_store_key_bucket(k) >= hi)
                 break;
             if (resume && !memcmp(k, after, PS_STORE_KEY_LEN))
                 continue;

@@ -31,6 +31,10 @@ static inline void ps_store_key_encode(uint16_t bucket, uint64_t fid, ps_store_k
         ret->b[2 + i] = (uint8_t)(fid >> (56 - 8 * i));
 }
 
+static inline uint16_t ps_store_key_bucket(const uint8_t *k) {
+    return (uint16_t)((uint16_t)k[0] << 8 | k[1]);
+}
+
 static inline uint64_t ps_store_key_fid(const uint8_t *k) {
     uint64_t fid = 0;
     for (int i = 0; i < 8; i++)

@@ -1114,7 +1114,7 @@ static int create_absent(ps_table *t, size_t n, const uint8_t *want, bool by_pul
         if (want && !want[a])
             continue;
         const uint8_t *sk = t->absent[a].skey.b;
-        row *rw = place_row(t, slots[k++], ps_store_key_fid(sk), (uint16_t)((sk[0] << 8) | sk[1]));
+        row *rw = place_row(t, slots[k++], ps_store_key_fid(sk), ps_store_key_bucket(sk));
         init_row(t, rw);
         if (by_pull) {
             /* Clean without a stored version, uncounted: design note. */
@@ -1575,7 +1575,7 @@ int ps_table_forget_stored(ps_table *t, ps_forget *f, size_t budget) {
         size_t klen, vlen;
         const uint8_t *k = ps_store_iter_key(it, &klen);
         const char *v = ps_store_iter_value(it, &vlen);
-        if (klen != PS_STORE_KEY_LEN || ((uint32_t)k[0] << 8 | k[1]) >= f->hi)
+        if (klen != PS_STORE_KEY_LEN || ps_store_key_bucket(k) >= f->hi)
             break;
         if (budget && walked == budget) { /* go on from this key next time */
             memcpy(f->next.b, k, PS_STORE_KEY_LEN);

@@ -1673,7 +1673,7 @@ static size_t flush_group(ps_table *t, uint32_t g) {
     ps_writeback_group_buckets(NBUCKETS, ps_table_groups(t), g, &lo, &hi);
     for (size_t i = 0; i < d.n; i++) {
         const uint8_t *k = (const uint8_t *)d.recs + i * d.rec_size;
-        uint32_t bucket = (uint32_t)k[0] << 8 | k[1];
+        uint32_t bucket = ps_store_key_bucket(k);
         cr_assert(bucket >= lo && bucket < hi, "group %u dumped a row of bucket %u", g, bucket);
     }
     ps_store_batch *b = ps_store_batch_new();
